@@ -1,0 +1,76 @@
+"""The Python API: what the CLI calls, for programs that drive llmrun themselves."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from rich.console import Console
+
+from .engine import Engine, RunSummary
+from .plugins import Registry, load_registry
+from .progress import Mode, make_progress
+from .recipe import Recipe, load_recipe
+
+
+def open_recipe(
+    path: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Recipe, Registry]:
+    """Load and validate a recipe with the installed plugins."""
+    registry = registry or load_registry()
+    return load_recipe(path, registry, overrides=overrides, environ=environ), registry
+
+
+async def run_recipe(
+    recipe: str | Path | Recipe,
+    *,
+    overrides: Sequence[str] = (),
+    limit: int | None = None,
+    fresh: bool = False,
+    progress: Mode = "none",
+    console: Console | None = None,
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+    handle_signals: bool = False,
+) -> RunSummary:
+    """Run a recipe to the end and return how it ended.
+
+    A run-level failure (every key rejected, unknown model, unreachable endpoint) does not
+    raise: the summary's ``status`` is "aborted" and ``reason`` says why. A bad recipe raises
+    RecipeError; a busy output raises LockedError.
+    """
+    if isinstance(recipe, Recipe):
+        registry = registry or load_registry()
+    else:
+        recipe, registry = open_recipe(
+            recipe, overrides=overrides, registry=registry, environ=environ
+        )
+    engine = Engine(
+        recipe,
+        registry,
+        make_progress(progress, console),
+        limit=limit,
+        fresh=fresh,
+        handle_signals=handle_signals,
+    )
+    return await engine.run()
+
+
+def run_recipe_sync(
+    recipe: str | Path | Recipe,
+    *,
+    backend: Literal["asyncio", "trio"] = "asyncio",
+    **kwargs: object,
+) -> RunSummary:
+    """``run_recipe`` for callers without an event loop."""
+    return anyio.run(
+        functools.partial(run_recipe, recipe, **kwargs),  # type: ignore[arg-type]
+        backend=backend,
+    )

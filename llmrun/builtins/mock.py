@@ -1,0 +1,144 @@
+"""The ``mock`` provider: deterministic replies computed in-process, no key, no network.
+
+It speaks the OpenAI wire format to a transport of its own, so a mock run goes through exactly
+the code a real run does (request building, parsing, retries, writing). Good for trying a
+recipe, for tests and for measuring the engine alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import anyio
+import httpx
+
+from ..components import Transport
+from ..hookspecs import Register, hookimpl
+from ..values import ComponentContext
+from .openai import OpenAIChat
+
+
+class MockProvider(OpenAIChat):
+    """Replies derived from the prompt: one of ``replies`` picked by a hash of the prompt, or
+    an echo of the last user message. ``error_rate`` of the calls fail with HTTP 500 (or
+    ``error_status``) so retries and error rows can be tried without a server."""
+
+    options_schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "model": {"type": "string", "default": "mock"},
+            "latency_s": {
+                "type": "number",
+                "minimum": 0,
+                "default": 0,
+                "description": "Seconds each call takes.",
+            },
+            "replies": {
+                "type": "array",
+                "items": {"type": "string"},
+                "minItems": 1,
+                "description": "Answer with one of these, chosen by the prompt's hash.",
+            },
+            "error_rate": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+            "error_status": {"type": "integer", "minimum": 400, "maximum": 599, "default": 500},
+            "seed": {
+                "type": "integer",
+                "default": 0,
+                "description": "Seed of the draw deciding which calls fail.",
+            },
+        },
+    }
+    default_base_url = "http://mock.invalid/v1"
+
+    def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
+        super().__init__({"model": options.get("model", "mock")}, context)
+        self._transport = MockTransport(
+            latency_s=float(options.get("latency_s", 0)),
+            replies=tuple(options.get("replies") or ()),
+            error_rate=float(options.get("error_rate", 0)),
+            error_status=int(options.get("error_status", 500)),
+            seed=int(options.get("seed", 0)),
+        )
+
+    def transport(self) -> Transport | None:
+        return self._transport
+
+
+class MockTransport:
+    """Answers chat-completion requests in-process, like a well-behaved server would."""
+
+    def __init__(
+        self,
+        *,
+        latency_s: float,
+        replies: tuple[str, ...],
+        error_rate: float,
+        error_status: int,
+        seed: int,
+    ) -> None:
+        self.latency_s = latency_s
+        self.replies = replies
+        self.error_rate = error_rate
+        self.error_status = error_status
+        self._random = random.Random(seed)
+        self._calls = 0
+
+    async def send(self, request: httpx.Request, timeout_s: float) -> httpx.Response:
+        self._calls += 1
+        if self.latency_s:
+            await anyio.sleep(self.latency_s)
+        else:
+            await anyio.lowlevel.checkpoint()
+        if self.error_rate and self._random.random() < self.error_rate:
+            failure = {"error": {"message": "mock failure (error_rate)", "type": "server_error"}}
+            return httpx.Response(self.error_status, json=failure, request=request)
+        payload = json.loads(request.content)
+        messages = payload.get("messages") or []
+        prompt_text = "\n".join(str(m.get("content", "")) for m in messages)
+        user = next(
+            (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        digest = hashlib.sha256(prompt_text.encode()).digest()
+        if self.replies:
+            text = self.replies[int.from_bytes(digest[:4], "big") % len(self.replies)]
+        else:
+            text = "mock reply to: " + " ".join(user.split())[:80]
+        finish = "stop"
+        limit = payload.get("max_tokens") or payload.get("max_completion_tokens")
+        words = text.split(" ")
+        if limit and len(words) > limit:
+            text, finish = " ".join(words[:limit]), "length"
+        n = int(payload.get("n") or 1)
+        body: dict[str, Any] = {
+            "id": "mock-" + digest[:6].hex(),
+            "object": "chat.completion",
+            "created": 0,
+            "model": payload.get("model", "mock"),
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish,
+                }
+                for i in range(n)
+            ],
+            "usage": {
+                "prompt_tokens": len(prompt_text) // 4 + 1,
+                "completion_tokens": n * (len(text) // 4 + 1),
+                "total_tokens": len(prompt_text) // 4 + 1 + n * (len(text) // 4 + 1),
+            },
+        }
+        return httpx.Response(200, json=body, request=request)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@hookimpl
+def register_providers(register: Register) -> None:
+    register("mock", MockProvider)

@@ -1,0 +1,227 @@
+"""The ``llmrun`` command. Errors become one-line messages here and nowhere else.
+
+Exit codes:
+  0    the run finished and every record is ``ok`` (other commands: success)
+  1    the run finished, but some records ended as ``error`` rows
+  2    bad usage, recipe or plugin: nothing was called
+  3    the run was aborted by a run-level failure (rejected keys, unknown model, unreachable
+       endpoint); run again after fixing it, finished rows are kept
+  4    another run is writing the same output
+  130  interrupted (Ctrl-C, SIGTERM); run the same command again to continue
+  70   an internal error (a bug: please report it, with the traceback from --debug)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_ABORTED, EXIT_LOCKED = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_INTERNAL = 130, 70
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .__about__ import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="llmrun",
+        description="Run large, repeatable jobs of LLM calls from a YAML recipe.",
+        epilog="Exit codes: 0 all ok, 1 finished with error rows, 2 bad recipe or usage, "
+        "3 aborted, 4 output locked, 130 interrupted (run again to resume).",
+    )
+    parser.add_argument("--version", action="version", version=f"llmrun {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def recipe_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("recipe", help="the recipe file (YAML)")
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe key, e.g. run.concurrency=8",
+        )
+
+    run = sub.add_parser("run", help="run a recipe (continues where a previous run stopped)")
+    recipe_args(run)
+    run.add_argument("--limit", type=int, metavar="N", help="use only the first N records")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: the old output is moved aside, not deleted",
+    )
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    run.add_argument(
+        "--progress",
+        choices=["auto", "rich", "plain", "none"],
+        default="auto",
+        help="progress display (default: rich on a terminal, plain lines otherwise)",
+    )
+    run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    run.add_argument(
+        "--backend", choices=["asyncio", "trio"], default="asyncio", help=argparse.SUPPRESS
+    )
+
+    val = sub.add_parser("validate", help="check a recipe and its data without calling anything")
+    recipe_args(val)
+    val.add_argument(
+        "--records",
+        type=int,
+        default=20,
+        metavar="N",
+        help="check the prompt against the first N records (default 20)",
+    )
+
+    plugins = sub.add_parser("plugins", help="list every component and where it comes from")
+    plugins.add_argument("--json", action="store_true")
+
+    schema = sub.add_parser("schema", help="print the recipe JSON Schema")
+    schema.add_argument(
+        "--base", action="store_true", help="the core schema only, without component option schemas"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from rich.console import Console
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        handler = {
+            "run": cmd_run,
+            "validate": cmd_validate,
+            "plugins": cmd_plugins,
+            "schema": cmd_schema,
+        }[args.command]
+        return handler(args, err)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return report_error(exc, err, debug=args.debug)
+
+
+def report_error(exc: BaseException, err: Any, *, debug: bool) -> int:
+    from .errors import LlmrunError, LockedError, RecipeError, RunAborted
+
+    if debug:
+        err.print_exception()
+    if isinstance(exc, RecipeError):
+        err.print(f"[bold red]RecipeError[/]: {len(exc.problems)} problem(s)")
+        for problem in exc.problems:
+            err.print(f"  {problem}", markup=False)
+        return EXIT_USAGE
+    if isinstance(exc, LlmrunError):
+        err.print(f"[bold red]{type(exc).__name__}[/]: ", end="")
+        err.print(str(exc), markup=False)
+        if isinstance(exc, LockedError):
+            return EXIT_LOCKED
+        return EXIT_ABORTED if isinstance(exc, RunAborted) else EXIT_USAGE
+    err.print(f"[bold red]internal error[/]: {type(exc).__name__}: ", end="")
+    err.print(str(exc), markup=False)
+    if not debug:
+        err.print("run again with --debug for the traceback, and please report it")
+    return EXIT_INTERNAL
+
+
+def cmd_run(args: argparse.Namespace, err: Any) -> int:
+    import anyio
+
+    from .api import open_recipe
+    from .engine import Engine
+    from .progress import Mode, make_progress, summary_table
+
+    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    mode: Mode = "none" if args.quiet else args.progress
+    progress = make_progress(mode, err)
+    engine = Engine(recipe, registry, progress, limit=args.limit, fresh=args.fresh)
+    summary = anyio.run(engine.run, backend=args.backend)
+    if args.json:
+        print(json.dumps(summary.to_json()))  # noqa: T201 - the command's output
+    elif not args.quiet:
+        err.print(summary_table(recipe.name, summary.stats, summary.status, summary.output))
+    if summary.status == "aborted":
+        err.print("[bold red]RunAborted[/]: ", end="")
+        err.print(summary.reason or "", markup=False)
+        err.print(
+            f"finished rows are kept; fix the problem and run `llmrun run {args.recipe}` "
+            "again to continue",
+            markup=False,
+        )
+        return EXIT_ABORTED
+    if summary.status == "interrupted":
+        err.print(f"interrupted: run `llmrun run {args.recipe}` again to continue", markup=False)
+        return EXIT_INTERRUPTED
+    return EXIT_ERRORS if summary.stats.error + summary.stats.resumed_error else EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace, err: Any) -> int:
+    from .api import open_recipe
+    from .checks import check_against_data
+    from .errors import RecipeError
+
+    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    report = check_against_data(recipe, registry, sample=args.records)
+    for note in report.notes:
+        err.print(f"  {note}", markup=False)
+    if report.problems:
+        raise RecipeError(report.problems)
+    err.print(
+        f"{args.recipe}: ok (loader {recipe.data.name}, provider {recipe.provider.name}, "
+        f"{report.sampled} record(s) checked)",
+        markup=False,
+    )
+    return EXIT_OK
+
+
+def cmd_plugins(args: argparse.Namespace, err: Any) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .plugins import load_registry
+
+    registry = load_registry()
+    if args.json:
+        data = {
+            "components": [
+                {
+                    "kind": c.kind,
+                    "name": c.name,
+                    "plugin": c.plugin,
+                    "package": c.package,
+                    "version": c.version,
+                }
+                for c in registry.all()
+            ],
+            "failures": [f.__dict__ | {"names": list(f.names)} for f in registry.failures],
+        }
+        print(json.dumps(data, indent=2))  # noqa: T201 - the command's output
+        return EXIT_OK
+    table = Table("kind", "name", "package", "version", "plugin")
+    for c in registry.all():
+        table.add_row(c.kind, c.name, c.package, c.version, c.plugin)
+    Console().print(table)
+    for f in registry.failures:
+        err.print(f"[yellow]plugin {f.plugin} ({f.package} {f.version}) failed[/]: ", end="")
+        err.print(f.error, markup=False)
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, err: Any) -> int:
+    from .plugins import load_registry
+    from .schema import base_schema, composed_schema
+
+    schema = base_schema() if args.base else composed_schema(load_registry())
+    print(json.dumps(schema, indent=2))  # noqa: T201 - the command's output
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

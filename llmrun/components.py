@@ -1,0 +1,97 @@
+"""The protocols a component implements: the other half of the plugin contract (hookspecs.py).
+
+A plugin registers a *class* under a name. llmrun validates the recipe's section for that
+component against the class's ``options_schema`` (a JSON Schema), then builds it with
+``cls(options, context)``. Every component kind is a Protocol, so a plugin need not subclass
+anything from llmrun.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import httpx
+
+from .values import ComponentContext, Prompt, Reply, Result, SourceRecord
+
+JSONSchema = Mapping[str, Any]
+
+
+@runtime_checkable
+class Component(Protocol):
+    """Every component: a JSON Schema for its options and a constructor taking them."""
+
+    options_schema: ClassVar[JSONSchema]
+
+    def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None: ...
+
+
+class Loader(Component, Protocol):
+    """Yields records lazily; never reads a whole large source into memory.
+
+    A record that cannot be read is yielded as ``SourceRecord(None, where, error=...)`` so the
+    run records it as an error row and goes on.
+    """
+
+    def records(self) -> Iterator[SourceRecord]: ...
+
+    def count(self) -> int | None:
+        """How many records ``records()`` will yield, if cheap to know (else None)."""
+        ...
+
+
+class Transport(Protocol):
+    """Sends one request and returns the response with its body read.
+
+    Failures are raised as ``httpx.TransportError`` subclasses (``ConnectError``,
+    ``TimeoutException``, ``RemoteProtocolError``, ...), whatever the transport uses inside.
+    """
+
+    async def send(self, request: httpx.Request, timeout_s: float) -> httpx.Response: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Provider(Component, Protocol):
+    """Turns a rendered prompt into one HTTP request and the response into a ``Reply``.
+
+    ``parse_response`` raises ``CallError`` for every failure, classified by kind (see
+    ``llmrun.failures.classify_http`` for the shared taxonomy).
+    """
+
+    model: str
+
+    def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request: ...
+
+    def parse_response(self, response: httpx.Response) -> Reply: ...
+
+    def transport(self) -> Transport | None:
+        """A transport of the provider's own (the mock answers in-process), or None."""
+        ...
+
+
+class Postprocessor(Component, Protocol):
+    """Updates ``result.text`` and/or ``result.fields``; raises ``PostprocessError`` to reject."""
+
+    def __call__(self, result: Result) -> None: ...
+
+
+class Writer(Component, Protocol):
+    """Appends finished rows. The output a writer keeps is what resume reads back.
+
+    ``open`` repairs a torn tail left by a crash and returns the rows already there (lazily), so
+    the engine can skip finished records.
+    """
+
+    def open(self) -> Iterator[Mapping[str, Any]]: ...
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append rows and hand them to the OS (a kill -9 right after must not lose them)."""
+        ...
+
+    def sync(self) -> None:
+        """Make what was written durable (fsync): called periodically and at the end."""
+        ...
+
+    def close(self) -> None: ...

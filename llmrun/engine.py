@@ -1,0 +1,519 @@
+"""The run: one anyio task group streaming read -> render -> call -> post -> write.
+
+    reader --(records)--> N workers (N = run.concurrency) --(rows)--> writer
+                              |                                          |
+                    render, call with retries,                 append + hand to the OS,
+                    postprocess: always a row                  count, observers, progress
+
+Streams between the stages are bounded, so memory stays flat whatever the input size. The writer
+is the only task that touches the output; a row reaches the OS as soon as the writer sees it, so
+a kill at any instant loses at most the calls in flight, which the next run sends again.
+
+Stopping: the first SIGINT/SIGTERM stops reading and lets calls in flight finish for up to
+``run.drain_s`` seconds; a second one (or the deadline) cancels them. A run-level failure
+(``RunAborted``) cancels calls in flight at once. Either way every finished row is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+from anyio import CancelScope
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .__about__ import __version__
+from .calls import Caller, CallFailed
+from .components import Loader, Postprocessor, Provider, Writer
+from .errors import CallError, RecordError, RunAborted
+from .limits import KeyPool, RateLimiter
+from .plugins import Observers, Registry
+from .progress import Progress
+from .recipe import ComponentSpec, Recipe
+from .redaction import Redactor
+from .stats import RunStats
+from .store import IdSet, RunState, now_iso
+from .templates import PromptTemplate
+from .transport import default_transport
+from .values import ComponentContext, Result, SourceRecord
+
+Status = Literal["completed", "interrupted", "aborted"]
+READ_CHUNK = 256
+WRITE_BATCH = 512
+TICK_S = 0.25
+SYNC_EVERY_S = 5.0
+
+
+@dataclass
+class RunSummary:
+    """How a run ended."""
+
+    status: Status
+    stats: RunStats
+    output: str
+    reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "output": self.output,
+            "ok": s.ok,
+            "error": s.error,
+            "resumed_ok": s.resumed_ok,
+            "resumed_error": s.resumed_error,
+            "total": s.total,
+            "retries": s.retries,
+            "errors_by_code": dict(s.errors_by_code),
+            "tokens": {"input": s.input_tokens, "output": s.output_tokens},
+            "elapsed_s": round(s.elapsed, 3),
+        }
+
+
+@dataclass(slots=True)
+class _Work:
+    id: str
+    data: dict[str, Any] | None
+    where: str
+    error: str | None
+
+
+class _Flags:
+    def __init__(self) -> None:
+        self.stopping = False  # no new records
+        self.abort: RunAborted | None = None
+        self.signals = 0
+
+
+def build_component(
+    registry: Registry, kind: str, spec: ComponentSpec, context: ComponentContext
+) -> Any:
+    cls = registry.get(kind, spec.name).cls
+    return cls(spec.options, context)
+
+
+def record_id(data: Mapping[str, Any], id_field: str | None) -> str | None:
+    """The record's id: its id field, or a hash of its content (stable across runs)."""
+    if id_field is not None:
+        value = data.get(id_field)
+        return None if value is None or value == "" else str(value)
+    canon = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
+    return "h" + hashlib.blake2b(canon.encode(), digest_size=10).hexdigest()
+
+
+class Engine:
+    """Runs one recipe to completion (or to a clean stop)."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        registry: Registry,
+        progress: Progress,
+        *,
+        limit: int | None = None,
+        fresh: bool = False,
+        handle_signals: bool = True,
+    ) -> None:
+        self.recipe = recipe
+        self.registry = registry
+        self.progress = progress
+        self.limit = limit if limit is not None else recipe.limit
+        self.fresh = fresh
+        self.handle_signals = handle_signals and sys.platform != "win32"
+        self.redact = Redactor(recipe.secrets)
+        self.stats = RunStats()
+        self.flags = _Flags()
+        self.warnings: list[str] = []
+        self.observers = Observers(registry.manager, self.warn)
+        context = ComponentContext(recipe.base_dir, recipe.name, self.warn)
+        self.loader: Loader = build_component(registry, "loader", recipe.data, context)
+        self.provider: Provider = build_component(registry, "provider", recipe.provider, context)
+        self.writer: Writer = build_component(registry, "writer", recipe.writer, context)
+        self.posts: list[Postprocessor] = [
+            build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
+        ]
+        self.template = PromptTemplate(
+            recipe.messages, recipe.generation, recipe.base_dir, str(recipe.path)
+        )
+        self.state = RunState(recipe.output_path)
+        self._workers_scope: CancelScope | None = None
+        self._reader_scope: CancelScope | None = None
+
+    def warn(self, message: str) -> None:
+        message = self.redact(message)
+        self.warnings.append(message)
+        self.progress.log(f"warning: {message}")
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self) -> RunSummary:
+        with self.state.locked():
+            if self.fresh:
+                for moved in self.state.move_aside():
+                    self.progress.log(f"--fresh: moved the previous output aside to {moved}")
+            done = await anyio.to_thread.run_sync(self._open_output)
+            manifest = self._start_manifest()
+            self.observers.call(
+                "run_started",
+                {
+                    "recipe": self.recipe.name,
+                    "recipe_hash": self.recipe.job_hash,
+                    "output": str(self.recipe.output_path),
+                    "provider": self.recipe.provider.name,
+                    "model": getattr(self.provider, "model", None),
+                    "resumed": self.stats.resumed_ok + self.stats.resumed_error,
+                    "started_at": manifest["runs"][-1]["started_at"],
+                },
+            )
+            status: Status = "completed"
+            reason: str | None = None
+            transport = self.provider.transport() or default_transport(
+                max_connections=self.recipe.run.concurrency,
+                connect_timeout_s=self.recipe.run.connect_timeout_s,
+            )
+            caller = Caller(
+                self.provider,
+                transport,
+                KeyPool(self.recipe.api_keys),
+                RateLimiter(self.recipe.run.requests_per_minute),
+                self.recipe.run,
+                warn=self.warn,
+                on_retry=self._count_retry,
+            )
+            self.progress.start(self.recipe.name, self.stats)
+            try:
+                await self._pipeline(done, caller, manifest)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await transport.aclose()
+                    self.writer.sync()
+                    self.writer.close()
+                    if self.flags.abort is not None:
+                        status, reason = "aborted", self.redact(str(self.flags.abort))
+                    elif self.flags.stopping:
+                        status, reason = "interrupted", "stopped by a signal"
+                    self.progress.stop(self.stats)
+                    self._finish_manifest(manifest, status, reason)
+                    summary = RunSummary(
+                        status, self.stats, str(self.recipe.output_path), reason, self.warnings
+                    )
+                    self.observers.call("run_finished", summary.to_json())
+            return summary
+
+    def _open_output(self) -> IdSet:
+        """Open the writer, count what is already there, and index the finished ids."""
+
+        def ids() -> Iterator[str]:
+            for row in self.writer.open():
+                if row.get("status") == "ok":
+                    self.stats.resumed_ok += 1
+                else:
+                    self.stats.resumed_error += 1
+                yield str(row["id"])
+
+        return IdSet(ids())
+
+    async def _pipeline(self, done: IdSet, caller: Caller, manifest: dict[str, Any]) -> None:
+        size = self.recipe.run.concurrency * 2
+        work_send, work_recv = anyio.create_memory_object_stream[_Work](size)
+        row_send, row_recv = anyio.create_memory_object_stream[dict[str, Any]](size)
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._count_total)
+            outer.start_soon(self._tick, manifest)
+            if self.handle_signals:
+                outer.start_soon(self._watch_signals)
+            async with anyio.create_task_group() as pipeline:
+                pipeline.start_soon(self._read, work_send, done)
+                pipeline.start_soon(self._write, row_recv)
+                async with anyio.create_task_group() as workers:
+                    self._workers_scope = workers.cancel_scope
+                    async with work_recv, row_send:
+                        for _ in range(self.recipe.run.concurrency):
+                            workers.start_soon(
+                                self._work, work_recv.clone(), row_send.clone(), caller
+                            )
+            outer.cancel_scope.cancel()
+
+    async def _read(self, send: MemoryObjectSendStream[_Work], done: IdSet) -> None:
+        with anyio.CancelScope() as scope:
+            self._reader_scope = scope
+            async with send:
+                records = self.loader.records()
+                taken = 0
+                id_field = self.recipe.id_field
+                while not self.flags.stopping:
+                    chunk = await anyio.to_thread.run_sync(_take, records, READ_CHUNK)
+                    if not chunk:
+                        break
+                    for rec in chunk:
+                        if self.limit is not None and taken >= self.limit:
+                            return
+                        taken += 1
+                        work = self._work_item(rec, id_field)
+                        if work.id in done:
+                            continue
+                        await send.send(work)
+
+    def _work_item(self, rec: SourceRecord, id_field: str | None) -> _Work:
+        if rec.data is None:
+            return _Work(rec.where, None, rec.where, rec.error or "unreadable record")
+        rid = record_id(rec.data, id_field)
+        if rid is None:
+            return _Work(
+                rec.where,
+                rec.data,
+                rec.where,
+                f"record has no {id_field!r} field (data.id); fields: "
+                f"{', '.join(sorted(map(str, rec.data)))}",
+            )
+        return _Work(rid, rec.data, rec.where, rec.error)
+
+    async def _work(
+        self,
+        recv: MemoryObjectReceiveStream[_Work],
+        send: MemoryObjectSendStream[dict[str, Any]],
+        caller: Caller,
+    ) -> None:
+        async with recv, send:
+            async for work in recv:
+                if self.flags.stopping:
+                    continue  # not started: the next run does it
+                self.stats.in_flight += 1
+                try:
+                    row = await self._process(work, caller)
+                except RunAborted as exc:
+                    self._abort(exc)
+                    return
+                finally:
+                    self.stats.in_flight -= 1
+                await send.send(row)
+
+    async def _process(self, work: _Work, caller: Caller) -> dict[str, Any]:
+        """Always a row: ok, or error with a reason (RunAborted is the one exception)."""
+        if work.error is not None:
+            return self._error_row(work, "bad_input", work.error, attempts=0)
+        assert work.data is not None
+        try:
+            prompt = self.template.render(work.id, work.data)
+        except RecordError as exc:
+            return self._error_row(work, exc.code, str(exc), attempts=0)
+        try:
+            outcome = await caller.call(prompt)
+        except CallFailed as failed:
+            err = failed.error
+            return self._error_row(
+                work,
+                err.code,
+                err.message,
+                attempts=failed.attempts,
+                retryable=err.retryable,
+                status=err.status,
+            )
+        except (RunAborted, anyio.get_cancelled_exc_class()):
+            raise
+        except Exception as exc:  # a provider plugin's bug must not take the run down
+            return self._error_row(work, "internal", f"{type(exc).__name__}: {exc}", attempts=1)
+        reply = outcome.reply
+        result = Result(reply.text, {}, reply, work.data)
+        row = self._row(work, "ok", outcome.attempts)
+        row["latency_s"] = round(outcome.latency_s, 4)
+        row["response"] = reply.to_json(keep_raw=self.recipe.keep_raw)
+        for post in self.posts:
+            try:
+                post(result)
+            except RecordError as exc:
+                row["status"] = "error"
+                row["error"] = {
+                    "type": exc.code,
+                    "message": self.redact(str(exc)),
+                    "retryable": False,
+                }
+                return row
+            except Exception as exc:
+                row["status"] = "error"
+                row["error"] = {
+                    "type": "internal",
+                    "retryable": False,
+                    "message": f"postprocessor failed: {type(exc).__name__}: {exc}",
+                }
+                return row
+        row["text"] = result.text
+        row["fields"] = result.fields
+        return row
+
+    def _row(self, work: _Work, status: str, attempts: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"id": work.id, "status": status}
+        include = self.recipe.include
+        if work.data is not None and include != "none":
+            row["record"] = (
+                work.data
+                if include == "all"
+                else {k: work.data[k] for k in include if k in work.data}
+            )
+        row["attempts"] = attempts
+        row["finished_at"] = now_iso()
+        row["recipe_hash"] = self.recipe.job_hash
+        return row
+
+    def _error_row(
+        self,
+        work: _Work,
+        code: str,
+        message: str,
+        *,
+        attempts: int,
+        retryable: bool = False,
+        status: int | None = None,
+    ) -> dict[str, Any]:
+        row = self._row(work, "error", attempts)
+        error: dict[str, Any] = {
+            "type": code,
+            "message": self.redact(message),
+            "retryable": retryable,
+        }
+        if status is not None:
+            error["status"] = status
+        if work.where != work.id:
+            error["where"] = work.where
+        row["error"] = error
+        return row
+
+    async def _write(self, recv: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+        wants_rows = self.observers.wants_records
+        async with recv:
+            async for row in recv:
+                batch = [row]
+                while len(batch) < WRITE_BATCH:
+                    try:
+                        batch.append(recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                self.writer.write(batch)
+                for item in batch:
+                    self.stats.count_row(item)
+                    if wants_rows:
+                        self.observers.call("record_done", item)
+
+    # -- around the pipeline ---------------------------------------------------------------
+
+    async def _count_total(self) -> None:
+        count = getattr(self.loader, "count", None)
+        if count is None:
+            return
+        total = await anyio.to_thread.run_sync(count, abandon_on_cancel=True)
+        if total is not None and self.limit is not None:
+            total = min(total, self.limit)
+        self.stats.total = total
+
+    async def _tick(self, manifest: dict[str, Any]) -> None:
+        last_sync = anyio.current_time()
+        while True:
+            await anyio.sleep(TICK_S)
+            self.progress.update(self.stats)
+            if anyio.current_time() - last_sync >= SYNC_EVERY_S:
+                last_sync = anyio.current_time()
+                self.writer.sync()
+                self._update_manifest(manifest)
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                self.flags.signals += 1
+                if self.flags.signals == 1:
+                    name = signal.Signals(signum).name
+                    self.progress.log(
+                        f"{name}: finishing {self.stats.in_flight} call(s) in flight "
+                        f"(up to {self.recipe.run.drain_s:g} s); press Ctrl-C again to stop now"
+                    )
+                    self._stop_reading()
+                    anyio_deadline = anyio.current_time() + self.recipe.run.drain_s
+                    if self._workers_scope is not None:
+                        self._workers_scope.deadline = anyio_deadline
+                else:
+                    self.progress.log("stopping now; calls in flight will be sent again next run")
+                    if self._workers_scope is not None:
+                        self._workers_scope.cancel()
+
+    def _stop_reading(self) -> None:
+        self.flags.stopping = True
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+
+    def _abort(self, exc: RunAborted) -> None:
+        if self.flags.abort is None:
+            self.flags.abort = exc
+        self._stop_reading()
+        if self._workers_scope is not None:
+            self._workers_scope.cancel()
+
+    def _count_retry(self, error: CallError) -> None:
+        self.stats.retries += 1
+
+    # -- manifest --------------------------------------------------------------------------
+
+    def _start_manifest(self) -> dict[str, Any]:
+        old = self.state.read_manifest() or {}
+        if (
+            old
+            and old.get("recipe_hash") != self.recipe.job_hash
+            and (self.stats.resumed_ok or self.stats.resumed_error)
+        ):
+            self.warn(
+                f"the recipe changed since {self.recipe.output_path.name} was started "
+                f"(hash {old.get('recipe_hash')} -> {self.recipe.job_hash}): new rows follow "
+                "the new recipe, old rows stay; use --fresh to start over"
+            )
+        plugins = sorted({(c.package, c.version) for c in self.registry.all()})
+        manifest: dict[str, Any] = {
+            "llmrun_version": __version__,
+            "recipe": str(self.recipe.path),
+            "name": self.recipe.name,
+            "recipe_hash": self.recipe.job_hash,
+            "provider": self.recipe.provider.name,
+            "model": getattr(self.provider, "model", None),
+            "output": str(self.recipe.output_path),
+            "plugins": [{"package": p, "version": v} for p, v in plugins],
+            "created_at": old.get("created_at") or now_iso(),
+            "runs": [*old.get("runs", [])[-49:], {"started_at": now_iso(), "status": "running"}],
+        }
+        self._update_manifest(manifest)
+        return manifest
+
+    def _update_manifest(self, manifest: dict[str, Any]) -> None:
+        s = self.stats
+        manifest["counts"] = {
+            "ok": s.ok + s.resumed_ok,
+            "error": s.error + s.resumed_error,
+            "total": s.total,
+        }
+        manifest["updated_at"] = now_iso()
+        self.state.write_manifest(manifest)
+
+    def _finish_manifest(
+        self, manifest: dict[str, Any], status: Status, reason: str | None
+    ) -> None:
+        run = manifest["runs"][-1]
+        run.update(
+            {
+                "finished_at": now_iso(),
+                "status": status,
+                "written": self.stats.written,
+                "tokens": {"input": self.stats.input_tokens, "output": self.stats.output_tokens},
+            }
+        )
+        if reason:
+            run["reason"] = reason
+        self._update_manifest(manifest)
+
+
+def _take(records: Iterator[SourceRecord], n: int) -> list[SourceRecord]:
+    return list(itertools.islice(records, n))

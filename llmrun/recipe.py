@@ -1,0 +1,493 @@
+"""YAML recipe -> validated, immutable ``Recipe``.
+
+Order of work: parse YAML keeping positions; apply ``--set`` overrides; substitute ``${VAR}``;
+validate against the base schema, then each component's section against that component's own
+option schema. Every fault found is reported at once, each with file, line, column and key path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .envvars import Environment, read_dotenv
+from .errors import PluginError, Problem, RecipeError
+from .plugins import Registry
+from .redaction import Redactor
+from .schema import CORE_KEYS, base_schema
+from .yamlsource import Positions, dotted, load_yaml, position_of
+
+SECRET_WORDS = ("key", "token", "secret", "password")
+LOADER_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}
+RUN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "concurrency": 16,
+        "max_retries": 5,
+        "timeout_s": 120.0,
+        "connect_timeout_s": 10.0,
+        "drain_s": 30.0,
+        "requests_per_minute": None,
+    }
+)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component chosen by a recipe: its name, options, and where the section is."""
+
+    name: str
+    options: Mapping[str, Any]
+    where: str  # key path in the recipe, for messages
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    concurrency: int
+    max_retries: int
+    timeout_s: float
+    connect_timeout_s: float
+    drain_s: float
+    requests_per_minute: float | None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. Paths are absolute; ``secrets`` must be redacted from any output."""
+
+    path: Path
+    name: str
+    data: ComponentSpec
+    id_field: str | None
+    limit: int | None
+    messages: tuple[tuple[str, str], ...]  # (role, template source)
+    provider: ComponentSpec
+    api_keys: tuple[str, ...]
+    generation: Mapping[str, Any]
+    run: RunSettings
+    postprocess: tuple[ComponentSpec, ...]
+    output_path: Path
+    writer: ComponentSpec
+    include: str | tuple[str, ...]
+    keep_raw: bool
+    secrets: frozenset[str]
+    job_hash: str  # hash of what decides the results (not run settings, never secrets)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``run.concurrency=8`` -> (("run", "concurrency"), 8); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError([Problem(f"--set expects key.path=value, got {text!r}", file="--set")])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return tuple(p for p in key.strip().split(".")), parsed
+
+
+def load_recipe(
+    path: str | Path,
+    registry: Registry,
+    *,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Recipe:
+    """Read, interpolate and validate a recipe; raise RecipeError listing every problem."""
+    path = Path(path).resolve()
+    filename = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(
+            [Problem(f"cannot read recipe: {exc.strerror or exc}", file=filename)]
+        ) from None
+    data, positions = load_yaml(text, filename)
+    if not isinstance(data, dict):
+        raise RecipeError(
+            [
+                Problem(
+                    "a recipe is a YAML mapping (key: value lines)", file=filename, line=1, column=1
+                )
+            ]
+        )
+    for item in overrides:
+        keys, value = parse_override(item)
+        _apply_override(data, keys, value, positions)
+
+    env = Environment(read_dotenv(path.parent / ".env"), environ)
+    problems: list[Problem] = []
+    secrets: set[str] = set()
+    data = _interpolate(data, (), env, positions, filename, problems, secrets)
+    if problems:
+        raise RecipeError(problems)
+    try:
+        return build_recipe(data, positions, path, registry, frozenset(secrets))
+    except RecipeError as exc:  # schema messages quote values: keep keys out of them
+        redact = Redactor(secrets)
+        raise RecipeError(
+            [Problem(redact(p.message), p.path, p.file, p.line, p.column) for p in exc.problems]
+        ) from None
+
+
+def build_recipe(
+    data: dict[str, Any],
+    positions: Positions,
+    path: Path,
+    registry: Registry,
+    secrets: frozenset[str] = frozenset(),
+) -> Recipe:
+    """Validate interpolated recipe data and build the Recipe."""
+    filename = str(path)
+    problems = _schema_problems(data, base_schema(), (), positions, filename)
+
+    def section(key: str) -> dict[str, Any] | None:
+        value = data.get(key)
+        return dict(value) if isinstance(value, dict) else None
+
+    data_section, provider_section, output_section = (
+        section("data"),
+        section("provider"),
+        section("output"),
+    )
+    if data_section is not None and "loader" not in data_section:
+        suffix = Path(str(data_section.get("path", ""))).suffix.lower()
+        guessed = LOADER_BY_SUFFIX.get(suffix)
+        if guessed is None:
+            line, col = position_of(("data",), positions)
+            problems.append(
+                Problem(
+                    "no loader given and none implied by the path's extension "
+                    f"({', '.join(LOADER_BY_SUFFIX)}); add `loader:`",
+                    "data",
+                    filename,
+                    line,
+                    col,
+                )
+            )
+            data_section = None
+        else:
+            data_section["loader"] = guessed
+    if output_section is not None:
+        output_section.setdefault("writer", "jsonl")
+
+    found: dict[str, ComponentSpec | None] = {}
+    for kind, sect in (
+        ("loader", data_section),
+        ("provider", provider_section),
+        ("writer", output_section),
+    ):
+        key, name_key, core = CORE_KEYS[kind]
+        if sect is None or not isinstance(sect.get(name_key), str):
+            continue  # the base schema already said what is wrong
+        found[kind] = _component(
+            registry,
+            kind,
+            sect[name_key],
+            sect,
+            (key,),
+            core,
+            name_key,
+            positions,
+            filename,
+            problems,
+        )
+    posts: list[ComponentSpec] = []
+    post_items = data.get("postprocess")
+    for i, item in enumerate(post_items if isinstance(post_items, list) else []):
+        opts: Any
+        if isinstance(item, str):
+            name, opts = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, opts = next(iter(item.items()))
+        else:
+            continue  # reported by the base schema
+        opts = {} if opts is None else opts
+        if not isinstance(opts, dict):
+            line, col = position_of(("postprocess", i, name), positions)
+            problems.append(
+                Problem(
+                    "options must be a mapping",
+                    dotted(("postprocess", i, name)),
+                    filename,
+                    line,
+                    col,
+                )
+            )
+            continue
+        spec = _component(
+            registry,
+            "postprocessor",
+            name,
+            opts,
+            ("postprocess", i, name),
+            (),
+            None,
+            positions,
+            filename,
+            problems,
+            name_path=("postprocess", i),
+        )
+        if spec:
+            posts.append(spec)
+    if problems:
+        raise RecipeError(sorted(problems, key=lambda p: (p.file != filename, p.line or 0)))
+    loader, provider, writer = found["loader"], found["provider"], found["writer"]
+    assert loader and provider and writer and data_section and provider_section and output_section
+
+    base = path.parent
+    prompt = data["prompt"]
+    if isinstance(prompt, str):
+        messages: tuple[tuple[str, str], ...] = (("user", prompt),)
+    elif "messages" in prompt:
+        messages = tuple((m["role"], m["content"]) for m in prompt["messages"])
+    else:
+        messages = tuple((role, prompt[role]) for role in ("system", "user") if role in prompt)
+    run = {**RUN_DEFAULTS, **data.get("run", {})}
+    include = output_section.get("include", "all")
+    return Recipe(
+        path=path,
+        name=str(data.get("name") or path.stem),
+        data=loader,
+        id_field=data_section.get("id"),
+        limit=data_section.get("limit"),
+        messages=messages,
+        provider=provider,
+        api_keys=tuple(provider_section.get("api_keys", ())),
+        generation=freeze(data.get("generation", {})),
+        run=RunSettings(
+            concurrency=int(run["concurrency"]),
+            max_retries=int(run["max_retries"]),
+            timeout_s=float(run["timeout_s"]),
+            connect_timeout_s=float(run["connect_timeout_s"]),
+            drain_s=float(run["drain_s"]),
+            requests_per_minute=run["requests_per_minute"],
+        ),
+        postprocess=tuple(posts),
+        output_path=(base / str(output_section["path"])).resolve(),
+        writer=writer,
+        include=include if isinstance(include, str) else tuple(include),
+        keep_raw=bool(output_section.get("raw", False)),
+        secrets=secrets,
+        job_hash=job_hash(data, secrets),
+    )
+
+
+def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:
+    """Hash what decides the results: data, prompt, provider (keys excluded), generation,
+    postprocessing. Run settings and the output's own options are left out, so raising the
+    concurrency does not count as a changed recipe."""
+    secret_set = set(secrets)
+    relevant = {k: data.get(k) for k in ("data", "prompt", "provider", "generation", "postprocess")}
+    relevant["provider"] = {
+        k: v for k, v in (relevant["provider"] or {}).items() if k != "api_keys"
+    }
+    text = json.dumps(_redacted(relevant, secret_set), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def freeze(value: Any) -> Any:
+    """Deeply immutable copy: dicts become read-only mappings, lists tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Plain JSON-ready copy of a frozen value."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
+
+
+def _redacted(value: Any, secrets: set[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _redacted(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, secrets) for v in value]
+    if isinstance(value, str) and value in secrets:
+        return "<secret>"
+    return value
+
+
+def _apply_override(
+    data: dict[str, Any], keys: tuple[str, ...], value: Any, positions: Positions
+) -> None:
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        nxt = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(nxt, dict):
+            if nxt is not None:
+                raise RecipeError(
+                    [
+                        Problem(
+                            f"cannot set {'.'.join(keys)}: "
+                            f"{'.'.join(keys[: i + 1])} is not a mapping",
+                            file="--set",
+                        )
+                    ]
+                )
+            nxt = {}
+            node[key] = nxt
+        node = nxt
+    node[keys[-1]] = value
+    for path in [p for p in positions if p[: len(keys)] == keys]:
+        del positions[path]
+    positions[keys] = (0, 0)  # marks "came from --set"; _locate reports it as such
+
+
+def _interpolate(
+    value: Any,
+    path: tuple[Any, ...],
+    env: Environment,
+    positions: Positions,
+    filename: str,
+    problems: list[Problem],
+    secrets: set[str],
+) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _interpolate(v, (*path, k), env, positions, filename, problems, secrets)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _interpolate(v, (*path, i), env, positions, filename, problems, secrets)
+            for i, v in enumerate(value)
+        ]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+    text, missing, used = env.interpolate(value)
+    for name in missing:
+        file, line, col = _locate(path, positions, filename)
+        problems.append(
+            Problem(
+                f"environment variable ${{{name}}} is not set "
+                f"(set it, or add {name}=... to {Path(filename).parent / '.env'})",
+                dotted(path),
+                file,
+                line,
+                col,
+            )
+        )
+    if used and _is_secret_path(path):
+        secrets.add(text)
+    return text
+
+
+def _is_secret_path(path: tuple[Any, ...]) -> bool:
+    names = [p.lower() for p in path if isinstance(p, str)]
+    return any(word in name for name in names[-2:] for word in SECRET_WORDS)
+
+
+def _locate(
+    path: tuple[Any, ...], positions: Positions, filename: str
+) -> tuple[str, int | None, int | None]:
+    line, col = position_of(path, positions)
+    if line == 0:
+        return "--set", None, None
+    return filename, line, col
+
+
+def _schema_problems(
+    instance: Any,
+    schema: Mapping[str, Any],
+    prefix: tuple[Any, ...],
+    positions: Positions,
+    filename: str,
+) -> list[Problem]:
+    validator = jsonschema.Draft202012Validator(schema)
+    problems: list[Problem] = []
+    for err in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path))):
+        err = _deepest(err)
+        path = (*prefix, *err.absolute_path)
+        sub_schema = err.schema if isinstance(err.schema, Mapping) else {}
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            allowed = list(sub_schema.get("properties", {}))
+            extras = [
+                k
+                for k in err.instance
+                if k not in allowed
+                and not any(re.search(p, k) for p in sub_schema.get("patternProperties", {}))
+            ]
+            for extra in extras:
+                file, line, col = _locate((*path, extra), positions, filename)
+                hint = difflib.get_close_matches(extra, allowed, n=1)
+                msg = f"unknown key {extra!r}"
+                msg += (
+                    f" (did you mean {hint[0]!r}?)"
+                    if hint
+                    else (f"; allowed: {', '.join(allowed)}" if allowed else "")
+                )
+                problems.append(Problem(msg, dotted((*path, extra)), file, line, col))
+            continue
+        file, line, col = _locate(path, positions, filename)
+        problems.append(Problem(_message(err), dotted(path), file, line, col))
+    return problems
+
+
+def _deepest(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For oneOf/anyOf failures, the sub-error that went deepest is the useful one."""
+    if err.validator in ("oneOf", "anyOf") and err.context:
+        best = jsonschema.exceptions.best_match(err.context)
+        if best is not None and len(best.absolute_path) > len(err.absolute_path):
+            return _deepest(best)
+    return err
+
+
+def _message(err: jsonschema.ValidationError) -> str:
+    if err.validator == "required":
+        return str(err.message).replace("is a required property", "is required")
+    if err.validator in ("oneOf", "anyOf"):
+        return f"{_short(err.instance)} is not valid here"
+    return str(err.message)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _component(
+    registry: Registry,
+    kind: str,
+    name: Any,
+    section: Mapping[str, Any],
+    path: tuple[Any, ...],
+    core_keys: tuple[str, ...],
+    name_key: str | None,
+    positions: Positions,
+    filename: str,
+    problems: list[Problem],
+    *,
+    name_path: tuple[Any, ...] | None = None,
+) -> ComponentSpec | None:
+    where = (*path, name_key) if name_key else (name_path or path)
+    try:
+        info = registry.get(kind, str(name))
+    except PluginError as exc:
+        file, line, col = _locate(where, positions, filename)
+        problems.append(Problem(str(exc), dotted(where), file, line, col))
+        return None
+    options = {k: v for k, v in section.items() if k not in core_keys}
+    schema = getattr(info.cls, "options_schema", None) or {"type": "object"}
+    found = _schema_problems(options, schema, path, positions, filename)
+    problems.extend(found)
+    return None if found else ComponentSpec(str(name), freeze(options), dotted(path))

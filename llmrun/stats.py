@@ -1,0 +1,63 @@
+"""Counters of a run, kept by the engine's writer task and read by the progress display."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunStats:
+    """What has happened so far. ``resumed_*`` count rows already in the output at start."""
+
+    total: int | None = None  # records in the input (None until counted)
+    resumed_ok: int = 0
+    resumed_error: int = 0
+    ok: int = 0
+    error: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    retries: int = 0
+    in_flight: int = 0
+    errors_by_code: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def written(self) -> int:
+        return self.ok + self.error
+
+    @property
+    def done(self) -> int:
+        return self.written + self.resumed_ok + self.resumed_error
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def rate(self) -> float:
+        elapsed = self.elapsed
+        return self.written / elapsed if elapsed > 0 else 0.0
+
+    def token_rate(self) -> float:
+        elapsed = self.elapsed
+        return (self.input_tokens + self.output_tokens) / elapsed if elapsed > 0 else 0.0
+
+    def eta_s(self) -> float | None:
+        rate = self.rate()
+        if self.total is None or rate <= 0:
+            return None
+        return max(0.0, (self.total - self.done) / rate)
+
+    def count_row(self, row: dict[str, Any]) -> None:
+        if row["status"] == "ok":
+            self.ok += 1
+        else:
+            self.error += 1
+            self.errors_by_code[row["error"]["type"]] += 1
+        response = row.get("response")
+        if response:
+            usage = response.get("usage") or {}
+            self.input_tokens += usage.get("input_tokens") or 0
+            self.output_tokens += usage.get("output_tokens") or 0

@@ -1,0 +1,855 @@
+"""A fast, fake OpenAI-compatible HTTP/1.1 server bound to 127.0.0.1.
+
+Used by llmrun's tests, by plugin authors and by the benchmarks. It is a raw
+``asyncio.Protocol`` server (keep-alive, ``Content-Length`` bodies, one request
+in flight per connection) so that it is cheap enough to sit on one core while a
+client hammers it from another.
+
+In a test::
+
+    with FakeOpenAI(latency_s=0.05) as srv:
+        client = openai.OpenAI(base_url=srv.url, api_key="x")
+        ...
+        assert srv.count() == 10
+
+For benchmarks, in its own process::
+
+    python -m llmrun.testing.fake_openai --port 0 --latency 0.2 --no-record \\
+        --stats-file stats.json
+
+prints ``http://127.0.0.1:PORT/v1`` on one line once listening, serves until
+SIGTERM/SIGINT, writes ``{"requests": N}`` to the stats file and exits 0.
+
+Endpoints: ``POST /v1/chat/completions`` (also ``"stream": true`` as one SSE
+body), ``GET /v1/models`` and ``GET /v1/models/{id}``. Unknown paths get 404,
+malformed JSON 400, both with OpenAI-shaped error bodies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import importlib
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, cast
+
+__all__ = ["FakeOpenAI", "Fault", "RecordedRequest", "main"]
+
+HOST = "127.0.0.1"
+_MAX_HEAD = 64 * 1024
+_MAX_BODY = 64 * 1024 * 1024
+_MAX_N = 128
+_FINGERPRINT = "fp_fake"
+_MODEL_CREATED = 1_700_000_000
+_SSE_PIECES = re.compile(r"\S+\s*|\s+")
+
+_Headers = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the fake server received it."""
+
+    method: str
+    path: str  # without the query string, e.g. "/v1/chat/completions"
+    headers: dict[str, str]  # lower-cased names
+    body: Any  # parsed JSON, or None (empty or malformed body)
+    received_at: float  # time.monotonic()
+
+
+@dataclass
+class Fault:
+    """How to misbehave for one request (returned by the ``fault`` callback).
+
+    ``body=None`` means an OpenAI-shaped error JSON for ``status``; with a 2xx
+    status and no body the normal answer is sent instead (with ``headers`` added),
+    which together with ``delay_s``/``truncate_body`` simulates slow or cut-off
+    successes. ``delay_s`` replaces the server's ``latency_s`` for this answer.
+    """
+
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    delay_s: float = 0.0
+    drop_connection: bool = False
+    truncate_body: bool = False
+
+
+class _RequestError(Exception):
+    """An unparseable request: answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _error_json(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> tuple[int, _Headers, bytes]:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return status, [("content-type", "application/json")], _dumps(body)
+
+
+_DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Bad request.", "invalid_request_error", None),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to sample from this model.", "invalid_request_error", None),
+    404: ("The requested resource does not exist.", "invalid_request_error", None),
+    408: ("Request timed out.", "timeout", None),
+    409: ("Conflict.", "invalid_request_error", None),
+    413: ("Request too large.", "invalid_request_error", None),
+    422: ("Unprocessable entity.", "invalid_request_error", None),
+    429: (
+        "Rate limit reached for requests. Please try again later.",
+        "requests",
+        "rate_limit_exceeded",
+    ),
+    500: (
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+        None,
+    ),
+    502: ("Bad gateway.", "server_error", None),
+    503: ("The server is overloaded or not ready yet.", "server_error", None),
+    504: ("Gateway timeout.", "server_error", None),
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _default_error_body(status: int) -> bytes:
+    if status in _DEFAULT_ERRORS:
+        message, type_, code = _DEFAULT_ERRORS[status]
+    elif status >= 500:
+        message, type_, code = _DEFAULT_ERRORS[500]
+    else:
+        message, type_, code = f"{_reason(status)}.", "invalid_request_error", None
+    return _error_json(status, message, type_, code)[2]
+
+
+@functools.lru_cache(maxsize=64)
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _mask_key(key: str) -> str:
+    """Mask an API key the way OpenAI does; never returns the full key."""
+    if len(key) < 12:
+        return "*" * len(key)
+    return key[:3] + "*" * (len(key) - 7) + key[-4:]
+
+
+def _text_of(content: Any) -> str:
+    """Text of a message ``content`` (a string or a list of content parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict)]
+        return " ".join(t for t in texts if isinstance(t, str))
+    return ""
+
+
+def _echo_reply(body: Any) -> str:
+    """Default reply: ``"echo: "`` + the text of the last user message."""
+    for message in reversed(body.get("messages") or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return "echo: " + _text_of(message.get("content"))
+    return "echo: "
+
+
+def _prompt_tokens(messages: list[Any]) -> int:
+    return sum(len(_text_of(m.get("content")).split()) for m in messages if isinstance(m, dict))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# ----------------------------------------------------------------------- protocol
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests and writes the answers."""
+
+    __slots__ = ("_app", "_buf", "_busy", "_continue_sent", "_loop", "_timer", "_transport")
+
+    def __init__(self, app: FakeOpenAI, loop: asyncio.AbstractEventLoop) -> None:
+        self._app = app
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._busy = False  # a request is being answered; buffer what comes meanwhile
+        self._continue_sent = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._app._conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._app._conns.discard(self)
+        self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._busy:
+            self._buf += data
+            if len(self._buf) > _MAX_HEAD + _MAX_BODY:
+                self.abort()
+            return
+        if self._buf:
+            self._buf += data
+            buf: bytes | bytearray = self._buf
+            self._buf = bytearray()
+            self._process(buf)
+        else:
+            self._process(data)
+
+    def _process(self, buf: bytes | bytearray) -> None:
+        """Answer every complete request in ``buf``; keep the rest for later."""
+        while buf:
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                return
+            if buf[:2] == b"\r\n":  # stray CRLF between requests is allowed
+                buf = buf[2:]
+                continue
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > _MAX_HEAD:
+                    self._fail(431, "Request header fields too large.")
+                else:
+                    self._keep(buf)
+                return
+            try:
+                method, target, version, headers, length = _parse_head(buf[:end])
+            except _RequestError as exc:
+                self._fail(exc.status, exc.message)
+                return
+            total = end + 4 + length
+            if len(buf) < total:
+                if not self._continue_sent and "100-continue" in headers.get("expect", "").lower():
+                    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    self._continue_sent = True
+                self._keep(buf)
+                return
+            body = bytes(buf[end + 4 : total])
+            buf = buf[total:]
+            self._continue_sent = False
+            self._busy = True
+            self._app._dispatch(self, method, target, version, headers, body)
+            if self._busy:  # answer deferred: keep the rest until it is sent
+                self._keep(buf)
+                return
+
+    def _keep(self, buf: bytes | bytearray) -> None:
+        """Keep unprocessed bytes (``self._buf`` is empty while ``_process`` runs)."""
+        self._buf = buf if isinstance(buf, bytearray) else bytearray(buf)
+
+    def _fail(self, status: int, message: str) -> None:
+        _, headers, body = _error_json(status, message)
+        self.reply(_response(status, headers, body, close=True), close=True, delay=0.0)
+
+    def reply(self, data: bytes | None, *, close: bool, delay: float) -> None:
+        """Send ``data`` (None: nothing) after ``delay`` s; then close or go on."""
+        if delay > 0:
+            self._timer = self._loop.call_later(delay, self._deferred, data, close)
+        else:
+            self._send(data, close)
+
+    def _deferred(self, data: bytes | None, close: bool) -> None:
+        self._timer = None
+        self._send(data, close)
+        if not self._busy and self._buf:
+            buf = self._buf
+            self._buf = bytearray()
+            self._process(buf)
+
+    def _send(self, data: bytes | None, close: bool) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if data:
+            transport.write(data)
+        if close:
+            self._buf = bytearray()
+            transport.close()  # flushes what was written, then FIN
+        else:
+            self._busy = False
+
+
+def _parse_head(head: bytes | bytearray) -> tuple[str, str, str, dict[str, str], int]:
+    """Parse a request head into (method, target, version, headers, content length)."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _RequestError(400, "Malformed request line.")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name[-1] in " \t":
+            raise _RequestError(400, "Malformed header line.")
+        name = name.lower()
+        value = value.strip()
+        if name in headers:
+            headers[name] += ", " + value
+        else:
+            headers[name] = value
+    if "transfer-encoding" in headers:
+        raise _RequestError(501, "Only Content-Length request bodies are supported.")
+    length = 0
+    raw_length = headers.get("content-length")
+    if raw_length:
+        if not raw_length.isdigit():
+            raise _RequestError(400, "Invalid Content-Length.")
+        length = int(raw_length)
+        if length > _MAX_BODY:
+            raise _RequestError(413, "Request body too large.")
+    return parts[0], parts[1], parts[2], headers, length
+
+
+def _response(status: int, headers: _Headers, body: bytes, *, close: bool) -> bytes:
+    """Serialize a response (``content-length`` is always set from ``body``)."""
+    lines = [f"HTTP/1.1 {status} {_reason(status)}\r\n"]
+    lines.extend(f"{k}: {v}\r\n" for k, v in headers)
+    lines.append(f"content-length: {len(body)}\r\n")
+    if close:
+        lines.append("connection: close\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1", "replace") + body
+
+
+def _keep_alive(version: str, headers: dict[str, str]) -> bool:
+    connection = headers.get("connection")
+    if connection is None:
+        return version != "HTTP/1.0"
+    tokens = connection.lower()
+    if "close" in tokens:
+        return False
+    return version != "HTTP/1.0" or "keep-alive" in tokens
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop if it is importable, else asyncio's."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return asyncio.new_event_loop()
+    return cast(asyncio.AbstractEventLoop, uvloop.new_event_loop())
+
+
+# ------------------------------------------------------------------------- server
+
+
+class FakeOpenAI:
+    """A fake OpenAI-compatible server on 127.0.0.1, run in a daemon thread.
+
+    ``api_keys=None`` accepts any Authorization; otherwise only ``Bearer <k>`` for
+    ``k`` in the set (else 401 ``invalid_api_key``). ``reply(body) -> text`` replaces
+    the default ``"echo: <last user message>"``. ``fault(request)`` is called per
+    request (on the server thread); a returned :class:`Fault` overrides the answer.
+    Every other answer (errors included) waits ``latency_s`` without blocking the
+    loop, so concurrent requests overlap. ``requests`` is appended to from the
+    server thread; ``count()`` works also with ``record=False``.
+    """
+
+    def __init__(
+        self,
+        *,
+        latency_s: float = 0.0,
+        model: str = "fake-model",
+        api_keys: Collection[str] | None = None,
+        reply: Callable[[Any], str] | None = None,
+        fault: Callable[[RecordedRequest], Fault | None] | None = None,
+        port: int = 0,
+        record: bool = True,
+    ) -> None:
+        self.latency_s = latency_s
+        self.model = model
+        self._api_keys = None if api_keys is None else frozenset(api_keys)
+        self._reply = reply
+        self._fault = fault
+        self._port = port
+        self._record = record
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+        self._total = 0
+        self._seq = itertools.count(1)
+        self._run_id = os.urandom(6).hex()
+        self._url: str | None = None
+        self._conns: set[_Connection] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL, ``http://127.0.0.1:PORT/v1`` (only once started)."""
+        if self._url is None:
+            raise RuntimeError("FakeOpenAI is not started")
+        return self._url
+
+    def start(self) -> FakeOpenAI:
+        """Serve from a daemon thread with its own event loop; return once listening."""
+        if self._thread is not None:
+            raise RuntimeError("FakeOpenAI already started")
+        sock = self._bind()
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._thread_main,
+            args=(sock, ready, failure),
+            name=f"FakeOpenAI:{sock.getsockname()[1]}",
+            daemon=True,
+        )
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, drop open connections and wait for the thread to end."""
+        loop, stop_event, thread = self._loop, self._stop_event, self._thread
+        if loop is not None and stop_event is not None:
+            try:
+                loop.call_soon_threadsafe(stop_event.set)
+            except RuntimeError:  # loop already closed
+                pass
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+
+    def __enter__(self) -> FakeOpenAI:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def count(self, path: str = "/v1/chat/completions") -> int:
+        """How many requests for ``path`` were received (also with ``record=False``)."""
+        return self._counts.get(path, 0)
+
+    @property
+    def total_requests(self) -> int:
+        """How many requests were received, all paths together."""
+        return self._total
+
+    def _bind(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((HOST, self._port))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _thread_main(
+        self, sock: socket.socket, ready: threading.Event, failure: list[BaseException]
+    ) -> None:
+        loop = _new_event_loop()
+        try:
+            loop.run_until_complete(self._serve(sock, ready.set, handle_signals=False))
+        except BaseException as exc:
+            if ready.is_set():
+                traceback.print_exc(file=sys.stderr)
+            else:
+                failure.append(exc)
+        finally:
+            sock.close()
+            loop.close()
+            ready.set()
+
+    def _run_until_signal(self, on_ready: Callable[[], None]) -> None:
+        """Serve in the calling thread until SIGTERM or SIGINT."""
+        sock = self._bind()
+        loop = _new_event_loop()
+        try:
+            loop.run_until_complete(self._serve(sock, on_ready, handle_signals=True))
+        finally:
+            sock.close()
+            loop.close()
+
+    async def _serve(
+        self, sock: socket.socket, on_ready: Callable[[], None], *, handle_signals: bool
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        stop_event = asyncio.Event()
+        self._loop, self._stop_event = loop, stop_event
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop_event.set)
+        server = await loop.create_server(lambda: _Connection(self, loop), sock=sock, backlog=4096)
+        self._url = f"http://{HOST}:{sock.getsockname()[1]}/v1"
+        try:
+            on_ready()
+            await stop_event.wait()
+        finally:
+            server.close()
+            for conn in list(self._conns):
+                conn.abort()
+            await asyncio.sleep(0)  # let connection_lost run
+            await server.wait_closed()
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    # -- request handling (server thread) --------------------------------------
+
+    def _dispatch(
+        self,
+        conn: _Connection,
+        method: str,
+        target: str,
+        version: str,
+        headers: dict[str, str],
+        raw_body: bytes,
+    ) -> None:
+        path = target.partition("?")[0]
+        self._total += 1
+        self._counts[path] = self._counts.get(path, 0) + 1
+        body: Any = None
+        bad_json = False
+        if raw_body:
+            try:
+                body = json.loads(raw_body)
+            except (ValueError, RecursionError):
+                bad_json = True
+        keep_alive = _keep_alive(version, headers)
+        request_id = f"req_{self._run_id}{next(self._seq):08x}"
+        fault: Fault | None = None
+        try:
+            if self._record or self._fault is not None:
+                record = RecordedRequest(method, path, headers, body, time.monotonic())
+                if self._record:
+                    with self._lock:
+                        self.requests.append(record)
+                if self._fault is not None:
+                    fault = self._fault(record)
+            if fault is not None and (fault.body is not None or fault.status >= 300):
+                status, out_headers, payload = fault.status, [], fault.body
+                if payload is None:
+                    payload = _default_error_body(fault.status)
+                    out_headers.append(("content-type", "application/json"))
+            else:
+                status, out_headers, payload = self._answer(
+                    method, path, headers, body, bad_json, request_id
+                )
+        except Exception as exc:  # a callback raised: answer 500, tell the test author
+            traceback.print_exc(file=sys.stderr)
+            fault = None
+            status, out_headers, payload = _error_json(
+                500, f"fake server callback raised {type(exc).__name__}: {exc}", "server_error"
+            )
+        out_headers.append(("x-request-id", request_id))
+        if fault is None:
+            conn.reply(
+                _response(status, out_headers, payload, close=not keep_alive),
+                close=not keep_alive,
+                delay=self.latency_s,
+            )
+            return
+        if fault.drop_connection:
+            conn.reply(None, close=True, delay=fault.delay_s)
+            return
+        merged = {k: v for k, v in out_headers}
+        merged.update((k.lower(), v) for k, v in fault.headers.items())
+        merged.pop("content-length", None)
+        close = (
+            not keep_alive or fault.truncate_body or "close" in merged.pop("connection", "").lower()
+        )
+        data = _response(
+            status, list(merged.items()), payload, close=close and not fault.truncate_body
+        )
+        if fault.truncate_body:
+            data = data[: len(data) - len(payload) + len(payload) // 2]
+        conn.reply(data, close=close, delay=fault.delay_s)
+
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: Any,
+        bad_json: bool,
+        request_id: str,
+    ) -> tuple[int, _Headers, bytes]:
+        """The normal (non-fault) answer: status, headers, body."""
+        if self._api_keys is not None:
+            denied = self._check_key(headers.get("authorization"))
+            if denied is not None:
+                return denied
+        if path == "/v1/chat/completions":
+            if method != "POST":
+                return _method_not_allowed(method, path)
+            if bad_json:
+                return _bad_json()
+            return self._chat(body, request_id)
+        if path == "/v1/models" or path.startswith("/v1/models/"):
+            if method != "GET":
+                return _method_not_allowed(method, path)
+            if path == "/v1/models":
+                listing = {"object": "list", "data": [self._model_object()]}
+                return 200, [("content-type", "application/json")], _dumps(listing)
+            wanted = path[len("/v1/models/") :]
+            if wanted != self.model:
+                return _error_json(
+                    404,
+                    f"The model '{wanted}' does not exist or you do not have access to it.",
+                    code="model_not_found",
+                )
+            return 200, [("content-type", "application/json")], _dumps(self._model_object())
+        return _error_json(404, f"Invalid URL ({method} {path})")
+
+    def _model_object(self) -> dict[str, Any]:
+        return {
+            "id": self.model,
+            "object": "model",
+            "created": _MODEL_CREATED,
+            "owned_by": "system",
+        }
+
+    def _check_key(self, authorization: str | None) -> tuple[int, _Headers, bytes] | None:
+        assert self._api_keys is not None
+        if not authorization or not authorization.startswith("Bearer "):
+            return _error_json(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code="invalid_api_key",
+            )
+        key = authorization[len("Bearer ") :].strip()
+        if key in self._api_keys:
+            return None
+        return _error_json(
+            401,
+            f"Incorrect API key provided: {_mask_key(key)}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            code="invalid_api_key",
+        )
+
+    def _chat(self, body: Any, request_id: str) -> tuple[int, _Headers, bytes]:
+        if not isinstance(body, dict):
+            return _error_json(400, "The request body must be a JSON object.")
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return _error_json(
+                400,
+                "Missing required parameter: 'messages'.",
+                code="missing_required_parameter",
+                param="messages",
+            )
+        if not messages:
+            return _error_json(
+                400,
+                "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+                "but got an empty array instead.",
+                code="empty_array",
+                param="messages",
+            )
+        n = body.get("n")
+        if n is None:
+            n = 1
+        elif not _positive_int(n) or n > _MAX_N:
+            return _error_json(
+                400,
+                f"Invalid 'n': expected an integer between 1 and {_MAX_N}.",
+                code="invalid_value",
+                param="n",
+            )
+        limit: int | None = None
+        for key in ("max_tokens", "max_completion_tokens"):
+            value = body.get(key)
+            if value is None:
+                continue
+            if not _positive_int(value):
+                return _error_json(
+                    400,
+                    f"Invalid '{key}': expected an integer >= 1, got {value!r}.",
+                    code="invalid_value",
+                    param=key,
+                )
+            limit = value if limit is None else min(limit, value)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            model = self.model
+        text = _echo_reply(body) if self._reply is None else self._reply(body)
+        if not isinstance(text, str):
+            raise TypeError(f"reply callback returned {type(text).__name__}, not str")
+        words = text.split()
+        if limit is not None and limit < len(words):
+            content, finish, completion_tokens = " ".join(words[:limit]), "length", limit
+        else:
+            content, finish, completion_tokens = text, "stop", len(words)
+        prompt_tokens = _prompt_tokens(messages)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens * n,
+            "total_tokens": prompt_tokens + completion_tokens * n,
+        }
+        completion_id = "chatcmpl-" + request_id[4:]
+        created = int(time.time())
+        if body.get("stream") is True:
+            return self._chat_stream(body, completion_id, created, model, n, content, finish, usage)
+        choices: list[dict[str, Any]] = [
+            {
+                "index": i,
+                "message": {
+                    "role": "assistant",
+                    "content": content,
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            for i in range(n)
+        ]
+        response = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            "usage": usage,
+            "service_tier": "default",
+            "system_fingerprint": _FINGERPRINT,
+        }
+        return 200, [("content-type", "application/json")], _dumps(response)
+
+    @staticmethod
+    def _chat_stream(
+        body: dict[str, Any],
+        completion_id: str,
+        created: int,
+        model: str,
+        n: int,
+        content: str,
+        finish: str,
+        usage: dict[str, int],
+    ) -> tuple[int, _Headers, bytes]:
+        """A whole ``stream: true`` answer as one SSE body."""
+        base = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": _FINGERPRINT,
+        }
+
+        def chunk(index: int, delta: dict[str, Any], finish_reason: str | None) -> bytes:
+            choice = {
+                "index": index,
+                "delta": delta,
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+            return b"data: " + _dumps({**base, "choices": [choice]}) + b"\n\n"
+
+        events: list[bytes] = []
+        for i in range(n):
+            events.append(chunk(i, {"role": "assistant", "content": "", "refusal": None}, None))
+            events.extend(chunk(i, {"content": p}, None) for p in _SSE_PIECES.findall(content))
+            events.append(chunk(i, {}, finish))
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            events.append(b"data: " + _dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+        return 200, [("content-type", "text/event-stream; charset=utf-8")], b"".join(events)
+
+
+def _method_not_allowed(method: str, path: str) -> tuple[int, _Headers, bytes]:
+    return _error_json(405, f"Method not allowed ({method} {path}).")
+
+
+def _bad_json() -> tuple[int, _Headers, bytes]:
+    return _error_json(
+        400,
+        "We could not parse the JSON body of your request. (HINT: This likely means you "
+        "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+        "but what was sent was not valid JSON.)",
+    )
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the fake server until SIGTERM/SIGINT (``python -m llmrun.testing.fake_openai``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m llmrun.testing.fake_openai",
+        description="Fake OpenAI-compatible server on 127.0.0.1 for tests and benchmarks.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--model", default="fake-model", help="model listed by /v1/models")
+    parser.add_argument(
+        "--no-record", action="store_true", help="keep no per-request list (still counts)"
+    )
+    parser.add_argument("--stats-file", help='on exit, write {"requests": N} here as JSON')
+    args = parser.parse_args(argv)
+
+    server = FakeOpenAI(
+        latency_s=args.latency, model=args.model, port=args.port, record=not args.no_record
+    )
+
+    def announce() -> None:
+        sys.stdout.write(server.url + "\n")
+        sys.stdout.flush()
+
+    server._run_until_signal(announce)
+    if args.stats_file:
+        tmp = f"{args.stats_file}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"requests": server.total_requests}, f)
+        os.replace(tmp, args.stats_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

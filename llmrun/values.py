@@ -1,0 +1,104 @@
+"""The values that flow through a run: source records, prompts, replies, rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(slots=True)
+class SourceRecord:
+    """What a loader yields: the record's fields, or why it could not be read.
+
+    ``where`` locates the record in its source (``reviews.jsonl:12``) for error messages and, when
+    the record has no id, as its id.
+    """
+
+    data: dict[str, Any] | None
+    where: str
+    error: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Prompt:
+    """A rendered request, before any provider turns it into its wire format."""
+
+    record_id: str
+    messages: list[dict[str, Any]]
+    generation: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts as the provider reported them (None when it did not)."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+    def to_json(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
+        if self.cached_tokens is not None:
+            out["cached_tokens"] = self.cached_tokens
+        if self.reasoning_tokens is not None:
+            out["reasoning_tokens"] = self.reasoning_tokens
+        return out
+
+
+@dataclass(slots=True)
+class Reply:
+    """A provider's answer, normalized so nothing downstream cares who answered.
+
+    ``finish_reason`` is one of "stop", "length", "tool_calls", "content_filter", "other".
+    """
+
+    text: str | None
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    model: str | None = None
+    request_id: str | None = None
+    choices: list[str | None] | None = None  # every choice's text when n > 1
+    raw: Any = None
+
+    def to_json(self, *, keep_raw: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "usage": self.usage.to_json(),
+            "model": self.model,
+            "request_id": self.request_id,
+        }
+        if self.choices is not None:
+            out["choices"] = self.choices
+        if keep_raw:
+            out["raw"] = self.raw
+        return out
+
+
+@dataclass(slots=True)
+class Result:
+    """What a postprocessor chain works on: the reply's text and the fields derived from it."""
+
+    text: str | None
+    fields: dict[str, Any]
+    reply: Reply
+    record: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ComponentContext:
+    """What every component is told about the recipe it serves."""
+
+    base_dir: Path  # the recipe's folder: relative paths resolve against it
+    recipe_name: str
+    warn: Callable[[str], None] = field(default=lambda message: None)

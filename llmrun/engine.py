@@ -300,81 +300,85 @@ class Engine:
     async def _process(self, work: _Work, caller: Caller) -> dict[str, Any]:
         """Always a row: ok, or error with a reason (RunAborted is the one exception)."""
         if work.error is not None:
-            return self._error_row(work, "bad_input", work.error, attempts=0)
+            return self._row(work, 0, error=self._error(work, "bad_input", work.error))
         assert work.data is not None
         try:
             prompt = self.template.render(work.id, work.data)
         except RecordError as exc:
-            return self._error_row(work, exc.code, str(exc), attempts=0)
+            return self._row(work, 0, error=self._error(work, exc.code, str(exc)))
         try:
             outcome = await caller.call(prompt)
         except CallFailed as failed:
             err = failed.error
-            return self._error_row(
-                work,
-                err.code,
-                err.message,
-                attempts=failed.attempts,
-                retryable=err.retryable,
-                status=err.status,
-            )
+            error = self._error(work, err.code, err.message, err.retryable, err.status)
+            return self._row(work, failed.attempts, error=error)
         except (RunAborted, anyio.get_cancelled_exc_class()):
             raise
         except Exception as exc:  # a provider plugin's bug must not take the run down
-            return self._error_row(work, "internal", f"{type(exc).__name__}: {exc}", attempts=1)
+            return self._row(work, 1, error=self._error(work, "internal", _describe(exc)))
         reply = outcome.reply
+        response = reply.to_json(keep_raw=self.recipe.keep_raw)
         result = Result(reply.text, {}, reply, work.data)
-        row = self._row(work, "ok", outcome.attempts)
-        row["latency_s"] = round(outcome.latency_s, 4)
-        row["response"] = reply.to_json(keep_raw=self.recipe.keep_raw)
         for post in self.posts:
             try:
                 post(result)
             except RecordError as exc:
-                row["status"] = "error"
-                row["error"] = {
-                    "type": exc.code,
-                    "message": self.redact(str(exc)),
-                    "retryable": False,
-                }
-                return row
+                error = self._error(work, exc.code, str(exc))
             except Exception as exc:
-                row["status"] = "error"
-                row["error"] = {
-                    "type": "internal",
-                    "retryable": False,
-                    "message": f"postprocessor failed: {type(exc).__name__}: {exc}",
-                }
-                return row
-        row["text"] = result.text
-        row["fields"] = result.fields
-        return row
+                error = self._error(work, "internal", f"postprocessor: {_describe(exc)}")
+            else:
+                continue
+            # The reply stays in the row so `repost` can try again without paying.
+            return self._row(
+                work, outcome.attempts, outcome.latency_s, error=error, response=response
+            )
+        return self._row(
+            work,
+            outcome.attempts,
+            outcome.latency_s,
+            text=result.text,
+            fields=result.fields,
+            response=response,
+        )
 
-    def _row(self, work: _Work, status: str, attempts: int) -> dict[str, Any]:
-        row: dict[str, Any] = {"id": work.id, "status": status}
+    def _row(
+        self,
+        work: _Work,
+        attempts: int,
+        latency_s: float | None = None,
+        *,
+        text: str | None = None,
+        fields: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Every row has the same keys, in this order (see docs/output.md)."""
+        row: dict[str, Any] = {
+            "id": work.id,
+            "status": "ok" if error is None else "error",
+            "text": text,
+            "fields": fields or {},
+            "error": error,
+            "response": response,
+        }
         include = self.recipe.include
         if work.data is not None and include != "none":
-            row["record"] = (
-                work.data
-                if include == "all"
-                else {k: work.data[k] for k in include if k in work.data}
-            )
+            data = work.data
+            row["record"] = data if include == "all" else {k: data[k] for k in include if k in data}
         row["attempts"] = attempts
+        row["latency_s"] = None if latency_s is None else round(latency_s, 4)
         row["finished_at"] = now_iso()
         row["recipe_hash"] = self.recipe.job_hash
         return row
 
-    def _error_row(
+    def _error(
         self,
         work: _Work,
         code: str,
         message: str,
-        *,
-        attempts: int,
         retryable: bool = False,
         status: int | None = None,
     ) -> dict[str, Any]:
-        row = self._row(work, "error", attempts)
         error: dict[str, Any] = {
             "type": code,
             "message": self.redact(message),
@@ -384,8 +388,7 @@ class Engine:
             error["status"] = status
         if work.where != work.id:
             error["where"] = work.where
-        row["error"] = error
-        return row
+        return error
 
     async def _write(self, recv: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
         wants_rows = self.observers.wants_records
@@ -513,6 +516,10 @@ class Engine:
         if reason:
             run["reason"] = reason
         self._update_manifest(manifest)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _take(records: Iterator[SourceRecord], n: int) -> list[SourceRecord]:

@@ -1,0 +1,80 @@
+"""Shared fixtures: a fake OpenAI-compatible server on 127.0.0.1, recipe files, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmrun.testing.fake_openai import FakeOpenAI
+
+# Tests never load plugins installed in the environment unless a test asks for them.
+os.environ["LLMRUN_PLUGINS"] = ""
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """A started fake server (any key accepted, no latency); tests may set attributes."""
+    with FakeOpenAI() as server:
+        yield server
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def make_records(n: int, prefix: str = "r") -> list[dict[str, Any]]:
+    return [{"id": f"{prefix}{i:05d}", "text": f"record number {i}"} for i in range(n)]
+
+
+def write_recipe(folder: Path, recipe: dict[str, Any], name: str = "recipe.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def basic_recipe(provider: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """A small recipe over data.jsonl (id field `id`, prompt uses `id` and `text`)."""
+    recipe: dict[str, Any] = {
+        "name": "test",
+        "data": {"path": "data.jsonl", "id": "id"},
+        "prompt": {"system": "You are terse.", "user": "id={{ id }} {{ text }}"},
+        "provider": provider,
+        "run": {"concurrency": 8, "max_retries": 2},
+        "output": {"path": "out.jsonl"},
+    }
+    recipe.update(overrides)
+    return recipe
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The real `llmrun` command, as installed in this environment, in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [*llmrun_command(), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def llmrun_command() -> list[str]:
+    """The installed console script beside this Python (or `python -m llmrun` without one)."""
+    script = Path(sys.executable).parent / "llmrun"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "llmrun"]

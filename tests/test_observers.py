@@ -1,0 +1,59 @@
+"""Observer hooks: called with the documented arguments; a failing observer never stops a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import llmrun
+from llmrun.api import open_recipe
+from llmrun.plugins import load_registry
+
+from .conftest import basic_recipe, make_records, write_jsonl, write_recipe
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    @llmrun.hookimpl
+    def run_started(self, run: Any) -> None:
+        self.events.append(("start", dict(run)))
+
+    @llmrun.hookimpl
+    def record_done(self, row: Any) -> None:
+        self.events.append(("row", row["id"]))
+
+    @llmrun.hookimpl
+    def run_finished(self, summary: Any) -> None:
+        self.events.append(("end", dict(summary)))
+
+
+class Broken:
+    @llmrun.hookimpl
+    def record_done(self, row: Any) -> None:
+        raise RuntimeError("observer bug")
+
+
+def test_observers_see_the_run(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data.jsonl", make_records(5))
+    path = write_recipe(tmp_path, basic_recipe({"name": "mock"}))
+    registry = load_registry(entry_points=False)
+    recorder, broken = Recorder(), Broken()
+    assert registry.manager is not None
+    registry.manager.register(recorder)
+    registry.manager.register(broken)
+    recipe, _ = open_recipe(path, registry=registry)
+    summary = llmrun.run_recipe_sync(recipe, registry=registry)
+    assert summary.status == "completed" and summary.stats.ok == 5
+    kinds = [kind for kind, _ in recorder.events]
+    assert kinds == ["start"] + ["row"] * 5 + ["end"]
+    start = recorder.events[0][1]
+    assert start["recipe"] == "test" and start["provider"] == "mock" and start["resumed"] == 0
+    assert sorted(rid for kind, rid in recorder.events if kind == "row") == [
+        f"r{i:05d}" for i in range(5)
+    ]
+    end = recorder.events[-1][1]
+    assert end["status"] == "completed" and end["ok"] == 5 and end["error"] == 0
+    # The broken observer was reported once, then dropped; the run went on.
+    assert sum("observer bug" in w for w in summary.warnings) == 1

@@ -93,9 +93,10 @@ class Registry:
 
 
 def get_plugin_manager(
-    *, entry_points: bool = True
+    *, entry_points: bool = True, plugins: Mapping[str, object] | None = None
 ) -> tuple[pluggy.PluginManager, list[PluginFailure]]:
-    """A manager with the built-ins and (unless disabled) the installed entry points."""
+    """A manager with the built-ins, the installed entry points (unless disabled) and any
+    ``plugins`` given by name (how tests bring in the plugin under test)."""
     import importlib
 
     pm = pluggy.PluginManager("llmrun")
@@ -111,12 +112,16 @@ def get_plugin_manager(
                 pm.register(plugin, name=ep.name)
             except Exception as exc:  # a broken plugin must never break the CLI
                 failures.append(PluginFailure(ep.name, package, version, _one_line(exc)))
+    for name, plugin in (plugins or {}).items():
+        pm.register(plugin, name=name)
     return pm, failures
 
 
-def load_registry(*, entry_points: bool = True) -> Registry:
+def load_registry(
+    *, entry_points: bool = True, plugins: Mapping[str, object] | None = None
+) -> Registry:
     """Build the registry by calling each plugin's registration hooks, one plugin at a time."""
-    pm, failures = get_plugin_manager(entry_points=entry_points)
+    pm, failures = get_plugin_manager(entry_points=entry_points, plugins=plugins)
     registry = Registry(failures=failures, manager=pm)
     dists = _entry_point_dists()
     for kind, hook_name in KIND_HOOKS.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ class RunStats:
     in_flight: int = 0
     errors_by_code: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # tests fake it
 
     @property
     def written(self) -> int:
@@ -34,7 +36,7 @@ class RunStats:
 
     @property
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return self.clock() - self.started
 
     def rate(self) -> float:
         elapsed = self.elapsed

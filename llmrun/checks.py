@@ -6,7 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from .engine import build_component, record_id
-from .errors import Problem
+from .errors import Problem, RecipeError, TemplateError
 from .plugins import Registry
 from .recipe import Recipe
 from .templates import PromptTemplate
@@ -26,6 +26,8 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
     """Render the prompt for the first ``sample`` records: missing variables, missing ids and
     unreadable records are reported with where they are."""
     report = CheckReport()
+    if recipe.limit is not None:
+        sample = min(sample, recipe.limit)  # records past data.limit are never run
     template = PromptTemplate(recipe.messages, recipe.generation, recipe.base_dir, str(recipe.path))
     context = ComponentContext(recipe.base_dir, recipe.name, report.notes.append)
     try:
@@ -34,29 +36,74 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
     except OSError as exc:
         report.problems.append(Problem(f"cannot read the data: {exc}", "data", str(recipe.path)))
         return report
+    except RecipeError:
+        raise
+    except Exception as exc:  # a plugin's loader that breaks is its fault, told as such
+        info = registry.get("loader", recipe.data.name)
+        report.problems.append(
+            Problem(
+                f"loader {info.name!r} ({info.package} {info.version}) failed: "
+                f"{type(exc).__name__}: {exc}",
+                "data",
+                str(recipe.path),
+            )
+        )
+        return report
     report.sampled = len(records)
     if not records:
         report.notes.append("the data has no records")
     fields: set[str] = set()
     lacking: dict[tuple[str, ...], list[str]] = {}
+    failing: dict[str, list[str]] = {}
+    first_of: dict[str, str] = {}
+    readable = 0
     for rec in records:
         if rec.data is None:
-            report.problems.append(Problem(rec.error or "unreadable record", "data", rec.where))
+            message = rec.error or "unreadable record"
+            # Loaders start the message with where the record is; the Problem says it already.
+            message = message.removeprefix(f"{rec.where}: ")
+            report.problems.append(Problem(message, "data", rec.where))
             continue
+        readable += 1
         fields.update(map(str, rec.data))
-        if recipe.id_field and record_id(rec.data, recipe.id_field) is None:
-            report.problems.append(
-                Problem(f"record has no {recipe.id_field!r} field", "data.id", rec.where)
-            )
-        missing = template.missing(rec.data)
-        if missing:
-            lacking.setdefault(tuple(missing), []).append(rec.where)
+        if recipe.id_field:
+            rid = record_id(rec.data, recipe.id_field)
+            if rid is None:
+                report.problems.append(
+                    Problem(f"record has no {recipe.id_field!r} field", "data.id", rec.where)
+                )
+            elif rid in first_of:
+                # Output rows and resume are keyed on the id: it must name one record only.
+                report.problems.append(
+                    Problem(
+                        f"id {rid!r} is also the id of the record at {first_of[rid]}",
+                        "data.id",
+                        rec.where,
+                    )
+                )
+            else:
+                first_of[rid] = rec.where
+        try:
+            template.render(rec.where, rec.data)
+        except TemplateError as exc:
+            missing = template.missing(rec.data)
+            if missing:
+                lacking.setdefault(tuple(missing), []).append(rec.where)
+            else:
+                failing.setdefault(str(exc), []).append(rec.where)
     for names, places in lacking.items():
-        shown = ", ".join(places[:3]) + (f" and {len(places) - 3} more" if len(places) > 3 else "")
         report.problems.append(
             Problem(
-                f"the prompt uses {', '.join(names)}, which {len(places)} of {report.sampled} "
-                f"record(s) lack ({shown}); fields seen: {', '.join(sorted(fields))}",
+                f"the prompt uses {', '.join(names)}, which {len(places)} of {readable} "
+                f"record(s) lack ({_places(places)}); fields seen: {', '.join(sorted(fields))}",
+                "prompt",
+                str(recipe.path),
+            )
+        )
+    for message, places in failing.items():
+        report.problems.append(
+            Problem(
+                f"{message} ({len(places)} of {readable} record(s): {_places(places)})",
                 "prompt",
                 str(recipe.path),
             )
@@ -64,7 +111,11 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
     used = sorted(template.variables)
     report.notes.append(
         f"prompt variables: {', '.join(used) or 'none'}; "
-        f"fields seen in {report.sampled} record(s): "
+        f"fields seen in {readable} record(s): "
         f"{', '.join(sorted(fields)) or 'none'}"
     )
     return report
+
+
+def _places(places: list[str]) -> str:
+    return ", ".join(places[:3]) + (f" and {len(places) - 3} more" if len(places) > 3 else "")

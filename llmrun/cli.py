@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_args(val)
     val.add_argument(
         "--records",
-        type=int,
+        type=_positive_int,
         default=20,
         metavar="N",
         help="check the prompt against the first N records (default 20)",
@@ -85,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--base", action="store_true", help="the core schema only, without component option schemas"
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,6 +123,9 @@ def report_error(exc: BaseException, err: Any, *, debug: bool) -> int:
 
     if debug:
         err.print_exception()
+    # A task group wraps what one task raised: report the error itself.
+    while isinstance(getattr(exc, "exceptions", None), tuple) and len(exc.exceptions) == 1:  # type: ignore[attr-defined]
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
     if isinstance(exc, RecipeError):
         err.print(f"[bold red]RecipeError[/]: {len(exc.problems)} problem(s)")
         for problem in exc.problems:
@@ -132,17 +145,31 @@ def report_error(exc: BaseException, err: Any, *, debug: bool) -> int:
 
 
 def cmd_run(args: argparse.Namespace, err: Any) -> int:
+    import shlex
+
     import anyio
 
     from .api import open_recipe
     from .engine import Engine
+    from .errors import RecipeError
     from .progress import Mode, make_progress, summary_table
 
+    if args.limit is not None and args.limit < 0:
+        raise RecipeError(f"--limit must be 0 or more, got {args.limit}")
+    # The command that continues this run: the same one, without --fresh.
+    again = shlex.join(
+        ["llmrun", "run", args.recipe, *(f"--set={o}" for o in args.overrides)]
+        + ([] if args.limit is None else ["--limit", str(args.limit)])
+    )
     recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
     mode: Mode = "none" if args.quiet else args.progress
     progress = make_progress(mode, err)
     engine = Engine(recipe, registry, progress, limit=args.limit, fresh=args.fresh)
-    summary = anyio.run(engine.run, backend=args.backend)
+    try:
+        summary = anyio.run(engine.run, backend=args.backend)
+    except KeyboardInterrupt:  # Ctrl-C before the run watched for it (start-up)
+        err.print(f"interrupted: run `{again}` again to continue", markup=False)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(summary.to_json()))  # noqa: T201 - the command's output
     elif not args.quiet:
@@ -151,13 +178,12 @@ def cmd_run(args: argparse.Namespace, err: Any) -> int:
         err.print("[bold red]RunAborted[/]: ", end="")
         err.print(summary.reason or "", markup=False)
         err.print(
-            f"finished rows are kept; fix the problem and run `llmrun run {args.recipe}` "
-            "again to continue",
+            f"finished rows are kept; fix the problem and run `{again}` again to continue",
             markup=False,
         )
         return EXIT_ABORTED
     if summary.status == "interrupted":
-        err.print(f"interrupted: run `llmrun run {args.recipe}` again to continue", markup=False)
+        err.print(f"interrupted: run `{again}` again to continue", markup=False)
         return EXIT_INTERRUPTED
     return EXIT_ERRORS if summary.stats.error + summary.stats.resumed_error else EXIT_OK
 
@@ -204,7 +230,10 @@ def cmd_plugins(args: argparse.Namespace, err: Any) -> int:
         }
         print(json.dumps(data, indent=2))  # noqa: T201 - the command's output
         return EXIT_OK
-    table = Table("kind", "name", "package", "version", "plugin")
+    table = Table()
+    for column in ("kind", "name", "package", "version", "plugin"):
+        # Folded, never cut with an ellipsis: the names are what the reader came for.
+        table.add_column(column, overflow="fold")
     for c in registry.all():
         table.add_row(c.kind, c.name, c.package, c.version, c.plugin)
     Console().print(table)

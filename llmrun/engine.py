@@ -10,8 +10,9 @@ is the only task that touches the output; a row reaches the OS as soon as the wr
 a kill at any instant loses at most the calls in flight, which the next run sends again.
 
 Stopping: the first SIGINT/SIGTERM stops reading and lets calls in flight finish for up to
-``run.drain_s`` seconds; a second one (or the deadline) cancels them. A run-level failure
-(``RunAborted``) cancels calls in flight at once. Either way every finished row is written.
+``run.drain_s`` seconds (calls not sent yet, e.g. waiting for a key's first answer, are not sent
+at all); a second one (or the deadline) cancels them. A run-level failure (``RunAborted``)
+cancels calls in flight at once. Either way every finished row is written.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .__about__ import __version__
-from .calls import Caller, CallFailed
+from .calls import Caller, CallFailed, NotSent
 from .components import Loader, Postprocessor, Provider, Writer
 from .errors import CallError, RecordError, RunAborted
 from .limits import KeyPool, RateLimiter
@@ -76,6 +77,7 @@ class RunSummary:
             "errors_by_code": dict(s.errors_by_code),
             "tokens": {"input": s.input_tokens, "output": s.output_tokens},
             "elapsed_s": round(s.elapsed, 3),
+            "warnings": list(self.warnings),
         }
 
 
@@ -129,7 +131,8 @@ class Engine:
         self.limit = limit if limit is not None else recipe.limit
         self.fresh = fresh
         self.handle_signals = handle_signals and sys.platform != "win32"
-        self.redact = Redactor(recipe.secrets)
+        # Keys written literally in a recipe are as secret as those read from ${VAR}.
+        self.redact = Redactor({*recipe.secrets, *recipe.api_keys})
         self.stats = RunStats()
         self.flags = _Flags()
         self.warnings: list[str] = []
@@ -147,6 +150,7 @@ class Engine:
         self.state = RunState(recipe.output_path)
         self._workers_scope: CancelScope | None = None
         self._reader_scope: CancelScope | None = None
+        self._caller: Caller | None = None
 
     def warn(self, message: str) -> None:
         message = self.redact(message)
@@ -189,6 +193,7 @@ class Engine:
                 warn=self.warn,
                 on_retry=self._count_retry,
             )
+            self._caller = caller
             self.progress.start(self.recipe.name, self.stats)
             try:
                 await self._pipeline(done, caller, manifest)
@@ -251,7 +256,13 @@ class Engine:
                 taken = 0
                 id_field = self.recipe.id_field
                 while not self.flags.stopping:
-                    chunk = await anyio.to_thread.run_sync(_take, records, READ_CHUNK)
+                    try:
+                        chunk = await anyio.to_thread.run_sync(_take, records, READ_CHUNK)
+                    except Exception as exc:  # a missing file, a loader plugin's bug
+                        loader = self.recipe.data.name
+                        message = f"cannot read the records ({loader} loader): {_describe(exc)}"
+                        self._abort(RunAborted(message))
+                        return
                     if not chunk:
                         break
                     for rec in chunk:
@@ -290,12 +301,17 @@ class Engine:
                 self.stats.in_flight += 1
                 try:
                     row = await self._process(work, caller)
+                except NotSent:
+                    continue  # not started: the next run does it
                 except RunAborted as exc:
                     self._abort(exc)
                     return
                 finally:
                     self.stats.in_flight -= 1
-                await send.send(row)
+                # Shielded: a call that finished is paid for, so its row is written even when
+                # a second Ctrl-C or an abort cancels the workers (the writer is not cancelled).
+                with CancelScope(shield=True):
+                    await send.send(row)
 
     async def _process(self, work: _Work, caller: Caller) -> dict[str, Any]:
         """Always a row: ok, or error with a reason (RunAborted is the one exception)."""
@@ -312,7 +328,7 @@ class Engine:
             err = failed.error
             error = self._error(work, err.code, err.message, err.retryable, err.status)
             return self._row(work, failed.attempts, error=error)
-        except (RunAborted, anyio.get_cancelled_exc_class()):
+        except (RunAborted, NotSent, anyio.get_cancelled_exc_class()):
             raise
         except Exception as exc:  # a provider plugin's bug must not take the run down
             return self._row(work, 1, error=self._error(work, "internal", _describe(exc)))
@@ -361,9 +377,10 @@ class Engine:
             "error": error,
             "response": response,
         }
-        include = self.recipe.include
-        if work.data is not None and include != "none":
-            data = work.data
+        include, data = self.recipe.include, work.data
+        if data is None or include == "none":
+            row["record"] = None  # unreadable, or not wanted: the key stays, rows stay uniform
+        else:
             row["record"] = data if include == "all" else {k: data[k] for k in include if k in data}
         row["attempts"] = attempts
         row["latency_s"] = None if latency_s is None else round(latency_s, 4)
@@ -450,6 +467,8 @@ class Engine:
         self.flags.stopping = True
         if self._reader_scope is not None:
             self._reader_scope.cancel()
+        if self._caller is not None:
+            self._caller.close()
 
     def _abort(self, exc: RunAborted) -> None:
         if self.flags.abort is None:

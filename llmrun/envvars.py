@@ -14,6 +14,7 @@ from pathlib import Path
 
 _VAR = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+_QUOTED = re.compile(r"""^(?:"((?:[^"\\]|\\.)*)"|'([^']*)')(?:\s+#.*)?$""")
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -21,17 +22,19 @@ def read_dotenv(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     if not path.is_file():
         return values
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    # utf-8-sig: editors on Windows may start the file with a byte-order mark.
+    for raw in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         m = _DOTENV_LINE.match(raw)
         if not m:
             continue
         key, value = m.group(1), m.group(2)
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-            if raw.count('"') >= 2 and m.group(2).startswith('"'):
-                value = value.replace("\\n", "\n").replace('\\"', '"')
+        quoted = _QUOTED.match(value)  # a comment may follow the closing quote
+        if quoted and quoted.group(1) is not None:
+            value = quoted.group(1).replace("\\n", "\n").replace('\\"', '"')
+        elif quoted:
+            value = quoted.group(2)
         else:
             value = re.split(r"\s+#", value, maxsplit=1)[0]
         values[key] = value

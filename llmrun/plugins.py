@@ -124,11 +124,11 @@ def load_registry(
     pm, failures = get_plugin_manager(entry_points=entry_points, plugins=plugins)
     registry = Registry(failures=failures, manager=pm)
     dists = _entry_point_dists()
+    raised: dict[str, tuple[str, str, str]] = {}  # plugin -> (package, version, error)
     for kind, hook_name in KIND_HOOKS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             plugin_name = impl.plugin_name
             package, version = dists.get(plugin_name, ("llmrun", __version__))
-            seen: list[str] = []
 
             def register(
                 name: str,
@@ -138,9 +138,13 @@ def load_registry(
                 _plugin: str = plugin_name,
                 _pkg: str = package,
                 _ver: str = version,
-                _seen: list[str] = seen,
             ) -> None:
-                _seen.append(name)
+                problem = _schema_problem(cls)
+                if problem is not None:  # it would break validation of every recipe using it
+                    registry.failures.append(
+                        PluginFailure(_plugin, _pkg, _ver, f"{_kind} {name!r}: {problem}", (name,))
+                    )
+                    return
                 existing = registry.components[_kind].get(name)
                 if existing is not None:
                     registry.failures.append(
@@ -160,9 +164,16 @@ def load_registry(
             try:
                 impl.function(register=register)
             except Exception as exc:
-                registry.failures.append(
-                    PluginFailure(plugin_name, package, version, _one_line(exc), tuple(seen))
-                )
+                raised.setdefault(plugin_name, (package, version, _one_line(exc)))
+    # A plugin that raised is skipped whole: what it did register may rely on what failed.
+    for plugin_name, (package, version, error) in raised.items():
+        names: list[str] = []
+        for kind in KIND_HOOKS:
+            for name, info in list(registry.components[kind].items()):
+                if info.plugin == plugin_name:
+                    names.append(name)
+                    del registry.components[kind][name]
+        registry.failures.append(PluginFailure(plugin_name, package, version, error, tuple(names)))
     return registry
 
 
@@ -214,6 +225,21 @@ def _dist_of(ep: metadata.EntryPoint) -> tuple[str, str]:
 
 def _entry_point_dists() -> dict[str, tuple[str, str]]:
     return {ep.name: _dist_of(ep) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _schema_problem(cls: type) -> str | None:
+    """Why the component's ``options_schema`` is not a valid JSON Schema, or None."""
+    import jsonschema
+
+    schema = getattr(cls, "options_schema", None)
+    if schema is None:
+        return None
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(map(str, exc.absolute_path))
+        return f"invalid options_schema{f' at {where}' if where else ''}: {exc.message}"
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import jinja2
 import jsonschema
 import yaml
 
@@ -25,9 +26,10 @@ from .errors import PluginError, Problem, RecipeError
 from .plugins import Registry
 from .redaction import Redactor
 from .schema import CORE_KEYS, base_schema
+from .templates import make_environment
 from .yamlsource import Positions, dotted, load_yaml, position_of
 
-SECRET_WORDS = ("key", "token", "secret", "password")
+SECRET_WORDS = ("key", "token", "secret", "password", "auth")
 LOADER_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}
 RUN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
@@ -90,13 +92,14 @@ class Recipe:
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     """``run.concurrency=8`` -> (("run", "concurrency"), 8); the value is read as YAML."""
     key, sep, value = text.partition("=")
-    if not sep or not key.strip():
+    keys = tuple(p.strip() for p in key.split("."))
+    if not sep or not all(keys):
         raise RecipeError([Problem(f"--set expects key.path=value, got {text!r}", file="--set")])
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
-    return tuple(p for p in key.strip().split(".")), parsed
+    return keys, parsed
 
 
 def load_recipe(
@@ -114,6 +117,10 @@ def load_recipe(
     except OSError as exc:
         raise RecipeError(
             [Problem(f"cannot read recipe: {exc.strerror or exc}", file=filename)]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            [Problem(f"cannot read recipe: not UTF-8 text ({exc.reason})", file=filename)]
         ) from None
     data, positions = load_yaml(text, filename)
     if not isinstance(data, dict):
@@ -164,16 +171,19 @@ def build_recipe(
         section("output"),
     )
     if data_section is not None and "loader" not in data_section:
-        suffix = Path(str(data_section.get("path", ""))).suffix.lower()
-        guessed = LOADER_BY_SUFFIX.get(suffix)
+        given = data_section.get("path")
+        guessed = LOADER_BY_SUFFIX.get(Path(str(given)).suffix.lower())
         if guessed is None:
-            line, col = position_of(("data",), positions)
+            file, line, col = _locate(("data",), positions, filename)
+            exts = ", ".join(LOADER_BY_SUFFIX)
             problems.append(
                 Problem(
-                    "no loader given and none implied by the path's extension "
-                    f"({', '.join(LOADER_BY_SUFFIX)}); add `loader:`",
+                    f"give `path:` (a {exts} file) or `loader:`"
+                    if given is None
+                    else f"no loader given and none implied by the path's extension ({exts}); "
+                    "add `loader:`",
                     "data",
-                    filename,
+                    file,
                     line,
                     col,
                 )
@@ -217,12 +227,12 @@ def build_recipe(
             continue  # reported by the base schema
         opts = {} if opts is None else opts
         if not isinstance(opts, dict):
-            line, col = position_of(("postprocess", i, name), positions)
+            file, line, col = _locate(("postprocess", i, name), positions, filename)
             problems.append(
                 Problem(
                     "options must be a mapping",
                     dotted(("postprocess", i, name)),
-                    filename,
+                    file,
                     line,
                     col,
                 )
@@ -243,6 +253,7 @@ def build_recipe(
         )
         if spec:
             posts.append(spec)
+    problems.extend(_template_problems(data.get("prompt"), path.parent, positions, filename))
     if problems:
         raise RecipeError(sorted(problems, key=lambda p: (p.file != filename, p.line or 0)))
     loader, provider, writer = found["loader"], found["provider"], found["writer"]
@@ -295,6 +306,8 @@ def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:
     relevant["provider"] = {
         k: v for k, v in (relevant["provider"] or {}).items() if k != "api_keys"
     }
+    # How many records to take decides no record's result, like --limit.
+    relevant["data"] = {k: v for k, v in (relevant["data"] or {}).items() if k != "limit"}
     text = json.dumps(_redacted(relevant, secret_set), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -346,6 +359,7 @@ def _apply_override(
                 )
             nxt = {}
             node[key] = nxt
+            positions[keys[: i + 1]] = (0, 0)  # a section the override created
         node = nxt
     node[keys[-1]] = value
     for path in [p for p in positions if p[: len(keys)] == keys]:
@@ -372,9 +386,9 @@ def _interpolate(
             _interpolate(v, (*path, i), env, positions, filename, problems, secrets)
             for i, v in enumerate(value)
         ]
-    if not isinstance(value, str) or "$" not in value:
+    if not isinstance(value, str):
         return value
-    text, missing, used = env.interpolate(value)
+    text, missing, used = env.interpolate(value) if "$" in value else (value, [], False)
     for name in missing:
         file, line, col = _locate(path, positions, filename)
         problems.append(
@@ -387,7 +401,8 @@ def _interpolate(
                 col,
             )
         )
-    if used and _is_secret_path(path):
+    # A key written into the recipe itself is as secret as one read from the environment.
+    if (used and _is_secret_path(path)) or (path[:2] == ("provider", "api_keys") and text):
         secrets.add(text)
     return text
 
@@ -412,15 +427,19 @@ def _schema_problems(
     prefix: tuple[Any, ...],
     positions: Positions,
     filename: str,
+    core_keys: Sequence[str] = (),
 ) -> list[Problem]:
+    """Problems of ``instance`` against ``schema``; ``core_keys`` are also allowed at its top
+    (a component section holds llmrun's keys beside the component's options)."""
     validator = jsonschema.Draft202012Validator(schema)
     problems: list[Problem] = []
-    for err in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path))):
-        err = _deepest(err)
+    top = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path)))
+    for err in [leaf for e in top for leaf in _leaves(e)]:
         path = (*prefix, *err.absolute_path)
         sub_schema = err.schema if isinstance(err.schema, Mapping) else {}
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             allowed = list(sub_schema.get("properties", {}))
+            allowed += [] if err.absolute_path else [k for k in core_keys if k not in allowed]
             extras = [
                 k
                 for k in err.instance
@@ -443,19 +462,37 @@ def _schema_problems(
     return problems
 
 
-def _deepest(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
-    """For oneOf/anyOf failures, the sub-error that went deepest is the useful one."""
-    if err.validator in ("oneOf", "anyOf") and err.context:
-        best = jsonschema.exceptions.best_match(err.context)
-        if best is not None and len(best.absolute_path) > len(err.absolute_path):
-            return _deepest(best)
-    return err
+def _leaves(err: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
+    """The errors worth showing for ``err``: for a oneOf/anyOf failure, those of the branch the
+    value was most likely meant for (right type, fewest and then deepest errors), so a typo in
+    one form of ``prompt`` reads "unknown key 'sytem'", not "not valid under any schema"."""
+    if err.validator not in ("oneOf", "anyOf") or not err.context:
+        return [err]
+    branches: dict[Any, list[jsonschema.ValidationError]] = {}
+    for sub in err.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    fitting = [
+        errs
+        for errs in branches.values()
+        if not any(e.validator == "type" and not e.relative_path for e in errs)
+    ]
+    if not fitting:
+        return [err]  # no branch has the value's type: _message lists the types allowed
+    best = min(fitting, key=lambda errs: (len(errs), -max(len(e.absolute_path) for e in errs)))
+    return [leaf for e in best for leaf in _leaves(e)]
 
 
 def _message(err: jsonschema.ValidationError) -> str:
     if err.validator == "required":
         return str(err.message).replace("is a required property", "is required")
     if err.validator in ("oneOf", "anyOf"):
+        types = [
+            repr(e.validator_value)
+            for e in err.context or ()
+            if e.validator == "type" and not e.relative_path and isinstance(e.validator_value, str)
+        ]
+        if types:
+            return f"{_short(err.instance)} is not of type {' or '.join(dict.fromkeys(types))}"
         return f"{_short(err.instance)} is not valid here"
     return str(err.message)
 
@@ -463,6 +500,41 @@ def _message(err: jsonschema.ValidationError) -> str:
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _template_problems(
+    prompt: Any, base_dir: Path, positions: Positions, filename: str
+) -> list[Problem]:
+    """Compile each prompt template, so a syntax error is reported with the recipe's other
+    faults and where it is, not when the first record is rendered."""
+    sources: list[tuple[tuple[Any, ...], Any]] = []
+    if isinstance(prompt, str):
+        sources.append((("prompt",), prompt))
+    elif isinstance(prompt, dict):
+        sources += [(("prompt", k), prompt[k]) for k in ("system", "user") if k in prompt]
+        messages = prompt.get("messages")
+        for i, msg in enumerate(messages if isinstance(messages, list) else []):
+            if isinstance(msg, dict):
+                sources.append((("prompt", "messages", i, "content"), msg.get("content")))
+    env = make_environment(base_dir)
+    problems: list[Problem] = []
+    for where, source in sources:
+        if not isinstance(source, str):
+            continue  # the schema reports it
+        try:
+            env.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            file, line, col = _locate(where, positions, filename)
+            problems.append(
+                Problem(
+                    f"template syntax error (template line {exc.lineno}): {exc.message}",
+                    dotted(where),
+                    file,
+                    line,
+                    col,
+                )
+            )
+    return problems
 
 
 def _component(
@@ -488,6 +560,6 @@ def _component(
         return None
     options = {k: v for k, v in section.items() if k not in core_keys}
     schema = getattr(info.cls, "options_schema", None) or {"type": "object"}
-    found = _schema_problems(options, schema, path, positions, filename)
+    found = _schema_problems(options, schema, path, positions, filename, core_keys)
     problems.extend(found)
     return None if found else ComponentSpec(str(name), freeze(options), dotted(path))

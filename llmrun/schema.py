@@ -57,9 +57,16 @@ def composed_schema(registry: Registry) -> dict[str, Any]:
             target["allOf"] = rules
     post_names = sorted(registry.components["postprocessor"])
     item_props = {
-        name: copy.deepcopy(
-            getattr(registry.components["postprocessor"][name].cls, "options_schema", {}) or {}
-        )
+        # `- strip:` (no options) is null in YAML; recipes accept it as no options.
+        name: {
+            "anyOf": [
+                {"type": "null"},
+                copy.deepcopy(
+                    getattr(registry.components["postprocessor"][name].cls, "options_schema", {})
+                    or {}
+                ),
+            ]
+        }
         for name in post_names
     }
     props["postprocess"]["items"] = {

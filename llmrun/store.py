@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +110,25 @@ class RunState:
         stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
         moved: list[Path] = []
         if self.output.exists():
-            target = self.output.with_name(f"{self.output.stem}.old-{stamp}{self.output.suffix}")
-            self.output.rename(target)
+            out = self.output
+            target = _unused(lambda n: out.with_name(f"{out.stem}.old-{stamp}{n}{out.suffix}"))
+            out.rename(target)
             moved.append(target)
         if self.manifest_path.exists():
-            target = self.dir / f"manifest.old-{stamp}.json"
+            target = _unused(lambda n: self.dir / f"manifest.old-{stamp}{n}.json")
             self.manifest_path.rename(target)
             moved.append(target)
         return moved
+
+
+def _unused(name: Callable[[str], Path]) -> Path:
+    """The first of name(""), name("-2"), ... that does not exist: a rename onto an existing
+    file would replace it, and two --fresh runs within one second would lose the first output."""
+    for n in itertools.count(1):
+        path = name("" if n == 1 else f"-{n}")
+        if not path.exists():
+            return path
+    raise AssertionError("unreachable")
 
 
 def atomic_write(path: Path, text: str) -> None:

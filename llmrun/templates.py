@@ -63,22 +63,24 @@ class PromptTemplate:
         self._generation = dict(generation)
 
     def missing(self, record: Mapping[str, Any]) -> list[str]:
+        """The template's variables this record lacks (some may be guarded by ``is defined``
+        or ``| default``: only a failed render says the record cannot be used)."""
         return sorted(v for v in self.variables if v not in record)
 
     def render(self, record_id: str, record: Mapping[str, Any]) -> Prompt:
         """The rendered prompt; TemplateError when the record cannot fill the template."""
-        missing = self.missing(record)
-        if missing:
-            raise TemplateError(
-                f"record lacks field(s) the prompt uses: {', '.join(missing)}; "
-                f"it has: {', '.join(sorted(map(str, record))) or 'no fields'}"
-            )
         context = {**record, "record": record}
         try:
             rendered = [
                 {"role": role, "content": tpl.render(context)} for role, tpl in self._messages
             ]
         except jinja2.UndefinedError as exc:
+            missing = self.missing(record)
+            if missing:
+                raise TemplateError(
+                    f"record lacks field(s) the prompt uses: {', '.join(missing)}; "
+                    f"it has: {', '.join(sorted(map(str, record))) or 'no fields'}"
+                ) from None
             raise TemplateError(f"prompt template: {exc.message}") from None
         except Exception as exc:  # a filter or expression failed on this record's values
             raise TemplateError(f"prompt template failed: {type(exc).__name__}: {exc}") from None

@@ -20,7 +20,7 @@ def load_yaml(text: str, filename: str) -> tuple[Any, Positions]:
         if node is None:
             return None, {}
         positions: Positions = {}
-        data = _build(loader, node, (), positions, filename)
+        data = _build(loader, node, (), positions, filename, {})
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -36,12 +36,21 @@ def load_yaml(text: str, filename: str) -> tuple[Any, Positions]:
 
 
 def _build(
-    loader: yaml.SafeLoader, node: yaml.Node, path: Path_, positions: Positions, filename: str
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+    path: Path_,
+    positions: Positions,
+    filename: str,
+    explicit_keys: dict[int, set[int]],
 ) -> Any:
     positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves `<<` merge keys
+        # Key nodes written in this mapping itself, taken before flatten_mapping adds merged
+        # ones to it (in place, so a node reached again through an alias is already flat).
+        explicit = explicit_keys.setdefault(id(node), {id(k) for k, _ in node.value})
+        loader.flatten_mapping(node)  # resolves `<<` merge keys, putting merged pairs first
         out: dict[Any, Any] = {}
+        merged: set[str] = set()  # keys that came from `<<`: a later key may override them
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
@@ -58,7 +67,11 @@ def _build(
                 )
             key = str(key) if not isinstance(key, str) else key
             child = (*path, key)
-            if key in out:
+            if key in merged:
+                merged.discard(key)
+                for stale in [p for p in positions if p[: len(child)] == child]:
+                    del positions[stale]
+            elif key in out:
                 raise RecipeError(
                     [
                         Problem(
@@ -70,12 +83,14 @@ def _build(
                         )
                     ]
                 )
+            if id(key_node) not in explicit:
+                merged.add(key)
             positions[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _build(loader, value_node, child, positions, filename)
+            out[key] = _build(loader, value_node, child, positions, filename, explicit_keys)
         return out
     if isinstance(node, yaml.SequenceNode):
         return [
-            _build(loader, item, (*path, i), positions, filename)
+            _build(loader, item, (*path, i), positions, filename, explicit_keys)
             for i, item in enumerate(node.value)
         ]
     return loader.construct_object(node, deep=True)

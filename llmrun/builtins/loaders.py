@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..errors import Problem, RecipeError
 from ..hookspecs import Register, hookimpl
 from ..values import ComponentContext, SourceRecord
 
+MAX_CELL = 1 << 30  # characters in one CSV cell
 PATH_SCHEMA = {"type": "string", "description": "Input file, relative to the recipe."}
 
 
@@ -19,21 +22,17 @@ class FileLoader:
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.path = (context.base_dir / str(options["path"])).resolve()
-        self.encoding = str(options.get("encoding", "utf-8"))
-        self.label = Path(str(options["path"])).name
-
-    def count(self) -> int | None:
-        """Lines in the file (fast: counts newlines in binary blocks)."""
-        n = 0
-        last = b"\n"
+        encoding = str(options.get("encoding", "utf-8"))
         try:
-            with open(self.path, "rb") as fh:
-                while block := fh.read(1 << 20):
-                    n += block.count(b"\n")
-                    last = block[-1:]
-        except OSError:
-            return None
-        return n + (last != b"\n")
+            codec = codecs.lookup(encoding).name
+        except LookupError:
+            raise RecipeError(
+                [Problem(f"unknown encoding {encoding!r}", "data.encoding")]
+            ) from None
+        # utf-8-sig reads plain UTF-8 too, and drops the byte-order mark spreadsheet programs
+        # write, which would otherwise end up in the first field's name or break line 1.
+        self.encoding = "utf-8-sig" if codec == "utf-8" else encoding
+        self.label = Path(str(options["path"])).name
 
 
 class JsonlLoader(FileLoader):
@@ -66,8 +65,12 @@ class JsonlLoader(FileLoader):
                 yield SourceRecord(data, where)
 
     def count(self) -> int | None:
-        # Blank lines are not records; counting them would only skew the ETA slightly.
-        return super().count()
+        """Non-blank lines, as ``records()`` yields them (binary, without decoding JSON)."""
+        try:
+            with open(self.path, "rb") as fh:
+                return sum(1 for line in fh if not line.isspace())
+        except OSError:
+            return None
 
 
 class CsvLoader(FileLoader):
@@ -96,16 +99,21 @@ class CsvLoader(FileLoader):
         self.delimiter = str(options.get("delimiter", default))
 
     def records(self) -> Iterator[SourceRecord]:
+        # The default limit (128 KiB per cell) is smaller than documents people send to models.
+        csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL))
         with open(self.path, encoding=self.encoding, errors="replace", newline="") as fh:
             reader = csv.reader(fh, delimiter=self.delimiter)
-            header = next(reader, None)
+            header = next((row for row in reader if row), None)  # blank lines before it too
             if header is None:
                 return
             width = len(header)
             line = reader.line_num
-            for cells in reader:
+            for cells in _rows(reader):
                 where = f"{self.label}:{line + 1}"
                 line = reader.line_num
+                if isinstance(cells, csv.Error):
+                    yield SourceRecord(None, where, f"{where}: {cells}")
+                    continue
                 if not cells:
                     continue
                 if len(cells) != width:
@@ -116,8 +124,25 @@ class CsvLoader(FileLoader):
                 yield SourceRecord(dict(zip(header, cells, strict=True)), where)
 
     def count(self) -> int | None:
-        lines = super().count()
-        return None if lines is None else max(0, lines - 1)
+        """Rows after the header, parsed as ``records()`` does: a quoted cell may span lines."""
+        csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL))
+        try:
+            with open(self.path, encoding=self.encoding, errors="replace", newline="") as fh:
+                rows = sum(cells != [] for cells in _rows(csv.reader(fh, delimiter=self.delimiter)))
+        except OSError:
+            return None
+        return max(0, rows - 1)
+
+
+def _rows(reader: Iterator[list[str]]) -> Iterator[list[str] | csv.Error]:
+    """The reader's rows, and the error for a row it could not parse (the reader goes on)."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield exc
 
 
 @hookimpl

@@ -103,7 +103,7 @@ class MockTransport:
         user = next(
             (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), ""
         )
-        digest = hashlib.sha256(prompt_text.encode()).digest()
+        digest = hashlib.sha256(prompt_text.encode("utf-8", "surrogatepass")).digest()
         if self.replies:
             text = self.replies[int.from_bytes(digest[:4], "big") % len(self.replies)]
         else:
@@ -133,7 +133,8 @@ class MockTransport:
                 "total_tokens": len(prompt_text) // 4 + 1 + n * (len(text) // 4 + 1),
             },
         }
-        return httpx.Response(200, json=body, request=request)
+        # ASCII-escaped JSON, like the request: a lone surrogate in the prompt stays encodable.
+        return httpx.Response(200, content=json.dumps(body).encode(), request=request)
 
     async def aclose(self) -> None:
         pass

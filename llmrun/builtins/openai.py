@@ -82,7 +82,10 @@ class OpenAIChat:
         return body
 
     def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
-        content = json.dumps(self.body(prompt), ensure_ascii=False).encode()
+        # backslashreplace: a lone surrogate from the input goes out as its JSON escape.
+        content = json.dumps(self.body(prompt), ensure_ascii=False).encode(
+            "utf-8", "backslashreplace"
+        )
         return httpx.Request("POST", self.url, headers=self._headers(api_key), content=content)
 
     def parse_response(self, response: httpx.Response) -> Reply:

@@ -41,7 +41,11 @@ class JsonlWriter:
                         continue  # a damaged line in the middle: its record runs again
                     if isinstance(row, dict) and "id" in row:
                         yield row
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        # A lone surrogate (from "\ud800" in the input JSON) cannot be UTF-8: written as the
+        # JSON escape it came from, the row stays valid JSON instead of failing the run.
+        self._fh = open(  # noqa: SIM115 - closed in close()
+            self.path, "a", encoding="utf-8", errors="backslashreplace"
+        )
 
     def _repair_tail(self) -> None:
         if not self.path.exists():
@@ -66,6 +70,9 @@ class JsonlWriter:
                 pos -= step
             fh.seek(pos)
             fragment = fh.read()
+            if _is_row(fragment):  # only the newline was lost: the row is whole, keep it
+                fh.write(b"\n")
+                return
             aside = self.path.with_name(self.path.name + ".llmrun") / (
                 f"torn-{now_iso().replace(':', '')}.txt"
             )
@@ -91,6 +98,14 @@ class JsonlWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def _is_row(data: bytes) -> bool:
+    try:
+        row = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and "id" in row
 
 
 @hookimpl

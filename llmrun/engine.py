@@ -251,28 +251,38 @@ class Engine:
     async def _read(self, send: MemoryObjectSendStream[_Work], done: IdSet) -> None:
         with anyio.CancelScope() as scope:
             self._reader_scope = scope
-            async with send:
-                records = self.loader.records()
-                taken = 0
-                id_field = self.recipe.id_field
-                while not self.flags.stopping:
-                    try:
-                        chunk = await anyio.to_thread.run_sync(_take, records, READ_CHUNK)
-                    except Exception as exc:  # a missing file, a loader plugin's bug
-                        loader = self.recipe.data.name
-                        message = f"cannot read the records ({loader} loader): {_describe(exc)}"
-                        self._abort(RunAborted(message))
+            records = self.loader.records()
+            try:
+                await self._read_records(records, send, done)
+            finally:
+                close = getattr(records, "close", None)
+                if close is not None:  # a generator's files close now, not at garbage collection
+                    close()
+
+    async def _read_records(
+        self, records: Iterator[SourceRecord], send: MemoryObjectSendStream[_Work], done: IdSet
+    ) -> None:
+        async with send:
+            taken = 0
+            id_field = self.recipe.id_field
+            while not self.flags.stopping:
+                try:
+                    chunk = await anyio.to_thread.run_sync(_take, records, READ_CHUNK)
+                except Exception as exc:  # a missing file, a loader plugin's bug
+                    loader = self.recipe.data.name
+                    message = f"cannot read the records ({loader} loader): {_describe(exc)}"
+                    self._abort(RunAborted(message))
+                    return
+                if not chunk:
+                    break
+                for rec in chunk:
+                    if self.limit is not None and taken >= self.limit:
                         return
-                    if not chunk:
-                        break
-                    for rec in chunk:
-                        if self.limit is not None and taken >= self.limit:
-                            return
-                        taken += 1
-                        work = self._work_item(rec, id_field)
-                        if work.id in done:
-                            continue
-                        await send.send(work)
+                    taken += 1
+                    work = self._work_item(rec, id_field)
+                    if work.id in done:
+                        continue
+                    await send.send(work)
 
     def _work_item(self, rec: SourceRecord, id_field: str | None) -> _Work:
         if rec.data is None:

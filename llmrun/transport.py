@@ -135,11 +135,16 @@ class HttpxTransport:
         request.extensions["timeout"] = httpx.Timeout(
             timeout_s, connect=self._connect_timeout
         ).as_dict()
-        response = await self._transport.handle_async_request(request)
         try:
-            await response.aread()
-        finally:
-            await response.aclose()
+            response = await self._transport.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        except httpx.RequestError as exc:
+            exc.request = request  # as httpx's client does: the error names its request
+            raise
+        response.request = request
         return response
 
     async def aclose(self) -> None:

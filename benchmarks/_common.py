@@ -1,0 +1,62 @@
+"""What every benchmark client shares: its command line, the records and the request body.
+
+Every client sends the same requests llmrun sends for the benchmark recipe written by run.py:
+one chat completion per record, ``system`` + ``user`` message, ``temperature: 0``,
+``max_tokens: 16``, a bearer key, and reads each reply as JSON. Each prints one JSON line on
+stdout: ``{"client", "ok", "errors", "elapsed_s"}`` where ``elapsed_s`` runs from the first
+request to the last reply (start-up excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+SYSTEM = "You are terse."
+MODEL = "fake-model"
+API_KEY = "sk-bench-0123456789"
+GENERATION = {"temperature": 0, "max_tokens": 16}
+
+
+def record(i: int) -> dict[str, Any]:
+    """Record ``i`` of the generated data file (run.py writes the same)."""
+    return {"id": f"r{i:08d}", "text": f"record number {i} says hello"}
+
+
+def messages(rec: dict[str, Any]) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": rec["text"]}]
+
+
+def body(rec: dict[str, Any]) -> dict[str, Any]:
+    return {"model": MODEL, "messages": messages(rec), **GENERATION}
+
+
+def parse_args(
+    description: str, extra: Callable[[argparse.ArgumentParser], object] | None = None
+) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(p)
+    p.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:PORT/v1")
+    p.add_argument("--records", type=int, required=True)
+    p.add_argument("--concurrency", type=int, required=True)
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=0.0,
+        help="stop starting requests after this many seconds (0: none); for slow clients",
+    )
+    args = p.parse_args()
+    if not args.url.startswith("http://127.0.0.1:"):
+        p.error("benchmarks talk to 127.0.0.1 only")
+    return args
+
+
+def report(client: str, ok: int, errors: int, elapsed_s: float, **extra: Any) -> None:
+    out = {"client": client, "ok": ok, "errors": errors, "elapsed_s": round(elapsed_s, 4)}
+    out.update(extra)
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()

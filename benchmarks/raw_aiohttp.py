@@ -1,0 +1,52 @@
+"""The baseline: a raw aiohttp loop, ``concurrency`` workers over one session.
+
+Each request: build the body, ``json.dumps`` it, POST it, read the reply and ``json.loads`` it,
+take the first choice's text. Nothing else: no retries, no output file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+from _common import API_KEY, body, parse_args, record, report
+
+
+async def main() -> None:
+    args = parse_args(__doc__ or "")
+    url = args.url.rstrip("/") + "/chat/completions"
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    counter = iter(range(args.records))
+    ok = errors = 0
+    deadline = 0.0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal ok, errors
+        for i in counter:
+            if deadline and time.monotonic() > deadline:
+                return
+            data = json.dumps(body(record(i))).encode()
+            try:
+                async with session.post(url, data=data, headers=headers) as resp:
+                    reply = json.loads(await resp.read())
+                    if resp.status == 200 and reply["choices"][0]["message"]["content"]:
+                        ok += 1
+                    else:
+                        errors += 1
+            except (aiohttp.ClientError, OSError, ValueError):
+                errors += 1
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.monotonic()
+        if args.time_limit:
+            deadline = started + args.time_limit
+        await asyncio.gather(*(worker(session) for _ in range(args.concurrency)))
+        elapsed = time.monotonic() - started
+    report("raw-aiohttp", ok, errors, elapsed)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

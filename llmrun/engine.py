@@ -282,7 +282,12 @@ class Engine:
                     work = self._work_item(rec, id_field)
                     if work.id in done:
                         continue
-                    await send.send(work)
+                    try:
+                        # send() always yields to the loop first; skipping that when the buffer
+                        # has room lets rows batch up (measured: -100 us/request, benchmarks/).
+                        send.send_nowait(work)
+                    except anyio.WouldBlock:
+                        await send.send(work)
 
     def _work_item(self, rec: SourceRecord, id_field: str | None) -> _Work:
         if rec.data is None:

@@ -4,7 +4,6 @@ protocol, once per tick (never per record)."""
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Literal, Protocol
 
@@ -169,7 +168,3 @@ def summary_table(title: str, stats: RunStats, status: str, output: str) -> Tabl
     table.add_row("time", f"{fmt_duration(stats.elapsed)} ({stats.rate():,.1f} req/s)")
     table.add_row("output", output)
     return table
-
-
-def is_terminal() -> bool:
-    return sys.stderr.isatty()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import importlib
 import itertools
 import json
 import os
@@ -43,21 +42,25 @@ import time
 import traceback
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
+
+from .http11 import (
+    Connection,
+    Headers,
+    new_event_loop,
+    reason,
+    response_bytes,
+    wants_keep_alive,
+)
 
 __all__ = ["FakeOpenAI", "Fault", "RecordedRequest", "main"]
 
 HOST = "127.0.0.1"
-_MAX_HEAD = 64 * 1024
-_MAX_BODY = 64 * 1024 * 1024
 _MAX_N = 128
 _FINGERPRINT = "fp_fake"
 _MODEL_CREATED = 1_700_000_000
 _SSE_PIECES = re.compile(r"\S+\s*|\s+")
-
-_Headers = list[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -89,15 +92,6 @@ class Fault:
     truncate_body: bool = False
 
 
-class _RequestError(Exception):
-    """An unparseable request: answered with ``status`` and the connection closed."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 # --------------------------------------------------------------------------- bodies
 
 
@@ -111,7 +105,7 @@ def _error_json(
     type_: str = "invalid_request_error",
     code: str | None = None,
     param: str | None = None,
-) -> tuple[int, _Headers, bytes]:
+) -> tuple[int, Headers, bytes]:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return status, [("content-type", "application/json")], _dumps(body)
 
@@ -148,16 +142,8 @@ def _default_error_body(status: int) -> bytes:
     elif status >= 500:
         message, type_, code = _DEFAULT_ERRORS[500]
     else:
-        message, type_, code = f"{_reason(status)}.", "invalid_request_error", None
+        message, type_, code = f"{reason(status)}.", "invalid_request_error", None
     return _error_json(status, message, type_, code)[2]
-
-
-@functools.lru_cache(maxsize=64)
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
 
 
 def _mask_key(key: str) -> str:
@@ -194,182 +180,6 @@ def _positive_int(value: Any) -> bool:
 
 
 # ----------------------------------------------------------------------- protocol
-
-
-class _Connection(asyncio.Protocol):
-    """One client connection: parses requests and writes the answers."""
-
-    __slots__ = ("_app", "_buf", "_busy", "_continue_sent", "_loop", "_timer", "_transport")
-
-    def __init__(self, app: FakeOpenAI, loop: asyncio.AbstractEventLoop) -> None:
-        self._app = app
-        self._loop = loop
-        self._transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self._busy = False  # a request is being answered; buffer what comes meanwhile
-        self._continue_sent = False
-        self._timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._app._conns.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._app._conns.discard(self)
-        self._transport = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        if self._busy:
-            self._buf += data
-            if len(self._buf) > _MAX_HEAD + _MAX_BODY:
-                self.abort()
-            return
-        if self._buf:
-            self._buf += data
-            buf: bytes | bytearray = self._buf
-            self._buf = bytearray()
-            self._process(buf)
-        else:
-            self._process(data)
-
-    def _process(self, buf: bytes | bytearray) -> None:
-        """Answer every complete request in ``buf``; keep the rest for later."""
-        while buf:
-            transport = self._transport
-            if transport is None or transport.is_closing():
-                return
-            if buf[:2] == b"\r\n":  # stray CRLF between requests is allowed
-                buf = buf[2:]
-                continue
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > _MAX_HEAD:
-                    self._fail(431, "Request header fields too large.")
-                else:
-                    self._keep(buf)
-                return
-            try:
-                method, target, version, headers, length = _parse_head(buf[:end])
-            except _RequestError as exc:
-                self._fail(exc.status, exc.message)
-                return
-            total = end + 4 + length
-            if len(buf) < total:
-                if not self._continue_sent and "100-continue" in headers.get("expect", "").lower():
-                    transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    self._continue_sent = True
-                self._keep(buf)
-                return
-            body = bytes(buf[end + 4 : total])
-            buf = buf[total:]
-            self._continue_sent = False
-            self._busy = True
-            self._app._dispatch(self, method, target, version, headers, body)
-            if self._busy:  # answer deferred: keep the rest until it is sent
-                self._keep(buf)
-                return
-
-    def _keep(self, buf: bytes | bytearray) -> None:
-        """Keep unprocessed bytes (``self._buf`` is empty while ``_process`` runs)."""
-        self._buf = buf if isinstance(buf, bytearray) else bytearray(buf)
-
-    def _fail(self, status: int, message: str) -> None:
-        _, headers, body = _error_json(status, message)
-        self.reply(_response(status, headers, body, close=True), close=True, delay=0.0)
-
-    def reply(self, data: bytes | None, *, close: bool, delay: float) -> None:
-        """Send ``data`` (None: nothing) after ``delay`` s; then close or go on."""
-        if delay > 0:
-            self._timer = self._loop.call_later(delay, self._deferred, data, close)
-        else:
-            self._send(data, close)
-
-    def _deferred(self, data: bytes | None, close: bool) -> None:
-        self._timer = None
-        self._send(data, close)
-        if not self._busy and self._buf:
-            buf = self._buf
-            self._buf = bytearray()
-            self._process(buf)
-
-    def _send(self, data: bytes | None, close: bool) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if data:
-            transport.write(data)
-        if close:
-            self._buf = bytearray()
-            transport.close()  # flushes what was written, then FIN
-        else:
-            self._busy = False
-
-
-def _parse_head(head: bytes | bytearray) -> tuple[str, str, str, dict[str, str], int]:
-    """Parse a request head into (method, target, version, headers, content length)."""
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _RequestError(400, "Malformed request line.")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or name[-1] in " \t":
-            raise _RequestError(400, "Malformed header line.")
-        name = name.lower()
-        value = value.strip()
-        if name in headers:
-            headers[name] += ", " + value
-        else:
-            headers[name] = value
-    if "transfer-encoding" in headers:
-        raise _RequestError(501, "Only Content-Length request bodies are supported.")
-    length = 0
-    raw_length = headers.get("content-length")
-    if raw_length:
-        if not raw_length.isdigit():
-            raise _RequestError(400, "Invalid Content-Length.")
-        length = int(raw_length)
-        if length > _MAX_BODY:
-            raise _RequestError(413, "Request body too large.")
-    return parts[0], parts[1], parts[2], headers, length
-
-
-def _response(status: int, headers: _Headers, body: bytes, *, close: bool) -> bytes:
-    """Serialize a response (``content-length`` is always set from ``body``)."""
-    lines = [f"HTTP/1.1 {status} {_reason(status)}\r\n"]
-    lines.extend(f"{k}: {v}\r\n" for k, v in headers)
-    lines.append(f"content-length: {len(body)}\r\n")
-    if close:
-        lines.append("connection: close\r\n")
-    lines.append("\r\n")
-    return "".join(lines).encode("latin-1", "replace") + body
-
-
-def _keep_alive(version: str, headers: dict[str, str]) -> bool:
-    connection = headers.get("connection")
-    if connection is None:
-        return version != "HTTP/1.0"
-    tokens = connection.lower()
-    if "close" in tokens:
-        return False
-    return version != "HTTP/1.0" or "keep-alive" in tokens
-
-
-def _new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop if it is importable, else asyncio's."""
-    try:
-        uvloop = importlib.import_module("uvloop")
-    except ImportError:
-        return asyncio.new_event_loop()
-    return cast(asyncio.AbstractEventLoop, uvloop.new_event_loop())
 
 
 # ------------------------------------------------------------------------- server
@@ -412,7 +222,7 @@ class FakeOpenAI:
         self._seq = itertools.count(1)
         self._run_id = os.urandom(6).hex()
         self._url: str | None = None
-        self._conns: set[_Connection] = set()
+        self._conns: set[Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -470,6 +280,11 @@ class FakeOpenAI:
     ) -> None:
         self.stop()
 
+    def error_body(self, status: int, message: str) -> tuple[Headers, bytes]:
+        """The OpenAI-shaped error a connection sends for a request it cannot parse."""
+        _, headers, body = _error_json(status, message)
+        return headers, body
+
     def count(self, path: str = "/v1/chat/completions") -> int:
         """How many requests for ``path`` were received (also with ``record=False``)."""
         return self._counts.get(path, 0)
@@ -492,7 +307,7 @@ class FakeOpenAI:
     def _thread_main(
         self, sock: socket.socket, ready: threading.Event, failure: list[BaseException]
     ) -> None:
-        loop = _new_event_loop()
+        loop = new_event_loop()
         try:
             loop.run_until_complete(self._serve(sock, ready.set, handle_signals=False))
         except BaseException as exc:
@@ -508,7 +323,7 @@ class FakeOpenAI:
     def _run_until_signal(self, on_ready: Callable[[], None]) -> None:
         """Serve in the calling thread until SIGTERM or SIGINT."""
         sock = self._bind()
-        loop = _new_event_loop()
+        loop = new_event_loop()
         try:
             loop.run_until_complete(self._serve(sock, on_ready, handle_signals=True))
         finally:
@@ -524,7 +339,7 @@ class FakeOpenAI:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop_event.set)
-        server = await loop.create_server(lambda: _Connection(self, loop), sock=sock, backlog=4096)
+        server = await loop.create_server(lambda: Connection(self, loop), sock=sock, backlog=4096)
         self._url = f"http://{HOST}:{sock.getsockname()[1]}/v1"
         try:
             on_ready()
@@ -543,7 +358,7 @@ class FakeOpenAI:
 
     def _dispatch(
         self,
-        conn: _Connection,
+        conn: Connection,
         method: str,
         target: str,
         version: str,
@@ -560,7 +375,7 @@ class FakeOpenAI:
                 body = json.loads(raw_body)
             except (ValueError, RecursionError):
                 bad_json = True
-        keep_alive = _keep_alive(version, headers)
+        keep_alive = wants_keep_alive(version, headers)
         request_id = f"req_{self._run_id}{next(self._seq):08x}"
         fault: Fault | None = None
         try:
@@ -589,7 +404,7 @@ class FakeOpenAI:
         out_headers.append(("x-request-id", request_id))
         if fault is None:
             conn.reply(
-                _response(status, out_headers, payload, close=not keep_alive),
+                response_bytes(status, out_headers, payload, close=not keep_alive),
                 close=not keep_alive,
                 delay=self.latency_s,
             )
@@ -603,7 +418,7 @@ class FakeOpenAI:
         close = (
             not keep_alive or fault.truncate_body or "close" in merged.pop("connection", "").lower()
         )
-        data = _response(
+        data = response_bytes(
             status, list(merged.items()), payload, close=close and not fault.truncate_body
         )
         if fault.truncate_body:
@@ -618,7 +433,7 @@ class FakeOpenAI:
         body: Any,
         bad_json: bool,
         request_id: str,
-    ) -> tuple[int, _Headers, bytes]:
+    ) -> tuple[int, Headers, bytes]:
         """The normal (non-fault) answer: status, headers, body."""
         if self._api_keys is not None:
             denied = self._check_key(headers.get("authorization"))
@@ -654,7 +469,7 @@ class FakeOpenAI:
             "owned_by": "system",
         }
 
-    def _check_key(self, authorization: str | None) -> tuple[int, _Headers, bytes] | None:
+    def _check_key(self, authorization: str | None) -> tuple[int, Headers, bytes] | None:
         assert self._api_keys is not None
         if not authorization or not authorization.startswith("Bearer "):
             return _error_json(
@@ -673,7 +488,7 @@ class FakeOpenAI:
             code="invalid_api_key",
         )
 
-    def _chat(self, body: Any, request_id: str) -> tuple[int, _Headers, bytes]:
+    def _chat(self, body: Any, request_id: str) -> tuple[int, Headers, bytes]:
         if not isinstance(body, dict):
             return _error_json(400, "The request body must be a JSON object.")
         messages = body.get("messages")
@@ -772,7 +587,7 @@ class FakeOpenAI:
         content: str,
         finish: str,
         usage: dict[str, int],
-    ) -> tuple[int, _Headers, bytes]:
+    ) -> tuple[int, Headers, bytes]:
         """A whole ``stream: true`` answer as one SSE body."""
         base = {
             "id": completion_id,
@@ -803,11 +618,11 @@ class FakeOpenAI:
         return 200, [("content-type", "text/event-stream; charset=utf-8")], b"".join(events)
 
 
-def _method_not_allowed(method: str, path: str) -> tuple[int, _Headers, bytes]:
+def _method_not_allowed(method: str, path: str) -> tuple[int, Headers, bytes]:
     return _error_json(405, f"Method not allowed ({method} {path}).")
 
 
-def _bad_json() -> tuple[int, _Headers, bytes]:
+def _bad_json() -> tuple[int, Headers, bytes]:
     return _error_json(
         400,
         "We could not parse the JSON body of your request. (HINT: This likely means you "

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import itertools
 import json
 import os
@@ -49,9 +48,17 @@ from .http11 import (
     Connection,
     Headers,
     new_event_loop,
-    reason,
     response_bytes,
     wants_keep_alive,
+)
+from .openai_bodies import (
+    count_prompt_tokens,
+    default_error_body,
+    dumps,
+    echo_reply,
+    error_json,
+    mask_key,
+    positive_int,
 )
 
 __all__ = ["FakeOpenAI", "Fault", "RecordedRequest", "main"]
@@ -90,96 +97,6 @@ class Fault:
     delay_s: float = 0.0
     drop_connection: bool = False
     truncate_body: bool = False
-
-
-# --------------------------------------------------------------------------- bodies
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _error_json(
-    status: int,
-    message: str,
-    type_: str = "invalid_request_error",
-    code: str | None = None,
-    param: str | None = None,
-) -> tuple[int, Headers, bytes]:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return status, [("content-type", "application/json")], _dumps(body)
-
-
-_DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
-    400: ("Bad request.", "invalid_request_error", None),
-    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
-    403: ("You are not allowed to sample from this model.", "invalid_request_error", None),
-    404: ("The requested resource does not exist.", "invalid_request_error", None),
-    408: ("Request timed out.", "timeout", None),
-    409: ("Conflict.", "invalid_request_error", None),
-    413: ("Request too large.", "invalid_request_error", None),
-    422: ("Unprocessable entity.", "invalid_request_error", None),
-    429: (
-        "Rate limit reached for requests. Please try again later.",
-        "requests",
-        "rate_limit_exceeded",
-    ),
-    500: (
-        "The server had an error while processing your request. Sorry about that!",
-        "server_error",
-        None,
-    ),
-    502: ("Bad gateway.", "server_error", None),
-    503: ("The server is overloaded or not ready yet.", "server_error", None),
-    504: ("Gateway timeout.", "server_error", None),
-}
-
-
-@functools.lru_cache(maxsize=64)
-def _default_error_body(status: int) -> bytes:
-    if status in _DEFAULT_ERRORS:
-        message, type_, code = _DEFAULT_ERRORS[status]
-    elif status >= 500:
-        message, type_, code = _DEFAULT_ERRORS[500]
-    else:
-        message, type_, code = f"{reason(status)}.", "invalid_request_error", None
-    return _error_json(status, message, type_, code)[2]
-
-
-def _mask_key(key: str) -> str:
-    """Mask an API key the way OpenAI does; never returns the full key."""
-    if len(key) < 12:
-        return "*" * len(key)
-    return key[:3] + "*" * (len(key) - 7) + key[-4:]
-
-
-def _text_of(content: Any) -> str:
-    """Text of a message ``content`` (a string or a list of content parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = [p.get("text") for p in content if isinstance(p, dict)]
-        return " ".join(t for t in texts if isinstance(t, str))
-    return ""
-
-
-def _echo_reply(body: Any) -> str:
-    """Default reply: ``"echo: "`` + the text of the last user message."""
-    for message in reversed(body.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return "echo: " + _text_of(message.get("content"))
-    return "echo: "
-
-
-def _prompt_tokens(messages: list[Any]) -> int:
-    return sum(len(_text_of(m.get("content")).split()) for m in messages if isinstance(m, dict))
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-# ----------------------------------------------------------------------- protocol
 
 
 # ------------------------------------------------------------------------- server
@@ -282,7 +199,7 @@ class FakeOpenAI:
 
     def error_body(self, status: int, message: str) -> tuple[Headers, bytes]:
         """The OpenAI-shaped error a connection sends for a request it cannot parse."""
-        _, headers, body = _error_json(status, message)
+        _, headers, body = error_json(status, message)
         return headers, body
 
     def count(self, path: str = "/v1/chat/completions") -> int:
@@ -389,7 +306,7 @@ class FakeOpenAI:
             if fault is not None and (fault.body is not None or fault.status >= 300):
                 status, out_headers, payload = fault.status, [], fault.body
                 if payload is None:
-                    payload = _default_error_body(fault.status)
+                    payload = default_error_body(fault.status)
                     out_headers.append(("content-type", "application/json"))
             else:
                 status, out_headers, payload = self._answer(
@@ -398,7 +315,7 @@ class FakeOpenAI:
         except Exception as exc:  # a callback raised: answer 500, tell the test author
             traceback.print_exc(file=sys.stderr)
             fault = None
-            status, out_headers, payload = _error_json(
+            status, out_headers, payload = error_json(
                 500, f"fake server callback raised {type(exc).__name__}: {exc}", "server_error"
             )
         out_headers.append(("x-request-id", request_id))
@@ -450,16 +367,16 @@ class FakeOpenAI:
                 return _method_not_allowed(method, path)
             if path == "/v1/models":
                 listing = {"object": "list", "data": [self._model_object()]}
-                return 200, [("content-type", "application/json")], _dumps(listing)
+                return 200, [("content-type", "application/json")], dumps(listing)
             wanted = path[len("/v1/models/") :]
             if wanted != self.model:
-                return _error_json(
+                return error_json(
                     404,
                     f"The model '{wanted}' does not exist or you do not have access to it.",
                     code="model_not_found",
                 )
-            return 200, [("content-type", "application/json")], _dumps(self._model_object())
-        return _error_json(404, f"Invalid URL ({method} {path})")
+            return 200, [("content-type", "application/json")], dumps(self._model_object())
+        return error_json(404, f"Invalid URL ({method} {path})")
 
     def _model_object(self) -> dict[str, Any]:
         return {
@@ -472,7 +389,7 @@ class FakeOpenAI:
     def _check_key(self, authorization: str | None) -> tuple[int, Headers, bytes] | None:
         assert self._api_keys is not None
         if not authorization or not authorization.startswith("Bearer "):
-            return _error_json(
+            return error_json(
                 401,
                 "You didn't provide an API key. You need to provide your API key in an "
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
@@ -481,26 +398,26 @@ class FakeOpenAI:
         key = authorization[len("Bearer ") :].strip()
         if key in self._api_keys:
             return None
-        return _error_json(
+        return error_json(
             401,
-            f"Incorrect API key provided: {_mask_key(key)}. You can find your API key at "
+            f"Incorrect API key provided: {mask_key(key)}. You can find your API key at "
             "https://platform.openai.com/account/api-keys.",
             code="invalid_api_key",
         )
 
     def _chat(self, body: Any, request_id: str) -> tuple[int, Headers, bytes]:
         if not isinstance(body, dict):
-            return _error_json(400, "The request body must be a JSON object.")
+            return error_json(400, "The request body must be a JSON object.")
         messages = body.get("messages")
         if not isinstance(messages, list):
-            return _error_json(
+            return error_json(
                 400,
                 "Missing required parameter: 'messages'.",
                 code="missing_required_parameter",
                 param="messages",
             )
         if not messages:
-            return _error_json(
+            return error_json(
                 400,
                 "Invalid 'messages': empty array. Expected an array with minimum length 1, "
                 "but got an empty array instead.",
@@ -510,8 +427,8 @@ class FakeOpenAI:
         n = body.get("n")
         if n is None:
             n = 1
-        elif not _positive_int(n) or n > _MAX_N:
-            return _error_json(
+        elif not positive_int(n) or n > _MAX_N:
+            return error_json(
                 400,
                 f"Invalid 'n': expected an integer between 1 and {_MAX_N}.",
                 code="invalid_value",
@@ -522,8 +439,8 @@ class FakeOpenAI:
             value = body.get(key)
             if value is None:
                 continue
-            if not _positive_int(value):
-                return _error_json(
+            if not positive_int(value):
+                return error_json(
                     400,
                     f"Invalid '{key}': expected an integer >= 1, got {value!r}.",
                     code="invalid_value",
@@ -533,7 +450,7 @@ class FakeOpenAI:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             model = self.model
-        text = _echo_reply(body) if self._reply is None else self._reply(body)
+        text = echo_reply(body) if self._reply is None else self._reply(body)
         if not isinstance(text, str):
             raise TypeError(f"reply callback returned {type(text).__name__}, not str")
         words = text.split()
@@ -541,7 +458,7 @@ class FakeOpenAI:
             content, finish, completion_tokens = " ".join(words[:limit]), "length", limit
         else:
             content, finish, completion_tokens = text, "stop", len(words)
-        prompt_tokens = _prompt_tokens(messages)
+        prompt_tokens = count_prompt_tokens(messages)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens * n,
@@ -575,7 +492,7 @@ class FakeOpenAI:
             "service_tier": "default",
             "system_fingerprint": _FINGERPRINT,
         }
-        return 200, [("content-type", "application/json")], _dumps(response)
+        return 200, [("content-type", "application/json")], dumps(response)
 
     @staticmethod
     def _chat_stream(
@@ -604,7 +521,7 @@ class FakeOpenAI:
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }
-            return b"data: " + _dumps({**base, "choices": [choice]}) + b"\n\n"
+            return b"data: " + dumps({**base, "choices": [choice]}) + b"\n\n"
 
         events: list[bytes] = []
         for i in range(n):
@@ -613,17 +530,17 @@ class FakeOpenAI:
             events.append(chunk(i, {}, finish))
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            events.append(b"data: " + _dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+            events.append(b"data: " + dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
         events.append(b"data: [DONE]\n\n")
         return 200, [("content-type", "text/event-stream; charset=utf-8")], b"".join(events)
 
 
 def _method_not_allowed(method: str, path: str) -> tuple[int, Headers, bytes]:
-    return _error_json(405, f"Method not allowed ({method} {path}).")
+    return error_json(405, f"Method not allowed ({method} {path}).")
 
 
 def _bad_json() -> tuple[int, Headers, bytes]:
-    return _error_json(
+    return error_json(
         400,
         "We could not parse the JSON body of your request. (HINT: This likely means you "
         "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "

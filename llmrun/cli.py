@@ -14,6 +14,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,12 @@ from typing import Any
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_ABORTED, EXIT_LOCKED = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED, EXIT_INTERNAL = 130, 70
+
+# Commands beyond run/validate/plugins/schema live in llmrun/commands/<name>.py, one module
+# each. A module defines ``register(subparsers)``, which adds its parser and sets
+# ``handler=fn(args, err) -> exit code``. Modules import what they need inside the handler so
+# that ``llmrun --help`` stays fast.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument(
         "--base", action="store_true", help="the core schema only, without component option schemas"
     )
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.commands.{name}").register(sub)
     return parser
 
 
@@ -104,13 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
-        handler = {
+        builtin = {
             "run": cmd_run,
             "validate": cmd_validate,
             "plugins": cmd_plugins,
             "schema": cmd_schema,
-        }[args.command]
-        return handler(args, err)
+        }
+        handler = builtin.get(args.command) or args.handler
+        return int(handler(args, err))
     except KeyboardInterrupt:
         err.print("interrupted")
         return EXIT_INTERRUPTED

@@ -71,8 +71,27 @@ class Provider(Component, Protocol):
         ...
 
 
+@runtime_checkable
+class GroupingProvider(Provider, Protocol):
+    """A provider answering several records in one request (embeddings).
+
+    The engine gathers up to ``group_size`` prompts and hands ``build_request`` one prompt whose
+    ``group`` holds them; ``parse_response`` answers for the whole request (usage in total) and
+    ``split_reply`` turns that reply into one per member, in order.
+    """
+
+    group_size: int
+
+    def split_reply(self, reply: Reply, prompts: Sequence[Prompt]) -> list[Reply]: ...
+
+
 class Postprocessor(Component, Protocol):
-    """Updates ``result.text`` and/or ``result.fields``; raises ``PostprocessError`` to reject."""
+    """Updates ``result.text`` and/or ``result.fields``; raises ``PostprocessError`` to reject.
+
+    A postprocessor may set an int attribute ``reask``: when it raises a ``PostprocessError``
+    with ``feedback`` and reasks are left, the engine sends the reply and the feedback back to
+    the model as a follow-up turn and runs the whole chain again on the new reply.
+    """
 
     def __call__(self, result: Result) -> None: ...
 

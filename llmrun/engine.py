@@ -31,11 +31,12 @@ from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .__about__ import __version__
-from .calls import Caller, CallFailed, NotSent
+from .calls import Caller, CallFailed, NotSent, Outcome
 from .components import Loader, Postprocessor, Provider, Writer
 from .errors import CallError, RecordError, RunAborted
 from .limits import KeyPool, RateLimiter
 from .plugins import Observers, Registry
+from .pricing import Price, PriceTable
 from .progress import Progress
 from .recipe import ComponentSpec, Recipe
 from .redaction import Redactor
@@ -43,13 +44,14 @@ from .stats import RunStats
 from .store import IdSet, RunState, now_iso
 from .templates import PromptTemplate
 from .transport import default_transport
-from .values import ComponentContext, Result, SourceRecord
+from .values import ComponentContext, Prompt, Reply, Result, SourceRecord, Usage
 
 Status = Literal["completed", "interrupted", "aborted"]
 READ_CHUNK = 256
 WRITE_BATCH = 512
 TICK_S = 0.25
 SYNC_EVERY_S = 5.0
+_UNSET: Any = object()
 
 
 @dataclass
@@ -148,6 +150,9 @@ class Engine:
             recipe.messages, recipe.generation, recipe.base_dir, str(recipe.path)
         )
         self.state = RunState(recipe.output_path)
+        self._price_table = PriceTable(recipe.prices)
+        self._prices: dict[str | None, Price | None] = {}
+        self.batch_pricing = False  # batch mode sets it: the provider's batch discount applies
         self._workers_scope: CancelScope | None = None
         self._reader_scope: CancelScope | None = None
         self._caller: Caller | None = None
@@ -309,36 +314,53 @@ class Engine:
         send: MemoryObjectSendStream[dict[str, Any]],
         caller: Caller,
     ) -> None:
+        group_size = int(getattr(self.provider, "group_size", 1) or 1)
         async with recv, send:
-            async for work in recv:
+            async for first in recv:
                 if self.flags.stopping:
                     continue  # not started: the next run does it
-                self.stats.in_flight += 1
+                batch = [first]
+                while len(batch) < group_size:  # a grouping provider: what is ready, no wait
+                    try:
+                        batch.append(recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                self.stats.in_flight += len(batch)
                 try:
-                    row = await self._process(work, caller)
+                    if group_size > 1:
+                        rows = await self._process_group(batch, caller)
+                    else:
+                        rows = [await self._process(first, caller)]
                 except NotSent:
                     continue  # not started: the next run does it
                 except RunAborted as exc:
                     self._abort(exc)
                     return
                 finally:
-                    self.stats.in_flight -= 1
+                    self.stats.in_flight -= len(batch)
                 # Shielded: a call that finished is paid for, so its row is written even when
                 # a second Ctrl-C or an abort cancels the workers (the writer is not cancelled).
                 with CancelScope(shield=True):
-                    await send.send(row)
+                    for row in rows:
+                        try:
+                            send.send_nowait(row)
+                        except anyio.WouldBlock:
+                            await send.send(row)
 
-    async def _process(self, work: _Work, caller: Caller) -> dict[str, Any]:
-        """Always a row: ok, or error with a reason (RunAborted is the one exception)."""
+    def _render(self, work: _Work) -> Prompt | dict[str, Any]:
+        """The record's prompt, or its error row when it cannot be sent."""
         if work.error is not None:
             return self._row(work, 0, error=self._error(work, "bad_input", work.error))
         assert work.data is not None
         try:
-            prompt = self.template.render(work.id, work.data)
+            return self.template.render(work.id, work.data)
         except RecordError as exc:
             return self._row(work, 0, error=self._error(work, exc.code, str(exc)))
+
+    async def _call(self, work: _Work, prompt: Prompt, caller: Caller) -> Outcome | dict[str, Any]:
+        """The call's outcome, or the record's error row (RunAborted and NotSent propagate)."""
         try:
-            outcome = await caller.call(prompt)
+            return await caller.call(prompt)
         except CallFailed as failed:
             err = failed.error
             error = self._error(work, err.code, err.message, err.retryable, err.status)
@@ -347,30 +369,136 @@ class Engine:
             raise
         except Exception as exc:  # a provider plugin's bug must not take the run down
             return self._row(work, 1, error=self._error(work, "internal", _describe(exc)))
-        reply = outcome.reply
-        response = reply.to_json(keep_raw=self.recipe.keep_raw)
-        result = Result(reply.text, {}, reply, work.data)
-        for post in self.posts:
-            try:
-                post(result)
-            except RecordError as exc:
-                error = self._error(work, exc.code, str(exc))
-            except Exception as exc:
-                error = self._error(work, "internal", f"postprocessor: {_describe(exc)}")
+
+    async def _process(self, work: _Work, caller: Caller) -> dict[str, Any]:
+        """Always a row: ok, or error with a reason (RunAborted is the one exception)."""
+        prompt = self._render(work)
+        if isinstance(prompt, dict):
+            return prompt
+        outcome = await self._call(work, prompt, caller)
+        if isinstance(outcome, dict):
+            return outcome
+        return await self._postprocess(work, prompt, outcome, caller)
+
+    async def _process_group(self, batch: list[_Work], caller: Caller) -> list[dict[str, Any]]:
+        """One request for several records (a grouping provider); a row for each."""
+        rows: list[dict[str, Any]] = []
+        members: list[tuple[_Work, Prompt]] = []
+        for work in batch:
+            prompt = self._render(work)
+            if isinstance(prompt, dict):
+                rows.append(prompt)
             else:
-                continue
-            # The reply stays in the row so `repost` can try again without paying.
-            return self._row(
-                work, outcome.attempts, outcome.latency_s, error=error, response=response
+                members.append((work, prompt))
+        if not members:
+            return rows
+        prompts = [p for _, p in members]
+        group = Prompt(prompts[0].record_id, [], prompts[0].generation, group=tuple(prompts))
+        outcome = await self._call(members[0][0], group, caller)
+        if isinstance(outcome, dict):  # the group failed: each member gets the same error
+            for work, _ in members:
+                rows.append(
+                    {**outcome, **self._row(work, outcome["attempts"], error=outcome["error"])}
+                )
+            return rows
+        try:
+            replies = self.provider.split_reply(outcome.reply, prompts)  # type: ignore[attr-defined]
+            if len(replies) != len(prompts):
+                raise ValueError(f"{len(replies)} replies for {len(prompts)} inputs")
+        except Exception as exc:
+            error = f"cannot split the grouped reply: {_describe(exc)}"
+            for work, _ in members:
+                rows.append(
+                    self._row(work, outcome.attempts, error=self._error(work, "internal", error))
+                )
+            return rows
+        for (work, prompt), reply in zip(members, replies, strict=True):
+            single = Outcome(reply, outcome.attempts, outcome.latency_s)
+            rows.append(await self._postprocess(work, prompt, single, caller))
+        return rows
+
+    async def _postprocess(
+        self, work: _Work, prompt: Prompt, outcome: Outcome, caller: Caller
+    ) -> dict[str, Any]:
+        """Run the chain; a rejection with feedback is sent back to the model (``reask``)."""
+        assert work.data is not None
+        reply, attempts, reasks = outcome.reply, outcome.attempts, 0
+        usage = Usage(**{k: getattr(reply.usage, k) for k in Usage.__slots__})
+        cost = self._cost(reply)
+        while True:
+            response = reply.to_json(keep_raw=self.recipe.keep_raw)
+            if reasks:
+                response["usage"] = usage.to_json()  # every call made for this record
+                response["reasks"] = reasks
+            result = Result(reply.text, {}, reply, work.data)
+            error: dict[str, Any] | None = None
+            for post in self.posts:
+                try:
+                    post(result)
+                except RecordError as exc:
+                    feedback = getattr(exc, "feedback", None)
+                    if feedback and reasks < int(getattr(post, "reask", 0) or 0):
+                        error = {"reask": feedback}
+                    else:
+                        error = self._error(work, exc.code, str(exc))
+                except Exception as exc:
+                    error = self._error(work, "internal", f"postprocessor: {_describe(exc)}")
+                else:
+                    continue
+                break
+            if error is None or "reask" not in error:
+                # On error the reply stays in the row so `repost` can try again without paying.
+                return self._row(
+                    work,
+                    attempts,
+                    outcome.latency_s,
+                    text=None if error else result.text,
+                    fields=None if error else result.fields,
+                    error=error,
+                    response=response,
+                    cost=cost,
+                )
+            reasks += 1
+            prompt = Prompt(
+                prompt.record_id,
+                [
+                    *prompt.messages,
+                    {"role": "assistant", "content": reply.text or ""},
+                    {"role": "user", "content": error["reask"]},
+                ],
+                prompt.generation,
             )
-        return self._row(
-            work,
-            outcome.attempts,
-            outcome.latency_s,
-            text=result.text,
-            fields=result.fields,
-            response=response,
-        )
+            again = await self._call(work, prompt, caller)
+            if isinstance(again, dict):  # the follow-up failed: keep the last reply
+                again["attempts"] += attempts
+                again["response"], again["cost_usd"] = response, cost
+                return again
+            outcome, reply = again, again.reply
+            attempts += again.attempts
+            for k in Usage.__slots__:
+                mine, theirs = getattr(usage, k), getattr(reply.usage, k)
+                if theirs is not None:
+                    setattr(usage, k, (mine or 0) + theirs)
+            more = self._cost(reply)
+            cost = None if cost is None or more is None else cost + more
+
+    def _cost(self, reply: Reply) -> float | None:
+        """What the call cost, from the reported usage and the price of the model."""
+        model = reply.model or self.provider.model
+        price = self._prices.get(model, _UNSET)
+        if price is _UNSET:
+            price = self._prices[model] = self._price_table.lookup(
+                model
+            ) or self._price_table.lookup(self.provider.model)
+            if price is None:
+                self.warn(
+                    f"no price known for model {model!r}: cost is not counted "
+                    "(add it under prices: in the recipe)"
+                )
+        if price is None:
+            return None
+        assert isinstance(price, Price)
+        return price.cost(reply.usage, batch=self.batch_pricing)
 
     def _row(
         self,
@@ -382,6 +510,7 @@ class Engine:
         fields: dict[str, Any] | None = None,
         error: dict[str, Any] | None = None,
         response: dict[str, Any] | None = None,
+        cost: float | None = None,
     ) -> dict[str, Any]:
         """Every row has the same keys, in this order (see docs/output.md)."""
         row: dict[str, Any] = {
@@ -399,6 +528,7 @@ class Engine:
             row["record"] = data if include == "all" else {k: data[k] for k in include if k in data}
         row["attempts"] = attempts
         row["latency_s"] = None if latency_s is None else round(latency_s, 4)
+        row["cost_usd"] = None if cost is None else round(cost, 8)
         row["finished_at"] = now_iso()
         row["recipe_hash"] = self.recipe.job_hash
         return row

@@ -123,3 +123,8 @@ class PostprocessError(RecordError):
     """A postprocessor rejected the reply."""
 
     code = "postprocess"
+
+    def __init__(self, message: str, *, feedback: str | None = None) -> None:
+        super().__init__(message)
+        # What to tell the model in a follow-up turn when the postprocessor allows reasks.
+        self.feedback = feedback

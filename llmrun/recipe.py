@@ -82,6 +82,7 @@ class Recipe:
     include: str | tuple[str, ...]
     keep_raw: bool
     secrets: frozenset[str]
+    prices: Mapping[str, Any]  # model -> {input, output, cached_input} USD per 1M tokens
     job_hash: str  # hash of what decides the results (not run settings, never secrets)
 
     @property
@@ -293,6 +294,7 @@ def build_recipe(
         include=include if isinstance(include, str) else tuple(include),
         keep_raw=bool(output_section.get("raw", False)),
         secrets=secrets,
+        prices=freeze(data.get("prices", {})),
         job_hash=job_hash(data, secrets),
     )
 

@@ -23,11 +23,25 @@ class SourceRecord:
 
 @dataclass(slots=True, frozen=True)
 class Prompt:
-    """A rendered request, before any provider turns it into its wire format."""
+    """A rendered request, before any provider turns it into its wire format.
+
+    ``messages`` are ``{"role": ..., "content": ...}`` in OpenAI's roles (system, developer,
+    user, assistant). ``content`` is a string, or a list of parts in llmrun's neutral form,
+    which each provider converts to its own:
+
+    - ``{"type": "text", "text": "..."}``
+    - ``{"type": "image", "source": "...", "detail": "auto" | "low" | "high" | None}`` where
+      ``source`` is an absolute local path, an ``http(s)://`` URL, or a ``data:`` URL
+      (``llmrun.images`` reads and checks them).
+
+    ``group`` is set only for providers that answer several records in one request (see
+    ``GroupingProvider``): the member prompts, in order; ``messages`` is then empty.
+    """
 
     record_id: str
     messages: list[dict[str, Any]]
     generation: Mapping[str, Any]
+    group: tuple[Prompt, ...] = ()
 
 
 @dataclass(slots=True)
@@ -60,6 +74,9 @@ class Reply:
     """A provider's answer, normalized so nothing downstream cares who answered.
 
     ``finish_reason`` is one of "stop", "length", "tool_calls", "content_filter", "other".
+    ``tool_calls`` are ``{"id", "name", "arguments"}`` with ``arguments`` parsed from JSON when
+    it parses (else the string). ``parsed`` is the structured value when the request asked for
+    JSON (``response_format``) and the text parsed; ``vector`` is an embedding.
     """
 
     text: str | None
@@ -68,6 +85,9 @@ class Reply:
     model: str | None = None
     request_id: str | None = None
     choices: list[str | None] | None = None  # every choice's text when n > 1
+    tool_calls: list[dict[str, Any]] | None = None
+    parsed: Any = None
+    vector: list[float] | None = None
     raw: Any = None
 
     def to_json(self, *, keep_raw: bool = False) -> dict[str, Any]:
@@ -80,6 +100,12 @@ class Reply:
         }
         if self.choices is not None:
             out["choices"] = self.choices
+        if self.tool_calls is not None:
+            out["tool_calls"] = self.tool_calls
+        if self.parsed is not None:
+            out["parsed"] = self.parsed
+        if self.vector is not None:
+            out["vector"] = self.vector
         if keep_raw:
             out["raw"] = self.raw
         return out

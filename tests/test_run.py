@@ -39,6 +39,7 @@ ROW_KEYS = [
     "record",
     "attempts",
     "latency_s",
+    "cost_usd",
     "finished_at",
     "recipe_hash",
 ]
@@ -111,7 +112,9 @@ def test_all_ok_rows_carry_the_reply_and_the_body_arrives_as_set(
         assert response["finish_reason"] == "stop"
         assert response["usage"]["input_tokens"] > 0
         assert response["usage"]["output_tokens"] > 0
+        assert row["cost_usd"] is None  # gpt-test has no known price
     assert len({row["recipe_hash"] for row in rows}) == 1
+    assert result.stderr.count("no price known for model 'gpt-test'") == 1
 
     assert fake_openai.count() == 12
     for request in fake_openai.requests:
@@ -448,8 +451,8 @@ def test_resume_warns_when_the_recipe_changed(tmp_path: Path, fake_openai: FakeO
     assert changed.returncode == EXIT_OK, changed.stderr
     assert "the recipe changed since out.jsonl was started" in changed.stderr
     assert "--fresh" in changed.stderr
-    [warning] = json.loads(changed.stdout)["warnings"]
-    assert warning.startswith("the recipe changed")
+    warnings = json.loads(changed.stdout)["warnings"]
+    assert len([w for w in warnings if w.startswith("the recipe changed")]) == 1
 
     rows = read_jsonl(out)
     assert len(by_id(rows)) == 6
@@ -536,3 +539,22 @@ def test_trio_backend_completes_a_run(tmp_path: Path, fake_openai: FakeOpenAI) -
     assert all(r["text"].startswith(f"echo: id={r['id']} ") for r in rows.values())
     assert fake_openai.count() == 30
     assert json.loads(result.stdout)["ok"] == 30
+
+
+def test_cost_is_counted_from_reported_usage_at_the_recipe_prices(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    recipe = setup_run(
+        tmp_path,
+        openai(fake_openai),
+        5,
+        prices={"gpt-test": {"input": 2.0, "output": 8.0}},
+    )
+    result = run_cli("run", str(recipe), "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert "no price known" not in result.stderr
+    for row in read_jsonl(tmp_path / "out.jsonl"):
+        usage = row["response"]["usage"]
+        expected = (usage["input_tokens"] * 2.0 + usage["output_tokens"] * 8.0) / 1e6
+        assert abs(row["cost_usd"] - expected) < 1e-9
+        assert row["cost_usd"] > 0

@@ -1,0 +1,1 @@
+"""CLI commands beyond run/validate/plugins/schema, one module each (see cli.COMMAND_MODULES)."""

@@ -1,11 +1,12 @@
 """Estimating a request's tokens before it is sent (rate limits, budget, ``plan``).
 
-With the ``tiktoken`` extra installed, text is counted with the ``o200k_base`` encoding (exact
-for current OpenAI models, close for others). Without it, the documented heuristic: one token
-per 4 characters of text (rounded up), the ratio OpenAI's own guidance gives for English. Each
-message adds 4 tokens of framing and each image a flat 765 (a 1024x1024 image at high detail on
-OpenAI's scale). Output tokens are counted as the ceiling the request allows: ``max_tokens`` (or
-``max_completion_tokens``) times ``n``, or ``default_output`` when the recipe sets none.
+With the ``tiktoken`` extra installed (and its encoding file cached or downloadable), text is
+counted with the ``o200k_base`` encoding (exact for current OpenAI models, close for others).
+Without it, the documented heuristic: one token per 4 characters of text (rounded up), the
+ratio OpenAI's own guidance gives for English. Each message adds 4 tokens of framing and each
+image a flat 765 (a 1024x1024 image at high detail on OpenAI's scale). Output tokens are counted
+as the ceiling the request allows: ``max_tokens`` (or ``max_completion_tokens``) times ``n``, or
+``default_output`` when the recipe sets none.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ DEFAULT_OUTPUT = 256
 def _counter() -> Callable[[str], int]:
     try:
         import tiktoken
-    except ImportError:
+
+        # The encoding is downloaded on first use; offline without a cached copy, it fails.
+        encoding = tiktoken.get_encoding("o200k_base")
+    except Exception:
         return heuristic_count
-    encoding = tiktoken.get_encoding("o200k_base")
     return lambda text: len(encoding.encode(text, disallowed_special=()))
 
 

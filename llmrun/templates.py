@@ -208,16 +208,21 @@ class PromptTemplate:
         return {"type": "image", "source": source, "detail": detail}
 
     def field_report(self, records: Iterable[Mapping[str, Any]]) -> str | None:
-        """A warning when some of these records lack variables the prompt uses (None when all
-        have them): which variables, how many records, and the fields they do have."""
+        """A warning when some of these records cannot fill the prompt for lack of variables
+        (None when all can): which variables, how many records, and the fields they do have."""
         seen: set[str] = set()
         lacking: dict[str, int] = {}
         total = 0
         for record in records:
             total += 1
             seen.update(map(str, record))
-            for name in self.missing(record):
-                lacking[name] = lacking.get(name, 0) + 1
+            try:  # a variable guarded by `| default` or `is defined` is not lacking
+                self.render("", record)
+            except TemplateError:
+                for name in self.missing(record):
+                    lacking[name] = lacking.get(name, 0) + 1
+            except RecordError:
+                pass  # an image: that record's own error row says which
         if not lacking:
             return None
         uses = ", ".join(f"{name} ({n} of {total})" for name, n in sorted(lacking.items()))

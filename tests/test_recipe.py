@@ -113,7 +113,7 @@ def test_loader_inferred_from_extension(tmp_path: Path, registry: Registry, path
 
 
 def test_loader_not_inferable_from_extension(tmp_path: Path, registry: Registry):
-    p = only(problems_of(write(tmp_path, GOOD.replace("data.jsonl", "data.txt")), registry))
+    p = only(problems_of(write(tmp_path, GOOD.replace("data.jsonl", "data.xml")), registry))
     assert (p.line, p.column, p.path) == (2, 1, "data")
     assert "none implied by the path's extension" in p.message and "loader:" in p.message
 

@@ -119,11 +119,31 @@ def export(
             summary.rows += len(batch)
         writer.sync()
         writer.close()
-        os.replace(tmp, target)
+        _replace(tmp, target)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        _remove(tmp)
     return summary
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Put the finished export in place. A writer may write a folder (the parquet plugin's
+    part files): an old folder is renamed away first, since a rename cannot replace it."""
+    if target.is_dir():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        _remove(old)  # an export is derived from the JSONL: the old one is not kept
+    else:
+        os.replace(tmp, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        import shutil
+
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def _writer(registry: Registry, name: str) -> Any:

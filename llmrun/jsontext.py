@@ -118,6 +118,13 @@ class _Generator:
         if kind == "null":
             return None
         text = f"{name}-{self.rng.randint(0, 999)}"
+        pattern = schema.get("pattern")
+        if schema.get("format") == "email" or pattern:
+            # No general regex inverter: the first of a few common shapes that fits.
+            for candidate in (text, f"{name}@example.com", "0", "A", "a"):
+                if pattern is None or re.search(str(pattern), candidate):
+                    text = candidate
+                    break
         low = int(schema.get("minLength", 0))
         text = text.ljust(low, "x")
         if "maxLength" in schema:

@@ -57,7 +57,7 @@ class MockProvider(OpenAIChat):
             },
             "json_schema": {
                 "type": "object",
-                "description": "Answer with JSON valid against this schema (also taken from "
+                "description": "Answer with JSON valid against this schema (else the one in "
                 "generation.response_format when it holds a json_schema).",
             },
             "json_schema_file": {
@@ -140,7 +140,7 @@ class MockTransport:
             (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), ""
         )
         digest = hashlib.sha256(prompt_text.encode("utf-8", "surrogatepass")).digest()
-        schema = _requested_schema(payload) or self.json_schema
+        schema = self.json_schema or _requested_schema(payload)
         # Stateless, so resume and concurrency cannot change it: how many bad answers this
         # conversation already holds says whether the next one is bad too.
         given = sum(

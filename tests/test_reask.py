@@ -123,3 +123,59 @@ def test_failed_follow_up_is_an_error_row_with_both_attempts(tmp_path: Path) -> 
     assert row["attempts"] == 2
     assert row["response"]["text"] == "no json here"  # the reply paid for is kept
     assert json.dumps(row)  # a plain JSON row
+
+
+SCHEMAS: list[dict[str, Any]] = [
+    PERSON,
+    {"type": "array", "items": {"enum": ["x", "y"]}, "minItems": 2, "maxItems": 3},
+    {
+        "type": "object",
+        "required": ["tags", "score", "ok", "nested"],
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}},
+            "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "ok": {"type": "boolean"},
+            "nested": {"$ref": "#/$defs/inner"},
+            "maybe": {"type": ["null", "integer"], "minimum": 10, "maximum": 12},
+            "kind": {"const": "fixed"},
+            "either": {"anyOf": [{"type": "string", "minLength": 8}, {"type": "integer"}]},
+            "email": {"type": "string", "pattern": "^[^@]+@[^@]+$"},
+        },
+        "$defs": {"inner": {"type": "object", "required": ["id"], "properties": {"id": {}}}},
+    },
+]
+
+
+def test_mock_json_is_valid_for_each_schema_and_deterministic() -> None:
+    import random
+
+    import jsonschema
+
+    from llmrun.jsontext import instance_of
+
+    for schema in SCHEMAS:
+        for seed in range(20):
+            value = instance_of(schema, random.Random(seed))
+            jsonschema.validate(value, schema)
+            assert value == instance_of(schema, random.Random(seed))
+
+
+def test_mock_schema_replies_are_the_same_on_a_fresh_run(tmp_path: Path) -> None:
+    provider = {"name": "mock", "json_schema": SCHEMAS[2], "seed": 3}
+    path = recipe_in(tmp_path, provider, reask=0, n=5)
+    assert run_cli("run", str(path), "--quiet").returncode == 1  # PERSON rejects these
+    first = [r["response"]["text"] for r in read_jsonl(tmp_path / "out.jsonl")]
+    assert run_cli("run", str(path), "--quiet", "--fresh").returncode == 1
+    again = [r["response"]["text"] for r in read_jsonl(tmp_path / "out.jsonl")]
+    assert first == again and len(set(first)) > 1  # stable per record, not one fixed answer
+    for text in first:
+        assert json.loads(text)["kind"] == "fixed"
+
+
+def test_bad_postprocessor_options_stop_before_any_call(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data.jsonl", make_records(2))
+    recipe = basic_recipe({"name": "mock"}, postprocess=[{"regex": {"pattern": "(unclosed"}}])
+    done = run_cli("run", str(write_recipe(tmp_path, recipe)), "--quiet")
+    assert done.returncode == 2
+    assert "postprocess regex: bad pattern" in done.stderr
+    assert not (tmp_path / "out.jsonl").exists()

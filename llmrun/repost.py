@@ -21,6 +21,7 @@ from .components import Postprocessor
 from .engine import build_component
 from .errors import RecipeError, RecordError
 from .plugins import Registry
+from .provenance import call_hash
 from .recipe import Recipe
 from .redaction import Redactor
 from .store import RunState, now_iso
@@ -48,8 +49,9 @@ class RepostSummary:
         return dict(self.__dict__)
 
 
-def repost(recipe: Recipe, registry: Registry) -> RepostSummary:
-    """Rerun the recipe's postprocessors over its output; raise LockedError while a run writes."""
+def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> RepostSummary:
+    """Rerun the recipe's postprocessors over its output; raise LockedError while a run writes,
+    and RecipeError when the calls changed since the replies were made (unless ``force``)."""
     if recipe.writer.name != "jsonl":
         raise RecipeError(
             f"repost reads the jsonl output; this recipe writes with {recipe.writer.name!r}"
@@ -69,6 +71,14 @@ def repost(recipe: Recipe, registry: Registry) -> RepostSummary:
     ]
     state = RunState(output)
     with state.locked():
+        made_by = (state.read_manifest() or {}).get("call_hash")
+        if made_by and made_by != call_hash(recipe) and not force:
+            raise RecipeError(
+                f"the recipe's data, prompt, provider or generation changed since the replies in "
+                f"{output.name} were made: they answer the old recipe. repost applies only a "
+                "changed postprocess chain; use `llmrun run --fresh` to call again, or "
+                "`repost --force` if the change cannot alter the replies"
+            )
         tmp = output.with_name(f".{output.name}.repost-{os.getpid()}.tmp")
         try:
             with open(output, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
@@ -210,6 +220,7 @@ def _fsync_dir(folder: Path) -> None:
 def _update_manifest(state: RunState, recipe: Recipe, summary: RepostSummary) -> None:
     manifest = state.read_manifest() or {}
     manifest["recipe_hash"] = recipe.job_hash  # the rows now follow this recipe
+    manifest["call_hash"] = call_hash(recipe)
     counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
     assert isinstance(counts, dict)
     rows = summary.redone + summary.kept

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from llmrun.store import RunState
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
@@ -119,3 +121,22 @@ def test_repost_without_output_is_a_clear_error(tmp_path: Path) -> None:
     done = run_cli("repost", str(recipe))
     assert done.returncode == 2
     assert "no output at" in done.stderr and "run the recipe first" in done.stderr
+
+
+def test_repost_refuses_when_the_calls_changed(tmp_path: Path) -> None:
+    with FakeOpenAI(reply=lambda body: "negative") as server:
+        recipe = setup(tmp_path, server, [])
+        assert run_cli("run", str(recipe), "--quiet").returncode == 0
+        before = (tmp_path / "out.jsonl").read_text(encoding="utf-8")
+        changed = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+        changed["prompt"]["user"] = "Summarise: {{ text }}"
+        changed["postprocess"] = [{"fields": {"text": "answer"}}]
+        write_recipe(tmp_path, changed)
+        refused = run_cli("repost", str(recipe))
+        assert refused.returncode == 2
+        assert "prompt, provider or generation changed" in refused.stderr
+        assert (tmp_path / "out.jsonl").read_text(encoding="utf-8") == before
+        forced = run_cli("repost", str(recipe), "--force")
+        assert forced.returncode == 0, forced.stderr
+        assert read_jsonl(tmp_path / "out.jsonl")[0]["fields"] == {"answer": "negative"}
+        assert server.total_requests == 5

@@ -25,6 +25,11 @@ def register(subparsers: Any) -> None:
         help="override a recipe key, e.g. postprocess='[strip]'",
     )
     parser.add_argument("--json", action="store_true", help="print the counts as JSON on stdout")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="repost even though the calls (data, prompt, provider, generation) changed",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -34,7 +39,7 @@ def run(args: argparse.Namespace, err: Any) -> int:
     from ..repost import repost
 
     recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
-    summary = repost(recipe, registry)
+    summary = repost(recipe, registry, force=args.force)
     for warning in summary.warnings:
         err.print(f"warning: {warning}", markup=False)
     if args.json:

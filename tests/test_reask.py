@@ -179,3 +179,40 @@ def test_bad_postprocessor_options_stop_before_any_call(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "postprocess regex: bad pattern" in done.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_mock_answer_after_a_bad_one_is_the_first_try_answer() -> None:
+    import anyio
+    import httpx
+
+    from llmrun.builtins.mock import BAD_REPLY, MockTransport
+
+    async def ask(transport: MockTransport, messages: list[dict[str, str]]) -> str:
+        request = httpx.Request("POST", "http://mock.invalid/v1", json={"messages": messages})
+        response = await transport.send(request, 1.0)
+        return str(response.json()["choices"][0]["message"]["content"])
+
+    async def main() -> None:
+        common = dict(latency_s=0, replies=(), error_rate=0, error_status=500, seed=1)
+        plain = MockTransport(**common, json_schema=PERSON)
+        flaky = MockTransport(**common, json_schema=PERSON, bad_replies=1)
+        few_shot = [
+            {"role": "system", "content": "extract"},
+            {"role": "user", "content": "example"},
+            {"role": "assistant", "content": '{"name": "E", "age": 1}'},
+        ]
+        answers = set()
+        for who in ("Ann is 3", "Bob is 4", "Cy is 5"):
+            prompt = [*few_shot, {"role": "user", "content": who}]
+            first = await ask(plain, prompt)
+            assert await ask(flaky, prompt) == BAD_REPLY
+            follow = [
+                *prompt,
+                {"role": "assistant", "content": BAD_REPLY},
+                {"role": "user", "content": "fix it"},
+            ]
+            assert await ask(flaky, follow) == first
+            answers.add(first)
+        assert len(answers) == 3  # each record its own answer, few-shot turns or not
+
+    anyio.run(main)

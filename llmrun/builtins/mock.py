@@ -151,9 +151,17 @@ class MockTransport:
         if given < self.bad_replies:
             text = self.bad_reply
         elif schema is not None:
-            # Seeded by the first turns only, so a reask gets the answer a first try would.
-            first = "\n".join(str(m.get("content", "")) for m in messages[:2])
-            rng = random.Random(f"{self.seed}:{first}")
+            # Seeded by the prompt without the follow-ups to bad answers, so the answer after
+            # a reask is the one a first try would have given.
+            asked = list(messages)
+            while (
+                len(asked) >= 2
+                and asked[-2].get("role") == "assistant"
+                and asked[-2].get("content") == self.bad_reply
+            ):
+                del asked[-2:]
+            prompt = "\n".join(str(m.get("content", "")) for m in asked)
+            rng = random.Random(f"{self.seed}:{prompt}")
             text = json.dumps(instance_of(schema, rng), ensure_ascii=False)
         elif self.replies:
             text = self.replies[int.from_bytes(digest[:4], "big") % len(self.replies)]

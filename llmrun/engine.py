@@ -38,6 +38,7 @@ from .limits import KeyPool, RateLimiter
 from .plugins import Observers, Registry
 from .pricing import Price, PriceTable
 from .progress import Progress
+from .provenance import call_hash
 from .recipe import ComponentSpec, Recipe
 from .redaction import Redactor
 from .selection import selection_of
@@ -670,6 +671,7 @@ class Engine:
             "recipe": str(self.recipe.path),
             "name": self.recipe.name,
             "recipe_hash": self.recipe.job_hash,
+            "call_hash": call_hash(self.recipe),  # lets `repost` see changed calls
             "provider": self.recipe.provider.name,
             "model": getattr(self.provider, "model", None),
             "output": str(self.recipe.output_path),

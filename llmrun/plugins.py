@@ -36,6 +36,9 @@ BUILTIN_MODULES = (
     "llmrun.builtins.openai",
     "llmrun.builtins.postprocessors",
     "llmrun.builtins.writers",
+    "llmrun.builtins.openai_completions",
+    "llmrun.builtins.openai_embeddings",
+    "llmrun.builtins.azure",
 )
 ENTRY_POINT_GROUP = "llmrun"
 

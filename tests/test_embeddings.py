@@ -18,12 +18,18 @@ def embeddings(server: FakeOpenAI, **options: Any) -> dict[str, Any]:
     return {"name": "openai-embeddings", "base_url": server.url, "model": "emb-test", **options}
 
 
-def embed_recipe(folder: Path, provider: dict[str, Any], records: list[dict[str, Any]]) -> Path:
+def embed_recipe(
+    folder: Path,
+    provider: dict[str, Any],
+    records: list[dict[str, Any]],
+    generation: dict[str, Any] | None = None,
+) -> Path:
     write_jsonl(folder / "data.jsonl", records)
     return write_recipe(
         folder,
         {
             "name": "embed",
+            "generation": generation or {},
             "data": {"path": "data.jsonl", "id": "id"},
             "prompt": {"system": "ignored by embeddings", "user": "{{ text }}"},
             "provider": provider,
@@ -41,9 +47,13 @@ def test_n_records_make_ceil_n_over_b_requests_each_row_its_own_vector(
     tmp_path: Path, fake_openai: FakeOpenAI
 ):
     records = make_records(23)
-    recipe = embed_recipe(tmp_path, embeddings(fake_openai, batch_size=5), records)
-    result = run_cli("run", str(recipe), "--quiet", cwd=tmp_path)
+    recipe = embed_recipe(
+        tmp_path, embeddings(fake_openai, batch_size=5), records, {"temperature": 0.5}
+    )
+    result = run_cli("run", str(recipe), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    # Generation keys do not apply to embeddings: dropped, said once for the run.
+    assert result.stderr.count("generation.temperature is not supported") == 1
 
     requests = embedding_requests(fake_openai)
     assert len(requests) == math.ceil(23 / 5) == fake_openai.total_requests
@@ -53,7 +63,7 @@ def test_n_records_make_ceil_n_over_b_requests_each_row_its_own_vector(
     assert sorted(sent) == sorted(r["text"] for r in records)  # each record once, user text only
     for r in requests:
         assert r.body["model"] == "emb-test" and r.body["encoding_format"] == "float"
-        assert set(r.body) == {"model", "input", "encoding_format"}
+        assert set(r.body) == {"model", "input", "encoding_format"}  # no temperature
 
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert sorted(row["id"] for row in rows) == [r["id"] for r in records]
@@ -100,21 +110,3 @@ def test_a_failed_group_makes_an_error_row_for_each_member(tmp_path: Path):
     for row in rows.values():
         if row["status"] == "ok":
             assert row["response"]["vector"] == fake_vector(row["record"]["text"])
-
-
-def test_generation_keys_are_dropped_with_one_warning(tmp_path: Path, fake_openai: FakeOpenAI):
-    recipe = embed_recipe(tmp_path, embeddings(fake_openai, batch_size=2), make_records(6))
-    data = json_recipe(recipe)
-    data["generation"] = {"temperature": 0.5}
-    write_recipe(tmp_path, data)
-    result = run_cli("run", str(recipe), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.count("generation.temperature is not supported") == 1
-    assert all("temperature" not in r.body for r in embedding_requests(fake_openai))
-
-
-def json_recipe(path: Path) -> dict[str, Any]:
-    import yaml
-
-    data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return data

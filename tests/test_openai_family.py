@@ -162,3 +162,74 @@ def test_completion_logprobs_become_a_count(specs: Specs):
     body = provider.body(Prompt("r", [{"role": "user", "content": "hi"}], generation))
     assert body == {"model": "m", "prompt": "hi", "logprobs": 3, "n": 2}
     assert specs.problems("CreateCompletionRequest", body) == []
+
+
+def provider_snippets() -> list[tuple[str, dict[str, Any]]]:
+    """Every ```yaml block of docs/providers.md that has a `provider:` (section, parsed)."""
+    import re
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "docs/providers.md").read_text(encoding="utf-8")
+    found = []
+    section = ""
+    for heading, block in re.findall(r"^## ([^\n]+)$|```yaml\n(.*?)```", text, re.M | re.S):
+        section = heading or section
+        data = yaml.safe_load(block) if block else None
+        if isinstance(data, dict) and "provider" in data:
+            found.append((section or "intro", data))
+    return found
+
+
+def test_every_provider_snippet_in_the_docs_is_a_valid_recipe(tmp_path: Path):
+    from llmrun.api import open_recipe
+
+    snippets = provider_snippets()
+    assert {s for s, _ in snippets} >= {
+        "openai",
+        "openai-completions",
+        "openai-embeddings",
+        "azure-openai",
+    }
+    environ = {"OPENAI_API_KEY": "k", "DEEPSEEK_API_KEY": "k", "AZURE_OPENAI_API_KEY": "k"}
+    write_jsonl(tmp_path / "data.jsonl", [{"id": "a", "text": "x"}])
+    for section, snippet in snippets:
+        recipe = {
+            "data": {"path": "data.jsonl", "id": "id"},
+            "prompt": "{{ text }}",
+            "output": {"path": "out.jsonl"},
+            **{k: v for k, v in snippet.items() if k in ("provider", "generation")},
+        }
+        loaded, _ = open_recipe(write_recipe(tmp_path, recipe), environ=environ)
+        assert loaded.provider.name == snippet["provider"]["name"], section
+
+
+def test_the_fake_server_answers_completions_embeddings_and_azure_as_the_apis_do(
+    fake_openai: FakeOpenAI,
+):
+    import httpx
+
+    root = fake_openai.url.removesuffix("/v1")
+    with httpx.Client() as client:
+        no_version = client.post(f"{root}/openai/deployments/d/chat/completions", json={})
+        assert no_version.status_code == 404
+        assert no_version.json() == {"error": {"code": "404", "message": "Resource not found"}}
+        embedded = client.post(
+            f"{root}/openai/deployments/emb/embeddings?api-version=2024-10-21",
+            json={"input": ["a b", "c"]},
+        ).json()
+        assert [d["index"] for d in embedded["data"]] == [0, 1]
+        assert embedded["model"] == "emb" and embedded["usage"]["prompt_tokens"] == 3
+        bad = client.post(f"{fake_openai.url}/embeddings", json={"model": "m", "input": [""]})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
+        done = client.post(
+            f"{fake_openai.url}/completions",
+            json={"model": "m", "prompt": "a b c", "max_tokens": 2},
+        ).json()
+        assert done["object"] == "text_completion"
+        assert done["choices"][0] == {
+            "text": "echo: a",
+            "index": 0,
+            "logprobs": None,
+            "finish_reason": "length",
+        }

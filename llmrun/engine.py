@@ -166,6 +166,7 @@ class Engine:
         self._workers_scope: CancelScope | None = None
         self._reader_scope: CancelScope | None = None
         self._caller: Caller | None = None
+        self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
 
     def warn(self, message: str) -> None:
         message = self.redact(message)
@@ -340,15 +341,13 @@ class Engine:
     ) -> None:
         group_size = int(getattr(self.provider, "group_size", 1) or 1)
         async with recv, send:
-            async for first in recv:
+            while True:
+                batch = await self._take(recv, group_size)
+                if not batch:
+                    return
                 if self.flags.stopping:
                     continue  # not started: the next run does it
-                batch = [first]
-                while len(batch) < group_size:  # a grouping provider: what is ready, no wait
-                    try:
-                        batch.append(recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
+                first = batch[0]
                 self.stats.in_flight += len(batch)
                 try:
                     if group_size > 1:
@@ -370,6 +369,24 @@ class Engine:
                             send.send_nowait(row)
                         except anyio.WouldBlock:
                             await send.send(row)
+
+    async def _take(self, recv: MemoryObjectReceiveStream[_Work], size: int) -> list[_Work]:
+        """The next record, or for a grouping provider the next ``size`` records (fewer only
+        at the end); empty when there are no more. Workers fill groups one at a time, waiting
+        for the reader, so N records make ceil(N / size) requests, not one per idle worker."""
+        if size == 1:
+            try:
+                return [await recv.receive()]
+            except anyio.EndOfStream:
+                return []
+        batch: list[_Work] = []
+        async with self._gathering:
+            while len(batch) < size:
+                try:
+                    batch.append(await recv.receive())
+                except anyio.EndOfStream:
+                    break
+        return batch
 
     def _render(self, work: _Work) -> Prompt | dict[str, Any]:
         """The record's prompt, or its error row when it cannot be sent."""
@@ -422,20 +439,26 @@ class Engine:
         group = Prompt(prompts[0].record_id, [], prompts[0].generation, group=tuple(prompts))
         outcome = await self._call(members[0][0], group, caller)
         if isinstance(outcome, dict):  # the group failed: each member gets the same error
+            failed = outcome["error"]
             for work, _ in members:
-                rows.append(
-                    {**outcome, **self._row(work, outcome["attempts"], error=outcome["error"])}
-                )
+                error = self._error(
+                    work,
+                    failed["type"],
+                    failed["message"],
+                    failed["retryable"],
+                    failed.get("status"),
+                )  # each row says where its own record is, not the first member's
+                rows.append(self._row(work, outcome["attempts"], error=error))
             return rows
         try:
             replies = self.provider.split_reply(outcome.reply, prompts)  # type: ignore[attr-defined]
             if len(replies) != len(prompts):
                 raise ValueError(f"{len(replies)} replies for {len(prompts)} inputs")
         except Exception as exc:
-            error = f"cannot split the grouped reply: {_describe(exc)}"
+            why = f"cannot split the grouped reply: {_describe(exc)}"
             for work, _ in members:
                 rows.append(
-                    self._row(work, outcome.attempts, error=self._error(work, "internal", error))
+                    self._row(work, outcome.attempts, error=self._error(work, "internal", why))
                 )
             return rows
         for (work, prompt), reply in zip(members, replies, strict=True):

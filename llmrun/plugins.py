@@ -37,6 +37,9 @@ BUILTIN_MODULES = (
     "llmrun.builtins.postprocessors",
     "llmrun.builtins.writers",
     "llmrun.builtins.anthropic",
+    "llmrun.builtins.openai_completions",
+    "llmrun.builtins.openai_embeddings",
+    "llmrun.builtins.azure",
 )
 ENTRY_POINT_GROUP = "llmrun"
 

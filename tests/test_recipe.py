@@ -652,7 +652,8 @@ def test_job_hash_changes_with_what_decides_results(tmp_path: Path, registry: Re
 
 
 def test_job_hash_changes_with_the_model(tmp_path: Path, registry: Registry):
-    path = write_recipe(tmp_path, basic_recipe({"name": "openai", "model": "gpt-a"}))
+    provider = {"name": "openai", "model": "gpt-a", "api_keys": ["k"]}
+    path = write_recipe(tmp_path, basic_recipe(provider))
     a = load(path, registry).job_hash
     b = load(path, registry, "provider.model=gpt-b").job_hash
     assert a != b

@@ -184,7 +184,9 @@ def test_files_loader_images_reach_the_provider_through_the_cli(tmp_path: Path):
     assert set(rows) == {"photos/a.png", "photos/b.png"}  # a dangling link is not a file
     for row in rows.values():
         assert row["status"] == "ok", row
-        assert "'type': 'image'" in row["text"]  # the mock echoes the user content it got
+        # The mock speaks OpenAI's format and echoes the user content it got: the image went
+        # out as an image_url part.
+        assert "'type': 'image_url'" in row["text"]
 
 
 def test_a_missing_image_is_an_error_row_and_a_validate_problem(tmp_path: Path):

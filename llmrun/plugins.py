@@ -37,6 +37,7 @@ BUILTIN_MODULES = (
     "llmrun.builtins.postprocessors",
     "llmrun.builtins.writers",
     "llmrun.builtins.anthropic",
+    "llmrun.builtins.gemini",
 )
 ENTRY_POINT_GROUP = "llmrun"
 

@@ -12,9 +12,12 @@ import httpx
 import pytest
 import yaml
 
+from llmrun.api import run_recipe_sync
 from llmrun.builtins.anthropic import AnthropicMessages
 from llmrun.errors import CallError
+from llmrun.hookspecs import Register, hookimpl
 from llmrun.images import ImageError
+from llmrun.plugins import load_registry
 from llmrun.testing.fake_anthropic import FakeAnthropic, Fault, RecordedRequest
 from llmrun.values import ComponentContext, Prompt
 
@@ -408,3 +411,53 @@ def test_the_docs_snippet_runs(tmp_path: Path) -> None:
     assert srv.requests[0].body["system"].startswith("You label sentiment.")
     rows = read_jsonl(tmp_path / "out/sentiment-claude.jsonl")
     assert [(r["id"], r["text"]) for r in rows] == [("a", "echo: Lovely.")]
+
+
+class PicturePlugin:
+    """Stands in for the prompt's ``images:`` key (built elsewhere): the provider
+    ``anthropic-pictures`` attaches the file named by the last word of the user message."""
+
+    class Provider(AnthropicMessages):
+        def body(self, prompt: Prompt) -> dict[str, Any]:
+            text = prompt.messages[-1]["content"]
+            part = {"type": "image", "source": text.split()[-1]}
+            messages = [{"role": "user", "content": [{"type": "text", "text": text}, part]}]
+            return super().body(Prompt(prompt.record_id, messages, prompt.generation))
+
+    @staticmethod
+    @hookimpl
+    def register_providers(register: Register) -> None:
+        register("anthropic-pictures", PicturePlugin.Provider)
+
+
+def test_images_reach_the_server_from_a_record_and_a_bad_one_is_an_error_row(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "good.png").write_bytes(PNG)
+    (tmp_path / "bad.png").write_text("not an image")
+    records = [
+        {"id": "a", "text": str(tmp_path / "good.png")},
+        {"id": "b", "text": str(tmp_path / "bad.png")},
+    ]
+    write_jsonl(tmp_path / "data.jsonl", records)
+    registry = load_registry(entry_points=False, plugins={"pictures": PicturePlugin})
+    with FakeAnthropic(api_keys={KEY}) as srv:
+        spec = {**anthropic(srv), "name": "anthropic-pictures"}
+        recipe = write_recipe(tmp_path, basic_recipe(spec, prompt="{{ text }}"))
+        summary = run_recipe_sync(recipe, registry=registry)
+    assert (summary.stats.ok, summary.stats.error) == (1, 1)
+    assert srv.count() == 1  # the bad image was never sent
+    block = srv.requests[0].body["messages"][0]["content"][1]
+    assert block == {
+        "type": "image",
+        "source": {
+            "type": "base64",
+            "media_type": "image/png",
+            "data": base64.b64encode(PNG).decode(),
+        },
+    }
+    rows = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    assert rows["a"]["status"] == "ok"
+    assert rows["b"]["status"] == "error"
+    assert rows["b"]["error"]["type"] == "image"
+    assert "is not a PNG, JPEG, GIF or WebP image" in rows["b"]["error"]["message"]

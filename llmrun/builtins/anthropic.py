@@ -136,7 +136,10 @@ class AnthropicMessages:
         if "temperature" in gen:
             temperature = gen["temperature"]
             if temperature > 1:
-                self._dropper.drop("temperature above 1", "Anthropic's range is 0-1: sent as 1")
+                self._dropper.once(
+                    "temperature",
+                    f"generation.temperature {temperature} is above anthropic's maximum: sent as 1",
+                )
                 temperature = 1.0
             body["temperature"] = temperature
         for key in ("top_p", "top_k"):

@@ -118,7 +118,7 @@ def test_a_rejected_key_stops_the_run_after_one_call(tmp_path: Path) -> None:
     assert read_jsonl(tmp_path / "out.jsonl") == []
 
 
-@pytest.mark.parametrize("status", [429, 529, 500])
+@pytest.mark.parametrize("status", [429, 529])
 def test_rate_limits_and_overload_are_retried(tmp_path: Path, status: int) -> None:
     seen: dict[str, int] = {}
 
@@ -461,3 +461,35 @@ def test_images_reach_the_server_from_a_record_and_a_bad_one_is_an_error_row(
     assert rows["b"]["status"] == "error"
     assert rows["b"]["error"]["type"] == "image"
     assert "is not a PNG, JPEG, GIF or WebP image" in rows["b"]["error"]["message"]
+
+
+def test_cache_system_marks_the_system_prompt_for_the_prompt_cache(tmp_path: Path) -> None:
+    with FakeAnthropic(api_keys={KEY}) as srv:
+        recipe = setup(tmp_path, anthropic(srv, cache_system=True), n=2)
+        result = run_cli("run", str(recipe), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for request in srv.requests:
+        assert request.body["system"] == [
+            {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}
+        ]
+
+
+def test_an_empty_assistant_turn_is_left_out_as_the_api_refuses_it() -> None:
+    with FakeAnthropic(api_keys={KEY}) as srv:
+        prov, _ = provider(srv)
+        messages = [
+            {"role": "user", "content": "Give JSON."},
+            {"role": "assistant", "content": ""},  # an empty reply, reasked
+            {"role": "user", "content": "That was empty: answer in JSON."},
+        ]
+        reply = send(srv, prov, Prompt("a", messages, {}))
+        assert [m["role"] for m in srv.requests[-1].body["messages"]] == ["user", "user"]
+        assert reply.text == "echo: That was empty: answer in JSON."
+        with httpx.Client(base_url=srv.url) as client:
+            refused = client.post(
+                "/v1/messages",
+                json={"model": "m", "max_tokens": 5, "messages": messages},
+                headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+            )
+        assert refused.status_code == 400
+        assert "non-empty content" in refused.json()["error"]["message"]

@@ -319,6 +319,8 @@ def test_images_go_inline_and_urls_as_file_data(tmp_path: Path) -> None:
     ]
     history = [
         {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": ""},  # an empty reply (reasked): left out
+        {"role": "user", "content": "Hello?"},
         {"role": "assistant", "content": "Hi."},
         {"role": "user", "content": content},
     ]
@@ -330,6 +332,7 @@ def test_images_go_inline_and_urls_as_file_data(tmp_path: Path) -> None:
     assert reply.choices == ["echo: What is this?"] * 2
     assert sent["contents"] == [
         {"role": "user", "parts": [{"text": "Hello"}]},
+        {"role": "user", "parts": [{"text": "Hello?"}]},
         {"role": "model", "parts": [{"text": "Hi."}]},
         {
             "role": "user",
@@ -359,6 +362,7 @@ def test_the_fake_checks_requests_like_the_api() -> None:
             ({**good, "generationConfig": {"maxTokens": 5}}, 'maxTokens: Extra inputs'),
             ({**good, "generationConfig": {"topK": 0.5}}, "expected an integer"),
             ({"contents": [{"role": "assistant", "parts": [{"text": "x"}]}]}, "role"),
+            ({"contents": [{"role": "user", "parts": [{"text": ""}]}]}, "empty text parameter"),
             (
                 {**good, "generationConfig": {"responseMimeType": "application/json",
                                               "responseSchema": {"type": "object",

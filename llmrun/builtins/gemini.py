@@ -126,6 +126,8 @@ class GeminiGenerate:
             role = message.get("role")
             if role in ("system", "developer"):
                 system.append(text_of(message.get("content")))
+            elif role == "assistant" and message.get("content") in ("", None, []):
+                continue  # the API refuses an empty text part (an empty reply being reasked)
             else:
                 parts = self._parts(message.get("content"))
                 contents.append(

@@ -172,8 +172,14 @@ class FakeAnthropic(FakeServer):
         if isinstance(system, list):
             for i, block in enumerate(system):
                 out.extend(problems_of(block, TEXT_BLOCK, f"body.system.{i}"))
+        last = len(body["messages"]) - 1
         for i, message in enumerate(body["messages"]):
             content = message["content"]
+            if content in ("", []) and not (i == last and message["role"] == "assistant"):
+                out.append(
+                    f"body.messages.{i}: all messages must have non-empty content except for "
+                    "the optional final assistant message"
+                )
             if isinstance(content, list):
                 for j, block in enumerate(content):
                     out.extend(_block_problems(block, f"body.messages.{i}.content.{j}"))

@@ -276,6 +276,10 @@ def _deep_problems(body: dict[str, Any]) -> list[str]:
                                        "functionResponse") if k in part]  # fmt: skip
             if len(data_fields) != 1:
                 out.append(f"{where}: a part holds exactly one of text, inline_data, ...")
+            if part.get("text") == "":
+                out.append(
+                    f"{where}: Unable to submit request because it has an empty text parameter."
+                )
             blob = part.get("inline_data")
             if blob is not None:
                 try:

@@ -220,6 +220,8 @@ def test_tools_and_tool_choice_are_converted_and_tool_calls_normalized() -> None
         assert srv.requests[-1].body["tool_choice"] == {"type": "tool", "name": "get_weather"}
         send(srv, prov, Prompt("c", messages, {"tools": [WEATHER], "tool_choice": "none"}))
         assert srv.requests[-1].body["tool_choice"] == {"type": "none"}
+        send(srv, prov, Prompt("d", messages, {"tool_choice": "auto"}))  # no tools: not sent
+        assert "tool_choice" not in srv.requests[-1].body
 
 
 def test_a_json_schema_response_format_is_a_forced_tool_and_comes_back_parsed() -> None:

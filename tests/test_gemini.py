@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -461,3 +464,37 @@ def test_an_image_from_a_record_arrives_inline(tmp_path: Path) -> None:
     assert srv.requests[0].body["contents"][0]["parts"][1] == {
         "inline_data": {"mime_type": "image/png", "data": base64.b64encode(PNG).decode()}
     }
+
+
+@pytest.mark.parametrize(
+    ("module", "path", "headers", "body"),
+    [
+        (
+            "llmrun.testing.fake_anthropic",
+            "/v1/messages",
+            {"x-api-key": "k", "anthropic-version": "2023-06-01"},
+            {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        ),
+        (
+            "llmrun.testing.fake_gemini",
+            "/v1beta/models/m:generateContent",
+            {"x-goog-api-key": "k"},
+            {"contents": [{"parts": [{"text": "hi"}]}]},
+        ),
+    ],
+)
+def test_a_fake_runs_as_its_own_process_until_sigterm(
+    module: str, path: str, headers: dict[str, str], body: dict[str, Any]
+) -> None:
+    command = [sys.executable, "-m", module, "--port", "0"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip()
+            assert url.startswith("http://127.0.0.1:")
+            answer = httpx.post(url + path, json=body, headers=headers, timeout=10)
+            assert answer.status_code == 200, answer.text
+            assert "hi" in answer.text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0

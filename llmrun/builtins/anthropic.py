@@ -176,7 +176,7 @@ class AnthropicMessages:
             choice = {"type": "tool", "name": STRUCTURED_TOOL}
         if tools:
             body["tools"] = tools
-        if choice is not None:
+        if choice is not None and tools:  # the API refuses a tool_choice without tools
             body["tool_choice"] = choice
         body.update(self._extra_body)
         return body

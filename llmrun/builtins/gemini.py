@@ -168,7 +168,7 @@ class GeminiGenerate:
         tools = [_declaration(t) for t in gen.get("tools") or []]
         if tools:
             body["tools"] = [{"functionDeclarations": tools}]
-        if "tool_choice" in gen:
+        if "tool_choice" in gen and tools:
             body["toolConfig"] = {"functionCallingConfig": _calling_config(gen["tool_choice"])}
         if self._safety:
             body["safetySettings"] = self._safety

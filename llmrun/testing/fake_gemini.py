@@ -13,6 +13,9 @@ The reply text is ``"echo: <last user text>"`` (or what ``reply(body)`` returns)
 args are the reply text parsed as a JSON object. ``maxOutputTokens`` cuts it (one token per
 word) with ``finishReason: MAX_TOKENS``. ``block_prompt(body)`` returning a reason (e.g.
 ``"SAFETY"``) answers with ``promptFeedback.blockReason`` and no candidates, as the API does.
+
+On its own: ``python -m llmrun.testing.fake_gemini --port 0 [--latency S]`` prints its base URL
+and serves until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -21,11 +24,20 @@ import base64
 import binascii
 import json
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from ..images import sniff
-from .fake_base import Answer, FakeServer, Fault, RecordedRequest, json_answer, problems_of
+from .fake_base import (
+    Answer,
+    FakeServer,
+    Fault,
+    RecordedRequest,
+    json_answer,
+    problems_of,
+    serve,
+)
 from .http11 import Headers
 
 __all__ = ["FakeGemini", "Fault", "RecordedRequest"]
@@ -314,3 +326,7 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
             total += 258 if "inline_data" in part or "file_data" in part else 0
             total += len(str(part.get("text", "")).split())
     return max(total, 1)
+
+
+if __name__ == "__main__":
+    sys.exit(serve(FakeGemini))

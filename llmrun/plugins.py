@@ -40,6 +40,7 @@ BUILTIN_MODULES = (
     "llmrun.builtins.openai_completions",
     "llmrun.builtins.openai_embeddings",
     "llmrun.builtins.azure",
+    "llmrun.builtins.gemini",
 )
 ENTRY_POINT_GROUP = "llmrun"
 

@@ -34,7 +34,7 @@ from typing import Any
 from . import tokens
 from .engine import build_component, record_id
 from .envvars import read_dotenv
-from .errors import TemplateError
+from .errors import Problem, RecipeError, TemplateError
 from .plugins import Registry
 from .pricing import PriceTable
 from .recipe import Recipe
@@ -96,8 +96,11 @@ def missing_env(
     return sorted(n for n in names if n not in environ and n not in dotenv)
 
 
-def make_plan(recipe: Recipe, registry: Registry, *, sample: int = DEFAULT_SAMPLE) -> Plan:
-    """Work out the plan in one streamed pass over the records."""
+def make_plan(
+    recipe: Recipe, registry: Registry, *, sample: int = DEFAULT_SAMPLE, limit: int | None = None
+) -> Plan:
+    """Work out the plan in one streamed pass over the records (``limit`` as ``run --limit``)."""
+    limit = recipe.limit if limit is None else limit
     run = recipe.run
     mode = str(getattr(run, "mode", "direct") or "direct")
     context = ComponentContext(recipe.base_dir, recipe.name)
@@ -112,10 +115,11 @@ def make_plan(recipe: Recipe, registry: Registry, *, sample: int = DEFAULT_SAMPL
     over_window = 0
     sampled_input = 0
     loader = build_component(registry, "loader", recipe.data, context)
-    records: Iterator[Any] = loader.records()
+    records: Iterator[Any] = iter(())
     try:
+        records = loader.records()
         for rec in records:
-            if recipe.limit is not None and plan.records >= recipe.limit:
+            if limit is not None and plan.records >= limit:
                 break
             plan.records += 1
             if rec.data is None:
@@ -145,6 +149,24 @@ def make_plan(recipe: Recipe, registry: Registry, *, sample: int = DEFAULT_SAMPL
                 over_window += 1
             if len(plan.prompts) < SHOWN_PROMPTS:
                 plan.prompts.append(list(prompt.messages))
+    except OSError as exc:
+        raise RecipeError(
+            [Problem(f"cannot read the data: {exc}", "data", str(recipe.path))]
+        ) from None
+    except RecipeError:
+        raise
+    except Exception as exc:  # a plugin's loader that breaks is its fault, told as such
+        info = registry.get("loader", recipe.data.name)
+        raise RecipeError(
+            [
+                Problem(
+                    f"loader {info.name!r} ({info.package} {info.version}) failed after "
+                    f"{plan.records} record(s): {type(exc).__name__}: {exc}",
+                    "data",
+                    str(recipe.path),
+                )
+            ]
+        ) from None
     finally:
         close = getattr(records, "close", None)
         if close is not None:

@@ -9,8 +9,10 @@ and skipped: it is an error only for a recipe that names one of its components.
 
 ``load_registry(lazy=True)`` (what ``validate``, ``plan`` and ``lock`` use) registers only the
 built-ins and imports the entry points the first time a name is asked for that the built-ins do
-not have: a recipe using only built-in components never imports a third-party plugin. Entry-point
-names say nothing about the components behind them, so the first miss loads them all.
+not have: a recipe using only built-in components never imports a third-party plugin. On a miss
+for ``NAME``, an entry point named ``NAME`` (the layout ``llmrun plugin new`` writes) is imported
+alone first; entry-point names need not match their components, so if that does not provide it,
+all the others are imported.
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ class Registry:
         """The component, or a PluginError that says why not and what exists."""
         found = self.components[kind].get(name)
         if found is None and self.pending:
+            # An entry point named like the component (the `plugin new` layout) is tried alone
+            # first; failing that, the rest are imported.
+            self.load_pending(only=name)
+            found = self.components[kind].get(name)
+        if found is None and self.pending:
             self.load_pending()
             found = self.components[kind].get(name)
         if found is not None:
@@ -106,9 +113,11 @@ class Registry:
         for kind in KIND_HOOKS:
             yield from sorted(self.components[kind].values(), key=lambda c: c.name)
 
-    def load_pending(self) -> None:
-        """Import the entry points a lazy registry has not imported yet, and register them."""
-        eps, self.pending = self.pending, []
+    def load_pending(self, only: str | None = None) -> None:
+        """Import the entry points a lazy registry has not imported yet (those named ``only``,
+        when given), and register them."""
+        eps = [ep for ep in self.pending if only is None or ep.name == only]
+        self.pending = [ep for ep in self.pending if ep not in eps]
         if not eps:
             return
         if self.manager is None:

@@ -234,3 +234,26 @@ def test_plan_streams_records(tmp_path: Path, llmrun_registry: Any):
     plan = make_plan(recipe, registry, sample=10)
     assert plan.records == 20000 and plan.to_send == 20000
     assert Tracked.peak <= 20  # records are looked at one by one, never gathered
+
+
+def test_plan_limit_missing_data_and_secrets(tmp_path: Path):
+    secret = "sk-plan-secret-0123456789"
+    write_jsonl(tmp_path / "data.jsonl", make_records(8))
+    recipe = write_recipe(
+        tmp_path,
+        basic_recipe(
+            {"name": "openai", "model": "gpt-4o-mini", "api_keys": [secret, "${PLAN_SECRET}"]},
+            prompt="{{ text }}",
+        ),
+    )
+    env = {"PLAN_SECRET": secret + "-env"}
+    limited = plan_json(recipe, "--limit", "3", env=env)
+    assert limited["records"] == 3 and limited["to_send"] == 3
+    text = run_cli("plan", str(recipe), env=env)
+    json_out = run_cli("plan", str(recipe), "--json", env=env)
+    for result in (text, json_out):
+        assert result.returncode == 0, result.stderr
+        assert secret not in result.stdout + result.stderr
+    missing = run_cli("plan", str(recipe), "--set", "data.path=nowhere.jsonl", env=env)
+    assert missing.returncode == 2
+    assert "data: cannot read the data" in missing.stderr and "nowhere.jsonl" in missing.stderr

@@ -102,6 +102,14 @@ def test_help_and_builtin_validate_import_no_plugin(site: Path, tmp_path: Path):
     assert sorted(p.name for p in markers.iterdir()) == ["future", "garbled", "lazy", "ranged"]
 
 
+def test_an_entry_point_named_like_the_component_is_imported_alone(site: Path, tmp_path: Path):
+    markers = tmp_path / "markers"
+    path = recipe(tmp_path, postprocess=["ranged"])  # entry point `ranged` registers `ranged`
+    result = run_cli("validate", str(path), env=env(site, markers))
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in markers.iterdir()] == ["ranged"]
+
+
 def test_validate_imports_plugins_when_the_recipe_names_one(site: Path, tmp_path: Path):
     markers = tmp_path / "markers"
     path = recipe(tmp_path, postprocess=["upper", "ranged"])

@@ -27,6 +27,9 @@ def register(subparsers: Any) -> None:
         help="render and count the tokens of the first N prompts to send, and extrapolate "
         "(default 1000; 0 renders none)",
     )
+    p.add_argument(
+        "--limit", type=int, metavar="N", help="plan for only the first N records, like run"
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
     p.set_defaults(handler=cmd_plan)
 
@@ -43,13 +46,15 @@ def cmd_plan(args: argparse.Namespace, err: Any) -> int:
 
     if args.sample < 0:
         raise RecipeError(f"--sample must be 0 or more, got {args.sample}")
+    if args.limit is not None and args.limit < 0:
+        raise RecipeError(f"--limit must be 0 or more, got {args.limit}")
     # An unset key does not stop a plan (nothing is called): say so and go on.
     unset = missing_env(Path(args.recipe), os.environ, args.overrides)
     environ = {**os.environ, **{name: f"<{name} unset>" for name in unset}}
     recipe, registry = open_recipe(
         args.recipe, overrides=args.overrides, registry=load_registry(lazy=True), environ=environ
     )
-    plan = make_plan(recipe, registry, sample=args.sample)
+    plan = make_plan(recipe, registry, sample=args.sample, limit=args.limit)
     plan.warnings[:0] = [
         f"environment variable ${{{name}}} is not set: `llmrun run` will refuse until it is"
         for name in unset

@@ -370,6 +370,8 @@ def format_plan(plan: Plan) -> str:
 
 
 def _human(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

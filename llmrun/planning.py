@@ -110,10 +110,12 @@ def make_plan(
     template = PromptTemplate(recipe.messages, recipe.generation, recipe.base_dir, str(recipe.path))
     ceiling = tokens.output_ceiling(recipe.generation)
     window = context_window(plan.model)
-    lacking: dict[tuple[str, ...], list[str]] = {}
+    lacking: dict[tuple[str, ...], _Places] = {}
     failing: dict[str, int] = {}
     over_window = 0
     sampled_input = 0
+    # Counts and the first few places only: a 10M-record input may lack a field everywhere.
+    no_id = _Places()
     loader = build_component(registry, "loader", recipe.data, context)
     records: Iterator[Any] = iter(())
     try:
@@ -125,7 +127,10 @@ def make_plan(
             if rec.data is None:
                 plan.unreadable += 1
                 continue
-            rid = record_id(rec.data, recipe.id_field) or rec.where
+            rid = record_id(rec.data, recipe.id_field)
+            if rid is None:  # the run writes an error row for it without calling
+                no_id.add(rec.where)
+                continue
             if rid in done_ids:
                 assert plan.done is not None
                 plan.done += 1
@@ -133,7 +138,7 @@ def make_plan(
             plan.to_send += 1
             missing = template.missing(rec.data)
             if missing:
-                lacking.setdefault(tuple(missing), []).append(rec.where)
+                lacking.setdefault(tuple(missing), _Places()).add(rec.where)
             if plan.sampled >= sample:
                 continue
             try:
@@ -181,6 +186,11 @@ def make_plan(
     _cost(plan, recipe)
     _duration(plan, recipe, ceiling)
     _warnings(plan, recipe, lacking, failing, over_window, window)
+    if no_id.count:
+        plan.warnings.append(
+            f"{no_id.count} record(s) have no {recipe.id_field!r} field (data.id) ({no_id}): "
+            "they will be error rows"
+        )
     redact = Redactor({*recipe.secrets, *recipe.api_keys})
     plan.prompts = [
         [
@@ -194,6 +204,22 @@ def make_plan(
     ]
     plan.warnings = [redact(w) for w in plan.warnings]
     return plan
+
+
+class _Places:
+    """How many records share a problem, and where the first three are."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: list[str] = []
+
+    def add(self, where: str) -> None:
+        self.count += 1
+        if len(self.first) < 3:
+            self.first.append(where)
+
+    def __str__(self) -> str:
+        return ", ".join(self.first) + (" ..." if self.count > len(self.first) else "")
 
 
 @cache
@@ -308,16 +334,15 @@ def _duration(plan: Plan, recipe: Recipe, ceiling: int) -> None:
 def _warnings(
     plan: Plan,
     recipe: Recipe,
-    lacking: Mapping[tuple[str, ...], list[str]],
+    lacking: Mapping[tuple[str, ...], _Places],
     failing: Mapping[str, int],
     over_window: int,
     window: int | None,
 ) -> None:
     for names, places in lacking.items():
-        first = ", ".join(places[:3]) + (" ..." if len(places) > 3 else "")
         plan.warnings.append(
-            f"{len(places)} record(s) lack the prompt variable(s) {', '.join(names)} "
-            f"({first}): they will be error rows unless the template guards them"
+            f"{places.count} record(s) lack the prompt variable(s) {', '.join(names)} "
+            f"({places}): they will be error rows unless the template guards them"
         )
     for message, count in failing.items():
         plan.warnings.append(f"{count} sampled record(s) fail to render: {message}")

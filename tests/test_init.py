@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import pty
 import select
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from llmrun.testing.fake_openai import FakeOpenAI
@@ -94,6 +94,7 @@ def test_init_never_overwrites_without_force(tmp_path: Path):
 
 
 def test_init_asks_questions_on_a_terminal(tmp_path: Path):
+    pty = pytest.importorskip("pty")  # POSIX terminals only
     answers = ["", "mock", "", "Say hi to {{ text }}"]  # sample data, preset, model, prompt
     pid, fd = pty.fork()
     if pid == 0:  # the child: llmrun with a terminal for stdin and stdout

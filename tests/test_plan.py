@@ -142,6 +142,7 @@ def test_plan_warnings(tmp_path: Path):
     records = make_records(4)
     del records[1]["text"]  # lacks a prompt variable
     records[2]["text"] = "word " * 9000  # ~11k tokens: over the mock model's 8192
+    records.append({"text": "no id"})
     write_jsonl(tmp_path / "data.jsonl", records)
     with (tmp_path / "data.jsonl").open("a") as fh:
         fh.write("{not json\n")
@@ -155,7 +156,8 @@ def test_plan_warnings(tmp_path: Path):
     assert "no known price for model 'no-such-model'" in warnings
     assert plan["cost_usd_low"] is None
     assert "1 record(s) cannot be read" in warnings
-    assert plan["records"] == 5 and plan["unreadable"] == 1
+    assert "1 record(s) have no 'id' field (data.id) (data.jsonl:5)" in warnings
+    assert plan["records"] == 6 and plan["unreadable"] == 1 and plan["to_send"] == 4
 
     unset = run_cli("plan", str(recipe), env={"PLAN_KEY_X": "1"})
     assert unset.returncode == 0, unset.stderr

@@ -176,8 +176,6 @@ def make_plan(
         close = getattr(records, "close", None)
         if close is not None:
             close()
-    if plan.done is None:
-        plan.to_send = plan.records - plan.unreadable
     mean_input = sampled_input / plan.sampled if plan.sampled else 0.0
     plan.input_tokens = round(mean_input * plan.to_send)
     typical = typical_seen if typical_seen is not None else max(1, ceiling // 4)

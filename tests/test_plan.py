@@ -259,3 +259,34 @@ def test_plan_limit_missing_data_and_secrets(tmp_path: Path):
     missing = run_cli("plan", str(recipe), "--set", "data.path=nowhere.jsonl", env=env)
     assert missing.returncode == 2
     assert "data: cannot read the data" in missing.stderr and "nowhere.jsonl" in missing.stderr
+
+
+class OtherWriter:
+    """A writer plan cannot read without opening: "already done" is unknown."""
+
+    options_schema: Mapping[str, Any] = {"type": "object"}
+
+    def __init__(self, options: Mapping[str, Any], context: Any) -> None:
+        raise AssertionError("plan must not build the writer")
+
+
+def test_plan_with_a_writer_it_cannot_read(tmp_path: Path, llmrun_registry: Any):
+    import llmrun
+
+    def register_writers(register: Any) -> None:
+        register("other", OtherWriter)
+
+    plugin = types.SimpleNamespace(register_writers=llmrun.hookimpl(register_writers))
+    registry = llmrun_registry(other=plugin)
+    write_jsonl(tmp_path / "data.jsonl", make_records(3))
+    recipe = load_recipe(
+        write_recipe(
+            tmp_path,
+            basic_recipe({"name": "mock"}, output={"writer": "other", "path": "out.db"}),
+        ),
+        registry,
+        environ={},
+    )
+    plan = make_plan(recipe, registry)
+    assert plan.done is None and plan.to_send == 3
+    assert plan.warnings[0].startswith("the 'other' writer's output cannot be read")

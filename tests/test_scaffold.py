@@ -14,14 +14,19 @@ import pytest
 
 from .conftest import run_cli
 
+# kind -> the component's name; one plugin of each kind is generated and installed.
+KINDS = {"postprocessor": "shout_it", "loader": "lines", "provider": "chatty"}
+TESTS = {"postprocessor": 4, "loader": 3, "provider": 4}
+
 
 @pytest.fixture(scope="session")
-def scaffolded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(the generated plugin's folder, the python of a fresh venv it is installed in)."""
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the folder holding one generated plugin of each kind, the python of a fresh venv they
+    are installed in)."""
     root = tmp_path_factory.mktemp("scaffold")
-    made = run_cli("plugin", "new", "shout_it", cwd=root)
-    assert made.returncode == 0, made.stderr
-    plugin = root / "llmrun-shout-it"
+    for kind, name in KINDS.items():
+        made = run_cli("plugin", "new", name, "--kind", kind, cwd=root)
+        assert made.returncode == 0, made.stderr
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
@@ -49,14 +54,21 @@ def scaffolded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             "--no-deps",
             "--no-build-isolation",
             "--no-index",
-            str(plugin),
+            *(str(root / f"llmrun-{name.replace('_', '-')}") for name in KINDS.values()),
         ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert install.returncode == 0, install.stdout + install.stderr
-    return plugin, python
+    return root, python
+
+
+@pytest.fixture(scope="session")
+def scaffolded(installed: tuple[Path, Path]) -> tuple[Path, Path]:
+    """(the generated postprocessor plugin's folder, the venv's python)."""
+    root, python = installed
+    return root / "llmrun-shout-it", python
 
 
 def test_scaffold_layout(scaffolded: tuple[Path, Path]):
@@ -73,11 +85,13 @@ def test_scaffold_layout(scaffolded: tuple[Path, Path]):
     assert 'LLMRUN_API = ">=1"' in (plugin / "llmrun_shout_it/__init__.py").read_text("utf-8")
 
 
-def test_scaffolded_plugin_passes_its_own_tests(scaffolded: tuple[Path, Path]):
-    plugin, python = scaffolded
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_scaffolded_plugin_passes_its_own_tests(installed: tuple[Path, Path], kind: str):
+    root, python = installed
+    plugin = root / f"llmrun-{KINDS[kind].replace('_', '-')}"
     env = {k: v for k, v in os.environ.items() if k != "LLMRUN_PLUGINS"}
     result = subprocess.run(
-        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
         cwd=plugin,
         env=env,
         capture_output=True,
@@ -85,12 +99,12 @@ def test_scaffolded_plugin_passes_its_own_tests(scaffolded: tuple[Path, Path]):
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 passed" in result.stdout
+    assert f"{TESTS[kind]} passed" in result.stdout
 
 
-def test_installed_scaffold_is_listed_by_llmrun_plugins(scaffolded: tuple[Path, Path]):
-    _, python = scaffolded
-    env = {**os.environ, "LLMRUN_PLUGINS": "shout_it"}
+def test_installed_scaffolds_are_listed_by_llmrun_plugins(installed: tuple[Path, Path]):
+    _, python = installed
+    env = {**os.environ, "LLMRUN_PLUGINS": ",".join(KINDS.values())}
     result = subprocess.run(
         [str(python), "-m", "llmrun", "plugins", "--json"],
         env=env,
@@ -99,9 +113,12 @@ def test_installed_scaffold_is_listed_by_llmrun_plugins(scaffolded: tuple[Path, 
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    found = {(c["kind"], c["name"]): c for c in json.loads(result.stdout)["components"]}
-    assert found[("postprocessor", "shout_it")]["package"] == "llmrun-shout-it"
-    assert found[("postprocessor", "shout_it")]["version"] == "0.1.0"
+    data = json.loads(result.stdout)
+    assert data["failures"] == []
+    found = {(c["kind"], c["name"]): c for c in data["components"]}
+    for kind, name in KINDS.items():
+        assert found[(kind, name)]["package"] == f"llmrun-{name.replace('_', '-')}"
+        assert found[(kind, name)]["version"] == "0.1.0"
 
 
 def test_plugin_new_refuses_bad_names_and_busy_folders(tmp_path: Path):

@@ -35,6 +35,7 @@ def prompt_text(prompt: Prompt) -> str:
 
 
 def message_text(message: dict[str, Any]) -> str:
+    """The text of a message; the text parts of one with content parts (images left out)."""
     content = message.get("content")
     if isinstance(content, str):
         return content
@@ -42,15 +43,27 @@ def message_text(message: dict[str, Any]) -> str:
     return " ".join(str(p.get("text")) for p in parts if isinstance(p, dict) and "text" in p)
 
 
+def has_images(prompt: Prompt) -> bool:
+    return any(
+        isinstance(part, dict) and part.get("type") == "image"
+        for message in prompt.messages
+        if not isinstance(message.get("content"), str)
+        for part in message.get("content") or ()
+    )
+
+
 class OpenAICompletions(OpenAIShaped):
     """POST {base_url}/completions; the choices' ``text`` is the reply."""
 
     path: ClassVar[str] = "/completions"
     what: ClassVar[str] = "completion"
+    label: ClassVar[str] = "openai-completions"
     supported: ClassVar[frozenset[str]] = SUPPORTED
 
     def body(self, prompt: Prompt) -> dict[str, Any]:
         """The request body: the prompt string and the generation keys /completions takes."""
+        if has_images(prompt):
+            self.warn_once("images", "openai-completions sends text only: images are left out")
         body: dict[str, Any] = {"model": self.model, "prompt": prompt_text(prompt)}
         generation = self.generation(prompt)
         if "max_completion_tokens" in generation:

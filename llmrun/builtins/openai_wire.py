@@ -105,6 +105,7 @@ class OpenAIShaped:
     }
     path: ClassVar[str] = "/chat/completions"
     what: ClassVar[str] = "chat completion"  # for messages
+    label: ClassVar[str] = "openai"  # the provider's name, for warnings
     supported: ClassVar[frozenset[str]] = CHAT_KEYS
     default_base_url: ClassVar[str] = OPENAI_BASE_URL
 
@@ -162,7 +163,7 @@ class OpenAIShaped:
         rename: Mapping[str, str] = self.preset.rename if self.preset else {}
         for key, value in thaw(prompt.generation).items():
             if key not in self.supported or key in drop:
-                where = f"the {self.preset.title} preset" if self.preset else self.what
+                where = f"the {self.preset.title} preset" if self.preset else self.label
                 self.warn_once(
                     "generation." + key, f"generation.{key} is not supported by {where}; dropped"
                 )

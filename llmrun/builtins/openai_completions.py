@@ -7,25 +7,10 @@ from typing import Any, ClassVar
 
 from ..hookspecs import Register, hookimpl
 from ..values import Prompt, Reply
-from .openai import FINISH_REASONS
-from .openai_wire import OpenAIShaped, usage_of
+from .openai_wire import CHAT_KEYS, OpenAIShaped, choices_reply
 
 # /completions knows neither tools, response formats nor reasoning; logprobs is a count there.
-SUPPORTED = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "seed",
-        "n",
-        "presence_penalty",
-        "frequency_penalty",
-        "logprobs",
-        "top_logprobs",
-    }
-)
+SUPPORTED = CHAT_KEYS - {"reasoning_effort", "tools", "tool_choice", "response_format"}
 
 
 def prompt_text(prompt: Prompt) -> str:
@@ -79,18 +64,7 @@ class OpenAICompletions(OpenAIShaped):
 
     def reply_from_body(self, data: dict[str, Any]) -> Reply:
         """A successful completion body as a ``Reply``."""
-        choices = data["choices"]
-        texts: list[str | None] = [c.get("text") for c in choices]
-        raw_finish = choices[0].get("finish_reason")
-        return Reply(
-            text=texts[0],
-            finish_reason=FINISH_REASONS.get(raw_finish, "other") if raw_finish else None,
-            usage=usage_of(data),
-            model=data.get("model"),
-            request_id=data.get("id"),
-            choices=texts if len(texts) > 1 else None,
-            raw=data,
-        )
+        return choices_reply(data, [c.get("text") for c in data["choices"]])
 
 
 @hookimpl

@@ -206,6 +206,31 @@ class OpenAIShaped:
         return None
 
 
+FINISH_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def choices_reply(data: dict[str, Any], texts: list[str | None], **more: Any) -> Reply:
+    """The ``Reply`` of a body with ``choices`` (chat or completions): the first choice's text
+    and finish reason, every text when there are several, usage, model, id, the raw body."""
+    raw_finish = data["choices"][0].get("finish_reason")
+    return Reply(
+        text=texts[0],
+        finish_reason=FINISH_REASONS.get(raw_finish, "other") if raw_finish else None,
+        usage=usage_of(data),
+        model=data.get("model"),
+        request_id=data.get("id"),
+        choices=texts if len(texts) > 1 else None,
+        raw=data,
+        **more,
+    )
+
+
 def usage_of(data: Mapping[str, Any]) -> Usage:
     """Usage as OpenAI reports it (prompt/completion tokens with their details)."""
     usage = data.get("usage") or {}

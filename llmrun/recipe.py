@@ -318,10 +318,12 @@ def _default_key(
     if not required:
         return recipe
     file, line, col = _locate(("provider", "name"), positions, str(recipe.path))
+    preset = recipe.provider.options.get("preset")
+    who = f"provider {recipe.provider.name!r}" + (f" (preset {preset})" if preset else "")
     raise RecipeError(
         [
             Problem(
-                f"environment variable {name} is not set: provider {recipe.provider.name!r} "
+                f"environment variable {name} is not set: {who} "
                 f"reads its key from it when provider.api_keys is not given (set it, add "
                 f"{name}=... to {recipe.base_dir / '.env'}, or give provider.api_keys)",
                 "provider.api_keys",

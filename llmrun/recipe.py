@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -23,6 +23,7 @@ import yaml
 
 from .envvars import Environment, read_dotenv
 from .errors import PluginError, Problem, RecipeError
+from .keyenv import default_key
 from .plugins import Registry
 from .redaction import Redactor
 from .schema import CORE_KEYS, base_schema
@@ -163,7 +164,10 @@ def load_recipe(
         raise RecipeError(problems)
     try:
         recipe = build_recipe(data, positions, path, registry, frozenset(secrets))
-        return recipe if recipe.api_keys else _default_key(recipe, registry, env, positions)
+        if recipe.api_keys:
+            return recipe
+        where = _locate(("provider", "name"), positions, filename)
+        return default_key(recipe, registry, env, where)
     except RecipeError as exc:  # schema messages quote values: keep keys out of them
         redact = Redactor(secrets)
         raise RecipeError(
@@ -337,39 +341,6 @@ def _data_suffix(path: str) -> str:
     for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
     return Path(name).suffix
-
-
-def _default_key(
-    recipe: Recipe, registry: Registry, env: Environment, positions: Positions
-) -> Recipe:
-    """The recipe with the key its provider reads from the environment when ``api_keys`` is
-    not given: a provider class may say where with ``api_key_env(options) -> (VAR, required)``.
-    The key joins ``secrets``, so it is redacted like any other."""
-    cls = registry.get("provider", recipe.provider.name).cls
-    where = getattr(cls, "api_key_env", None)
-    found = where(recipe.provider.options) if callable(where) else None
-    if not found:
-        return recipe
-    name, required = found
-    value = env.get(name)
-    if value:
-        return replace(recipe, api_keys=(value,), secrets=recipe.secrets | {value})
-    if not required:
-        return recipe
-    file, line, col = _locate(("provider", "name"), positions, str(recipe.path))
-    raise RecipeError(
-        [
-            Problem(
-                f"environment variable {name} is not set: provider {recipe.provider.name!r} "
-                f"reads its key from it when provider.api_keys is not given (set it, add "
-                f"{name}=... to {recipe.base_dir / '.env'}, or give provider.api_keys)",
-                "provider.api_keys",
-                file,
-                line,
-                col,
-            )
-        ]
-    )
 
 
 def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:

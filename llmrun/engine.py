@@ -156,6 +156,7 @@ class Engine:
             str(recipe.path),
             images=recipe.images,
             image_detail=recipe.image_detail,
+            examples=recipe.examples,
         )
         self.selection = selection_of(recipe, self.limit)
         self.state = RunState(recipe.output_path)

@@ -81,7 +81,7 @@ class Recipe:
     data: ComponentSpec
     id_field: str | None
     limit: int | None
-    messages: tuple[tuple[str, str], ...]  # (role, template source)
+    messages: tuple[tuple[str, Any], ...]  # (role, template source, or a tuple of parts)
     provider: ComponentSpec
     api_keys: tuple[str, ...]
     generation: Mapping[str, Any]
@@ -104,6 +104,7 @@ class Recipe:
     # message; and the detail asked for them.
     images: tuple[str, ...] = ()
     image_detail: str | None = None
+    examples: Mapping[str, Any] | None = None  # few-shot turns: {path, user, assistant}
 
     @property
     def base_dir(self) -> Path:
@@ -289,7 +290,7 @@ def build_recipe(
     base = path.parent
     prompt = data["prompt"]
     if isinstance(prompt, str):
-        messages: tuple[tuple[str, str], ...] = (("user", prompt),)
+        messages: tuple[tuple[str, Any], ...] = (("user", prompt),)
     elif "messages" in prompt:
         # A content is a template string, or (with images) a list of parts, kept frozen.
         messages = tuple((m["role"], freeze(m["content"])) for m in prompt["messages"])
@@ -332,6 +333,7 @@ def build_recipe(
         shard=None if shard is None else parse_shard(str(shard)),
         images=(images,) if isinstance(images, str) else tuple(images),
         image_detail=prompt.get("image_detail") if isinstance(prompt, dict) else None,
+        examples=freeze(prompt.get("examples")) if isinstance(prompt, dict) else None,
     )
 
 
@@ -572,6 +574,9 @@ def _template_problems(
                 for key in ("text", "source"):
                     if isinstance(part, dict) and key in part:
                         sources.append((("prompt", "messages", i, "content", j, key), part[key]))
+        examples = prompt.get("examples")
+        if isinstance(examples, dict):
+            sources += [(("prompt", "examples", k), examples.get(k)) for k in ("user", "assistant")]
         images = prompt.get("images")
         if isinstance(images, str):
             sources.append((("prompt", "images"), images))

@@ -163,3 +163,16 @@ def test_path_and_dataset_together_are_located(tmp_path: Path) -> None:
     (tmp_path / "recipe.yaml").write_text(neither, encoding="utf-8")
     with pytest.raises(RecipeError, match=r"recipe\.yaml:2:\d+: data: 'path' is required"):
         llmrun.load_recipe(tmp_path / "recipe.yaml", registry)
+
+
+def test_gzipped_files_and_a_malformed_file(tmp_path: Path) -> None:
+    import gzip
+
+    (tmp_path / "gz").mkdir()
+    with gzip.open(tmp_path / "gz" / "reviews.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in ROWS[:3]))
+    assert [r.data for r in loader(tmp_path, path="gz").records()] == ROWS[:3]
+    (tmp_path / "bad.jsonl").write_text('{"id": "a"}\nnot json\n', encoding="utf-8")
+    # datasets reads a file as a whole: the error stops the reading (the run says why).
+    with pytest.raises(ValueError, match="JSON parse error"):
+        list(loader(tmp_path, path="bad.jsonl").records())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +267,40 @@ def test_a_bad_option_is_located_in_the_recipe(tmp_path: Path) -> None:
 def _no_site_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     # Only the plugin under test, whatever else the environment has installed.
     monkeypatch.setenv("LLMRUN_PLUGINS", "")
+
+
+KILLED_RECIPE = """\
+name: killed
+data: {loader: parquet, path: data.parquet, id: id}
+prompt: "Number {{ n }}"
+provider: {name: mock, latency_s: 0.02}
+run: {concurrency: 2}
+output: {writer: parquet, path: out.parquet, row_group_size: 10}
+"""
+
+
+def test_a_run_killed_with_sigkill_resumes_with_every_row_once(tmp_path: Path) -> None:
+    write_table(tmp_path / "data.parquet", 60, row_group_size=16)
+    (tmp_path / "recipe.yaml").write_text(KILLED_RECIPE, encoding="utf-8")
+    command = [sys.executable, "-m", "llmrun", "run", str(tmp_path / "recipe.yaml"), "--quiet"]
+    env = {**os.environ, "LLMRUN_PLUGINS": "parquet"}  # the installed entry point, as a user
+    folder = tmp_path / "out.parquet"
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            journals = list(folder.glob("_pending-*.jsonl")) if folder.exists() else []
+            if list(folder.glob("part-*.parquet")) and any(j.stat().st_size for j in journals):
+                break
+            time.sleep(0.01)
+        proc.kill()  # SIGKILL: no drain, no close, no seal
+    finally:
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, stderr
+    assert list(folder.glob("_pending-*.jsonl"))  # the kill left a journal to seal
+    again = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["resumed_ok"] >= 10 and summary["resumed_ok"] + summary["ok"] == 60
+    ids = [r["id"] for r in pq.read_table(folder, columns=["id"]).to_pylist()]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(60))  # each exactly once

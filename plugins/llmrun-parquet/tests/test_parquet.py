@@ -273,7 +273,7 @@ KILLED_RECIPE = """\
 name: killed
 data: {loader: parquet, path: data.parquet, id: id}
 prompt: "Number {{ n }}"
-provider: {name: mock, latency_s: 0.02}
+provider: {name: mock, latency_s: 0.05}  # >= 1.5 s in all: time to kill it midway
 run: {concurrency: 2}
 output: {writer: parquet, path: out.parquet, row_group_size: 10}
 """

@@ -24,11 +24,12 @@ import anyio
 from .errors import RunAborted
 from .redaction import fingerprint
 
-# Adaptive pace (AIMD on the request rate of a key): on a 429, at most once per
-# DECREASE_EVERY_S, the pace drops to DECREASE x the rate that was succeeding; each success then
-# adds INCREASE_PER_OK requests/s, so the pace climbs back ~10% in ~20 s whatever the rate.
+# Adaptive pace (AIMD on the request rate of a key): on a bare 429, at most once per
+# DECREASE_EVERY_S, the pace drops to DECREASE x the rate that was succeeding over the last
+# OK_WINDOW_S (once the limit is passed, what succeeds is the limit); each success then adds
+# INCREASE_PER_OK requests/s, i.e. 0.5% a second whatever the rate: back up 10% in ~20 s.
 DECREASE = 0.9
-DECREASE_EVERY_S = 1.0
+DECREASE_EVERY_S = 0.25
 INCREASE_PER_OK = 0.005
 OK_WINDOW_S = 1.0
 MIN_RATE = 0.05  # requests/s: never slower than one every 20 s
@@ -73,6 +74,7 @@ class KeyState:
     learnt: Pace = field(default_factory=lambda: Pace(None))  # adaptive request pace
     last_decrease: float = -math.inf
     oks: deque[float] = field(default_factory=deque)  # recent success times
+    first_start: float | None = None  # of the key's first request (adaptive mode)
     in_flight: int = 0
 
     @property
@@ -95,6 +97,7 @@ class Lease:
     state: KeyState
     tokens: int
     probe: bool
+    start: float = 0.0  # when it was allowed to start
 
     @property
     def key(self) -> str | None:
@@ -137,6 +140,8 @@ class KeyPool:
                         trusted + free, key=lambda s: (s.ready_at(now), not s.trusted, s.in_flight)
                     )
                     start = state.ready_at(now)
+                    if state.first_start is None:
+                        state.first_start = start
                     state.requests.take(start, 1)
                     state.tokens.take(start, tokens)
                     state.learnt.take(start, 1)
@@ -144,7 +149,7 @@ class KeyPool:
                     if probe:
                         state.probe = anyio.Event()
                     state.in_flight += 1
-                    lease = Lease(state, tokens, probe)
+                    lease = Lease(state, tokens, probe, start)
                 else:
                     probe_event = waiting[0].probe
                     lease = None
@@ -201,15 +206,31 @@ class KeyPool:
         now = anyio.current_time()
         if retry_after:
             state.paused_until = max(state.paused_until, now + retry_after)
-        if not state.adaptive or now - state.last_decrease < DECREASE_EVERY_S:
+        # A server that says how long to wait paces us itself: only a bare 429 is a sign that
+        # an unannounced limit was passed.
+        if retry_after is not None or not state.adaptive:
             return
-        state.last_decrease = now
+        # Once per window, as TCP does: a 429 for a request that started before the last
+        # decrease says nothing about the pace set then.
+        if now - state.last_decrease < DECREASE_EVERY_S or lease.start < state.last_decrease:
+            return
+        since = state.last_decrease if state.last_decrease > -math.inf else state.first_start
         while state.oks and state.oks[0] < now - OK_WINDOW_S:
             state.oks.popleft()
-        ok_rate = len(state.oks) / OK_WINDOW_S
+        # What succeeded since the last decrease (or the first request; at most the window):
+        # past the limit, that is the limit. Too few answers yet to tell: leave it to backoff.
+        span = min(OK_WINDOW_S, now - (since if since is not None else now))
+        recent = sum(1 for t in state.oks if t >= now - span)
+        if recent < 5 or span <= 0:
+            return
+        state.last_decrease = now
+        ok_rate: float | None = recent / span
         current = state.learnt.per_minute
-        candidates = [r for r in (current and current / 60.0, ok_rate or None) if r]
-        rate = DECREASE * min(candidates) if candidates else 1.0
+        if current is None:
+            rate = DECREASE * ok_rate if ok_rate else 1.0
+        else:
+            # Never more than halve at once: one noisy window must not stall the key.
+            rate = DECREASE * max(min(current / 60.0, ok_rate or current / 60.0), current / 120.0)
         state.learnt.set_rate(max(MIN_RATE, rate) * 60.0)
 
     def _read_headers(self, state: KeyState, headers: Mapping[str, str], now: float) -> None:

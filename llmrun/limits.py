@@ -25,14 +25,17 @@ from .errors import RunAborted
 from .redaction import fingerprint
 
 # Adaptive pace (AIMD on the request rate of a key): on a bare 429, at most once per
-# DECREASE_EVERY_S, the pace drops to DECREASE x the rate that was succeeding over the last
-# OK_WINDOW_S (once the limit is passed, what succeeds is the limit); each success then adds
-# INCREASE_PER_OK requests/s, i.e. 0.5% a second whatever the rate: back up 10% in ~20 s.
+# DECREASE_EVERY_S and only for a request that started after the last decrease, the pace drops
+# to DECREASE x the rate that succeeded since then (past a limit, what succeeds is the limit);
+# each success then adds INCREASE_PER_OK requests/s, i.e. 0.5% a second whatever the rate.
 DECREASE = 0.9
-DECREASE_EVERY_S = 0.25
+DECREASE_EVERY_S = 0.1
 INCREASE_PER_OK = 0.005
 OK_WINDOW_S = 1.0
 MIN_RATE = 0.05  # requests/s: never slower than one every 20 s
+# A start is reserved at most this far ahead: a request waiting longer looks again later, so
+# token estimates given back and pace changes apply to the requests already waiting.
+HORIZON_S = 0.05
 
 
 class Pace:
@@ -135,11 +138,17 @@ class KeyPool:
                 trusted = [s for s in live if s.trusted]
                 free = [s for s in live if not s.trusted and s.probe is None]
                 waiting = [s for s in live if not s.trusted and s.probe is not None]
+                lease = None
+                wait = 0.0
                 if trusted or free:
                     state = min(
                         trusted + free, key=lambda s: (s.ready_at(now), not s.trusted, s.in_flight)
                     )
                     start = state.ready_at(now)
+                    wait = start - now - HORIZON_S
+                if wait > 0:
+                    pass  # too far ahead to reserve yet
+                elif trusted or free:
                     if state.first_start is None:
                         state.first_start = start
                     state.requests.take(start, 1)
@@ -152,7 +161,9 @@ class KeyPool:
                     lease = Lease(state, tokens, probe, start)
                 else:
                     probe_event = waiting[0].probe
-                    lease = None
+            if wait > 0:
+                await anyio.sleep(wait)
+                continue
             if lease is None:
                 assert probe_event is not None
                 await probe_event.wait()  # the key may be retired by then: choose again
@@ -221,10 +232,10 @@ class KeyPool:
         # past the limit, that is the limit. Too few answers yet to tell: leave it to backoff.
         span = min(OK_WINDOW_S, now - (since if since is not None else now))
         recent = sum(1 for t in state.oks if t >= now - span)
-        if recent < 5 or span <= 0:
+        if span <= 0 or (recent < 3 and state.learnt.per_minute is None):
             return
         state.last_decrease = now
-        ok_rate: float | None = recent / span
+        ok_rate: float | None = recent / max(span, DECREASE_EVERY_S) if recent >= 3 else None
         current = state.learnt.per_minute
         if current is None:
             rate = DECREASE * ok_rate if ok_rate else 1.0

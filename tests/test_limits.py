@@ -140,11 +140,11 @@ def test_adaptive_mode_finds_an_unannounced_limit(tmp_path: Path) -> None:
     limit = ServerLimit(requests_per_minute=1800, burst_s=0.5, latency_s=0.02, announce=False)
     with FakeOpenAI(fault=limit.check) as server:
         recipe = setup_run(
-            tmp_path, openai(server), 150, run={"concurrency": 32, "max_retries": 20}
+            tmp_path, openai(server), 100, run={"concurrency": 32, "max_retries": 20}
         )
         result = run_cli("run", str(recipe), cwd=tmp_path)
-        assert server.count() == 150 + limit.limited
+        assert server.count() == 100 + limit.limited
     assert result.returncode == EXIT_OK, result.stderr
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
-    assert len(rows) == 150 and all(r["status"] == "ok" for r in rows.values())
-    assert limit.limited < 75, limit.limited
+    assert len(rows) == 100 and all(r["status"] == "ok" for r in rows.values())
+    assert limit.limited < 50, limit.limited

@@ -97,8 +97,10 @@ class Caller:
         nothing can succeed; NotSent when the run stops before the call went out."""
         reserved = 0.0
         if self._budget is not None:
+            if self._closing:
+                raise NotSent  # stopping (a signal, or the budget already reached)
             reserved = self._budget.worst_case(prompt)
-            if self._closing or not self._budget.reserve(reserved):
+            if not self._budget.reserve(reserved):
                 self._on_budget()
                 raise NotSent
         cost: float | None = None

@@ -78,3 +78,28 @@ def test_a_budget_without_a_known_price_is_refused_before_any_call(tmp_path: Pat
     assert "run.budget_usd" in result.stderr
     assert "no price known for model 'my-unpriced-model'" in result.stderr
     assert "prices:" in result.stderr
+
+
+def test_a_signal_with_a_budget_set_is_an_interruption_not_the_budget(tmp_path: Path) -> None:
+    import signal
+
+    from .test_resume import Output, Run
+
+    with FakeOpenAI(latency_s=0.3) as server:
+        recipe = setup_run(
+            tmp_path,
+            openai(server),
+            200,
+            prices=PRICES,
+            run={"concurrency": 8, "budget_usd": 100},
+        )
+        out = Output(tmp_path / "out.jsonl")
+        run = Run(recipe)
+        run.wait_until(lambda: out.lines() >= 8)
+        run.process.send_signal(signal.SIGINT)
+        code, stderr = run.finish()
+        assert code == 130, stderr
+        assert "run.budget_usd" not in stderr and "budget:" not in stderr
+        assert len(out.rows()) == server.count()  # the calls in flight were drained
+    manifest = json.loads((tmp_path / "out.jsonl.llmrun" / "manifest.json").read_text())
+    assert manifest["runs"][-1]["status"] == "interrupted"

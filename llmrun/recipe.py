@@ -49,6 +49,11 @@ RUN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "connect_timeout_s": 10.0,
         "drain_s": 30.0,
         "requests_per_minute": None,
+        "requests_per_second": None,
+        "tokens_per_minute": None,
+        "tokens_per_second": None,
+        "adaptive": None,
+        "budget_usd": None,
     }
 )
 
@@ -70,6 +75,13 @@ class RunSettings:
     connect_timeout_s: float
     drain_s: float
     requests_per_minute: float | None
+    tokens_per_minute: float | None = None
+    adaptive: bool = False  # on by default when no explicit limit is set (see load_recipe)
+    budget_usd: float | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.requests_per_minute is not None or self.tokens_per_minute is not None
 
 
 @dataclass(frozen=True)
@@ -316,7 +328,14 @@ def build_recipe(
             timeout_s=float(run["timeout_s"]),
             connect_timeout_s=float(run["connect_timeout_s"]),
             drain_s=float(run["drain_s"]),
-            requests_per_minute=run["requests_per_minute"],
+            requests_per_minute=_per_minute(run["requests_per_minute"], run["requests_per_second"]),
+            tokens_per_minute=_per_minute(run["tokens_per_minute"], run["tokens_per_second"]),
+            adaptive=bool(
+                run["adaptive"]
+                if run["adaptive"] is not None
+                else not any(run[k] for k in _LIMIT_KEYS)
+            ),
+            budget_usd=None if run["budget_usd"] is None else float(run["budget_usd"]),
         ),
         postprocess=tuple(posts),
         output_path=(base / str(output_section["path"])).resolve(),
@@ -343,6 +362,21 @@ def _data_suffix(path: str) -> str:
     for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
     return Path(name).suffix
+
+
+_LIMIT_KEYS = (
+    "requests_per_minute",
+    "requests_per_second",
+    "tokens_per_minute",
+    "tokens_per_second",
+)
+
+
+def _per_minute(per_minute: float | None, per_second: float | None) -> float | None:
+    """The tighter of a per-minute and a per-second limit, per minute (starts are evenly
+    spaced, so a per-minute pace holds every second too)."""
+    rates = [float(r) for r in (per_minute, None if per_second is None else per_second * 60) if r]
+    return min(rates) if rates else None
 
 
 def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:

@@ -6,7 +6,8 @@
 templates, rows, the writer). The gap to raw-aiohttp is the transport and provider; the gap
 from here to llmrun is the engine.
 
-``--transport aiohttp`` (default) is what the engine uses under asyncio (``AiohttpTransport``);
+``--transport aiohttp`` (default) is the engine's previous route under asyncio
+(``AiohttpTransport``, now in benchmarks/aiohttp_transport.py);
 ``--transport httpx`` is httpx's own transport without the client layer (``HttpxTransport``,
 what the engine uses under trio), ``--transport http1`` llmrun's own HTTP/1.1 client
 (``Http1Transport``), to compare the routes on the same loop.
@@ -19,10 +20,11 @@ import time
 from pathlib import Path
 
 from _common import API_KEY, GENERATION, MODEL, messages, parse_args, record, report
+from aiohttp_transport import AiohttpTransport
 
 from llmrun.builtins.openai import OpenAIChat
 from llmrun.http1 import Http1Transport
-from llmrun.transport import AiohttpTransport, HttpxTransport
+from llmrun.transport import HttpxTransport
 from llmrun.values import ComponentContext, Prompt
 
 

@@ -27,6 +27,8 @@ from typing import Any
 import httptools
 import httpx
 
+from .transport import read_response
+
 Origin = tuple[str, str, int]
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, raw headers, body
 
@@ -136,7 +138,7 @@ class Http1Transport:
             return await self._send(request, timeout_s)
         except httpx.TimeoutException as exc:
             if isinstance(exc, httpx.ReadTimeout):
-                exc.args = (f"no complete answer within {timeout_s:g} s",)
+                exc.args = (f"no complete answer within {timeout_s:g} s (run.timeout_s)",)
             exc.request = request  # as httpx's client does: the error names its request
             raise
         except httpx.RequestError as exc:
@@ -155,12 +157,13 @@ class Http1Transport:
         head.append(b"\r\n")
         data = b"".join(head) + content if content else b"".join(head)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         for _ in range(2):
             conn, reused = self._idle_connection(origin), True
             if conn is None:
-                conn, reused = await self._connect(loop, origin, request, deadline), False
+                conn, reused = await self._connect(loop, origin, request), False
             try:
+                # run.timeout_s bounds the answer once connected; connecting has its own.
+                deadline = loop.time() + timeout_s
                 status, headers, body = await self._exchange(loop, conn, data, deadline)
             except _Unanswered:
                 if reused:
@@ -173,7 +176,7 @@ class Http1Transport:
                 self._release(origin, conn)
             else:
                 conn.close()
-            return _response(status, headers, body, request)
+            return read_response(status, headers, body, request)
         raise _Unanswered("the server closed two connections in a row without answering")
 
     async def _exchange(
@@ -212,11 +215,10 @@ class Http1Transport:
         loop: asyncio.AbstractEventLoop,
         origin: Origin,
         request: httpx.Request,
-        deadline: float,
     ) -> _Connection:
         scheme, host, port = origin
         tls = self._tls_context() if scheme == "https" else None
-        timeout = max(0.0, min(self._connect_timeout, deadline - loop.time()))
+        timeout = self._connect_timeout
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
@@ -259,23 +261,3 @@ class _Unanswered(httpx.RemoteProtocolError):
 def _expire(waiter: asyncio.Future[Any]) -> None:
     if not waiter.done():
         waiter.set_exception(httpx.ReadTimeout("no complete answer in time"))
-
-
-def _response(
-    status: int, headers: list[tuple[bytes, bytes]], body: bytes, request: httpx.Request
-) -> httpx.Response:
-    """The answer as the ``httpx.Response`` httpx's client returns after ``aread()``."""
-    response = httpx.Response(
-        status, headers=headers, stream=httpx.ByteStream(body), request=request
-    )
-    encoding = response.headers.get("content-encoding")
-    if encoding and encoding.strip().lower() != "identity":
-        response.read()  # decodes gzip, deflate, br, zstd as httpx does
-        return response
-    # An identity body is the content as it stands: set it the way Response.read does,
-    # without running the decoder chain (~10 us per request).
-    response._content = body
-    response.is_stream_consumed = True
-    response.is_closed = True
-    response._num_bytes_downloaded = len(body)
-    return response

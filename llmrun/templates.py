@@ -71,6 +71,25 @@ def read_data_file(path: Path) -> Any:
         return fh.read()
 
 
+class _Render:
+    """A message template ready to render: a fixed text, or a compiled template whose
+    context (globals included) the caller has built."""
+
+    __slots__ = ("fixed", "template")
+
+    def __init__(self, template: jinja2.Template | None, fixed: str | None) -> None:
+        self.template, self.fixed = template, fixed
+
+    def __call__(self, context: dict[str, Any]) -> str:
+        if self.fixed is not None:
+            return self.fixed
+        assert self.template is not None
+        template = self.template
+        return template.environment.concat(
+            template.root_render_func(template.new_context(context, shared=True))
+        )
+
+
 def make_environment(base_dir: Path) -> jinja2.Environment:
     """The Jinja2 environment recipes render in: strict, no HTML escaping, includes and
     ``load()`` relative to the recipe's folder."""
@@ -121,21 +140,33 @@ class PromptTemplate:
         for i, (role, content) in enumerate(list(messages)):
             where = f"prompt (message {i + 1}, {role})"
             if isinstance(content, str):
-                self._messages.append((role, self._compile(content, where)))
+                self._messages.append(
+                    (role, self._renderer(self._compile(content, where), content))
+                )
                 continue
-            parts = []
+            parts: list[tuple[str, Any, Any]] = []
             for part in content:
                 if part.get("type") == "image":
                     tpl = self._compile(str(part["source"]), where)
                     parts.append(("image", tpl, part.get("detail")))
                 else:
-                    parts.append(("text", self._compile(str(part.get("text", "")), where), None))
+                    text = str(part.get("text", ""))
+                    parts.append(("text", self._renderer(self._compile(text, where), text), None))
             self._messages.append((role, parts))
         self._shots = [] if examples is None else self._examples(examples)
         self._images = [self._compile(src, "prompt.images") for src in images]
         self._detail = image_detail
         self.variables = frozenset(self._needed - ALWAYS_DEFINED - set(env.globals))
         self._generation = dict(generation)
+
+    def _renderer(self, template: jinja2.Template, source: str) -> _Render:
+        """How to render ``template`` for a record: once and for all when it has no Jinja
+        syntax at all, else straight through its render function (the record's context is
+        built once, with the globals, instead of copied twice by ``Template.render``): about
+        half the cost per record, measured in benchmarks/."""
+        if "{" not in source and self.env.line_statement_prefix is None:
+            return _Render(None, template.render())
+        return _Render(template, None)
 
     def _compile(self, source: str, where: str) -> jinja2.Template:
         try:
@@ -184,7 +215,7 @@ class PromptTemplate:
     def render(self, record_id: str, record: Mapping[str, Any]) -> Prompt:
         """The rendered prompt; TemplateError when the record cannot fill the template,
         ImageError when an attached local image does not exist."""
-        context = {**record, "record": record}
+        context = {**self.env.globals, **record, "record": record}
         try:
             rendered = [
                 {"role": role, "content": self._content(content, context)}
@@ -214,13 +245,13 @@ class PromptTemplate:
             _attach(rendered, extra)
         return Prompt(record_id, rendered, self._generation)
 
-    def _content(self, content: Any, context: Mapping[str, Any]) -> str | list[dict[str, Any]]:
-        if isinstance(content, jinja2.Template):
-            return content.render(context)
+    def _content(self, content: Any, context: dict[str, Any]) -> str | list[dict[str, Any]]:
+        if isinstance(content, _Render):
+            return content(context)
         parts: list[dict[str, Any]] = []
         for kind, tpl, detail in content:
             if kind == "text":
-                parts.append({"type": "text", "text": tpl.render(context)})
+                parts.append({"type": "text", "text": tpl(context)})
             else:
                 parts.extend(
                     self._image_part(source, detail) for source in _sources(tpl.render(context))

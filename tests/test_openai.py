@@ -231,3 +231,24 @@ def test_a_refusal_is_a_filtered_answer():
     data = {"choices": [{"message": message, "finish_reason": "stop"}]}
     reply = chat().reply_from_body(data)
     assert (reply.text, reply.finish_reason, reply.parsed) == (None, "content_filter", None)
+
+
+def test_build_request_is_the_request_httpx_builds_from_content(tmp_path: Path) -> None:
+    """The provider prepares headers once per key; the result must equal httpx's own."""
+    import httpx
+
+    from llmrun.builtins.openai import OpenAIChat
+    from llmrun.values import ComponentContext, Prompt
+
+    provider = OpenAIChat(
+        {"model": "m", "base_url": "http://127.0.0.1:9/v1", "headers": {"X-Team": "a"}},
+        ComponentContext(tmp_path, "t"),
+    )
+    for text in ("first", "a longer second prompt, ünïcode"):
+        prompt = Prompt("r", [{"role": "user", "content": text}], {"max_tokens": 5})
+        built = provider.build_request(prompt, "sk-test")
+        expected = httpx.Request(
+            "POST", built.url, headers=provider._headers("sk-test"), content=built.content
+        )
+        assert built.headers.multi_items() == expected.headers.multi_items()
+        assert built.content == expected.content and built.method == "POST"

@@ -5,15 +5,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import anyio
-from rich.console import Console
-
-from .engine import Engine, RunSummary
 from .plugins import Registry, load_registry
-from .progress import Mode, make_progress
 from .recipe import Recipe, load_recipe
+
+if TYPE_CHECKING:  # the engine (and the HTTP stack) load only when a run starts
+    from rich.console import Console
+
+    from .engine import RunSummary
+    from .progress import Mode
 
 
 def open_recipe(
@@ -34,6 +35,7 @@ async def run_recipe(
     overrides: Sequence[str] = (),
     limit: int | None = None,
     fresh: bool = False,
+    retry_errors: bool = False,
     progress: Mode = "none",
     console: Console | None = None,
     registry: Registry | None = None,
@@ -44,8 +46,12 @@ async def run_recipe(
 
     A run-level failure (every key rejected, unknown model, unreachable endpoint) does not
     raise: the summary's ``status`` is "aborted" and ``reason`` says why. A bad recipe raises
-    RecipeError; a busy output raises LockedError.
+    RecipeError; a busy output raises LockedError. ``retry_errors`` calls the records of the
+    output's error rows again (as ``llmrun run --retry-errors``).
     """
+    from .engine import Engine
+    from .progress import make_progress
+
     if isinstance(recipe, Recipe):
         registry = registry or load_registry()
     else:
@@ -58,6 +64,7 @@ async def run_recipe(
         make_progress(progress, console),
         limit=limit,
         fresh=fresh,
+        retry_errors=retry_errors,
         handle_signals=handle_signals,
     )
     return await engine.run()
@@ -70,6 +77,8 @@ def run_recipe_sync(
     **kwargs: object,
 ) -> RunSummary:
     """``run_recipe`` for callers without an event loop."""
+    import anyio
+
     return anyio.run(
         functools.partial(run_recipe, recipe, **kwargs),  # type: ignore[arg-type]
         backend=backend,

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import build_component, record_id
 from .errors import Problem, RecipeError, RecordError, TemplateError
-from .plugins import Registry
+from .ids import record_id
+from .plugins import Registry, build_component
 from .recipe import Recipe
 from .selection import selection_of
 from .templates import PromptTemplate

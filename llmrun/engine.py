@@ -17,12 +17,10 @@ cancels calls in flight at once. Either way every finished row is written.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -35,12 +33,13 @@ from .budget import Budget
 from .calls import Caller, CallFailed, NotSent, Outcome
 from .components import Loader, Postprocessor, Provider, Writer
 from .errors import CallError, RecipeError, RecordError, RunAborted
+from .ids import record_id
 from .limits import KeyPool
-from .plugins import Observers, Registry
+from .plugins import Observers, Registry, build_component
 from .pricing import Price, PriceTable
 from .progress import Progress
 from .provenance import call_hash
-from .recipe import ComponentSpec, Recipe
+from .recipe import Recipe
 from .redaction import Redactor
 from .rerun import drop_error_rows
 from .selection import selection_of
@@ -106,22 +105,6 @@ class _Flags:
         self.abort: RunAborted | None = None
         self.budget = False  # the next call could have exceeded run.budget_usd
         self.signals = 0
-
-
-def build_component(
-    registry: Registry, kind: str, spec: ComponentSpec, context: ComponentContext
-) -> Any:
-    cls = registry.get(kind, spec.name).cls
-    return cls(spec.options, context)
-
-
-def record_id(data: Mapping[str, Any], id_field: str | None) -> str | None:
-    """The record's id: its id field, or a hash of its content (stable across runs)."""
-    if id_field is not None:
-        value = data.get(id_field)
-        return None if value is None or value == "" else str(value)
-    canon = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
-    return "h" + hashlib.blake2b(canon.encode(), digest_size=10).hexdigest()
 
 
 class Engine:

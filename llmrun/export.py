@@ -188,7 +188,8 @@ def _in_input_order(
 ) -> Iterator[dict[str, Any]]:
     """The rows in the order of the recipe's input, then any row no input record names (ids
     the input no longer holds), in output order."""
-    from .engine import build_component, record_id
+    from .ids import record_id
+    from .plugins import build_component
 
     context = ComponentContext(recipe.base_dir, recipe.name)
     loader = build_component(registry, "loader", recipe.data, context)

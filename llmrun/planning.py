@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from . import tokens
-from .engine import build_component, record_id
 from .envvars import read_dotenv
 from .errors import Problem, RecipeError, TemplateError
-from .plugins import Registry
+from .ids import record_id
+from .plugins import Registry, build_component
 from .pricing import PriceTable
 from .recipe import Recipe
 from .redaction import Redactor

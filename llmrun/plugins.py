@@ -373,3 +373,10 @@ def _one_line(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+def build_component(registry: Registry, kind: str, spec: Any, context: Any) -> Any:
+    """The component a recipe section names (a ``recipe.ComponentSpec``), built with its
+    options and the recipe's ``ComponentContext``."""
+    cls = registry.get(kind, spec.name).cls
+    return cls(spec.options, context)

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .components import Postprocessor
-from .engine import build_component
 from .errors import RecipeError, RecordError
-from .plugins import Registry
+from .plugins import Registry, build_component
 from .provenance import call_hash
 from .recipe import Recipe
 from .redaction import Redactor

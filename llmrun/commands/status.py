@@ -79,7 +79,7 @@ def status(args: argparse.Namespace, err: Any) -> int:
     from rich.table import Table
 
     from ..api import open_recipe
-    from ..engine import build_component
+    from ..plugins import build_component
     from ..store import RunState
     from ..values import ComponentContext
 

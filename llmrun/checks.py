@@ -40,6 +40,12 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
         examples=recipe.examples,
     )
     context = ComponentContext(recipe.base_dir, recipe.name, report.notes.append)
+    # Built as a run builds them, so what their constructors check (a regex that does not
+    # compile, a python: function that does not import, a schema file that is not there) fails
+    # validate too, not only the run. Neither calls anything.
+    build_component(registry, "provider", recipe.provider, context)
+    for spec in recipe.postprocess:
+        build_component(registry, "postprocessor", spec, context)
     # The records the run would take (filter, shard, offset, limit), but for a sample by count:
     # it reads the whole source, and any records serve to check the prompt.
     selection = selection_of(recipe)

@@ -266,3 +266,17 @@ def test_render_failure_other_than_missing_fields(tmp_path: Path):
     assert result.returncode == 2
     assert "prompt template failed" in result.stderr
     assert "(2 of 2 record(s): data.jsonl:1, data.jsonl:2)" in result.stderr
+
+
+def test_postprocessor_options_their_constructors_reject_fail_validate(tmp_path: Path):
+    """A regex that does not compile or a python: function that does not import is found by
+    validate, not only by the run."""
+    write_jsonl(tmp_path / "data.jsonl", make_records(2))
+    for post, expected in [
+        ({"regex": {"pattern": "(?P<x"}}, "postprocess regex: bad pattern"),
+        ({"python": {"function": "no_such_module_here:fn"}}, "no_such_module_here"),
+    ]:
+        recipe = write_recipe(tmp_path, basic_recipe({"name": "mock"}, postprocess=[post]))
+        result = run_cli("validate", str(recipe))
+        assert result.returncode == 2, result.stderr
+        assert expected in result.stderr

@@ -27,7 +27,7 @@ EXIT_INTERRUPTED, EXIT_INTERNAL = 130, 70
 # each. A module defines ``register(subparsers)``, which adds its parser and sets
 # ``handler=fn(args, err) -> exit code``. Modules import what they need inside the handler so
 # that ``llmrun --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("cancel",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress display (default: rich on a terminal, plain lines otherwise)",
     )
     run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    run.add_argument(
+        "--mode",
+        choices=["direct", "batch", "auto"],
+        help="direct calls, the provider's batch API, or auto (sets run.mode)",
+    )
     run.add_argument(
         "--backend", choices=["asyncio", "trio"], default="asyncio", help=argparse.SUPPRESS
     )
@@ -166,6 +171,8 @@ def cmd_run(args: argparse.Namespace, err: Any) -> int:
 
     if args.limit is not None and args.limit < 0:
         raise RecipeError(f"--limit must be 0 or more, got {args.limit}")
+    if args.mode:
+        args.overrides = [*args.overrides, f"run.mode={args.mode}"]
     # The command that continues this run: the same one, without --fresh.
     again = shlex.join(
         ["llmrun", "run", args.recipe, *(f"--set={o}" for o in args.overrides)]

@@ -94,14 +94,21 @@ class OpenAIChat:
             raise error_from(response)
         try:
             data = json.loads(response.content)
-            choices = data["choices"]
-            first = choices[0]
-            texts = [(c.get("message") or {}).get("content") for c in choices]
+            reply = self.reply_from_body(data)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise bad_body(
                 f"{type(exc).__name__} reading chat completion ({len(response.content)} bytes)",
                 status,
             ) from None
+        reply.request_id = response.headers.get("x-request-id") or reply.request_id
+        return reply
+
+    def reply_from_body(self, data: dict[str, Any]) -> Reply:
+        """A successful chat completion body as a Reply (raises KeyError/TypeError/... when the
+        body is not one); batch mode parses its result lines with it."""
+        choices = data["choices"]
+        first = choices[0]
+        texts = [(c.get("message") or {}).get("content") for c in choices]
         usage = data.get("usage") or {}
         details_in = usage.get("prompt_tokens_details") or {}
         details_out = usage.get("completion_tokens_details") or {}
@@ -116,10 +123,16 @@ class OpenAIChat:
                 reasoning_tokens=details_out.get("reasoning_tokens"),
             ),
             model=data.get("model"),
-            request_id=response.headers.get("x-request-id") or data.get("id"),
+            request_id=data.get("id"),
             choices=texts if len(texts) > 1 else None,
             raw=data,
         )
+
+    def batch_api(self) -> Any:
+        """The OpenAI Batch API for this provider's endpoint (``llmrun.batch.contract``)."""
+        from ..batch.openai import OpenAIBatches
+
+        return OpenAIBatches(self, str(self.url).rsplit("/chat/completions", 1)[0], self._headers)
 
     def transport(self) -> Transport | None:
         return None

@@ -1,0 +1,160 @@
+"""Batch mode against a stateful fake of OpenAI's files + batches API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmrun.testing.fake_batches import FakeBatches
+
+from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
+
+
+def batch_recipe(url: str, **run: Any) -> dict[str, Any]:
+    provider = {
+        "name": "openai",
+        "base_url": url,
+        "api_keys": ["sk-test-secret-123"],
+        "model": "gpt-4o-mini",
+    }
+    recipe = basic_recipe(provider)
+    recipe["run"] = {"mode": "batch", "batch_poll_s": 0.01, "batch_poll_max_s": 0.05, **run}
+    return recipe
+
+
+def setup(tmp_path: Path, url: str, n: int = 10, **run: Any) -> Path:
+    write_jsonl(tmp_path / "data.jsonl", make_records(n))
+    return write_recipe(tmp_path, batch_recipe(url, **run))
+
+
+def test_batch_run_writes_every_record_once_with_batch_price(tmp_path: Path) -> None:
+    with FakeBatches() as fake:
+        recipe = setup(tmp_path, fake.url, n=25, batch_max_requests=10)
+        proc = run_cli("run", str(recipe), "--json", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert sorted(r["id"] for r in rows) == [f"r{i:05d}" for i in range(25)]
+        assert all(r["status"] == "ok" for r in rows)
+        by_id = {r["id"]: r for r in rows}
+        assert by_id["r00003"]["text"] == "echo: id=r00003 record number 3"
+        # gpt-4o-mini: 10 in + 5 out tokens at the table's price, halved for batch
+        assert by_id["r00003"]["cost_usd"] == pytest.approx((10 * 0.15 + 5 * 0.6) / 1e6 * 0.5)
+        assert len(fake.batches) == 3  # 25 records, 10 per file
+        assert max(fake.submitted.values()) == 1 and len(fake.submitted) == 25
+        assert "sk-test-secret-123" not in (tmp_path / "out.jsonl").read_text()
+        journal = (tmp_path / "out.jsonl.llmrun" / "batch" / "journal.json").read_text()
+        assert "sk-test-secret-123" not in journal
+        assert all(p["step"] == "merged" for p in json.loads(journal)["parts"])
+
+
+def test_failed_expired_and_partial_batches_resubmit_only_the_failures(tmp_path: Path) -> None:
+    with FakeBatches() as fake:
+        fake.outcomes = ["fail", "expire", "partial"]
+        recipe = setup(tmp_path, fake.url, n=12, batch_max_requests=4)
+        proc = run_cli("run", str(recipe), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "the input file is not valid (fake)" in proc.stderr  # the provider's reason
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert sorted(r["id"] for r in rows) == [f"r{i:05d}" for i in range(12)]
+        assert all(r["status"] == "ok" for r in rows)
+        lines = [[x["custom_id"] for x in fake.batches[b]["lines"]] for b in fake.batches]
+        failed, expired, partial = lines[0], lines[1][2:], lines[2][2::3]
+        again = {k for k, v in fake.submitted.items() if v == 2}
+        assert again == {*failed, *expired, *partial}
+        assert max(fake.submitted.values()) == 2
+
+
+def test_resubmission_limit_turns_failures_into_error_rows(tmp_path: Path) -> None:
+    with FakeBatches() as fake:
+        fake.outcomes = ["fail"] * 3
+        recipe = setup(tmp_path, fake.url, n=3, batch_resubmits=2)
+        proc = run_cli("run", str(recipe), cwd=tmp_path)
+        assert proc.returncode == 1, proc.stderr
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert len(rows) == 3 and {r["status"] for r in rows} == {"error"}
+        error = rows[0]["error"]
+        assert error["type"] == "batch_failed"
+        assert "the input file is not valid (fake)" in error["message"]
+        assert set(fake.submitted.values()) == {3}  # the first time and 2 resubmissions
+
+
+def test_batch_expired_after_24h_of_fake_time(tmp_path: Path) -> None:
+    with FakeBatches() as fake:
+        fake.hold = True
+        recipe = setup(tmp_path, fake.url, n=4, batch_resubmits=0)
+        from llmrun.batch.journal import KILL_ENV
+
+        killed = run_cli("run", str(recipe), cwd=tmp_path, env={KILL_ENV: "created"})
+        assert killed.returncode != 0
+        fake.advance(25 * 3600)  # a day passes: the next poll finds the batch expired
+        proc = run_cli("run", str(recipe), cwd=tmp_path)
+        assert proc.returncode == 1, proc.stderr
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert {r["error"]["type"] for r in rows} == {"batch_expired"}
+        assert all(r["error"]["retryable"] for r in rows)
+
+
+def test_lines_and_create_body_match_the_openai_spec(tmp_path: Path) -> None:
+    from .test_openai_spec import SPEC, ChatSpec
+
+    if not SPEC.is_file():
+        pytest.skip(f"the OpenAI OpenAPI document is not at {SPEC}")
+    spec = ChatSpec(SPEC)
+    with FakeBatches() as fake:
+        recipe = setup(tmp_path, fake.url, n=3)
+        assert run_cli("run", str(recipe), cwd=tmp_path).returncode == 0
+        lines = [x for b in fake.batches.values() for x in b["lines"]]
+        creates = [body for m, p, body in fake.requests if (m, p) == ("POST", "/v1/batches")]
+    assert len(lines) == 3 and len(creates) == 1
+    for line in lines:
+        assert set(line) == {"custom_id", "method", "url", "body"}
+        assert line["method"] == "POST" and line["url"] == "/v1/chat/completions"
+        assert spec.problems(line["body"]) == []
+    create_schema = spec.schemas["CreateBatchRequest"]
+    import jsonschema
+    from referencing import Registry
+    from referencing.jsonschema import DRAFT202012
+
+    from .test_openai_spec import SPEC_URI
+
+    registry: Registry[Any] = Registry().with_resource(
+        SPEC_URI, DRAFT202012.create_resource(spec.document)
+    )
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": f"{SPEC_URI}#/components/schemas/CreateBatchRequest"}, registry=registry
+    )
+    assert list(validator.iter_errors(creates[0])) == []
+    assert set(creates[0]) <= set(create_schema["properties"])
+
+
+def test_cancel_records_what_finished_and_status_describes_it(tmp_path: Path) -> None:
+    from llmrun.api import open_recipe
+    from llmrun.batch.journal import KILL_ENV
+    from llmrun.batch.status import describe
+
+    with FakeBatches() as fake:
+        fake.hold = True
+        recipe = setup(tmp_path, fake.url, n=6)
+        # Stop the run once its batch is created and polled once (in progress).
+        killed = run_cli("run", str(recipe), cwd=tmp_path, env={KILL_ENV: "polled"})
+        assert killed.returncode != 0
+        rec, _ = open_recipe(recipe)
+        [entry] = describe(rec)
+        assert entry["batch_id"] in fake.batches and entry["step"] == "created"
+        assert entry["state"] == "in_progress" and entry["counts"]["total"] == 6
+        assert entry["requests"] == 6 and entry["age_s"] >= 0
+        proc = run_cli("cancel", str(recipe), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert fake.count("POST", f"/v1/batches/{entry['batch_id']}/cancel") == 1
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert len(rows) == 3 and {r["status"] for r in rows} == {"ok"}  # half had finished
+        [entry] = describe(rec)
+        assert entry["outcome"] == "cancelled" and entry["merged"]["again"] == 3
+        fake.hold = False
+        proc = run_cli("run", str(recipe), cwd=tmp_path)  # the rest goes in a new batch
+        assert proc.returncode == 0, proc.stderr
+        assert len(read_jsonl(tmp_path / "out.jsonl")) == 6
+        assert set(fake.submitted.values()) == {1} | ({2} if len(fake.batches) > 1 else set())

@@ -8,7 +8,8 @@ from here to llmrun is the engine.
 
 ``--transport aiohttp`` (default) is what the engine uses under asyncio (``AiohttpTransport``);
 ``--transport httpx`` is httpx's own transport without the client layer (``HttpxTransport``,
-what the engine uses under trio), to compare the two routes on the same loop.
+what the engine uses under trio), ``--transport http1`` llmrun's own HTTP/1.1 client
+(``Http1Transport``), to compare the routes on the same loop.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from _common import API_KEY, GENERATION, MODEL, messages, parse_args, record, report
 
 from llmrun.builtins.openai import OpenAIChat
+from llmrun.http1 import Http1Transport
 from llmrun.transport import AiohttpTransport, HttpxTransport
 from llmrun.values import ComponentContext, Prompt
 
@@ -27,10 +29,14 @@ from llmrun.values import ComponentContext, Prompt
 async def main() -> None:
     args = parse_args(
         __doc__ or "",
-        lambda p: p.add_argument("--transport", choices=["aiohttp", "httpx"], default="aiohttp"),
+        lambda p: p.add_argument(
+            "--transport", choices=["aiohttp", "httpx", "http1"], default="aiohttp"
+        ),
     )
     provider = OpenAIChat({"model": MODEL, "base_url": args.url}, ComponentContext(Path(), "b"))
-    cls = AiohttpTransport if args.transport == "aiohttp" else HttpxTransport
+    cls = {"aiohttp": AiohttpTransport, "httpx": HttpxTransport, "http1": Http1Transport}[
+        args.transport
+    ]
     transport = cls(max_connections=args.concurrency, connect_timeout_s=10)
     counter = iter(range(args.records))
     ok = errors = 0
@@ -60,7 +66,9 @@ async def main() -> None:
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     elapsed = time.monotonic() - started
     await transport.aclose()
-    name = "llmrun-transport" if args.transport == "aiohttp" else "httpx-transport"
+    name = {"aiohttp": "aiohttp-transport", "httpx": "httpx-transport", "http1": "http1-transport"}[
+        args.transport
+    ]
     report(name, ok, errors, elapsed)
 
 

@@ -52,14 +52,16 @@ CLIENTS = (
     "openai-sdk",
     "httpx-client",
     "httpx-transport",
-    "llmrun-transport",
+    "aiohttp-transport",
+    "http1-transport",
 )
 SCRIPTS = {
     "raw-aiohttp": ["raw_aiohttp.py"],
     "openai-sdk": ["openai_sdk.py"],
     "httpx-client": ["httpx_client.py"],
     "httpx-transport": ["llmrun_transport.py", "--transport", "httpx"],
-    "llmrun-transport": ["llmrun_transport.py", "--transport", "aiohttp"],
+    "aiohttp-transport": ["llmrun_transport.py", "--transport", "aiohttp"],
+    "http1-transport": ["llmrun_transport.py", "--transport", "http1"],
 }
 # Clients that collapse under load get a time budget instead of the whole record count, so a
 # round stays short; their req/s and CPU per request are over the requests they did send.

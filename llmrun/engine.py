@@ -373,6 +373,8 @@ class Engine:
             err = failed.error
             error = self._error(work, err.code, err.message, err.retryable, err.status)
             return self._row(work, failed.attempts, error=error)
+        except RecordError as exc:  # the provider cannot build this record's request (an image)
+            return self._row(work, 0, error=self._error(work, exc.code, str(exc)))
         except (RunAborted, NotSent, anyio.get_cancelled_exc_class()):
             raise
         except Exception as exc:  # a provider plugin's bug must not take the run down

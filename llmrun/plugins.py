@@ -36,6 +36,7 @@ BUILTIN_MODULES = (
     "llmrun.builtins.openai",
     "llmrun.builtins.postprocessors",
     "llmrun.builtins.writers",
+    "llmrun.builtins.anthropic",
 )
 ENTRY_POINT_GROUP = "llmrun"
 

@@ -25,12 +25,15 @@ from .components import Transport
 
 
 def default_transport(*, max_connections: int, connect_timeout_s: float) -> Transport:
-    """The fastest transport for the running event loop."""
+    """The fastest transport for the running event loop: llmrun's own HTTP/1.1 client
+    (``llmrun.http1``) under asyncio, httpx's transport elsewhere (trio)."""
     try:
         asyncio.get_running_loop()
-    except RuntimeError:  # not asyncio (trio): aiohttp is asyncio-only
+    except RuntimeError:  # not asyncio (trio): the lean client is built on asyncio protocols
         return HttpxTransport(max_connections=max_connections, connect_timeout_s=connect_timeout_s)
-    return AiohttpTransport(max_connections=max_connections, connect_timeout_s=connect_timeout_s)
+    from .http1 import Http1Transport
+
+    return Http1Transport(max_connections=max_connections, connect_timeout_s=connect_timeout_s)
 
 
 class AiohttpTransport:

@@ -17,10 +17,12 @@ import anyio
 import httpx
 import pytest
 
+from llmrun.http1 import Http1Transport
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 from llmrun.transport import AiohttpTransport, HttpxTransport
 
 TRANSPORTS = [
+    pytest.param(Http1Transport, "asyncio", id="http1"),
     pytest.param(AiohttpTransport, "asyncio", id="aiohttp"),
     pytest.param(HttpxTransport, "asyncio", id="httpx-asyncio"),
     pytest.param(HttpxTransport, "trio", id="httpx-trio"),

@@ -1,0 +1,308 @@
+"""The ``anthropic`` provider: Anthropic's Messages API (``POST {base_url}/v1/messages``).
+
+System and developer messages become the top-level ``system``; ``max_tokens`` (required by the
+API) comes from the recipe's generation, else the ``max_tokens`` option. OpenAI-format tools
+become Anthropic tools; ``response_format`` asking for JSON becomes one forced tool named
+``structured_output`` whose input is the structured answer (``Reply.parsed``; ``Reply.text`` is
+that input as JSON). Usage: ``input_tokens`` is the whole prompt (Anthropic's ``input_tokens``
+plus cache reads and cache writes), ``cached_tokens`` the cache reads, so cost counts cache reads
+at the cached price (cache writes at the plain input price).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import httpx
+
+from ..components import Transport
+from ..errors import CallError
+from ..failures import classify_http
+from ..hookspecs import Register, hookimpl
+from ..images import load_image
+from ..recipe import thaw
+from ..values import ComponentContext, Prompt, Reply, Usage
+from .wire import Dropper, decode, encode, error_json, parts_of, text_of
+
+STRUCTURED_TOOL = "structured_output"
+DEFAULT_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+# Generation keys the Messages API has no field for (thinking is reachable through extra_body).
+UNSUPPORTED = (
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+)
+
+
+class AnthropicMessages:
+    """POST {base_url}/v1/messages with ``x-api-key``; replies normalized to ``Reply``."""
+
+    options_schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["model"],
+        "properties": {
+            "model": {"type": "string", "minLength": 1},
+            "base_url": {
+                "type": "string",
+                "default": "https://api.anthropic.com",
+                "pattern": "^https?://",
+                "description": "Without /v1: the provider appends /v1/messages.",
+            },
+            "anthropic_version": {
+                "type": "string",
+                "default": DEFAULT_VERSION,
+                "description": "The anthropic-version header.",
+            },
+            "max_tokens": {
+                "type": "integer",
+                "minimum": 1,
+                "default": DEFAULT_MAX_TOKENS,
+                "description": "Sent when generation sets neither max_tokens nor "
+                "max_completion_tokens (the API requires one).",
+            },
+            "beta": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Beta feature names, sent in the anthropic-beta header.",
+            },
+            "headers": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Extra HTTP headers sent with every request.",
+            },
+            "extra_body": {
+                "type": "object",
+                "description": "Merged into every request body (e.g. thinking, metadata).",
+            },
+        },
+    }
+
+    def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
+        self.model = str(options["model"])
+        base = str(options.get("base_url") or "https://api.anthropic.com").rstrip("/")
+        self.url = httpx.URL(base + "/v1/messages")
+        self.max_tokens = int(options.get("max_tokens") or DEFAULT_MAX_TOKENS)
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json",
+            "anthropic-version": str(options.get("anthropic_version") or DEFAULT_VERSION),
+        }
+        if options.get("beta"):
+            headers["anthropic-beta"] = ",".join(str(b) for b in options["beta"])
+        headers.update({k.lower(): str(v) for k, v in (options.get("headers") or {}).items()})
+        self._base_headers = headers
+        self._headers_by_key: dict[str | None, httpx.Headers] = {}
+        self._extra_body = thaw(options.get("extra_body") or {})
+        self._dropper = Dropper("anthropic", context.warn)
+
+    # -- request ------------------------------------------------------------------
+
+    def body(self, prompt: Prompt) -> dict[str, Any]:
+        """The Messages API request body (also what batch mode sends per request)."""
+        gen = thaw(prompt.generation)
+        system: list[str] = []
+        messages: list[dict[str, Any]] = []
+        for message in prompt.messages:
+            role = message.get("role")
+            if role in ("system", "developer"):
+                system.append(text_of(message.get("content")))
+            else:
+                messages.append({"role": role, "content": self._content(message.get("content"))})
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": gen.get("max_completion_tokens")
+            or gen.get("max_tokens")
+            or self.max_tokens,
+            "messages": messages,
+        }
+        if system:
+            body["system"] = "\n\n".join(system)
+        if "temperature" in gen:
+            temperature = gen["temperature"]
+            if temperature > 1:
+                self._dropper.drop("temperature above 1", "Anthropic's range is 0-1: sent as 1")
+                temperature = 1.0
+            body["temperature"] = temperature
+        for key in ("top_p", "top_k"):
+            if key in gen:
+                body[key] = gen[key]
+        if "stop" in gen:
+            stop = gen["stop"]
+            body["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        if gen.get("n", 1) != 1:
+            self._dropper.drop("n", "one reply per request")
+        self._dropper.drop_all(UNSUPPORTED, gen)
+        tools = [_tool(t) for t in gen.get("tools") or []]
+        choice = _tool_choice(gen["tool_choice"]) if "tool_choice" in gen else None
+        structured = _structured_tool(gen.get("response_format"))
+        if structured is not None:
+            tools.append(structured)
+            choice = {"type": "tool", "name": STRUCTURED_TOOL}
+        if tools:
+            body["tools"] = tools
+        if choice is not None:
+            body["tool_choice"] = choice
+        body.update(self._extra_body)
+        return body
+
+    def _content(self, content: Any) -> Any:
+        if isinstance(content, str):
+            return content
+        blocks: list[dict[str, Any]] = []
+        for part in parts_of(content):
+            if part.get("type") == "image":
+                image = load_image(str(part.get("source", "")))
+                if image.url is not None:
+                    source: dict[str, Any] = {"type": "url", "url": image.url}
+                else:
+                    source = {"type": "base64", "media_type": image.media_type, "data": image.b64()}
+                blocks.append({"type": "image", "source": source})
+            else:
+                blocks.append({"type": "text", "text": str(part.get("text", ""))})
+        return blocks
+
+    def _headers(self, api_key: str | None) -> httpx.Headers:
+        headers = self._headers_by_key.get(api_key)
+        if headers is None:
+            values = dict(self._base_headers)
+            if api_key:
+                values["x-api-key"] = api_key
+            headers = self._headers_by_key[api_key] = httpx.Headers(values)
+        return headers
+
+    def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
+        content = encode(self.body(prompt))
+        return httpx.Request("POST", self.url, headers=self._headers(api_key), content=content)
+
+    # -- response -----------------------------------------------------------------
+
+    def parse_response(self, response: httpx.Response) -> Reply:
+        if response.status_code >= 300:
+            raise error_from(response)
+        reply = self.reply_from_body(decode(response, "Anthropic message"))
+        reply.request_id = response.headers.get("request-id") or reply.request_id
+        return reply
+
+    def reply_from_body(self, data: dict[str, Any]) -> Reply:
+        """A successful Messages API body as a ``Reply`` (used for batch results too)."""
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        parsed: Any = None
+        for block in data.get("content") or []:
+            kind = block.get("type")
+            if kind == "text":
+                texts.append(str(block.get("text", "")))
+            elif kind == "tool_use" and block.get("name") == STRUCTURED_TOOL:
+                parsed = block.get("input")
+            elif kind == "tool_use":
+                calls.append(
+                    {
+                        "id": block.get("id"),
+                        "name": block.get("name"),
+                        "arguments": block.get("input"),
+                    }
+                )
+        stop = data.get("stop_reason")
+        finish = STOP_REASONS.get(stop, "other") if stop else None
+        if parsed is not None:
+            text: str | None = json.dumps(parsed, ensure_ascii=False)
+            if finish == "tool_calls" and not calls:
+                finish = "stop"  # the forced structured answer, not a call to run
+        else:
+            text = "".join(texts) if texts or not calls else None
+        usage = data.get("usage") or {}
+        fresh = usage.get("input_tokens")
+        read = usage.get("cache_read_input_tokens")
+        written = usage.get("cache_creation_input_tokens")
+        total_in = None if fresh is None else fresh + (read or 0) + (written or 0)
+        return Reply(
+            text=text,
+            finish_reason=finish,
+            usage=Usage(
+                input_tokens=total_in, output_tokens=usage.get("output_tokens"), cached_tokens=read
+            ),
+            model=data.get("model"),
+            request_id=data.get("id"),
+            tool_calls=calls or None,
+            parsed=parsed,
+            raw=data,
+        )
+
+    def transport(self) -> Transport | None:
+        return None
+
+
+def _tool(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """An OpenAI function tool as an Anthropic tool."""
+    function = tool.get("function") or tool
+    out: dict[str, Any] = {
+        "name": function.get("name"),
+        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if function.get("description"):
+        out["description"] = function["description"]
+    return out
+
+
+def _tool_choice(choice: Any) -> dict[str, Any]:
+    if isinstance(choice, Mapping):
+        return {"type": "tool", "name": (choice.get("function") or {}).get("name")}
+    return {"type": {"auto": "auto", "none": "none", "required": "any"}.get(str(choice), "auto")}
+
+
+def _structured_tool(response_format: Any) -> dict[str, Any] | None:
+    """The forced tool standing for a JSON ``response_format`` (None for plain text)."""
+    if not isinstance(response_format, Mapping):
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return {
+            "name": STRUCTURED_TOOL,
+            "description": "Give your whole answer as a JSON object.",
+            "input_schema": {"type": "object"},
+        }
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        name = spec.get("name") or "answer"
+        return {
+            "name": STRUCTURED_TOOL,
+            "description": spec.get("description") or f"Give your whole answer as `{name}`.",
+            "input_schema": spec.get("schema") or {"type": "object"},
+        }
+    return None
+
+
+def error_from(response: httpx.Response) -> CallError:
+    """The classified error for a failed Messages API response."""
+    data = error_json(response)
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        kind, message = str(error.get("type") or ""), str(error.get("message") or "")
+    else:
+        kind, message = "", response.text[:300].strip()
+    status = response.status_code
+    detail = f"{kind}: {message}" if kind else message
+    if kind == "billing_error" or "credit balance" in message.lower():
+        return CallError(f"HTTP {status}: {detail}", kind="key", code="quota", status=status)
+    return classify_http(status, detail, response.headers, code=kind or None)
+
+
+@hookimpl
+def register_providers(register: Register) -> None:
+    register("anthropic", AnthropicMessages)

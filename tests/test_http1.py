@@ -1,0 +1,128 @@
+"""The lean HTTP/1.1 transport's own behaviour: keep-alive reuse, and a connection the server
+closed while it sat idle (the request goes out again on a new one, once)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import pytest
+
+from llmrun.http1 import Http1Transport
+
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+
+
+class ScriptedServer:
+    """A server on 127.0.0.1 answering the n-th request on each connection as a script says:
+    ``script[(connection_no, request_no)]`` is the bytes to send, or None to close unanswered."""
+
+    def __init__(self, script: dict[tuple[int, int], bytes | None], default: bytes = ANSWER):
+        self.script, self.default = script, default
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.seen: list[tuple[int, int]] = []
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            number = self.connections
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn, number), daemon=True).start()
+
+    def _handle(self, conn: socket.socket, number: int) -> None:
+        buffer, request_no = b"", 0
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(rest) < length:
+                    rest += conn.recv(65536)
+                buffer = rest[length:]
+                self.seen.append((number, request_no))
+                answer = self.script.get((number, request_no), self.default)
+                if answer is None:
+                    return
+                conn.sendall(answer)
+                request_no += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def server_factory() -> Iterator[type[ScriptedServer]]:
+    made: list[ScriptedServer] = []
+
+    class Made(ScriptedServer):
+        def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    yield Made
+    for server in made:
+        server.close()
+
+
+def send_all(port: int, count: int) -> list[httpx.Response]:
+    async def main() -> list[httpx.Response]:
+        transport = Http1Transport(max_connections=4, connect_timeout_s=5)
+        try:
+            out = []
+            for i in range(count):
+                request = httpx.Request("POST", f"http://127.0.0.1:{port}/x", content=b"%d" % i)
+                out.append(await transport.send(request, 5))
+            return out
+        finally:
+            await transport.aclose()
+
+    return anyio.run(main)
+
+
+def test_one_connection_serves_request_after_request(server_factory) -> None:
+    server = server_factory({})
+    responses = send_all(server.port, 5)
+    assert [r.text for r in responses] == ["ok"] * 5
+    assert server.connections == 1
+    assert server.seen == [(0, i) for i in range(5)]
+
+
+def test_a_connection_closed_while_idle_is_replaced_and_the_request_sent_once_more(
+    server_factory,
+) -> None:
+    server = server_factory({(0, 1): None})  # the 2nd request on the 1st connection: closed
+    responses = send_all(server.port, 3)
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert server.seen == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_a_fresh_connection_closed_unanswered_is_an_error_not_a_loop(server_factory) -> None:
+    server = server_factory({(0, 0): None, (1, 0): None})
+    with pytest.raises(httpx.RemoteProtocolError, match="without answering"):
+        send_all(server.port, 1)
+    assert server.seen == [(0, 0)]  # a new connection is not retried: the server saw it
+
+
+def test_chunked_bodies_are_joined(server_factory) -> None:
+    server = server_factory({}, default=CHUNKED)
+    [response] = send_all(server.port, 1)
+    assert response.content == b"abcdefg"
+    assert response.headers["transfer-encoding"] == "chunked"

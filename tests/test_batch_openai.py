@@ -158,3 +158,49 @@ def test_cancel_records_what_finished_and_status_describes_it(tmp_path: Path) ->
         assert proc.returncode == 0, proc.stderr
         assert len(read_jsonl(tmp_path / "out.jsonl")) == 6
         assert set(fake.submitted.values()) == {1} | ({2} if len(fake.batches) > 1 else set())
+
+
+def test_auto_mode_goes_direct_for_a_small_job(tmp_path: Path) -> None:
+    with FakeBatches() as fake:
+        recipe = setup(tmp_path, fake.url, n=5, mode="auto", auto_threshold=10)
+        proc = run_cli("run", str(recipe), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert fake.batches == {} and fake.count("POST", "/v1/chat/completions") == 5
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert len(rows) == 5 and rows[0]["cost_usd"] == pytest.approx((10 * 0.15 + 5 * 0.6) / 1e6)
+
+
+def test_auto_mode_cancels_stragglers_past_the_deadline_and_calls_them_direct(
+    tmp_path: Path,
+) -> None:
+    with FakeBatches() as fake:
+        fake.hold = True  # the batch never finishes on its own
+        recipe = setup(
+            tmp_path, fake.url, n=12, mode="auto", auto_threshold=7, auto_deadline_s=0.05
+        )
+        proc = run_cli("run", str(recipe), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        [batch] = fake.batches.values()
+        assert batch["status"] == "cancelled"
+        assert fake.count("POST", "/v1/chat/completions") == 6  # the half it had not done
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert sorted(r["id"] for r in rows) == [f"r{i:05d}" for i in range(12)]
+        assert all(r["status"] == "ok" for r in rows)
+
+
+def test_budget_checked_against_the_estimate_before_any_batch(tmp_path: Path) -> None:
+    from llmrun.api import open_recipe, run_recipe_sync
+
+    with FakeBatches() as fake:
+        recipe_path = setup(tmp_path, fake.url, n=20)
+        recipe, registry = open_recipe(recipe_path)
+        # run.budget_usd comes with the budget work (issue 3); batch mode reads it with getattr.
+        object.__setattr__(recipe.run, "budget_usd", 1e-6)
+        summary = run_recipe_sync(recipe, registry=registry)
+        assert summary.status == "aborted"
+        assert summary.reason is not None and "over run.budget_usd" in summary.reason
+        assert "nothing was submitted" in summary.reason
+        assert fake.batches == {} and fake.files == {}
+        object.__setattr__(recipe.run, "budget_usd", 1.0)
+        summary = run_recipe_sync(recipe, registry=registry)
+        assert summary.status == "completed" and summary.stats.ok == 20

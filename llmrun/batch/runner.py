@@ -104,6 +104,7 @@ class BatchRunner:
             while not self._stopping():
                 plan = not self.drain_only and self._over_budget is None
                 if plan and await self._plan() == "direct":
+                    self.engine.batch_pricing = False  # direct calls pay the full price
                     return self.finished
                 if not self.journal.active():
                     break
@@ -461,7 +462,11 @@ async def run_batches(
         if engine.handle_signals:
             tg.start_soon(engine._watch_signals)
         try:
-            rest = await BatchRunner(engine, done, caller).run()
+            if engine.recipe.run.mode == "auto" and batch_api_of(engine.provider) is None:
+                engine.progress.log("the provider has no batch API: auto mode calls directly")
+                rest = done
+            else:
+                rest = await BatchRunner(engine, done, caller).run()
         except RunAborted as exc:
             engine._abort(exc)
         tg.cancel_scope.cancel()

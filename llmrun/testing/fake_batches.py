@@ -179,6 +179,11 @@ class FakeBatches:
         raw: bytes,
         body: Any,
     ) -> tuple[int, bytes, str]:
+        if method == "POST" and path == "/v1/chat/completions":  # direct calls (auto mode)
+            line = json.loads(
+                self._openai_line({}, "direct", "echo: " + _last_user_text(body), None)
+            )
+            return _ok(line["response"]["body"])
         if method == "POST" and path == "/v1/files":
             fields = _multipart(headers.get("content-type", ""), raw)
             if fields.get("purpose") != b"batch" or "file" not in fields:
@@ -310,6 +315,7 @@ class FakeBatches:
             if method == "POST" and m.group(2) == "/cancel":
                 if batch["status"] in ("validating", "in_progress", "finalizing"):
                     batch["status"] = "cancelling"
+                    batch["cancel_at"] = self.now()
                 return _ok(self._anthropic_view(batch))
             if method == "GET" and m.group(2) == "/results":
                 if batch.get("results") is None:
@@ -349,6 +355,7 @@ class FakeBatches:
             "created_at": _rfc3339(b["created_at"]),
             "expires_at": _rfc3339(b["created_at"] + WINDOW_S),
             "ended_at": _rfc3339(self.now()) if ended else None,
+            "cancel_initiated_at": _rfc3339(b["cancel_at"]) if b.get("cancel_at") else None,
             "results_url": f"{self.url}/messages/batches/{b['id']}/results" if ended else None,
         }
 

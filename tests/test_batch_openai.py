@@ -79,6 +79,7 @@ def test_resubmission_limit_turns_failures_into_error_rows(tmp_path: Path) -> No
         assert error["type"] == "batch_failed"
         assert "the input file is not valid (fake)" in error["message"]
         assert set(fake.submitted.values()) == {3}  # the first time and 2 resubmissions
+        assert {r["attempts"] for r in rows} == {3}
 
 
 def test_batch_expired_after_24h_of_fake_time(tmp_path: Path) -> None:
@@ -204,3 +205,73 @@ def test_budget_checked_against_the_estimate_before_any_batch(tmp_path: Path) ->
         object.__setattr__(recipe.run, "budget_usd", 1.0)
         summary = run_recipe_sync(recipe, registry=registry)
         assert summary.status == "completed" and summary.stats.ok == 20
+
+
+def test_ids_a_provider_refuses_as_custom_id_are_mapped(tmp_path: Path) -> None:
+    with FakeBatches() as fake:
+        recipe = setup(tmp_path, fake.url)
+        ids = ["plain-id", "with space/and slash", "é" * 3, "x" * 100]
+        write_jsonl(tmp_path / "data.jsonl", [{"id": i, "text": "t"} for i in ids])
+        proc = run_cli("run", str(recipe), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(r["id"] for r in read_jsonl(tmp_path / "out.jsonl")) == sorted(ids)
+        sent = sorted(fake.submitted)
+        assert "plain-id" in sent and len(sent) == 4
+        assert all(len(c) <= 64 and c.isascii() and " " not in c for c in sent)
+
+
+def test_render_errors_are_rows_and_nothing_else_is_sent_for_them(tmp_path: Path) -> None:
+    with FakeBatches() as fake:
+        recipe = setup(tmp_path, fake.url)
+        write_jsonl(tmp_path / "data.jsonl", [{"id": "a", "text": "t"}, {"id": "b"}])
+        proc = run_cli("run", str(recipe), cwd=tmp_path)
+        assert proc.returncode == 1, proc.stderr
+        rows = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+        assert rows["a"]["status"] == "ok" and rows["b"]["error"]["type"] == "template"
+        assert list(fake.submitted) == ["a"]
+
+
+def test_sigint_while_waiting_for_a_batch_then_resume(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from .conftest import llmrun_command
+
+    with FakeBatches() as fake:
+        fake.hold = True
+        recipe = setup(tmp_path, fake.url, n=4, batch_poll_s=300)
+        journal = tmp_path / "out.jsonl.llmrun" / "batch" / "journal.json"
+        proc = subprocess.Popen(
+            [*llmrun_command(), "run", str(recipe)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            for _ in range(600):  # until the batch is created and the runner waits
+                if journal.exists() and '"created"' in journal.read_text():
+                    break
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)  # not the 300 s poll interval
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, err
+        fake.hold = False
+        again = run_cli("run", str(recipe), "--set", "run.batch_poll_s=0.01", cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert len(read_jsonl(tmp_path / "out.jsonl")) == 4
+        assert len(fake.batches) == 1 and set(fake.submitted.values()) == {1}
+
+
+def test_fresh_moves_the_batch_state_aside(tmp_path: Path) -> None:
+    with FakeBatches() as fake:
+        recipe = setup(tmp_path, fake.url, n=2)
+        assert run_cli("run", str(recipe), cwd=tmp_path).returncode == 0
+        proc = run_cli("run", str(recipe), "--fresh", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        state = tmp_path / "out.jsonl.llmrun"
+        assert len(list(state.glob("batch.old-*"))) == 1
+        assert len(read_jsonl(tmp_path / "out.jsonl")) == 2 and len(fake.batches) == 2

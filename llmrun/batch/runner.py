@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -84,11 +86,17 @@ class BatchRunner:
         self.caller = caller
         self.written: set[str] = set()
         self.finished = Finished(done, self.written)
-        self.journal = Journal.load(batch_state_dir(engine))
+        folder = batch_state_dir(engine)
+        if engine.fresh and folder.exists():  # --fresh: start over, keep the old state
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            folder.rename(folder.with_name(f"batch.old-{stamp}-{secrets.token_hex(2)}"))
+            engine.progress.log(f"--fresh: moved the previous batch state aside ({folder.name})")
+        self.journal = Journal.load(folder)
         self.drain_only = drain_only or engine.batch_drain_only
         self.api_key = self.recipe.api_keys[0] if self.recipe.api_keys else None
         self._id_ok = re.compile(self.api.custom_id_pattern)
         self._over_budget: str | None = None
+        self._stragglers = False  # auto mode: a batch was cancelled at the deadline
         self._price = PriceTable(self.recipe.prices).lookup(getattr(engine.provider, "model", None))
         engine.batch_pricing = True
 
@@ -113,6 +121,14 @@ class BatchRunner:
                 raise RunAborted(self._over_budget)
         return None
 
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep between polls, waking up soon after Ctrl-C (polls can be minutes apart)."""
+        slices = max(1, math.ceil(seconds / 0.25))
+        for _ in range(slices):
+            if self._stopping():
+                return
+            await anyio.sleep(seconds / slices)
+
     def _stopping(self) -> bool:
         return self.engine.flags.stopping
 
@@ -124,9 +140,14 @@ class BatchRunner:
     async def _plan(self) -> str:
         """Write parts for the records still to do; "direct" when auto mode says to call them
         directly instead (few records)."""
-        return await anyio.to_thread.run_sync(self._plan_sync)
+        error_rows: list[dict[str, Any]] = []
+        try:
+            return await anyio.to_thread.run_sync(self._plan_sync, error_rows)
+        finally:
+            if error_rows:  # rendering failed: final, written now (here, not in the thread)
+                self._write_rows(error_rows)
 
-    def _plan_sync(self) -> str:
+    def _plan_sync(self, error_rows: list[dict[str, Any]]) -> str:
         engine = self.engine
         busy: set[str] = set()
         for part in self.journal.active():
@@ -141,7 +162,6 @@ class BatchRunner:
         size = 0
         pending = 0
         estimate_usd = 0.0
-        error_rows: list[dict[str, Any]] = []
 
         def flush() -> None:
             nonlocal lines, recs, size
@@ -174,11 +194,9 @@ class BatchRunner:
             recs.append((json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode())
             estimate_usd += self._estimate(prompt)
         flush()
-        if error_rows:
-            self._write_rows(error_rows)
         auto_direct = (
             self._mode() == "auto"
-            and pending < self.settings.auto_threshold
+            and (pending < self.settings.auto_threshold or self._stragglers)
             and not self.journal.active()
         )
         budget = getattr(self.settings, "budget_usd", None)
@@ -246,7 +264,7 @@ class BatchRunner:
                     return
                 progressed |= await self._advance(part)
             if self.journal.active() and not progressed:
-                await anyio.sleep(interval)
+                await self._sleep(interval)
                 interval = min(interval * 1.5, self.settings.batch_poll_max_s)
             elif progressed:
                 interval = self.settings.batch_poll_s
@@ -397,7 +415,7 @@ class BatchRunner:
                 tries[rid] = tries.get(rid, 0) + 1
                 counts["again"] += 1
                 continue
-            tries.pop(rid, None)
+            before = tries.pop(rid, 0)
             error = self.engine._error(
                 work,
                 result.code or "batch_error",
@@ -405,7 +423,7 @@ class BatchRunner:
                 result.retryable,
                 result.status,
             )
-            rows.append(self.engine._row(work, tries.get(rid, 0) + 1, error=error))
+            rows.append(self.engine._row(work, before + 1, error=error))
         for row in rows:
             counts["ok" if row["status"] == "ok" else "error"] += 1
         if rows:
@@ -415,7 +433,9 @@ class BatchRunner:
         self.journal.spent_usd += spent
         part.merged = counts
         self._set(part, "merged")
-        if info.outcome == "cancelled" and part.cancel_reason != "deadline":
+        if info.outcome == "cancelled" and part.cancel_reason == "deadline":
+            self._stragglers = True  # auto mode: what is left goes direct
+        elif info.outcome == "cancelled":
             self.drain_only = True  # cancelled by the user: submit nothing more in this run
         self._check_budget()
 

@@ -275,3 +275,22 @@ def test_fresh_moves_the_batch_state_aside(tmp_path: Path) -> None:
         state = tmp_path / "out.jsonl.llmrun"
         assert len(list(state.glob("batch.old-*"))) == 1
         assert len(read_jsonl(tmp_path / "out.jsonl")) == 2 and len(fake.batches) == 2
+
+
+def test_budget_checked_against_actual_usage_cancels_running_batches(tmp_path: Path) -> None:
+    from llmrun.api import open_recipe, run_recipe_sync
+
+    with FakeBatches() as fake:
+        fake.usage = (100_000, 100_000)  # far more than the estimate: $0.0375 a reply
+        fake.holds = {1}  # the second batch is still running when the first one ends
+        recipe, registry = open_recipe(setup(tmp_path, fake.url, n=4, batch_max_requests=2))
+        object.__setattr__(recipe.run, "budget_usd", 0.01)  # the estimate is ~$0.0003
+        summary = run_recipe_sync(recipe, registry=registry)
+        assert summary.status == "aborted"
+        assert summary.reason is not None and "over run.budget_usd" in summary.reason
+        first, second = fake.batches.values()
+        assert first["status"] == "completed" and second["status"] == "cancelled"
+        assert fake.count("POST", f"/v1/batches/{second['id']}/cancel") == 1
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert len(rows) == 3  # the first batch's 2 and the half the second had finished
+        assert sum(r["cost_usd"] for r in rows) == pytest.approx(3 * 0.0375)

@@ -114,7 +114,7 @@ class BatchRunner:
                 if plan and await self._plan() == "direct":
                     self.engine.batch_pricing = False  # direct calls pay the full price
                     return self.finished
-                if not self.journal.active():
+                if not self._live():
                     break
                 await self._drive()
             if self._over_budget is not None:
@@ -128,6 +128,11 @@ class BatchRunner:
             if self._stopping():
                 return
             await anyio.sleep(seconds / slices)
+
+    def _live(self) -> list[Part]:
+        """The parts that can move on (over budget, those not submitted yet are parked)."""
+        parked = ("written", "uploaded") if self._over_budget else ()
+        return [p for p in self.journal.active() if p.step not in parked]
 
     def _stopping(self) -> bool:
         return self.engine.flags.stopping
@@ -257,13 +262,13 @@ class BatchRunner:
     async def _drive(self) -> None:
         """Advance every active part until all are merged (or the run stops)."""
         interval = self.settings.batch_poll_s
-        while self.journal.active() and not self._stopping():
+        while self._live() and not self._stopping():
             progressed = False
-            for part in list(self.journal.active()):
+            for part in self._live():
                 if self._stopping():
                     return
                 progressed |= await self._advance(part)
-            if self.journal.active() and not progressed:
+            if self._live() and not progressed:
                 await self._sleep(interval)
                 interval = min(interval * 1.5, self.settings.batch_poll_max_s)
             elif progressed:
@@ -437,7 +442,7 @@ class BatchRunner:
             self._stragglers = True  # auto mode: what is left goes direct
         elif info.outcome == "cancelled":
             self.drain_only = True  # cancelled by the user: submit nothing more in this run
-        self._check_budget()
+        await self._check_budget()
 
     def _read_results(self, part: Part) -> dict[str, LineResult]:
         results: dict[str, LineResult] = {}
@@ -461,13 +466,21 @@ class BatchRunner:
             if wants:
                 engine.observers.call("record_done", row)
 
-    def _check_budget(self) -> None:
+    async def _check_budget(self) -> None:
+        """Over the budget: create nothing more, cancel what runs, collect what finished."""
         budget = getattr(self.settings, "budget_usd", None)
-        if budget is not None and self.journal.spent_usd > float(budget):
-            self._over_budget = (
-                f"spent ${self.journal.spent_usd:.4f} in batch results, over run.budget_usd "
-                f"${budget}: no new batch is created (running ones are collected)"
-            )
+        if budget is None or self._over_budget or self.journal.spent_usd <= float(budget):
+            return
+        self._over_budget = (
+            f"spent ${self.journal.spent_usd:.4f} in batch results, over run.budget_usd "
+            f"${budget}: running batches were cancelled and what they finished was kept"
+        )
+        self.engine.warn(self._over_budget)
+        for part in self.journal.active():
+            if part.step == "created" and part.batch_id and not part.cancel_reason:
+                part.cancel_reason = "budget"
+                self.journal.save()
+                await self._retry(self.api.cancel, self.client, self.api_key, part.batch_id)
 
 
 async def run_batches(

@@ -7,7 +7,9 @@ finalizing -> completed (OpenAI; Anthropic: in_progress -> ended). Tests steer i
 - ``outcomes``: per created batch, in order, "complete" (default), "fail" (the whole batch fails
   validation), "expire" (the first half done, the rest expired), "partial" (every third request
   answers HTTP 500);
-- ``hold = True``: batches stay in_progress (to cancel them, or look at them);
+- ``hold = True``: batches stay in_progress (to cancel them, or look at them); ``holds``: the
+  indexes of the batches held, when only some are;
+- ``usage``: the (input, output) tokens each reply reports;
 - ``advance(seconds)``: moves the fake clock (a batch older than 24 h expires when polled).
 
 ``submitted`` counts every custom_id in every batch created, so a test can show nothing was
@@ -42,6 +44,8 @@ class FakeBatches:
         self.flavor = flavor
         self.outcomes: list[str] = []
         self.hold = False
+        self.holds: set[int] = set()
+        self.usage = (10, 5)
         self.offset = 0.0
         self.submitted: Counter[str] = Counter()
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, JSON body or None)
@@ -373,7 +377,7 @@ class FakeBatches:
                         "model": "fake-claude",
                         "content": [{"type": "text", "text": text}],
                         "stop_reason": "end_turn",
-                        "usage": {"input_tokens": 10, "output_tokens": 5},
+                        "usage": {"input_tokens": self.usage[0], "output_tokens": self.usage[1]},
                     },
                 }
             elif err[0] == "batch_expired":
@@ -432,7 +436,8 @@ class FakeBatches:
             ]
             self._finish(b, "failed", 0)
             return
-        if self.hold and status == "in_progress":
+        held = self.hold or self._order.index(b["id"]) in self.holds
+        if held and status == "in_progress":
             return
         b["stage"] += 1
         if b["stage"] < 3:
@@ -496,7 +501,11 @@ class FakeBatches:
                             "message": {"role": "assistant", "content": reply},
                         }
                     ],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+                    "usage": {
+                        "prompt_tokens": self.usage[0],
+                        "completion_tokens": self.usage[1],
+                        "total_tokens": sum(self.usage),
+                    },
                 },
             }
             line["error"] = None

@@ -234,7 +234,14 @@ class Engine:
         return IdSet(ids())
 
     async def _pipeline(self, done: IdSet, caller: Caller, manifest: dict[str, Any]) -> None:
-        if self.recipe.run.mode != "direct" or self.batch_drain_only:
+        from .batch.journal import has_running
+
+        # Direct mode too collects batches an earlier batch run left running: never paid twice.
+        if (
+            self.recipe.run.mode != "direct"
+            or self.batch_drain_only
+            or has_running(self.state.dir / "batch")
+        ):
             from .batch.runner import run_batches
 
             rest = await run_batches(self, done, caller, manifest)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from llmrun.api import run_recipe_sync
 from llmrun.batch.journal import KILL_ENV
 from llmrun.testing.fake_batches import FakeBatches
 
@@ -31,8 +32,8 @@ def test_anthropic_batches_with_partial_and_expired_requests(tmp_path: Path) -> 
     with FakeBatches("anthropic") as fake:
         fake.outcomes = ["partial", "expire"]
         recipe = setup(tmp_path, fake.url, n=8, batch_max_requests=4)
-        proc = run_cli("run", str(recipe), cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
+        summary = run_recipe_sync(recipe)
+        assert summary.status == "completed" and summary.stats.ok == 8
         rows = read_jsonl(tmp_path / "out.jsonl")
         assert sorted(r["id"] for r in rows) == [f"r{i:05d}" for i in range(8)]
         by_id = {r["id"]: r for r in rows}

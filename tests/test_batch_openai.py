@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from llmrun.api import run_recipe_sync
+from llmrun.engine import RunSummary
 from llmrun.testing.fake_batches import FakeBatches
 
 from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
@@ -23,6 +25,12 @@ def batch_recipe(url: str, **run: Any) -> dict[str, Any]:
     recipe = basic_recipe(provider)
     recipe["run"] = {"mode": "batch", "batch_poll_s": 0.01, "batch_poll_max_s": 0.05, **run}
     return recipe
+
+
+def run_here(recipe: Path, **kwargs: Any) -> RunSummary:
+    """The run in this process: the CLI's start-up costs a second per run (the end-to-end
+    paths through the real command are covered by the tests that use run_cli)."""
+    return run_recipe_sync(recipe, **kwargs)
 
 
 def setup(tmp_path: Path, url: str, n: int = 10, **run: Any) -> Path:
@@ -54,9 +62,9 @@ def test_failed_expired_and_partial_batches_resubmit_only_the_failures(tmp_path:
     with FakeBatches() as fake:
         fake.outcomes = ["fail", "expire", "partial"]
         recipe = setup(tmp_path, fake.url, n=12, batch_max_requests=4)
-        proc = run_cli("run", str(recipe), cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        assert "the input file is not valid (fake)" in proc.stderr  # the provider's reason
+        summary = run_here(recipe)
+        assert summary.status == "completed" and summary.stats.error == 0
+        assert any("the input file is not valid (fake)" in w for w in summary.warnings)
         rows = read_jsonl(tmp_path / "out.jsonl")
         assert sorted(r["id"] for r in rows) == [f"r{i:05d}" for i in range(12)]
         assert all(r["status"] == "ok" for r in rows)
@@ -71,8 +79,8 @@ def test_resubmission_limit_turns_failures_into_error_rows(tmp_path: Path) -> No
     with FakeBatches() as fake:
         fake.outcomes = ["fail"] * 3
         recipe = setup(tmp_path, fake.url, n=3, batch_resubmits=2)
-        proc = run_cli("run", str(recipe), cwd=tmp_path)
-        assert proc.returncode == 1, proc.stderr
+        summary = run_here(recipe)
+        assert summary.status == "completed" and summary.stats.error == 3
         rows = read_jsonl(tmp_path / "out.jsonl")
         assert len(rows) == 3 and {r["status"] for r in rows} == {"error"}
         error = rows[0]["error"]
@@ -106,7 +114,7 @@ def test_lines_and_create_body_match_the_openai_spec(tmp_path: Path) -> None:
     spec = ChatSpec(SPEC)
     with FakeBatches() as fake:
         recipe = setup(tmp_path, fake.url, n=3)
-        assert run_cli("run", str(recipe), cwd=tmp_path).returncode == 0
+        assert run_here(recipe).stats.ok == 3
         lines = [x for b in fake.batches.values() for x in b["lines"]]
         creates = [body for m, p, body in fake.requests if (m, p) == ("POST", "/v1/batches")]
     assert len(lines) == 3 and len(creates) == 1
@@ -164,8 +172,7 @@ def test_cancel_records_what_finished_and_status_describes_it(tmp_path: Path) ->
 def test_auto_mode_goes_direct_for_a_small_job(tmp_path: Path) -> None:
     with FakeBatches() as fake:
         recipe = setup(tmp_path, fake.url, n=5, mode="auto", auto_threshold=10)
-        proc = run_cli("run", str(recipe), cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
+        assert run_here(recipe).stats.ok == 5
         assert fake.batches == {} and fake.count("POST", "/v1/chat/completions") == 5
         rows = read_jsonl(tmp_path / "out.jsonl")
         assert len(rows) == 5 and rows[0]["cost_usd"] == pytest.approx((10 * 0.15 + 5 * 0.6) / 1e6)
@@ -179,8 +186,7 @@ def test_auto_mode_cancels_stragglers_past_the_deadline_and_calls_them_direct(
         recipe = setup(
             tmp_path, fake.url, n=12, mode="auto", auto_threshold=7, auto_deadline_s=0.05
         )
-        proc = run_cli("run", str(recipe), cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
+        assert run_here(recipe).stats.ok == 12
         [batch] = fake.batches.values()
         assert batch["status"] == "cancelled"
         assert fake.count("POST", "/v1/chat/completions") == 6  # the half it had not done
@@ -212,8 +218,7 @@ def test_ids_a_provider_refuses_as_custom_id_are_mapped(tmp_path: Path) -> None:
         recipe = setup(tmp_path, fake.url)
         ids = ["plain-id", "with space/and slash", "é" * 3, "x" * 100]
         write_jsonl(tmp_path / "data.jsonl", [{"id": i, "text": "t"} for i in ids])
-        proc = run_cli("run", str(recipe), cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
+        assert run_here(recipe).stats.ok == 4
         assert sorted(r["id"] for r in read_jsonl(tmp_path / "out.jsonl")) == sorted(ids)
         sent = sorted(fake.submitted)
         assert "plain-id" in sent and len(sent) == 4
@@ -224,8 +229,8 @@ def test_render_errors_are_rows_and_nothing_else_is_sent_for_them(tmp_path: Path
     with FakeBatches() as fake:
         recipe = setup(tmp_path, fake.url)
         write_jsonl(tmp_path / "data.jsonl", [{"id": "a", "text": "t"}, {"id": "b"}])
-        proc = run_cli("run", str(recipe), cwd=tmp_path)
-        assert proc.returncode == 1, proc.stderr
+        summary = run_here(recipe)
+        assert (summary.stats.ok, summary.stats.error) == (1, 1)
         rows = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
         assert rows["a"]["status"] == "ok" and rows["b"]["error"]["type"] == "template"
         assert list(fake.submitted) == ["a"]
@@ -269,9 +274,8 @@ def test_sigint_while_waiting_for_a_batch_then_resume(tmp_path: Path) -> None:
 def test_fresh_moves_the_batch_state_aside(tmp_path: Path) -> None:
     with FakeBatches() as fake:
         recipe = setup(tmp_path, fake.url, n=2)
-        assert run_cli("run", str(recipe), cwd=tmp_path).returncode == 0
-        proc = run_cli("run", str(recipe), "--fresh", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr
+        assert run_here(recipe).stats.ok == 2
+        assert run_here(recipe, fresh=True).stats.ok == 2
         state = tmp_path / "out.jsonl.llmrun"
         assert len(list(state.glob("batch.old-*"))) == 1
         assert len(read_jsonl(tmp_path / "out.jsonl")) == 2 and len(fake.batches) == 2
@@ -294,3 +298,19 @@ def test_budget_checked_against_actual_usage_cancels_running_batches(tmp_path: P
         rows = read_jsonl(tmp_path / "out.jsonl")
         assert len(rows) == 3  # the first batch's 2 and the half the second had finished
         assert sum(r["cost_usd"] for r in rows) == pytest.approx(3 * 0.0375)
+
+
+def test_direct_mode_collects_batches_left_running_instead_of_calling_again(
+    tmp_path: Path,
+) -> None:
+    from llmrun.batch.journal import KILL_ENV
+
+    with FakeBatches() as fake:
+        recipe = setup(tmp_path, fake.url, n=4)  # 4 records in a batch...
+        killed = run_cli("run", str(recipe), cwd=tmp_path, env={KILL_ENV: "polled"})
+        assert killed.returncode != 0
+        write_jsonl(tmp_path / "data.jsonl", make_records(6))  # ...then 2 more records
+        summary = run_here(recipe, overrides=["run.mode=direct"])
+        assert summary.status == "completed" and summary.stats.ok == 6
+        assert set(fake.submitted.values()) == {1} and len(fake.submitted) == 4
+        assert fake.count("POST", "/v1/chat/completions") == 2  # only the 2 new ones

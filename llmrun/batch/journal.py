@@ -107,6 +107,11 @@ class Journal:
                 yield str(cid), str(rid), str(where), data
 
 
+def has_running(folder: Path) -> bool:
+    """Whether the batch state in ``folder`` has batches not merged yet."""
+    return (folder / "journal.json").exists() and bool(Journal.load(folder).active())
+
+
 def checkpoint(step: str) -> None:
     """The test hook: ``LLMRUN_TEST_KILL_AFTER=step`` (or ``step:N``, the Nth time) kills this
     process with SIGKILL right here, so tests can stop a run at every step of the life cycle."""

@@ -498,11 +498,18 @@ async def run_batches(
             if engine.recipe.run.mode == "auto" and batch_api_of(engine.provider) is None:
                 engine.progress.log("the provider has no batch API: auto mode calls directly")
                 rest = done
+            elif engine.recipe.run.mode == "direct" and not engine.batch_drain_only:
+                engine.progress.log("collecting the batches an earlier run left running")
+                runner = BatchRunner(engine, done, caller, drain_only=True)
+                await runner.run()
+                rest = runner.finished
             else:
                 rest = await BatchRunner(engine, done, caller).run()
         except RunAborted as exc:
             engine._abort(exc)
         tg.cancel_scope.cancel()
+    if engine.flags.stopping or engine.flags.abort is not None:
+        return None  # stopped or aborted: no direct calls after it
     return rest
 
 

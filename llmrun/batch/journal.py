@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,15 +133,15 @@ def checkpoint(step: str) -> None:
 _HITS: dict[str, int] = {}
 
 
-def write_durable(path: Path, lines: list[bytes]) -> int:
-    """Write a whole file atomically (temp, fsync, rename); return its size."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    size = 0
-    with open(tmp, "wb") as fh:
-        for line in lines:
-            fh.write(line)
-            size += len(line)
-        fh.flush()
+def make_durable(tmp: Path, path: Path) -> None:
+    """Give a written file its final name durably: fsync it, rename it, fsync the folder."""
+    with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    return size
+    if sys.platform == "win32":  # pragma: no cover - no directory fsync there
+        return
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

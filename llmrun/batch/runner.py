@@ -32,7 +32,7 @@ from ..store import IdSet
 from ..tokens import estimate
 from ..values import Prompt, Usage
 from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
-from .journal import Journal, Part, checkpoint, write_durable
+from .journal import Journal, Part, checkpoint, make_durable
 
 if TYPE_CHECKING:
     from ..calls import Caller
@@ -61,6 +61,31 @@ class _Planned:
     name: str
     requests: int
     size: int
+
+
+class _PartFile:
+    """A batch file being written: lines go straight to disk (a file can be 200 MB); ``close``
+    makes both files durable under their final names."""
+
+    def __init__(self, journal: Journal, name: str) -> None:
+        self.name = name
+        self.requests = 0
+        self.size = 0
+        self._paths = [journal.file(name, ""), journal.file(name, "records")]
+        self._tmps = [p.with_name(f".{p.name}.tmp") for p in self._paths]
+        self._files = [open(t, "wb") for t in self._tmps]  # noqa: SIM115 - closed in close()
+
+    def add(self, line: bytes, record: bytes) -> None:
+        self._files[0].write(line)
+        self._files[1].write(record)
+        self.requests += 1
+        self.size += len(line)
+
+    def close(self) -> _Planned:
+        for fh, tmp, path in zip(self._files, self._tmps, self._paths, strict=True):
+            fh.close()
+            make_durable(tmp, path)
+        return _Planned(self.name, self.requests, self.size)
 
 
 def batch_state_dir(engine: Engine) -> Any:
@@ -162,22 +187,9 @@ class BatchRunner:
         )
         max_bytes = min(self.api.max_bytes, self.settings.batch_max_bytes or self.api.max_bytes)
         planned: list[_Planned] = []
-        lines: list[bytes] = []
-        recs: list[bytes] = []
-        size = 0
+        current: _PartFile | None = None
         pending = 0
         estimate_usd = 0.0
-
-        def flush() -> None:
-            nonlocal lines, recs, size
-            if not lines:
-                return
-            name = self.journal.new_part_name()
-            write_durable(self.journal.file(name, "records"), recs)
-            write_durable(self.journal.file(name, ""), lines)
-            planned.append(_Planned(name, len(lines), size))
-            lines, recs, size = [], [], 0
-
         for work in self._works():
             if work.id in self.finished or work.id in busy:
                 continue
@@ -191,14 +203,18 @@ class BatchRunner:
             line = (json.dumps(self.api.line(cid, prompt), ensure_ascii=False) + "\n").encode(
                 "utf-8", "backslashreplace"
             )
-            if lines and (len(lines) >= max_requests or size + len(line) > max_bytes):
-                flush()
-            lines.append(line)
-            size += len(line)
+            if current and (
+                current.requests >= max_requests or current.size + len(line) > max_bytes
+            ):
+                planned.append(current.close())
+                current = None
+            if current is None:
+                current = _PartFile(self.journal, self.journal.new_part_name())
             rec = [cid, work.id, work.where, work.data]
-            recs.append((json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode())
+            current.add(line, (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode())
             estimate_usd += self._estimate(prompt)
-        flush()
+        if current is not None:
+            planned.append(current.close())
         auto_direct = (
             self._mode() == "auto"
             and (pending < self.settings.auto_threshold or self._stragglers)
@@ -329,8 +345,7 @@ class BatchRunner:
             dest = journal.file(part.name, "results")
             tmp = dest.with_name(f".{dest.name}.tmp")
             await self._retry(api.download, client, key, BatchInfo.from_json(part.info), tmp)
-            write_durable(dest, [tmp.read_bytes()])
-            tmp.unlink(missing_ok=True)
+            await anyio.to_thread.run_sync(make_durable, tmp, dest)
             self._set(part, "downloaded")
             return True
         if part.step == "downloaded":

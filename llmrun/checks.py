@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .engine import build_component, record_id
-from .errors import Problem, RecipeError, TemplateError
+from .errors import Problem, RecipeError, RecordError, TemplateError
 from .plugins import Registry
 from .recipe import Recipe
+from .selection import selection_of
 from .templates import PromptTemplate
-from .values import ComponentContext
+from .values import ComponentContext, SourceRecord
 
 
 @dataclass
@@ -26,13 +30,36 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
     """Render the prompt for the first ``sample`` records: missing variables, missing ids and
     unreadable records are reported with where they are."""
     report = CheckReport()
-    if recipe.limit is not None:
-        sample = min(sample, recipe.limit)  # records past data.limit are never run
-    template = PromptTemplate(recipe.messages, recipe.generation, recipe.base_dir, str(recipe.path))
+    template = PromptTemplate(
+        recipe.messages,
+        recipe.generation,
+        recipe.base_dir,
+        str(recipe.path),
+        images=recipe.images,
+        image_detail=recipe.image_detail,
+    )
     context = ComponentContext(recipe.base_dir, recipe.name, report.notes.append)
+    # The records the run would take (filter, shard, offset, limit), but for a sample by count:
+    # it reads the whole source, and any records serve to check the prompt.
+    selection = selection_of(recipe)
+    if selection.sample_count is not None:
+        selection = dataclasses.replace(selection, sample=None)
+        report.notes.append("data.sample (a count) is not applied when checking the prompt")
+    id_field = recipe.id_field
+
+    def key(rec: SourceRecord) -> tuple[str, Mapping[str, Any] | None]:
+        if rec.data is None:
+            return rec.where, None
+        return record_id(rec.data, id_field) or rec.where, rec.data
+
     try:
         loader = build_component(registry, "loader", recipe.data, context)
-        records = list(itertools.islice(loader.records(), sample))
+        selected = selection.select(
+            loader.records(),
+            key=key,
+            on_error=lambda rec, message: SourceRecord(None, rec.where, message),
+        )
+        records = list(itertools.islice(selected, sample))
     except OSError as exc:
         report.problems.append(Problem(f"cannot read the data: {exc}", "data", str(recipe.path)))
         return report
@@ -85,8 +112,8 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
                 first_of[rid] = rec.where
         try:
             template.render(rec.where, rec.data)
-        except TemplateError as exc:
-            missing = template.missing(rec.data)
+        except RecordError as exc:
+            missing = template.missing(rec.data) if isinstance(exc, TemplateError) else []
             if missing:
                 lacking.setdefault(tuple(missing), []).append(rec.where)
             else:

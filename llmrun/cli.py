@@ -27,7 +27,7 @@ EXIT_INTERRUPTED, EXIT_INTERNAL = 130, 70
 # each. A module defines ``register(subparsers)``, which adds its parser and sets
 # ``handler=fn(args, err) -> exit code``. Modules import what they need inside the handler so
 # that ``llmrun --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("cancel",)
+COMMAND_MODULES: tuple[str, ...] = ("repost", "export", "cancel")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ import signal
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 from anyio import CancelScope
@@ -38,8 +38,10 @@ from .limits import KeyPool, RateLimiter
 from .plugins import Observers, Registry
 from .pricing import Price, PriceTable
 from .progress import Progress
+from .provenance import call_hash
 from .recipe import ComponentSpec, Recipe
 from .redaction import Redactor
+from .selection import selection_of
 from .stats import RunStats
 from .store import IdSet, RunState, now_iso
 from .templates import PromptTemplate
@@ -48,10 +50,12 @@ from .values import ComponentContext, Prompt, Reply, Result, SourceRecord, Usage
 
 Status = Literal["completed", "interrupted", "aborted"]
 READ_CHUNK = 256
+FIELD_CHECK = 20  # records the run-start check of the template looks at
 WRITE_BATCH = 512
 TICK_S = 0.25
 SYNC_EVERY_S = 5.0
 _UNSET: Any = object()
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -147,8 +151,14 @@ class Engine:
             build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
         ]
         self.template = PromptTemplate(
-            recipe.messages, recipe.generation, recipe.base_dir, str(recipe.path)
+            recipe.messages,
+            recipe.generation,
+            recipe.base_dir,
+            str(recipe.path),
+            images=recipe.images,
+            image_detail=recipe.image_detail,
         )
+        self.selection = selection_of(recipe, self.limit)
         self.state = RunState(recipe.output_path)
         self._price_table = PriceTable(recipe.prices)
         self._prices: dict[str | None, Price | None] = {}
@@ -157,6 +167,7 @@ class Engine:
         self._workers_scope: CancelScope | None = None
         self._reader_scope: CancelScope | None = None
         self._caller: Caller | None = None
+        self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
 
     def warn(self, message: str) -> None:
         message = self.redact(message)
@@ -272,22 +283,30 @@ class Engine:
         with anyio.CancelScope() as scope:
             self._reader_scope = scope
             records = self.loader.records()
+            id_field = self.recipe.id_field
+            items = self.selection.select(
+                (self._work_item(rec, id_field) for rec in records),
+                key=lambda w: (w.id, None if w.error is not None else w.data),
+                on_error=lambda w, message: _Work(w.id, w.data, w.where, message),
+            )
             try:
-                await self._read_records(records, send, done)
+                await self._read_records(items, send, done)
             finally:
+                items.close()
                 close = getattr(records, "close", None)
                 if close is not None:  # a generator's files close now, not at garbage collection
                     close()
 
     async def _read_records(
-        self, records: Iterator[SourceRecord], send: MemoryObjectSendStream[_Work], done: IdSet
+        self, items: Iterator[_Work], send: MemoryObjectSendStream[_Work], done: IdSet
     ) -> None:
+        """Send the selected records that are not done yet to the workers; after the first
+        chunk, warn when those records lack fields the prompt uses."""
         async with send:
-            taken = 0
-            id_field = self.recipe.id_field
+            checked = False
             while not self.flags.stopping:
                 try:
-                    chunk = await anyio.to_thread.run_sync(_take, records, READ_CHUNK)
+                    chunk = await anyio.to_thread.run_sync(_take, items, READ_CHUNK)
                 except Exception as exc:  # a missing file, a loader plugin's bug
                     loader = self.recipe.data.name
                     message = f"cannot read the records ({loader} loader): {_describe(exc)}"
@@ -295,11 +314,10 @@ class Engine:
                     return
                 if not chunk:
                     break
-                for rec in chunk:
-                    if self.limit is not None and taken >= self.limit:
-                        return
-                    taken += 1
-                    work = self._work_item(rec, id_field)
+                if not checked:
+                    checked = True
+                    self._check_fields(chunk)
+                for work in chunk:
                     if work.id in done:
                         continue
                     try:
@@ -308,6 +326,13 @@ class Engine:
                         send.send_nowait(work)
                     except anyio.WouldBlock:
                         await send.send(work)
+
+    def _check_fields(self, chunk: list[_Work]) -> None:
+        """The run-start check of the template against the first records (as ``validate``)."""
+        sample = [w.data for w in chunk[:FIELD_CHECK] if w.data is not None and w.error is None]
+        report = self.template.field_report(sample)
+        if report:
+            self.warn(report)
 
     def _work_item(self, rec: SourceRecord, id_field: str | None) -> _Work:
         if rec.data is None:
@@ -331,15 +356,13 @@ class Engine:
     ) -> None:
         group_size = int(getattr(self.provider, "group_size", 1) or 1)
         async with recv, send:
-            async for first in recv:
+            while True:
+                batch = await self._take(recv, group_size)
+                if not batch:
+                    return
                 if self.flags.stopping:
                     continue  # not started: the next run does it
-                batch = [first]
-                while len(batch) < group_size:  # a grouping provider: what is ready, no wait
-                    try:
-                        batch.append(recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
+                first = batch[0]
                 self.stats.in_flight += len(batch)
                 try:
                     if group_size > 1:
@@ -361,6 +384,24 @@ class Engine:
                             send.send_nowait(row)
                         except anyio.WouldBlock:
                             await send.send(row)
+
+    async def _take(self, recv: MemoryObjectReceiveStream[_Work], size: int) -> list[_Work]:
+        """The next record, or for a grouping provider the next ``size`` records (fewer only
+        at the end); empty when there are no more. Workers fill groups one at a time, waiting
+        for the reader, so N records make ceil(N / size) requests, not one per idle worker."""
+        if size == 1:
+            try:
+                return [await recv.receive()]
+            except anyio.EndOfStream:
+                return []
+        batch: list[_Work] = []
+        async with self._gathering:
+            while len(batch) < size:
+                try:
+                    batch.append(await recv.receive())
+                except anyio.EndOfStream:
+                    break
+        return batch
 
     def _render(self, work: _Work) -> Prompt | dict[str, Any]:
         """The record's prompt, or its error row when it cannot be sent."""
@@ -413,20 +454,26 @@ class Engine:
         group = Prompt(prompts[0].record_id, [], prompts[0].generation, group=tuple(prompts))
         outcome = await self._call(members[0][0], group, caller)
         if isinstance(outcome, dict):  # the group failed: each member gets the same error
+            failed = outcome["error"]
             for work, _ in members:
-                rows.append(
-                    {**outcome, **self._row(work, outcome["attempts"], error=outcome["error"])}
-                )
+                error = self._error(
+                    work,
+                    failed["type"],
+                    failed["message"],
+                    failed["retryable"],
+                    failed.get("status"),
+                )  # each row says where its own record is, not the first member's
+                rows.append(self._row(work, outcome["attempts"], error=error))
             return rows
         try:
             replies = self.provider.split_reply(outcome.reply, prompts)  # type: ignore[attr-defined]
             if len(replies) != len(prompts):
                 raise ValueError(f"{len(replies)} replies for {len(prompts)} inputs")
         except Exception as exc:
-            error = f"cannot split the grouped reply: {_describe(exc)}"
+            why = f"cannot split the grouped reply: {_describe(exc)}"
             for work, _ in members:
                 rows.append(
-                    self._row(work, outcome.attempts, error=self._error(work, "internal", error))
+                    self._row(work, outcome.attempts, error=self._error(work, "internal", why))
                 )
             return rows
         for (work, prompt), reply in zip(members, replies, strict=True):
@@ -588,13 +635,13 @@ class Engine:
     # -- around the pipeline ---------------------------------------------------------------
 
     async def _count_total(self) -> None:
+        """The number of records the run takes, when the loader can count cheaply and the
+        selection allows knowing it (a filter, shard or fractional sample makes it unknown)."""
         count = getattr(self.loader, "count", None)
-        if count is None:
+        if count is None or not self.selection.needs_count():
             return
         total = await anyio.to_thread.run_sync(count, abandon_on_cancel=True)
-        if total is not None and self.limit is not None:
-            total = min(total, self.limit)
-        self.stats.total = total
+        self.stats.total = self.selection.total(total)
 
     async def _tick(self, manifest: dict[str, Any]) -> None:
         last_sync = anyio.current_time()
@@ -662,6 +709,7 @@ class Engine:
             "recipe": str(self.recipe.path),
             "name": self.recipe.name,
             "recipe_hash": self.recipe.job_hash,
+            "call_hash": call_hash(self.recipe),  # lets `repost` see changed calls
             "provider": self.recipe.provider.name,
             "model": getattr(self.provider, "model", None),
             "output": str(self.recipe.output_path),
@@ -703,5 +751,5 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _take(records: Iterator[SourceRecord], n: int) -> list[SourceRecord]:
-    return list(itertools.islice(records, n))
+def _take(items: Iterator[_T], n: int) -> list[_T]:
+    return list(itertools.islice(items, n))

@@ -37,6 +37,10 @@ BUILTIN_MODULES = (
     "llmrun.builtins.postprocessors",
     "llmrun.builtins.writers",
     "llmrun.builtins.anthropic",
+    "llmrun.builtins.openai_completions",
+    "llmrun.builtins.openai_embeddings",
+    "llmrun.builtins.azure",
+    "llmrun.builtins.gemini",
 )
 ENTRY_POINT_GROUP = "llmrun"
 

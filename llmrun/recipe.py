@@ -11,8 +11,8 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -26,11 +26,20 @@ from .errors import PluginError, Problem, RecipeError
 from .plugins import Registry
 from .redaction import Redactor
 from .schema import CORE_KEYS, base_schema
+from .selection import compile_filter, parse_shard
 from .templates import make_environment
 from .yamlsource import Positions, dotted, load_yaml, position_of
 
 SECRET_WORDS = ("key", "token", "secret", "password", "auth")
-LOADER_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}
+LOADER_BY_SUFFIX = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".json": "json",
+    ".txt": "text",
+}
+COMPRESSED_SUFFIXES = (".gz", ".zst")
 RUN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
         "concurrency": 16,
@@ -101,6 +110,16 @@ class Recipe:
     secrets: frozenset[str]
     prices: Mapping[str, Any]  # model -> {input, output, cached_input} USD per 1M tokens
     job_hash: str  # hash of what decides the results (not run settings, never secrets)
+    # Record selection (llmrun/selection.py); `limit` above is part of it.
+    offset: int = 0
+    sample: float | int | None = None
+    seed: int = 0
+    filter: str | None = None
+    shard: tuple[int, int] | None = None
+    # Prompt images: templates rendering to a path/URL per record, attached to the last user
+    # message; and the detail asked for them.
+    images: tuple[str, ...] = ()
+    image_detail: str | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -160,7 +179,8 @@ def load_recipe(
     if problems:
         raise RecipeError(problems)
     try:
-        return build_recipe(data, positions, path, registry, frozenset(secrets))
+        recipe = build_recipe(data, positions, path, registry, frozenset(secrets))
+        return recipe if recipe.api_keys else _default_key(recipe, registry, env, positions)
     except RecipeError as exc:  # schema messages quote values: keep keys out of them
         redact = Redactor(secrets)
         raise RecipeError(
@@ -190,7 +210,7 @@ def build_recipe(
     )
     if data_section is not None and "loader" not in data_section:
         given = data_section.get("path")
-        guessed = LOADER_BY_SUFFIX.get(Path(str(given)).suffix.lower())
+        guessed = LOADER_BY_SUFFIX.get(_data_suffix(str(given)))
         if guessed is None:
             file, line, col = _locate(("data",), positions, filename)
             exts = ", ".join(LOADER_BY_SUFFIX)
@@ -272,6 +292,8 @@ def build_recipe(
         if spec:
             posts.append(spec)
     problems.extend(_template_problems(data.get("prompt"), path.parent, positions, filename))
+    if data_section is not None:
+        problems.extend(_selection_problems(data_section, path.parent, positions, filename))
     if problems:
         raise RecipeError(sorted(problems, key=lambda p: (p.file != filename, p.line or 0)))
     loader, provider, writer = found["loader"], found["provider"], found["writer"]
@@ -282,11 +304,14 @@ def build_recipe(
     if isinstance(prompt, str):
         messages: tuple[tuple[str, str], ...] = (("user", prompt),)
     elif "messages" in prompt:
-        messages = tuple((m["role"], m["content"]) for m in prompt["messages"])
+        # A content is a template string, or (with images) a list of parts, kept frozen.
+        messages = tuple((m["role"], freeze(m["content"])) for m in prompt["messages"])
     else:
         messages = tuple((role, prompt[role]) for role in ("system", "user") if role in prompt)
     run = {**RUN_DEFAULTS, **data.get("run", {})}
     include = output_section.get("include", "all")
+    images = prompt.get("images", ()) if isinstance(prompt, dict) else ()
+    shard = data_section.get("shard")
     return Recipe(
         path=path,
         name=str(data.get("name") or path.stem),
@@ -321,6 +346,54 @@ def build_recipe(
         secrets=secrets,
         prices=freeze(data.get("prices", {})),
         job_hash=job_hash(data, secrets),
+        offset=int(data_section.get("offset", 0)),
+        sample=data_section.get("sample"),
+        seed=int(data_section.get("seed", 0)),
+        filter=data_section.get("filter"),
+        shard=None if shard is None else parse_shard(str(shard)),
+        images=(images,) if isinstance(images, str) else tuple(images),
+        image_detail=prompt.get("image_detail") if isinstance(prompt, dict) else None,
+    )
+
+
+def _data_suffix(path: str) -> str:
+    """The extension that names a data file's format, behind any compression (``.jsonl.gz``)."""
+    name = Path(path).name.lower()
+    for suffix in COMPRESSED_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return Path(name).suffix
+
+
+def _default_key(
+    recipe: Recipe, registry: Registry, env: Environment, positions: Positions
+) -> Recipe:
+    """The recipe with the key its provider reads from the environment when ``api_keys`` is
+    not given: a provider class may say where with ``api_key_env(options) -> (VAR, required)``.
+    The key joins ``secrets``, so it is redacted like any other."""
+    cls = registry.get("provider", recipe.provider.name).cls
+    where = getattr(cls, "api_key_env", None)
+    found = where(recipe.provider.options) if callable(where) else None
+    if not found:
+        return recipe
+    name, required = found
+    value = env.get(name)
+    if value:
+        return replace(recipe, api_keys=(value,), secrets=recipe.secrets | {value})
+    if not required:
+        return recipe
+    file, line, col = _locate(("provider", "name"), positions, str(recipe.path))
+    raise RecipeError(
+        [
+            Problem(
+                f"environment variable {name} is not set: provider {recipe.provider.name!r} "
+                f"reads its key from it when provider.api_keys is not given (set it, add "
+                f"{name}=... to {recipe.base_dir / '.env'}, or give provider.api_keys)",
+                "provider.api_keys",
+                file,
+                line,
+                col,
+            )
+        ]
     )
 
 
@@ -333,8 +406,10 @@ def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:
     relevant["provider"] = {
         k: v for k, v in (relevant["provider"] or {}).items() if k != "api_keys"
     }
-    # How many records to take decides no record's result, like --limit.
-    relevant["data"] = {k: v for k, v in (relevant["data"] or {}).items() if k != "limit"}
+    # How many records to take decides no record's result, like --limit; nor does which part
+    # (offset, shard) or which sample of them. `filter` stays: it defines the job's population.
+    portion = ("limit", "offset", "shard", "sample", "seed")
+    relevant["data"] = {k: v for k, v in (relevant["data"] or {}).items() if k not in portion}
     text = json.dumps(_redacted(relevant, secret_set), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -541,8 +616,21 @@ def _template_problems(
         sources += [(("prompt", k), prompt[k]) for k in ("system", "user") if k in prompt]
         messages = prompt.get("messages")
         for i, msg in enumerate(messages if isinstance(messages, list) else []):
-            if isinstance(msg, dict):
-                sources.append((("prompt", "messages", i, "content"), msg.get("content")))
+            if not isinstance(msg, dict):
+                continue
+            content = msg.get("content")
+            if not isinstance(content, list):
+                sources.append((("prompt", "messages", i, "content"), content))
+                continue
+            for j, part in enumerate(content):
+                for key in ("text", "source"):
+                    if isinstance(part, dict) and key in part:
+                        sources.append((("prompt", "messages", i, "content", j, key), part[key]))
+        images = prompt.get("images")
+        if isinstance(images, str):
+            sources.append((("prompt", "images"), images))
+        elif isinstance(images, list):
+            sources += [(("prompt", "images", i), src) for i, src in enumerate(images)]
     env = make_environment(base_dir)
     problems: list[Problem] = []
     for where, source in sources:
@@ -561,6 +649,27 @@ def _template_problems(
                     col,
                 )
             )
+    return problems
+
+
+def _selection_problems(
+    section: Mapping[str, Any], base_dir: Path, positions: Positions, filename: str
+) -> list[Problem]:
+    """A bad shard or filter expression, reported with the recipe's other faults."""
+    problems: list[Problem] = []
+    checks: list[tuple[str, Callable[[Any], Any]]] = [
+        ("shard", lambda v: parse_shard(str(v))),
+        ("filter", lambda v: compile_filter(str(v), base_dir)),
+    ]
+    for key, check in checks:
+        if key not in section:
+            continue
+        try:
+            check(section[key])
+        except (ValueError, RecipeError) as exc:
+            message = exc.problems[0].message if isinstance(exc, RecipeError) else str(exc)
+            file, line, col = _locate(("data", key), positions, filename)
+            problems.append(Problem(message, dotted(("data", key)), file, line, col))
     return problems
 
 

@@ -13,7 +13,11 @@ from .plugins import Registry
 # Keys of each component section that belong to the core, not to the component.
 CORE_KEYS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     # kind: (recipe section, key naming the component, core keys)
-    "loader": ("data", "loader", ("loader", "id", "limit")),
+    "loader": (
+        "data",
+        "loader",
+        ("loader", "id", "limit", "offset", "sample", "seed", "filter", "shard"),
+    ),
     "provider": ("provider", "name", ("name", "api_keys")),
     "writer": ("output", "writer", ("writer", "include", "raw")),
 }

@@ -3,64 +3,151 @@
 Besides each field, a template can use ``record`` (the whole record, for field names that are not
 identifiers). A record lacking a variable the template needs is never sent: it becomes an error
 row naming the missing fields and the ones the record has.
+
+What templates get beyond Jinja's own: ``{% include %}``/``{% import %}`` of files beside the
+recipe; ``load("shots.jsonl")``, a file's content (few-shot examples) parsed by its extension;
+the filters ``tojson`` (without Jinja's HTML escaping), ``truncate`` (Jinja's, in characters)
+and ``truncate_tokens(n)``; and images, attached as neutral image parts (see ``values.Prompt``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import csv
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import jinja2.meta
+import yaml
 
-from .errors import Problem, RecipeError, TemplateError
+from .errors import Problem, RecipeError, RecordError, TemplateError
+from .images import ImageError
+from .tokens import count_text
 from .values import Prompt
 
 ALWAYS_DEFINED = frozenset({"record"})
+URL_PREFIXES = ("http://", "https://", "data:")
+MessageSource = tuple[str, Any]  # (role, template string or a sequence of parts)
+
+
+def tojson(value: Any, indent: int | None = None) -> str:
+    """JSON for a prompt: readable Unicode, no HTML escaping (Jinja's own escapes < > & ')."""
+    return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
+
+
+def truncate_tokens(value: Any, limit: int, end: str = "...") -> str:
+    """The text cut to at most ``limit`` tokens (``llmrun.tokens.count_text``), ``end``
+    included when it is cut."""
+    text = str(value)
+    if count_text(text) <= limit:
+        return text
+    lo, hi = 0, len(text)  # the longest prefix that fits with `end`, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count_text(text[:mid] + end) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo] + end if lo or count_text(end) <= limit else ""
+
+
+def read_data_file(path: Path) -> Any:
+    """A file's content, parsed by its extension: .jsonl -> list, .json/.yaml -> value,
+    .csv/.tsv -> list of dicts (strings), anything else -> text."""
+    suffix = path.suffix.lower()
+    with open(path, encoding="utf-8-sig", newline="" if suffix in (".csv", ".tsv") else None) as fh:
+        if suffix in (".jsonl", ".ndjson"):
+            return [json.loads(line) for line in fh if line.strip()]
+        if suffix == ".json":
+            return json.load(fh)
+        if suffix in (".yaml", ".yml"):
+            return yaml.safe_load(fh)
+        if suffix in (".csv", ".tsv"):
+            return list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
+        return fh.read()
 
 
 def make_environment(base_dir: Path) -> jinja2.Environment:
-    """The Jinja2 environment recipes render in: strict, no HTML escaping, includes relative to
-    the recipe's folder."""
-    return jinja2.Environment(
+    """The Jinja2 environment recipes render in: strict, no HTML escaping, includes and
+    ``load()`` relative to the recipe's folder."""
+    env = jinja2.Environment(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
         loader=jinja2.FileSystemLoader(str(base_dir)),
     )
+    env.filters["tojson"] = tojson
+    env.filters["truncate_tokens"] = truncate_tokens
+    loaded: dict[str, Any] = {}
+
+    def load(name: str) -> Any:
+        # Loaded once per run, whatever the number of records; the value is shared, so
+        # templates must not change it (Jinja gives them no way to).
+        if name not in loaded:
+            try:
+                loaded[name] = read_data_file(base_dir / name)
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                raise TemplateError(f"load({name!r}): {exc}") from None
+        return loaded[name]
+
+    env.globals["load"] = load
+    return env
 
 
 class PromptTemplate:
-    """The recipe's messages, compiled once, rendered per record."""
+    """The recipe's messages (and images), compiled once, rendered per record."""
 
     def __init__(
         self,
-        messages: Iterable[tuple[str, str]],
+        messages: Iterable[MessageSource],
         generation: Mapping[str, Any],
         base_dir: Path,
         recipe_file: str = "",
+        *,
+        images: Sequence[str] = (),
+        image_detail: str | None = None,
     ) -> None:
-        env = make_environment(base_dir)
-        self._messages: list[tuple[str, jinja2.Template]] = []
-        needed: set[str] = set()
-        for i, (role, source) in enumerate(list(messages)):
-            try:
-                ast = env.parse(source)
-                needed |= jinja2.meta.find_undeclared_variables(ast)
-                self._messages.append((role, env.from_string(source)))
-            except jinja2.TemplateSyntaxError as exc:
-                raise RecipeError(
-                    [
-                        Problem(
-                            f"template syntax error (template line {exc.lineno}): {exc.message}",
-                            f"prompt (message {i + 1}, {role})",
-                            recipe_file,
-                        )
-                    ]
-                ) from None
-        self.variables = frozenset(needed - ALWAYS_DEFINED)
+        self.env = env = make_environment(base_dir)
+        self.base_dir = base_dir
+        self._needed: set[str] = set()
+        self._recipe_file = recipe_file
+        # (role, template) or (role, [("text", template, None) | ("image", template, detail)])
+        self._messages: list[tuple[str, Any]] = []
+        for i, (role, content) in enumerate(list(messages)):
+            where = f"prompt (message {i + 1}, {role})"
+            if isinstance(content, str):
+                self._messages.append((role, self._compile(content, where)))
+                continue
+            parts = []
+            for part in content:
+                if part.get("type") == "image":
+                    tpl = self._compile(str(part["source"]), where)
+                    parts.append(("image", tpl, part.get("detail")))
+                else:
+                    parts.append(("text", self._compile(str(part.get("text", "")), where), None))
+            self._messages.append((role, parts))
+        self._images = [self._compile(src, "prompt.images") for src in images]
+        self._detail = image_detail
+        self.variables = frozenset(self._needed - ALWAYS_DEFINED - set(env.globals))
         self._generation = dict(generation)
+
+    def _compile(self, source: str, where: str) -> jinja2.Template:
+        try:
+            ast = self.env.parse(source)
+            self._needed |= jinja2.meta.find_undeclared_variables(ast)
+            return self.env.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise RecipeError(
+                [
+                    Problem(
+                        f"template syntax error (template line {exc.lineno}): {exc.message}",
+                        where,
+                        self._recipe_file,
+                    )
+                ]
+            ) from None
 
     def missing(self, record: Mapping[str, Any]) -> list[str]:
         """The template's variables this record lacks (some may be guarded by ``is defined``
@@ -68,12 +155,21 @@ class PromptTemplate:
         return sorted(v for v in self.variables if v not in record)
 
     def render(self, record_id: str, record: Mapping[str, Any]) -> Prompt:
-        """The rendered prompt; TemplateError when the record cannot fill the template."""
+        """The rendered prompt; TemplateError when the record cannot fill the template,
+        ImageError when an attached local image does not exist."""
         context = {**record, "record": record}
         try:
             rendered = [
-                {"role": role, "content": tpl.render(context)} for role, tpl in self._messages
+                {"role": role, "content": self._content(content, context)}
+                for role, content in self._messages
             ]
+            extra = [
+                self._image_part(source, self._detail)
+                for tpl in self._images
+                for source in _sources(tpl.render(context))
+            ]
+        except RecordError:
+            raise
         except jinja2.UndefinedError as exc:
             missing = self.missing(record)
             if missing:
@@ -84,4 +180,70 @@ class PromptTemplate:
             raise TemplateError(f"prompt template: {exc.message}") from None
         except Exception as exc:  # a filter or expression failed on this record's values
             raise TemplateError(f"prompt template failed: {type(exc).__name__}: {exc}") from None
+        if extra:
+            _attach(rendered, extra)
         return Prompt(record_id, rendered, self._generation)
+
+    def _content(self, content: Any, context: Mapping[str, Any]) -> str | list[dict[str, Any]]:
+        if isinstance(content, jinja2.Template):
+            return content.render(context)
+        parts: list[dict[str, Any]] = []
+        for kind, tpl, detail in content:
+            if kind == "text":
+                parts.append({"type": "text", "text": tpl.render(context)})
+            else:
+                parts.extend(
+                    self._image_part(source, detail) for source in _sources(tpl.render(context))
+                )
+        return parts
+
+    def _image_part(self, source: str, detail: str | None) -> dict[str, Any]:
+        """A neutral image part; a local file is resolved against the recipe's folder and must
+        exist now, so the error row names this record rather than a failure at send time."""
+        if not source.startswith(URL_PREFIXES):
+            path = (self.base_dir / source).resolve()
+            if not path.is_file():
+                raise ImageError(f"image {source!r} not found ({path})")
+            source = str(path)
+        return {"type": "image", "source": source, "detail": detail}
+
+    def field_report(self, records: Iterable[Mapping[str, Any]]) -> str | None:
+        """A warning when some of these records cannot fill the prompt for lack of variables
+        (None when all can): which variables, how many records, and the fields they do have."""
+        seen: set[str] = set()
+        lacking: dict[str, int] = {}
+        total = 0
+        for record in records:
+            total += 1
+            seen.update(map(str, record))
+            try:  # a variable guarded by `| default` or `is defined` is not lacking
+                self.render("", record)
+            except TemplateError:
+                for name in self.missing(record):
+                    lacking[name] = lacking.get(name, 0) + 1
+            except RecordError:
+                pass  # an image: that record's own error row says which
+        if not lacking:
+            return None
+        uses = ", ".join(f"{name} ({n} of {total})" for name, n in sorted(lacking.items()))
+        return (
+            f"the prompt uses fields that the first {total} record(s) lack: {uses}; "
+            f"fields they have: {', '.join(sorted(seen)) or 'none'}"
+        )
+
+
+def _sources(rendered: str) -> list[str]:
+    """Image sources in a rendered value: one per line, blank lines ignored."""
+    return [line.strip() for line in rendered.splitlines() if line.strip()]
+
+
+def _attach(messages: list[dict[str, Any]], images: list[dict[str, Any]]) -> None:
+    """Add image parts to the last user message (a new one when there is none)."""
+    for message in reversed(messages):
+        if message["role"] == "user":
+            content = message["content"]
+            if isinstance(content, str):
+                content = [{"type": "text", "text": content}] if content else []
+            message["content"] = [*content, *images]
+            return
+    messages.append({"role": "user", "content": images})

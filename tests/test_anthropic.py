@@ -12,9 +12,12 @@ import httpx
 import pytest
 import yaml
 
+from llmrun.api import run_recipe_sync
 from llmrun.builtins.anthropic import AnthropicMessages
 from llmrun.errors import CallError
+from llmrun.hookspecs import Register, hookimpl
 from llmrun.images import ImageError
+from llmrun.plugins import load_registry
 from llmrun.testing.fake_anthropic import FakeAnthropic, Fault, RecordedRequest
 from llmrun.values import ComponentContext, Prompt
 
@@ -115,7 +118,7 @@ def test_a_rejected_key_stops_the_run_after_one_call(tmp_path: Path) -> None:
     assert read_jsonl(tmp_path / "out.jsonl") == []
 
 
-@pytest.mark.parametrize("status", [429, 529, 500])
+@pytest.mark.parametrize("status", [429, 529])
 def test_rate_limits_and_overload_are_retried(tmp_path: Path, status: int) -> None:
     seen: dict[str, int] = {}
 
@@ -217,6 +220,8 @@ def test_tools_and_tool_choice_are_converted_and_tool_calls_normalized() -> None
         assert srv.requests[-1].body["tool_choice"] == {"type": "tool", "name": "get_weather"}
         send(srv, prov, Prompt("c", messages, {"tools": [WEATHER], "tool_choice": "none"}))
         assert srv.requests[-1].body["tool_choice"] == {"type": "none"}
+        send(srv, prov, Prompt("d", messages, {"tool_choice": "auto"}))  # no tools: not sent
+        assert "tool_choice" not in srv.requests[-1].body
 
 
 def test_a_json_schema_response_format_is_a_forced_tool_and_comes_back_parsed() -> None:
@@ -408,3 +413,85 @@ def test_the_docs_snippet_runs(tmp_path: Path) -> None:
     assert srv.requests[0].body["system"].startswith("You label sentiment.")
     rows = read_jsonl(tmp_path / "out/sentiment-claude.jsonl")
     assert [(r["id"], r["text"]) for r in rows] == [("a", "echo: Lovely.")]
+
+
+class PicturePlugin:
+    """Stands in for the prompt's ``images:`` key (built elsewhere): the provider
+    ``anthropic-pictures`` attaches the file named by the last word of the user message."""
+
+    class Provider(AnthropicMessages):
+        def body(self, prompt: Prompt) -> dict[str, Any]:
+            text = prompt.messages[-1]["content"]
+            part = {"type": "image", "source": text.split()[-1]}
+            messages = [{"role": "user", "content": [{"type": "text", "text": text}, part]}]
+            return super().body(Prompt(prompt.record_id, messages, prompt.generation))
+
+    @staticmethod
+    @hookimpl
+    def register_providers(register: Register) -> None:
+        register("anthropic-pictures", PicturePlugin.Provider)
+
+
+def test_images_reach_the_server_from_a_record_and_a_bad_one_is_an_error_row(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "good.png").write_bytes(PNG)
+    (tmp_path / "bad.png").write_text("not an image")
+    records = [
+        {"id": "a", "text": str(tmp_path / "good.png")},
+        {"id": "b", "text": str(tmp_path / "bad.png")},
+    ]
+    write_jsonl(tmp_path / "data.jsonl", records)
+    registry = load_registry(entry_points=False, plugins={"pictures": PicturePlugin})
+    with FakeAnthropic(api_keys={KEY}) as srv:
+        spec = {**anthropic(srv), "name": "anthropic-pictures"}
+        recipe = write_recipe(tmp_path, basic_recipe(spec, prompt="{{ text }}"))
+        summary = run_recipe_sync(recipe, registry=registry)
+    assert (summary.stats.ok, summary.stats.error) == (1, 1)
+    assert srv.count() == 1  # the bad image was never sent
+    block = srv.requests[0].body["messages"][0]["content"][1]
+    assert block == {
+        "type": "image",
+        "source": {
+            "type": "base64",
+            "media_type": "image/png",
+            "data": base64.b64encode(PNG).decode(),
+        },
+    }
+    rows = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    assert rows["a"]["status"] == "ok"
+    assert rows["b"]["status"] == "error"
+    assert rows["b"]["error"]["type"] == "image"
+    assert "is not a PNG, JPEG, GIF or WebP image" in rows["b"]["error"]["message"]
+
+
+def test_cache_system_marks_the_system_prompt_for_the_prompt_cache(tmp_path: Path) -> None:
+    with FakeAnthropic(api_keys={KEY}) as srv:
+        recipe = setup(tmp_path, anthropic(srv, cache_system=True), n=2)
+        result = run_cli("run", str(recipe), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for request in srv.requests:
+        assert request.body["system"] == [
+            {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}
+        ]
+
+
+def test_an_empty_assistant_turn_is_left_out_as_the_api_refuses_it() -> None:
+    with FakeAnthropic(api_keys={KEY}) as srv:
+        prov, _ = provider(srv)
+        messages = [
+            {"role": "user", "content": "Give JSON."},
+            {"role": "assistant", "content": ""},  # an empty reply, reasked
+            {"role": "user", "content": "That was empty: answer in JSON."},
+        ]
+        reply = send(srv, prov, Prompt("a", messages, {}))
+        assert [m["role"] for m in srv.requests[-1].body["messages"]] == ["user", "user"]
+        assert reply.text == "echo: That was empty: answer in JSON."
+        with httpx.Client(base_url=srv.url) as client:
+            refused = client.post(
+                "/v1/messages",
+                json={"model": "m", "max_tokens": 5, "messages": messages},
+                headers={"x-api-key": KEY, "anthropic-version": "2023-06-01"},
+            )
+        assert refused.status_code == 400
+        assert "non-empty content" in refused.json()["error"]["message"]

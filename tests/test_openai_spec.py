@@ -3,6 +3,7 @@ against CreateChatCompletionRequest in the official OpenAPI document (../shared/
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -69,13 +70,19 @@ class ChatSpec:
         return found
 
 
+@functools.cache
+def load_spec(path: Path) -> ChatSpec:
+    """Read once per test session (a 3 MB document); the modules that check bodies share it."""
+    return ChatSpec(path)
+
+
 @pytest.fixture(scope="module")
 def spec() -> Iterator[ChatSpec]:
     if not SPEC.is_file():
         if os.environ.get("CI"):  # CI always has shared/: a missing spec must not pass quietly
             pytest.fail(f"the OpenAI OpenAPI document is not at {SPEC}")
         pytest.skip(f"the OpenAI OpenAPI document is not at {SPEC}")
-    yield ChatSpec(SPEC)
+    yield load_spec(SPEC)
 
 
 RECORD = {"id": "rec-1", "text": "Le café était froid ☕", "tags": ["a", "b"], "n": 3}

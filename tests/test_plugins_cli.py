@@ -137,6 +137,7 @@ def test_third_party_components_are_listed_with_their_package(site: Path):
         assert found[key]["version"] == "1.2.3"
         assert found[key]["plugin"] == "good"
     assert data["failures"] == []
+    # Wide enough that no name is folded over two lines, however many built-ins there are.
     table = run_cli("plugins", env={**env_for(site, "good"), "COLUMNS": "200"})
     assert "llmrun-fixture-good" in table.stdout and "numbers" in table.stdout
 

@@ -113,7 +113,7 @@ def test_loader_inferred_from_extension(tmp_path: Path, registry: Registry, path
 
 
 def test_loader_not_inferable_from_extension(tmp_path: Path, registry: Registry):
-    p = only(problems_of(write(tmp_path, GOOD.replace("data.jsonl", "data.txt")), registry))
+    p = only(problems_of(write(tmp_path, GOOD.replace("data.jsonl", "data.xml")), registry))
     assert (p.line, p.column, p.path) == (2, 1, "data")
     assert "none implied by the path's extension" in p.message and "loader:" in p.message
 
@@ -652,7 +652,8 @@ def test_job_hash_changes_with_what_decides_results(tmp_path: Path, registry: Re
 
 
 def test_job_hash_changes_with_the_model(tmp_path: Path, registry: Registry):
-    path = write_recipe(tmp_path, basic_recipe({"name": "openai", "model": "gpt-a"}))
+    provider = {"name": "openai", "model": "gpt-a", "api_keys": ["k"]}
+    path = write_recipe(tmp_path, basic_recipe(provider))
     a = load(path, registry).job_hash
     b = load(path, registry, "provider.model=gpt-b").job_hash
     assert a != b

@@ -76,6 +76,12 @@ class AnthropicMessages:
                 "description": "Sent when generation sets neither max_tokens nor "
                 "max_completion_tokens (the API requires one).",
             },
+            "cache_system": {
+                "type": "boolean",
+                "default": False,
+                "description": "Mark the system prompt for Anthropic's prompt cache "
+                "(cache_control: ephemeral), so records sharing it pay the cached price.",
+            },
             "beta": {
                 "type": "array",
                 "items": {"type": "string"},
@@ -98,6 +104,7 @@ class AnthropicMessages:
         base = str(options.get("base_url") or "https://api.anthropic.com").rstrip("/")
         self.url = httpx.URL(base + "/v1/messages")
         self.max_tokens = int(options.get("max_tokens") or DEFAULT_MAX_TOKENS)
+        self.cache_system = bool(options.get("cache_system"))
         headers = {
             "content-type": "application/json",
             "accept": "application/json",
@@ -118,12 +125,17 @@ class AnthropicMessages:
         gen = thaw(prompt.generation)
         system: list[str] = []
         messages: list[dict[str, Any]] = []
-        for message in prompt.messages:
-            role = message.get("role")
+        last = len(prompt.messages) - 1
+        for i, message in enumerate(prompt.messages):
+            role, content = message.get("role"), message.get("content")
             if role in ("system", "developer"):
-                system.append(text_of(message.get("content")))
+                system.append(text_of(content))
+            elif role == "assistant" and i < last and content in ("", None, []):
+                # The API refuses empty turns (an empty reply being reasked); the user turns
+                # around it are merged by the API.
+                continue
             else:
-                messages.append({"role": role, "content": self._content(message.get("content"))})
+                messages.append({"role": role, "content": self._content(content)})
         body: dict[str, Any] = {
             "model": self.model,
             "max_tokens": gen.get("max_completion_tokens")
@@ -131,12 +143,20 @@ class AnthropicMessages:
             or self.max_tokens,
             "messages": messages,
         }
-        if system:
+        if system and self.cache_system:
+            text = "\n\n".join(system)
+            body["system"] = [
+                {"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}
+            ]
+        elif system:
             body["system"] = "\n\n".join(system)
         if "temperature" in gen:
             temperature = gen["temperature"]
             if temperature > 1:
-                self._dropper.drop("temperature above 1", "Anthropic's range is 0-1: sent as 1")
+                self._dropper.once(
+                    "temperature",
+                    f"generation.temperature {temperature} is above anthropic's maximum: sent as 1",
+                )
                 temperature = 1.0
             body["temperature"] = temperature
         for key in ("top_p", "top_k"):
@@ -156,7 +176,7 @@ class AnthropicMessages:
             choice = {"type": "tool", "name": STRUCTURED_TOOL}
         if tools:
             body["tools"] = tools
-        if choice is not None:
+        if choice is not None and tools:  # the API refuses a tool_choice without tools
             body["tool_choice"] = choice
         body.update(self._extra_body)
         return body

@@ -18,8 +18,12 @@ import httpx
 
 from ..components import Transport
 from ..hookspecs import Register, hookimpl
+from ..jsontext import instance_of, read_schema
+from ..recipe import thaw
 from ..values import ComponentContext
 from .openai import OpenAIChat
+
+BAD_REPLY = "Sorry, I cannot help with that."
 
 
 class MockProvider(OpenAIChat):
@@ -49,20 +53,45 @@ class MockProvider(OpenAIChat):
             "seed": {
                 "type": "integer",
                 "default": 0,
-                "description": "Seed of the draw deciding which calls fail.",
+                "description": "Seed of the draws (which calls fail, values of generated JSON).",
             },
+            "json_schema": {
+                "type": "object",
+                "description": "Answer with JSON valid against this schema (else the one in "
+                "generation.response_format when it holds a json_schema).",
+            },
+            "json_schema_file": {
+                "type": "string",
+                "description": "The same, from a JSON or YAML file relative to the recipe.",
+            },
+            "bad_replies": {
+                "type": "integer",
+                "minimum": 0,
+                "default": 0,
+                "description": "The first N answers to each prompt are `bad_reply` instead; "
+                "a follow-up turn (a reask) gets the next answer.",
+            },
+            "bad_reply": {"type": "string", "default": BAD_REPLY},
         },
     }
     default_base_url = "http://mock.invalid/v1"
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         super().__init__({"model": options.get("model", "mock")}, context)
+        schema = thaw(options.get("json_schema"))
+        if "json_schema_file" in options:
+            schema = read_schema(
+                context.base_dir / str(options["json_schema_file"]), "provider mock"
+            )
         self._transport = MockTransport(
             latency_s=float(options.get("latency_s", 0)),
             replies=tuple(options.get("replies") or ()),
             error_rate=float(options.get("error_rate", 0)),
             error_status=int(options.get("error_status", 500)),
             seed=int(options.get("seed", 0)),
+            json_schema=schema,
+            bad_replies=int(options.get("bad_replies", 0)),
+            bad_reply=str(options.get("bad_reply", BAD_REPLY)),
         )
 
     def transport(self) -> Transport | None:
@@ -80,8 +109,15 @@ class MockTransport:
         error_rate: float,
         error_status: int,
         seed: int,
+        json_schema: Mapping[str, Any] | None = None,
+        bad_replies: int = 0,
+        bad_reply: str = BAD_REPLY,
     ) -> None:
         self.latency_s = latency_s
+        self.seed = seed
+        self.json_schema = json_schema
+        self.bad_replies = bad_replies
+        self.bad_reply = bad_reply
         self.replies = replies
         self.error_rate = error_rate
         self.error_status = error_status
@@ -104,7 +140,30 @@ class MockTransport:
             (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), ""
         )
         digest = hashlib.sha256(prompt_text.encode("utf-8", "surrogatepass")).digest()
-        if self.replies:
+        schema = self.json_schema or _requested_schema(payload)
+        # Stateless, so resume and concurrency cannot change it: how many bad answers this
+        # conversation already holds says whether the next one is bad too.
+        given = sum(
+            1
+            for m in messages
+            if m.get("role") == "assistant" and m.get("content") == self.bad_reply
+        )
+        if given < self.bad_replies:
+            text = self.bad_reply
+        elif schema is not None:
+            # Seeded by the prompt without the follow-ups to bad answers, so the answer after
+            # a reask is the one a first try would have given.
+            asked = list(messages)
+            while (
+                len(asked) >= 2
+                and asked[-2].get("role") == "assistant"
+                and asked[-2].get("content") == self.bad_reply
+            ):
+                del asked[-2:]
+            prompt = "\n".join(str(m.get("content", "")) for m in asked)
+            rng = random.Random(f"{self.seed}:{prompt}")
+            text = json.dumps(instance_of(schema, rng), ensure_ascii=False)
+        elif self.replies:
             text = self.replies[int.from_bytes(digest[:4], "big") % len(self.replies)]
         else:
             text = "mock reply to: " + " ".join(user.split())[:80]
@@ -138,6 +197,16 @@ class MockTransport:
 
     async def aclose(self) -> None:
         pass
+
+
+def _requested_schema(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    fmt = payload.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        return schema if isinstance(schema, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        return {"type": "object"}
+    return None
 
 
 @hookimpl

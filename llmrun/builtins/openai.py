@@ -1,19 +1,21 @@
-"""The ``openai`` provider: Chat Completions on OpenAI or any OpenAI-compatible server."""
+"""The ``openai`` provider: Chat Completions on OpenAI or any OpenAI-compatible server.
+
+Shared parts (options, presets, headers, errors) are in ``openai_wire``; this module holds the
+chat wire format: messages with image parts, generation keys, and the reply normalized (choices,
+tool calls, structured output).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
-import httpx
-
-from ..components import Transport
-from ..errors import CallError
-from ..failures import bad_body, classify_http
 from ..hookspecs import Register, hookimpl
-from ..recipe import thaw
-from ..values import ComponentContext, Prompt, Reply, Usage
+from ..images import load_image
+from ..values import Prompt, Reply
+from .openai_wire import OpenAIShaped, error_from, usage_of
+
+__all__ = ["FINISH_REASONS", "OpenAIChat", "chat_messages", "error_from", "register_providers"]
 
 FINISH_REASONS = {
     "stop": "stop",
@@ -22,142 +24,98 @@ FINISH_REASONS = {
     "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
+JSON_FORMATS = ("json_object", "json_schema")
 
 
-class OpenAIChat:
+class OpenAIChat(OpenAIShaped):
     """POST {base_url}/chat/completions with a bearer key; replies normalized to ``Reply``."""
 
-    options_schema: ClassVar[Mapping[str, Any]] = {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["model"],
-        "properties": {
-            "model": {"type": "string", "minLength": 1},
-            "base_url": {
-                "type": "string",
-                "default": "https://api.openai.com/v1",
-                "pattern": "^https?://",
-                "description": "Any OpenAI-compatible server (vLLM, Ollama, ...).",
-            },
-            "organization": {"type": "string"},
-            "headers": {
-                "type": "object",
-                "additionalProperties": {"type": "string"},
-                "description": "Extra HTTP headers sent with every request.",
-            },
-            "extra_body": {
-                "type": "object",
-                "description": "Merged into every request body (server-specific parameters).",
-            },
-        },
-    }
-    default_base_url = "https://api.openai.com/v1"
-
-    def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
-        self.model = str(options["model"])
-        base = str(options.get("base_url") or self.default_base_url).rstrip("/")
-        self.url = httpx.URL(base + "/chat/completions")
-        extra_headers = {"content-type": "application/json", "accept": "application/json"}
-        if options.get("organization"):
-            extra_headers["openai-organization"] = str(options["organization"])
-        extra_headers.update({k.lower(): str(v) for k, v in (options.get("headers") or {}).items()})
-        self._base_headers = extra_headers
-        self._headers_by_key: dict[str | None, httpx.Headers] = {}
-        self._extra_body = thaw(options.get("extra_body") or {})
-
-    def _headers(self, api_key: str | None) -> httpx.Headers:
-        headers = self._headers_by_key.get(api_key)
-        if headers is None:
-            values = dict(self._base_headers)
-            if api_key:
-                values["authorization"] = f"Bearer {api_key}"
-            headers = self._headers_by_key[api_key] = httpx.Headers(values)
-        return headers
+    json_requested = False  # set by body(): did the request ask for JSON (response_format)?
 
     def body(self, prompt: Prompt) -> dict[str, Any]:
         """The request body (also what batch mode writes per line)."""
-        body: dict[str, Any] = {"model": self.model, "messages": prompt.messages}
-        body.update(prompt.generation)
+        body: dict[str, Any] = {"model": self.model, "messages": chat_messages(prompt.messages)}
+        body.update(self.generation(prompt))
         body.update(self._extra_body)
+        fmt = body.get("response_format")
+        # Every prompt of a run has the same generation keys: what the last body asked holds.
+        self.json_requested = isinstance(fmt, dict) and fmt.get("type") in JSON_FORMATS
         return body
 
-    def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
-        # backslashreplace: a lone surrogate from the input goes out as its JSON escape.
-        content = json.dumps(self.body(prompt), ensure_ascii=False).encode(
-            "utf-8", "backslashreplace"
-        )
-        return httpx.Request("POST", self.url, headers=self._headers(api_key), content=content)
-
-    def parse_response(self, response: httpx.Response) -> Reply:
-        status = response.status_code
-        if status >= 300:
-            raise error_from(response)
-        try:
-            data = json.loads(response.content)
-            reply = self.reply_from_body(data)
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise bad_body(
-                f"{type(exc).__name__} reading chat completion ({len(response.content)} bytes)",
-                status,
-            ) from None
-        reply.request_id = response.headers.get("x-request-id") or reply.request_id
-        return reply
-
     def reply_from_body(self, data: dict[str, Any]) -> Reply:
-        """A successful chat completion body as a Reply (raises KeyError/TypeError/... when the
-        body is not one); batch mode parses its result lines with it."""
+        """A successful chat completion body as a ``Reply``."""
         choices = data["choices"]
         first = choices[0]
-        texts = [(c.get("message") or {}).get("content") for c in choices]
-        usage = data.get("usage") or {}
-        details_in = usage.get("prompt_tokens_details") or {}
-        details_out = usage.get("completion_tokens_details") or {}
+        messages = [c.get("message") or {} for c in choices]
+        texts: list[str | None] = [m.get("content") for m in messages]
         raw_finish = first.get("finish_reason")
+        calls = messages[0].get("tool_calls")
         return Reply(
             text=texts[0],
             finish_reason=FINISH_REASONS.get(raw_finish, "other") if raw_finish else None,
-            usage=Usage(
-                input_tokens=usage.get("prompt_tokens"),
-                output_tokens=usage.get("completion_tokens"),
-                cached_tokens=details_in.get("cached_tokens"),
-                reasoning_tokens=details_out.get("reasoning_tokens"),
-            ),
+            usage=usage_of(data),
             model=data.get("model"),
             request_id=data.get("id"),
             choices=texts if len(texts) > 1 else None,
+            tool_calls=[tool_call(c) for c in calls] if calls else None,
+            parsed=self._parsed(texts[0]),
             raw=data,
         )
 
     def batch_api(self) -> Any:
-        """The OpenAI Batch API for this provider's endpoint (``llmrun.batch.contract``)."""
+        """The OpenAI Batch API at this provider's base URL (``llmrun.batch.contract``); None
+        for a subclass that builds its URLs another way (Azure deployments), whose batch
+        endpoints differ."""
+        if type(self)._url is not OpenAIShaped._url:
+            return None
         from ..batch.openai import OpenAIBatches
 
-        return OpenAIBatches(self, str(self.url).rsplit("/chat/completions", 1)[0], self._headers)
+        return OpenAIBatches(self, self.base_url, self._headers)
 
-    def transport(self) -> Transport | None:
-        return None
-
-
-def _error_details(response: httpx.Response) -> tuple[str, str | None]:
-    """The provider's error message and code, from an OpenAI-shaped error body if there is
-    one, else the start of the body."""
-    try:
-        data = json.loads(response.content)
-    except ValueError:
-        return response.text[:300].strip(), None
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        code = error.get("code") or error.get("type")
-        return str(error.get("message") or ""), str(code) if code else None
-    if isinstance(error, str):
-        return error, None
-    return json.dumps(data)[:300], None
+    def _parsed(self, text: str | None) -> Any:
+        """The structured value when the request asked for JSON and the text is JSON."""
+        if text is None or not self.json_requested:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
 
 
-def error_from(response: httpx.Response) -> CallError:
-    """The classified error for a failed response (for providers sharing this wire format)."""
-    message, code = _error_details(response)
-    return classify_http(response.status_code, message, response.headers, code=code)
+def tool_call(call: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI tool call as ``{id, name, arguments}``, arguments parsed when they are JSON."""
+    function = call.get("function") or {}
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            pass  # kept as the string the model wrote
+    return {"id": call.get("id"), "name": function.get("name"), "arguments": arguments}
+
+
+def chat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages with llmrun's neutral content parts in OpenAI's form (images as ``image_url``;
+    a local file or data: URL is sent inline as a data URL, an http(s) URL as is)."""
+    if all(isinstance(m.get("content"), str) for m in messages):
+        return messages
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list | tuple):
+            message = {**message, "content": [_part(p) for p in content]}
+        out.append(message)
+    return out
+
+
+def _part(part: Any) -> Any:
+    if not isinstance(part, dict) or part.get("type") != "image":
+        return part
+    image = load_image(str(part["source"]))
+    url: dict[str, Any] = {"url": image.data_url()}
+    if part.get("detail"):
+        url["detail"] = part["detail"]
+    return {"type": "image_url", "image_url": url}
 
 
 @hookimpl

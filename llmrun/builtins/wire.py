@@ -48,11 +48,14 @@ class Dropper:
         self._seen: set[str] = set()
 
     def drop(self, key: str, why: str = "") -> None:
-        if key in self._seen:
-            return
-        self._seen.add(key)
         because = f" ({why})" if why else ""
-        self._warn(f"generation.{key} is not supported by {self._provider}: not sent{because}")
+        self.once(key, f"generation.{key} is not supported by {self._provider}: not sent{because}")
+
+    def once(self, key: str, message: str) -> None:
+        """Warn ``message`` unless a warning for ``key`` was given already."""
+        if key not in self._seen:
+            self._seen.add(key)
+            self._warn(message)
 
     def drop_all(self, keys: Iterable[str], generation: Mapping[str, Any]) -> None:
         for key in keys:

@@ -1,10 +1,14 @@
-"""The built-in ``jsonl`` writer: the default output and the source of truth for resume."""
+"""Built-in writers: ``jsonl`` (the default output and the source of truth for resume), and
+``csv`` and ``json``, which ``llmrun export`` uses and a recipe may pick too (rows flattened to
+dotted columns). All three read their rows back on ``open`` so a run resumes."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from ..hookspecs import Register, hookimpl
@@ -108,6 +112,174 @@ def _is_row(data: bytes) -> bool:
     return isinstance(row, dict) and "id" in row
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+def _truncate_to_last_newline(path: Path) -> int:
+    """Cut a torn last line (a crash mid-write); return how many bytes were cut."""
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    keep = data.rfind(b"\n") + 1
+    with open(path, "rb+") as fh:
+        fh.truncate(keep)
+    return len(data) - keep
+
+
+class CsvWriter:
+    """Comma-separated values with a header row; nested values become dotted columns and lists
+    JSON text. The columns are ``columns``, else the existing header, else the first row's."""
+
+    options_schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["path"],
+        "properties": {
+            "path": {"type": "string", "description": "Output file (.csv)."},
+            "delimiter": {"type": "string", "minLength": 1, "maxLength": 1, "default": ","},
+            "columns": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        },
+    }
+
+    def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
+        self.path = (context.base_dir / str(options["path"])).resolve()
+        self.delimiter = str(options.get("delimiter", ","))
+        self.columns: list[str] | None = list(options["columns"]) if "columns" in options else None
+        self._warn = context.warn
+        self._warned = False
+        self._fh: IO[str] | None = None
+        self._csv: Any = None
+
+    def open(self) -> Iterator[Mapping[str, Any]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        cut = _truncate_to_last_newline(self.path)
+        if cut:
+            self._warn(f"{self.path.name} ended in a torn line; cut its last {cut} bytes")
+        has_rows = self.path.exists() and self.path.stat().st_size > 0
+        if has_rows:
+            with open(self.path, encoding="utf-8", newline="") as fh:
+                reader = csv.DictReader(fh, delimiter=self.delimiter)
+                self.columns = self.columns or list(reader.fieldnames or [])
+                yield from reader
+        self._fh = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        self._csv = csv.writer(self._fh, delimiter=self.delimiter, lineterminator="\n")
+        self._header_done = has_rows
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        assert self._fh is not None, "open() first"
+        for row in rows:
+            flat = _flatten(row)
+            if self.columns is None:
+                self.columns = list(flat)
+            if not self._header_done:
+                self._csv.writerow(self.columns)
+                self._header_done = True
+            extra = [k for k in flat if k not in self.columns]
+            if extra and not self._warned:
+                self._warned = True
+                self._warn(f"{self.path.name}: columns not in the header are left out: {extra}")
+            self._csv.writerow([_cell(flat.get(c)) for c in self.columns])
+        self._fh.flush()
+
+    def sync(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class JsonWriter:
+    """One JSON array, one row per line (``[``, rows, ``]``), so it is written as it goes and
+    read back after a crash: ``open`` drops a torn last row and the array is closed again by
+    ``close``. ``flatten: true`` turns nested values into dotted keys."""
+
+    options_schema: ClassVar[Mapping[str, Any]] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["path"],
+        "properties": {
+            "path": {"type": "string", "description": "Output file (.json)."},
+            "flatten": {"type": "boolean", "default": False},
+        },
+    }
+
+    def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
+        self.path = (context.base_dir / str(options["path"])).resolve()
+        self.flatten = bool(options.get("flatten", False))
+        self._fh: IO[str] | None = None
+        self._count = 0
+
+    def open(self) -> Iterator[Mapping[str, Any]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        good = 0  # bytes up to the end of the last whole row
+        if self.path.exists():
+            with open(self.path, "rb") as fh:
+                pos = 0
+                for line in fh:
+                    pos += len(line)
+                    text = line.strip().lstrip(b",")
+                    if text in (b"[", b""):
+                        good = pos
+                        continue
+                    if text == b"]" or not line.endswith(b"\n"):
+                        break
+                    try:
+                        row = json.loads(text)
+                    except ValueError:
+                        break
+                    good = pos
+                    self._count += 1
+                    yield row
+            with open(self.path, "rb+") as fh:
+                fh.truncate(good)
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        if good == 0:
+            self._fh.write("[\n")
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        assert self._fh is not None, "open() first"
+        parts = []
+        for row in rows:
+            value = _flatten(row) if self.flatten else row
+            sep = "," if self._count else ""
+            parts.append(sep + json.dumps(value, ensure_ascii=False, default=str) + "\n")
+            self._count += 1
+        self._fh.write("".join(parts))
+        self._fh.flush()
+
+    def sync(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.write("]\n")
+            self._fh.close()
+            self._fh = None
+
+
+def _flatten(row: Mapping[str, Any]) -> dict[str, Any]:
+    from ..export import flatten
+
+    return flatten(row)
+
+
 @hookimpl
 def register_writers(register: Register) -> None:
     register("jsonl", JsonlWriter)
+    register("csv", CsvWriter)
+    register("json", JsonWriter)

@@ -17,6 +17,9 @@ end it, with the matching ``stop_reason``.
     with FakeAnthropic(api_keys={"sk-ant-test"}) as srv:
         ...  # provider: {name: anthropic, base_url: srv.url, ...}
         assert srv.count("/v1/messages") == 10
+
+On its own: ``python -m llmrun.testing.fake_anthropic --port 0 [--latency S]`` prints its base URL
+and serves until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -24,11 +27,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import sys
 from collections.abc import Collection
 from typing import Any
 
 from ..images import sniff
-from .fake_base import Answer, FakeServer, Fault, RecordedRequest, json_answer, problems_of
+from .fake_base import (
+    Answer,
+    FakeServer,
+    Fault,
+    RecordedRequest,
+    json_answer,
+    problems_of,
+    serve,
+)
 from .http11 import Headers
 
 __all__ = ["FakeAnthropic", "Fault", "RecordedRequest"]
@@ -172,12 +184,20 @@ class FakeAnthropic(FakeServer):
         if isinstance(system, list):
             for i, block in enumerate(system):
                 out.extend(problems_of(block, TEXT_BLOCK, f"body.system.{i}"))
+        last = len(body["messages"]) - 1
         for i, message in enumerate(body["messages"]):
             content = message["content"]
+            if content in ("", []) and not (i == last and message["role"] == "assistant"):
+                out.append(
+                    f"body.messages.{i}: all messages must have non-empty content except for "
+                    "the optional final assistant message"
+                )
             if isinstance(content, list):
                 for j, block in enumerate(content):
                     out.extend(_block_problems(block, f"body.messages.{i}.content.{j}"))
         choice = body.get("tool_choice")
+        if choice is not None and not body.get("tools"):
+            out.append("body.tool_choice: tool_choice may only be specified while providing tools")
         if choice is not None and choice["type"] == "tool":
             names = [t["name"] for t in body.get("tools") or []]
             if choice.get("name") not in names:
@@ -289,3 +309,7 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
                 100 if block.get("type") == "image" else len(str(block.get("text", "")).split())
             )
     return max(total, 1)
+
+
+if __name__ == "__main__":
+    sys.exit(serve(FakeAnthropic))

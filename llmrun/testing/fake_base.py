@@ -8,16 +8,18 @@ carries its request id. ``fake_anthropic`` and ``fake_gemini`` are built on it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
 import os
+import signal
 import socket
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -85,8 +87,10 @@ class FakeServer:
         api_keys: Collection[str] | None = None,
         reply: Callable[[Any], str] | None = None,
         fault: Callable[[RecordedRequest], Fault | None] | None = None,
+        port: int = 0,
     ) -> None:
         self.latency_s = latency_s
+        self.port = port
         self.api_keys = None if api_keys is None else frozenset(api_keys)
         self.reply = reply
         self.fault = fault
@@ -127,7 +131,7 @@ class FakeServer:
     def start(self: _S) -> _S:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, 0))
+        sock.bind((HOST, self.port))
         ready = threading.Event()
         self._thread = threading.Thread(
             target=self._thread_main, args=(sock, ready), name=type(self).__name__, daemon=True
@@ -235,6 +239,25 @@ class FakeServer:
             close=not keep_alive,
             delay=delay,
         )
+
+
+def serve(cls: type[FakeServer], argv: Sequence[str] | None = None) -> int:
+    """Run a fake server until SIGTERM/SIGINT, printing its base URL on one line once it
+    listens (``python -m llmrun.testing.fake_anthropic --port 0``)."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {cls.__module__}", description=(cls.__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with cls(latency_s=args.latency, port=args.port) as server:
+        sys.stdout.write(server.url + "\n")
+        sys.stdout.flush()
+        stop.wait()
+    return 0
 
 
 def problems_of(value: Any, shape: Any, where: str) -> list[str]:

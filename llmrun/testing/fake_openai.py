@@ -21,8 +21,10 @@ prints ``http://127.0.0.1:PORT/v1`` on one line once listening, serves until
 SIGTERM/SIGINT, writes ``{"requests": N}`` to the stats file and exits 0.
 
 Endpoints: ``POST /v1/chat/completions`` (also ``"stream": true`` as one SSE
-body), ``GET /v1/models`` and ``GET /v1/models/{id}``. Unknown paths get 404,
-malformed JSON 400, both with OpenAI-shaped error bodies.
+body), ``GET /v1/models`` and ``GET /v1/models/{id}``, ``POST /v1/completions``,
+``POST /v1/embeddings``, and Azure OpenAI's deployment paths
+(``/openai/deployments/{name}/chat/completions?api-version=...``, ``api-key`` header).
+Unknown paths get 404, malformed JSON 400, both with OpenAI-shaped error bodies.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from .fake_routes import MORE_PATHS, RouteRequest, more_routes
 from .http11 import (
     Connection,
     Headers,
@@ -79,6 +82,7 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-cased names
     body: Any  # parsed JSON, or None (empty or malformed body)
     received_at: float  # time.monotonic()
+    query: str = ""  # the raw query string, e.g. "api-version=2024-10-21"
 
 
 @dataclass
@@ -282,7 +286,7 @@ class FakeOpenAI:
         headers: dict[str, str],
         raw_body: bytes,
     ) -> None:
-        path = target.partition("?")[0]
+        path, _, query = target.partition("?")
         self._total += 1
         self._counts[path] = self._counts.get(path, 0) + 1
         body: Any = None
@@ -297,7 +301,7 @@ class FakeOpenAI:
         fault: Fault | None = None
         try:
             if self._record or self._fault is not None:
-                record = RecordedRequest(method, path, headers, body, time.monotonic())
+                record = RecordedRequest(method, path, headers, body, time.monotonic(), query)
                 if self._record:
                     with self._lock:
                         self.requests.append(record)
@@ -310,7 +314,7 @@ class FakeOpenAI:
                     out_headers.append(("content-type", "application/json"))
             else:
                 status, out_headers, payload = self._answer(
-                    method, path, headers, body, bad_json, request_id
+                    method, path, headers, body, bad_json, request_id, query
                 )
         except Exception as exc:  # a callback raised: answer 500, tell the test author
             traceback.print_exc(file=sys.stderr)
@@ -350,8 +354,12 @@ class FakeOpenAI:
         body: Any,
         bad_json: bool,
         request_id: str,
+        query: str = "",
     ) -> tuple[int, Headers, bytes]:
         """The normal (non-fault) answer: status, headers, body."""
+        if path.startswith("/openai/deployments/") or path in MORE_PATHS:
+            request = RouteRequest(method, path, query, headers, body, bad_json, request_id)
+            return more_routes(self, request)
         if self._api_keys is not None:
             denied = self._check_key(headers.get("authorization"))
             if denied is not None:

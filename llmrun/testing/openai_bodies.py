@@ -92,3 +92,101 @@ def count_prompt_tokens(messages: list[Any]) -> int:
 
 def positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# -- /completions, /embeddings, Azure ---------------------------------------------------
+
+FAKE_DIMENSIONS = 8
+
+
+def fake_vector(text: str, dimensions: int = FAKE_DIMENSIONS) -> list[float]:
+    """The fake server's embedding of ``text``: deterministic, different for each text."""
+    import hashlib
+
+    out: list[float] = []
+    counter = 0
+    while len(out) < dimensions:
+        digest = hashlib.blake2b(f"{counter}:{text}".encode(), digest_size=32).digest()
+        out.extend(round(b / 127.5 - 1.0, 6) for b in digest)
+        counter += 1
+    return out[:dimensions]
+
+
+def azure_error(status: int, code: str, message: str) -> tuple[int, Headers, bytes]:
+    """An error as Azure OpenAI writes it (``{"error": {"code", "message"}}``)."""
+    return (
+        status,
+        [("content-type", "application/json")],
+        dumps({"error": {"code": code, "message": message}}),
+    )
+
+
+def completion_answer(body: Any, request_id: str, model: str) -> tuple[int, Headers, bytes]:
+    """A ``/completions`` answer: ``"echo: " + prompt``, cut at ``max_tokens`` words."""
+    if not isinstance(body, dict):
+        return error_json(400, "The request body must be a JSON object.")
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        return error_json(
+            400, "Invalid 'prompt': expected a string.", code="invalid_type", param="prompt"
+        )
+    n = body.get("n", 1)
+    limit = body.get("max_tokens")
+    if not positive_int(n) or (limit is not None and not positive_int(limit)):
+        return error_json(400, "Invalid 'n' or 'max_tokens'.", code="invalid_value")
+    words = ("echo: " + prompt).split()
+    finish = "stop"
+    if limit is not None and limit < len(words):
+        words, finish = words[:limit], "length"
+    prompt_tokens = len(prompt.split())
+    response = {
+        "id": "cmpl-" + request_id[4:],
+        "object": "text_completion",
+        "created": 1_700_000_000,
+        "model": body.get("model") or model,
+        "system_fingerprint": "fp_fake",
+        "choices": [
+            {"text": " ".join(words), "index": i, "logprobs": None, "finish_reason": finish}
+            for i in range(n)
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(words) * n,
+            "total_tokens": prompt_tokens + len(words) * n,
+        },
+    }
+    return 200, [("content-type", "application/json")], dumps(response)
+
+
+def embeddings_answer(body: Any, model: str) -> tuple[int, Headers, bytes]:
+    """An ``/embeddings`` answer: one ``fake_vector`` per input, in order."""
+    if not isinstance(body, dict):
+        return error_json(400, "The request body must be a JSON object.")
+    inputs = body.get("input")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, str) for t in inputs):
+        return error_json(
+            400,
+            "'input' : input must be a string or an array of strings",
+            code="invalid_type",
+            param="input",
+        )
+    if any(t == "" for t in inputs):
+        return error_json(
+            400, "'$.input' is invalid. Please check the API reference.", param="input"
+        )
+    dimensions = body.get("dimensions", FAKE_DIMENSIONS)
+    if not positive_int(dimensions):
+        return error_json(400, "Invalid 'dimensions'.", code="invalid_value", param="dimensions")
+    tokens = sum(len(t.split()) for t in inputs)
+    response = {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": fake_vector(t, dimensions)}
+            for i, t in enumerate(inputs)
+        ],
+        "model": body.get("model") or model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return 200, [("content-type", "application/json")], dumps(response)

@@ -1,0 +1,36 @@
+"""Built-in loaders. All stream; none reads a whole file into memory.
+
+- ``jsonl`` and ``text`` (lines.py), ``csv`` (tabular.py), ``json`` (jsonarray.py): one file,
+  ``-`` for stdin, ``.gz``/``.zst`` decompressed as read (sources.py);
+- ``files`` and ``inline`` (collections.py).
+"""
+
+from __future__ import annotations
+
+from ...hookspecs import Register, hookimpl
+from .collections import FilesLoader, InlineLoader
+from .jsonarray import JsonLoader
+from .lines import JsonlLoader, TextLoader
+from .sources import FileLoader, Source
+from .tabular import CsvLoader
+
+__all__ = [
+    "CsvLoader",
+    "FileLoader",
+    "FilesLoader",
+    "InlineLoader",
+    "JsonLoader",
+    "JsonlLoader",
+    "Source",
+    "TextLoader",
+]
+
+
+@hookimpl
+def register_loaders(register: Register) -> None:
+    register("jsonl", JsonlLoader)
+    register("csv", CsvLoader)
+    register("json", JsonLoader)
+    register("text", TextLoader)
+    register("files", FilesLoader)
+    register("inline", InlineLoader)

@@ -1,0 +1,118 @@
+"""Opening a loader's source: a local file (plain, ``.gz``, ``.zst``) or ``-`` for stdin.
+
+Everything here streams: files are read through the decompressor as they are consumed, never
+whole. ``.zst`` needs the optional ``zstd`` extra (``pip install 'llmrun[zstd]'``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import IO, Any, cast
+
+from ...errors import Problem, RecipeError
+from ...values import ComponentContext
+
+STDIN = "-"
+PATH_SCHEMA = {
+    "type": "string",
+    "description": "Input file, relative to the recipe (`-` reads stdin; .gz and .zst are "
+    "decompressed as they are read).",
+}
+ENCODING_SCHEMA = {"type": "string", "default": "utf-8"}
+
+
+def _zstd_reader(raw: IO[bytes], label: str) -> IO[bytes]:
+    try:
+        import zstandard
+    except ImportError:
+        raise RecipeError(
+            [
+                Problem(
+                    f"{label} is zstd-compressed: install the zstd extra "
+                    "(pip install 'llmrun[zstd]') to read it",
+                    "data.path",
+                )
+            ]
+        ) from None
+    reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+    # The stream reader has no readline; a buffer gives line iteration for counting.
+    return cast(IO[bytes], io.BufferedReader(reader))
+
+
+class Source:
+    """One input stream named in a recipe: a path (resolved against the recipe) or stdin."""
+
+    def __init__(self, given: str, context: ComponentContext, encoding: str = "utf-8") -> None:
+        self.is_stdin = given == STDIN
+        self.path = None if self.is_stdin else (context.base_dir / given).resolve()
+        self.label = "<stdin>" if self.is_stdin else Path(given).name
+        try:
+            codec = codecs.lookup(encoding).name
+        except LookupError:
+            raise RecipeError(
+                [Problem(f"unknown encoding {encoding!r}", "data.encoding")]
+            ) from None
+        # utf-8-sig reads plain UTF-8 too, and drops the byte-order mark spreadsheet programs
+        # write, which would otherwise end up in the first field's name or break line 1.
+        self.encoding = "utf-8-sig" if codec == "utf-8" else encoding
+        suffix = "" if self.path is None else self.path.suffix.lower()
+        self.compression = {".gz": "gzip", ".zst": "zstd"}.get(suffix)
+        if self.compression == "zstd":
+            # Fail at start-up, naming the extra, rather than on the first read.
+            try:
+                import zstandard  # noqa: F401
+            except ImportError:
+                _zstd_reader(io.BytesIO(), self.label)
+
+    @contextmanager
+    def binary(self) -> Iterator[IO[bytes]]:
+        """The decompressed bytes."""
+        if self.path is None:
+            yield sys.stdin.buffer  # never closed: it is not ours
+            return
+        with ExitStack() as stack:
+            raw: IO[bytes] = stack.enter_context(open(self.path, "rb"))
+            if self.compression == "gzip":
+                gz = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+                raw = cast(IO[bytes], gz)
+            elif self.compression == "zstd":
+                raw = stack.enter_context(_zstd_reader(raw, self.label))
+            yield raw
+
+    @contextmanager
+    def text(self, newline: str | None = None) -> Iterator[IO[str]]:
+        """The decoded text (undecodable bytes become U+FFFD, never a crash)."""
+        with self.binary() as raw:
+            wrapper = io.TextIOWrapper(
+                raw,
+                encoding=self.encoding,
+                errors="replace",
+                newline=newline,
+            )
+            try:
+                yield wrapper
+            finally:
+                wrapper.detach()  # the binary stream is closed (or, for stdin, kept) above
+
+    def countable(self) -> bool:
+        """Whether counting may read the source a second time (stdin can be read once)."""
+        return self.path is not None
+
+
+class FileLoader:
+    """Shared by loaders of one file (or stdin)."""
+
+    def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
+        self.source = Source(str(options["path"]), context, str(options.get("encoding", "utf-8")))
+        self.label = self.source.label
+        self.path = self.source.path
+
+    def count(self) -> int | None:
+        """Unknown unless a loader knows better."""
+        return None

@@ -1,0 +1,66 @@
+"""``llmrun export OUTPUT --to csv|json|parquet``: the JSONL output in another format."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a run's JSONL output as csv, json or parquet (nested values flattened)",
+        description="Convert llmrun JSONL output with a writer component (csv and json built "
+        "in; parquet from the llmrun-parquet plugin). Nested values become dotted columns "
+        "(fields.label). The JSONL file is left as it is.",
+    )
+    parser.add_argument("output", help="the JSONL output of a run")
+    parser.add_argument("--to", required=True, metavar="FORMAT", help="csv, json, parquet, ...")
+    parser.add_argument(
+        "-o", "--out", metavar="PATH", help="where to write (default: OUTPUT with the new suffix)"
+    )
+    parser.add_argument(
+        "--fields",
+        metavar="A,B.C",
+        help="columns to keep, in order; a name also takes what is nested under it "
+        "(fields -> fields.label, fields.score)",
+    )
+    parser.add_argument(
+        "--order",
+        choices=["output", "input"],
+        default="output",
+        help="row order: as written (default), or the input's order (needs --recipe)",
+    )
+    parser.add_argument("--recipe", metavar="RECIPE", help="the recipe, to read the input order")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, err: Any) -> int:
+    from ..api import open_recipe
+    from ..cli import EXIT_OK
+    from ..export import export
+    from ..plugins import load_registry
+
+    source = Path(args.output)
+    target = Path(args.out) if args.out else source.with_suffix("." + args.to)
+    if target.resolve() == source.resolve():
+        target = source.with_name(source.name + "." + args.to)
+    recipe = None
+    if args.recipe:
+        recipe, registry = open_recipe(args.recipe)
+    else:
+        registry = load_registry()
+    fields = [f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None
+    summary = export(
+        source, target, args.to, registry, fields=fields, order=args.order, recipe=recipe
+    )
+    err.print(
+        f"wrote {summary.rows} row(s), {len(summary.columns)} column(s) to {summary.target}",
+        markup=False,
+    )
+    if summary.skipped_lines:
+        err.print(f"skipped {summary.skipped_lines} damaged line(s)", markup=False)
+    if summary.missing:
+        err.print(f"{summary.missing} input record(s) have no row yet", markup=False)
+    return EXIT_OK

@@ -1,0 +1,56 @@
+"""``llmrun repost RECIPE``: rerun the postprocessors on the stored replies, no API call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "repost",
+        help="rerun the postprocessors on the replies already in the output (no API call)",
+        description="Run the recipe's (changed) postprocess chain again on the replies stored "
+        "in its output and replace the output atomically; the old one is kept in the state "
+        "folder. Rows whose call failed are left as they are.",
+    )
+    parser.add_argument("recipe", help="the recipe file (YAML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. postprocess='[strip]'",
+    )
+    parser.add_argument("--json", action="store_true", help="print the counts as JSON on stdout")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="repost even though the calls (data, prompt, provider, generation) changed",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace, err: Any) -> int:
+    from ..api import open_recipe
+    from ..cli import EXIT_ERRORS, EXIT_OK
+    from ..repost import repost
+
+    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    summary = repost(recipe, registry, force=args.force)
+    for warning in summary.warnings:
+        err.print(f"warning: {warning}", markup=False)
+    if args.json:
+        print(json.dumps(summary.to_json()))  # noqa: T201 - the command's output
+    else:
+        err.print(
+            f"{summary.output}: reposted {summary.redone} row(s): {summary.ok} ok, "
+            f"{summary.error} error, {summary.changed} changed; {summary.kept} left as they "
+            f"were (no stored reply); previous output kept at {summary.previous}",
+            markup=False,
+        )
+        if summary.unreadable:
+            err.print(f"{summary.unreadable} damaged line(s) copied unchanged", markup=False)
+    return EXIT_ERRORS if summary.errors_in_output else EXIT_OK

@@ -9,7 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .__about__ import __version__
-from .hookspecs import hookimpl
+from .hookspecs import PLUGIN_API, hookimpl
 
 _WHERE = {
     "CallError": "errors",
@@ -37,12 +37,14 @@ _WHERE = {
     "run_recipe_sync": "api",
 }
 
-__all__ = [
+# Plain sorted order (tests/test_docs.py), not ruff's constants-first order.
+__all__ = [  # noqa: RUF022
     "CallError",
     "ComponentContext",
     "InputError",
     "LlmrunError",
     "LockedError",
+    "PLUGIN_API",
     "PluginError",
     "PostprocessError",
     "Problem",

@@ -27,7 +27,7 @@ EXIT_INTERRUPTED, EXIT_INTERNAL = 130, 70
 # each. A module defines ``register(subparsers)``, which adds its parser and sets
 # ``handler=fn(args, err) -> exit code``. Modules import what they need inside the handler so
 # that ``llmrun --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("repost", "export", "cancel")
+COMMAND_MODULES: tuple[str, ...] = ("plan", "lock", "init", "plugin", "repost", "export", "cancel")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress display (default: rich on a terminal, plain lines otherwise)",
     )
     run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    run.add_argument(
+        "--locked",
+        action="store_true",
+        help="refuse to run when anything differs from the recipe's lock (llmrun lock)",
+    )
     run.add_argument(
         "--mode",
         choices=["direct", "batch", "auto"],
@@ -167,6 +172,7 @@ def cmd_run(args: argparse.Namespace, err: Any) -> int:
     from .api import open_recipe
     from .engine import Engine
     from .errors import RecipeError
+    from .lockfile import check_lock
     from .progress import Mode, make_progress, summary_table
 
     if args.limit is not None and args.limit < 0:
@@ -179,6 +185,9 @@ def cmd_run(args: argparse.Namespace, err: Any) -> int:
         + ([] if args.limit is None else ["--limit", str(args.limit)])
     )
     recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    for change in check_lock(recipe, registry, locked=args.locked):
+        err.print("[yellow]warning[/]: differs from the lock: ", end="")
+        err.print(change, markup=False)
     mode: Mode = "none" if args.quiet else args.progress
     progress = make_progress(mode, err)
     engine = Engine(recipe, registry, progress, limit=args.limit, fresh=args.fresh)
@@ -209,8 +218,11 @@ def cmd_validate(args: argparse.Namespace, err: Any) -> int:
     from .api import open_recipe
     from .checks import check_against_data
     from .errors import RecipeError
+    from .plugins import load_registry
 
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    # Lazy: a recipe of built-in components imports no third-party plugin (plugins.py).
+    registry = load_registry(lazy=True)
+    recipe, registry = open_recipe(args.recipe, overrides=args.overrides, registry=registry)
     report = check_against_data(recipe, registry, sample=args.records)
     for note in report.notes:
         err.print(f"  {note}", markup=False)

@@ -25,6 +25,11 @@ from typing import Any
 
 import pluggy
 
+# The plugin contract's version: the hooks here and the protocols in ``components.py``. It grows
+# by one when a change would break an existing plugin; a plugin states what it needs with a
+# module-level ``LLMRUN_API = ">=1"`` (see ``plugins.api_problem``).
+PLUGIN_API = "1"
+
 hookspec = pluggy.HookspecMarker("llmrun")
 hookimpl = pluggy.HookimplMarker("llmrun")
 

@@ -3,15 +3,23 @@
 ``get_plugin_manager()`` builds a fresh manager (no import-time global): the built-ins first,
 then every entry point of group ``llmrun``. The environment variable ``LLMRUN_PLUGINS`` limits
 which entry points load: unset loads all, an empty value loads none, ``a,b`` loads only those
-entry-point names. A plugin that fails to import or to register is recorded in
-``Registry.failures`` and skipped: it is an error only for a recipe that names one of its
-components.
+entry-point names. A plugin that fails to import, needs a newer plugin API than this llmrun
+offers (its module's ``LLMRUN_API``), or fails to register is recorded in ``Registry.failures``
+and skipped: it is an error only for a recipe that names one of its components.
+
+``load_registry(lazy=True)`` (what ``validate``, ``plan`` and ``lock`` use) registers only the
+built-ins and imports the entry points the first time a name is asked for that the built-ins do
+not have: a recipe using only built-in components never imports a third-party plugin. On a miss
+for ``NAME``, an entry point named ``NAME`` (the layout ``llmrun plugin new`` writes) is imported
+alone first; entry-point names need not match their components, so if that does not provide it,
+all the others are imported.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import re
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -66,17 +74,30 @@ class PluginFailure:
 
 @dataclass
 class Registry:
-    """Every component that registered, by kind and name, plus the plugins that failed."""
+    """Every component that registered, by kind and name, plus the plugins that failed.
+
+    ``pending`` holds entry points not imported yet (a lazy registry); ``get`` imports them on
+    the first name the loaded plugins lack, and ``load_pending()`` imports them at once.
+    """
 
     components: dict[str, dict[str, ComponentInfo]] = field(
         default_factory=lambda: {kind: {} for kind in KIND_HOOKS}
     )
     failures: list[PluginFailure] = field(default_factory=list)
     manager: pluggy.PluginManager | None = None
+    pending: list[metadata.EntryPoint] = field(default_factory=list)
 
     def get(self, kind: str, name: str) -> ComponentInfo:
         """The component, or a PluginError that says why not and what exists."""
         found = self.components[kind].get(name)
+        if found is None and self.pending:
+            # An entry point named like the component (the `plugin new` layout) is tried alone
+            # first; failing that, the rest are imported.
+            self.load_pending(only=name)
+            found = self.components[kind].get(name)
+        if found is None and self.pending:
+            self.load_pending()
+            found = self.components[kind].get(name)
         if found is not None:
             return found
         known = sorted(self.components[kind])
@@ -93,8 +114,28 @@ class Registry:
         raise PluginError(msg)
 
     def all(self) -> Iterable[ComponentInfo]:
+        self.load_pending()
         for kind in KIND_HOOKS:
             yield from sorted(self.components[kind].values(), key=lambda c: c.name)
+
+    def load_pending(self, only: str | None = None) -> None:
+        """Import the entry points a lazy registry has not imported yet (those named ``only``,
+        when given), and register them."""
+        eps = [ep for ep in self.pending if only is None or ep.name == only]
+        self.pending = [ep for ep in self.pending if ep not in eps]
+        if not eps:
+            return
+        if self.manager is None:
+            self.manager = new_manager()
+        names = [n for n in (_load_entry_point(self.manager, ep, self.failures) for ep in eps) if n]
+        _register_components(self, names)
+
+
+def new_manager() -> pluggy.PluginManager:
+    """An empty manager knowing llmrun's hook specifications."""
+    pm = pluggy.PluginManager("llmrun")
+    pm.add_hookspecs(hookspecs)
+    return pm
 
 
 def get_plugin_manager(
@@ -104,35 +145,70 @@ def get_plugin_manager(
     ``plugins`` given by name (how tests bring in the plugin under test)."""
     import importlib
 
-    pm = pluggy.PluginManager("llmrun")
-    pm.add_hookspecs(hookspecs)
+    pm = new_manager()
     for modname in BUILTIN_MODULES:
         pm.register(importlib.import_module(modname), name=modname)
     failures: list[PluginFailure] = []
     if entry_points:
         for ep in _selected_entry_points():
-            package, version = _dist_of(ep)
-            try:
-                plugin = ep.load()
-                pm.register(plugin, name=ep.name)
-            except Exception as exc:  # a broken plugin must never break the CLI
-                failures.append(PluginFailure(ep.name, package, version, _one_line(exc)))
+            _load_entry_point(pm, ep, failures)
     for name, plugin in (plugins or {}).items():
+        problem = api_problem(plugin)
+        if problem is not None:
+            failures.append(PluginFailure(name, "?", "?", problem))
+            continue
         pm.register(plugin, name=name)
     return pm, failures
 
 
 def load_registry(
-    *, entry_points: bool = True, plugins: Mapping[str, object] | None = None
+    *,
+    entry_points: bool = True,
+    plugins: Mapping[str, object] | None = None,
+    lazy: bool = False,
 ) -> Registry:
-    """Build the registry by calling each plugin's registration hooks, one plugin at a time."""
-    pm, failures = get_plugin_manager(entry_points=entry_points, plugins=plugins)
+    """Build the registry by calling each plugin's registration hooks, one plugin at a time.
+
+    With ``lazy``, entry points are imported only when a name is asked for that the built-ins
+    (and ``plugins``) do not provide (see the module's docstring)."""
+    pm, failures = get_plugin_manager(entry_points=entry_points and not lazy, plugins=plugins)
     registry = Registry(failures=failures, manager=pm)
-    dists = _entry_point_dists()
+    _register_components(registry, [name for name, _ in pm.list_name_plugin()])
+    if entry_points and lazy:
+        registry.pending = _selected_entry_points()
+    return registry
+
+
+def _load_entry_point(
+    pm: pluggy.PluginManager, ep: metadata.EntryPoint, failures: list[PluginFailure]
+) -> str | None:
+    """Import one entry point and register it; its name, or None when it failed (recorded)."""
+    package, version = _dist_of(ep)
+    try:
+        plugin = ep.load()
+        problem = api_problem(plugin)
+        if problem is not None:
+            failures.append(PluginFailure(ep.name, package, version, problem))
+            return None
+        pm.register(plugin, name=ep.name)
+    except Exception as exc:  # a broken plugin must never break the CLI
+        failures.append(PluginFailure(ep.name, package, version, _one_line(exc)))
+        return None
+    return ep.name
+
+
+def _register_components(registry: Registry, plugin_names: list[str]) -> None:
+    """Call the registration hooks of the named plugins (already in the manager)."""
+    pm = registry.manager
+    assert pm is not None
+    wanted = set(plugin_names)
+    dists = _entry_point_dists() if any(n not in BUILTIN_MODULES for n in wanted) else {}
     raised: dict[str, tuple[str, str, str]] = {}  # plugin -> (package, version, error)
     for kind, hook_name in KIND_HOOKS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             plugin_name = impl.plugin_name
+            if plugin_name not in wanted:
+                continue
             package, version = dists.get(plugin_name, ("llmrun", __version__))
 
             def register(
@@ -179,7 +255,53 @@ def load_registry(
                     names.append(name)
                     del registry.components[kind][name]
         registry.failures.append(PluginFailure(plugin_name, package, version, error, tuple(names)))
-    return registry
+
+
+_SPEC = re.compile(r"^\s*(>=|<=|==|!=|>|<)?\s*(\d+)\s*$")
+
+
+def api_problem(plugin: object) -> str | None:
+    """Why ``plugin`` cannot work with this llmrun's plugin API, or None.
+
+    A plugin module may declare ``LLMRUN_API``: the plugin API versions it works with, as
+    comma-separated conditions on the whole number ``llmrun.PLUGIN_API`` (``">=1"``,
+    ``">=1,<3"``; a bare ``"2"`` means ``"==2"``). Without it, any version is assumed to do.
+    """
+    wanted = getattr(plugin, "LLMRUN_API", None)
+    if wanted is None:
+        return None
+    have = int(hookspecs.PLUGIN_API)
+    checks = {
+        ">=": have.__ge__,
+        "<=": have.__le__,
+        "==": have.__eq__,
+        "!=": have.__ne__,
+        ">": have.__gt__,
+        "<": have.__lt__,
+    }
+    failed: list[tuple[str, int]] = []
+    for part in str(wanted).split(","):
+        match = _SPEC.match(part)
+        if match is None:
+            return (
+                f"LLMRUN_API = {wanted!r} is not understood "
+                "(expected conditions like '>=1' or '>=1,<3')"
+            )
+        op, number = match.group(1) or "==", int(match.group(2))
+        if not checks[op](number):
+            failed.append((op, number))
+    if not failed:
+        return None
+    newer = any(op in (">=", ">", "==") and number > have for op, number in failed)
+    advice = (
+        "upgrade llmrun (pip install -U llmrun)"
+        if newer
+        else "install an older llmrun, or a newer release of the plugin"
+    )
+    return (
+        f"needs llmrun plugin API {wanted}, but llmrun {__version__} provides plugin API "
+        f"{have}: {advice}"
+    )
 
 
 class Observers:

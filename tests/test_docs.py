@@ -97,3 +97,52 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert "awk '/<!-- test-command -->/" in (ROOT / ".ci/run").read_text(encoding="utf-8")
     quick = re.search(r"<!-- quickstart-command -->\s*```sh\n(.*?)\n```", readme, re.S)
     assert quick and "llmrun run recipes/quickstart.yaml" in quick.group(1)
+
+
+def _subcommands() -> list[str]:
+    from llmrun.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sorted(sub.choices)  # type: ignore[arg-type]
+
+
+def test_every_command_is_in_the_readme_table() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = _subcommands()
+    assert {"run", "validate", "plan", "lock", "init", "plugin"} <= set(commands)
+    missing = [c for c in commands if not re.search(rf"^\| `llmrun {c}\b", readme, re.M)]
+    assert not missing, f"README.md's command table lacks: {missing}"
+
+
+def test_every_fixture_for_plugin_authors_is_documented() -> None:
+    from llmrun.testing import pytest_plugin
+
+    def is_fixture(value: object) -> bool:  # the marker's form differs across pytest versions
+        return hasattr(value, "_fixture_function_marker") or "Fixture" in type(value).__name__
+
+    fixtures = sorted(
+        name
+        for name, value in vars(pytest_plugin).items()
+        if name.startswith("llmrun_") and is_fixture(value)
+    )
+    assert fixtures == ["llmrun_fake_openai", "llmrun_registry", "llmrun_run"]
+    text = (ROOT / "docs/plugins.md").read_text(encoding="utf-8")
+    missing = [f for f in fixtures if f"`{f}" not in text]
+    assert not missing, f"docs/plugins.md does not document the fixtures: {missing}"
+
+
+def test_sharing_guide_covers_the_workflow() -> None:
+    text = (ROOT / "docs/sharing.md").read_text(encoding="utf-8")
+    for needle in ("llmrun plan", "llmrun lock", "--locked", ".env", "llmrun init", "--preset"):
+        assert needle in text, needle
+    # Every flag of `plan`, `lock` and `init` is explained there.
+    from llmrun.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in ("plan", "lock", "init"):
+        for action in sub.choices[name]._actions:  # type: ignore[index]
+            flags = [o for o in action.option_strings if o.startswith("--") and o != "--help"]
+            for flag in flags:
+                assert f"`{flag}" in text or f"{flag} " in text, f"{name} {flag}"

@@ -1,0 +1,44 @@
+"""``llmrun lock RECIPE``: write ``recipe.lock`` beside the recipe (see llmrun/lockfile.py)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "lock", help="record versions and file hashes in RECIPE.lock, for `run --locked`"
+    )
+    p.add_argument("recipe", help="the recipe file (YAML)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. provider.model=gpt-4o",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing: list what differs from the lock (exit 2 if anything does)",
+    )
+    p.set_defaults(handler=cmd_lock)
+
+
+def cmd_lock(args: argparse.Namespace, err: Any) -> int:
+    from ..api import open_recipe
+    from ..lockfile import check_lock, lock_path, write_lock
+    from ..plugins import load_registry
+
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, registry=load_registry(lazy=True)
+    )
+    if args.check:
+        check_lock(recipe, registry, locked=True)  # raises LockDrift, listing every change
+        err.print(f"{lock_path(recipe.path)}: up to date", markup=False)
+        return 0
+    path = write_lock(recipe, registry)
+    err.print(f"wrote {path}", markup=False)
+    return 0

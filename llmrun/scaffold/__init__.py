@@ -1,0 +1,1 @@
+"""Templates ``llmrun plugin new`` fills in (``string.Template``: ``${name}`` placeholders)."""

@@ -314,3 +314,38 @@ def test_direct_mode_collects_batches_left_running_instead_of_calling_again(
         assert summary.status == "completed" and summary.stats.ok == 6
         assert set(fake.submitted.values()) == {1} and len(fake.submitted) == 4
         assert fake.count("POST", "/v1/chat/completions") == 2  # only the 2 new ones
+
+
+def test_cancel_while_a_run_polls_lets_that_run_record_what_finished(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    from .conftest import llmrun_command
+
+    with FakeBatches() as fake:
+        fake.hold = True
+        recipe = setup(tmp_path, fake.url, n=4)
+        journal = tmp_path / "out.jsonl.llmrun" / "batch" / "journal.json"
+        proc = subprocess.Popen(
+            [*llmrun_command(), "run", str(recipe)],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            for _ in range(600):  # until the batch is created and in progress
+                if journal.exists() and '"in_progress"' in journal.read_text():
+                    break
+                time.sleep(0.05)
+            cancel = run_cli("cancel", str(recipe), cwd=tmp_path)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert cancel.returncode == 0, cancel.stderr
+        assert "the running `llmrun run` records what they finished" in cancel.stderr
+        assert proc.returncode == 130, err  # interrupted: records are left to send
+        assert "was cancelled" in err
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
+        assert len(fake.batches) == 1  # nothing submitted after the cancel

@@ -122,6 +122,7 @@ class BatchRunner:
         self._id_ok = re.compile(self.api.custom_id_pattern)
         self._over_budget: str | None = None
         self._stragglers = False  # auto mode: a batch was cancelled at the deadline
+        self._cancelled = False  # a batch was cancelled by `llmrun cancel`
         self._price = PriceTable(self.recipe.prices).lookup(getattr(engine.provider, "model", None))
         engine.batch_pricing = True
 
@@ -144,6 +145,8 @@ class BatchRunner:
                 await self._drive()
             if self._over_budget is not None:
                 raise RunAborted(self._over_budget)
+        if self._cancelled:
+            self.engine.flags.stopping = True  # records are left: the run ends interrupted
         return None
 
     async def _sleep(self, seconds: float) -> None:
@@ -457,6 +460,12 @@ class BatchRunner:
             self._stragglers = True  # auto mode: what is left goes direct
         elif info.outcome == "cancelled":
             self.drain_only = True  # cancelled by the user: submit nothing more in this run
+            if not self.engine.batch_drain_only:
+                self.engine.progress.log(
+                    f"batch {info.id} was cancelled: collecting the running batches, then "
+                    "stopping (run again to send what it did not finish)"
+                )
+                self._cancelled = True
         await self._check_budget()
 
     def _read_results(self, part: Part) -> dict[str, LineResult]:

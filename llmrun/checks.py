@@ -37,6 +37,7 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
         str(recipe.path),
         images=recipe.images,
         image_detail=recipe.image_detail,
+        examples=recipe.examples,
     )
     context = ComponentContext(recipe.base_dir, recipe.name, report.notes.append)
     # The records the run would take (filter, shard, offset, limit), but for a sample by count:

@@ -157,6 +157,7 @@ class Engine:
             str(recipe.path),
             images=recipe.images,
             image_detail=recipe.image_detail,
+            examples=recipe.examples,
         )
         self.selection = selection_of(recipe, self.limit)
         self.state = RunState(recipe.output_path)
@@ -304,6 +305,7 @@ class Engine:
         chunk, warn when those records lack fields the prompt uses."""
         async with send:
             checked = False
+            selected = 0
             while not self.flags.stopping:
                 try:
                     chunk = await anyio.to_thread.run_sync(_take, items, READ_CHUNK)
@@ -313,7 +315,11 @@ class Engine:
                     self._abort(RunAborted(message))
                     return
                 if not chunk:
+                    # Every selected record has been seen: the total is known now, even when
+                    # counting could not tell it in advance (a filter, a shard, a sample).
+                    self.stats.total = selected
                     break
+                selected += len(chunk)
                 if not checked:
                     checked = True
                     self._check_fields(chunk)

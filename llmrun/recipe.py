@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -23,6 +23,7 @@ import yaml
 
 from .envvars import Environment, read_dotenv
 from .errors import PluginError, Problem, RecipeError
+from .keyenv import default_key
 from .plugins import Registry
 from .redaction import Redactor
 from .schema import CORE_KEYS, base_schema
@@ -97,7 +98,7 @@ class Recipe:
     data: ComponentSpec
     id_field: str | None
     limit: int | None
-    messages: tuple[tuple[str, str], ...]  # (role, template source)
+    messages: tuple[tuple[str, Any], ...]  # (role, template source, or a tuple of parts)
     provider: ComponentSpec
     api_keys: tuple[str, ...]
     generation: Mapping[str, Any]
@@ -120,6 +121,7 @@ class Recipe:
     # message; and the detail asked for them.
     images: tuple[str, ...] = ()
     image_detail: str | None = None
+    examples: Mapping[str, Any] | None = None  # few-shot turns: {path, user, assistant}
 
     @property
     def base_dir(self) -> Path:
@@ -180,7 +182,10 @@ def load_recipe(
         raise RecipeError(problems)
     try:
         recipe = build_recipe(data, positions, path, registry, frozenset(secrets))
-        return recipe if recipe.api_keys else _default_key(recipe, registry, env, positions)
+        if recipe.api_keys:
+            return recipe
+        where = _locate(("provider", "name"), positions, filename)
+        return default_key(recipe, registry, env, where)
     except RecipeError as exc:  # schema messages quote values: keep keys out of them
         redact = Redactor(secrets)
         raise RecipeError(
@@ -302,7 +307,7 @@ def build_recipe(
     base = path.parent
     prompt = data["prompt"]
     if isinstance(prompt, str):
-        messages: tuple[tuple[str, str], ...] = (("user", prompt),)
+        messages: tuple[tuple[str, Any], ...] = (("user", prompt),)
     elif "messages" in prompt:
         # A content is a template string, or (with images) a list of parts, kept frozen.
         messages = tuple((m["role"], freeze(m["content"])) for m in prompt["messages"])
@@ -353,6 +358,7 @@ def build_recipe(
         shard=None if shard is None else parse_shard(str(shard)),
         images=(images,) if isinstance(images, str) else tuple(images),
         image_detail=prompt.get("image_detail") if isinstance(prompt, dict) else None,
+        examples=freeze(prompt.get("examples")) if isinstance(prompt, dict) else None,
     )
 
 
@@ -362,39 +368,6 @@ def _data_suffix(path: str) -> str:
     for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
     return Path(name).suffix
-
-
-def _default_key(
-    recipe: Recipe, registry: Registry, env: Environment, positions: Positions
-) -> Recipe:
-    """The recipe with the key its provider reads from the environment when ``api_keys`` is
-    not given: a provider class may say where with ``api_key_env(options) -> (VAR, required)``.
-    The key joins ``secrets``, so it is redacted like any other."""
-    cls = registry.get("provider", recipe.provider.name).cls
-    where = getattr(cls, "api_key_env", None)
-    found = where(recipe.provider.options) if callable(where) else None
-    if not found:
-        return recipe
-    name, required = found
-    value = env.get(name)
-    if value:
-        return replace(recipe, api_keys=(value,), secrets=recipe.secrets | {value})
-    if not required:
-        return recipe
-    file, line, col = _locate(("provider", "name"), positions, str(recipe.path))
-    raise RecipeError(
-        [
-            Problem(
-                f"environment variable {name} is not set: provider {recipe.provider.name!r} "
-                f"reads its key from it when provider.api_keys is not given (set it, add "
-                f"{name}=... to {recipe.base_dir / '.env'}, or give provider.api_keys)",
-                "provider.api_keys",
-                file,
-                line,
-                col,
-            )
-        ]
-    )
 
 
 def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:
@@ -626,6 +599,9 @@ def _template_problems(
                 for key in ("text", "source"):
                     if isinstance(part, dict) and key in part:
                         sources.append((("prompt", "messages", i, "content", j, key), part[key]))
+        examples = prompt.get("examples")
+        if isinstance(examples, dict):
+            sources += [(("prompt", "examples", k), examples.get(k)) for k in ("user", "assistant")]
         images = prompt.get("images")
         if isinstance(images, str):
             sources.append((("prompt", "images"), images))

@@ -7,7 +7,8 @@ row naming the missing fields and the ones the record has.
 What templates get beyond Jinja's own: ``{% include %}``/``{% import %}`` of files beside the
 recipe; ``load("shots.jsonl")``, a file's content (few-shot examples) parsed by its extension;
 the filters ``tojson`` (without Jinja's HTML escaping), ``truncate`` (Jinja's, in characters)
-and ``truncate_tokens(n)``; and images, attached as neutral image parts (see ``values.Prompt``).
+and ``truncate_tokens(n)``; few-shot turns from a file (``prompt.examples``); and images,
+attached as neutral image parts (see ``values.Prompt``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,7 @@ class PromptTemplate:
         *,
         images: Sequence[str] = (),
         image_detail: str | None = None,
+        examples: Mapping[str, Any] | None = None,
     ) -> None:
         self.env = env = make_environment(base_dir)
         self.base_dir = base_dir
@@ -128,6 +131,7 @@ class PromptTemplate:
                 else:
                     parts.append(("text", self._compile(str(part.get("text", "")), where), None))
             self._messages.append((role, parts))
+        self._shots = [] if examples is None else self._examples(examples)
         self._images = [self._compile(src, "prompt.images") for src in images]
         self._detail = image_detail
         self.variables = frozenset(self._needed - ALWAYS_DEFINED - set(env.globals))
@@ -148,6 +152,29 @@ class PromptTemplate:
                     )
                 ]
             ) from None
+
+    def _examples(self, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Few-shot turns: a user and an assistant message per example of the file, rendered
+        once with the example's fields (they do not depend on the record)."""
+        name = str(spec["path"])
+        problem = Problem("", "prompt.examples", self._recipe_file)
+        try:
+            shots = read_data_file(self.base_dir / name)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise RecipeError([replace(problem, message=f"cannot read {name}: {exc}")]) from None
+        if not isinstance(shots, list) or not all(isinstance(x, Mapping) for x in shots):
+            raise RecipeError([replace(problem, message=f"{name}: expected a list of objects")])
+        env = make_environment(self.base_dir)
+        turns: list[dict[str, Any]] = []
+        for i, shot in enumerate(shots):
+            for role in ("user", "assistant"):
+                try:
+                    text = env.from_string(str(spec[role])).render({**shot, "example": shot})
+                except jinja2.TemplateError as exc:
+                    message = f"{name}, example {i + 1}: {role} template: {exc}"
+                    raise RecipeError([replace(problem, message=message)]) from None
+                turns.append({"role": role, "content": text})
+        return turns
 
     def missing(self, record: Mapping[str, Any]) -> list[str]:
         """The template's variables this record lacks (some may be guarded by ``is defined``
@@ -180,6 +207,9 @@ class PromptTemplate:
             raise TemplateError(f"prompt template: {exc.message}") from None
         except Exception as exc:  # a filter or expression failed on this record's values
             raise TemplateError(f"prompt template failed: {type(exc).__name__}: {exc}") from None
+        if self._shots:
+            last = max((i for i, m in enumerate(rendered) if m["role"] == "user"), default=0)
+            rendered[last:last] = [dict(turn) for turn in self._shots]
         if extra:
             _attach(rendered, extra)
         return Prompt(record_id, rendered, self._generation)

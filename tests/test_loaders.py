@@ -422,3 +422,15 @@ def test_gzipped_json_runs_end_to_end(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     (row,) = read_jsonl(tmp_path / "out.jsonl")
     assert row["id"] == "x" and row["text"] == "mock reply to: id=x ex"
+
+
+def test_csv_types_naming_a_column_the_header_lacks_warns(tmp_path: Path):
+    (tmp_path / "in.csv").write_text("id,score\n1,5\n", encoding="utf-8")
+    warnings: list[str] = []
+    cls = load_registry(entry_points=False).get("loader", "csv").cls
+    csv_loader = cls(
+        {"path": "in.csv", "types": {"score": "int", "scroe": "int"}},
+        ComponentContext(tmp_path, "test", warnings.append),
+    )
+    assert [r.data for r in csv_loader.records()] == [{"id": "1", "score": 5}]
+    assert warnings == ["data.types names column(s) in.csv lacks: scroe"]

@@ -224,3 +224,10 @@ def test_reply_from_body_is_what_parse_response_uses():
     reply = chat().reply_from_body(data)
     assert (reply.text, reply.finish_reason, reply.choices) == ("a", "length", ["a", "b"])
     assert reply.request_id == "chatcmpl-1" and reply.raw is data and reply.parsed is None
+
+
+def test_a_refusal_is_a_filtered_answer():
+    message = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    data = {"choices": [{"message": message, "finish_reason": "stop"}]}
+    reply = chat().reply_from_body(data)
+    assert (reply.text, reply.finish_reason, reply.parsed) == (None, "content_filter", None)

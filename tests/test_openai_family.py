@@ -152,16 +152,23 @@ def test_embeddings_bodies_match_the_spec(specs: Specs):
     assert specs.problems("CreateEmbeddingRequest", body), "the check let a wrong body through"
 
 
-def test_completion_logprobs_become_a_count(specs: Specs):
+def test_completion_logprobs_become_a_count_and_images_are_left_out(specs: Specs):
     from llmrun.builtins.openai_completions import OpenAICompletions
 
+    warnings: list[str] = []
     provider = OpenAICompletions(
-        {"model": "m", "base_url": "http://h/v1"}, ComponentContext(Path("."), "t")
+        {"model": "m", "base_url": "http://h/v1"}, ComponentContext(Path("."), "t", warnings.append)
     )
     generation = freeze({"logprobs": True, "top_logprobs": 3, "n": 2, "tools": []})
     body = provider.body(Prompt("r", [{"role": "user", "content": "hi"}], generation))
     assert body == {"model": "m", "prompt": "hi", "logprobs": 3, "n": 2}
     assert specs.problems("CreateCompletionRequest", body) == []
+    assert warnings == ["generation.tools is not supported by openai-completions; dropped"]
+    parts = [{"type": "text", "text": "what is"}, {"type": "image", "source": "/x.png"}]
+    for _ in range(2):
+        body = provider.body(Prompt("r", [{"role": "user", "content": parts}], generation))
+        assert body["prompt"] == "what is"
+    assert warnings[1:] == ["openai-completions sends text only: images are left out"]
 
 
 def provider_snippets() -> list[tuple[str, dict[str, Any]]]:

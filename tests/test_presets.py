@@ -133,3 +133,4 @@ def test_a_missing_key_variable_stops_the_cli_before_any_call(tmp_path: Path):
     result = run_cli("validate", str(recipe), cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert f"{recipe}:" in result.stderr and "DEEPSEEK_API_KEY is not set" in result.stderr
+    assert "provider 'openai' (preset deepseek)" in result.stderr

@@ -198,7 +198,7 @@ def test_cli_sample_is_the_same_across_runs_and_resumes(tmp_path: Path):
     assert whole == resumed
 
 
-def test_cli_filter_and_offset_with_unknown_total(tmp_path: Path):
+def test_cli_filter_and_offset(tmp_path: Path):
     rows = [{"id": f"r{i}", "text": "t", "lang": "en" if i % 3 else "fr"} for i in range(30)]
     write_jsonl(tmp_path / "data.jsonl", rows)
     recipe = write_recipe(
@@ -210,7 +210,7 @@ def test_cli_filter_and_offset_with_unknown_total(tmp_path: Path):
     )
     result = run_cli("run", str(recipe), "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["total"] is None  # a filter: not known in advance
+    assert json.loads(result.stdout)["total"] == 8  # a filter: known once reading ends
     assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == [
         f"r{i}" for i in range(6, 30, 3)
     ]

@@ -226,3 +226,34 @@ def test_run_start_warns_about_fields_the_first_records_lack(tmp_path: Path):
         "the prompt uses fields that the first 3 record(s) lack: lang (2 of 3), text (1 of 3); "
         "fields they have: body, id, lang, text"
     ) in warnings
+
+
+def test_few_shot_turns_from_a_file(tmp_path: Path):
+    write_jsonl(
+        tmp_path / "shots.jsonl",
+        [{"review": "Great!", "label": "positive"}, {"review": "Meh", "label": "neutral"}],
+    )
+    recipe = basic_recipe(
+        {"name": "mock"},
+        prompt={
+            "system": "Label the review.",
+            "user": "{{ text }}",
+            "examples": {"path": "shots.jsonl", "user": "{{ review }}", "assistant": "{{ label }}"},
+        },
+    )
+    loaded = load_recipe(write_recipe(tmp_path, recipe), load_registry(entry_points=False))
+    tpl = PromptTemplate(loaded.messages, {}, tmp_path, str(loaded.path), examples=loaded.examples)
+    assert tpl.variables == {"text"}  # the examples' fields are not the record's
+    assert tpl.render("r", {"text": "Awful"}).messages == [
+        {"role": "system", "content": "Label the review."},
+        {"role": "user", "content": "Great!"},
+        {"role": "assistant", "content": "positive"},
+        {"role": "user", "content": "Meh"},
+        {"role": "assistant", "content": "neutral"},
+        {"role": "user", "content": "Awful"},
+    ]
+    bad = {"path": "shots.jsonl", "user": "{{ review }}", "assistant": "{{ answer }}"}
+    with pytest.raises(RecipeError, match=r"shots.jsonl, example 1: assistant template"):
+        PromptTemplate(loaded.messages, {}, tmp_path, examples=bad)
+    with pytest.raises(RecipeError, match=r"cannot read none.jsonl"):
+        PromptTemplate(loaded.messages, {}, tmp_path, examples={**bad, "path": "none.jsonl"})

@@ -52,6 +52,7 @@ class AzureOpenAIChat(OpenAIChat):
         },
     }
     what: ClassVar[str] = "Azure OpenAI chat completion"
+    label: ClassVar[str] = "azure-openai"
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.endpoint = str(options["endpoint"]).rstrip("/")

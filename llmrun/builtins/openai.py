@@ -13,17 +13,10 @@ from typing import Any
 from ..hookspecs import Register, hookimpl
 from ..images import load_image
 from ..values import Prompt, Reply
-from .openai_wire import OpenAIShaped, error_from, usage_of
+from .openai_wire import FINISH_REASONS, OpenAIShaped, choices_reply, error_from
 
 __all__ = ["FINISH_REASONS", "OpenAIChat", "chat_messages", "error_from", "register_providers"]
 
-FINISH_REASONS = {
-    "stop": "stop",
-    "length": "length",
-    "tool_calls": "tool_calls",
-    "function_call": "tool_calls",
-    "content_filter": "content_filter",
-}
 JSON_FORMATS = ("json_object", "json_schema")
 
 
@@ -44,23 +37,20 @@ class OpenAIChat(OpenAIShaped):
 
     def reply_from_body(self, data: dict[str, Any]) -> Reply:
         """A successful chat completion body as a ``Reply``."""
-        choices = data["choices"]
-        first = choices[0]
-        messages = [c.get("message") or {} for c in choices]
+        messages = [c.get("message") or {} for c in data["choices"]]
         texts: list[str | None] = [m.get("content") for m in messages]
-        raw_finish = first.get("finish_reason")
         calls = messages[0].get("tool_calls")
-        return Reply(
-            text=texts[0],
-            finish_reason=FINISH_REASONS.get(raw_finish, "other") if raw_finish else None,
-            usage=usage_of(data),
-            model=data.get("model"),
-            request_id=data.get("id"),
-            choices=texts if len(texts) > 1 else None,
+        reply = choices_reply(
+            data,
+            texts,
             tool_calls=[tool_call(c) for c in calls] if calls else None,
             parsed=self._parsed(texts[0]),
-            raw=data,
         )
+        if texts[0] is None and messages[0].get("refusal"):
+            # The model declined (structured outputs say so in `refusal`): a filtered answer,
+            # whatever finish_reason the server gave; the refusal text stays in response.raw.
+            reply.finish_reason = "content_filter"
+        return reply
 
     def batch_api(self) -> Any:
         """The OpenAI Batch API at this provider's base URL (``llmrun.batch.contract``); None

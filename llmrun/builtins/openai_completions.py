@@ -7,25 +7,10 @@ from typing import Any, ClassVar
 
 from ..hookspecs import Register, hookimpl
 from ..values import Prompt, Reply
-from .openai import FINISH_REASONS
-from .openai_wire import OpenAIShaped, usage_of
+from .openai_wire import CHAT_KEYS, OpenAIShaped, choices_reply
 
 # /completions knows neither tools, response formats nor reasoning; logprobs is a count there.
-SUPPORTED = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "seed",
-        "n",
-        "presence_penalty",
-        "frequency_penalty",
-        "logprobs",
-        "top_logprobs",
-    }
-)
+SUPPORTED = CHAT_KEYS - {"reasoning_effort", "tools", "tool_choice", "response_format"}
 
 
 def prompt_text(prompt: Prompt) -> str:
@@ -35,6 +20,7 @@ def prompt_text(prompt: Prompt) -> str:
 
 
 def message_text(message: dict[str, Any]) -> str:
+    """The text of a message; the text parts of one with content parts (images left out)."""
     content = message.get("content")
     if isinstance(content, str):
         return content
@@ -42,15 +28,27 @@ def message_text(message: dict[str, Any]) -> str:
     return " ".join(str(p.get("text")) for p in parts if isinstance(p, dict) and "text" in p)
 
 
+def has_images(prompt: Prompt) -> bool:
+    return any(
+        isinstance(part, dict) and part.get("type") == "image"
+        for message in prompt.messages
+        if not isinstance(message.get("content"), str)
+        for part in message.get("content") or ()
+    )
+
+
 class OpenAICompletions(OpenAIShaped):
     """POST {base_url}/completions; the choices' ``text`` is the reply."""
 
     path: ClassVar[str] = "/completions"
     what: ClassVar[str] = "completion"
+    label: ClassVar[str] = "openai-completions"
     supported: ClassVar[frozenset[str]] = SUPPORTED
 
     def body(self, prompt: Prompt) -> dict[str, Any]:
         """The request body: the prompt string and the generation keys /completions takes."""
+        if has_images(prompt):
+            self.warn_once("images", "openai-completions sends text only: images are left out")
         body: dict[str, Any] = {"model": self.model, "prompt": prompt_text(prompt)}
         generation = self.generation(prompt)
         if "max_completion_tokens" in generation:
@@ -66,18 +64,7 @@ class OpenAICompletions(OpenAIShaped):
 
     def reply_from_body(self, data: dict[str, Any]) -> Reply:
         """A successful completion body as a ``Reply``."""
-        choices = data["choices"]
-        texts: list[str | None] = [c.get("text") for c in choices]
-        raw_finish = choices[0].get("finish_reason")
-        return Reply(
-            text=texts[0],
-            finish_reason=FINISH_REASONS.get(raw_finish, "other") if raw_finish else None,
-            usage=usage_of(data),
-            model=data.get("model"),
-            request_id=data.get("id"),
-            choices=texts if len(texts) > 1 else None,
-            raw=data,
-        )
+        return choices_reply(data, [c.get("text") for c in data["choices"]])
 
 
 @hookimpl

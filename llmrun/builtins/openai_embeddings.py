@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from ..hookspecs import Register, hookimpl
 from ..values import ComponentContext, Prompt, Reply, Usage
-from .openai_completions import message_text
+from .openai_completions import has_images, message_text
 from .openai_wire import COMMON_OPTIONS, OpenAIShaped
 
 DEFAULT_BATCH_SIZE = 64
@@ -50,6 +50,7 @@ class OpenAIEmbeddings(OpenAIShaped):
     }
     path: ClassVar[str] = "/embeddings"
     what: ClassVar[str] = "embeddings"
+    label: ClassVar[str] = "openai-embeddings"
     supported: ClassVar[frozenset[str]] = frozenset()  # no generation key applies
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
@@ -61,6 +62,8 @@ class OpenAIEmbeddings(OpenAIShaped):
         """The request body: every member's text, in order."""
         members = prompt.group or (prompt,)
         self.generation(prompt)  # says once which generation keys are ignored
+        if any(has_images(p) for p in members):
+            self.warn_once("images", "openai-embeddings embeds text only: images are left out")
         body: dict[str, Any] = {
             "model": self.model,
             "input": [embedded_text(p) for p in members],

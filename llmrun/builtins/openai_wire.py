@@ -105,6 +105,7 @@ class OpenAIShaped:
     }
     path: ClassVar[str] = "/chat/completions"
     what: ClassVar[str] = "chat completion"  # for messages
+    label: ClassVar[str] = "openai"  # the provider's name, for warnings
     supported: ClassVar[frozenset[str]] = CHAT_KEYS
     default_base_url: ClassVar[str] = OPENAI_BASE_URL
 
@@ -162,7 +163,7 @@ class OpenAIShaped:
         rename: Mapping[str, str] = self.preset.rename if self.preset else {}
         for key, value in thaw(prompt.generation).items():
             if key not in self.supported or key in drop:
-                where = f"the {self.preset.title} preset" if self.preset else self.what
+                where = f"the {self.preset.title} preset" if self.preset else self.label
                 self.warn_once(
                     "generation." + key, f"generation.{key} is not supported by {where}; dropped"
                 )
@@ -203,6 +204,31 @@ class OpenAIShaped:
 
     def transport(self) -> Transport | None:
         return None
+
+
+FINISH_REASONS = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def choices_reply(data: dict[str, Any], texts: list[str | None], **more: Any) -> Reply:
+    """The ``Reply`` of a body with ``choices`` (chat or completions): the first choice's text
+    and finish reason, every text when there are several, usage, model, id, the raw body."""
+    raw_finish = data["choices"][0].get("finish_reason")
+    return Reply(
+        text=texts[0],
+        finish_reason=FINISH_REASONS.get(raw_finish, "other") if raw_finish else None,
+        usage=usage_of(data),
+        model=data.get("model"),
+        request_id=data.get("id"),
+        choices=texts if len(texts) > 1 else None,
+        raw=data,
+        **more,
+    )
 
 
 def usage_of(data: Mapping[str, Any]) -> Usage:

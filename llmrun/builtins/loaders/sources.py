@@ -112,6 +112,7 @@ class FileLoader:
         self.source = Source(str(options["path"]), context, str(options.get("encoding", "utf-8")))
         self.label = self.source.label
         self.path = self.source.path
+        self.encoding = self.source.encoding
 
     def count(self) -> int | None:
         """Unknown unless a loader knows better."""

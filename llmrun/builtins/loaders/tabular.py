@@ -95,6 +95,7 @@ class CsvLoader(FileLoader):
         self.columns = None if columns is None else [str(c) for c in columns]
         self.header = bool(options.get("header", self.columns is None))
         self.types = {str(k): CONVERTERS[str(v)] for k, v in (options.get("types") or {}).items()}
+        self.warn = context.warn
         if self.columns is not None:
             unknown = sorted(set(self.types) - set(self.columns))
             if unknown:
@@ -117,6 +118,9 @@ class CsvLoader(FileLoader):
                     return
                 names = names or first
             assert names is not None
+            unknown = sorted(set(self.types) - set(names))
+            if unknown:  # a typo would otherwise leave the column a string, silently
+                self.warn(f"data.types names column(s) {self.label} lacks: {', '.join(unknown)}")
             width = len(names)
             line = reader.line_num
             for cells in _rows(reader):

@@ -1,0 +1,248 @@
+"""The plugin distributions under plugins/, installed like a user installs them.
+
+One fresh virtual environment per session gets this checkout of llmrun and both plugins from
+their folders (not editable), plus pytest. Everything then runs through that environment's own
+``llmrun`` command and Python, so the plugins are found through their entry points only. This
+process never imports pyarrow or datasets: they exist only in that environment.
+
+Installing takes most of this module's time (about a minute with a warm pip cache); see the
+README of each plugin for what it installs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import read_jsonl, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+PARQUET = ROOT / "plugins" / "llmrun-parquet"
+HF = ROOT / "plugins" / "llmrun-hf"
+
+
+@dataclass
+class Venv:
+    folder: Path
+    env: dict[str, str]
+
+    @property
+    def bin(self) -> Path:
+        return self.folder / ("Scripts" if os.name == "nt" else "bin")
+
+    def run(
+        self, program: str, *args: str, cwd: Path | None = None, timeout: float = 300, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.bin / program), *args],
+            cwd=cwd,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def python(self, code: str, *args: str, **env: str) -> Any:
+        """Run ``code`` in the venv's Python; it prints one JSON value, returned here."""
+        proc = self.run("python", "-c", textwrap.dedent(code), *args, **env)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
+    folder = tmp_path_factory.mktemp("plugin-dists") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=120)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"LLMRUN_PLUGINS", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"}
+    }
+    env["PATH"] = os.pathsep.join([str(folder / "bin"), env.get("PATH", "")])
+    # The Hugging Face cache of these tests is their own; nothing reaches the Hub.
+    env["HF_HOME"] = str(tmp_path_factory.mktemp("hf-home"))
+    env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    made = Venv(folder, env)
+    proc = made.run(
+        "python",
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        # No bytecode for the big wheels (pyarrow, pandas): less CPU on a 2-core CI machine.
+        "--no-compile",
+        str(ROOT),
+        f"{PARQUET}[test]",
+        f"{HF}[test]",
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    yield made
+
+
+def test_plugins_are_listed_from_their_entry_points(venv: Venv) -> None:
+    proc = venv.run("llmrun", "plugins", "--json")
+    assert proc.returncode == 0, proc.stderr
+    listing = json.loads(proc.stdout)
+    assert listing["failures"] == []
+    found = {
+        (c["kind"], c["name"]): (c["plugin"], c["package"], c["version"])
+        for c in listing["components"]
+    }
+    assert found[("loader", "parquet")] == ("parquet", "llmrun-parquet", "0.1.0")
+    assert found[("writer", "parquet")] == ("parquet", "llmrun-parquet", "0.1.0")
+    assert found[("loader", "hf")] == ("hf", "llmrun-hf", "0.1.0")
+    assert found[("loader", "jsonl")][1] == "llmrun"
+    # Not one of them without their entry points: the core knows nothing of them.
+    none = json.loads(venv.run("llmrun", "plugins", "--json", LLMRUN_PLUGINS="").stdout)
+    assert {c["package"] for c in none["components"]} == {"llmrun"}
+    # Listing them imports neither pyarrow nor datasets (they load when a component is used).
+    imported = venv.python(
+        """
+        import json, sys
+        from llmrun.plugins import load_registry
+        registry = load_registry()
+        assert registry.get("loader", "hf") and registry.get("writer", "parquet")
+        print(json.dumps(sorted(m for m in ("pyarrow", "datasets") if m in sys.modules)))
+        """
+    )
+    assert imported == []
+
+
+PARQUET_RECIPE = """\
+name: parquet-dist
+data:
+  loader: parquet
+  path: data.parquet
+  id: id
+  columns: [id, text]
+prompt: "Label: {{ text }}"
+provider: {name: mock, replies: [positive, negative]}
+run: {concurrency: 4}
+output:
+  writer: parquet
+  path: out/labels.parquet
+  row_group_size: 16
+"""
+
+MAKE_DATA = """
+import json, sys
+import pyarrow as pa, pyarrow.parquet as pq
+rows = [{"id": f"r{i:03d}", "text": f"review {i}", "stars": i % 5} for i in range(40)]
+pq.write_table(pa.Table.from_pylist(rows), sys.argv[1], row_group_size=7)
+print(json.dumps(len(rows)))
+"""
+
+READ_OUTPUT = """
+import json, sys
+import pyarrow.parquet as pq
+table = pq.read_table(sys.argv[1])
+print(json.dumps({"rows": table.to_pylist(), "columns": table.column_names}))
+"""
+
+
+def test_a_recipe_reads_and_writes_parquet_through_the_cli(venv: Venv, tmp_path: Path) -> None:
+    assert venv.python(MAKE_DATA, str(tmp_path / "data.parquet")) == 40
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(PARQUET_RECIPE, encoding="utf-8")
+    check = venv.run("llmrun", "validate", str(recipe))
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    first = venv.run("llmrun", "run", str(recipe), "--limit", "25", "--quiet")
+    assert first.returncode == 0, first.stderr
+    second = venv.run("llmrun", "run", str(recipe), "--quiet", "--json")
+    assert second.returncode == 0, second.stderr
+    summary = json.loads(second.stdout)
+    assert (summary["resumed_ok"], summary["ok"], summary["error"]) == (25, 15, 0)
+
+    out = tmp_path / "out" / "labels.parquet"
+    parts = sorted(p.name for p in out.iterdir())
+    assert parts and all(p.startswith("part-") for p in parts)  # no journal left behind
+    table = venv.python(READ_OUTPUT, str(out))
+    rows = table["rows"]
+    assert sorted(r["id"] for r in rows) == [f"r{i:03d}" for i in range(40)]
+    assert {r["status"] for r in rows} == {"ok"}
+    assert {r["text"] for r in rows} <= {"positive", "negative"}
+    assert json.loads(rows[0]["record"]).keys() == {"id", "text"}  # columns: [id, text]
+
+
+def test_a_bad_plugin_option_is_located_by_validate(venv: Venv, tmp_path: Path) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(PARQUET_RECIPE.replace("row_group_size: 16", "row_group_size: 0"))
+    proc = venv.run("llmrun", "validate", str(recipe))
+    assert proc.returncode == 2
+    assert "recipe.yaml:13" in proc.stderr + proc.stdout
+    assert "output.row_group_size" in proc.stderr + proc.stdout
+
+
+HF_RECIPE = """\
+name: hf-dist
+data:
+  loader: hf
+  path: reviews.jsonl
+  id: id
+prompt: "Stars for: {{ text }}"
+provider: {name: mock, replies: ["3"]}
+output: {path: out.jsonl}
+"""
+
+
+def test_a_recipe_reads_local_files_through_the_hf_loader(venv: Venv, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "reviews.jsonl", [{"id": f"h{i}", "text": f"t{i}"} for i in range(9)])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(HF_RECIPE, encoding="utf-8")
+    proc = venv.run("llmrun", "run", str(recipe), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(r["id"] for r in rows) == [f"h{i}" for i in range(9)]
+    assert {(r["status"], r["text"]) for r in rows} == {("ok", "3")}
+    assert rows[0]["record"] == {"id": rows[0]["id"], "text": "t" + rows[0]["id"][1:]}
+
+
+def test_a_hub_dataset_offline_stops_the_run_with_a_clear_message(
+    venv: Venv, tmp_path: Path
+) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        HF_RECIPE.replace("  path: reviews.jsonl", "  dataset: someorg/reviews\n  split: test")
+    )
+    proc = venv.run(
+        "llmrun", "run", str(recipe), "--quiet", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot load dataset 'someorg/reviews' (split 'test')" in proc.stderr
+    assert "only a dataset already in the local Hugging Face cache" in proc.stderr
+
+
+def test_export_to_parquet_uses_the_plugin_writer(venv: Venv, tmp_path: Path) -> None:
+    if "export" not in venv.run("llmrun", "--help").stdout:
+        pytest.skip("this checkout has no `llmrun export` command yet")
+    rows = [
+        {"id": f"e{i}", "status": "ok", "text": "x", "fields": {"label": i}, "record": {"n": i}}
+        for i in range(5)
+    ]
+    write_jsonl(tmp_path / "out.jsonl", rows)
+    proc = venv.run("llmrun", "export", str(tmp_path / "out.jsonl"), "--to", "parquet")
+    assert proc.returncode == 0, proc.stderr
+    table = venv.python(READ_OUTPUT, str(tmp_path / "out.parquet"))
+    assert sorted(r["id"] for r in table["rows"]) == [f"e{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("plugin", [PARQUET, HF], ids=lambda p: p.name)
+def test_each_plugins_own_tests_pass_in_the_installed_env(venv: Venv, plugin: Path) -> None:
+    # pytest's script (not `python -m`) keeps the source folder off sys.path: the tests run
+    # against the installed package.
+    proc = venv.run("pytest", "-q", "-p", "no:cacheprovider", cwd=plugin)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout

@@ -25,7 +25,7 @@ import anyio
 import httpx
 
 from ..calls import backoff_s
-from ..errors import CallError, RunAborted
+from ..errors import CallError, RecordError, RunAborted
 from ..failures import classify_transport
 from ..pricing import PriceTable
 from ..store import IdSet
@@ -415,7 +415,10 @@ class BatchRunner:
             work = _Work(rid, data, where, None)
             result = results.get(cid)
             if result is not None and result.reply is not None:
-                prompt = self.engine.template.render(rid, data)
+                try:  # the prompt only matters for a reask (a follow-up turn)
+                    prompt = self.engine.template.render(rid, data)
+                except RecordError:  # the recipe changed since: no follow-up possible
+                    prompt = Prompt(rid, [], {})
                 outcome = Outcome(result.reply, 1, 0.0)
                 row = await self.engine._postprocess(work, prompt, outcome, self.caller)
                 spent += float(row.get("cost_usd") or 0.0)

@@ -1,4 +1,14 @@
-"""One record's call: pick a key, respect the pace, send, classify, retry with backoff."""
+"""One record's call: reserve budget, pick a key and wait for its pace, send, classify, retry.
+
+The steps of ``Caller.call``, each attempt:
+
+1. ``KeyPool.acquire``: the live key that can start soonest, its slot reserved and waited for
+   (a key that has not answered yet is used by one request at a time: see ``limits``);
+2. send; the answer (or the transport's failure) becomes a ``Reply`` or a ``CallError``;
+3. by the error's kind: ``key`` retires the key and tries another (the record is not to blame),
+   ``run`` stops the run, ``record`` makes an error row, ``retryable`` backs off (full jitter,
+   never sooner than the server's Retry-After) and tries again up to ``run.max_retries``.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +21,13 @@ from typing import NoReturn
 import anyio
 import httpx
 
+from .budget import Budget
 from .components import Provider, Transport
 from .errors import CallError, RunAborted
 from .failures import classify_transport
-from .limits import KeyPool, RateLimiter
+from .limits import KeyPool, Lease
 from .recipe import RunSettings
-from .redaction import fingerprint
+from .tokens import estimate
 from .values import Prompt, Reply
 
 BACKOFF_BASE_S = 0.5
@@ -31,7 +42,8 @@ class Outcome:
 
 
 class NotSent(Exception):
-    """The call was dropped before its first attempt went out: the run is stopping."""
+    """The call was dropped before its first attempt went out: the run is stopping (a signal,
+    or the budget would be exceeded)."""
 
 
 class CallFailed(Exception):
@@ -57,107 +69,121 @@ class Caller:
         provider: Provider,
         transport: Transport,
         keys: KeyPool,
-        limiter: RateLimiter,
         settings: RunSettings,
         *,
         warn: Callable[[str], None],
         on_retry: Callable[[CallError], None],
+        budget: Budget | None = None,
+        cost_of: Callable[[Reply], float | None] = lambda reply: None,
+        on_budget: Callable[[], None] = lambda: None,
+        count_tokens: bool = False,
     ) -> None:
         self._provider = provider
         self._transport = transport
         self._keys = keys
-        self._limiter = limiter
         self._settings = settings
         self._warn = warn
         self._on_retry = on_retry
+        self._budget = budget
+        self._cost_of = cost_of
+        self._on_budget = on_budget
+        self._count_tokens = count_tokens  # a token limit is set: estimate each request
         self._reached = False  # any HTTP answer at all: the endpoint exists
-        # Until a key has had one answer, one request at a time uses it (the probe): a rejected
-        # key, an unknown model or a wrong base_url then costs one call, not one per worker.
-        self._trusted: set[str | None] = set()
-        self._probes: dict[str | None, anyio.Event] = {}
         self._stopped: str | None = None  # set once a call raised RunAborted
         self._closing = False  # stopping: calls not sent yet never will be
 
     async def call(self, prompt: Prompt) -> Outcome:
         """The reply; CallFailed when the record must become an error row; RunAborted when
         nothing can succeed; NotSent when the run stops before the call went out."""
-        attempts = 0
-        probing = False  # this call holds its key's probe
-        key: str | None = None
+        reserved = 0.0
+        if self._budget is not None:
+            if self._closing:
+                raise NotSent  # stopping (a signal, or the budget already reached)
+            reserved = self._budget.worst_case(prompt)
+            if not self._budget.reserve(reserved):
+                self._on_budget()
+                raise NotSent
+        cost: float | None = None
         try:
-            while True:
-                if self._stopped is not None:
-                    raise RunAborted(self._stopped)
-                if not probing:
-                    key = self._keys.pick()
-                    if key not in self._trusted:
-                        waiting = self._probes.get(key)
-                        if waiting is not None:
-                            await waiting.wait()
-                            continue  # the key may be retired by now: pick again
-                        self._probes[key] = anyio.Event()
-                        probing = True
-                await self._limiter.acquire()
-                if self._closing and attempts == 0:
-                    raise NotSent  # it waited (key probe, pace) past the first Ctrl-C
-                attempts += 1
-                request = self._provider.build_request(prompt, key)
+            outcome = await self._attempts(prompt)
+            cost = self._cost_of(outcome.reply)
+            if cost is None:
+                cost = reserved  # no usage reported: count the worst case
+            return outcome
+        finally:
+            if self._budget is not None:
+                self._budget.settle(reserved, cost)
+
+    async def _attempts(self, prompt: Prompt) -> Outcome:
+        attempts = 0
+        tokens = sum(estimate(prompt)) if self._count_tokens else 0
+        while True:
+            if self._stopped is not None:
+                raise RunAborted(self._stopped)
+            lease = await self._keys.acquire(tokens)
+            if self._closing and attempts == 0:
+                self._keys.release(lease, trusted=False)
+                raise NotSent  # it waited (key probe, pace) past the first Ctrl-C
+            attempts += 1
+            error: CallError | None = None
+            answered = False  # the server answered (any status): the key reached it
+            try:
+                request = self._provider.build_request(prompt, lease.key)
                 started = time.monotonic()
                 try:
                     response = await self._transport.send(request, self._settings.timeout_s)
-                    self._reached = True
+                    self._reached = answered = True
                     reply = self._provider.parse_response(response)
                 except httpx.TransportError as exc:
                     error = classify_transport(exc)
                 except CallError as exc:
                     error = exc
                 else:
-                    if probing:
-                        probing = self._end_probe(key, trusted=True)
+                    self._keys.on_success(lease, response.headers)
+                    self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
                     return Outcome(reply, attempts, time.monotonic() - started)
-                if probing and error.kind != "key" and error.status is not None:
-                    probing = self._end_probe(key, trusted=True)  # answered: the key works
-                if error.kind == "key":
-                    if probing:
-                        probing = self._end_probe(key, trusted=False)
-                    if not self._keys.retire(key, f"{error.message}"):
-                        self._stop(self._keys.exhausted_message())
-                    self._warn(f"retired {fingerprint(key or '')}: {error.message}")
-                    attempts -= 1  # the record is not to blame for a bad key
-                    continue
-                if error.kind == "run":
-                    self._stop(
-                        f"{error.message} ({_where(request)}, model {self._provider.model!r}): "
-                        "check provider.base_url and provider.model"
-                    )
-                if error.kind == "record":
-                    raise CallFailed(error, attempts)
-                if attempts > self._settings.max_retries:
-                    if error.code == "connect" and not self._reached:
-                        self._stop(
-                            f"cannot reach the provider at {_where(request)} after {attempts} "
-                            f"attempts: {error.message}; check provider.base_url"
-                        )
-                    raise CallFailed(error, attempts)
-                self._on_retry(error)
-                await anyio.sleep(backoff_s(attempts, error.retry_after))
-        finally:
-            if probing:
-                self._end_probe(key, trusted=False)
+            finally:
+                # Any answer but a rejection of the key shows that the key works.
+                rejected = error is not None and error.kind == "key"
+                self._keys.release(lease, trusted=answered and not rejected)
+            if error.kind == "key":
+                self._retire(error, lease)
+                attempts -= 1  # the record is not to blame for a bad key: try another now
+                continue
+            self._handle(error, request, lease, attempts)
+            self._on_retry(error)
+            await anyio.sleep(backoff_s(attempts, error.retry_after))
+
+    def _retire(self, error: CallError, lease: Lease) -> None:
+        if not self._keys.retire(lease, error.message):
+            self._stop(self._keys.exhausted_message())
+        self._warn(f"retired {lease.state.name}: {error.message}")
+
+    def _handle(
+        self, error: CallError, request: httpx.Request, lease: Lease, attempts: int
+    ) -> None:
+        """Act on a failed attempt: return when it is to be retried, else raise."""
+        if error.kind == "run":
+            self._stop(
+                f"{error.message} ({_where(request)}, model {self._provider.model!r}): "
+                "check provider.base_url and provider.model"
+            )
+        if error.kind == "record":
+            raise CallFailed(error, attempts)
+        if error.code == "rate_limit":
+            self._keys.on_rate_limited(lease, error.retry_after)
+        if attempts > self._settings.max_retries:
+            if error.code == "connect" and not self._reached:
+                self._stop(
+                    f"cannot reach the provider at {_where(request)} after {attempts} "
+                    f"attempts: {error.message}; check provider.base_url"
+                )
+            raise CallFailed(error, attempts)
 
     def close(self) -> None:
         """Send no more first attempts: calls not sent yet raise NotSent; calls already sent
         go on (retries included) so that they finish."""
         self._closing = True
-
-    def _end_probe(self, key: str | None, *, trusted: bool) -> bool:
-        """Release the key's probe (waiting calls go on); False, for ``probing = ...``."""
-        if trusted:
-            self._trusted.add(key)
-        event = self._probes.pop(key, None)
-        if event is not None:
-            event.set()
-        return False
 
     def _stop(self, message: str) -> NoReturn:
         """Raise RunAborted, and make every later call raise it too (before it sends)."""

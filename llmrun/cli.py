@@ -7,6 +7,8 @@ Exit codes:
   3    the run was aborted by a run-level failure (rejected keys, unknown model, unreachable
        endpoint); run again after fixing it, finished rows are kept
   4    another run is writing the same output
+  5    the run stopped at run.budget_usd: the next call could have exceeded it (calls in
+       flight were finished and written); raise the budget and run again to continue
   130  interrupted (Ctrl-C, SIGTERM); run the same command again to continue
   70   an internal error (a bug: please report it, with the traceback from --debug)
 """
@@ -20,14 +22,23 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_ABORTED, EXIT_LOCKED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE, EXIT_ABORTED, EXIT_LOCKED, EXIT_BUDGET = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED, EXIT_INTERNAL = 130, 70
 
 # Commands beyond run/validate/plugins/schema live in llmrun/commands/<name>.py, one module
 # each. A module defines ``register(subparsers)``, which adds its parser and sets
 # ``handler=fn(args, err) -> exit code``. Modules import what they need inside the handler so
 # that ``llmrun --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("plan", "lock", "init", "plugin", "repost", "export", "cancel")
+COMMAND_MODULES: tuple[str, ...] = (
+    "plan",
+    "lock",
+    "init",
+    "plugin",
+    "status",
+    "repost",
+    "export",
+    "cancel",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="llmrun",
         description="Run large, repeatable jobs of LLM calls from a YAML recipe.",
         epilog="Exit codes: 0 all ok, 1 finished with error rows, 2 bad recipe or usage, "
-        "3 aborted, 4 output locked, 130 interrupted (run again to resume).",
+        "3 aborted, 4 output locked, 5 budget reached, 130 interrupted (run again to resume).",
     )
     parser.add_argument("--version", action="version", version=f"llmrun {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -61,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--fresh",
         action="store_true",
         help="start over: the old output is moved aside, not deleted",
+    )
+    run.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="call the records of the output's error rows again (their rows are replaced; "
+        "the old output is kept in the state folder)",
     )
     run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     run.add_argument(
@@ -190,7 +207,14 @@ def cmd_run(args: argparse.Namespace, err: Any) -> int:
         err.print(change, markup=False)
     mode: Mode = "none" if args.quiet else args.progress
     progress = make_progress(mode, err)
-    engine = Engine(recipe, registry, progress, limit=args.limit, fresh=args.fresh)
+    engine = Engine(
+        recipe,
+        registry,
+        progress,
+        limit=args.limit,
+        fresh=args.fresh,
+        retry_errors=args.retry_errors,
+    )
     try:
         summary = anyio.run(engine.run, backend=args.backend)
     except KeyboardInterrupt:  # Ctrl-C before the run watched for it (start-up)
@@ -208,6 +232,10 @@ def cmd_run(args: argparse.Namespace, err: Any) -> int:
             markup=False,
         )
         return EXIT_ABORTED
+    if summary.status == "budget":
+        err.print(f"budget: {summary.reason}", markup=False)
+        err.print(f"raise run.budget_usd and run `{again}` again to continue", markup=False)
+        return EXIT_BUDGET
     if summary.status == "interrupted":
         err.print(f"interrupted: run `{again}` again to continue", markup=False)
         return EXIT_INTERRUPTED

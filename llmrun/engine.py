@@ -31,16 +31,18 @@ from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .__about__ import __version__
+from .budget import Budget
 from .calls import Caller, CallFailed, NotSent, Outcome
 from .components import Loader, Postprocessor, Provider, Writer
-from .errors import CallError, RecordError, RunAborted
-from .limits import KeyPool, RateLimiter
+from .errors import CallError, RecipeError, RecordError, RunAborted
+from .limits import KeyPool
 from .plugins import Observers, Registry
 from .pricing import Price, PriceTable
 from .progress import Progress
 from .provenance import call_hash
 from .recipe import ComponentSpec, Recipe
 from .redaction import Redactor
+from .rerun import drop_error_rows
 from .selection import selection_of
 from .stats import RunStats
 from .store import IdSet, RunState, now_iso
@@ -48,7 +50,7 @@ from .templates import PromptTemplate
 from .transport import default_transport
 from .values import ComponentContext, Prompt, Reply, Result, SourceRecord, Usage
 
-Status = Literal["completed", "interrupted", "aborted"]
+Status = Literal["completed", "interrupted", "aborted", "budget"]
 READ_CHUNK = 256
 FIELD_CHECK = 20  # records the run-start check of the template looks at
 WRITE_BATCH = 512
@@ -80,7 +82,10 @@ class RunSummary:
             "resumed_error": s.resumed_error,
             "total": s.total,
             "retries": s.retries,
+            "retries_by_code": dict(s.retries_by_code),
             "errors_by_code": dict(s.errors_by_code),
+            "cost_usd": round(s.cost_usd, 8),
+            "job_cost_usd": round(s.cost_usd + s.resumed_cost_usd, 8),
             "tokens": {"input": s.input_tokens, "output": s.output_tokens},
             "elapsed_s": round(s.elapsed, 3),
             "warnings": list(self.warnings),
@@ -99,6 +104,7 @@ class _Flags:
     def __init__(self) -> None:
         self.stopping = False  # no new records
         self.abort: RunAborted | None = None
+        self.budget = False  # the next call could have exceeded run.budget_usd
         self.signals = 0
 
 
@@ -129,6 +135,7 @@ class Engine:
         *,
         limit: int | None = None,
         fresh: bool = False,
+        retry_errors: bool = False,
         handle_signals: bool = True,
     ) -> None:
         self.recipe = recipe
@@ -136,6 +143,7 @@ class Engine:
         self.progress = progress
         self.limit = limit if limit is not None else recipe.limit
         self.fresh = fresh
+        self.retry_errors = retry_errors
         self.handle_signals = handle_signals and sys.platform != "win32"
         # Keys written literally in a recipe are as secret as those read from ${VAR}.
         self.redact = Redactor({*recipe.secrets, *recipe.api_keys})
@@ -169,6 +177,16 @@ class Engine:
         self._reader_scope: CancelScope | None = None
         self._caller: Caller | None = None
         self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
+        self._budget: Budget | None = None
+        self._budget_price: Price | None = None
+        if recipe.run.budget_usd is not None:
+            self._budget_price = self._price_table.lookup(self.provider.model)
+            if self._budget_price is None:
+                # A budget that cannot be counted is not a budget.
+                raise RecipeError(
+                    f"run.budget_usd: no price known for model {self.provider.model!r}, so "
+                    "spend cannot be counted; add it under prices: in the recipe"
+                )
 
     def warn(self, message: str) -> None:
         message = self.redact(message)
@@ -182,6 +200,15 @@ class Engine:
             if self.fresh:
                 for moved in self.state.move_aside():
                     self.progress.log(f"--fresh: moved the previous output aside to {moved}")
+            elif self.retry_errors:
+                kept, moved_to = await anyio.to_thread.run_sync(
+                    drop_error_rows, self.recipe.output_path, self.state.dir
+                )
+                if moved_to is not None:
+                    self.progress.log(
+                        f"--retry-errors: {kept} error row(s) will be called again "
+                        f"(the previous output is kept as {moved_to})"
+                    )
             done = await anyio.to_thread.run_sync(self._open_output)
             manifest = self._start_manifest()
             self.observers.call(
@@ -202,15 +229,7 @@ class Engine:
                 max_connections=self.recipe.run.concurrency,
                 connect_timeout_s=self.recipe.run.connect_timeout_s,
             )
-            caller = Caller(
-                self.provider,
-                transport,
-                KeyPool(self.recipe.api_keys),
-                RateLimiter(self.recipe.run.requests_per_minute),
-                self.recipe.run,
-                warn=self.warn,
-                on_retry=self._count_retry,
-            )
+            caller = self._make_caller(transport)
             self._caller = caller
             self.progress.start(self.recipe.name, self.stats)
             try:
@@ -222,6 +241,8 @@ class Engine:
                     self.writer.close()
                     if self.flags.abort is not None:
                         status, reason = "aborted", self.redact(str(self.flags.abort))
+                    elif self.flags.budget:
+                        status, reason = "budget", self._budget_reason()
                     elif self.flags.stopping:
                         status, reason = "interrupted", "stopped by a signal"
                     self.progress.stop(self.stats)
@@ -232,6 +253,45 @@ class Engine:
                     self.observers.call("run_finished", summary.to_json())
             return summary
 
+    def _make_caller(self, transport: Any) -> Caller:
+        """The Caller: keys with their limits, and the budget when the recipe sets one."""
+        run = self.recipe.run
+        keys = KeyPool(
+            self.recipe.api_keys,
+            requests_per_minute=run.requests_per_minute,
+            tokens_per_minute=run.tokens_per_minute,
+            adaptive=run.adaptive,
+        )
+        if run.budget_usd is not None and self._budget_price is not None:
+            spent = self.stats.resumed_cost_usd
+            self._budget = Budget(run.budget_usd, self._budget_price, spent)
+        return Caller(
+            self.provider,
+            transport,
+            keys,
+            run,
+            warn=self.warn,
+            on_retry=self._count_retry,
+            budget=self._budget,
+            cost_of=self._cost,
+            on_budget=self._budget_reached,
+            count_tokens=run.tokens_per_minute is not None,
+        )
+
+    def _budget_reached(self) -> None:
+        if not self.flags.budget:
+            self.flags.budget = True
+            self.progress.log(f"budget: {self._budget_reason()}; finishing the calls in flight")
+            self._stop_reading()
+
+    def _budget_reason(self) -> str:
+        budget = self._budget
+        assert budget is not None
+        return (
+            f"run.budget_usd {budget.limit:g} reached: spent ${budget.spent:.4f} "
+            f"(this run ${self.stats.cost_usd:.4f}); the next call could have exceeded it"
+        )
+
     def _open_output(self) -> IdSet:
         """Open the writer, count what is already there, and index the finished ids."""
 
@@ -241,6 +301,9 @@ class Engine:
                     self.stats.resumed_ok += 1
                 else:
                     self.stats.resumed_error += 1
+                cost = row.get("cost_usd")
+                if isinstance(cost, int | float):
+                    self.stats.resumed_cost_usd += cost
                 yield str(row["id"])
 
         return IdSet(ids())
@@ -694,6 +757,7 @@ class Engine:
 
     def _count_retry(self, error: CallError) -> None:
         self.stats.retries += 1
+        self.stats.retries_by_code[error.code] += 1
 
     # -- manifest --------------------------------------------------------------------------
 

@@ -86,6 +86,6 @@ def record_done(row: Mapping[str, Any]) -> None:
 def run_finished(summary: Mapping[str, Any]) -> None:
     """Called once at the end of a run, however it ended.
 
-    ``summary`` holds ``status`` ("completed", "interrupted", "aborted"), the counts
+    ``summary`` holds ``status`` ("completed", "interrupted", "aborted", "budget"), the counts
     (``ok``, ``error``, ``skipped``), ``tokens``, ``elapsed_s`` and ``reason`` when aborted.
     """

@@ -1,75 +1,327 @@
-"""Pacing calls: which key a request uses, and how fast requests may start.
+"""Pacing calls: which key a request uses, when it may start, and how the pace adapts.
 
-This holds the seam the engine calls through (``KeyPool.pick``, ``RateLimiter.acquire``); the
-full per-key request/token limits and adaptive concurrency build on it.
+Every key has its own state (``KeyState``): request and token paces from the recipe's limits,
+an adaptive pace learnt from 429s and ``x-ratelimit-*`` headers, a pause the server asked for
+(``Retry-After``), and whether it has answered once yet (until then one request at a time uses
+it, so a wrong key, model or URL costs one call). ``KeyPool.acquire`` picks the live key that can
+start soonest, reserves its slot, and waits for it.
+
+Paces space starts evenly rather than letting a full bucket burst at start-up: a limit of R per
+minute gives one start every 60/R s (for tokens, a request of T tokens holds the next one back
+T * 60/R s), so no minute holds more than the limit, counted over any window, from the first
+request on. A token estimate is corrected by the usage the reply reports.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import anyio
 
 from .errors import RunAborted
 from .redaction import fingerprint
 
+# Adaptive pace (AIMD on the request rate of a key): on a bare 429, at most once per
+# DECREASE_EVERY_S and only for a request that started after the last decrease, the pace drops
+# to DECREASE x the rate that succeeded since then (past a limit, what succeeds is the limit);
+# each success then adds INCREASE_PER_OK requests/s, i.e. 0.5% a second whatever the rate.
+DECREASE = 0.9
+DECREASE_EVERY_S = 0.1
+INCREASE_PER_OK = 0.005
+# After the first drop the measure may be low (refused requests were backing off, so less was
+# offered than allowed): climb FAST_CLIMB times faster (10% a second) until the next 429.
+FAST_CLIMB = 20.0
+OK_WINDOW_S = 1.0
+MIN_RATE = 0.05  # requests/s: never slower than one every 20 s
+# A start is reserved at most this far ahead: a request waiting longer looks again later, so
+# token estimates given back and pace changes apply to the requests already waiting.
+HORIZON_S = 0.05
+
+
+class Pace:
+    """Even spacing of a resource at ``per_minute`` units (requests or tokens)."""
+
+    def __init__(self, per_minute: float | None) -> None:
+        self.per_minute = per_minute
+        self.next_at = 0.0  # when the next unit may start
+
+    def set_rate(self, per_minute: float | None) -> None:
+        self.per_minute = per_minute
+
+    def ready_at(self, now: float) -> float:
+        return max(now, self.next_at) if self.per_minute else now
+
+    def take(self, start: float, amount: float) -> None:
+        """Reserve ``amount`` units at ``start`` (>= ready_at)."""
+        if self.per_minute:
+            self.next_at = max(start, self.next_at) + amount * 60.0 / self.per_minute
+
+    def give_back(self, amount: float) -> None:
+        """Correct a reservation by ``amount`` units (negative: more was used than reserved)."""
+        if self.per_minute:
+            self.next_at -= amount * 60.0 / self.per_minute
+
+
+@dataclass
+class KeyState:
+    """One key's limits and what the server has told about it."""
+
+    key: str | None
+    requests: Pace
+    tokens: Pace
+    adaptive: bool
+    trusted: bool = False  # answered once: any number of requests may use it
+    probe: anyio.Event | None = None  # set while the first request is out
+    retired: str | None = None  # why, once retired
+    paused_until: float = 0.0  # Retry-After or a ratelimit reset
+    learnt: Pace = field(default_factory=lambda: Pace(None))  # adaptive request pace
+    last_decrease: float = -math.inf
+    oks: deque[float] = field(default_factory=deque)  # recent success times
+    first_start: float | None = None  # of the key's first request (adaptive mode)
+    fast: bool = False  # climbing fast: between the first drop and the second
+    in_flight: int = 0
+
+    @property
+    def name(self) -> str:
+        return "no key" if self.key is None else fingerprint(self.key)
+
+    def ready_at(self, now: float) -> float:
+        return max(
+            self.requests.ready_at(now),
+            self.tokens.ready_at(now),
+            self.learnt.ready_at(now),
+            self.paused_until,
+        )
+
+
+@dataclass(slots=True)
+class Lease:
+    """A reserved start on a key; ``probe`` when this request is the key's first."""
+
+    state: KeyState
+    tokens: int
+    probe: bool
+    start: float = 0.0  # when it was allowed to start
+
+    @property
+    def key(self) -> str | None:
+        return self.state.key
+
 
 class KeyPool:
-    """API keys in rotation; a rejected key is retired and the run stops when none is left."""
+    """API keys, each with its own limits; the run stops when every key is retired."""
 
-    def __init__(self, keys: tuple[str, ...]) -> None:
-        self._keys: list[str | None] = list(keys) or [None]
-        self._cycle = itertools.cycle(range(len(self._keys)))
-        self._retired: dict[str, str] = {}
+    def __init__(
+        self,
+        keys: tuple[str, ...],
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        adaptive: bool = False,
+    ) -> None:
+        self.states = [
+            KeyState(k, Pace(requests_per_minute), Pace(tokens_per_minute), adaptive)
+            for k in (list(keys) if keys else [None])
+        ]
+        self._explicit_rpm = requests_per_minute is not None
+        self._lock = anyio.Lock()
 
-    def pick(self) -> str | None:
-        for _ in range(len(self._keys)):
-            key = self._keys[next(self._cycle)]
-            if key is None or key not in self._retired:
-                return key
-        raise RunAborted(self.exhausted_message())
+    # -- choosing and waiting ----------------------------------------------------------------
 
-    def retire(self, key: str | None, reason: str) -> bool:
-        """Retire a key; True when at least one key is left."""
-        if key is None:
-            self._retired["<no key>"] = reason
-            return False
-        self._retired.setdefault(key, reason)
-        return any(k not in self._retired for k in self._keys if k is not None)
+    async def acquire(self, tokens: int) -> Lease:
+        """Reserve the next start on the key that can start soonest, and wait for it."""
+        while True:
+            async with self._lock:
+                live = [s for s in self.states if s.retired is None]
+                if not live:
+                    raise RunAborted(self.exhausted_message())
+                now = anyio.current_time()
+                trusted = [s for s in live if s.trusted]
+                free = [s for s in live if not s.trusted and s.probe is None]
+                waiting = [s for s in live if not s.trusted and s.probe is not None]
+                lease = None
+                wait = 0.0
+                if trusted or free:
+                    state = min(
+                        trusted + free, key=lambda s: (s.ready_at(now), not s.trusted, s.in_flight)
+                    )
+                    start = state.ready_at(now)
+                    wait = start - now - HORIZON_S
+                if wait > 0:
+                    pass  # too far ahead to reserve yet
+                elif trusted or free:
+                    if state.first_start is None:
+                        state.first_start = start
+                    state.requests.take(start, 1)
+                    state.tokens.take(start, tokens)
+                    state.learnt.take(start, 1)
+                    probe = not state.trusted
+                    if probe:
+                        state.probe = anyio.Event()
+                    state.in_flight += 1
+                    lease = Lease(state, tokens, probe, start)
+                else:
+                    probe_event = waiting[0].probe
+            if wait > 0:
+                await anyio.sleep(wait)
+                continue
+            if lease is None:
+                assert probe_event is not None
+                await probe_event.wait()  # the key may be retired by then: choose again
+                continue
+            try:
+                if start > now:
+                    await anyio.sleep(start - now)
+                # A pause may have begun meanwhile (a 429 with Retry-After on this key).
+                for _ in range(100):  # each pause is a server's request: honour each one
+                    pause = state.paused_until - anyio.current_time()
+                    if pause <= 0:
+                        break
+                    await anyio.sleep(pause)
+            except BaseException:
+                self.release(lease, trusted=False)
+                raise
+            return lease
+
+    def release(self, lease: Lease, *, trusted: bool) -> None:
+        """The lease's request is over; ``trusted`` when the server answered it for this key."""
+        state = lease.state
+        state.in_flight -= 1
+        if trusted:
+            state.trusted = True
+        if lease.probe and state.probe is not None:
+            state.probe.set()
+            state.probe = None
+
+    # -- what the server said ----------------------------------------------------------------
+
+    def settle_tokens(self, lease: Lease, used: int | None) -> None:
+        """Correct the token reservation with what the reply reports."""
+        if used is not None:
+            lease.state.tokens.give_back(lease.tokens - used)
+
+    def on_success(self, lease: Lease, headers: Mapping[str, str]) -> None:
+        state = lease.state
+        now = anyio.current_time()
+        if state.adaptive:
+            state.oks.append(now)
+            while state.oks and state.oks[0] < now - OK_WINDOW_S:
+                state.oks.popleft()
+            rate = state.learnt.per_minute
+            if rate is not None:
+                step = INCREASE_PER_OK * (FAST_CLIMB if state.fast else 1.0)
+                state.learnt.set_rate(rate + step * 60.0)
+        self._read_headers(state, headers, now)
+
+    def on_rate_limited(self, lease: Lease, retry_after: float | None) -> None:
+        """A 429 (not a quota): pause the key as asked; in adaptive mode slow its pace."""
+        state = lease.state
+        now = anyio.current_time()
+        if retry_after:
+            state.paused_until = max(state.paused_until, now + retry_after)
+        # A server that says how long to wait paces us itself: only a bare 429 is a sign that
+        # an unannounced limit was passed.
+        if retry_after is not None or not state.adaptive:
+            return
+        # Once per window, as TCP does: a 429 for a request that started before the last
+        # decrease says nothing about the pace set then.
+        if now - state.last_decrease < DECREASE_EVERY_S or lease.start < state.last_decrease:
+            return
+        since = state.last_decrease if state.last_decrease > -math.inf else state.first_start
+        while state.oks and state.oks[0] < now - OK_WINDOW_S:
+            state.oks.popleft()
+        # What succeeded since the last decrease (or the first request; at most the window):
+        # past the limit, that is the limit. Too few answers yet to tell: leave it to backoff.
+        span = min(OK_WINDOW_S, now - (since if since is not None else now))
+        recent = sum(1 for t in state.oks if t >= now - span)
+        if span <= 0 or (recent < 3 and state.learnt.per_minute is None):
+            return
+        state.last_decrease = now
+        ok_rate: float | None = recent / max(span, DECREASE_EVERY_S) if recent >= 3 else None
+        current = state.learnt.per_minute
+        state.fast = current is None
+        if current is None:
+            rate = DECREASE * ok_rate if ok_rate else 1.0
+        else:
+            # Never more than halve at once: one noisy window must not stall the key.
+            rate = DECREASE * max(min(current / 60.0, ok_rate or current / 60.0), current / 120.0)
+        state.learnt.set_rate(max(MIN_RATE, rate) * 60.0)
+
+    def _read_headers(self, state: KeyState, headers: Mapping[str, str], now: float) -> None:
+        """``x-ratelimit-*``: wait for the reset when a budget is spent; in adaptive mode,
+        pace to the announced request limit."""
+        for kind in ("requests", "tokens"):
+            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+            if remaining is not None and remaining < 1:
+                reset = _duration(headers.get(f"x-ratelimit-reset-{kind}"))
+                if reset:
+                    state.paused_until = max(state.paused_until, now + reset)
+        if state.adaptive and not self._explicit_rpm:
+            limit = _number(headers.get("x-ratelimit-limit-requests"))
+            if limit and state.requests.per_minute != limit:
+                state.requests.set_rate(limit)
+
+    # -- retiring ----------------------------------------------------------------------------
+
+    def retire(self, lease: Lease, reason: str) -> bool:
+        """Retire the lease's key; True when at least one key is left."""
+        if lease.state.retired is None:
+            lease.state.retired = reason
+        return any(s.retired is None for s in self.states)
 
     def exhausted_message(self) -> str:
-        if "<no key>" in self._retired:
+        retired = [s for s in self.states if s.retired is not None]
+        if len(retired) == 1 and retired[0].key is None:
             return (
                 f"the provider rejected the request without an API key "
-                f"({self._retired['<no key>']}); set provider.api_keys"
+                f"({retired[0].retired}); set provider.api_keys"
             )
-        details = "; ".join(f"{fingerprint(k)}: {why}" for k, why in self._retired.items())
+        details = "; ".join(f"{s.name}: {s.retired}" for s in retired)
         return f"every API key was rejected ({details}); fix provider.api_keys"
 
     @property
     def retired(self) -> dict[str, str]:
         """Fingerprint -> reason, for display."""
-        return {fingerprint(k) if k != "<no key>" else k: v for k, v in self._retired.items()}
+        return {s.name: s.retired for s in self.states if s.retired is not None}
 
 
-class RateLimiter:
-    """Spaces request starts evenly so no minute holds more than ``per_minute`` of them.
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
 
-    Even spacing rather than a bucket that starts full: a provider counting over a sliding
-    window never sees a burst at start-up.
-    """
 
-    def __init__(self, per_minute: float | None) -> None:
-        self._interval = 60.0 / per_minute if per_minute else 0.0
-        self._next = 0.0
-        self._lock = anyio.Lock()
-
-    async def acquire(self) -> None:
-        if not self._interval:
-            return
-        async with self._lock:
-            now = anyio.current_time()
-            start = max(now, self._next)
-            self._next = start + self._interval
-        if start > now:
-            await anyio.sleep(start - now)
+def _duration(value: str | None) -> float | None:
+    """Seconds in a reset header: ``1.5``, ``6m0s``, ``20ms``, ``1h2m3.5s``."""
+    if not value:
+        return None
+    plain = _number(value)
+    if plain is not None:
+        return plain
+    total, number = 0.0, ""
+    text = value.strip()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = "ms" if text.startswith("ms", i) else ch
+        i += len(unit)
+        try:
+            amount = float(number)
+        except ValueError:
+            return None
+        number = ""
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit)
+        if scale is None:
+            return None
+        total += amount * scale
+    return total if not number else None

@@ -47,13 +47,27 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def error_kinds(stats: RunStats) -> str:
+    """Failures by kind: retried ones (by code) and error rows (by type) of this run."""
+    parts = []
+    if stats.retries:
+        codes = ", ".join(f"{c} {n:,}" for c, n in stats.retries_by_code.most_common(3))
+        parts.append(f"retries {stats.retries:,} ({codes})")
+    if stats.errors_by_code:
+        codes = ", ".join(f"{c} {n:,}" for c, n in stats.errors_by_code.most_common(3))
+        parts.append(f"error rows: {codes}")
+    return "; ".join(parts)
+
+
 def status_line(stats: RunStats) -> str:
     total = "?" if stats.total is None else f"{stats.total:,}"
     pct = f" ({100 * stats.done / stats.total:.0f}%)" if stats.total else ""
+    kinds = error_kinds(stats)
     return (
         f"{stats.done:,}/{total}{pct} ok {stats.ok + stats.resumed_ok:,} "
-        f"errors {stats.error + stats.resumed_error:,} | {stats.rate():,.1f} req/s "
-        f"{stats.token_rate():,.0f} tok/s | in flight {stats.in_flight} | "
+        f"errors {stats.error + stats.resumed_error:,}{f' ({kinds})' if kinds else ''} | "
+        f"{stats.rate():,.1f} req/s {stats.token_rate():,.0f} tok/s | "
+        f"${stats.cost_usd + stats.resumed_cost_usd:,.4f} | in flight {stats.in_flight} | "
         f"elapsed {fmt_duration(stats.elapsed)} ETA {fmt_duration(stats.eta_s())}"
     )
 
@@ -112,6 +126,7 @@ class RichProgress:
             TextColumn("{task.fields[counts]}"),
             TextColumn("[cyan]{task.fields[rates]}"),
             TextColumn("{task.fields[errors]}"),
+            TextColumn("[green]{task.fields[cost]}"),
             TextColumn("[dim]{task.fields[eta]}"),
             console=console,
             refresh_per_second=8,
@@ -120,7 +135,7 @@ class RichProgress:
 
     def start(self, title: str, stats: RunStats) -> None:
         self._task = self._bar.add_task(
-            title, total=stats.total, counts="", rates="", errors="", eta=""
+            title, total=stats.total, counts="", rates="", errors="", cost="", eta=""
         )
         self._bar.start()
         self.update(stats)
@@ -130,13 +145,16 @@ class RichProgress:
             return
         total = "?" if stats.total is None else f"{stats.total:,}"
         errors = stats.error + stats.resumed_error
+        kinds = error_kinds(stats)
+        error_text = f"[red]{errors:,} errors" if errors else "0 errors"
         self._bar.update(
             self._task,
             total=stats.total,
             completed=stats.done,
             counts=f"{stats.done:,}/{total}",
             rates=f"{stats.rate():,.1f} req/s {stats.token_rate():,.0f} tok/s",
-            errors=f"[red]{errors:,} errors" if errors else "0 errors",
+            errors=f"{error_text} ({kinds})" if kinds else error_text,
+            cost=f"${stats.cost_usd + stats.resumed_cost_usd:,.4f}",
             eta=f"in flight {stats.in_flight} ETA {fmt_duration(stats.eta_s())}",
         )
 
@@ -164,6 +182,13 @@ def summary_table(title: str, stats: RunStats, status: str, output: str) -> Tabl
         )
     for code, n in stats.errors_by_code.most_common():
         table.add_row(f"  {code}", f"{n:,}")
+    if stats.retries_by_code:
+        retried = ", ".join(f"{c} {n:,}" for c, n in stats.retries_by_code.most_common())
+        table.add_row("retried", retried)
+    spend = f"${stats.cost_usd:,.4f} this run"
+    if stats.resumed_cost_usd:
+        spend += f", ${stats.cost_usd + stats.resumed_cost_usd:,.4f} in all"
+    table.add_row("spend", spend)
     table.add_row("tokens", f"{stats.input_tokens:,} in, {stats.output_tokens:,} out")
     table.add_row("time", f"{fmt_duration(stats.elapsed)} ({stats.rate():,.1f} req/s)")
     table.add_row("output", output)

@@ -57,6 +57,11 @@ RUN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "batch_resubmits": 2,
         "auto_threshold": 1000,
         "auto_deadline_s": 21600.0,
+        "requests_per_second": None,
+        "tokens_per_minute": None,
+        "tokens_per_second": None,
+        "adaptive": None,
+        "budget_usd": None,
     }
 )
 
@@ -87,6 +92,13 @@ class RunSettings:
     batch_resubmits: int = 2  # times a failed or expired request is submitted again
     auto_threshold: int = 1000  # auto mode: fewer records than this go direct
     auto_deadline_s: float = 21600.0  # auto mode: a batch running longer is cancelled
+    tokens_per_minute: float | None = None
+    adaptive: bool = False  # on by default when no explicit limit is set (see load_recipe)
+    budget_usd: float | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.requests_per_minute is not None or self.tokens_per_minute is not None
 
 
 @dataclass(frozen=True)
@@ -333,7 +345,6 @@ def build_recipe(
             timeout_s=float(run["timeout_s"]),
             connect_timeout_s=float(run["connect_timeout_s"]),
             drain_s=float(run["drain_s"]),
-            requests_per_minute=run["requests_per_minute"],
             mode=str(run["mode"]),
             batch_max_requests=run["batch_max_requests"],
             batch_max_bytes=run["batch_max_bytes"],
@@ -342,6 +353,14 @@ def build_recipe(
             batch_resubmits=int(run["batch_resubmits"]),
             auto_threshold=int(run["auto_threshold"]),
             auto_deadline_s=float(run["auto_deadline_s"]),
+            requests_per_minute=_per_minute(run["requests_per_minute"], run["requests_per_second"]),
+            tokens_per_minute=_per_minute(run["tokens_per_minute"], run["tokens_per_second"]),
+            adaptive=bool(
+                run["adaptive"]
+                if run["adaptive"] is not None
+                else not any(run[k] for k in _LIMIT_KEYS)
+            ),
+            budget_usd=None if run["budget_usd"] is None else float(run["budget_usd"]),
         ),
         postprocess=tuple(posts),
         output_path=(base / str(output_section["path"])).resolve(),
@@ -368,6 +387,21 @@ def _data_suffix(path: str) -> str:
     for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
     return Path(name).suffix
+
+
+_LIMIT_KEYS = (
+    "requests_per_minute",
+    "requests_per_second",
+    "tokens_per_minute",
+    "tokens_per_second",
+)
+
+
+def _per_minute(per_minute: float | None, per_second: float | None) -> float | None:
+    """The tighter of a per-minute and a per-second limit, per minute (starts are evenly
+    spaced, so a per-minute pace holds every second too)."""
+    rates = [float(r) for r in (per_minute, None if per_second is None else per_second * 60) if r]
+    return min(rates) if rates else None
 
 
 def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:

@@ -22,7 +22,10 @@ class RunStats:
     output_tokens: int = 0
     retries: int = 0
     in_flight: int = 0
-    errors_by_code: Counter[str] = field(default_factory=Counter)
+    cost_usd: float = 0.0  # this run's rows' cost_usd
+    resumed_cost_usd: float = 0.0  # the cost of the rows already in the output
+    errors_by_code: Counter[str] = field(default_factory=Counter)  # error rows by type
+    retries_by_code: Counter[str] = field(default_factory=Counter)  # retried failures by code
     started: float = field(default_factory=time.monotonic)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # tests fake it
 
@@ -58,6 +61,9 @@ class RunStats:
         else:
             self.error += 1
             self.errors_by_code[row["error"]["type"]] += 1
+        cost = row.get("cost_usd")
+        if cost:
+            self.cost_usd += cost
         response = row.get("response")
         if response:
             usage = response.get("usage") or {}

@@ -81,7 +81,11 @@ class AiohttpTransport:
         aiohttp = self._aiohttp
         timeout = self._timeouts.get(timeout_s)
         if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self._connect_timeout)
+            # Connect and read apart: a slow connect is not a slow answer (run.timeout_s is the
+            # longest wait for bytes once connected, run.connect_timeout_s for the connection).
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=self._connect_timeout, sock_read=timeout_s
+            )
             self._timeouts[timeout_s] = timeout
         try:
             content = request.content
@@ -100,8 +104,13 @@ class AiohttpTransport:
                 status, raw_headers = resp.status, resp.raw_headers
                 encoded = resp.headers.get("Content-Encoding")
         except asyncio.TimeoutError as exc:
+            if type(exc).__name__ == "ConnectionTimeoutError":  # aiohttp's sock_connect
+                raise httpx.ConnectTimeout(
+                    f"no connection within {self._connect_timeout:g} s (run.connect_timeout_s)",
+                    request=request,
+                ) from exc
             raise httpx.ReadTimeout(
-                f"no complete answer within {timeout_s:g} s", request=request
+                f"no answer within {timeout_s:g} s (run.timeout_s)", request=request
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise httpx.ConnectError(str(exc), request=request) from exc

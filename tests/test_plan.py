@@ -111,8 +111,7 @@ def test_plan_tokens_per_minute_bound(tmp_path: Path):
         load_registry(entry_points=False),
         environ={},
     )
-    # run.tokens_per_minute comes from another part of the work: read through getattr.
-    run = types.SimpleNamespace(**dataclasses.asdict(recipe.run), tokens_per_minute=1000)
+    run = dataclasses.replace(recipe.run, tokens_per_minute=1000)
     plan = make_plan(dataclasses.replace(recipe, run=run), load_registry(entry_points=False))
     assert plan.duration_bound == "tokens_per_minute 1000"
     assert plan.duration_s == round((plan.input_tokens + 10 * 100) / 1000 * 60, 1)

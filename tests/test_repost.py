@@ -86,7 +86,7 @@ def test_repost_applies_a_new_chain_without_calling(tmp_path: Path) -> None:
         assert again.returncode == 1  # r4 is still a call error
         counts = json.loads(again.stdout)
         assert (counts["redone"], counts["ok"], counts["error"], counts["kept"]) == (4, 4, 0, 1)
-        assert read_jsonl(output)[4]["fields"] == {"label": "neutral"}
+        assert {r["id"]: r for r in read_jsonl(output)}["r5"]["fields"] == {"label": "neutral"}
         assert len(list(state.dir.glob("before-repost-*.jsonl"))) == 2
 
         # The run that follows finds every record done and sees no changed recipe.

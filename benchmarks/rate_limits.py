@@ -1,0 +1,154 @@
+"""Rate limits: does llmrun use what a limit allows, without 429s?
+
+Three scenarios, each the real `llmrun run` CLI against the fake OpenAI server (in this
+process, on 127.0.0.1) enforcing a limit itself (``llmrun.testing.limits.ServerLimit``: token
+buckets refilling continuously, starting full, holding 1 s of the limit):
+
+- ``requests``: server limit R requests/min (announced with x-ratelimit-* headers), the recipe's
+  ``run.requests_per_minute`` = R. Target: over the first 60 s, achieved within 2% of R, and
+  zero 429s.
+- ``tokens``: server limit T tokens/min, the recipe's ``run.tokens_per_minute`` = T (llmrun
+  estimates each request before sending and corrects with the reported usage). Target: tokens
+  the server admitted in the first 60 s within 2% of T, zero 429s.
+- ``adaptive``: server limit R requests/min, unannounced (no headers, bare 429s), the recipe sets
+  no limit (adaptive mode, the default then). Target: >= 90% of R over 60 s after the first
+  request, < 1% of requests answered 429.
+
+Usage: ``python benchmarks/rate_limits.py [--only requests|tokens|adaptive] [--window 60]``.
+Prints a table and one JSON line per scenario; exits 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmrun.testing.fake_openai import FakeOpenAI
+from llmrun.testing.limits import ServerLimit, request_tokens
+
+LATENCY_S = 0.05
+CONCURRENCY = 64
+
+
+def write_job(folder: Path, url: str, n: int, run: dict[str, Any]) -> Path:
+    with open(folder / "data.jsonl", "w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"r{i:07d}", "text": f"record number {i} says hello"}))
+            fh.write("\n")
+    recipe = {
+        "name": "rate-bench",
+        "data": {"path": "data.jsonl", "id": "id"},
+        "prompt": {"system": "You are terse.", "user": "{{ text }}"},
+        "provider": {"name": "openai", "base_url": url, "model": "fake-model"},
+        "generation": {"max_tokens": 16},
+        "run": {"concurrency": CONCURRENCY, "max_retries": 50, **run},
+        "output": {"path": "out.jsonl"},
+    }
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def llmrun(recipe: Path) -> float:
+    script = Path(sys.executable).parent / "llmrun"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "llmrun"]
+    started = time.monotonic()
+    subprocess.run([*command, "run", str(recipe), "--quiet"], check=True, cwd=recipe.parent)
+    return time.monotonic() - started
+
+
+def scenario(name: str, window: float, adaptive_limit: float = 6000.0) -> dict[str, Any]:
+    per_request_tokens = request_tokens(
+        {
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "record number 0 says hello"},
+            ],
+            "max_tokens": 16,
+        }
+    )
+    if name == "requests":
+        limit_per_min = 1200.0
+        server = ServerLimit(requests_per_minute=limit_per_min, latency_s=LATENCY_S)
+        run: dict[str, Any] = {"requests_per_minute": limit_per_min}
+        per_min_requests = limit_per_min
+    elif name == "tokens":
+        limit_per_min = 30_000.0
+        server = ServerLimit(tokens_per_minute=limit_per_min, latency_s=LATENCY_S)
+        run = {"tokens_per_minute": limit_per_min}
+        per_min_requests = limit_per_min / per_request_tokens
+    else:
+        limit_per_min = adaptive_limit
+        server = ServerLimit(requests_per_minute=limit_per_min, latency_s=LATENCY_S, announce=False)
+        run = {}
+        per_min_requests = limit_per_min
+    # Enough records to keep the client busy past the window.
+    n = int(per_min_requests * (window + 10) / 60)
+    with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(fault=server.check) as fake:
+        wall = llmrun(write_job(Path(tmp), fake.url, n, run))
+        total_requests = fake.count()
+    times = [t for t, _ in server.admitted]
+    t0 = min(times)
+    in_window = [(t, k) for t, k in server.admitted if t0 <= t < t0 + window]
+    if name == "tokens":
+        achieved = sum(k for _, k in in_window) * 60.0 / window
+    else:
+        achieved = len(in_window) * 60.0 / window
+    ratio = achieved / limit_per_min
+    share_429 = server.limited / total_requests
+    if name == "adaptive":
+        met = ratio >= 0.90 and share_429 < 0.01
+        target = ">= 90% of the limit, < 1% 429s"
+    else:
+        met = abs(ratio - 1) <= 0.02 and server.limited == 0
+        target = "within 2% of the limit, no 429"
+    return {
+        "scenario": name,
+        "limit_per_min": limit_per_min,
+        "unit": "tokens" if name == "tokens" else "requests",
+        "achieved_per_min": round(achieved, 1),
+        "ratio": round(ratio, 4),
+        "requests": total_requests,
+        "answered_429": server.limited,
+        "share_429": round(share_429, 5),
+        "records": n,
+        "wall_s": round(wall, 1),
+        "target": target,
+        "met": met,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=["requests", "tokens", "adaptive"])
+    parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
+    parser.add_argument(
+        "--adaptive-limit", type=float, default=6000.0, help="the unannounced limit, requests/min"
+    )
+    args = parser.parse_args()
+    names = args.only or ["requests", "tokens", "adaptive"]
+    results = [scenario(name, args.window, args.adaptive_limit) for name in names]
+    print("| scenario | limit /min | achieved /min | ratio | 429s | requests | target | met |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results:
+        print(
+            f"| {r['scenario']} | {r['limit_per_min']:,.0f} {r['unit']} | "
+            f"{r['achieved_per_min']:,.1f} | {100 * r['ratio']:.1f}% | "
+            f"{r['answered_429']} ({100 * r['share_429']:.2f}%) | {r['requests']:,} | "
+            f"{r['target']} | {'yes' if r['met'] else 'NO'} |"
+        )
+    for r in results:
+        print(json.dumps(r))
+    return 0 if all(r["met"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

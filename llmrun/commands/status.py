@@ -1,0 +1,139 @@
+"""``llmrun status RECIPE``: where a job stands, from its output and manifest (no network).
+
+Counts rows by status and error type, adds up the spend (rows' ``cost_usd``), counts the
+input's records (when the loader can count them cheaply) to say what remains, and shows how the
+last run ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "status", help="counts by status and error type, spend and what remains (no network)"
+    )
+    parser.add_argument("recipe", help="the recipe file (YAML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, as for run",
+    )
+    parser.add_argument("--json", action="store_true", help="print the status as JSON on stdout")
+    parser.set_defaults(handler=status)
+
+
+def read_status(output: Path) -> dict[str, Any]:
+    """Counts from the output file: rows by status, errors by type, spend, torn tail."""
+    counts: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    retryable = 0
+    spend = 0.0
+    priced = True
+    torn = False
+    if output.exists():
+        with open(output, "rb") as fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    torn = True  # a crash mid-write: the next run repairs it
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    torn = True
+                    continue
+                status = str(row.get("status"))
+                counts[status] += 1
+                if status == "error":
+                    error = row.get("error") or {}
+                    errors[str(error.get("type"))] += 1
+                    retryable += bool(error.get("retryable"))
+                cost = row.get("cost_usd")
+                if isinstance(cost, int | float):
+                    spend += cost
+                elif status == "ok" and row.get("response") is not None:
+                    priced = False
+    return {
+        "output": str(output),
+        "rows": sum(counts.values()),
+        "ok": counts.get("ok", 0),
+        "error": counts.get("error", 0),
+        "errors_by_type": dict(errors.most_common()),
+        "retryable_errors": retryable,
+        "spend_usd": round(spend, 8),
+        "spend_complete": priced,
+        "torn_tail": torn,
+    }
+
+
+def status(args: argparse.Namespace, err: Any) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..api import open_recipe
+    from ..engine import build_component
+    from ..store import RunState
+    from ..values import ComponentContext
+
+    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    report = read_status(recipe.output_path)
+    context = ComponentContext(recipe.base_dir, recipe.name)
+    total: int | None = None
+    try:
+        loader = build_component(registry, "loader", recipe.data, context)
+        total = loader.count()
+    except Exception as exc:  # no input to count is still a status
+        err.print(f"cannot count the input records: {type(exc).__name__}: {exc}", markup=False)
+    if total is not None and recipe.limit is not None:
+        total = min(total, recipe.limit)
+    report["total"] = total
+    report["remaining"] = None if total is None else max(0, total - report["rows"])
+    manifest = RunState(recipe.output_path).read_manifest() or {}
+    runs = manifest.get("runs") or []
+    last = runs[-1] if runs else None
+    report["last_run"] = last
+    budget = recipe.run.budget_usd
+    report["budget_usd"] = budget
+    if args.json:
+        print(json.dumps(report))  # noqa: T201 - the command's output
+        return 0
+    table = Table(title=f"llmrun: {recipe.name}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    total_text = "?" if total is None else f"{total:,}"
+    table.add_row("output", report["output"])
+    table.add_row("done", f"{report['rows']:,} of {total_text}")
+    table.add_row("ok", f"{report['ok']:,}")
+    table.add_row("error", f"{report['error']:,} ({report['retryable_errors']:,} retryable)")
+    for kind, n in report["errors_by_type"].items():
+        table.add_row(f"  {kind}", f"{n:,}")
+    remaining = "?" if report["remaining"] is None else f"{report['remaining']:,}"
+    table.add_row("remaining", remaining)
+    spend = f"${report['spend_usd']:.4f}"
+    if not report["spend_complete"]:
+        spend += " (some rows have no known price)"
+    if budget is not None:
+        spend += f" of run.budget_usd ${budget:g}"
+    table.add_row("spend", spend)
+    if last is not None:
+        ended = last.get("status", "?")
+        if last.get("reason"):
+            ended += f": {last['reason']}"
+        table.add_row("last run", f"{last.get('started_at', '?')} {ended}")
+    if report["torn_tail"]:
+        table.add_row("note", "the output ends in a torn line; the next run repairs it")
+    Console().print(table)
+    if report["error"]:
+        err.print(
+            f"run `llmrun run {args.recipe} --retry-errors` to call the error rows again",
+            markup=False,
+        )
+    return 0

@@ -1,0 +1,139 @@
+"""Retries and failure handling against a fault-injecting server on 127.0.0.1: the real CLI,
+server-side counts and timestamps."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
+from llmrun.testing.limits import FAULT_KINDS, fault_mix
+
+from .conftest import make_records, read_jsonl, run_cli
+from .test_run import by_id, calls_per_id, fingerprint_of, openai, record_id_of, setup_run
+
+EXIT_OK, EXIT_ABORTED = 0, 3
+
+
+def test_every_record_ends_ok_under_a_15_percent_fault_mix(tmp_path: Path) -> None:
+    fault = fault_mix(0.15, seed=7, stall_s=2.0)
+    with FakeOpenAI(fault=fault) as server:
+        recipe = setup_run(
+            tmp_path,
+            openai(server),
+            300,
+            # Random bare 429s are what adaptive mode slows down for; this test is about
+            # retries, so the pace stays fixed.
+            run={"concurrency": 32, "max_retries": 12, "timeout_s": 0.5, "adaptive": False},
+        )
+        result = run_cli("run", str(recipe), "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert sorted(rows) == [r["id"] for r in make_records(300)]
+    assert all(r["status"] == "ok" for r in rows.values())
+    chosen: dict[str, int] = fault.chosen  # type: ignore[attr-defined]
+    assert set(chosen) == set(FAULT_KINDS), chosen  # every kind of fault happened
+    faults = sum(chosen.values())
+    assert server.count() == 300 + faults  # each fault cost exactly one more request
+    assert sum(r["attempts"] for r in rows.values()) == 300 + faults
+    summary = json.loads(result.stdout)
+    assert summary["retries"] == faults
+    retried = summary["retries_by_code"]
+    assert retried["rate_limit"] == sum(chosen[k] for k in FAULT_KINDS if k.startswith("429"))
+    assert retried["timeout"] == chosen["stall"]
+    assert retried["bad_response"] == chosen["non_json"] + chosen["truncated"]
+    assert "retries" in result.stderr and "rate_limit" in result.stderr  # progress/summary
+
+
+def test_no_request_arrives_before_its_retry_after(tmp_path: Path) -> None:
+    asked: dict[str, tuple[float, float]] = {}  # id -> (sent at, wait asked)
+    lock = threading.Lock()
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        rid = record_id_of(request)
+        assert rid is not None
+        with lock:
+            if rid in asked or int(rid[1:]) % 3:
+                return None
+            if int(rid[1:]) % 2:
+                asked[rid] = (request.received_at, 0.6)
+                return Fault(429, {"retry-after": "0.6"})
+            asked[rid] = (request.received_at, 0.35)
+            return Fault(429, {"retry-after-ms": "350"})
+
+    with FakeOpenAI(fault=fault) as server:
+        recipe = setup_run(tmp_path, openai(server), 30, run={"concurrency": 8})
+        result = run_cli("run", str(recipe), cwd=tmp_path)
+        requests = list(server.requests)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert len(asked) == 10
+    for rid, (sent, wait) in asked.items():
+        later = [r.received_at for r in requests if record_id_of(r) == rid and r.received_at > sent]
+        assert len(later) == 1, rid
+        assert later[0] - sent >= wait, f"{rid} came back {later[0] - sent:.3f} s after a 429"
+    # The pause holds the key, not only the request: nothing at all was sent in the first
+    # Retry-After's window once the 429 was answered (requests in flight then excepted).
+    first_rid = min(asked, key=lambda r: asked[r][0])
+    sent, wait = asked[first_rid]
+    in_window = [r for r in requests if sent + 0.1 < r.received_at < sent + wait]
+    assert not in_window, [record_id_of(r) for r in in_window]
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert all(rows[rid]["attempts"] == 2 for rid in asked)
+
+
+def test_a_stall_past_the_read_timeout_is_retried(tmp_path: Path) -> None:
+    stalled: set[str] = set()
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        rid = record_id_of(request)
+        if rid in ("r00002", "r00005") and rid not in stalled:
+            stalled.add(rid)
+            return Fault(200, delay_s=5.0)
+        return None
+
+    with FakeOpenAI(fault=fault) as server:
+        recipe = setup_run(tmp_path, openai(server), 8, run={"timeout_s": 0.3})
+        result = run_cli("run", str(recipe), "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert rows["r00002"]["attempts"] == rows["r00005"]["attempts"] == 2
+    assert calls_per_id(server)["r00002"] == 2
+    assert json.loads(result.stdout)["retries_by_code"] == {"timeout": 2}
+
+
+def test_a_dead_key_in_a_pool_of_three_is_retired_and_the_run_completes(tmp_path: Path) -> None:
+    good1, dead, good2 = "sk-good-" + "1" * 20, "sk-dead-" + "2" * 20, "sk-good-" + "3" * 20
+    with FakeOpenAI(api_keys={good1, good2}, latency_s=0.01) as server:
+        provider = openai(server, api_keys=[good1, dead, good2])
+        recipe = setup_run(tmp_path, provider, 60, run={"concurrency": 8})
+        result = run_cli("run", str(recipe), cwd=tmp_path)
+        used = Counter(r.headers["authorization"] for r in server.requests)
+    assert result.returncode == EXIT_OK, result.stderr
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert len(rows) == 60
+    assert all(r["status"] == "ok" and r["attempts"] == 1 for r in rows.values())
+    assert used[f"Bearer {dead}"] == 1  # its first answer retired it
+    assert used[f"Bearer {good1}"] > 0 and used[f"Bearer {good2}"] > 0
+    assert used.total() == 61
+    assert f"retired {fingerprint_of(dead)}" in result.stderr
+    assert result.stderr.count(fingerprint_of(dead)) == 1  # one warning
+    for key in (good1, dead, good2):
+        assert key not in result.stderr
+        assert key not in (tmp_path / "out.jsonl").read_text()
+
+
+def test_every_key_rejected_stops_after_one_round_trip_each(tmp_path: Path) -> None:
+    keys = ["sk-bad-" + c * 20 for c in "ab"]
+    with FakeOpenAI(api_keys={"sk-right"}) as server:
+        recipe = setup_run(tmp_path, openai(server, api_keys=keys), 50, run={"concurrency": 16})
+        started = time.monotonic()
+        result = run_cli("run", str(recipe), cwd=tmp_path)
+        assert time.monotonic() - started < 60  # a hang guard, not a speed test
+        assert server.count() == 2
+    assert result.returncode == EXIT_ABORTED, result.stderr
+    assert "every API key was rejected" in result.stderr
+    assert all(fingerprint_of(k) in result.stderr for k in keys)
+    assert read_jsonl(tmp_path / "out.jsonl") == []

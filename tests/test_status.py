@@ -1,0 +1,84 @@
+"""`llmrun status` (counts, spend, what remains; no network) and `llmrun run --retry-errors`
+(error rows called again, still one line per record, the old output kept)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
+
+from .conftest import make_records, read_jsonl, run_cli
+from .test_run import calls_per_id, openai, record_id_of, setup_run
+
+EXIT_OK, EXIT_ERRORS = 0, 1
+PRICES = {"gpt-test": {"input": 1000.0, "output": 2000.0}}
+BAD = {"r00003", "r00007", "r00011"}
+
+
+def test_status_then_retry_errors(tmp_path: Path) -> None:
+    refuse = True
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        if refuse and record_id_of(request) in BAD:
+            body = {"error": {"message": "Invalid 'messages': try later", "type": "x"}}
+            return Fault(400, {"content-type": "application/json"}, json.dumps(body).encode())
+        return None
+
+    with FakeOpenAI(fault=fault) as server:
+        recipe = setup_run(tmp_path, openai(server), 30, prices=PRICES)
+        first = run_cli("run", str(recipe), "--limit", "20", cwd=tmp_path)
+        assert first.returncode == EXIT_ERRORS, first.stderr
+        calls_before = server.count()
+
+        status = run_cli("status", str(recipe), "--json", cwd=tmp_path)
+        assert status.returncode == EXIT_OK, status.stderr
+        assert server.count() == calls_before  # status calls nothing
+        report = json.loads(status.stdout)
+        assert report["rows"] == 20 and report["ok"] == 17 and report["error"] == 3
+        assert report["errors_by_type"] == {"invalid_request": 3}
+        assert report["total"] == 30 and report["remaining"] == 10
+        assert abs(report["spend_usd"] - 17 * 0.017) < 1e-6
+        assert report["last_run"]["status"] == "completed"
+        table = run_cli("status", str(recipe), cwd=tmp_path)
+        assert "invalid_request" in table.stdout and "remaining" in table.stdout
+        assert "--retry-errors" in table.stderr
+
+        refuse = False
+        again = run_cli("run", str(recipe), "--limit", "20", "--retry-errors", cwd=tmp_path)
+        assert again.returncode == EXIT_OK, again.stderr
+        assert "--retry-errors: 3 error row(s)" in again.stderr
+
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(r["id"] for r in rows) == [r["id"] for r in make_records(20)]
+    assert all(r["status"] == "ok" for r in rows)
+    calls = calls_per_id(server)
+    assert calls == Counter({r["id"]: 2 if r["id"] in BAD else 1 for r in rows})
+    kept = list((tmp_path / "out.jsonl.llmrun").glob("retried-*.jsonl"))
+    assert len(kept) == 1
+    old = read_jsonl(kept[0])
+    assert len(old) == 20 and {r["id"] for r in old if r["status"] == "error"} == BAD
+
+
+def test_retry_errors_with_no_error_rows_changes_nothing(tmp_path: Path) -> None:
+    with FakeOpenAI() as server:
+        recipe = setup_run(tmp_path, openai(server), 5)
+        assert run_cli("run", str(recipe), cwd=tmp_path).returncode == EXIT_OK
+        before = (tmp_path / "out.jsonl").read_bytes()
+        result = run_cli("run", str(recipe), "--retry-errors", cwd=tmp_path)
+        assert result.returncode == EXIT_OK, result.stderr
+        assert server.count() == 5
+    assert (tmp_path / "out.jsonl").read_bytes() == before
+    assert not list((tmp_path / "out.jsonl.llmrun").glob("retried-*"))
+
+
+def test_status_of_a_job_not_started(tmp_path: Path) -> None:
+    recipe = setup_run(
+        tmp_path, {"name": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}, 7
+    )
+    result = run_cli("status", str(recipe), "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rows"] == 0 and report["total"] == 7 and report["remaining"] == 7
+    assert report["last_run"] is None

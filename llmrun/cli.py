@@ -37,6 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "status",
     "repost",
     "export",
+    "cancel",
 )
 
 
@@ -90,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--locked",
         action="store_true",
         help="refuse to run when anything differs from the recipe's lock (llmrun lock)",
+    )
+    run.add_argument(
+        "--mode",
+        choices=["direct", "batch", "auto"],
+        help="direct calls, the provider's batch API, or auto (sets run.mode)",
     )
     run.add_argument(
         "--backend", choices=["asyncio", "trio"], default="asyncio", help=argparse.SUPPRESS
@@ -188,6 +194,8 @@ def cmd_run(args: argparse.Namespace, err: Any) -> int:
 
     if args.limit is not None and args.limit < 0:
         raise RecipeError(f"--limit must be 0 or more, got {args.limit}")
+    if args.mode:
+        args.overrides = [*args.overrides, f"run.mode={args.mode}"]
     # The command that continues this run: the same one, without --fresh.
     again = shlex.join(
         ["llmrun", "run", args.recipe, *(f"--set={o}" for o in args.overrides)]

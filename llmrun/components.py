@@ -58,6 +58,12 @@ class Provider(Component, Protocol):
 
     ``parse_response`` raises ``CallError`` for every failure, classified by kind (see
     ``llmrun.failures.classify_http`` for the shared taxonomy).
+
+    Batch mode: a provider with a batch API also has ``batch_api()`` returning an object
+    implementing ``llmrun.batch.contract.BatchAPI`` (upload, create, find, poll, download,
+    parse a result line, cancel); it usually builds its lines with ``body(prompt)`` and parses
+    results with ``reply_from_body(data)``. Without ``batch_api()``, ``run.mode: batch`` stops
+    with a message.
     """
 
     model: str

@@ -155,6 +155,7 @@ class Engine:
         self._price_table = PriceTable(recipe.prices)
         self._prices: dict[str | None, Price | None] = {}
         self.batch_pricing = False  # batch mode sets it: the provider's batch discount applies
+        self.batch_drain_only = False  # `llmrun cancel`: collect running batches, submit nothing
         self._workers_scope: CancelScope | None = None
         self._reader_scope: CancelScope | None = None
         self._caller: Caller | None = None
@@ -291,6 +292,20 @@ class Engine:
         return IdSet(ids())
 
     async def _pipeline(self, done: IdSet, caller: Caller, manifest: dict[str, Any]) -> None:
+        from .batch.journal import has_running
+
+        # Direct mode too collects batches an earlier batch run left running: never paid twice.
+        if (
+            self.recipe.run.mode != "direct"
+            or self.batch_drain_only
+            or has_running(self.state.dir / "batch")
+        ):
+            from .batch.runner import run_batches
+
+            rest = await run_batches(self, done, caller, manifest)
+            if rest is None:
+                return
+            done = rest  # auto mode: what is left goes as direct calls
         size = self.recipe.run.concurrency * 2
         work_send, work_recv = anyio.create_memory_object_stream[_Work](size)
         row_send, row_recv = anyio.create_memory_object_stream[dict[str, Any]](size)

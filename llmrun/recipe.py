@@ -49,6 +49,14 @@ RUN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "connect_timeout_s": 10.0,
         "drain_s": 30.0,
         "requests_per_minute": None,
+        "mode": "direct",
+        "batch_max_requests": None,
+        "batch_max_bytes": None,
+        "batch_poll_s": 30.0,
+        "batch_poll_max_s": 600.0,
+        "batch_resubmits": 2,
+        "auto_threshold": 1000,
+        "auto_deadline_s": 21600.0,
         "requests_per_second": None,
         "tokens_per_minute": None,
         "tokens_per_second": None,
@@ -75,6 +83,15 @@ class RunSettings:
     connect_timeout_s: float
     drain_s: float
     requests_per_minute: float | None
+    # Batch mode (docs/batch.md); defaults so code building RunSettings by hand keeps working.
+    mode: str = "direct"  # direct | batch | auto
+    batch_max_requests: int | None = None  # per batch file; None: the provider's limit
+    batch_max_bytes: int | None = None
+    batch_poll_s: float = 30.0  # first poll interval; grows 1.5x while nothing changes
+    batch_poll_max_s: float = 600.0
+    batch_resubmits: int = 2  # times a failed or expired request is submitted again
+    auto_threshold: int = 1000  # auto mode: fewer records than this go direct
+    auto_deadline_s: float = 21600.0  # auto mode: a batch running longer is cancelled
     tokens_per_minute: float | None = None
     adaptive: bool = False  # on by default when no explicit limit is set (see load_recipe)
     budget_usd: float | None = None
@@ -328,6 +345,14 @@ def build_recipe(
             timeout_s=float(run["timeout_s"]),
             connect_timeout_s=float(run["connect_timeout_s"]),
             drain_s=float(run["drain_s"]),
+            mode=str(run["mode"]),
+            batch_max_requests=run["batch_max_requests"],
+            batch_max_bytes=run["batch_max_bytes"],
+            batch_poll_s=float(run["batch_poll_s"]),
+            batch_poll_max_s=float(run["batch_poll_max_s"]),
+            batch_resubmits=int(run["batch_resubmits"]),
+            auto_threshold=int(run["auto_threshold"]),
+            auto_deadline_s=float(run["auto_deadline_s"]),
             requests_per_minute=_per_minute(run["requests_per_minute"], run["requests_per_second"]),
             tokens_per_minute=_per_minute(run["tokens_per_minute"], run["tokens_per_second"]),
             adaptive=bool(

@@ -129,7 +129,7 @@ def test_plan_batch_mode_prices_at_the_batch_discount(tmp_path: Path):
         environ={},
     )
     direct = make_plan(recipe, registry)
-    run = types.SimpleNamespace(**dataclasses.asdict(recipe.run), mode="batch")
+    run = types.SimpleNamespace(**{**dataclasses.asdict(recipe.run), "mode": "batch"})
     batch = make_plan(dataclasses.replace(recipe, run=run), registry)
     assert direct.cost_usd_high and batch.cost_usd_high
     assert batch.cost_usd_high == round(direct.cost_usd_high * 0.5, 6)

@@ -264,6 +264,13 @@ class AnthropicMessages:
             raw=data,
         )
 
+    def batch_api(self) -> Any:
+        """Anthropic Message Batches for this endpoint (``llmrun.batch.contract``)."""
+        from ..batch.anthropic import AnthropicBatches
+
+        base = str(self.url).rsplit("/v1/messages", 1)[0]
+        return AnthropicBatches(self, base, self._headers, error_from)
+
     def transport(self) -> Transport | None:
         return None
 

@@ -52,6 +52,16 @@ class OpenAIChat(OpenAIShaped):
             reply.finish_reason = "content_filter"
         return reply
 
+    def batch_api(self) -> Any:
+        """The OpenAI Batch API at this provider's base URL (``llmrun.batch.contract``); None
+        for a subclass that builds its URLs another way (Azure deployments), whose batch
+        endpoints differ."""
+        if type(self)._url is not OpenAIShaped._url:
+            return None
+        from ..batch.openai import OpenAIBatches
+
+        return OpenAIBatches(self, self.base_url, self._headers)
+
     def _parsed(self, text: str | None) -> Any:
         """The structured value when the request asked for JSON and the text is JSON."""
         if text is None or not self.json_requested:

@@ -1,0 +1,147 @@
+"""The durable state of batch mode, in ``<output>.llmrun/batch/``.
+
+    journal.json          every batch part and the step it reached (rewritten atomically)
+    pNNNN.jsonl           the part's input lines, as sent
+    pNNNN.records.jsonl   [custom_id, record id, where, record] per line: what merging needs
+    pNNNN.results.jsonl   the provider's result lines, once downloaded
+
+A part moves through ``written -> uploaded -> creating -> created -> ended -> downloaded ->
+merged``. Each step is in the journal (temp file, fsync, rename) before the next one starts.
+``creating`` is the intent to create a batch, recorded before the request is sent: a rerun that
+finds it asks the provider for a batch carrying the part's tag before creating one again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..store import atomic_write
+
+STEPS = ("written", "uploaded", "creating", "created", "ended", "downloaded", "merged")
+KILL_ENV = "LLMRUN_TEST_KILL_AFTER"  # test hook: SIGKILL this process right after a step
+
+
+@dataclass
+class Part:
+    """One batch file and where it stands."""
+
+    name: str  # p0001
+    requests: int
+    bytes: int
+    tag: str  # unique to this part of this output: the idempotency key at the provider
+    step: str = "written"
+    input_id: str | None = None
+    batch_id: str | None = None
+    intent_at: float | None = None  # unix time the create request was about to be sent
+    created_local: float | None = None  # unix time the batch id was recorded
+    info: dict[str, Any] | None = None  # the last BatchInfo seen (to_json)
+    cancel_reason: str | None = None  # "user" (llmrun cancel) or "deadline" (auto mode)
+    merged: dict[str, int] = field(default_factory=dict)  # ok / error / again counts
+
+
+class Journal:
+    """The batch state of one output; ``save()`` after every change."""
+
+    def __init__(self, folder: Path) -> None:
+        self.dir = folder
+        self.path = folder / "journal.json"
+        self.key = secrets.token_hex(4)
+        self.next_part = 1
+        self.parts: list[Part] = []
+        self.tries: dict[str, int] = {}  # record id -> failed batch attempts so far
+        self.spent_usd = 0.0
+
+    @classmethod
+    def load(cls, folder: Path) -> Journal:
+        journal = cls(folder)
+        try:
+            data = json.loads(journal.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return journal
+        journal.key = str(data["key"])
+        journal.next_part = int(data["next_part"])
+        journal.parts = [Part(**p) for p in data["parts"]]
+        journal.tries = {str(k): int(v) for k, v in data.get("tries", {}).items()}
+        journal.spent_usd = float(data.get("spent_usd", 0.0))
+        return journal
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self) -> None:
+        data = {
+            "version": 1,
+            "key": self.key,
+            "next_part": self.next_part,
+            "parts": [asdict(p) for p in self.parts],
+            "tries": self.tries,
+            "spent_usd": self.spent_usd,
+        }
+        atomic_write(self.path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+    def new_part_name(self) -> str:
+        name = f"p{self.next_part:04d}"
+        self.next_part += 1
+        return name
+
+    def tag(self, part: str) -> str:
+        return f"llmrun-{self.key}-{part}"
+
+    def file(self, part: str, kind: str) -> Path:
+        return self.dir / f"{part}.{kind}.jsonl" if kind else self.dir / f"{part}.jsonl"
+
+    def active(self) -> list[Part]:
+        return [p for p in self.parts if p.step != "merged"]
+
+    def records(self, part: Part) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
+        """(custom_id, record id, where, record) for each line of the part."""
+        with open(self.file(part.name, "records"), encoding="utf-8") as fh:
+            for line in fh:
+                cid, rid, where, data = json.loads(line)
+                yield str(cid), str(rid), str(where), data
+
+
+def has_running(folder: Path) -> bool:
+    """Whether the batch state in ``folder`` has batches not merged yet."""
+    return (folder / "journal.json").exists() and bool(Journal.load(folder).active())
+
+
+def checkpoint(step: str) -> None:
+    """The test hook: ``LLMRUN_TEST_KILL_AFTER=step`` (or ``step:N``, the Nth time) kills this
+    process with SIGKILL right here, so tests can stop a run at every step of the life cycle."""
+    wanted = os.environ.get(KILL_ENV)
+    if not wanted:
+        return
+    name, _, nth = wanted.partition(":")
+    if name != step:
+        return
+    counts = _HITS
+    counts[step] = counts.get(step, 0) + 1
+    if counts[step] >= int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_HITS: dict[str, int] = {}
+
+
+def make_durable(tmp: Path, path: Path) -> None:
+    """Give a written file its final name durably: fsync it, rename it, fsync the folder."""
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if sys.platform == "win32":  # pragma: no cover - no directory fsync there
+        return
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,566 @@
+"""Batch mode: records go to the provider's batch API in files, results come back as rows.
+
+One round: read the records not finished and not in a running batch, render them, split them
+into parts within the provider's limits, then drive every part through its steps (see
+``journal``). Parts whose requests failed in a retryable way (expired, server errors) are
+followed by another round for those records only, up to ``run.batch_resubmits`` times.
+
+Rows are made by the engine (``_render``, ``_postprocess``, ``_row``, ``_error``) and written by
+its writer, so a batch run's output is the same as a direct run's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import httpx
+
+from ..calls import backoff_s
+from ..errors import CallError, RecordError, RunAborted
+from ..failures import classify_transport
+from ..pricing import PriceTable
+from ..store import IdSet
+from ..tokens import estimate
+from ..values import Prompt, Usage
+from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
+from .journal import Journal, Part, checkpoint, make_durable
+
+if TYPE_CHECKING:
+    from ..calls import Caller
+    from ..engine import Engine, _Work
+
+HASH_PREFIX = "k"
+T = TypeVar("T")
+
+
+class Finished(IdSet):
+    """The ids finished before this run plus those written by it."""
+
+    def __init__(self, before: IdSet, now: set[str]) -> None:
+        super().__init__()
+        self._before, self._now = before, now
+
+    def __len__(self) -> int:
+        return len(self._before) + len(self._now)
+
+    def __contains__(self, rid: object) -> bool:
+        return rid in self._now or rid in self._before
+
+
+@dataclass
+class _Planned:
+    name: str
+    requests: int
+    size: int
+
+
+class _PartFile:
+    """A batch file being written: lines go straight to disk (a file can be 200 MB); ``close``
+    makes both files durable under their final names."""
+
+    def __init__(self, journal: Journal, name: str) -> None:
+        self.name = name
+        self.requests = 0
+        self.size = 0
+        self._paths = [journal.file(name, ""), journal.file(name, "records")]
+        self._tmps = [p.with_name(f".{p.name}.tmp") for p in self._paths]
+        self._files = [open(t, "wb") for t in self._tmps]  # noqa: SIM115 - closed in close()
+
+    def add(self, line: bytes, record: bytes) -> None:
+        self._files[0].write(line)
+        self._files[1].write(record)
+        self.requests += 1
+        self.size += len(line)
+
+    def close(self) -> _Planned:
+        for fh, tmp, path in zip(self._files, self._tmps, self._paths, strict=True):
+            fh.close()
+            make_durable(tmp, path)
+        return _Planned(self.name, self.requests, self.size)
+
+
+def batch_state_dir(engine: Engine) -> Any:
+    return engine.state.dir / "batch"
+
+
+class BatchRunner:
+    """Runs the engine's recipe through the provider's batch API."""
+
+    def __init__(
+        self, engine: Engine, done: IdSet, caller: Caller, *, drain_only: bool = False
+    ) -> None:
+        self.engine = engine
+        self.recipe = engine.recipe
+        self.settings = engine.recipe.run
+        api = batch_api_of(engine.provider)
+        if api is None:
+            raise RunAborted(
+                f"provider {self.recipe.provider.name!r} has no batch API: "
+                "use run.mode: direct (or auto)"
+            )
+        self.api: BatchAPI = api
+        self.caller = caller
+        self.written: set[str] = set()
+        self.finished = Finished(done, self.written)
+        folder = batch_state_dir(engine)
+        if engine.fresh and folder.exists():  # --fresh: start over, keep the old state
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            folder.rename(folder.with_name(f"batch.old-{stamp}-{secrets.token_hex(2)}"))
+            engine.progress.log(f"--fresh: moved the previous batch state aside ({folder.name})")
+        self.journal = Journal.load(folder)
+        self.drain_only = drain_only or engine.batch_drain_only
+        self.api_key = self.recipe.api_keys[0] if self.recipe.api_keys else None
+        self._id_ok = re.compile(self.api.custom_id_pattern)
+        self._over_budget: str | None = None
+        self._stragglers = False  # auto mode: a batch was cancelled at the deadline
+        self._cancelled = False  # a batch was cancelled by `llmrun cancel`
+        self._price = PriceTable(self.recipe.prices).lookup(getattr(engine.provider, "model", None))
+        engine.batch_pricing = True
+
+    # -- the rounds ------------------------------------------------------------------------
+
+    async def run(self) -> IdSet | None:
+        """Run batches until nothing is left; return the finished ids when the rest should
+        go as direct calls (auto mode), else None."""
+        self.journal.dir.mkdir(parents=True, exist_ok=True)
+        timeout = httpx.Timeout(self.settings.timeout_s, connect=self.settings.connect_timeout_s)
+        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+            self.client = client
+            while not self._stopping():
+                plan = not self.drain_only and self._over_budget is None
+                if plan and await self._plan() == "direct":
+                    self.engine.batch_pricing = False  # direct calls pay the full price
+                    return self.finished
+                if not self._live():
+                    break
+                await self._drive()
+            if self._over_budget is not None:
+                raise RunAborted(self._over_budget)
+        if self._cancelled:
+            self.engine.flags.stopping = True  # records are left: the run ends interrupted
+        return None
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep between polls, waking up soon after Ctrl-C (polls can be minutes apart)."""
+        slices = max(1, math.ceil(seconds / 0.25))
+        for _ in range(slices):
+            if self._stopping():
+                return
+            await anyio.sleep(seconds / slices)
+
+    def _live(self) -> list[Part]:
+        """The parts that can move on (over budget, those not submitted yet are parked)."""
+        parked = ("written", "uploaded") if self._over_budget else ()
+        return [p for p in self.journal.active() if p.step not in parked]
+
+    def _stopping(self) -> bool:
+        return self.engine.flags.stopping
+
+    def _mode(self) -> str:
+        return str(getattr(self.settings, "mode", "batch"))
+
+    # -- planning: records -> part files -----------------------------------------------------
+
+    async def _plan(self) -> str:
+        """Write parts for the records still to do; "direct" when auto mode says to call them
+        directly instead (few records)."""
+        error_rows: list[dict[str, Any]] = []
+        try:
+            return await anyio.to_thread.run_sync(self._plan_sync, error_rows)
+        finally:
+            if error_rows:  # rendering failed: final, written now (here, not in the thread)
+                self._write_rows(error_rows)
+
+    def _plan_sync(self, error_rows: list[dict[str, Any]]) -> str:
+        engine = self.engine
+        busy: set[str] = set()
+        for part in self.journal.active():
+            busy.update(rid for _, rid, _, _ in self.journal.records(part))
+        max_requests = min(
+            self.api.max_requests, self.settings.batch_max_requests or self.api.max_requests
+        )
+        max_bytes = min(self.api.max_bytes, self.settings.batch_max_bytes or self.api.max_bytes)
+        planned: list[_Planned] = []
+        current: _PartFile | None = None
+        pending = 0
+        estimate_usd = 0.0
+        for work in self._works():
+            if work.id in self.finished or work.id in busy:
+                continue
+            prompt = engine._render(work)
+            if isinstance(prompt, dict):
+                error_rows.append(prompt)
+                continue
+            busy.add(work.id)
+            pending += 1
+            cid = self._custom_id(work.id)
+            line = (json.dumps(self.api.line(cid, prompt), ensure_ascii=False) + "\n").encode(
+                "utf-8", "backslashreplace"
+            )
+            if current and (
+                current.requests >= max_requests or current.size + len(line) > max_bytes
+            ):
+                planned.append(current.close())
+                current = None
+            if current is None:
+                current = _PartFile(self.journal, self.journal.new_part_name())
+            rec = [cid, work.id, work.where, work.data]
+            current.add(line, (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode())
+            estimate_usd += self._estimate(prompt)
+        if current is not None:
+            planned.append(current.close())
+        auto_direct = (
+            self._mode() == "auto"
+            and (pending < self.settings.auto_threshold or self._stragglers)
+            and not self.journal.active()
+        )
+        budget = getattr(self.settings, "budget_usd", None)
+        over = (
+            budget is not None
+            and pending
+            and self.journal.spent_usd + estimate_usd > float(budget)
+            and not auto_direct
+        )
+        if auto_direct or over:
+            for p in planned:  # not in the journal: files never used
+                self.journal.file(p.name, "").unlink(missing_ok=True)
+                self.journal.file(p.name, "records").unlink(missing_ok=True)
+            self.journal.next_part -= len(planned)
+            if over:
+                raise RunAborted(
+                    f"the estimate for {pending} record(s) in batch is ${estimate_usd:.4f} "
+                    f"(${self.journal.spent_usd:.4f} spent), over run.budget_usd ${budget}: "
+                    "nothing was submitted"
+                )
+            return "direct"
+        for p in planned:
+            self.journal.parts.append(Part(p.name, p.requests, p.size, self.journal.tag(p.name)))
+        if planned:
+            self.journal.save()
+            checkpoint("written")
+        return "batch"
+
+    def _works(self) -> Iterator[_Work]:
+        records = self.engine.loader.records()
+        try:
+            limit = self.engine.limit
+            source = records if limit is None else itertools.islice(records, limit)
+            id_field = self.recipe.id_field
+            for rec in source:
+                yield self.engine._work_item(rec, id_field)
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+
+    def _custom_id(self, rid: str) -> str:
+        """The record id when the provider accepts it as a custom_id, else a stable hash."""
+        if self._id_ok.match(rid) and not rid.startswith(HASH_PREFIX + "_"):
+            return rid
+        import hashlib
+
+        return HASH_PREFIX + "_" + hashlib.blake2b(rid.encode(), digest_size=16).hexdigest()
+
+    def _estimate(self, prompt: Prompt) -> float:
+        if self._price is None:
+            return 0.0
+        tokens_in, tokens_out = estimate(prompt)
+        return self._price.cost(Usage(tokens_in, tokens_out), batch=True) or 0.0
+
+    # -- driving parts through their steps ---------------------------------------------------
+
+    async def _drive(self) -> None:
+        """Advance every active part until all are merged (or the run stops)."""
+        interval = self.settings.batch_poll_s
+        while self._live() and not self._stopping():
+            progressed = False
+            for part in self._live():
+                if self._stopping():
+                    return
+                progressed |= await self._advance(part)
+            if self._live() and not progressed:
+                await self._sleep(interval)
+                interval = min(interval * 1.5, self.settings.batch_poll_max_s)
+            elif progressed:
+                interval = self.settings.batch_poll_s
+
+    async def _advance(self, part: Part) -> bool:
+        """One step (or one poll) for the part; True when it moved on."""
+        api, client, key, journal = self.api, self.client, self.api_key, self.journal
+        if part.step == "written":
+            if self._over_budget is not None:
+                return False
+            part.input_id = await self._retry(
+                api.upload, client, key, journal.file(part.name, ""), part.tag
+            )
+            self._set(part, "uploaded")
+            return True
+        if part.step == "uploaded":
+            if self._over_budget is not None:
+                return False
+            part.intent_at = time.time()
+            self._set(part, "creating")
+            info = await self._retry(
+                api.create, client, key, journal.file(part.name, ""), part.input_id, part.tag
+            )
+            checkpoint("create-sent")
+            self._created(part, info)
+            return True
+        if part.step == "creating":  # the create may have happened: adopt it, else redo it
+            known = [p.batch_id for p in journal.parts if p.batch_id]
+            found = await self._retry(
+                api.find, client, key, part.tag, part.intent_at or 0.0, part.requests, known
+            )
+            if found is None:
+                self._set(part, "uploaded")
+            else:
+                self.engine.progress.log(f"adopted batch {found.id} created by an earlier run")
+                self._created(part, found)
+            return True
+        if part.step == "created":
+            assert part.batch_id is not None
+            info = await self._retry(api.get, client, key, part.batch_id)
+            await self._deadline(part, info)
+            if info.state != "ended":
+                if info.to_json() != part.info:
+                    part.info = info.to_json()
+                    journal.save()
+                checkpoint("polled")
+                return False
+            part.info = info.to_json()
+            if info.outcome == "failed":
+                self.engine.warn(
+                    f"batch {info.id} ({part.name}) failed: {info.reason or 'no reason given'}"
+                )
+            self._set(part, "ended")
+            return True
+        if part.step == "ended":
+            assert part.info is not None
+            dest = journal.file(part.name, "results")
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            await self._retry(api.download, client, key, BatchInfo.from_json(part.info), tmp)
+            await anyio.to_thread.run_sync(make_durable, tmp, dest)
+            self._set(part, "downloaded")
+            return True
+        if part.step == "downloaded":
+            await self._merge(part)
+            return True
+        return False
+
+    async def _retry(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Call the batch API, retrying what is retryable; anything else stops the run (a
+        batch API call is about all records at once: there is no record to blame)."""
+        for attempt in itertools.count(1):
+            try:
+                return await fn(*args)
+            except httpx.TransportError as exc:
+                error = classify_transport(exc)
+            except CallError as exc:
+                error = exc
+            if not error.retryable or attempt > self.settings.max_retries:
+                raise RunAborted(f"batch API ({self.recipe.provider.name}): {error.message}")
+            self.engine.stats.retries += 1
+            await anyio.sleep(backoff_s(attempt, error.retry_after))
+        raise AssertionError("unreachable")
+
+    def _set(self, part: Part, step: str) -> None:
+        part.step = step
+        self.journal.save()
+        checkpoint(step)
+
+    def _created(self, part: Part, info: BatchInfo) -> None:
+        part.batch_id = info.id
+        part.info = info.to_json()
+        part.created_local = time.time()
+        self._set(part, "created")
+
+    async def _deadline(self, part: Part, info: BatchInfo) -> None:
+        """Auto mode: a batch still running past the deadline is cancelled; what it did not
+        finish goes as direct calls."""
+        if self._mode() != "auto" or info.state in ("ended", "cancelling") or part.cancel_reason:
+            return
+        if time.time() - (part.created_local or time.time()) < self.settings.auto_deadline_s:
+            return
+        part.cancel_reason = "deadline"
+        self.journal.save()
+        self.engine.progress.log(
+            f"batch {info.id} is past run.auto_deadline_s: cancelling it, the rest goes direct"
+        )
+        await self._retry(self.api.cancel, self.client, self.api_key, info.id)
+
+    # -- merging results into the output -----------------------------------------------------
+
+    async def _merge(self, part: Part) -> None:
+        results = await anyio.to_thread.run_sync(self._read_results, part)
+        info = BatchInfo.from_json(part.info or {"id": "?", "state": "ended"})
+        rows: list[dict[str, Any]] = []
+        counts = {"ok": 0, "error": 0, "again": 0}
+        tries = dict(self.journal.tries)
+        spent = 0.0
+        from ..calls import Outcome
+        from ..engine import _Work
+
+        for cid, rid, where, data in self.journal.records(part):
+            if rid in self.finished:
+                continue
+            work = _Work(rid, data, where, None)
+            result = results.get(cid)
+            if result is not None and result.reply is not None:
+                try:  # the prompt only matters for a reask (a follow-up turn)
+                    prompt = self.engine.template.render(rid, data)
+                except RecordError:  # the recipe changed since: no follow-up possible
+                    prompt = Prompt(rid, [], {})
+                outcome = Outcome(result.reply, 1, 0.0)
+                row = await self.engine._postprocess(work, prompt, outcome, self.caller)
+                spent += float(row.get("cost_usd") or 0.0)
+                rows.append(row)
+                continue
+            if result is None:
+                if info.outcome == "cancelled":
+                    counts["again"] += 1  # never run: sent again by a later round or run
+                    continue
+                code = "batch_failed" if info.outcome == "failed" else "batch_missing"
+                reason = info.reason if info.outcome == "failed" else None
+                result = LineResult(
+                    cid,
+                    code=code,
+                    message=f"batch {info.id} {info.outcome or 'ended'} without a result for "
+                    f"this request" + (f": {reason}" if reason else ""),
+                    retryable=True,
+                )
+            if result.retryable and tries.get(rid, 0) < self.settings.batch_resubmits:
+                tries[rid] = tries.get(rid, 0) + 1
+                counts["again"] += 1
+                continue
+            before = tries.pop(rid, 0)
+            error = self.engine._error(
+                work,
+                result.code or "batch_error",
+                result.message or "",
+                result.retryable,
+                result.status,
+            )
+            rows.append(self.engine._row(work, before + 1, error=error))
+        for row in rows:
+            counts["ok" if row["status"] == "ok" else "error"] += 1
+        if rows:
+            self._write_rows(rows)
+            checkpoint("merge-written")
+        self.journal.tries = tries
+        self.journal.spent_usd += spent
+        part.merged = counts
+        self._set(part, "merged")
+        if info.outcome == "cancelled" and part.cancel_reason == "deadline":
+            self._stragglers = True  # auto mode: what is left goes direct
+        elif info.outcome == "cancelled":
+            self.drain_only = True  # cancelled by the user: submit nothing more in this run
+            if not self.engine.batch_drain_only:
+                self.engine.progress.log(
+                    f"batch {info.id} was cancelled: collecting the running batches, then "
+                    "stopping (run again to send what it did not finish)"
+                )
+                self._cancelled = True
+        await self._check_budget()
+
+    def _read_results(self, part: Part) -> dict[str, LineResult]:
+        results: dict[str, LineResult] = {}
+        with open(self.journal.file(part.name, "results"), encoding="utf-8") as fh:
+            for raw in fh:
+                if raw.strip():
+                    found = self.api.parse_result(json.loads(raw))
+                    # A success wins over an error line for the same id (never both, in theory).
+                    if found.custom_id not in results or found.reply is not None:
+                        results[found.custom_id] = found
+        return results
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        engine = self.engine
+        engine.writer.write(rows)
+        engine.writer.sync()  # durable before the journal says the part is merged
+        wants = engine.observers.wants_records
+        for row in rows:
+            self.written.add(str(row["id"]))
+            engine.stats.count_row(row)
+            if wants:
+                engine.observers.call("record_done", row)
+
+    async def _check_budget(self) -> None:
+        """Over the budget: create nothing more, cancel what runs, collect what finished."""
+        budget = getattr(self.settings, "budget_usd", None)
+        if budget is None or self._over_budget or self.journal.spent_usd <= float(budget):
+            return
+        self._over_budget = (
+            f"spent ${self.journal.spent_usd:.4f} in batch results, over run.budget_usd "
+            f"${budget}: running batches were cancelled and what they finished was kept"
+        )
+        self.engine.warn(self._over_budget)
+        for part in self.journal.active():
+            if part.step == "created" and part.batch_id and not part.cancel_reason:
+                part.cancel_reason = "budget"
+                self.journal.save()
+                await self._retry(self.api.cancel, self.client, self.api_key, part.batch_id)
+
+
+async def run_batches(
+    engine: Engine, done: IdSet, caller: Caller, manifest: dict[str, Any]
+) -> IdSet | None:
+    """The engine's pipeline in batch (or auto) mode; the finished ids when the rest should go
+    as direct calls."""
+    rest: IdSet | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(engine._count_total)
+        tg.start_soon(engine._tick, manifest)
+        if engine.handle_signals:
+            tg.start_soon(engine._watch_signals)
+        try:
+            if engine.recipe.run.mode == "auto" and batch_api_of(engine.provider) is None:
+                engine.progress.log("the provider has no batch API: auto mode calls directly")
+                rest = done
+            elif engine.recipe.run.mode == "direct" and not engine.batch_drain_only:
+                engine.progress.log("collecting the batches an earlier run left running")
+                runner = BatchRunner(engine, done, caller, drain_only=True)
+                await runner.run()
+                rest = runner.finished
+            else:
+                rest = await BatchRunner(engine, done, caller).run()
+        except RunAborted as exc:
+            engine._abort(exc)
+        tg.cancel_scope.cancel()
+    if engine.flags.stopping or engine.flags.abort is not None:
+        return None  # stopped or aborted: no direct calls after it
+    return rest
+
+
+async def cancel_all(engine: Engine, *, record: bool) -> list[dict[str, Any]]:
+    """Ask the provider to cancel every running batch of this output; with ``record`` (the
+    caller holds the output's lock), note it in the journal."""
+    api = batch_api_of(engine.provider)
+    journal = Journal.load(batch_state_dir(engine))
+    if api is None or not journal.exists():
+        return []
+    key = engine.recipe.api_keys[0] if engine.recipe.api_keys else None
+    out: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(timeout=engine.recipe.run.timeout_s, trust_env=False) as client:
+        for part in journal.active():
+            if part.step not in ("created", "creating") or not part.batch_id:
+                continue
+            try:
+                info = await api.cancel(client, key, part.batch_id)
+            except CallError as exc:
+                out.append({"batch_id": part.batch_id, "error": str(exc)})
+                continue
+            part.cancel_reason = "user"
+            part.info = info.to_json()
+            out.append({"batch_id": part.batch_id, "state": info.state, "outcome": info.outcome})
+        if record:
+            journal.save()
+    return out

@@ -1,0 +1,39 @@
+"""What ``llmrun status`` shows about batch mode: one entry per batch, read from the journal
+(no provider call: the journal holds the last state seen)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..recipe import Recipe
+from ..store import RunState
+from .journal import Journal
+
+
+def describe(recipe: Recipe) -> list[dict[str, Any]]:
+    """Every batch of the recipe's output: ``part``, ``batch_id``, ``step`` (llmrun's),
+    ``state`` and ``outcome`` (the provider's, normalized), ``counts``, ``requests``,
+    ``age_s`` (since it was created), ``reason`` (why it failed) and ``merged`` counts."""
+    journal = Journal.load(RunState(recipe.output_path).dir / "batch")
+    now = time.time()
+    out: list[dict[str, Any]] = []
+    for part in journal.parts:
+        info = part.info or {}
+        started = part.created_local or part.intent_at
+        out.append(
+            {
+                "part": part.name,
+                "batch_id": part.batch_id,
+                "step": part.step,
+                "state": info.get("state", "not created"),
+                "outcome": info.get("outcome"),
+                "counts": dict(info.get("counts") or {}),
+                "requests": part.requests,
+                "age_s": None if started is None else round(now - started, 1),
+                "reason": info.get("reason"),
+                "cancelled": part.cancel_reason,
+                "merged": dict(part.merged),
+            }
+        )
+    return out

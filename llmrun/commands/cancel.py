@@ -1,0 +1,64 @@
+"""``llmrun cancel RECIPE``: cancel the recipe's running batches and record what finished."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "cancel", help="cancel the running batches of a recipe and record what they finished"
+    )
+    parser.add_argument("recipe", help="the recipe file (YAML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, as given to `llmrun run`",
+    )
+    parser.set_defaults(handler=cmd_cancel)
+
+
+def cmd_cancel(args: argparse.Namespace, err: Any) -> int:
+    import functools
+
+    import anyio
+
+    from ..api import open_recipe
+    from ..batch.runner import cancel_all
+    from ..cli import EXIT_ABORTED, EXIT_OK
+    from ..engine import Engine
+    from ..errors import LockedError
+    from ..progress import make_progress
+
+    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    engine = Engine(recipe, registry, make_progress("none", err), handle_signals=False)
+    try:
+        with engine.state.locked():
+            cancelled = anyio.run(functools.partial(cancel_all, engine, record=True))
+        running = False
+    except LockedError:  # a run is polling them: it records what they finished
+        cancelled = anyio.run(functools.partial(cancel_all, engine, record=False))
+        running = True
+    failed = [c for c in cancelled if "error" in c]
+    for item in cancelled:
+        what = item.get("error") or f"cancel requested ({item.get('state')})"
+        err.print(f"batch {item['batch_id']}: {what}", markup=False)
+    if not cancelled:
+        err.print("no running batch to cancel", markup=False)
+        return EXIT_OK
+    if running:
+        err.print("the running `llmrun run` records what they finished", markup=False)
+        return EXIT_ABORTED if failed else EXIT_OK
+    # Collect what the cancelled batches finished (polling until they have ended).
+    engine.batch_drain_only = True
+    summary = anyio.run(engine.run)
+    err.print(
+        f"recorded {summary.stats.ok} ok and {summary.stats.error} error row(s) from the "
+        "cancelled batches; `llmrun run` sends the rest again",
+        markup=False,
+    )
+    return EXIT_ABORTED if failed or summary.status == "aborted" else EXIT_OK

@@ -79,7 +79,6 @@ def __getattr__(name: str) -> Any:
 
 if TYPE_CHECKING:
     from .api import open_recipe, run_recipe, run_recipe_sync
-    from .engine import RunSummary
     from .errors import (
         CallError,
         InputError,
@@ -94,4 +93,5 @@ if TYPE_CHECKING:
         TemplateError,
     )
     from .recipe import Recipe, load_recipe
+    from .summary import RunSummary
     from .values import ComponentContext, Prompt, Reply, Result, SourceRecord, Usage

@@ -13,8 +13,8 @@ from .recipe import Recipe, load_recipe
 if TYPE_CHECKING:  # the engine (and the HTTP stack) load only when a run starts
     from rich.console import Console
 
-    from .engine import RunSummary
     from .progress import Mode
+    from .summary import RunSummary
 
 
 def open_recipe(

@@ -24,6 +24,13 @@ class Budget:
         self.reserved = 0.0
         self.reached = False  # a call was refused: the run is stopping
 
+    def reason(self, this_run_usd: float) -> str:
+        """Why the run stopped, for the summary and the manifest."""
+        return (
+            f"run.budget_usd {self.limit:g} reached: spent ${self.spent:.4f} "
+            f"(this run ${this_run_usd:.4f}); the next call could have exceeded it"
+        )
+
     def worst_case(self, prompt: Prompt) -> float:
         input_tokens, output_tokens = estimate(prompt)
         members = prompt.group or (prompt,)

@@ -21,82 +21,43 @@ import itertools
 import signal
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from anyio import CancelScope
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .__about__ import __version__
 from .budget import Budget
 from .calls import Caller, CallFailed, NotSent, Outcome
+from .chain import postprocess
 from .components import Loader, Postprocessor, Provider, Writer
 from .errors import CallError, RecipeError, RecordError, RunAborted
 from .ids import record_id
 from .limits import KeyPool
+from .manifest import finish_manifest, start_manifest, update_manifest
 from .plugins import Observers, Registry, build_component
-from .pricing import Price, PriceTable
+from .pricing import Price
 from .progress import Progress
-from .provenance import call_hash
 from .recipe import Recipe
 from .redaction import Redactor
 from .rerun import drop_error_rows
+from .rows import RowMaker
+from .rows import Work as _Work  # the batch runner builds them too
 from .selection import selection_of
 from .stats import RunStats
-from .store import IdSet, RunState, now_iso
+from .store import IdSet, RunState, index_output, now_iso
+from .summary import RunSummary as RunSummary
+from .summary import Status
 from .templates import PromptTemplate
 from .transport import default_transport
-from .values import ComponentContext, Prompt, Reply, Result, SourceRecord, Usage
+from .values import ComponentContext, Prompt, SourceRecord
 
-Status = Literal["completed", "interrupted", "aborted", "budget"]
 READ_CHUNK = 256
 FIELD_CHECK = 20  # records the run-start check of the template looks at
 WRITE_BATCH = 512
 TICK_S = 0.25
 SYNC_EVERY_S = 5.0
-_UNSET: Any = object()
 _T = TypeVar("_T")
-
-
-@dataclass
-class RunSummary:
-    """How a run ended."""
-
-    status: Status
-    stats: RunStats
-    output: str
-    reason: str | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        s = self.stats
-        return {
-            "status": self.status,
-            "reason": self.reason,
-            "output": self.output,
-            "ok": s.ok,
-            "error": s.error,
-            "resumed_ok": s.resumed_ok,
-            "resumed_error": s.resumed_error,
-            "total": s.total,
-            "retries": s.retries,
-            "retries_by_code": dict(s.retries_by_code),
-            "errors_by_code": dict(s.errors_by_code),
-            "cost_usd": round(s.cost_usd, 8),
-            "job_cost_usd": round(s.cost_usd + s.resumed_cost_usd, 8),
-            "tokens": {"input": s.input_tokens, "output": s.output_tokens},
-            "elapsed_s": round(s.elapsed, 3),
-            "warnings": list(self.warnings),
-        }
-
-
-@dataclass(slots=True)
-class _Work:
-    id: str
-    data: dict[str, Any] | None
-    where: str
-    error: str | None
 
 
 class _Flags:
@@ -152,9 +113,8 @@ class Engine:
         )
         self.selection = selection_of(recipe, self.limit)
         self.state = RunState(recipe.output_path)
-        self._price_table = PriceTable(recipe.prices)
-        self._prices: dict[str | None, Price | None] = {}
-        self.batch_pricing = False  # batch mode sets it: the provider's batch discount applies
+        self.rows = RowMaker(recipe, self.redact, self.provider.model, self.warn)
+        self._row, self._error, self._cost = self.rows.row, self.rows.error, self.rows.cost
         self.batch_drain_only = False  # `llmrun cancel`: collect running batches, submit nothing
         self._workers_scope: CancelScope | None = None
         self._reader_scope: CancelScope | None = None
@@ -163,7 +123,7 @@ class Engine:
         self._budget: Budget | None = None
         self._budget_price: Price | None = None
         if recipe.run.budget_usd is not None:
-            self._budget_price = self._price_table.lookup(self.provider.model)
+            self._budget_price = self.rows.price(self.provider.model)
             if self._budget_price is None:
                 # A budget that cannot be counted is not a budget.
                 raise RecipeError(
@@ -268,28 +228,12 @@ class Engine:
             self._stop_reading()
 
     def _budget_reason(self) -> str:
-        budget = self._budget
-        assert budget is not None
-        return (
-            f"run.budget_usd {budget.limit:g} reached: spent ${budget.spent:.4f} "
-            f"(this run ${self.stats.cost_usd:.4f}); the next call could have exceeded it"
-        )
+        assert self._budget is not None
+        return self._budget.reason(self.stats.cost_usd)
 
     def _open_output(self) -> IdSet:
         """Open the writer, count what is already there, and index the finished ids."""
-
-        def ids() -> Iterator[str]:
-            for row in self.writer.open():
-                if row.get("status") == "ok":
-                    self.stats.resumed_ok += 1
-                else:
-                    self.stats.resumed_error += 1
-                cost = row.get("cost_usd")
-                if isinstance(cost, int | float):
-                    self.stats.resumed_cost_usd += cost
-                yield str(row["id"])
-
-        return IdSet(ids())
+        return index_output(self.writer.open(), self.stats)
 
     async def _pipeline(self, done: IdSet, caller: Caller, manifest: dict[str, Any]) -> None:
         from .batch.journal import has_running
@@ -416,6 +360,9 @@ class Engine:
                     continue  # not started: the next run does it
                 first = batch[0]
                 self.stats.in_flight += len(batch)
+                started = now_iso()
+                for work in batch:
+                    work.started_at = started
                 try:
                     if group_size > 1:
                         rows = await self._process_group(batch, caller)
@@ -536,137 +483,25 @@ class Engine:
     async def _postprocess(
         self, work: _Work, prompt: Prompt, outcome: Outcome, caller: Caller
     ) -> dict[str, Any]:
-        """Run the chain; a rejection with feedback is sent back to the model (``reask``)."""
-        assert work.data is not None
-        reply, attempts, reasks = outcome.reply, outcome.attempts, 0
-        usage = Usage(**{k: getattr(reply.usage, k) for k in Usage.__slots__})
-        cost = self._cost(reply)
-        while True:
-            response = reply.to_json(keep_raw=self.recipe.keep_raw)
-            if reasks:
-                response["usage"] = usage.to_json()  # every call made for this record
-                response["reasks"] = reasks
-            result = Result(reply.text, {}, reply, work.data)
-            error: dict[str, Any] | None = None
-            for post in self.posts:
-                try:
-                    post(result)
-                except RecordError as exc:
-                    feedback = getattr(exc, "feedback", None)
-                    if feedback and reasks < int(getattr(post, "reask", 0) or 0):
-                        error = {"reask": feedback}
-                    else:
-                        error = self._error(work, exc.code, str(exc))
-                except Exception as exc:
-                    error = self._error(work, "internal", f"postprocessor: {_describe(exc)}")
-                else:
-                    continue
-                break
-            if error is None or "reask" not in error:
-                # On error the reply stays in the row so `repost` can try again without paying.
-                return self._row(
-                    work,
-                    attempts,
-                    outcome.latency_s,
-                    text=None if error else result.text,
-                    fields=None if error else result.fields,
-                    error=error,
-                    response=response,
-                    cost=cost,
-                )
-            reasks += 1
-            prompt = Prompt(
-                prompt.record_id,
-                [
-                    *prompt.messages,
-                    {"role": "assistant", "content": reply.text or ""},
-                    {"role": "user", "content": error["reask"]},
-                ],
-                prompt.generation,
-            )
-            again = await self._call(work, prompt, caller)
-            if isinstance(again, dict):  # the follow-up failed: keep the last reply
-                again["attempts"] += attempts
-                again["response"], again["cost_usd"] = response, cost
-                return again
-            outcome, reply = again, again.reply
-            attempts += again.attempts
-            for k in Usage.__slots__:
-                mine, theirs = getattr(usage, k), getattr(reply.usage, k)
-                if theirs is not None:
-                    setattr(usage, k, (mine or 0) + theirs)
-            more = self._cost(reply)
-            cost = None if cost is None or more is None else cost + more
+        """Run the chain (with reasks, see chain.py): the record's row."""
+        return await postprocess(
+            work,
+            prompt,
+            outcome,
+            posts=self.posts,
+            rows=self.rows,
+            call=lambda w, p: self._call(w, p, caller),
+            keep_raw=self.recipe.keep_raw,
+        )
 
-    def _cost(self, reply: Reply) -> float | None:
-        """What the call cost, from the reported usage and the price of the model."""
-        model = reply.model or self.provider.model
-        price = self._prices.get(model, _UNSET)
-        if price is _UNSET:
-            price = self._prices[model] = self._price_table.lookup(
-                model
-            ) or self._price_table.lookup(self.provider.model)
-            if price is None:
-                self.warn(
-                    f"no price known for model {model!r}: cost is not counted "
-                    "(add it under prices: in the recipe)"
-                )
-        if price is None:
-            return None
-        assert isinstance(price, Price)
-        return price.cost(reply.usage, batch=self.batch_pricing)
+    @property
+    def batch_pricing(self) -> bool:
+        """Batch mode sets it: the provider's batch discount applies to costs."""
+        return self.rows.batch_pricing
 
-    def _row(
-        self,
-        work: _Work,
-        attempts: int,
-        latency_s: float | None = None,
-        *,
-        text: str | None = None,
-        fields: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-        response: dict[str, Any] | None = None,
-        cost: float | None = None,
-    ) -> dict[str, Any]:
-        """Every row has the same keys, in this order (see docs/output.md)."""
-        row: dict[str, Any] = {
-            "id": work.id,
-            "status": "ok" if error is None else "error",
-            "text": text,
-            "fields": fields or {},
-            "error": error,
-            "response": response,
-        }
-        include, data = self.recipe.include, work.data
-        if data is None or include == "none":
-            row["record"] = None  # unreadable, or not wanted: the key stays, rows stay uniform
-        else:
-            row["record"] = data if include == "all" else {k: data[k] for k in include if k in data}
-        row["attempts"] = attempts
-        row["latency_s"] = None if latency_s is None else round(latency_s, 4)
-        row["cost_usd"] = None if cost is None else round(cost, 8)
-        row["finished_at"] = now_iso()
-        row["recipe_hash"] = self.recipe.job_hash
-        return row
-
-    def _error(
-        self,
-        work: _Work,
-        code: str,
-        message: str,
-        retryable: bool = False,
-        status: int | None = None,
-    ) -> dict[str, Any]:
-        error: dict[str, Any] = {
-            "type": code,
-            "message": self.redact(message),
-            "retryable": retryable,
-        }
-        if status is not None:
-            error["status"] = status
-        if work.where != work.id:
-            error["where"] = work.where
-        return error
+    @batch_pricing.setter
+    def batch_pricing(self, value: bool) -> None:
+        self.rows.batch_pricing = value
 
     async def _write(self, recv: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
         wants_rows = self.observers.wants_records
@@ -745,59 +580,16 @@ class Engine:
     # -- manifest --------------------------------------------------------------------------
 
     def _start_manifest(self) -> dict[str, Any]:
-        old = self.state.read_manifest() or {}
-        if (
-            old
-            and old.get("recipe_hash") != self.recipe.job_hash
-            and (self.stats.resumed_ok or self.stats.resumed_error)
-        ):
-            self.warn(
-                f"the recipe changed since {self.recipe.output_path.name} was started "
-                f"(hash {old.get('recipe_hash')} -> {self.recipe.job_hash}): new rows follow "
-                "the new recipe, old rows stay; use --fresh to start over"
-            )
-        plugins = sorted({(c.package, c.version) for c in self.registry.all()})
-        manifest: dict[str, Any] = {
-            "llmrun_version": __version__,
-            "recipe": str(self.recipe.path),
-            "name": self.recipe.name,
-            "recipe_hash": self.recipe.job_hash,
-            "call_hash": call_hash(self.recipe),  # lets `repost` see changed calls
-            "provider": self.recipe.provider.name,
-            "model": getattr(self.provider, "model", None),
-            "output": str(self.recipe.output_path),
-            "plugins": [{"package": p, "version": v} for p, v in plugins],
-            "created_at": old.get("created_at") or now_iso(),
-            "runs": [*old.get("runs", [])[-49:], {"started_at": now_iso(), "status": "running"}],
-        }
-        self._update_manifest(manifest)
-        return manifest
+        model = getattr(self.provider, "model", None)
+        return start_manifest(self.recipe, self.registry, self.state, self.stats, model, self.warn)
 
     def _update_manifest(self, manifest: dict[str, Any]) -> None:
-        s = self.stats
-        manifest["counts"] = {
-            "ok": s.ok + s.resumed_ok,
-            "error": s.error + s.resumed_error,
-            "total": s.total,
-        }
-        manifest["updated_at"] = now_iso()
-        self.state.write_manifest(manifest)
+        update_manifest(self.state, self.stats, manifest)
 
     def _finish_manifest(
         self, manifest: dict[str, Any], status: Status, reason: str | None
     ) -> None:
-        run = manifest["runs"][-1]
-        run.update(
-            {
-                "finished_at": now_iso(),
-                "status": status,
-                "written": self.stats.written,
-                "tokens": {"input": self.stats.input_tokens, "output": self.stats.output_tokens},
-            }
-        )
-        if reason:
-            run["reason"] = reason
-        self._update_manifest(manifest)
+        finish_manifest(self.state, self.stats, manifest, status, reason)
 
 
 def _describe(exc: BaseException) -> str:

@@ -164,3 +164,21 @@ def _try_lock(fh: Any) -> bool:
     except OSError:
         return False
     return True
+
+
+def index_output(rows: Iterable[Mapping[str, Any]], stats: Any) -> IdSet:
+    """The ids of the rows a writer gives back at start, counted into ``stats`` (a
+    ``RunStats``) as resumed ok/error rows and resumed spend."""
+
+    def ids() -> Iterator[str]:
+        for row in rows:
+            if row.get("status") == "ok":
+                stats.resumed_ok += 1
+            else:
+                stats.resumed_error += 1
+            cost = row.get("cost_usd")
+            if isinstance(cost, int | float):
+                stats.resumed_cost_usd += cost
+            yield str(row["id"])
+
+    return IdSet(ids())

@@ -40,6 +40,7 @@ ROW_KEYS = [
     "attempts",
     "latency_s",
     "cost_usd",
+    "started_at",
     "finished_at",
     "recipe_hash",
 ]
@@ -106,6 +107,7 @@ def test_all_ok_rows_carry_the_reply_and_the_body_arrives_as_set(
         assert row["record"] == {"id": row["id"], "text": f"record number {n}"}
         assert row["attempts"] == 1
         assert row["latency_s"] >= 0
+        assert row["started_at"] <= row["finished_at"]
         response = row["response"]
         assert response["model"] == "gpt-test"
         assert response["request_id"].startswith("req_")

@@ -36,7 +36,8 @@ from .journal import Journal, Part, checkpoint, make_durable
 
 if TYPE_CHECKING:
     from ..calls import Caller
-    from ..engine import Engine, _Work
+    from ..engine import Engine
+    from ..rows import Work as _Work
 
 HASH_PREFIX = "k"
 T = TypeVar("T")
@@ -407,7 +408,7 @@ class BatchRunner:
         tries = dict(self.journal.tries)
         spent = 0.0
         from ..calls import Outcome
-        from ..engine import _Work
+        from ..rows import Work as _Work
 
         for cid, rid, where, data in self.journal.records(part):
             if rid in self.finished:

@@ -7,29 +7,25 @@ option schema. Every fault found is reported at once, each with file, line, colu
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import jinja2
-import jsonschema
 import yaml
 
 from .envvars import Environment, read_dotenv
 from .errors import PluginError, Problem, RecipeError
 from .keyenv import default_key
 from .plugins import Registry
+from .problems import locate, schema_problems, selection_problems, template_problems
 from .redaction import Redactor
 from .schema import CORE_KEYS, base_schema
-from .selection import compile_filter, parse_shard
-from .templates import make_environment
-from .yamlsource import Positions, dotted, load_yaml, position_of
+from .selection import parse_shard
+from .yamlsource import Positions, dotted, load_yaml
 
 SECRET_WORDS = ("key", "token", "secret", "password", "auth")
 LOADER_BY_SUFFIX = {
@@ -196,7 +192,7 @@ def load_recipe(
         recipe = build_recipe(data, positions, path, registry, frozenset(secrets))
         if recipe.api_keys:
             return recipe
-        where = _locate(("provider", "name"), positions, filename)
+        where = locate(("provider", "name"), positions, filename)
         return default_key(recipe, registry, env, where)
     except RecipeError as exc:  # schema messages quote values: keep keys out of them
         redact = Redactor(secrets)
@@ -214,7 +210,7 @@ def build_recipe(
 ) -> Recipe:
     """Validate interpolated recipe data and build the Recipe."""
     filename = str(path)
-    problems = _schema_problems(data, base_schema(), (), positions, filename)
+    problems = schema_problems(data, base_schema(), (), positions, filename)
 
     def section(key: str) -> dict[str, Any] | None:
         value = data.get(key)
@@ -229,7 +225,7 @@ def build_recipe(
         given = data_section.get("path")
         guessed = LOADER_BY_SUFFIX.get(_data_suffix(str(given)))
         if guessed is None:
-            file, line, col = _locate(("data",), positions, filename)
+            file, line, col = locate(("data",), positions, filename)
             exts = ", ".join(LOADER_BY_SUFFIX)
             problems.append(
                 Problem(
@@ -282,7 +278,7 @@ def build_recipe(
             continue  # reported by the base schema
         opts = {} if opts is None else opts
         if not isinstance(opts, dict):
-            file, line, col = _locate(("postprocess", i, name), positions, filename)
+            file, line, col = locate(("postprocess", i, name), positions, filename)
             problems.append(
                 Problem(
                     "options must be a mapping",
@@ -308,9 +304,9 @@ def build_recipe(
         )
         if spec:
             posts.append(spec)
-    problems.extend(_template_problems(data.get("prompt"), path.parent, positions, filename))
+    problems.extend(template_problems(data.get("prompt"), path.parent, positions, filename))
     if data_section is not None:
-        problems.extend(_selection_problems(data_section, path.parent, positions, filename))
+        problems.extend(selection_problems(data_section, path.parent, positions, filename))
     if problems:
         raise RecipeError(sorted(problems, key=lambda p: (p.file != filename, p.line or 0)))
     loader, provider, writer = found["loader"], found["provider"], found["writer"]
@@ -499,7 +495,7 @@ def _interpolate(
         return value
     text, missing, used = env.interpolate(value) if "$" in value else (value, [], False)
     for name in missing:
-        file, line, col = _locate(path, positions, filename)
+        file, line, col = locate(path, positions, filename)
         problems.append(
             Problem(
                 f"environment variable ${{{name}}} is not set "
@@ -521,168 +517,6 @@ def _is_secret_path(path: tuple[Any, ...]) -> bool:
     return any(word in name for name in names[-2:] for word in SECRET_WORDS)
 
 
-def _locate(
-    path: tuple[Any, ...], positions: Positions, filename: str
-) -> tuple[str, int | None, int | None]:
-    line, col = position_of(path, positions)
-    if line == 0:
-        return "--set", None, None
-    return filename, line, col
-
-
-def _schema_problems(
-    instance: Any,
-    schema: Mapping[str, Any],
-    prefix: tuple[Any, ...],
-    positions: Positions,
-    filename: str,
-    core_keys: Sequence[str] = (),
-) -> list[Problem]:
-    """Problems of ``instance`` against ``schema``; ``core_keys`` are also allowed at its top
-    (a component section holds llmrun's keys beside the component's options)."""
-    validator = jsonschema.Draft202012Validator(schema)
-    problems: list[Problem] = []
-    top = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path)))
-    for err in [leaf for e in top for leaf in _leaves(e)]:
-        path = (*prefix, *err.absolute_path)
-        sub_schema = err.schema if isinstance(err.schema, Mapping) else {}
-        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-            allowed = list(sub_schema.get("properties", {}))
-            allowed += [] if err.absolute_path else [k for k in core_keys if k not in allowed]
-            extras = [
-                k
-                for k in err.instance
-                if k not in allowed
-                and not any(re.search(p, k) for p in sub_schema.get("patternProperties", {}))
-            ]
-            for extra in extras:
-                file, line, col = _locate((*path, extra), positions, filename)
-                hint = difflib.get_close_matches(extra, allowed, n=1)
-                msg = f"unknown key {extra!r}"
-                msg += (
-                    f" (did you mean {hint[0]!r}?)"
-                    if hint
-                    else (f"; allowed: {', '.join(allowed)}" if allowed else "")
-                )
-                problems.append(Problem(msg, dotted((*path, extra)), file, line, col))
-            continue
-        file, line, col = _locate(path, positions, filename)
-        problems.append(Problem(_message(err), dotted(path), file, line, col))
-    return problems
-
-
-def _leaves(err: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
-    """The errors worth showing for ``err``: for a oneOf/anyOf failure, those of the branch the
-    value was most likely meant for (right type, fewest and then deepest errors), so a typo in
-    one form of ``prompt`` reads "unknown key 'sytem'", not "not valid under any schema"."""
-    if err.validator not in ("oneOf", "anyOf") or not err.context:
-        return [err]
-    branches: dict[Any, list[jsonschema.ValidationError]] = {}
-    for sub in err.context:
-        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
-    fitting = [
-        errs
-        for errs in branches.values()
-        if not any(e.validator == "type" and not e.relative_path for e in errs)
-    ]
-    if not fitting:
-        return [err]  # no branch has the value's type: _message lists the types allowed
-    best = min(fitting, key=lambda errs: (len(errs), -max(len(e.absolute_path) for e in errs)))
-    return [leaf for e in best for leaf in _leaves(e)]
-
-
-def _message(err: jsonschema.ValidationError) -> str:
-    if err.validator == "required":
-        return str(err.message).replace("is a required property", "is required")
-    if err.validator in ("oneOf", "anyOf"):
-        types = [
-            repr(e.validator_value)
-            for e in err.context or ()
-            if e.validator == "type" and not e.relative_path and isinstance(e.validator_value, str)
-        ]
-        if types:
-            return f"{_short(err.instance)} is not of type {' or '.join(dict.fromkeys(types))}"
-        return f"{_short(err.instance)} is not valid here"
-    return str(err.message)
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _template_problems(
-    prompt: Any, base_dir: Path, positions: Positions, filename: str
-) -> list[Problem]:
-    """Compile each prompt template, so a syntax error is reported with the recipe's other
-    faults and where it is, not when the first record is rendered."""
-    sources: list[tuple[tuple[Any, ...], Any]] = []
-    if isinstance(prompt, str):
-        sources.append((("prompt",), prompt))
-    elif isinstance(prompt, dict):
-        sources += [(("prompt", k), prompt[k]) for k in ("system", "user") if k in prompt]
-        messages = prompt.get("messages")
-        for i, msg in enumerate(messages if isinstance(messages, list) else []):
-            if not isinstance(msg, dict):
-                continue
-            content = msg.get("content")
-            if not isinstance(content, list):
-                sources.append((("prompt", "messages", i, "content"), content))
-                continue
-            for j, part in enumerate(content):
-                for key in ("text", "source"):
-                    if isinstance(part, dict) and key in part:
-                        sources.append((("prompt", "messages", i, "content", j, key), part[key]))
-        examples = prompt.get("examples")
-        if isinstance(examples, dict):
-            sources += [(("prompt", "examples", k), examples.get(k)) for k in ("user", "assistant")]
-        images = prompt.get("images")
-        if isinstance(images, str):
-            sources.append((("prompt", "images"), images))
-        elif isinstance(images, list):
-            sources += [(("prompt", "images", i), src) for i, src in enumerate(images)]
-    env = make_environment(base_dir)
-    problems: list[Problem] = []
-    for where, source in sources:
-        if not isinstance(source, str):
-            continue  # the schema reports it
-        try:
-            env.from_string(source)
-        except jinja2.TemplateSyntaxError as exc:
-            file, line, col = _locate(where, positions, filename)
-            problems.append(
-                Problem(
-                    f"template syntax error (template line {exc.lineno}): {exc.message}",
-                    dotted(where),
-                    file,
-                    line,
-                    col,
-                )
-            )
-    return problems
-
-
-def _selection_problems(
-    section: Mapping[str, Any], base_dir: Path, positions: Positions, filename: str
-) -> list[Problem]:
-    """A bad shard or filter expression, reported with the recipe's other faults."""
-    problems: list[Problem] = []
-    checks: list[tuple[str, Callable[[Any], Any]]] = [
-        ("shard", lambda v: parse_shard(str(v))),
-        ("filter", lambda v: compile_filter(str(v), base_dir)),
-    ]
-    for key, check in checks:
-        if key not in section:
-            continue
-        try:
-            check(section[key])
-        except (ValueError, RecipeError) as exc:
-            message = exc.problems[0].message if isinstance(exc, RecipeError) else str(exc)
-            file, line, col = _locate(("data", key), positions, filename)
-            problems.append(Problem(message, dotted(("data", key)), file, line, col))
-    return problems
-
-
 def _component(
     registry: Registry,
     kind: str,
@@ -701,11 +535,11 @@ def _component(
     try:
         info = registry.get(kind, str(name))
     except PluginError as exc:
-        file, line, col = _locate(where, positions, filename)
+        file, line, col = locate(where, positions, filename)
         problems.append(Problem(str(exc), dotted(where), file, line, col))
         return None
     options = {k: v for k, v in section.items() if k not in core_keys}
     schema = getattr(info.cls, "options_schema", None) or {"type": "object"}
-    found = _schema_problems(options, schema, path, positions, filename, core_keys)
+    found = schema_problems(options, schema, path, positions, filename, core_keys)
     problems.extend(found)
     return None if found else ComponentSpec(str(name), freeze(options), dotted(path))

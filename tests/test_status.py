@@ -110,6 +110,8 @@ def test_status_shows_the_batches_of_a_batch_run_left_running(tmp_path: Path) ->
         assert second["batch_id"] in fake.batches and second["requests"] == 4
         assert second["part"] == "p0002" and second["counts"]["total"] == 4
         assert report["in_batches"] == 10 and report["remaining"] == 10 and report["rows"] == 0
+        # The killed run left "running" in the manifest; no process holds the output.
+        assert report["last_run"]["status"] == "running" and report["running"] is False
 
         table = run_cli("status", str(recipe), cwd=tmp_path, env={"COLUMNS": "200"})
         assert table.returncode == EXIT_OK, table.stderr
@@ -117,6 +119,7 @@ def test_status_shows_the_batches_of_a_batch_run_left_running(tmp_path: Path) ->
         assert second["batch_id"] in table.stdout
         assert "total 6" in table.stdout and "total 4" in table.stdout
         assert "(10 in batches not merged yet)" in table.stdout
+        assert "ended without a summary (killed?)" in table.stdout
 
 
 def test_status_without_batch_state_lists_no_batches(tmp_path: Path) -> None:
@@ -127,3 +130,17 @@ def test_status_without_batch_state_lists_no_batches(tmp_path: Path) -> None:
     assert report["batches"] == [] and report["in_batches"] == 0 and report["rows"] == 3
     table = run_cli("status", str(recipe), cwd=tmp_path)
     assert "batches" not in table.stdout
+
+
+def test_status_says_whether_the_run_the_manifest_calls_running_is(tmp_path: Path) -> None:
+    from llmrun.store import RunState
+
+    recipe = setup_run(
+        tmp_path, {"name": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}, 2
+    )
+    state = RunState(tmp_path / "out.jsonl")
+    with state.locked():  # as a run in progress: it holds the lock, its manifest says running
+        state.write_manifest({"runs": [{"status": "running", "started_at": "then"}]})
+        report = json.loads(run_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
+        table = run_cli("status", str(recipe), cwd=tmp_path, env={"COLUMNS": "200"}).stdout
+    assert report["running"] is True and "then running" in table and "killed" not in table

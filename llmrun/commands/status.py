@@ -101,6 +101,9 @@ def status(args: argparse.Namespace, err: Any) -> int:
     runs = manifest.get("runs") or []
     last = runs[-1] if runs else None
     report["last_run"] = last
+    # A run killed (SIGKILL, power loss) leaves "running" in the manifest: say whether one is.
+    running = last is not None and last.get("status") == "running"
+    report["running"] = running and _lock_holder_alive(RunState(recipe.output_path).dir)
     budget = recipe.run.budget_usd
     report["budget_usd"] = budget
     report["batches"] = batches = _batches(recipe, RunState(recipe.output_path).dir)
@@ -131,6 +134,8 @@ def status(args: argparse.Namespace, err: Any) -> int:
     table.add_row("spend", spend)
     if last is not None:
         ended = last.get("status", "?")
+        if ended == "running" and report["running"] is False:
+            ended = "ended without a summary (killed?); run it again to continue"
         if last.get("reason"):
             ended += f": {last['reason']}"
         table.add_row("last run", f"{last.get('started_at', '?')} {ended}")
@@ -192,3 +197,27 @@ def _age(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+def _lock_holder_alive(state_dir: Path) -> bool | None:
+    """Whether the process the output's lock file names (the last to take it) is alive (None:
+    cannot tell). Read only: taking the lock to test it could make a run starting that instant
+    fail as locked."""
+    import os
+    import sys
+
+    try:
+        holder = (state_dir / "lock").read_text(encoding="utf-8").split()
+    except OSError:
+        return False
+    if len(holder) < 2 or holder[0] != "pid" or not holder[1].isdigit():
+        return False if not holder else None
+    if sys.platform == "win32":  # pragma: no cover - os.kill(pid, 0) would end the process
+        return None
+    try:
+        os.kill(int(holder[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

@@ -14,6 +14,8 @@ from llmrun.testing.fake_batches import FakeBatches
 
 from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
 
+EXIT_BUDGET = 5
+
 
 def batch_recipe(url: str, **run: Any) -> dict[str, Any]:
     provider = {
@@ -196,21 +198,19 @@ def test_auto_mode_cancels_stragglers_past_the_deadline_and_calls_them_direct(
 
 
 def test_budget_checked_against_the_estimate_before_any_batch(tmp_path: Path) -> None:
-    from llmrun.api import open_recipe, run_recipe_sync
-
     with FakeBatches() as fake:
-        recipe_path = setup(tmp_path, fake.url, n=20)
-        recipe, registry = open_recipe(recipe_path)
-        # run.budget_usd comes with the budget work (issue 3); batch mode reads it with getattr.
-        object.__setattr__(recipe.run, "budget_usd", 1e-6)
-        summary = run_recipe_sync(recipe, registry=registry)
-        assert summary.status == "aborted"
-        assert summary.reason is not None and "over run.budget_usd" in summary.reason
-        assert "nothing was submitted" in summary.reason
+        recipe = setup(tmp_path, fake.url, n=20, budget_usd=1e-6)
+        proc = run_cli("run", str(recipe), "--json", cwd=tmp_path)
+        assert proc.returncode == EXIT_BUDGET, proc.stderr  # as a direct run at its budget
+        assert json.loads(proc.stdout)["status"] == "budget"
+        assert "over run.budget_usd" in proc.stderr and "nothing was submitted" in proc.stderr
+        assert "raise run.budget_usd" in proc.stderr
         assert fake.batches == {} and fake.files == {}
-        object.__setattr__(recipe.run, "budget_usd", 1.0)
-        summary = run_recipe_sync(recipe, registry=registry)
-        assert summary.status == "completed" and summary.stats.ok == 20
+        manifest = json.loads((tmp_path / "out.jsonl.llmrun" / "manifest.json").read_text())
+        assert manifest["runs"][-1]["status"] == "budget"
+        proc = run_cli("run", str(recipe), "--set", "run.budget_usd=1", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert len(read_jsonl(tmp_path / "out.jsonl")) == 20 and len(fake.batches) == 1
 
 
 def test_ids_a_provider_refuses_as_custom_id_are_mapped(tmp_path: Path) -> None:
@@ -282,22 +282,23 @@ def test_fresh_moves_the_batch_state_aside(tmp_path: Path) -> None:
 
 
 def test_budget_checked_against_actual_usage_cancels_running_batches(tmp_path: Path) -> None:
-    from llmrun.api import open_recipe, run_recipe_sync
-
     with FakeBatches() as fake:
         fake.usage = (100_000, 100_000)  # far more than the estimate: $0.0375 a reply
         fake.holds = {1}  # the second batch is still running when the first one ends
-        recipe, registry = open_recipe(setup(tmp_path, fake.url, n=4, batch_max_requests=2))
-        object.__setattr__(recipe.run, "budget_usd", 0.01)  # the estimate is ~$0.0003
-        summary = run_recipe_sync(recipe, registry=registry)
-        assert summary.status == "aborted"
-        assert summary.reason is not None and "over run.budget_usd" in summary.reason
+        # The estimate is ~$0.0003: only the replies' actual usage goes over the budget.
+        recipe = setup(tmp_path, fake.url, n=4, batch_max_requests=2, budget_usd=0.01)
+        proc = run_cli("run", str(recipe), "--json", cwd=tmp_path)
+        assert proc.returncode == EXIT_BUDGET, proc.stderr
+        summary = json.loads(proc.stdout)
+        assert summary["status"] == "budget" and "run.budget_usd 0.01 reached" in summary["reason"]
+        assert "over run.budget_usd" in proc.stderr
         first, second = fake.batches.values()
         assert first["status"] == "completed" and second["status"] == "cancelled"
         assert fake.count("POST", f"/v1/batches/{second['id']}/cancel") == 1
         rows = read_jsonl(tmp_path / "out.jsonl")
         assert len(rows) == 3  # the first batch's 2 and the half the second had finished
         assert sum(r["cost_usd"] for r in rows) == pytest.approx(3 * 0.0375)
+        assert summary["cost_usd"] == pytest.approx(3 * 0.0375)
 
 
 def test_direct_mode_collects_batches_left_running_instead_of_calling_again(

@@ -82,3 +82,65 @@ def test_status_of_a_job_not_started(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["rows"] == 0 and report["total"] == 7 and report["remaining"] == 7
     assert report["last_run"] is None
+
+
+def test_status_shows_the_batches_of_a_batch_run_left_running(tmp_path: Path) -> None:
+    from llmrun.batch.journal import KILL_ENV
+    from llmrun.testing.fake_batches import FakeBatches
+
+    from .test_batch_openai import setup
+
+    with FakeBatches() as fake:
+        fake.hold = True  # the batch stays in progress
+        recipe = setup(tmp_path, fake.url, n=10, batch_max_requests=6)
+        # The run stops once its batches are created and one is polled (still in progress).
+        killed = run_cli("run", str(recipe), cwd=tmp_path, env={KILL_ENV: "polled"})
+        assert killed.returncode != 0
+        requests_before = len(fake.requests)
+
+        result = run_cli("status", str(recipe), "--json", cwd=tmp_path)
+        assert result.returncode == EXIT_OK, result.stderr
+        assert len(fake.requests) == requests_before  # from the journal, no provider call
+        report = json.loads(result.stdout)
+        first, second = report["batches"]
+        assert first["batch_id"] in fake.batches and first["part"] == "p0001"
+        assert first["state"] == "in_progress" and first["step"] == "created"
+        assert first["counts"]["total"] == 6 and first["requests"] == 6
+        assert first["age_s"] >= 0
+        assert second["batch_id"] in fake.batches and second["requests"] == 4
+        assert second["part"] == "p0002" and second["counts"]["total"] == 4
+        assert report["in_batches"] == 10 and report["remaining"] == 10 and report["rows"] == 0
+        # The killed run left "running" in the manifest; no process holds the output.
+        assert report["last_run"]["status"] == "running" and report["running"] is False
+
+        table = run_cli("status", str(recipe), cwd=tmp_path, env={"COLUMNS": "200"})
+        assert table.returncode == EXIT_OK, table.stderr
+        assert first["batch_id"] in table.stdout and "in_progress" in table.stdout
+        assert second["batch_id"] in table.stdout
+        assert "total 6" in table.stdout and "total 4" in table.stdout
+        assert "(10 in batches not merged yet)" in table.stdout
+        assert "ended without a summary (killed?)" in table.stdout
+
+
+def test_status_without_batch_state_lists_no_batches(tmp_path: Path) -> None:
+    with FakeOpenAI() as server:
+        recipe = setup_run(tmp_path, openai(server), 3)
+        assert run_cli("run", str(recipe), cwd=tmp_path).returncode == EXIT_OK
+    report = json.loads(run_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
+    assert report["batches"] == [] and report["in_batches"] == 0 and report["rows"] == 3
+    table = run_cli("status", str(recipe), cwd=tmp_path)
+    assert "batches" not in table.stdout
+
+
+def test_status_says_whether_the_run_the_manifest_calls_running_is(tmp_path: Path) -> None:
+    from llmrun.store import RunState
+
+    recipe = setup_run(
+        tmp_path, {"name": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}, 2
+    )
+    state = RunState(tmp_path / "out.jsonl")
+    with state.locked():  # as a run in progress: it holds the lock, its manifest says running
+        state.write_manifest({"runs": [{"status": "running", "started_at": "then"}]})
+        report = json.loads(run_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
+        table = run_cli("status", str(recipe), cwd=tmp_path, env={"COLUMNS": "200"}).stdout
+    assert report["running"] is True and "then running" in table and "killed" not in table

@@ -144,8 +144,11 @@ class BatchRunner:
                 if not self._live():
                     break
                 await self._drive()
-            if self._over_budget is not None:
-                raise RunAborted(self._over_budget)
+        if self._over_budget is not None:
+            # Ends like a direct run at its budget: status "budget", exit 5.
+            self.engine.flags.budget = True
+            self.engine.flags.stopping = True
+            return None
         if self._cancelled:
             self.engine.flags.stopping = True  # records are left: the run ends interrupted
         return None
@@ -173,10 +176,13 @@ class BatchRunner:
 
     async def _plan(self) -> str:
         """Write parts for the records still to do; "direct" when auto mode says to call them
-        directly instead (few records)."""
+        directly instead (few records), "budget" when their estimate is over run.budget_usd."""
         error_rows: list[dict[str, Any]] = []
         try:
-            return await anyio.to_thread.run_sync(self._plan_sync, error_rows)
+            chosen = await anyio.to_thread.run_sync(self._plan_sync, error_rows)
+            if chosen == "budget" and self._over_budget is not None:
+                self.engine.warn(self._over_budget)
+            return chosen
         finally:
             if error_rows:  # rendering failed: final, written now (here, not in the thread)
                 self._write_rows(error_rows)
@@ -224,11 +230,12 @@ class BatchRunner:
             and (pending < self.settings.auto_threshold or self._stragglers)
             and not self.journal.active()
         )
-        budget = getattr(self.settings, "budget_usd", None)
-        over = (
+        budget = self.settings.budget_usd
+        spent = self._spent()
+        over = bool(
             budget is not None
             and pending
-            and self.journal.spent_usd + estimate_usd > float(budget)
+            and spent + estimate_usd > float(budget)
             and not auto_direct
         )
         if auto_direct or over:
@@ -237,11 +244,12 @@ class BatchRunner:
                 self.journal.file(p.name, "records").unlink(missing_ok=True)
             self.journal.next_part -= len(planned)
             if over:
-                raise RunAborted(
+                self._over_budget = (
                     f"the estimate for {pending} record(s) in batch is ${estimate_usd:.4f} "
-                    f"(${self.journal.spent_usd:.4f} spent), over run.budget_usd ${budget}: "
+                    f"(${spent:.4f} spent), over run.budget_usd ${budget}: "
                     "nothing was submitted"
                 )
+                return "budget"
             return "direct"
         for p in planned:
             self.journal.parts.append(Part(p.name, p.requests, p.size, self.journal.tag(p.name)))
@@ -398,6 +406,14 @@ class BatchRunner:
         )
         await self._retry(self.api.cancel, self.client, self.api_key, info.id)
 
+    def _spent(self) -> float:
+        """The job's spend so far: the output's rows (``cost_usd``) before this run, plus what
+        this run wrote; the engine's budget counts both when the recipe sets one."""
+        budget = self.engine._budget
+        if budget is not None:
+            return budget.spent
+        return self.engine.stats.resumed_cost_usd + self.engine.stats.cost_usd
+
     # -- merging results into the output -----------------------------------------------------
 
     async def _merge(self, part: Part) -> None:
@@ -458,6 +474,9 @@ class BatchRunner:
             checkpoint("merge-written")
         self.journal.tries = tries
         self.journal.spent_usd += spent
+        budget = self.engine._budget
+        if budget is not None:  # direct calls after these (auto mode) count them too
+            budget.settle(0.0, spent)
         part.merged = counts
         self._set(part, "merged")
         if info.outcome == "cancelled" and part.cancel_reason == "deadline":
@@ -496,11 +515,12 @@ class BatchRunner:
 
     async def _check_budget(self) -> None:
         """Over the budget: create nothing more, cancel what runs, collect what finished."""
-        budget = getattr(self.settings, "budget_usd", None)
-        if budget is None or self._over_budget or self.journal.spent_usd <= float(budget):
+        budget = self.settings.budget_usd
+        spent = self._spent()
+        if budget is None or self._over_budget or spent <= float(budget):
             return
         self._over_budget = (
-            f"spent ${self.journal.spent_usd:.4f} in batch results, over run.budget_usd "
+            f"spent ${spent:.4f} with the batch results, over run.budget_usd "
             f"${budget}: running batches were cancelled and what they finished was kept"
         )
         self.engine.warn(self._over_budget)

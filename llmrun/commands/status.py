@@ -2,7 +2,8 @@
 
 Counts rows by status and error type, adds up the spend (rows' ``cost_usd``), counts the
 input's records (when the loader can count them cheaply) to say what remains, and shows how the
-last run ended.
+last run ended. When the output has batch-mode state, it lists the batches too (from the batch
+journal: the last state a run saw, no provider call).
 """
 
 from __future__ import annotations
@@ -100,8 +101,14 @@ def status(args: argparse.Namespace, err: Any) -> int:
     runs = manifest.get("runs") or []
     last = runs[-1] if runs else None
     report["last_run"] = last
+    # A run killed (SIGKILL, power loss) leaves "running" in the manifest: say whether one is.
+    running = last is not None and last.get("status") == "running"
+    report["running"] = running and _lock_holder_alive(RunState(recipe.output_path).dir)
     budget = recipe.run.budget_usd
     report["budget_usd"] = budget
+    report["batches"] = batches = _batches(recipe, RunState(recipe.output_path).dir)
+    # Records in a batch not merged yet: submitted (or about to be), not to be sent again.
+    report["in_batches"] = sum(b["requests"] for b in batches if b["step"] != "merged")
     if args.json:
         print(json.dumps(report))  # noqa: T201 - the command's output
         return 0
@@ -116,6 +123,8 @@ def status(args: argparse.Namespace, err: Any) -> int:
     for kind, n in report["errors_by_type"].items():
         table.add_row(f"  {kind}", f"{n:,}")
     remaining = "?" if report["remaining"] is None else f"{report['remaining']:,}"
+    if report["in_batches"]:
+        remaining += f" ({report['in_batches']:,} in batches not merged yet)"
     table.add_row("remaining", remaining)
     spend = f"${report['spend_usd']:.4f}"
     if not report["spend_complete"]:
@@ -125,15 +134,90 @@ def status(args: argparse.Namespace, err: Any) -> int:
     table.add_row("spend", spend)
     if last is not None:
         ended = last.get("status", "?")
+        if ended == "running" and report["running"] is False:
+            ended = "ended without a summary (killed?); run it again to continue"
         if last.get("reason"):
             ended += f": {last['reason']}"
         table.add_row("last run", f"{last.get('started_at', '?')} {ended}")
     if report["torn_tail"]:
         table.add_row("note", "the output ends in a torn line; the next run repairs it")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if batches:
+        console.print(_batch_table(batches))
     if report["error"]:
         err.print(
             f"run `llmrun run {args.recipe} --retry-errors` to call the error rows again",
             markup=False,
         )
     return 0
+
+
+def _batches(recipe: Any, state_dir: Path) -> list[dict[str, Any]]:
+    """The output's batches (``llmrun.batch.status.describe``); none without batch state."""
+    if not (state_dir / "batch" / "journal.json").exists():
+        return []
+    from ..batch.status import describe
+
+    return describe(recipe)
+
+
+def _batch_table(batches: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    # The provider's text (ids, reasons) is shown as is, never read as rich markup.
+    table = Table(title="batches", title_justify="left", highlight=False)
+    for name in ("part", "batch id", "state", "counts", "age", "note"):
+        table.add_column(name, overflow="fold")
+    for b in batches:
+        state = b["state"] if not b["outcome"] else f"{b['state']} ({b['outcome']})"
+        if b["step"] == "merged":
+            state += ", merged"
+        counts = b["counts"] or {"total": b["requests"]}
+        note = b["reason"] or (f"cancelled: {b['cancelled']}" if b["cancelled"] else "")
+        merged = [f"{k} {v}" for k, v in b["merged"].items() if v]
+        if merged:  # ok / error rows written, "again": sent again (or to be)
+            note = "; ".join(x for x in (note, "merged: " + ", ".join(merged)) if x)
+        cells = (
+            b["part"],
+            b["batch_id"] or "-",
+            state,
+            " ".join(f"{k} {v}" for k, v in counts.items()),
+            "-" if b["age_s"] is None else _age(b["age_s"]),
+            note,
+        )
+        table.add_row(*(Text(str(c)) for c in cells))
+    return table
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _lock_holder_alive(state_dir: Path) -> bool | None:
+    """Whether the process the output's lock file names (the last to take it) is alive (None:
+    cannot tell). Read only: taking the lock to test it could make a run starting that instant
+    fail as locked."""
+    import os
+    import sys
+
+    try:
+        holder = (state_dir / "lock").read_text(encoding="utf-8").split()
+    except OSError:
+        return False
+    if len(holder) < 2 or holder[0] != "pid" or not holder[1].isdigit():
+        return False if not holder else None
+    if sys.platform == "win32":  # pragma: no cover - os.kill(pid, 0) would end the process
+        return None
+    try:
+        os.kill(int(holder[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

@@ -507,6 +507,10 @@ class Engine:
         wants_rows = self.observers.wants_records
         async with recv:
             async for row in recv:
+                # One pass of the loop first: rows finishing in it join this batch, so the
+                # output is flushed once per batch rather than once per row. Shielded: a row in
+                # hand is always written.
+                await anyio.lowlevel.cancel_shielded_checkpoint()
                 batch = [row]
                 while len(batch) < WRITE_BATCH:
                     try:

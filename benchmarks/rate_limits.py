@@ -10,9 +10,9 @@ buckets refilling continuously, starting full, holding 1 s of the limit):
 - ``tokens``: server limit T tokens/min, the recipe's ``run.tokens_per_minute`` = T (llmrun
   estimates each request before sending and corrects with the reported usage). Target: tokens
   the server admitted in the first 60 s within 2% of T, zero 429s.
-- ``adaptive``: server limit R requests/min, unannounced (no headers, bare 429s), the recipe sets
-  no limit (adaptive mode, the default then). Target: >= 90% of R over 60 s after the first
-  request, < 1% of requests answered 429.
+- ``adaptive``: server limit R requests/min (``--adaptive-limit``, 6,000 unless set),
+  unannounced (no headers, bare 429s), the recipe sets no limit (adaptive mode, the default
+  then). Target: >= 90% of R over 60 s after the first request, < 1% of requests answered 429.
 
 Usage: ``python benchmarks/rate_limits.py [--only requests|tokens|adaptive] [--window 60]``.
 Prints a table and one JSON line per scenario; exits 1 when a target is missed.

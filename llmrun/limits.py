@@ -10,13 +10,32 @@ Paces space starts evenly rather than letting a full bucket burst at start-up: a
 minute gives one start every 60/R s (for tokens, a request of T tokens holds the next one back
 T * 60/R s), so no minute holds more than the limit, counted over any window, from the first
 request on. A token estimate is corrected by the usage the reply reports.
+
+Adaptive pace, for a server whose limit is unannounced (bare 429s, no ``x-ratelimit-*``). Such
+a server usually holds a budget (a bucket) that starts full, so nothing is refused until the
+budget is spent: passing the limit shows only later, and then what succeeds is exactly the
+limit. Hence, per key:
+
+- slow start: the pace begins at one request per round trip of the key's first request (as
+  TCP's first window; at least ``START_RATE``) and each success adds ``SLOW_START_GAIN``
+  requests/s, so the rate grows in proportion to itself (e-fold a second) whatever the limit,
+  instead of sending ``concurrency`` requests at once (past a small limit most would be refused,
+  and their backoff would spoil any measure);
+- the first bare 429 ends it, as in TCP: half the pace (it doubles about every 0.7 s), never
+  above what succeeded over the last second, times ``DECREASE``;
+- a 429 soon after another (within ``OK_WINDOW_S`` of the last decrease) measures what
+  succeeded since the first of them, while the server's budget was empty: that is the limit,
+  and the pace goes just under it;
+- then AIMD: a small additive climb (``INCREASE_PER_OK``), ten times smaller (``NEAR_CEILING``)
+  past the last measured limit, and ``DECREASE`` x what succeeded on the next bare 429, which
+  comes late and close to the limit at that climb.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
@@ -24,17 +43,23 @@ import anyio
 from .errors import RunAborted
 from .redaction import fingerprint
 
-# Adaptive pace (AIMD on the request rate of a key): on a bare 429, at most once per
-# DECREASE_EVERY_S and only for a request that started after the last decrease, the pace drops
-# to DECREASE x the rate that succeeded since then (past a limit, what succeeds is the limit);
-# each success then adds INCREASE_PER_OK requests/s, i.e. 0.5% a second whatever the rate.
+# Adaptive pace, on the request rate of each key (see the module docstring):
+# slow start: from one request per round trip of the key's first request (at least START_RATE
+# requests/s), each success adds SLOW_START_GAIN requests/s (the rate grows e-fold a second,
+# like TCP's slow start, whatever the limit) until the first bare 429;
+START_RATE = 2.0
+SLOW_START_GAIN = 1.0
+# then AIMD: on a bare 429, at most once per DECREASE_EVERY_S and only for a request that
+# started after the last decrease, the pace drops to DECREASE x the rate that succeeded over the
+# last OK_WINDOW_S, or since the first 429 when that was less than OK_WINDOW_S ago (once past
+# the limit, what succeeds is the limit); each success then adds INCREASE_PER_OK requests/s,
+# i.e. 0.5% a second whatever the rate.
 DECREASE = 0.9
 DECREASE_EVERY_S = 0.1
 INCREASE_PER_OK = 0.005
-# After the first drop the measure may be low (refused requests were backing off, so less was
-# offered than allowed): climb FAST_CLIMB times faster (10% a second) until the next 429.
-FAST_CLIMB = 20.0
 OK_WINDOW_S = 1.0
+# Past the rate that succeeded at the last drop, the climb is this much slower.
+NEAR_CEILING = 0.1
 MIN_RATE = 0.05  # requests/s: never slower than one every 20 s
 # A start is reserved at most this far ahead: a request waiting longer looks again later, so
 # token estimates given back and pace changes apply to the requests already waiting.
@@ -79,9 +104,11 @@ class KeyState:
     paused_until: float = 0.0  # Retry-After or a ratelimit reset
     learnt: Pace = field(default_factory=lambda: Pace(None))  # adaptive request pace
     last_decrease: float = -math.inf
+    refused_since: float = -math.inf  # the first decrease of the latest run of 429s
+    ceiling: float | None = None  # requests/s that succeeded at the last measured limit
     oks: deque[float] = field(default_factory=deque)  # recent success times
     first_start: float | None = None  # of the key's first request (adaptive mode)
-    fast: bool = False  # climbing fast: between the first drop and the second
+    slow_start: bool = False  # adaptive: climbing from START_RATE until the first bare 429
     in_flight: int = 0
 
     @property
@@ -121,12 +148,20 @@ class KeyPool:
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         adaptive: bool = False,
+        clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         self.states = [
             KeyState(k, Pace(requests_per_minute), Pace(tokens_per_minute), adaptive)
             for k in (list(keys) if keys else [None])
         ]
         self._explicit_rpm = requests_per_minute is not None
+        self._clock = clock  # a test's own clock, to feed answers at chosen times
+        if adaptive and not self._explicit_rpm:
+            # Nothing known about the limit: probe upward from a modest rate rather than send
+            # `concurrency` requests at once (past a small limit, most would be refused).
+            for state in self.states:
+                state.learnt.set_rate(START_RATE * 60.0)
+                state.slow_start = True
         self._lock = anyio.Lock()
 
     # -- choosing and waiting ----------------------------------------------------------------
@@ -205,21 +240,30 @@ class KeyPool:
 
     def on_success(self, lease: Lease, headers: Mapping[str, str]) -> None:
         state = lease.state
-        now = anyio.current_time()
+        now = self._clock()
         if state.adaptive:
             state.oks.append(now)
             while state.oks and state.oks[0] < now - OK_WINDOW_S:
                 state.oks.popleft()
             rate = state.learnt.per_minute
+            if state.slow_start and lease.probe and now > lease.start:
+                # As TCP's first window: one request per round trip, the rate the probe alone
+                # had (a fast server without a limit costs no slow start then).
+                rate = max(START_RATE, 1.0 / (now - lease.start)) * 60.0
             if rate is not None:
-                step = INCREASE_PER_OK * (FAST_CLIMB if state.fast else 1.0)
+                if state.slow_start:
+                    step = SLOW_START_GAIN
+                elif state.ceiling is not None and rate >= state.ceiling * 60.0:
+                    step = INCREASE_PER_OK * NEAR_CEILING  # probe past the known limit gently
+                else:
+                    step = INCREASE_PER_OK
                 state.learnt.set_rate(rate + step * 60.0)
         self._read_headers(state, headers, now)
 
     def on_rate_limited(self, lease: Lease, retry_after: float | None) -> None:
         """A 429 (not a quota): pause the key as asked; in adaptive mode slow its pace."""
         state = lease.state
-        now = anyio.current_time()
+        now = self._clock()
         if retry_after:
             state.paused_until = max(state.paused_until, now + retry_after)
         # A server that says how long to wait paces us itself: only a bare 429 is a sign that
@@ -230,21 +274,37 @@ class KeyPool:
         # decrease says nothing about the pace set then.
         if now - state.last_decrease < DECREASE_EVERY_S or lease.start < state.last_decrease:
             return
-        since = state.last_decrease if state.last_decrease > -math.inf else state.first_start
         while state.oks and state.oks[0] < now - OK_WINDOW_S:
             state.oks.popleft()
-        # What succeeded since the last decrease (or the first request; at most the window):
-        # past the limit, that is the limit. Too few answers yet to tell: leave it to backoff.
-        span = min(OK_WINDOW_S, now - (since if since is not None else now))
-        recent = sum(1 for t in state.oks if t >= now - span)
+        # The rate that succeeded, measured since the first 429 of this run of them when the
+        # last decrease is recent (the server's budget has been empty since: past the limit,
+        # what succeeds is the limit), else over the last window (or since the first request).
+        recently = now - state.last_decrease < OK_WINDOW_S
+        if recently:
+            since = max(state.refused_since, now - OK_WINDOW_S)
+        else:
+            first = state.first_start if state.first_start is not None else now
+            since = max(first, now - OK_WINDOW_S)
+        span = now - since
+        recent = sum(1 for t in state.oks if t > since)
+        # Too few answers yet to tell: leave it to backoff.
         if span <= 0 or (recent < 3 and state.learnt.per_minute is None):
             return
+        if not recently:
+            state.refused_since = now
         state.last_decrease = now
         ok_rate: float | None = recent / max(span, DECREASE_EVERY_S) if recent >= 3 else None
         current = state.learnt.per_minute
-        state.fast = current is None
+        ended_slow_start, state.slow_start = state.slow_start, False
+        if ok_rate is not None and not ended_slow_start:
+            state.ceiling = ok_rate
         if current is None:
             rate = DECREASE * ok_rate if ok_rate else 1.0
+        elif ended_slow_start:
+            # As TCP at the end of its slow start: the pace was doubling (about every 0.7 s),
+            # so half of it is the last one known to fit; past the budget the server held when
+            # it started, it may fit none, so never above what succeeded.
+            rate = DECREASE * min(current / 120.0, ok_rate or current / 120.0)
         else:
             # Never more than halve at once: one noisy window must not stall the key.
             rate = DECREASE * max(min(current / 60.0, ok_rate or current / 60.0), current / 120.0)
@@ -263,6 +323,9 @@ class KeyPool:
             limit = _number(headers.get("x-ratelimit-limit-requests"))
             if limit and state.requests.per_minute != limit:
                 state.requests.set_rate(limit)
+            if limit and state.slow_start:
+                state.slow_start = False  # the server said what the limit is: pace to it
+                state.learnt.set_rate(None)
 
     # -- retiring ----------------------------------------------------------------------------
 

@@ -8,7 +8,17 @@ from pathlib import Path
 import anyio
 import pytest
 
-from llmrun.limits import KeyPool, Pace, _duration
+from llmrun.limits import (
+    DECREASE,
+    INCREASE_PER_OK,
+    NEAR_CEILING,
+    SLOW_START_GAIN,
+    START_RATE,
+    KeyPool,
+    Lease,
+    Pace,
+    _duration,
+)
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.testing.limits import ServerLimit
 
@@ -71,6 +81,161 @@ async def test_an_unverified_key_sends_one_request_at_a_time() -> None:
         assert got == []  # waits for the probe's answer
         pool.release(first, trusted=True)
     assert got == ["k1"]
+
+
+class Clock:
+    """A clock the test moves by hand: the pace's reactions at chosen times, no sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def adaptive_pool(**limits: float) -> tuple[KeyPool, Clock]:
+    clock = Clock()
+    pool = KeyPool(("k1",), adaptive=True, clock=clock, **limits)
+    pool.states[0].first_start = clock.now  # as acquire records it
+    return pool, clock
+
+
+def lease_at(pool: KeyPool, start: float) -> Lease:
+    return Lease(pool.states[0], 0, False, start)
+
+
+def test_adaptive_mode_starts_slow_and_grows_exponentially() -> None:
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    assert state.slow_start and state.learnt.per_minute == START_RATE * 60
+    # Each success adds the same step: a rate of r sees r successes a second, so the rate
+    # grows in proportion to itself (e-fold a second), from a modest start, whatever the limit.
+    for _ in range(10):
+        clock.now += 0.01
+        pool.on_success(lease_at(pool, clock.now), {})
+    assert state.learnt.per_minute == pytest.approx((START_RATE + 10 * SLOW_START_GAIN) * 60)
+
+
+def test_the_slow_start_begins_at_one_request_per_round_trip_of_the_probe() -> None:
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    probe = Lease(state, 0, True, clock.now)
+    clock.now += 0.05  # answered in 50 ms: 20 requests/s, then the success's own step
+    pool.on_success(probe, {})
+    assert state.learnt.per_minute == pytest.approx((20 + SLOW_START_GAIN) * 60)
+    slow, clock2 = adaptive_pool()
+    probe = Lease(slow.states[0], 0, True, clock2.now)
+    clock2.now += 2.0  # a slow answer: never below START_RATE
+    slow.on_success(probe, {})
+    assert slow.states[0].learnt.per_minute == pytest.approx((START_RATE + SLOW_START_GAIN) * 60)
+
+
+def test_the_first_bare_429_ends_the_slow_start_just_below_what_succeeded() -> None:
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    state.learnt.set_rate(60 * 60.0)  # climbed to 60/s
+    clock.now = 110.0
+    for _ in range(40):  # 40 answers in the last second: the server let 40/s through
+        clock.now += 0.025
+        pool.on_success(lease_at(pool, clock.now), {})
+    climbed = state.learnt.per_minute
+    assert climbed is not None and climbed > 60 * 60.0
+    pool.on_rate_limited(lease_at(pool, clock.now), None)
+    assert not state.slow_start
+    assert state.learnt.per_minute == pytest.approx(DECREASE * 40 * 60)
+    assert state.ceiling is None  # the budget the server started with hid the limit
+    # Past the slow start, a success adds only the small AIMD step.
+    before = state.learnt.per_minute
+    clock.now += 0.05
+    pool.on_success(lease_at(pool, clock.now), {})
+    assert state.learnt.per_minute == pytest.approx(before + INCREASE_PER_OK * 60)
+
+
+def test_the_slow_start_ends_at_half_its_pace_when_more_succeeded_than_that() -> None:
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    state.learnt.set_rate(30 * 60.0)
+    for _ in range(50):  # 50/s succeeded (the server's full budget hid the limit)
+        clock.now += 0.02
+        pool.on_success(lease_at(pool, clock.now), {})
+    pool.on_rate_limited(lease_at(pool, clock.now), None)
+    # The pace had grown to 80/s; half of it (40/s) is under the 50/s that succeeded.
+    assert state.learnt.per_minute == pytest.approx(DECREASE * 40 * 60)
+
+
+def test_more_429s_soon_after_are_measured_since_the_first_of_them() -> None:
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    state.slow_start = False
+    state.learnt.set_rate(20 * 60.0)
+    for _ in range(20):  # 20/s went through until the first 429
+        clock.now += 0.05
+        pool.on_success(lease_at(pool, clock.now), {})
+
+    def answers(count: int, spacing: float) -> None:
+        for _ in range(count):
+            clock.now += spacing
+            pool.on_success(lease_at(pool, clock.now), {})
+
+    def refused() -> None:
+        pool.on_rate_limited(lease_at(pool, clock.now - 0.001), None)
+
+    refused()
+    assert state.learnt.per_minute == pytest.approx(DECREASE * 20 * 60, rel=0.01)
+    answers(4, 0.1)  # the server's budget is empty since the first 429: 10/s get through
+    refused()
+    assert state.learnt.per_minute == pytest.approx(DECREASE * 10 * 60, rel=0.01)
+    answers(1, 0.4)  # then one in 0.4 s: too few on its own, but 5 in 0.8 s since the first
+    refused()
+    assert state.learnt.per_minute == pytest.approx(DECREASE * 5 / 0.8 * 60, rel=0.01)
+    assert state.ceiling == pytest.approx(5 / 0.8)  # the limit measured
+
+
+def test_the_climb_slows_past_the_last_measured_limit() -> None:
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    state.slow_start = False
+    state.ceiling = 10.0
+    state.learnt.set_rate(9 * 60.0)
+    pool.on_success(lease_at(pool, clock.now), {})
+    assert state.learnt.per_minute == pytest.approx((9 + INCREASE_PER_OK) * 60)
+    state.learnt.set_rate(10 * 60.0)
+    pool.on_success(lease_at(pool, clock.now), {})
+    assert state.learnt.per_minute == pytest.approx((10 + INCREASE_PER_OK * NEAR_CEILING) * 60)
+
+
+def test_a_429_for_a_request_sent_before_the_last_decrease_changes_nothing() -> None:
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    for _ in range(20):
+        clock.now += 0.05
+        pool.on_success(lease_at(pool, clock.now), {})
+    sent = clock.now - 0.01
+    pool.on_rate_limited(lease_at(pool, sent), None)
+    after_first = state.learnt.per_minute
+    clock.now += 0.5
+    pool.on_rate_limited(lease_at(pool, sent), None)  # in flight when the pace dropped
+    assert state.learnt.per_minute == after_first
+    pool.on_rate_limited(lease_at(pool, clock.now - 0.01), None)  # sent at the new pace
+    assert after_first is not None and state.learnt.per_minute < after_first
+
+
+def test_retry_after_or_an_announced_limit_end_the_slow_start_without_a_guess() -> None:
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    pool.on_rate_limited(lease_at(pool, clock.now), 2.0)  # the server paces us itself
+    assert state.paused_until == clock.now + 2.0
+    assert state.slow_start and state.learnt.per_minute == START_RATE * 60
+    pool.on_success(lease_at(pool, clock.now), {"x-ratelimit-limit-requests": "3000"})
+    assert not state.slow_start and state.learnt.per_minute is None
+    assert state.requests.per_minute == 3000
+
+
+def test_a_configured_limit_or_adaptive_off_means_no_slow_start() -> None:
+    pool, _ = adaptive_pool(requests_per_minute=600)
+    assert not pool.states[0].slow_start and pool.states[0].learnt.per_minute is None
+    fixed = KeyPool(("k1",), tokens_per_minute=1000)
+    assert not fixed.states[0].slow_start and fixed.states[0].learnt.per_minute is None
 
 
 def windows(times: list[float], width: float) -> int:

@@ -48,6 +48,7 @@ from _common import GENERATION, MODEL, SYSTEM, record  # noqa: E402
 SERVER_CORE, CLIENT_CORE = 0, 1
 CLIENTS = (
     "llmrun",
+    "llmrun-adaptive",
     "raw-aiohttp",
     "openai-sdk",
     "httpx-client",
@@ -186,14 +187,24 @@ class Workspace:
                 fh.write("".join(chunk))
         return path
 
-    def recipe(self, name: str, data: Path, provider: dict[str, Any], concurrency: int) -> Path:
+    def recipe(
+        self,
+        name: str,
+        data: Path,
+        provider: dict[str, Any],
+        concurrency: int,
+        adaptive: bool = False,
+    ) -> Path:
+        """``adaptive: false`` unless asked: the hand-written loops compared with llmrun pace
+        nothing, and adaptive mode (on by default without limits) starts slow on purpose
+        (``llmrun-adaptive`` measures it)."""
         recipe = {
             "name": name,
             "data": {"path": data.name, "id": "id"},
             "prompt": {"system": SYSTEM, "user": "{{ text }}"},
             "provider": provider,
             "generation": dict(GENERATION),
-            "run": {"concurrency": concurrency},
+            "run": {"concurrency": concurrency, "adaptive": adaptive},
             "output": {"path": "out/placeholder.jsonl"},
         }
         path = self.root / f"{name}.yaml"
@@ -266,7 +277,7 @@ def request_window(output: Path) -> float | None:
 def measure(
     ws: Workspace, sc: Scenario, client: str, url: str, recipe: Path, rnd: int, n: int
 ) -> Measurement:
-    if client == "llmrun":
+    if client in ("llmrun", "llmrun-adaptive"):
         got = ws.llmrun(recipe, n if n != sc.records else None)
     else:
         limit = sc.slow_time_limit_s if client in SLOW and n > 1 else 0.0
@@ -301,15 +312,18 @@ def run_http_scenario(ws: Workspace, sc: Scenario, rounds: int, log: Any) -> dic
             "api_keys": ["sk-bench-0123456789"],
         }
         recipe = ws.recipe(f"bench-{sc.name}", data, provider, sc.concurrency)
+        adaptive = ws.recipe(f"bench-{sc.name}-adaptive", data, provider, sc.concurrency, True)
         log(f"[{sc.name}] server {server['url']} (latency {sc.latency_s:g} s); start-up runs")
         for _ in range(3):  # start-up CPU: the same client on 1 record
             for client in sc.clients:
-                startup[client].append(measure(ws, sc, client, server["url"], recipe, 0, 1))
+                chosen = adaptive if client == "llmrun-adaptive" else recipe
+                startup[client].append(measure(ws, sc, client, server["url"], chosen, 0, 1))
         for rnd in range(1, rounds + 1):
             k = (rnd - 1) % len(sc.clients)
             order = sc.clients[k:] + sc.clients[:k]
             for client in order:
-                m = measure(ws, sc, client, server["url"], recipe, rnd, sc.records)
+                chosen = adaptive if client == "llmrun-adaptive" else recipe
+                m = measure(ws, sc, client, server["url"], chosen, rnd, sc.records)
                 runs.append(m)
                 log(
                     f"[{sc.name}] round {rnd} {client:17s} {m.requests / m.loop_s:9,.0f} req/s "

@@ -153,7 +153,10 @@ class Engine:
                         f"(the previous output is kept as {moved_to})"
                     )
             done = await anyio.to_thread.run_sync(self._open_output)
-            manifest = self._start_manifest()
+            model = getattr(self.provider, "model", None)
+            manifest = start_manifest(
+                self.recipe, self.registry, self.state, self.stats, model, self.warn
+            )
             self.observers.call(
                 "run_started",
                 {
@@ -161,7 +164,7 @@ class Engine:
                     "recipe_hash": self.recipe.job_hash,
                     "output": str(self.recipe.output_path),
                     "provider": self.recipe.provider.name,
-                    "model": getattr(self.provider, "model", None),
+                    "model": model,
                     "resumed": self.stats.resumed_ok + self.stats.resumed_error,
                     "started_at": manifest["runs"][-1]["started_at"],
                 },
@@ -189,7 +192,7 @@ class Engine:
                     elif self.flags.stopping:
                         status, reason = "interrupted", "stopped by a signal"
                     self.progress.stop(self.stats)
-                    self._finish_manifest(manifest, status, reason)
+                    finish_manifest(self.state, self.stats, manifest, status, reason)
                     summary = RunSummary(
                         status, self.stats, str(self.recipe.output_path), reason, self.warnings
                     )
@@ -542,7 +545,7 @@ class Engine:
             if anyio.current_time() - last_sync >= SYNC_EVERY_S:
                 last_sync = anyio.current_time()
                 self.writer.sync()
-                self._update_manifest(manifest)
+                update_manifest(self.state, self.stats, manifest)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -580,20 +583,6 @@ class Engine:
     def _count_retry(self, error: CallError) -> None:
         self.stats.retries += 1
         self.stats.retries_by_code[error.code] += 1
-
-    # -- manifest --------------------------------------------------------------------------
-
-    def _start_manifest(self) -> dict[str, Any]:
-        model = getattr(self.provider, "model", None)
-        return start_manifest(self.recipe, self.registry, self.state, self.stats, model, self.warn)
-
-    def _update_manifest(self, manifest: dict[str, Any]) -> None:
-        update_manifest(self.state, self.stats, manifest)
-
-    def _finish_manifest(
-        self, manifest: dict[str, Any], status: Status, reason: str | None
-    ) -> None:
-        finish_manifest(self.state, self.stats, manifest, status, reason)
 
 
 def _describe(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ from ..hookspecs import Register, hookimpl
 from ..images import load_image
 from ..recipe import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
-from .wire import Dropper, decode, encode, error_json, parts_of, text_of
+from .wire import Dropper, KeyedRequests, decode, encode, error_json, parts_of, text_of
 
 STRUCTURED_TOOL = "structured_output"
 DEFAULT_VERSION = "2023-06-01"
@@ -113,8 +113,7 @@ class AnthropicMessages:
         if options.get("beta"):
             headers["anthropic-beta"] = ",".join(str(b) for b in options["beta"])
         headers.update({k.lower(): str(v) for k, v in (options.get("headers") or {}).items()})
-        self._base_headers = headers
-        self._headers_by_key: dict[str | None, httpx.Headers] = {}
+        self._headers = KeyedRequests(self.url, headers, lambda key: {"x-api-key": key})
         self._extra_body = thaw(options.get("extra_body") or {})
         self._dropper = Dropper("anthropic", context.warn)
 
@@ -197,18 +196,8 @@ class AnthropicMessages:
                 blocks.append({"type": "text", "text": str(part.get("text", ""))})
         return blocks
 
-    def _headers(self, api_key: str | None) -> httpx.Headers:
-        headers = self._headers_by_key.get(api_key)
-        if headers is None:
-            values = dict(self._base_headers)
-            if api_key:
-                values["x-api-key"] = api_key
-            headers = self._headers_by_key[api_key] = httpx.Headers(values)
-        return headers
-
     def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
-        content = encode(self.body(prompt))
-        return httpx.Request("POST", self.url, headers=self._headers(api_key), content=content)
+        return self._headers.post(encode(self.body(prompt)), api_key)
 
     # -- response -----------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from ..hookspecs import Register, hookimpl
 from ..images import ImageError, load_image
 from ..recipe import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
-from .wire import Dropper, decode, encode, error_json, parse_json, parts_of, text_of
+from .wire import Dropper, KeyedRequests, decode, encode, error_json, parse_json, parts_of, text_of
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 FINISH_REASONS = {
@@ -108,8 +108,7 @@ class GeminiGenerate:
         self.url = httpx.URL(f"{base}/{version}/models/{self.model}:generateContent")
         headers = {"content-type": "application/json", "accept": "application/json"}
         headers.update({k.lower(): str(v) for k, v in (options.get("headers") or {}).items()})
-        self._base_headers = headers
-        self._headers_by_key: dict[str | None, httpx.Headers] = {}
+        self._headers = KeyedRequests(self.url, headers, lambda key: {"x-goog-api-key": key})
         self._safety = thaw(options.get("safety_settings") or [])
         self._extra_body = thaw(options.get("extra_body") or {})
         self._dropper = Dropper("gemini", context.warn)
@@ -198,18 +197,8 @@ class GeminiGenerate:
                 parts.append({"inline_data": {"mime_type": image.media_type, "data": image.b64()}})
         return parts
 
-    def _headers(self, api_key: str | None) -> httpx.Headers:
-        headers = self._headers_by_key.get(api_key)
-        if headers is None:
-            values = dict(self._base_headers)
-            if api_key:
-                values["x-goog-api-key"] = api_key
-            headers = self._headers_by_key[api_key] = httpx.Headers(values)
-        return headers
-
     def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
-        content = encode(self.body(prompt))
-        return httpx.Request("POST", self.url, headers=self._headers(api_key), content=content)
+        return self._headers.post(encode(self.body(prompt)), api_key)
 
     # -- response -----------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from ..failures import bad_body, classify_http
 from ..recipe import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
 from .openai_presets import PRESETS, Preset
+from .wire import KeyedRequests
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
@@ -120,9 +121,7 @@ class OpenAIShaped:
         if options.get("organization"):
             extra_headers["openai-organization"] = str(options["organization"])
         extra_headers.update({k.lower(): str(v) for k, v in (options.get("headers") or {}).items()})
-        self._base_headers = extra_headers
-        self._headers_by_key: dict[str | None, httpx.Headers] = {}
-        self._raw_headers_by_key: dict[str | None, list[tuple[bytes, bytes]]] = {}
+        self._headers = KeyedRequests(self.url, extra_headers, self._auth_headers)
         self._extra_body: dict[str, Any] = thaw(options.get("extra_body") or {})
         self._warned: set[str] = set()
         self._generation_cache: tuple[Mapping[str, Any], dict[str, Any]] | None = None
@@ -137,15 +136,6 @@ class OpenAIShaped:
 
     def _auth_headers(self, api_key: str) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"}
-
-    def _headers(self, api_key: str | None) -> httpx.Headers:
-        headers = self._headers_by_key.get(api_key)
-        if headers is None:
-            values = dict(self._base_headers)
-            if api_key:
-                values.update(self._auth_headers(api_key))
-            headers = self._headers_by_key[api_key] = httpx.Headers(values)
-        return headers
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -184,21 +174,7 @@ class OpenAIShaped:
         content = json.dumps(self.body(prompt), ensure_ascii=False).encode(
             "utf-8", "backslashreplace"
         )
-        # The same request httpx builds from content=, for a third of the CPU: the headers
-        # (Host included) are prepared once per key, only the length is new.
-        headers = self._raw_headers_by_key.get(api_key)
-        if headers is None:
-            prepared = httpx.Request("POST", self.url, headers=self._headers(api_key), content=b"")
-            headers = [(k, v) for k, v in prepared.headers.raw if k.lower() != b"content-length"]
-            self._raw_headers_by_key[api_key] = headers
-        request = httpx.Request(
-            "POST",
-            self.url,
-            headers=[*headers, (b"Content-Length", b"%d" % len(content))],
-            stream=httpx.ByteStream(content),
-        )
-        request.read()
-        return request
+        return self._headers.post(content, api_key)
 
     def parse_response(self, response: httpx.Response) -> Reply:
         status = response.status_code

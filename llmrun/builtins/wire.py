@@ -1,5 +1,5 @@
-"""Pieces the non-OpenAI JSON providers (anthropic, gemini) share: request encoding, one warning
-per dropped generation key, reading neutral prompt content."""
+"""Pieces the JSON providers share: request headers per key and request building, request
+encoding, one warning per dropped generation key, reading neutral prompt content."""
 
 from __future__ import annotations
 
@@ -85,3 +85,51 @@ def parse_json(text: str | None) -> Any:
         return json.loads(text)
     except ValueError:
         return None
+
+
+class KeyedRequests:
+    """POST requests of JSON bodies to one URL, with headers prepared once per API key.
+
+    ``headers(api_key)`` (also the object's call) gives the ``httpx.Headers`` for a key (batch
+    APIs use them). ``post(content, api_key)`` builds the same request httpx builds from
+    ``content=``, for about a third of the CPU: the prepared headers (Host included) are
+    reused, only Content-Length is new (a test holds the two equal).
+    """
+
+    def __init__(
+        self,
+        url: httpx.URL,
+        base: Mapping[str, str],
+        auth: Callable[[str], Mapping[str, str]],
+    ) -> None:
+        self.url = url
+        self._base = dict(base)
+        self._auth = auth
+        self._headers: dict[str | None, httpx.Headers] = {}
+        self._raw: dict[str | None, list[tuple[bytes, bytes]]] = {}
+
+    def headers(self, api_key: str | None) -> httpx.Headers:
+        headers = self._headers.get(api_key)
+        if headers is None:
+            values = dict(self._base)
+            if api_key:
+                values.update(self._auth(api_key))
+            headers = self._headers[api_key] = httpx.Headers(values)
+        return headers
+
+    __call__ = headers
+
+    def post(self, content: bytes, api_key: str | None) -> httpx.Request:
+        raw = self._raw.get(api_key)
+        if raw is None:
+            prepared = httpx.Request("POST", self.url, headers=self.headers(api_key), content=b"")
+            raw = [(k, v) for k, v in prepared.headers.raw if k.lower() != b"content-length"]
+            self._raw[api_key] = raw
+        request = httpx.Request(
+            "POST",
+            self.url,
+            headers=[*raw, (b"Content-Length", b"%d" % len(content))],
+            stream=httpx.ByteStream(content),
+        )
+        request.read()
+        return request

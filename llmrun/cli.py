@@ -52,21 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"llmrun {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    from .commands import add_recipe_args
+
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def recipe_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("recipe", help="the recipe file (YAML)")
-        p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a recipe key, e.g. run.concurrency=8",
-        )
-
     run = sub.add_parser("run", help="run a recipe (continues where a previous run stopped)")
-    recipe_args(run)
+    add_recipe_args(run)
     run.add_argument("--limit", type=int, metavar="N", help="use only the first N records")
     run.add_argument(
         "--fresh",
@@ -102,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     val = sub.add_parser("validate", help="check a recipe and its data without calling anything")
-    recipe_args(val)
+    add_recipe_args(val)
     val.add_argument(
         "--records",
         type=_positive_int,

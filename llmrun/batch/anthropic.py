@@ -9,7 +9,6 @@ of clock skew), the same number of requests, and not a batch llmrun already know
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from typing import Any
 import anyio
 import httpx
 
+from ..builtins.wire import decode
 from ..errors import CallError
-from ..failures import bad_body
 from ..values import Prompt, Reply
 from .contract import BatchInfo, LineResult
 
@@ -54,15 +53,7 @@ class AnthropicBatches:
         response = await client.send(request)
         if response.status_code >= 300:
             raise self._error_from(response)
-        try:
-            data = json.loads(response.content)
-        except ValueError:
-            raise bad_body(
-                f"not JSON ({len(response.content)} bytes)", response.status_code
-            ) from None
-        if not isinstance(data, dict):
-            raise bad_body("not a JSON object", response.status_code)
-        return data
+        return decode(response, "the batch API's answer")
 
     def _h(self, api_key: str | None) -> dict[str, str]:
         return dict(self._headers(api_key))

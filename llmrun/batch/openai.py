@@ -7,7 +7,6 @@ llmrun's tag in ``metadata.llmrun_tag`` so a batch created but never recorded ca
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,9 @@ from typing import Any
 import anyio
 import httpx
 
+from ..builtins.wire import decode
 from ..errors import CallError
-from ..failures import bad_body, classify_http
+from ..failures import classify_http
 from ..values import Prompt, Reply
 from .contract import BatchInfo, BatchState, LineResult
 
@@ -60,16 +60,7 @@ class OpenAIBatches:
         return response
 
     async def _json(self, client: httpx.AsyncClient, request: httpx.Request) -> dict[str, Any]:
-        response = await self._send(client, request)
-        try:
-            data = json.loads(response.content)
-        except ValueError:
-            raise bad_body(
-                f"not JSON ({len(response.content)} bytes)", response.status_code
-            ) from None
-        if not isinstance(data, dict):
-            raise bad_body("not a JSON object", response.status_code)
-        return data
+        return decode(await self._send(client, request), "the batch API's answer")
 
     async def upload(
         self, client: httpx.AsyncClient, api_key: str | None, path: Path, tag: str

@@ -5,20 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import add_recipe_args
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "cancel", help="cancel the running batches of a recipe and record what they finished"
     )
-    parser.add_argument("recipe", help="the recipe file (YAML)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, as given to `llmrun run`",
-    )
+    add_recipe_args(parser)
     parser.set_defaults(handler=cmd_cancel)
 
 

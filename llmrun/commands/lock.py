@@ -5,20 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import add_recipe_args
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "lock", help="record versions and file hashes in RECIPE.lock, for `run --locked`"
     )
-    p.add_argument("recipe", help="the recipe file (YAML)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. provider.model=gpt-4o",
-    )
+    add_recipe_args(p)
     p.add_argument(
         "--check",
         action="store_true",

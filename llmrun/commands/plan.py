@@ -5,20 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from . import add_recipe_args
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "plan", help="what a run would send, cost and take, without calling anything"
     )
-    p.add_argument("recipe", help="the recipe file (YAML)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. run.concurrency=8",
-    )
+    add_recipe_args(p)
     p.add_argument(
         "--sample",
         type=int,

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from . import add_recipe_args
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -15,15 +17,7 @@ def register(subparsers: Any) -> None:
         "in its output and replace the output atomically; the old one is kept in the state "
         "folder. Rows whose call failed are left as they are.",
     )
-    parser.add_argument("recipe", help="the recipe file (YAML)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. postprocess='[strip]'",
-    )
+    add_recipe_args(parser)
     parser.add_argument("--json", action="store_true", help="print the counts as JSON on stdout")
     parser.add_argument(
         "--force",

@@ -14,20 +14,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from . import add_recipe_args
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "status", help="counts by status and error type, spend and what remains (no network)"
     )
-    parser.add_argument("recipe", help="the recipe file (YAML)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, as for run",
-    )
+    add_recipe_args(parser)
     parser.add_argument("--json", action="store_true", help="print the status as JSON on stdout")
     parser.set_defaults(handler=status)
 

@@ -48,6 +48,7 @@ from _common import GENERATION, MODEL, SYSTEM, record  # noqa: E402
 SERVER_CORE, CLIENT_CORE = 0, 1
 CLIENTS = (
     "llmrun",
+    "llmrun-default",
     "llmrun-adaptive",
     "raw-aiohttp",
     "openai-sdk",
@@ -56,6 +57,12 @@ CLIENTS = (
     "aiohttp-transport",
     "http1-transport",
 )
+# The llmrun clients: run.adaptive false, left out (the default), and true written out.
+LLMRUN_RECIPES: dict[str, bool | None] = {
+    "llmrun": False,
+    "llmrun-default": None,
+    "llmrun-adaptive": True,
+}
 SCRIPTS = {
     "raw-aiohttp": ["raw_aiohttp.py"],
     "openai-sdk": ["openai_sdk.py"],
@@ -193,18 +200,22 @@ class Workspace:
         data: Path,
         provider: dict[str, Any],
         concurrency: int,
-        adaptive: bool = False,
+        adaptive: bool | None = False,
     ) -> Path:
-        """``adaptive: false`` unless asked: the hand-written loops compared with llmrun pace
-        nothing, and adaptive mode (on by default without limits) starts slow on purpose
-        (``llmrun-adaptive`` measures it)."""
+        """``adaptive: false`` unless asked (the hand-written loops compared with llmrun pace
+        nothing); ``None`` leaves the key out (the default: adaptive, no slow start on this
+        loopback server), ``True`` writes it out (the slow start even here, as a remote
+        endpoint without a limit has it)."""
+        run: dict[str, Any] = {"concurrency": concurrency}
+        if adaptive is not None:
+            run["adaptive"] = adaptive
         recipe = {
             "name": name,
             "data": {"path": data.name, "id": "id"},
             "prompt": {"system": SYSTEM, "user": "{{ text }}"},
             "provider": provider,
             "generation": dict(GENERATION),
-            "run": {"concurrency": concurrency, "adaptive": adaptive},
+            "run": run,
             "output": {"path": "out/placeholder.jsonl"},
         }
         path = self.root / f"{name}.yaml"
@@ -277,7 +288,7 @@ def request_window(output: Path) -> float | None:
 def measure(
     ws: Workspace, sc: Scenario, client: str, url: str, recipe: Path, rnd: int, n: int
 ) -> Measurement:
-    if client in ("llmrun", "llmrun-adaptive"):
+    if client in LLMRUN_RECIPES:
         got = ws.llmrun(recipe, n if n != sc.records else None)
     else:
         limit = sc.slow_time_limit_s if client in SLOW and n > 1 else 0.0
@@ -311,18 +322,20 @@ def run_http_scenario(ws: Workspace, sc: Scenario, rounds: int, log: Any) -> dic
             "model": MODEL,
             "api_keys": ["sk-bench-0123456789"],
         }
-        recipe = ws.recipe(f"bench-{sc.name}", data, provider, sc.concurrency)
-        adaptive = ws.recipe(f"bench-{sc.name}-adaptive", data, provider, sc.concurrency, True)
+        recipes = {
+            client: ws.recipe(f"bench-{sc.name}-{client}", data, provider, sc.concurrency, mode)
+            for client, mode in LLMRUN_RECIPES.items()
+        }
         log(f"[{sc.name}] server {server['url']} (latency {sc.latency_s:g} s); start-up runs")
         for _ in range(3):  # start-up CPU: the same client on 1 record
             for client in sc.clients:
-                chosen = adaptive if client == "llmrun-adaptive" else recipe
+                chosen = recipes.get(client, recipes["llmrun"])
                 startup[client].append(measure(ws, sc, client, server["url"], chosen, 0, 1))
         for rnd in range(1, rounds + 1):
             k = (rnd - 1) % len(sc.clients)
             order = sc.clients[k:] + sc.clients[:k]
             for client in order:
-                chosen = adaptive if client == "llmrun-adaptive" else recipe
+                chosen = recipes.get(client, recipes["llmrun"])
                 m = measure(ws, sc, client, server["url"], chosen, rnd, sc.records)
                 runs.append(m)
                 log(

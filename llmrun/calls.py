@@ -25,7 +25,7 @@ from .budget import Budget
 from .components import Provider, Transport
 from .errors import CallError, RunAborted
 from .failures import classify_transport
-from .limits import KeyPool, Lease
+from .limits import KeyPool, Lease, local_host
 from .recipe import RunSettings
 from .tokens import estimate
 from .values import Prompt, Reply
@@ -139,7 +139,8 @@ class Caller:
                 except CallError as exc:
                     error = exc
                 else:
-                    self._keys.on_success(lease, response.headers)
+                    local = lease.probe and local_host(request.url.host)
+                    self._keys.on_success(lease, response.headers, local=local)
                     self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
                     return Outcome(reply, attempts, time.monotonic() - started)
             finally:

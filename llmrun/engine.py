@@ -207,6 +207,7 @@ class Engine:
             requests_per_minute=run.requests_per_minute,
             tokens_per_minute=run.tokens_per_minute,
             adaptive=run.adaptive,
+            slow_start_local=run.slow_start_local,
         )
         if run.budget_usd is not None and self._budget_price is not None:
             spent = self.stats.resumed_cost_usd

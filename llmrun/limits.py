@@ -20,19 +20,33 @@ limit. Hence, per key:
   TCP's first window; at least ``START_RATE``) and each success adds ``SLOW_START_GAIN``
   requests/s, so the rate grows in proportion to itself (e-fold a second) whatever the limit,
   instead of sending ``concurrency`` requests at once (past a small limit most would be refused,
-  and their backoff would spoil any measure);
+  and their backoff would spoil any measure). It cannot grow faster without refusals piling
+  up: a budget of b seconds of the limit R hides it until some R * b requests too many went
+  out, so at a gain of g per success the pace is about R * (1 + g * b) when the first 429
+  comes; g = 1/s suits the one-second budgets providers describe;
 - the first bare 429 ends it, as in TCP: half the pace (it doubles about every 0.7 s), never
   above what succeeded over the last second, times ``DECREASE``;
 - a 429 soon after another (within ``OK_WINDOW_S`` of the last decrease) measures what
   succeeded since the first of them, while the server's budget was empty: that is the limit,
-  and the pace goes just under it;
+  and the pace goes just under it; with too few answers since to measure (a small limit), the
+  pace is still too fast, and drops by ``BLIND_DECREASE``;
 - then AIMD: a small additive climb (``INCREASE_PER_OK``), ten times smaller (``NEAR_CEILING``)
   past the last measured limit, and ``DECREASE`` x what succeeded on the next bare 429, which
   comes late and close to the limit at that climb.
+
+A 429 counts against the pace only for a request whose start was reserved after the last
+decrease: the ones reserved or sent before it say nothing about the new pace.
+
+A local endpoint (``local_host``: loopback, a private network, an in-process transport) gets
+no slow start unless ``run.adaptive: true`` is written out: such a server (vLLM, llama.cpp,
+a proxy, the mock) queues rather than refuses, and the slow start would only cost its first
+seconds; a 429 from it still slows the key down. The simulation in
+``benchmarks/adaptive_sim.py`` measures these trade-offs in virtual time.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -49,21 +63,26 @@ from .redaction import fingerprint
 # like TCP's slow start, whatever the limit) until the first bare 429;
 START_RATE = 2.0
 SLOW_START_GAIN = 1.0
-# then AIMD: on a bare 429, at most once per DECREASE_EVERY_S and only for a request that
-# started after the last decrease, the pace drops to DECREASE x the rate that succeeded over the
+# then AIMD: on a bare 429, at most once per DECREASE_EVERY_S and only for a request reserved
+# after the last decrease, the pace drops to DECREASE x the rate that succeeded over the
 # last OK_WINDOW_S, or since the first 429 when that was less than OK_WINDOW_S ago (once past
 # the limit, what succeeds is the limit); each success then adds INCREASE_PER_OK requests/s,
-# i.e. 0.5% a second whatever the rate.
+# i.e. 0.5% a second whatever the rate. A 429 with too few answers since the last decrease to
+# measure anything (a small limit) drops the pace by BLIND_DECREASE: a half (TCP's) fell well
+# under the limit and took a minute to climb back, 0.9 took a refusal per step.
 DECREASE = 0.9
-DECREASE_EVERY_S = 0.1
+DECREASE_EVERY_S = 0.02
 INCREASE_PER_OK = 0.005
 OK_WINDOW_S = 1.0
 # Past the rate that succeeded at the last drop, the climb is this much slower.
 NEAR_CEILING = 0.1
+BLIND_DECREASE = 0.7
 MIN_RATE = 0.05  # requests/s: never slower than one every 20 s
 # A start is reserved at most this far ahead: a request waiting longer looks again later, so
 # token estimates given back and pace changes apply to the requests already waiting.
 HORIZON_S = 0.05
+# Waits shorter than this are not worth a timer (and a float-sized one might never pass).
+MIN_SLEEP_S = 1e-6
 
 
 class Pace:
@@ -132,6 +151,7 @@ class Lease:
     tokens: int
     probe: bool
     start: float = 0.0  # when it was allowed to start
+    taken: float = 0.0  # when the start was reserved (at the pace of that moment)
 
     @property
     def key(self) -> str | None:
@@ -148,6 +168,7 @@ class KeyPool:
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         adaptive: bool = False,
+        slow_start_local: bool = False,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         self.states = [
@@ -155,6 +176,7 @@ class KeyPool:
             for k in (list(keys) if keys else [None])
         ]
         self._explicit_rpm = requests_per_minute is not None
+        self._slow_start_local = slow_start_local  # run.adaptive: true, written out
         self._clock = clock  # a test's own clock, to feed answers at chosen times
         if adaptive and not self._explicit_rpm:
             # Nothing known about the limit: probe upward from a modest rate rather than send
@@ -185,7 +207,7 @@ class KeyPool:
                 )
                 start = state.ready_at(now)
                 wait = start - now - HORIZON_S
-            if wait > 0:
+            if wait > MIN_SLEEP_S:
                 pass  # too far ahead to reserve yet
             elif trusted or free:
                 if state.first_start is None:
@@ -197,10 +219,10 @@ class KeyPool:
                 if probe:
                     state.probe = anyio.Event()
                 state.in_flight += 1
-                lease = Lease(state, tokens, probe, start)
+                lease = Lease(state, tokens, probe, start, now)
             else:
                 probe_event = waiting[0].probe
-            if wait > 0:
+            if wait > MIN_SLEEP_S:
                 await anyio.sleep(wait)
                 continue
             if lease is None:
@@ -238,9 +260,15 @@ class KeyPool:
         if used is not None:
             lease.state.tokens.give_back(lease.tokens - used)
 
-    def on_success(self, lease: Lease, headers: Mapping[str, str]) -> None:
+    def on_success(self, lease: Lease, headers: Mapping[str, str], *, local: bool = False) -> None:
+        """A reply; ``local`` when the server that gave it is on this machine or its network."""
         state = lease.state
         now = self._clock()
+        if local and state.slow_start and not self._slow_start_local:
+            # A local server (vLLM, llama.cpp, a proxy) queues rather than refuses: no slow
+            # start, full speed from the first answer on (a 429 still slows the key down).
+            state.slow_start = False
+            state.learnt.set_rate(None)
         if state.adaptive:
             state.oks.append(now)
             while state.oks and state.oks[0] < now - OK_WINDOW_S:
@@ -250,6 +278,8 @@ class KeyPool:
                 # As TCP's first window: one request per round trip, the rate the probe alone
                 # had (a fast server without a limit costs no slow start then).
                 rate = max(START_RATE, 1.0 / (now - lease.start)) * 60.0
+                # The next start was spaced at START_RATE; the probe's answer is the signal to go.
+                state.learnt.next_at = min(state.learnt.next_at, now)
             if rate is not None:
                 if state.slow_start:
                     step = SLOW_START_GAIN
@@ -270,9 +300,9 @@ class KeyPool:
         # an unannounced limit was passed.
         if retry_after is not None or not state.adaptive:
             return
-        # Once per window, as TCP does: a 429 for a request that started before the last
-        # decrease says nothing about the pace set then.
-        if now - state.last_decrease < DECREASE_EVERY_S or lease.start < state.last_decrease:
+        # Once per window, as TCP does: a 429 for a request reserved before the last decrease
+        # (at the pace of then) says nothing about the pace set since.
+        if now - state.last_decrease < DECREASE_EVERY_S or lease.taken < state.last_decrease:
             return
         while state.oks and state.oks[0] < now - OK_WINDOW_S:
             state.oks.popleft()
@@ -305,9 +335,13 @@ class KeyPool:
             # so half of it is the last one known to fit; past the budget the server held when
             # it started, it may fit none, so never above what succeeded.
             rate = DECREASE * min(current / 120.0, ok_rate or current / 120.0)
+        elif ok_rate is None:
+            # Refused again after a decrease, with too few answers since to measure anything:
+            # still past the limit (the server's budget is empty): cut it blind.
+            rate = BLIND_DECREASE * current / 60.0
         else:
             # Never more than halve at once: one noisy window must not stall the key.
-            rate = DECREASE * max(min(current / 60.0, ok_rate or current / 60.0), current / 120.0)
+            rate = DECREASE * max(min(current / 60.0, ok_rate), current / 120.0)
         state.learnt.set_rate(max(MIN_RATE, rate) * 60.0)
 
     def _read_headers(self, state: KeyState, headers: Mapping[str, str], now: float) -> None:
@@ -349,6 +383,24 @@ class KeyPool:
     def retired(self) -> dict[str, str]:
         """Fingerprint -> reason, for display."""
         return {s.name: s.retired for s in self.states if s.retired is not None}
+
+
+# Names that never leave this machine or its network: RFC 6761's localhost and invalid (an
+# in-process transport such as the mock's), mDNS's local, ICANN's internal, home.arpa, lan.
+_LOCAL_SUFFIXES = (".localhost", ".invalid", ".local", ".internal", ".home.arpa", ".lan")
+
+
+def local_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address, not resolved) is this machine or a private
+    network: loopback, private and link-local addresses, and the names above."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(_LOCAL_SUFFIXES):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
 
 
 def _number(value: str | None) -> float | None:

@@ -90,6 +90,8 @@ class RunSettings:
     auto_deadline_s: float = 21600.0  # auto mode: a batch running longer is cancelled
     tokens_per_minute: float | None = None
     adaptive: bool = False  # on by default when no explicit limit is set (see load_recipe)
+    # run.adaptive: true, written out: the slow start even when the endpoint is local
+    slow_start_local: bool = False
     budget_usd: float | None = None
 
     @property
@@ -356,6 +358,7 @@ def build_recipe(
                 if run["adaptive"] is not None
                 else not any(run[k] for k in _LIMIT_KEYS)
             ),
+            slow_start_local=run["adaptive"] is True,
             budget_usd=None if run["budget_usd"] is None else float(run["budget_usd"]),
         ),
         postprocess=tuple(posts),

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from llmrun.limits import (
+    BLIND_DECREASE,
     DECREASE,
     INCREASE_PER_OK,
     NEAR_CEILING,
@@ -18,6 +19,7 @@ from llmrun.limits import (
     Lease,
     Pace,
     _duration,
+    local_host,
 )
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.testing.limits import ServerLimit
@@ -101,7 +103,7 @@ def adaptive_pool(**limits: float) -> tuple[KeyPool, Clock]:
 
 
 def lease_at(pool: KeyPool, start: float) -> Lease:
-    return Lease(pool.states[0], 0, False, start)
+    return Lease(pool.states[0], 0, False, start, start)
 
 
 def test_adaptive_mode_starts_slow_and_grows_exponentially() -> None:
@@ -231,6 +233,82 @@ def test_retry_after_or_an_announced_limit_end_the_slow_start_without_a_guess() 
     assert state.requests.per_minute == 3000
 
 
+def test_a_second_429_with_too_few_answers_to_measure_cuts_the_pace_blind() -> None:
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    state.slow_start = False
+    state.learnt.set_rate(10 * 60.0)
+    for _ in range(10):
+        clock.now += 0.1
+        pool.on_success(lease_at(pool, clock.now), {})
+    pool.on_rate_limited(lease_at(pool, clock.now - 0.01), None)
+    after_first = state.learnt.per_minute
+    assert after_first == pytest.approx(DECREASE * 10 * 60, rel=0.01)
+    # Refused again 50 ms later, for a request reserved at the new pace, and nothing answered
+    # since: still past the limit, with nothing to measure it by.
+    clock.now += 0.05
+    pool.on_rate_limited(lease_at(pool, clock.now - 0.001), None)
+    assert state.learnt.per_minute == pytest.approx(BLIND_DECREASE * after_first)
+
+
+def test_a_local_endpoint_skips_the_slow_start_unless_adaptive_is_written_out() -> None:
+    for written_out, slow in ((False, False), (True, True)):
+        clock = Clock()
+        pool = KeyPool(("k1",), adaptive=True, slow_start_local=written_out, clock=clock)
+        state = pool.states[0]
+        probe = Lease(state, 0, True, clock.now, clock.now)
+        clock.now += 0.05
+        pool.on_success(probe, {}, local=True)
+        assert state.slow_start is slow
+        assert (state.learnt.per_minute is None) is not slow
+    # A remote endpoint keeps its slow start.
+    clock = Clock()
+    pool = KeyPool(("k1",), adaptive=True, clock=clock)
+    pool.on_success(Lease(pool.states[0], 0, True, clock.now, clock.now), {}, local=False)
+    assert pool.states[0].slow_start
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("127.0.0.1", True),
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("10.1.2.3", True),
+        ("192.168.0.7", True),
+        ("172.20.0.2", True),
+        ("fd00::5", True),
+        ("169.254.1.1", True),
+        ("mock.invalid", True),
+        ("vllm.internal", True),
+        ("gpu-box.local", True),
+        ("api.openai.com", False),
+        ("8.8.8.8", False),
+        ("localhost.example.com", False),
+        ("2001:4860::8888", False),
+    ],
+)
+def test_local_hosts_are_this_machine_or_a_private_network(host: str, local: bool) -> None:
+    assert local_host(host) is local
+
+
+@pytest.mark.anyio
+async def test_the_probes_answer_lets_the_next_request_start_at_once() -> None:
+    pool = KeyPool(("k1",), adaptive=True)
+    probe = await pool.acquire(0)
+    # The slow start reserved the next start at START_RATE (0.5 s on); the probe's answer
+    # (in ~10 ms: 100 requests/s) brings it forward.
+    await anyio.sleep(0.01)
+    pool.on_success(probe, {})
+    pool.release(probe, trusted=True)
+    assert pool.states[0].learnt.next_at <= anyio.current_time()
+    with anyio.fail_after(1 / START_RATE / 2):
+        second = await pool.acquire(0)
+    pool.release(second, trusted=True)
+
+
 def test_a_configured_limit_or_adaptive_off_means_no_slow_start() -> None:
     pool, _ = adaptive_pool(requests_per_minute=600)
     assert not pool.states[0].slow_start and pool.states[0].learnt.per_minute is None
@@ -304,8 +382,13 @@ def test_adaptive_mode_finds_an_unannounced_limit(tmp_path: Path) -> None:
     # few refusals (a fixed pace would have kept hitting the limit: see the benchmark).
     limit = ServerLimit(requests_per_minute=1800, burst_s=0.5, latency_s=0.02, announce=False)
     with FakeOpenAI(fault=limit.check) as server:
+        # adaptive: true written out: the slow start even on this loopback server, which
+        # stands for a remote provider here.
         recipe = setup_run(
-            tmp_path, openai(server), 100, run={"concurrency": 32, "max_retries": 20}
+            tmp_path,
+            openai(server),
+            100,
+            run={"concurrency": 32, "max_retries": 20, "adaptive": True},
         )
         result = run_cli("run", str(recipe), cwd=tmp_path)
         assert server.count() == 100 + limit.limited

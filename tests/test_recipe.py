@@ -84,6 +84,20 @@ def test_good_recipe_loads_with_defaults_and_absolute_paths(tmp_path: Path, regi
     assert recipe.path == (tmp_path / "recipe.yaml").resolve()
 
 
+def test_adaptive_is_on_without_limits_and_its_slow_start_everywhere_only_when_written(
+    tmp_path: Path, registry: Registry
+):
+    path = write(tmp_path, GOOD)
+    default = load(path, registry).run
+    assert default.adaptive and not default.slow_start_local
+    written = load(path, registry, "run.adaptive=true").run
+    assert written.adaptive and written.slow_start_local
+    limited = load(path, registry, "run.requests_per_minute=600").run
+    assert not limited.adaptive
+    off = load(path, registry, "run.adaptive=false").run
+    assert not off.adaptive and not off.slow_start_local
+
+
 def test_paths_are_relative_to_the_recipe_not_the_working_directory(
     tmp_path: Path, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ):

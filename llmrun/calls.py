@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -88,6 +88,10 @@ class Caller:
         self._cost_of = cost_of
         self._on_budget = on_budget
         self._count_tokens = count_tokens  # a token limit is set: estimate each request
+        # The provider's rate-limit headers in the x-ratelimit-* names (see Provider).
+        self._limit_headers: Callable[[httpx.Headers], Mapping[str, str]] | None = getattr(
+            provider, "rate_limit_headers", None
+        )
         self._reached = False  # any HTTP answer at all: the endpoint exists
         self._stopped: str | None = None  # set once a call raised RunAborted
         self._closing = False  # stopping: calls not sent yet never will be
@@ -140,7 +144,10 @@ class Caller:
                     error = exc
                 else:
                     local = lease.probe and local_host(request.url.host)
-                    self._keys.on_success(lease, response.headers, local=local)
+                    headers: Mapping[str, str] = response.headers
+                    if self._limit_headers is not None:
+                        headers = self._limit_headers(response.headers)
+                    self._keys.on_success(lease, headers, local=local)
                     self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
                     return Outcome(reply, attempts, time.monotonic() - started)
             finally:

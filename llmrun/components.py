@@ -64,6 +64,11 @@ class Provider(Component, Protocol):
     parse a result line, cancel); it usually builds its lines with ``body(prompt)`` and parses
     results with ``reply_from_body(data)``. Without ``batch_api()``, ``run.mode: batch`` stops
     with a message.
+
+    Rate-limit headers: the key pool reads OpenAI's ``x-ratelimit-limit|remaining|reset-
+    requests|tokens`` (a reset in seconds or ``6m0s``). A provider whose API names them
+    otherwise has ``rate_limit_headers(headers) -> Mapping[str, str]`` giving them in those
+    names; without it, the response's own headers are read.
     """
 
     model: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from llmrun.testing.fake_anthropic import FakeAnthropic, Fault, RecordedRequest
 from llmrun.values import ComponentContext, Prompt
 
 from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
+from .test_limits import windows
 
 KEY = "sk-ant-test-" + "5" * 20
 PNG = base64.b64decode(
@@ -135,6 +137,40 @@ def test_rate_limits_and_overload_are_retried(tmp_path: Path, status: int) -> No
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert [r["attempts"] for r in rows] == [2, 2, 2, 2]
     assert all(r["status"] == "ok" for r in rows)
+
+
+def test_anthropic_ratelimit_headers_are_read_in_the_names_the_key_pool_knows() -> None:
+    provider = AnthropicMessages(
+        {"model": "claude-haiku-4-5", "api_keys": [KEY]}, ComponentContext(Path("."), "t")
+    )
+    reset = datetime.now(timezone.utc) + timedelta(seconds=30)
+    headers = httpx.Headers(
+        {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-requests-remaining": "0",
+            "anthropic-ratelimit-requests-reset": reset.isoformat().replace("+00:00", "Z"),
+            "anthropic-ratelimit-tokens-limit": "40000",
+        }
+    )
+    named = provider.rate_limit_headers(headers)
+    assert named["x-ratelimit-limit-requests"] == "50"
+    assert named["x-ratelimit-remaining-requests"] == "0"
+    assert 28 < float(named["x-ratelimit-reset-requests"]) <= 30
+    assert named["x-ratelimit-limit-tokens"] == "40000"
+    assert "x-ratelimit-reset-tokens" not in named
+
+
+def test_an_announced_request_limit_paces_a_run_with_no_limit_set(tmp_path: Path) -> None:
+    # 600 a minute announced in anthropic-ratelimit-* headers: after the first answer, starts
+    # are spaced 0.1 s apart (counted on the server), and the server refuses none. Unread,
+    # the 11 others would all go at once (a loopback endpoint has no slow start).
+    with FakeAnthropic(api_keys={KEY}, requests_per_minute=600) as srv:
+        recipe = setup(tmp_path, anthropic(srv), n=12)
+        result = run_cli("run", str(recipe), cwd=tmp_path)
+        arrivals = [r.received_at for r in srv.requests]
+    assert result.returncode == 0, result.stderr
+    assert srv.limited == 0 and len(arrivals) == 12
+    assert windows(arrivals[1:], 0.5) <= 5 + 2  # one more for where the window falls, jitter
 
 
 def test_a_bad_request_is_an_error_row_and_an_unknown_model_stops_the_run(tmp_path: Path) -> None:

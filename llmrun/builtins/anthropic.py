@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import httpx
@@ -208,6 +209,20 @@ class AnthropicMessages:
         reply.request_id = response.headers.get("request-id") or reply.request_id
         return reply
 
+    def rate_limit_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """``anthropic-ratelimit-requests|tokens-limit|remaining|reset`` in the
+        ``x-ratelimit-*`` names the key pool reads (a reset is a time here, seconds there)."""
+        named: dict[str, str] = {}
+        for kind in ("requests", "tokens"):
+            for field in ("limit", "remaining"):
+                value = headers.get(f"anthropic-ratelimit-{kind}-{field}")
+                if value is not None:
+                    named[f"x-ratelimit-{field}-{kind}"] = value
+            reset = seconds_until(headers.get(f"anthropic-ratelimit-{kind}-reset"))
+            if reset is not None:
+                named[f"x-ratelimit-reset-{kind}"] = f"{reset:.3f}"
+        return named
+
     def reply_from_body(self, data: dict[str, Any]) -> Reply:
         """A successful Messages API body as a ``Reply`` (used for batch results too)."""
         texts: list[str] = []
@@ -302,6 +317,19 @@ def _structured_tool(response_format: Any) -> dict[str, Any] | None:
             "input_schema": spec.get("schema") or {"type": "object"},
         }
     return None
+
+
+def seconds_until(stamp: str | None) -> float | None:
+    """Seconds from now to an RFC 3339 time (``2026-11-21T10:00:30Z``), at least 0."""
+    if not stamp:
+        return None
+    try:
+        when = datetime.fromisoformat(stamp.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def error_from(response: httpx.Response) -> CallError:

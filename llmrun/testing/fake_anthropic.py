@@ -28,7 +28,9 @@ import base64
 import binascii
 import json
 import sys
+import time
 from collections.abc import Collection
+from datetime import datetime, timezone
 from typing import Any
 
 from ..images import sniff
@@ -124,7 +126,11 @@ class FakeAnthropic(FakeServer):
     """A fake Anthropic Messages API (see the module docstring).
 
     ``cache_read_tokens`` and ``cache_creation_tokens`` are reported in every reply's usage as
-    the API does (apart from ``input_tokens``).
+    the API does (apart from ``input_tokens``). ``requests_per_minute`` enforces a request
+    limit per key as the API describes its own (a bucket of that many requests, full at first,
+    refilled continuously) and announces it on every answer in ``anthropic-ratelimit-requests-
+    limit|remaining|reset`` (reset: the RFC 3339 time the bucket is full again); a request over
+    it gets a 429 ``rate_limit_error`` with ``retry-after``.
     """
 
     request_id_header = "request-id"
@@ -135,11 +141,15 @@ class FakeAnthropic(FakeServer):
         cache_read_tokens: int = 0,
         cache_creation_tokens: int = 0,
         api_keys: Collection[str] | None = None,
+        requests_per_minute: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(api_keys=api_keys, **kwargs)
         self.cache_read_tokens = cache_read_tokens
         self.cache_creation_tokens = cache_creation_tokens
+        self.requests_per_minute = requests_per_minute
+        self.limited = 0  # requests answered 429 by the limit
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (level, at)
 
     def error_body(self, status: int, message: str) -> tuple[Headers, bytes]:
         kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
@@ -173,7 +183,35 @@ class FakeAnthropic(FakeServer):
             problems = self._deep_problems(body)
         if problems:
             return self._error(400, "; ".join(problems), rid)
-        return json_answer(200, self._message(body, rid))
+        announced = self._take(key)
+        if announced is None:
+            message = "Number of requests has exceeded your rate limit"
+            status, extra, text = self._error(429, message, rid)
+            wait = 60.0 / (self.requests_per_minute or 60.0)
+            return status, [*extra, ("retry-after", f"{max(1, round(wait))}")], text
+        return json_answer(200, self._message(body, rid), *announced)
+
+    def _take(self, key: str) -> list[tuple[str, str]] | None:
+        """One request from the key's bucket: the headers announcing it, None when empty."""
+        if self.requests_per_minute is None:
+            return []
+        limit = self.requests_per_minute
+        now = time.time()
+        level, at = self._buckets.get(key, (limit, now))
+        level = min(limit, level + (now - at) * limit / 60.0)
+        if level < 1:
+            self._buckets[key] = (level, now)
+            self.limited += 1
+            return None
+        level -= 1
+        self._buckets[key] = (level, now)
+        full_at = now + (limit - level) * 60.0 / limit
+        reset = datetime.fromtimestamp(full_at, timezone.utc).isoformat().replace("+00:00", "Z")
+        return [
+            ("anthropic-ratelimit-requests-limit", f"{limit:g}"),
+            ("anthropic-ratelimit-requests-remaining", str(int(level))),
+            ("anthropic-ratelimit-requests-reset", reset),
+        ]
 
     def _deep_problems(self, body: dict[str, Any]) -> list[str]:
         """What a flat shape cannot say: content blocks, images, tool choice, system."""

@@ -8,9 +8,10 @@ and is sent again. What is left out is everything but the pace: no HTTP, no engi
 
 Two kinds of server:
 - *limited*: a token bucket of R requests/min that starts full and holds one second of it
-  (as ``llmrun.testing.limits.ServerLimit``), unannounced (bare 429s), 50 ms latency, 64
-  workers. Measured: requests admitted over the first 60 s against R, and the share of
-  requests answered 429 (the targets of ``rate_limits.py``: >= 90%, < 1%).
+  (as ``llmrun.testing.limits.ServerLimit``), unannounced (bare 429s, or 429s with a
+  ``Retry-After`` of whole seconds), 50 ms latency, 64 workers. Measured: requests admitted
+  over the first 60 s against R, and the share of requests answered 429 (the targets of
+  ``rate_limits.py``: >= 90%, < 1%).
 - *unlimited*: no limit at all, latency L, concurrency C, rounds x C records. Measured: the
   ideal time (rounds x L) over the time taken: what the slow start costs a remote endpoint
   without a limit (a local one skips it; see ``llmrun/limits.py``).
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 from dataclasses import dataclass
 
@@ -45,6 +47,10 @@ class Bucket:
     level: float = -1.0
     at: float = 0.0
 
+    def wait_s(self) -> float:
+        """Seconds until the next request would be admitted (``Retry-After``, rounded up)."""
+        return float(max(1, math.ceil((1.0 - self.level) * 60.0 / self.per_minute)))
+
     def admit(self, now: float) -> bool:
         rate = self.per_minute / 60.0
         capacity = max(1.0, rate * self.burst_s)
@@ -65,7 +71,9 @@ class Outcome:
     took_s: float
 
 
-async def job(bucket: Bucket | None, latency_s: float, concurrency: int, n: int) -> Outcome:
+async def job(
+    bucket: Bucket | None, latency_s: float, concurrency: int, n: int, retry_after: bool
+) -> Outcome:
     pool = limits.KeyPool(("key",), adaptive=True)
     admitted: list[float] = []
     refused = 0
@@ -87,10 +95,11 @@ async def job(bucket: Bucket | None, latency_s: float, concurrency: int, n: int)
                     pool.release(lease, trusted=True)
                     break
                 refused += 1
+                wait = bucket.wait_s() if retry_after else None
                 await anyio.sleep(REFUSAL_S)
                 pool.release(lease, trusted=True)
-                pool.on_rate_limited(lease, None)
-                await anyio.sleep(backoff_s(attempts, None))
+                pool.on_rate_limited(lease, wait)
+                await anyio.sleep(backoff_s(attempts, wait))
 
     async with anyio.create_task_group() as tg:
         for _ in range(concurrency):
@@ -98,23 +107,34 @@ async def job(bucket: Bucket | None, latency_s: float, concurrency: int, n: int)
     return Outcome(admitted, refused, anyio.current_time() - t0)
 
 
-def simulate(bucket: Bucket | None, latency_s: float, concurrency: int, n: int) -> Outcome:
+def simulate(
+    bucket: Bucket | None, latency_s: float, concurrency: int, n: int, retry_after: bool = False
+) -> Outcome:
     random.seed(0)  # the backoff's jitter: the same figures on every run
     clock = trio.testing.MockClock(autojump_threshold=0)
     return anyio.run(
-        job, bucket, latency_s, concurrency, n, backend="trio", backend_options={"clock": clock}
+        job,
+        bucket,
+        latency_s,
+        concurrency,
+        n,
+        retry_after,
+        backend="trio",
+        backend_options={"clock": clock},
     )
 
 
-def limited(per_minute: float, window_s: float = 60.0) -> dict[str, object]:
+def limited(
+    per_minute: float, retry_after: bool = False, window_s: float = 60.0
+) -> dict[str, object]:
     n = int(per_minute * (window_s + 10) / 60)
-    got = simulate(Bucket(per_minute), 0.05, 64, n)
+    got = simulate(Bucket(per_minute), 0.05, 64, n, retry_after)
     first = min(got.admitted)
     in_window = sum(1 for t in got.admitted if first <= t < first + window_s)
     ratio = in_window * 60.0 / window_s / per_minute
     share = got.refused / (len(got.admitted) + got.refused)
     return {
-        "server": f"limited {per_minute:g}/min",
+        "server": f"limited {per_minute:g}/min" + (", Retry-After" if retry_after else ""),
         "achieved": round(ratio, 4),
         "answered_429": got.refused,
         "share_429": round(share, 5),
@@ -140,8 +160,9 @@ def main() -> None:
         if not hasattr(limits, name):
             parser.error(f"llmrun.limits has no {name}")
         setattr(limits, name, float(value))
-    for per_minute in (60, 300, 1200, 6000, 30000):
-        print(json.dumps(limited(per_minute)), flush=True)
+    for retry_after in (False, True):
+        for per_minute in (60, 300, 1200, 6000, 30000):
+            print(json.dumps(limited(per_minute, retry_after)), flush=True)
     for latency_s, concurrency, rounds in ((0.2, 256, 100), (0.2, 512, 100), (2.0, 128, 20)):
         print(json.dumps(unlimited(latency_s, concurrency, rounds)), flush=True)
 

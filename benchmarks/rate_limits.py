@@ -15,8 +15,11 @@ buckets refilling continuously, starting full, holding 1 s of the limit):
   (written out: this loopback server stands for a remote provider, and by default a local
   endpoint gets no slow start). Target: >= 90% of R over 60 s after the first request, < 1% of
   requests answered 429.
+- ``adaptive-retry-after``: the same, but each 429 carries ``Retry-After`` (whole seconds) as
+  gateways without rate-limit headers send it. Same target.
 
-Usage: ``python benchmarks/rate_limits.py [--only requests|tokens|adaptive] [--window 60]``.
+Usage: ``python benchmarks/rate_limits.py [--only requests|tokens|adaptive|adaptive-retry-after]
+[--window 60] [--adaptive-limit R]``.
 Prints a table and one JSON line per scenario; exits 1 when a target is missed.
 """
 
@@ -89,7 +92,12 @@ def scenario(name: str, window: float, adaptive_limit: float = 6000.0) -> dict[s
         per_min_requests = limit_per_min / per_request_tokens
     else:
         limit_per_min = adaptive_limit
-        server = ServerLimit(requests_per_minute=limit_per_min, latency_s=LATENCY_S, announce=False)
+        server = ServerLimit(
+            requests_per_minute=limit_per_min,
+            latency_s=LATENCY_S,
+            announce=False,
+            retry_after=name == "adaptive-retry-after",
+        )
         run = {"adaptive": True}
         per_min_requests = limit_per_min
     # Enough records to keep the client busy past the window.
@@ -106,7 +114,7 @@ def scenario(name: str, window: float, adaptive_limit: float = 6000.0) -> dict[s
         achieved = len(in_window) * 60.0 / window
     ratio = achieved / limit_per_min
     share_429 = server.limited / total_requests
-    if name == "adaptive":
+    if name.startswith("adaptive"):
         met = ratio >= 0.90 and share_429 < 0.01
         target = ">= 90% of the limit, < 1% 429s"
     else:
@@ -130,13 +138,17 @@ def scenario(name: str, window: float, adaptive_limit: float = 6000.0) -> dict[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", choices=["requests", "tokens", "adaptive"])
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["requests", "tokens", "adaptive", "adaptive-retry-after"],
+    )
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
     parser.add_argument(
         "--adaptive-limit", type=float, default=6000.0, help="the unannounced limit, requests/min"
     )
     args = parser.parse_args()
-    names = args.only or ["requests", "tokens", "adaptive"]
+    names = args.only or ["requests", "tokens", "adaptive", "adaptive-retry-after"]
     results = [scenario(name, args.window, args.adaptive_limit) for name in names]
     print("| scenario | limit /min | achieved /min | ratio | 429s | requests | target | met |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -133,6 +133,8 @@ class Caller:
             answered = False  # the server answered (any status): the key reached it
             try:
                 request = self._provider.build_request(prompt, lease.key)
+                if lease.probe and local_host(request.url.host):
+                    self._keys.local_endpoint(lease)
                 started = time.monotonic()
                 try:
                     response = await self._transport.send(request, self._settings.timeout_s)
@@ -143,11 +145,10 @@ class Caller:
                 except CallError as exc:
                     error = exc
                 else:
-                    local = lease.probe and local_host(request.url.host)
                     headers: Mapping[str, str] = response.headers
                     if self._limit_headers is not None:
                         headers = self._limit_headers(response.headers)
-                    self._keys.on_success(lease, headers, local=local)
+                    self._keys.on_success(lease, headers)
                     self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
                     return Outcome(reply, attempts, time.monotonic() - started)
             finally:

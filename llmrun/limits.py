@@ -11,7 +11,7 @@ minute gives one start every 60/R s (for tokens, a request of T tokens holds the
 T * 60/R s), so no minute holds more than the limit, counted over any window, from the first
 request on. A token estimate is corrected by the usage the reply reports.
 
-Adaptive pace, for a server whose limit is unannounced (bare 429s, no ``x-ratelimit-*``). Such
+Adaptive pace, for a server whose limit is unannounced (429s, no ``x-ratelimit-*``). Such
 a server usually holds a budget (a bucket) that starts full, so nothing is refused until the
 budget is spent: passing the limit shows only later, and then what succeeds is exactly the
 limit. Hence, per key:
@@ -24,14 +24,15 @@ limit. Hence, per key:
   up: a budget of b seconds of the limit R hides it until some R * b requests too many went
   out, so at a gain of g per success the pace is about R * (1 + g * b) when the first 429
   comes; g = 1/s suits the one-second budgets providers describe;
-- the first bare 429 ends it, as in TCP: half the pace (it doubles about every 0.7 s), never
+- the first 429 ends it, as in TCP: half the pace (it doubles about every 0.7 s), never
   above what succeeded over the last second, times ``DECREASE``;
-- a 429 soon after another (within ``OK_WINDOW_S`` of the last decrease) measures what
-  succeeded since the first of them, while the server's budget was empty: that is the limit,
-  and the pace goes just under it; with too few answers since to measure (a small limit), the
-  pace is still too fast, and drops by ``BLIND_DECREASE``;
+- a 429 soon after another (within ``OK_WINDOW_S`` of the last decrease, or the time
+  ``MEASURE_OKS`` requests take at a slower pace) measures what succeeded since the first of
+  them (time paused by a Retry-After left out), while the server's budget was empty: that is
+  the limit, and the pace goes just under it; with too few answers since to measure (a small
+  limit), the pace is still too fast, and drops by ``BLIND_DECREASE``;
 - then AIMD: a small additive climb (``INCREASE_PER_OK``), ten times smaller (``NEAR_CEILING``)
-  past the last measured limit, and ``DECREASE`` x what succeeded on the next bare 429, which
+  past the last measured limit, and ``DECREASE`` x what succeeded on the next 429, which
   comes late and close to the limit at that climb.
 
 A 429 counts against the pace only for a request whose start was reserved after the last
@@ -60,10 +61,10 @@ from .redaction import fingerprint
 # Adaptive pace, on the request rate of each key (see the module docstring):
 # slow start: from one request per round trip of the key's first request (at least START_RATE
 # requests/s), each success adds SLOW_START_GAIN requests/s (the rate grows e-fold a second,
-# like TCP's slow start, whatever the limit) until the first bare 429;
+# like TCP's slow start, whatever the limit) until the first 429;
 START_RATE = 2.0
 SLOW_START_GAIN = 1.0
-# then AIMD: on a bare 429, at most once per DECREASE_EVERY_S and only for a request reserved
+# then AIMD: on a 429, at most once per DECREASE_EVERY_S and only for a request reserved
 # after the last decrease, the pace drops to DECREASE x the rate that succeeded over the
 # last OK_WINDOW_S, or since the first 429 when that was less than OK_WINDOW_S ago (once past
 # the limit, what succeeds is the limit); each success then adds INCREASE_PER_OK requests/s,
@@ -74,6 +75,7 @@ DECREASE = 0.9
 DECREASE_EVERY_S = 0.02
 INCREASE_PER_OK = 0.005
 OK_WINDOW_S = 1.0
+MEASURE_OKS = 4
 # Past the rate that succeeded at the last drop, the climb is this much slower.
 NEAR_CEILING = 0.1
 BLIND_DECREASE = 0.7
@@ -121,13 +123,14 @@ class KeyState:
     probe: anyio.Event | None = None  # set while the first request is out
     retired: str | None = None  # why, once retired
     paused_until: float = 0.0  # Retry-After or a ratelimit reset
+    paused_from: float = 0.0  # when the latest Retry-After pause began
     learnt: Pace = field(default_factory=lambda: Pace(None))  # adaptive request pace
     last_decrease: float = -math.inf
     refused_since: float = -math.inf  # the first decrease of the latest run of 429s
     ceiling: float | None = None  # requests/s that succeeded at the last measured limit
     oks: deque[float] = field(default_factory=deque)  # recent success times
     first_start: float | None = None  # of the key's first request (adaptive mode)
-    slow_start: bool = False  # adaptive: climbing from START_RATE until the first bare 429
+    slow_start: bool = False  # adaptive: climbing from START_RATE until the first 429
     in_flight: int = 0
 
     @property
@@ -260,18 +263,21 @@ class KeyPool:
         if used is not None:
             lease.state.tokens.give_back(lease.tokens - used)
 
-    def on_success(self, lease: Lease, headers: Mapping[str, str], *, local: bool = False) -> None:
-        """A reply; ``local`` when the server that gave it is on this machine or its network."""
+    def local_endpoint(self, lease: Lease) -> None:
+        """The lease's request goes to this machine or its network (see ``local_host``)."""
         state = lease.state
-        now = self._clock()
-        if local and state.slow_start and not self._slow_start_local:
+        if state.slow_start and not self._slow_start_local:
             # A local server (vLLM, llama.cpp, a proxy) queues rather than refuses: no slow
-            # start, full speed from the first answer on (a 429 still slows the key down).
+            # start, full speed from the first request on (a 429 still slows the key down).
             state.slow_start = False
             state.learnt.set_rate(None)
+
+    def on_success(self, lease: Lease, headers: Mapping[str, str]) -> None:
+        state = lease.state
+        now = self._clock()
         if state.adaptive:
             state.oks.append(now)
-            while state.oks and state.oks[0] < now - OK_WINDOW_S:
+            while state.oks and state.oks[0] < now - _window(state):
                 state.oks.popleft()
             rate = state.learnt.per_minute
             if state.slow_start and lease.probe and now > lease.start:
@@ -295,27 +301,32 @@ class KeyPool:
         state = lease.state
         now = self._clock()
         if retry_after:
+            if now >= state.paused_until:
+                state.paused_from = now
             state.paused_until = max(state.paused_until, now + retry_after)
-        # A server that says how long to wait paces us itself: only a bare 429 is a sign that
-        # an unannounced limit was passed.
-        if retry_after is not None or not state.adaptive:
+        # Retry-After says when to come back, not how fast: a server that sends it but no
+        # x-ratelimit-* is passed its limit as surely as by a bare 429, and pausing alone had
+        # the key refused again after every pause (27-63% of requests, in adaptive_sim).
+        if not state.adaptive:
             return
         # Once per window, as TCP does: a 429 for a request reserved before the last decrease
         # (at the pace of then) says nothing about the pace set since.
         if now - state.last_decrease < DECREASE_EVERY_S or lease.taken < state.last_decrease:
             return
-        while state.oks and state.oks[0] < now - OK_WINDOW_S:
+        while state.oks and state.oks[0] < now - _window(state):
             state.oks.popleft()
         # The rate that succeeded, measured since the first 429 of this run of them when the
         # last decrease is recent (the server's budget has been empty since: past the limit,
         # what succeeds is the limit), else over the last window (or since the first request).
-        recently = now - state.last_decrease < OK_WINDOW_S
+        recently = now - state.last_decrease < _window(state)
         if recently:
-            since = max(state.refused_since, now - OK_WINDOW_S)
+            since = max(state.refused_since, now - _window(state))
         else:
             first = state.first_start if state.first_start is not None else now
-            since = max(first, now - OK_WINDOW_S)
-        span = now - since
+            since = max(first, now - _window(state))
+        # Time the key spent paused sent nothing: it is no part of what the server let through.
+        paused = min(now, state.paused_until) - max(since, state.paused_from)
+        span = now - since - max(0.0, paused)
         recent = sum(1 for t in state.oks if t > since)
         # Too few answers yet to tell: leave it to backoff.
         if span <= 0 or (recent < 3 and state.learnt.per_minute is None):
@@ -401,6 +412,13 @@ def local_host(host: str) -> bool:
     except ValueError:
         return False
     return address.is_loopback or address.is_private or address.is_link_local
+
+
+def _window(state: KeyState) -> float:
+    """How far back successes are counted: OK_WINDOW_S, or long enough to hold MEASURE_OKS at
+    a slow pace (a second holds none at 0.5 requests/s, and every 429 would cut blind)."""
+    pace = state.learnt.per_minute
+    return OK_WINDOW_S if not pace else max(OK_WINDOW_S, MEASURE_OKS * 60.0 / pace)
 
 
 def _number(value: str | None) -> float | None:

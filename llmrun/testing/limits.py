@@ -4,7 +4,9 @@
 that start full, hold ``burst_s`` seconds' worth and refill continuously (the way providers
 describe theirs). A request over the limit gets a 429. Announced (the default), every answer
 carries ``x-ratelimit-limit|remaining|reset-requests|tokens`` and a 429 carries
-``retry-after-ms``; unannounced, nothing says what the limit is: a bare 429.
+``retry-after-ms``; unannounced, nothing says what the limit is: a bare 429, or with
+``retry_after`` one carrying ``Retry-After`` in whole seconds (as gateways without
+rate-limit headers do).
 
 A request's tokens are what the answer will report as usage (prompt words plus completion
 words times ``n``), charged when the request arrives.
@@ -15,6 +17,7 @@ requests, picked at random from every kind of transient failure a client must su
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -48,6 +51,7 @@ class ServerLimit:
     tokens_per_minute: float | None = None
     burst_s: float = 1.0
     announce: bool = True
+    retry_after: bool = False  # unannounced: a 429 still says when to come back
     latency_s: float = 0.0  # before an answer within the limit (a 429 is sent at once)
     clock: Callable[[], float] = time.monotonic
     allowed: int = 0
@@ -106,6 +110,8 @@ class ServerLimit:
         if ok:
             return Fault(200, headers if self.announce else {}, delay_s=self.latency_s)
         if not self.announce:
+            if self.retry_after:
+                return Fault(429, {"retry-after": str(max(1, math.ceil(wait)))})
             return Fault(429)
         headers["retry-after-ms"] = str(max(1, round(wait * 1000)))
         return Fault(429, headers)

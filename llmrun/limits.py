@@ -123,7 +123,7 @@ class KeyState:
     probe: anyio.Event | None = None  # set while the first request is out
     retired: str | None = None  # why, once retired
     paused_until: float = 0.0  # Retry-After or a ratelimit reset
-    paused_from: float = 0.0  # when the latest Retry-After pause began
+    paused_from: float = 0.0  # when the latest pause began
     learnt: Pace = field(default_factory=lambda: Pace(None))  # adaptive request pace
     last_decrease: float = -math.inf
     refused_since: float = -math.inf  # the first decrease of the latest run of 429s
@@ -136,6 +136,12 @@ class KeyState:
     @property
     def name(self) -> str:
         return "no key" if self.key is None else fingerprint(self.key)
+
+    def pause(self, now: float, seconds: float) -> None:
+        """Send nothing on this key for ``seconds`` (a pause under way is extended)."""
+        if now >= self.paused_until:
+            self.paused_from = now
+        self.paused_until = max(self.paused_until, now + seconds)
 
     def ready_at(self, now: float) -> float:
         return max(
@@ -301,9 +307,7 @@ class KeyPool:
         state = lease.state
         now = self._clock()
         if retry_after:
-            if now >= state.paused_until:
-                state.paused_from = now
-            state.paused_until = max(state.paused_until, now + retry_after)
+            state.pause(now, retry_after)
         # Retry-After says when to come back, not how fast: a server that sends it but no
         # x-ratelimit-* is passed its limit as surely as by a bare 429, and pausing alone had
         # the key refused again after every pause (27-63% of requests, in adaptive_sim).
@@ -363,7 +367,7 @@ class KeyPool:
             if remaining is not None and remaining < 1:
                 reset = _duration(headers.get(f"x-ratelimit-reset-{kind}"))
                 if reset:
-                    state.paused_until = max(state.paused_until, now + reset)
+                    state.pause(now, reset)
         if state.adaptive and not self._explicit_rpm:
             limit = _number(headers.get("x-ratelimit-limit-requests"))
             if limit and state.requests.per_minute != limit:

@@ -281,6 +281,25 @@ def test_at_a_slow_pace_successes_are_counted_over_a_longer_window() -> None:
     assert state.learnt.per_minute == pytest.approx(DECREASE * 0.5 * 60, rel=0.06)
 
 
+def test_time_paused_by_retry_after_is_left_out_of_the_measure() -> None:
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    state.slow_start = False
+    state.learnt.set_rate(10 * 60.0)
+    for _ in range(10):
+        clock.now += 0.1
+        pool.on_success(lease_at(pool, clock.now), {})
+    pool.on_rate_limited(lease_at(pool, clock.now), 0.5)
+    assert state.learnt.per_minute == pytest.approx(DECREASE * 10 * 60, rel=0.01)
+    clock.now += 0.5  # the pause: nothing sent, nothing answered
+    for _ in range(3):  # then 10/s again
+        clock.now += 0.1
+        pool.on_success(lease_at(pool, clock.now), {})
+    pool.on_rate_limited(lease_at(pool, clock.now - 0.01), None)
+    # 3 answers in the 0.3 s the key was sending: 10/s, not 3 in 0.8 s.
+    assert state.learnt.per_minute == pytest.approx(DECREASE * DECREASE * 10 * 60, rel=0.01)
+
+
 def test_a_local_endpoint_skips_the_slow_start_unless_adaptive_is_written_out() -> None:
     for written_out, slow in ((False, False), (True, True)):
         clock = Clock()

@@ -30,15 +30,7 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
     """Render the prompt for the first ``sample`` records: missing variables, missing ids and
     unreadable records are reported with where they are."""
     report = CheckReport()
-    template = PromptTemplate(
-        recipe.messages,
-        recipe.generation,
-        recipe.base_dir,
-        str(recipe.path),
-        images=recipe.images,
-        image_detail=recipe.image_detail,
-        examples=recipe.examples,
-    )
+    template = PromptTemplate.for_recipe(recipe)
     context = ComponentContext(recipe.base_dir, recipe.name, report.notes.append)
     # Built as a run builds them, so what their constructors check (a regex that does not
     # compile, a python: function that does not import, a schema file that is not there) fails

@@ -102,15 +102,7 @@ class Engine:
         self.posts: list[Postprocessor] = [
             build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
         ]
-        self.template = PromptTemplate(
-            recipe.messages,
-            recipe.generation,
-            recipe.base_dir,
-            str(recipe.path),
-            images=recipe.images,
-            image_detail=recipe.image_detail,
-            examples=recipe.examples,
-        )
+        self.template = PromptTemplate.for_recipe(recipe)
         self.selection = selection_of(recipe, self.limit)
         self.state = RunState(recipe.output_path)
         self.rows = RowMaker(recipe, self.redact, self.provider.model, self.warn)

@@ -33,7 +33,7 @@ from typing import Any
 
 from . import tokens
 from .envvars import read_dotenv
-from .errors import Problem, RecipeError, TemplateError
+from .errors import Problem, RecipeError, RecordError
 from .ids import record_id
 from .plugins import Registry, build_component
 from .pricing import PriceTable
@@ -107,7 +107,7 @@ def make_plan(
     plan = Plan(str(recipe.path), _model(recipe, registry, context), mode)
     plan.token_method = tokens.method()
     done_ids, typical_seen = _read_done(recipe, plan)
-    template = PromptTemplate(recipe.messages, recipe.generation, recipe.base_dir, str(recipe.path))
+    template = PromptTemplate.for_recipe(recipe)
     ceiling = tokens.output_ceiling(recipe.generation)
     window = context_window(plan.model)
     lacking: dict[tuple[str, ...], _Places] = {}
@@ -143,7 +143,7 @@ def make_plan(
                 continue
             try:
                 prompt = template.render(rid, rec.data)
-            except TemplateError as exc:
+            except RecordError as exc:  # a template or an image (ImageError) the run would fail
                 if not missing:
                     failing[str(exc)] = failing.get(str(exc), 0) + 1
                 continue

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import jinja2.meta
@@ -28,6 +28,9 @@ from .errors import Problem, RecipeError, RecordError, TemplateError
 from .images import ImageError
 from .tokens import count_text
 from .values import Prompt
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
 
 ALWAYS_DEFINED = frozenset({"record"})
 URL_PREFIXES = ("http://", "https://", "data:")
@@ -158,6 +161,20 @@ class PromptTemplate:
         self._detail = image_detail
         self.variables = frozenset(self._needed - ALWAYS_DEFINED - set(env.globals))
         self._generation = dict(generation)
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe) -> PromptTemplate:
+        """The recipe's prompt whole (messages, few-shot examples, images), as a run renders
+        it: validate and plan render the same prompts the run sends."""
+        return cls(
+            recipe.messages,
+            recipe.generation,
+            recipe.base_dir,
+            str(recipe.path),
+            images=recipe.images,
+            image_detail=recipe.image_detail,
+            examples=recipe.examples,
+        )
 
     def _renderer(self, template: jinja2.Template, source: str) -> _Render:
         """How to render ``template`` for a record: once and for all when it has no Jinja

@@ -289,3 +289,40 @@ def test_plan_with_a_writer_it_cannot_read(tmp_path: Path, llmrun_registry: Any)
     plan = make_plan(recipe, registry)
     assert plan.done is None and plan.to_send == 3
     assert plan.warnings[0].startswith("the 'other' writer's output cannot be read")
+
+
+def test_plan_counts_the_few_shot_examples_the_run_sends(tmp_path: Path):
+    # The plan renders the prompt whole, as the run does: two few-shot turns of about 60 words
+    # each add to every record's input tokens.
+    shot = {"input": "a long example input " * 15, "output": "an example answer " * 15}
+    registry = load_registry(entry_points=False)
+    plain = basic_recipe({"name": "mock"})
+    examples = {"path": "shots.jsonl", "user": "{{ input }}", "assistant": "{{ output }}"}
+    with_shots = basic_recipe({"name": "mock"}, prompt={**plain["prompt"], "examples": examples})
+    plans = []
+    for folder, recipe in (("plain", plain), ("shots", with_shots)):
+        (tmp_path / folder).mkdir()
+        write_jsonl(tmp_path / folder / "data.jsonl", make_records(10))
+        write_jsonl(tmp_path / folder / "shots.jsonl", [shot, shot])
+        loaded = load_recipe(write_recipe(tmp_path / folder, recipe), registry, environ={})
+        plans.append(make_plan(loaded, registry))
+    without, shots = plans
+    assert shots.records == without.records == 10
+    # Two user and two assistant turns per record, each at least 40 tokens by any count.
+    assert shots.input_tokens - without.input_tokens >= 10 * 4 * 40
+
+
+def test_plan_renders_images_and_warns_of_one_that_is_missing(tmp_path: Path):
+    # Images are part of the prompt the plan renders: a missing one is the run's error row
+    # (a warning here), not a loader failure.
+    (tmp_path / "cat.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    records = make_records(3)
+    for record, image in zip(records, ["cat.png", "cat.png", "gone.png"], strict=True):
+        record["image"] = image
+    write_jsonl(tmp_path / "data.jsonl", records)
+    registry = load_registry(entry_points=False)
+    recipe = basic_recipe({"name": "mock"})
+    recipe["prompt"] = {**recipe["prompt"], "images": "{{ image }}"}
+    plan = make_plan(load_recipe(write_recipe(tmp_path, recipe), registry, environ={}), registry)
+    assert plan.sampled == 2
+    assert any("1 sampled record(s) fail to render" in w and "gone.png" in w for w in plan.warnings)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from .plugins import Registry, build_component
 from .provenance import call_hash
 from .recipe import Recipe
 from .redaction import Redactor
-from .store import RunState, now_iso
+from .store import RunState, fsync_dir, link_or_copy, now_iso
 from .values import ComponentContext, Reply, Result, Usage
 
 REDONE_ERRORS = ("postprocess", "internal")  # error types that a new chain may fix
@@ -90,7 +89,7 @@ def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> Repost
         finally:
             if tmp.exists():
                 tmp.unlink()
-        _fsync_dir(output.parent)
+        fsync_dir(output.parent)
         _update_manifest(state, recipe, summary)
     return summary
 
@@ -197,23 +196,8 @@ def _keep_old(output: Path, state_dir: Path) -> Path:
         if not target.exists():
             break
         n += 1
-    try:
-        os.link(output, target)
-    except OSError:
-        import shutil
-
-        shutil.copy2(output, target)
+    link_or_copy(output, target)
     return target
-
-
-def _fsync_dir(folder: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _update_manifest(state: RunState, recipe: Recipe, summary: RepostSummary) -> None:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
-import sys
 from pathlib import Path
+
+from .store import fsync_dir, link_or_copy
 
 
 def drop_error_rows(output: Path, state_dir: Path) -> tuple[int, Path | None]:
@@ -49,21 +49,8 @@ def drop_error_rows(output: Path, state_dir: Path) -> tuple[int, Path | None]:
     state_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S%f")
     kept = state_dir / f"retried-{stamp}{output.suffix}"
-    try:
-        os.link(output, kept)
-    except OSError:
-        shutil.copy2(output, kept)
+    link_or_copy(output, kept)
     os.replace(tmp, output)
-    _fsync_dir(output.parent)
-    _fsync_dir(state_dir)
+    fsync_dir(output.parent)
+    fsync_dir(state_dir)
     return dropped, kept
-
-
-def _fsync_dir(folder: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover - no directory fsync on Windows
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..store import atomic_write
+from ..store import atomic_write, fsync_dir
 
 STEPS = ("written", "uploaded", "creating", "created", "ended", "downloaded", "merged")
 KILL_ENV = "LLMRUN_TEST_KILL_AFTER"  # test hook: SIGKILL this process right after a step
@@ -138,10 +137,4 @@ def make_durable(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    if sys.platform == "win32":  # pragma: no cover - no directory fsync there
-        return
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)

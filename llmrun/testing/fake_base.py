@@ -29,7 +29,7 @@ from .http11 import Connection, Headers, new_event_loop, response_bytes, wants_k
 HOST = "127.0.0.1"
 
 Answer = tuple[int, Headers, bytes]
-_S = TypeVar("_S", bound="FakeServer")
+_S = TypeVar("_S", bound="ThreadedServer")
 
 
 def dumps(obj: Any) -> bytes:
@@ -68,47 +68,30 @@ class Fault:
     drop_connection: bool = False
 
 
-class FakeServer:
-    """A fake provider server in a daemon thread; use as a context manager.
+class ThreadedServer:
+    """An HTTP/1.1 server on 127.0.0.1 in a daemon thread with its own event loop; use as a
+    context manager. A subclass answers in ``_dispatch`` (on the server thread) and gives its
+    API's error JSON in ``error_body`` (``llmrun.testing.http11.App``)."""
 
-    ``api_keys=None`` accepts any key; otherwise the subclass rejects others the way its API
-    does. ``reply(body) -> text`` replaces the default echo of the last user text.
-    ``fault(request)`` may return a :class:`Fault` for any request (called on the server
-    thread). ``requests`` lists what was received, in order.
-    """
-
-    request_id_header = "x-request-id"
     base_path = ""  # appended to http://127.0.0.1:PORT in ``url``
 
-    def __init__(
-        self,
-        *,
-        latency_s: float = 0.0,
-        api_keys: Collection[str] | None = None,
-        reply: Callable[[Any], str] | None = None,
-        fault: Callable[[RecordedRequest], Fault | None] | None = None,
-        port: int = 0,
-    ) -> None:
-        self.latency_s = latency_s
+    def __init__(self, *, port: int = 0) -> None:
         self.port = port
-        self.api_keys = None if api_keys is None else frozenset(api_keys)
-        self.reply = reply
-        self.fault = fault
-        self.requests: list[RecordedRequest] = []
-        self._lock = threading.Lock()
-        self._seq = itertools.count(1)
-        self._run_id = os.urandom(6).hex()
         self._url: str | None = None
         self._conns: set[Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
 
-    # -- what a subclass provides ------------------------------------------------
-
-    def _answer(
-        self, method: str, path: str, query: str, headers: dict[str, str], body: Any, rid: str
-    ) -> Answer:
+    def _dispatch(
+        self,
+        conn: Connection,
+        method: str,
+        target: str,
+        version: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
         raise NotImplementedError
 
     def error_body(self, status: int, message: str) -> tuple[Headers, bytes]:
@@ -122,11 +105,6 @@ class FakeServer:
         if self._url is None:
             raise RuntimeError(f"{type(self).__name__} is not started")
         return self._url + self.base_path
-
-    def count(self, path: str | None = None) -> int:
-        """How many requests were received (for ``path`` only, if given)."""
-        with self._lock:
-            return sum(1 for r in self.requests if path is None or r.path == path)
 
     def start(self: _S) -> _S:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -184,6 +162,52 @@ class FakeServer:
                 conn.abort()
             await asyncio.sleep(0)
             await server.wait_closed()
+
+
+class FakeServer(ThreadedServer):
+    """A fake provider server (see ``ThreadedServer``) recording what it receives.
+
+    ``api_keys=None`` accepts any key; otherwise the subclass rejects others the way its API
+    does. ``reply(body) -> text`` replaces the default echo of the last user text.
+    ``fault(request)`` may return a :class:`Fault` for any request (called on the server
+    thread). ``requests`` lists what was received, in order.
+    """
+
+    request_id_header = "x-request-id"
+
+    def __init__(
+        self,
+        *,
+        latency_s: float = 0.0,
+        api_keys: Collection[str] | None = None,
+        reply: Callable[[Any], str] | None = None,
+        fault: Callable[[RecordedRequest], Fault | None] | None = None,
+        port: int = 0,
+    ) -> None:
+        self.latency_s = latency_s
+        self.api_keys = None if api_keys is None else frozenset(api_keys)
+        self.reply = reply
+        self.fault = fault
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._run_id = os.urandom(6).hex()
+        super().__init__(port=port)
+
+    # -- what a subclass provides ------------------------------------------------
+
+    def _answer(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: Any, rid: str
+    ) -> Answer:
+        raise NotImplementedError
+
+    def error_body(self, status: int, message: str) -> tuple[Headers, bytes]:
+        raise NotImplementedError
+
+    def count(self, path: str | None = None) -> int:
+        """How many requests were received (for ``path`` only, if given)."""
+        with self._lock:
+            return sum(1 for r in self.requests if path is None or r.path == path)
 
     # -- request handling (server thread) ------------------------------------------
 

@@ -18,27 +18,26 @@ submitted twice. Results are written in the reverse order of the input.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import itertools
 import json
 import re
-import socket
 import threading
 import time
 from collections import Counter
-from types import TracebackType
 from typing import Any
 
-from .http11 import Connection, Headers, new_event_loop, response_bytes, wants_keep_alive
+from .fake_base import ThreadedServer
+from .http11 import Connection, Headers, response_bytes, wants_keep_alive
 
-HOST = "127.0.0.1"
 OPENAI_STAGES = ["validating", "in_progress", "finalizing", "completed"]
 WINDOW_S = 24 * 3600
 
 
-class FakeBatches:
+class FakeBatches(ThreadedServer):
     """The fake server; ``flavor`` is "openai" or "anthropic"."""
+
+    base_path = "/v1"
 
     def __init__(self, flavor: str = "openai") -> None:
         self.flavor = flavor
@@ -54,60 +53,7 @@ class FakeBatches:
         self._order: list[str] = []
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
-        self._conns: set[Connection] = set()
-        self._url: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        assert self._url is not None, "not started"
-        return self._url
-
-    def __enter__(self) -> FakeBatches:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((HOST, 0))
-        ready = threading.Event()
-        self._thread = threading.Thread(target=self._main, args=(sock, ready), daemon=True)
-        self._thread.start()
-        ready.wait()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _main(self, sock: socket.socket, ready: threading.Event) -> None:
-        loop = new_event_loop()
-        try:
-            loop.run_until_complete(self._serve(sock, ready))
-        finally:
-            sock.close()
-            loop.close()
-
-    async def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop, self._stop = loop, asyncio.Event()
-        server = await loop.create_server(lambda: Connection(self, loop), sock=sock)
-        self._url = f"http://{HOST}:{sock.getsockname()[1]}/v1"
-        ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            server.close()
-            for conn in list(self._conns):
-                conn.abort()
-            await asyncio.sleep(0)
+        super().__init__()
 
     def now(self) -> float:
         return time.time() + self.offset

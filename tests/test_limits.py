@@ -106,6 +106,22 @@ def lease_at(pool: KeyPool, start: float) -> Lease:
     return Lease(pool.states[0], 0, False, start, start)
 
 
+def pacing(per_s: float, answers: int, spacing: float) -> tuple[KeyPool, Clock]:
+    """A key past its slow start, paced at ``per_s``, after ``answers`` successes
+    ``spacing`` seconds apart."""
+    pool, clock = adaptive_pool()
+    pool.states[0].slow_start = False
+    pool.states[0].learnt.set_rate(per_s * 60.0)
+    answer(pool, clock, answers, spacing)
+    return pool, clock
+
+
+def answer(pool: KeyPool, clock: Clock, count: int, spacing: float) -> None:
+    for _ in range(count):
+        clock.now += spacing
+        pool.on_success(lease_at(pool, clock.now), {})
+
+
 def test_adaptive_mode_starts_slow_and_grows_exponentially() -> None:
     pool, clock = adaptive_pool()
     state = pool.states[0]
@@ -166,18 +182,11 @@ def test_the_slow_start_ends_at_half_its_pace_when_more_succeeded_than_that() ->
 
 
 def test_more_429s_soon_after_are_measured_since_the_first_of_them() -> None:
-    pool, clock = adaptive_pool()
+    pool, clock = pacing(20, answers=20, spacing=0.05)  # 20/s went through until the first 429
     state = pool.states[0]
-    state.slow_start = False
-    state.learnt.set_rate(20 * 60.0)
-    for _ in range(20):  # 20/s went through until the first 429
-        clock.now += 0.05
-        pool.on_success(lease_at(pool, clock.now), {})
 
     def answers(count: int, spacing: float) -> None:
-        for _ in range(count):
-            clock.now += spacing
-            pool.on_success(lease_at(pool, clock.now), {})
+        answer(pool, clock, count, spacing)
 
     def refused() -> None:
         pool.on_rate_limited(lease_at(pool, clock.now - 0.001), None)
@@ -250,13 +259,8 @@ def test_an_announced_limit_ends_the_slow_start_without_a_guess() -> None:
 
 
 def test_a_second_429_with_too_few_answers_to_measure_cuts_the_pace_blind() -> None:
-    pool, clock = adaptive_pool()
+    pool, clock = pacing(10, answers=10, spacing=0.1)
     state = pool.states[0]
-    state.slow_start = False
-    state.learnt.set_rate(10 * 60.0)
-    for _ in range(10):
-        clock.now += 0.1
-        pool.on_success(lease_at(pool, clock.now), {})
     pool.on_rate_limited(lease_at(pool, clock.now - 0.01), None)
     after_first = state.learnt.per_minute
     assert after_first == pytest.approx(DECREASE * 10 * 60, rel=0.01)
@@ -268,13 +272,8 @@ def test_a_second_429_with_too_few_answers_to_measure_cuts_the_pace_blind() -> N
 
 
 def test_at_a_slow_pace_successes_are_counted_over_a_longer_window() -> None:
-    pool, clock = adaptive_pool()
+    pool, clock = pacing(0.5, answers=5, spacing=2.0)  # one request every 2 s
     state = pool.states[0]
-    state.slow_start = False
-    state.learnt.set_rate(30.0)  # one request every 2 s
-    for _ in range(5):
-        clock.now += 2.0
-        pool.on_success(lease_at(pool, clock.now), {})
     # A second holds no answer at this pace; the window holds four (8 s): 0.5/s measured, so
     # the cut is to 90% of it rather than a blind one.
     pool.on_rate_limited(lease_at(pool, clock.now + 0.5), None)
@@ -282,19 +281,12 @@ def test_at_a_slow_pace_successes_are_counted_over_a_longer_window() -> None:
 
 
 def test_time_paused_by_retry_after_is_left_out_of_the_measure() -> None:
-    pool, clock = adaptive_pool()
+    pool, clock = pacing(10, answers=10, spacing=0.1)
     state = pool.states[0]
-    state.slow_start = False
-    state.learnt.set_rate(10 * 60.0)
-    for _ in range(10):
-        clock.now += 0.1
-        pool.on_success(lease_at(pool, clock.now), {})
     pool.on_rate_limited(lease_at(pool, clock.now), 0.5)
     assert state.learnt.per_minute == pytest.approx(DECREASE * 10 * 60, rel=0.01)
     clock.now += 0.5  # the pause: nothing sent, nothing answered
-    for _ in range(3):  # then 10/s again
-        clock.now += 0.1
-        pool.on_success(lease_at(pool, clock.now), {})
+    answer(pool, clock, 3, 0.1)  # then 10/s again
     pool.on_rate_limited(lease_at(pool, clock.now - 0.01), None)
     # 3 answers in the 0.3 s the key was sending: 10/s, not 3 in 0.8 s.
     assert state.learnt.per_minute == pytest.approx(DECREASE * DECREASE * 10 * 60, rel=0.01)

@@ -3,7 +3,8 @@ requests recorded as received, faults injected per request.
 
 A subclass speaks one provider's wire format: it implements ``_answer`` (the normal answer to a
 request) and ``error_body`` (that provider's error JSON for a status), and names the header that
-carries its request id. ``fake_anthropic`` and ``fake_gemini`` are built on it.
+carries its request id. ``fake_anthropic`` and ``fake_gemini`` are built on it; ``fake_batches``
+on ``ThreadedServer``, the thread and event loop alone.
 """
 
 from __future__ import annotations

@@ -283,7 +283,8 @@ class KeyPool:
         now = self._clock()
         if state.adaptive:
             state.oks.append(now)
-            while state.oks and state.oks[0] < now - _window(state):
+            oldest = now - _window(state)
+            while state.oks[0] < oldest:
                 state.oks.popleft()
             rate = state.learnt.per_minute
             if state.slow_start and lease.probe and now > lease.start:
@@ -317,17 +318,18 @@ class KeyPool:
         # (at the pace of then) says nothing about the pace set since.
         if now - state.last_decrease < DECREASE_EVERY_S or lease.taken < state.last_decrease:
             return
-        while state.oks and state.oks[0] < now - _window(state):
+        window = _window(state)
+        while state.oks and state.oks[0] < now - window:
             state.oks.popleft()
         # The rate that succeeded, measured since the first 429 of this run of them when the
         # last decrease is recent (the server's budget has been empty since: past the limit,
         # what succeeds is the limit), else over the last window (or since the first request).
-        recently = now - state.last_decrease < _window(state)
+        recently = now - state.last_decrease < window
         if recently:
-            since = max(state.refused_since, now - _window(state))
+            since = max(state.refused_since, now - window)
         else:
             first = state.first_start if state.first_start is not None else now
-            since = max(first, now - _window(state))
+            since = max(first, now - window)
         # Time the key spent paused sent nothing: it is no part of what the server let through.
         paused = min(now, state.paused_until) - max(since, state.paused_from)
         span = now - since - max(0.0, paused)

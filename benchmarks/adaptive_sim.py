@@ -1,6 +1,6 @@
 """Adaptive mode's trade-offs, simulated in virtual time: minutes of traffic in seconds.
 
-The real ``llmrun.limits.KeyPool`` paces ``concurrency`` workers, each taking records one at a
+The real ``llmrun.run.limits.KeyPool`` paces ``concurrency`` workers, each taking records one at a
 time, against a simulated server, under trio's ``MockClock`` (time jumps whenever every task
 waits, so nothing here depends on this machine's speed). A request's answer comes after the
 server's latency; a 429 at once; a refused request waits llmrun's own backoff (``backoff_s``)
@@ -14,10 +14,10 @@ Two kinds of server:
   ``rate_limits.py``: >= 90%, < 1%).
 - *unlimited*: no limit at all, latency L, concurrency C, rounds x C records. Measured: the
   ideal time (rounds x L) over the time taken: what the slow start costs a remote endpoint
-  without a limit (a local one skips it; see ``llmrun/limits.py``).
+  without a limit (a local one skips it; see ``llmrun/run/limits.py``).
 
 Usage: ``python benchmarks/adaptive_sim.py [--set NAME=VALUE ...]``; ``--set`` overrides a
-constant of ``llmrun.limits`` (``SLOW_START_GAIN=2``) to compare designs. Needs trio (the
+constant of ``llmrun.run.limits`` (``SLOW_START_GAIN=2``) to compare designs. Needs trio (the
 ``bench`` or ``test`` extra). Prints one JSON line per scenario.
 """
 
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import anyio
 import trio.testing
 
-from llmrun import limits
-from llmrun.calls import backoff_s
+from llmrun.run import limits
+from llmrun.run.calls import backoff_s
 
 REFUSAL_S = 0.0005  # a 429's round trip: the server answers it at once
 
@@ -158,7 +158,7 @@ def main() -> None:
     for item in args.set:
         name, _, value = item.partition("=")
         if not hasattr(limits, name):
-            parser.error(f"llmrun.limits has no {name}")
+            parser.error(f"llmrun.run.limits has no {name}")
         setattr(limits, name, float(value))
     for retry_after in (False, True):
         for per_minute in (60, 300, 1200, 6000, 30000):

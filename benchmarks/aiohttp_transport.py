@@ -1,6 +1,6 @@
 """llmrun's previous hot path, kept for comparison: httpx requests over an aiohttp session.
 
-The engine used this under asyncio until ``llmrun.http1`` replaced it (benchmarks/README.md
+The engine used this under asyncio until ``llmrun.wire.http1`` replaced it (benchmarks/README.md
 has both); ``llmrun_transport.py --transport aiohttp`` measures it.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from llmrun.transport import read_response
+from llmrun.wire.transport import read_response
 
 
 class AiohttpTransport:

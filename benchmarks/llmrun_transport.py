@@ -23,9 +23,9 @@ from _common import API_KEY, GENERATION, MODEL, messages, parse_args, record, re
 from aiohttp_transport import AiohttpTransport
 
 from llmrun.builtins.openai import OpenAIChat
-from llmrun.http1 import Http1Transport
-from llmrun.transport import HttpxTransport
 from llmrun.values import ComponentContext, Prompt
+from llmrun.wire.http1 import Http1Transport
+from llmrun.wire.transport import HttpxTransport
 
 
 async def main() -> None:

@@ -21,17 +21,17 @@ _WHERE = {
     "PostprocessError": "errors",
     "Problem": "errors",
     "Prompt": "values",
-    "Recipe": "recipe",
+    "Recipe": "recipe.load",
     "RecipeError": "errors",
     "RecordError": "errors",
     "Reply": "values",
     "Result": "values",
     "RunAborted": "errors",
-    "RunSummary": "engine",
+    "RunSummary": "job.summary",
     "SourceRecord": "values",
     "TemplateError": "errors",
     "Usage": "values",
-    "load_recipe": "recipe",
+    "load_recipe": "recipe.load",
     "open_recipe": "api",
     "run_recipe": "api",
     "run_recipe_sync": "api",
@@ -92,6 +92,6 @@ if TYPE_CHECKING:
         RunAborted,
         TemplateError,
     )
-    from .recipe import Recipe, load_recipe
-    from .summary import RunSummary
+    from .job.summary import RunSummary
+    from .recipe.load import Recipe, load_recipe
     from .values import ComponentContext, Prompt, Reply, Result, SourceRecord, Usage

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .plugins import Registry, load_registry
-from .recipe import Recipe, load_recipe
+from .recipe.load import Recipe, load_recipe
 
 if TYPE_CHECKING:  # the engine (and the HTTP stack) load only when a run starts
     from rich.console import Console
 
-    from .progress import Mode
-    from .summary import RunSummary
+    from .job.summary import RunSummary
+    from .run.progress import Mode
 
 
 def open_recipe(
@@ -49,8 +49,8 @@ async def run_recipe(
     RecipeError; a busy output raises LockedError. ``retry_errors`` calls the records of the
     output's error rows again (as ``llmrun run --retry-errors``).
     """
-    from .engine import Engine
-    from .progress import make_progress
+    from .run.engine import Engine
+    from .run.progress import make_progress
 
     if isinstance(recipe, Recipe):
         registry = registry or load_registry()

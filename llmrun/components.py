@@ -57,7 +57,7 @@ class Provider(Component, Protocol):
     """Turns a rendered prompt into one HTTP request and the response into a ``Reply``.
 
     ``parse_response`` raises ``CallError`` for every failure, classified by kind (see
-    ``llmrun.failures.classify_http`` for the shared taxonomy).
+    ``llmrun.wire.retry.classify_http`` for the shared taxonomy).
 
     Batch mode: a provider with a batch API also has ``batch_api()`` returning an object
     implementing ``llmrun.batch.contract.BatchAPI`` (upload, create, find, poll, download,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import llmrun
-from llmrun.store import RunState
+from llmrun.job.store import RunState
 from llmrun.testing.fake_openai import FakeOpenAI
 
 from .conftest import basic_recipe, make_records, read_jsonl, write_recipe

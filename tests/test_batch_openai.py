@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from llmrun.api import run_recipe_sync
-from llmrun.engine import RunSummary
+from llmrun.run.engine import RunSummary
 from llmrun.testing.fake_batches import FakeBatches
 
 from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe

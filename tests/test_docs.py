@@ -11,7 +11,7 @@ from typing import Any
 import llmrun
 from llmrun import hookspecs
 from llmrun.plugins import load_registry
-from llmrun.schema import base_schema, composed_schema
+from llmrun.recipe.schema import base_schema, composed_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = sorted(name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "llmrun_spec"))
@@ -100,7 +100,7 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 
 def _subcommands() -> list[str]:
-    from llmrun.cli import build_parser
+    from llmrun.commands.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
@@ -137,7 +137,7 @@ def test_sharing_guide_covers_the_workflow() -> None:
     for needle in ("llmrun plan", "llmrun lock", "--locked", ".env", "llmrun init", "--preset"):
         assert needle in text, needle
     # Every flag of `plan`, `lock` and `init` is explained there.
-    from llmrun.cli import build_parser
+    from llmrun.commands.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from llmrun.export import export, flatten
 from llmrun.hookspecs import hookimpl
+from llmrun.job.export import export, flatten
 from llmrun.plugins import load_registry
 from llmrun.testing.fake_openai import FakeOpenAI
 

@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from llmrun.http1 import Http1Transport
+from llmrun.wire.http1 import Http1Transport
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"

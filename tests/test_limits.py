@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from llmrun.limits import (
+from llmrun.run.limits import (
     BLIND_DECREASE,
     DECREASE,
     INCREASE_PER_OK,

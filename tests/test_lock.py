@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import llmrun
-from llmrun.lockfile import drift, installed_plugins
+from llmrun.job.lockfile import drift, installed_plugins
 
 from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
 

@@ -17,8 +17,8 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from llmrun.api import open_recipe
-from llmrun.engine import build_component
-from llmrun.templates import PromptTemplate
+from llmrun.recipe.templates import PromptTemplate
+from llmrun.run.engine import build_component
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.values import ComponentContext
 

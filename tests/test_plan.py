@@ -10,11 +10,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from llmrun import tokens
-from llmrun.planning import context_window, make_plan
+from llmrun.job.planning import context_window, make_plan
+from llmrun.job.store import RunState
 from llmrun.plugins import load_registry
-from llmrun.recipe import load_recipe
-from llmrun.store import RunState
+from llmrun.recipe import tokens
+from llmrun.recipe.load import load_recipe
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.values import SourceRecord
 

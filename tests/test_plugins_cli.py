@@ -21,7 +21,7 @@ import yaml
 import llmrun
 from llmrun.errors import RecipeError
 from llmrun.plugins import load_registry
-from llmrun.recipe import load_recipe
+from llmrun.recipe.load import load_recipe
 
 from .conftest import llmrun_command, run_cli, write_jsonl, write_recipe
 

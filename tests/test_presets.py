@@ -11,9 +11,9 @@ import pytest
 from llmrun.api import open_recipe
 from llmrun.builtins.openai import OpenAIChat
 from llmrun.builtins.openai_presets import PRESETS
-from llmrun.engine import build_component
 from llmrun.errors import RecipeError
-from llmrun.recipe import freeze
+from llmrun.recipe.load import freeze
+from llmrun.run.engine import build_component
 from llmrun.values import ComponentContext, Prompt
 
 from .conftest import basic_recipe, run_cli, write_jsonl, write_recipe

@@ -6,8 +6,8 @@ import io
 
 from rich.console import Console
 
-from llmrun.progress import PlainProgress, make_progress, status_line, summary_table
-from llmrun.stats import RunStats
+from llmrun.job.stats import RunStats
+from llmrun.run.progress import PlainProgress, make_progress, status_line, summary_table
 
 
 def stats_sample() -> RunStats:

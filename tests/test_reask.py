@@ -151,7 +151,7 @@ def test_mock_json_is_valid_for_each_schema_and_deterministic() -> None:
 
     import jsonschema
 
-    from llmrun.jsontext import instance_of
+    from llmrun.builtins.jsontext import instance_of
 
     for schema in SCHEMAS:
         for seed in range(20):

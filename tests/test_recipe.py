@@ -15,7 +15,7 @@ import pytest
 
 from llmrun.errors import Problem, RecipeError
 from llmrun.plugins import Registry, load_registry
-from llmrun.recipe import Recipe, load_recipe
+from llmrun.recipe.load import Recipe, load_recipe
 
 from .conftest import basic_recipe, write_recipe
 

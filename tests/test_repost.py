@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from llmrun.store import RunState
+from llmrun.job.store import RunState
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
 from .conftest import basic_recipe, read_jsonl, run_cli, write_jsonl, write_recipe

@@ -12,8 +12,8 @@ import pytest
 
 from llmrun.errors import RecipeError
 from llmrun.plugins import load_registry
-from llmrun.recipe import load_recipe
-from llmrun.selection import Selection, parse_shard
+from llmrun.recipe.load import load_recipe
+from llmrun.recipe.selection import Selection, parse_shard
 
 from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
 

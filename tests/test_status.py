@@ -133,7 +133,7 @@ def test_status_without_batch_state_lists_no_batches(tmp_path: Path) -> None:
 
 
 def test_status_says_whether_the_run_the_manifest_calls_running_is(tmp_path: Path) -> None:
-    from llmrun.store import RunState
+    from llmrun.job.store import RunState
 
     recipe = setup_run(
         tmp_path, {"name": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}, 2

@@ -12,9 +12,9 @@ import pytest
 from llmrun.errors import RecipeError, TemplateError
 from llmrun.images import ImageError
 from llmrun.plugins import load_registry
-from llmrun.recipe import load_recipe
-from llmrun.templates import PromptTemplate, truncate_tokens
-from llmrun.tokens import count_text
+from llmrun.recipe.load import load_recipe
+from llmrun.recipe.templates import PromptTemplate, truncate_tokens
+from llmrun.recipe.tokens import count_text
 
 from .conftest import basic_recipe, read_jsonl, run_cli, write_jsonl, write_recipe
 

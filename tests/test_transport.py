@@ -17,9 +17,9 @@ import anyio
 import httpx
 import pytest
 
-from llmrun.http1 import Http1Transport
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
-from llmrun.transport import HttpxTransport
+from llmrun.wire.http1 import Http1Transport
+from llmrun.wire.transport import HttpxTransport
 
 TRANSPORTS = [
     pytest.param(Http1Transport, "asyncio", id="http1"),

@@ -16,9 +16,9 @@ from typing import Any
 import anyio
 import httpx
 
-from ..builtins.wire import decode
 from ..errors import CallError
 from ..values import Prompt, Reply
+from ..wire.requests import decode
 from .contract import BatchInfo, LineResult
 
 MAX_REQUESTS = 100_000  # per batch (Anthropic's documented limit)

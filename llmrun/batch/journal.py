@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..store import atomic_write, fsync_dir
+from ..job.store import atomic_write, fsync_dir
 
 STEPS = ("written", "uploaded", "creating", "created", "ended", "downloaded", "merged")
 KILL_ENV = "LLMRUN_TEST_KILL_AFTER"  # test hook: SIGKILL this process right after a step

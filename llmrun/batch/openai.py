@@ -14,10 +14,10 @@ from typing import Any
 import anyio
 import httpx
 
-from ..builtins.wire import decode
 from ..errors import CallError
-from ..failures import classify_http
 from ..values import Prompt, Reply
+from ..wire.requests import decode
+from ..wire.retry import classify_http
 from .contract import BatchInfo, BatchState, LineResult
 
 ENDPOINT = "/v1/chat/completions"

@@ -24,20 +24,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import httpx
 
-from ..calls import backoff_s
 from ..errors import CallError, RecordError, RunAborted
-from ..failures import classify_transport
-from ..pricing import PriceTable
-from ..store import IdSet
-from ..tokens import estimate
+from ..job.store import IdSet
+from ..recipe.pricing import PriceTable
+from ..recipe.tokens import estimate
+from ..run.calls import backoff_s
 from ..values import Prompt, Usage
+from ..wire.retry import classify_transport
 from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
 from .journal import Journal, Part, checkpoint, make_durable
 
 if TYPE_CHECKING:
-    from ..calls import Caller
-    from ..engine import Engine
-    from ..rows import Work as _Work
+    from ..job.rows import Work as _Work
+    from ..run.calls import Caller
+    from ..run.engine import Engine
 
 HASH_PREFIX = "k"
 T = TypeVar("T")
@@ -423,8 +423,8 @@ class BatchRunner:
         counts = {"ok": 0, "error": 0, "again": 0}
         tries = dict(self.journal.tries)
         spent = 0.0
-        from ..calls import Outcome
-        from ..rows import Work as _Work
+        from ..job.rows import Work as _Work
+        from ..run.calls import Outcome
 
         for cid, rid, where, data in self.journal.records(part):
             if rid in self.finished:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..recipe import Recipe
-from ..store import RunState
+from ..job.store import RunState
+from ..recipe.load import Recipe
 from .journal import Journal
 
 

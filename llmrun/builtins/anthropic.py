@@ -20,12 +20,12 @@ import httpx
 
 from ..components import Transport
 from ..errors import CallError
-from ..failures import classify_http
 from ..hookspecs import Register, hookimpl
 from ..images import load_image
-from ..recipe import thaw
+from ..recipe.load import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
-from .wire import Dropper, KeyedRequests, decode, encode, error_json, parts_of, text_of
+from ..wire.requests import Dropper, KeyedRequests, decode, encode, error_json, parts_of, text_of
+from ..wire.retry import classify_http
 
 STRUCTURED_TOOL = "structured_output"
 DEFAULT_VERSION = "2023-06-01"

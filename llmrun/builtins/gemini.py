@@ -20,12 +20,21 @@ import httpx
 
 from ..components import Transport
 from ..errors import CallError
-from ..failures import classify_http
 from ..hookspecs import Register, hookimpl
 from ..images import ImageError, load_image
-from ..recipe import thaw
+from ..recipe.load import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
-from .wire import Dropper, KeyedRequests, decode, encode, error_json, parse_json, parts_of, text_of
+from ..wire.requests import (
+    Dropper,
+    KeyedRequests,
+    decode,
+    encode,
+    error_json,
+    parse_json,
+    parts_of,
+    text_of,
+)
+from ..wire.retry import classify_http
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 FINISH_REASONS = {

@@ -18,9 +18,9 @@ import httpx
 
 from ..components import Transport
 from ..hookspecs import Register, hookimpl
-from ..jsontext import instance_of, read_schema
-from ..recipe import thaw
+from ..recipe.load import thaw
 from ..values import ComponentContext
+from .jsontext import instance_of, read_schema
 from .openai import OpenAIChat
 
 BAD_REPLY = "Sorry, I cannot help with that."

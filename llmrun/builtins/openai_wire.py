@@ -12,11 +12,11 @@ import httpx
 
 from ..components import Transport
 from ..errors import CallError
-from ..failures import bad_body, classify_http
-from ..recipe import thaw
+from ..recipe.load import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
+from ..wire.requests import KeyedRequests
+from ..wire.retry import bad_body, classify_http
 from .openai_presets import PRESETS, Preset
-from .wire import KeyedRequests
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 OPENAI_KEY_ENV = "OPENAI_API_KEY"

@@ -18,9 +18,9 @@ import jsonschema
 
 from ..errors import PostprocessError, RecipeError, RecordError
 from ..hookspecs import Register, hookimpl
-from ..jsontext import find_json, read_schema
-from ..recipe import thaw
+from ..recipe.load import thaw
 from ..values import ComponentContext, Result
+from .jsontext import find_json, read_schema
 
 REASK: Mapping[str, Any] = {
     "type": "integer",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from ..hookspecs import Register, hookimpl
-from ..store import now_iso
+from ..job.store import now_iso
 from ..values import ComponentContext
 
 
@@ -273,7 +273,7 @@ class JsonWriter:
 
 
 def _flatten(row: Mapping[str, Any]) -> dict[str, Any]:
-    from ..export import flatten
+    from ..job.export import flatten
 
     return flatten(row)
 

@@ -23,10 +23,10 @@ def cmd_cancel(args: argparse.Namespace, err: Any) -> int:
 
     from ..api import open_recipe
     from ..batch.runner import cancel_all
-    from ..cli import EXIT_ABORTED, EXIT_OK
-    from ..engine import Engine
     from ..errors import LockedError
-    from ..progress import make_progress
+    from ..run.engine import Engine
+    from ..run.progress import make_progress
+    from .main import EXIT_ABORTED, EXIT_OK
 
     recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
     engine = Engine(recipe, registry, make_progress("none", err), handle_signals=False)

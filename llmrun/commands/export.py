@@ -38,9 +38,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace, err: Any) -> int:
     from ..api import open_recipe
-    from ..cli import EXIT_OK
-    from ..export import export
+    from ..job.export import export
     from ..plugins import load_registry
+    from .main import EXIT_OK
 
     source = Path(args.output)
     target = Path(args.out) if args.out else source.with_suffix("." + args.to)

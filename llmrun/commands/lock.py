@@ -1,4 +1,4 @@
-"""``llmrun lock RECIPE``: write ``recipe.lock`` beside the recipe (see llmrun/lockfile.py)."""
+"""``llmrun lock RECIPE``: write ``recipe.lock`` beside the recipe (see llmrun/job/lockfile.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_lock(args: argparse.Namespace, err: Any) -> int:
     from ..api import open_recipe
-    from ..lockfile import check_lock, lock_path, write_lock
+    from ..job.lockfile import check_lock, lock_path, write_lock
     from ..plugins import load_registry
 
     recipe, registry = open_recipe(

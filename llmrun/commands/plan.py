@@ -35,7 +35,7 @@ def cmd_plan(args: argparse.Namespace, err: Any) -> int:
 
     from ..api import open_recipe
     from ..errors import RecipeError
-    from ..planning import format_plan, make_plan, missing_env
+    from ..job.planning import format_plan, make_plan, missing_env
     from ..plugins import load_registry
 
     if args.sample < 0:

@@ -29,8 +29,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace, err: Any) -> int:
     from ..api import open_recipe
-    from ..cli import EXIT_ERRORS, EXIT_OK
-    from ..repost import repost
+    from ..run.repost import repost
+    from .main import EXIT_ERRORS, EXIT_OK
 
     recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
     summary = repost(recipe, registry, force=args.force)

@@ -74,8 +74,8 @@ def status(args: argparse.Namespace, err: Any) -> int:
     from rich.table import Table
 
     from ..api import open_recipe
+    from ..job.store import RunState
     from ..plugins import build_component
-    from ..store import RunState
     from ..values import ComponentContext
 
     recipe, registry = open_recipe(args.recipe, overrides=args.overrides)

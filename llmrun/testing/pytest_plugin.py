@@ -103,12 +103,12 @@ def run_recipe_in(
         return RecipeRun(_rows(output), done.returncode, summary, path, output, done.stderr)
     from ..api import run_recipe_sync
     from ..plugins import load_registry
-    from ..recipe import load_recipe
+    from ..recipe.load import load_recipe
 
     registry = load_registry(entry_points=False, plugins=plugins)
     loaded = load_recipe(path, registry, overrides=list(args), environ=env)
     result = run_recipe_sync(loaded, registry=registry)
-    # The exit code the command would give (llmrun/cli.py).
+    # The exit code the command would give (llmrun/commands/main.py).
     errors = result.stats.error + result.stats.resumed_error
     code = {"aborted": 3, "interrupted": 130}.get(result.status, 1 if errors else 0)
     return RecipeRun(

@@ -1,0 +1,1 @@
+"""What every mode and command shares: ids, rows, the manifest, the state folder, the output."""

@@ -1,0 +1,403 @@
+"""``llmrun plan``: what a run would do and cost, worked out without calling anything.
+
+One streamed pass over the records (a 10M-record input is never held in memory): each record is
+counted, its id checked against the rows already in the output, and its prompt variables
+checked; the first ``sample`` records still to send are rendered and their tokens counted, and
+the totals are extrapolated from them.
+
+The output is read the way resume reads it, but read-only: no run lock is taken and a torn last
+line is skipped rather than repaired, so ``plan`` is safe beside a running job. Only outputs of
+the ``jsonl`` writer can be read this way; for another writer "already done" is unknown.
+
+Estimates, each documented in docs/sharing.md:
+
+- tokens: ``llmrun.recipe.tokens`` (tiktoken when installed, else 4 characters a token).
+- cost: low = input + a typical output, high = input + the output ceiling, from the price
+  table (the recipe's ``prices:`` first), with the batch discount when ``run.mode`` is batch.
+  The typical output is the mean reported by rows already done, else a quarter of the ceiling.
+- duration: the slowest of three bounds: calls in flight (``run.concurrency`` with an assumed
+  latency), ``run.requests_per_minute`` and ``run.tokens_per_minute``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import Problem, RecipeError, RecordError
+from ..plugins import Registry, build_component
+from ..recipe import tokens
+from ..recipe.envvars import read_dotenv
+from ..recipe.load import Recipe
+from ..recipe.pricing import PriceTable
+from ..recipe.templates import PromptTemplate
+from ..redaction import Redactor
+from ..values import ComponentContext, Usage
+from .ids import record_id
+from .store import IdSet
+
+SHOWN_PROMPTS = 3
+DEFAULT_SAMPLE = 1000
+# A call's latency when nothing better is known: a fixed part plus the output generated at a
+# typical decoding speed. Only the concurrency bound uses it.
+BASE_LATENCY_S = 0.5
+DECODE_TOKENS_PER_S = 50.0
+_ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
+
+
+@dataclass
+class Plan:
+    """What ``llmrun plan`` reports (``--json`` prints it as is)."""
+
+    recipe: str
+    model: str | None
+    mode: str
+    records: int = 0  # records the run would take (data.limit applied)
+    unreadable: int = 0
+    done: int | None = 0  # of those, already in the output (None: the writer cannot be read)
+    to_send: int = 0
+    sampled: int = 0
+    prompts: list[list[dict[str, Any]]] = field(default_factory=list)
+    token_method: str = ""
+    input_tokens: int = 0  # estimated, for the records to send
+    output_tokens_typical: int = 0
+    output_tokens_max: int = 0
+    cost_usd_low: float | None = None
+    cost_usd_high: float | None = None
+    duration_s: float | None = None
+    duration_bound: str = ""  # which limit sets the pace
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def missing_env(
+    recipe_path: Path, environ: Mapping[str, str], overrides: Sequence[str] = ()
+) -> list[str]:
+    """Variables the recipe (or a ``--set``) reads with ``${VAR}`` and no default that are not
+    set anywhere."""
+    try:
+        text = recipe_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []  # loading the recipe reports it
+    dotenv = read_dotenv(recipe_path.parent / ".env")
+    # Whole-line comments (like the quickstart's example provider) are not read.
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    used = "\n".join([*lines, *overrides])
+    names = {m.group(1) for m in _ENV_REF.finditer(used) if m.group(1) and not m.group(2)}
+    return sorted(n for n in names if n not in environ and n not in dotenv)
+
+
+def make_plan(
+    recipe: Recipe, registry: Registry, *, sample: int = DEFAULT_SAMPLE, limit: int | None = None
+) -> Plan:
+    """Work out the plan in one streamed pass over the records (``limit`` as ``run --limit``)."""
+    limit = recipe.limit if limit is None else limit
+    run = recipe.run
+    mode = str(getattr(run, "mode", "direct") or "direct")
+    context = ComponentContext(recipe.base_dir, recipe.name)
+    plan = Plan(str(recipe.path), _model(recipe, registry, context), mode)
+    plan.token_method = tokens.method()
+    done_ids, typical_seen = _read_done(recipe, plan)
+    template = PromptTemplate.for_recipe(recipe)
+    ceiling = tokens.output_ceiling(recipe.generation)
+    window = context_window(plan.model)
+    lacking: dict[tuple[str, ...], _Places] = {}
+    failing: dict[str, int] = {}
+    over_window = 0
+    sampled_input = 0
+    # Counts and the first few places only: a 10M-record input may lack a field everywhere.
+    no_id = _Places()
+    loader = build_component(registry, "loader", recipe.data, context)
+    records: Iterator[Any] = iter(())
+    try:
+        records = loader.records()
+        for rec in records:
+            if limit is not None and plan.records >= limit:
+                break
+            plan.records += 1
+            if rec.data is None:
+                plan.unreadable += 1
+                continue
+            rid = record_id(rec.data, recipe.id_field)
+            if rid is None:  # the run writes an error row for it without calling
+                no_id.add(rec.where)
+                continue
+            if rid in done_ids:
+                assert plan.done is not None
+                plan.done += 1
+                continue
+            plan.to_send += 1
+            missing = template.missing(rec.data)
+            if missing:
+                lacking.setdefault(tuple(missing), _Places()).add(rec.where)
+            if plan.sampled >= sample:
+                continue
+            try:
+                prompt = template.render(rid, rec.data)
+            except RecordError as exc:  # a template or an image (ImageError) the run would fail
+                if not missing:
+                    failing[str(exc)] = failing.get(str(exc), 0) + 1
+                continue
+            plan.sampled += 1
+            used = tokens.input_tokens(prompt.messages)
+            sampled_input += used
+            if window is not None and used + ceiling > window:
+                over_window += 1
+            if len(plan.prompts) < SHOWN_PROMPTS:
+                plan.prompts.append(list(prompt.messages))
+    except OSError as exc:
+        raise RecipeError(
+            [Problem(f"cannot read the data: {exc}", "data", str(recipe.path))]
+        ) from None
+    except RecipeError:
+        raise
+    except Exception as exc:  # a plugin's loader that breaks is its fault, told as such
+        info = registry.get("loader", recipe.data.name)
+        raise RecipeError(
+            [
+                Problem(
+                    f"loader {info.name!r} ({info.package} {info.version}) failed after "
+                    f"{plan.records} record(s): {type(exc).__name__}: {exc}",
+                    "data",
+                    str(recipe.path),
+                )
+            ]
+        ) from None
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()
+    mean_input = sampled_input / plan.sampled if plan.sampled else 0.0
+    plan.input_tokens = round(mean_input * plan.to_send)
+    typical = typical_seen if typical_seen is not None else max(1, ceiling // 4)
+    plan.output_tokens_typical = round(min(typical, ceiling) * plan.to_send)
+    plan.output_tokens_max = ceiling * plan.to_send
+    _cost(plan, recipe)
+    _duration(plan, recipe, ceiling)
+    _warnings(plan, recipe, lacking, failing, over_window, window)
+    if no_id.count:
+        plan.warnings.append(
+            f"{no_id.count} record(s) have no {recipe.id_field!r} field (data.id) ({no_id}): "
+            "they will be error rows"
+        )
+    redact = Redactor({*recipe.secrets, *recipe.api_keys})
+    plan.prompts = [
+        [
+            {
+                **m,
+                "content": redact(m["content"]) if isinstance(m["content"], str) else m["content"],
+            }
+            for m in messages
+        ]
+        for messages in plan.prompts
+    ]
+    plan.warnings = [redact(w) for w in plan.warnings]
+    return plan
+
+
+class _Places:
+    """How many records share a problem, and where the first three are."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: list[str] = []
+
+    def add(self, where: str) -> None:
+        self.count += 1
+        if len(self.first) < 3:
+            self.first.append(where)
+
+    def __str__(self) -> str:
+        return ", ".join(self.first) + (" ..." if self.count > len(self.first) else "")
+
+
+@cache
+def _windows() -> dict[str, int]:
+    text = resources.files("llmrun").joinpath("data/context_windows.json").read_text("utf-8")
+    return {str(k): int(v) for k, v in json.loads(text)["models"].items()}
+
+
+def context_window(model: str | None) -> int | None:
+    """The model's context window in tokens, from the table as data; None when unknown."""
+    if not model:
+        return None
+    table = _windows()
+    for name in (model, model.rsplit("/", 1)[-1]):
+        if name in table:
+            return table[name]
+        best = max((k for k in table if name.startswith(k + "-")), key=len, default=None)
+        if best is not None:
+            return table[best]
+    return None
+
+
+def _model(recipe: Recipe, registry: Registry, context: ComponentContext) -> str | None:
+    """The model the provider will ask for (providers build no connection in __init__)."""
+    try:
+        provider = build_component(registry, "provider", recipe.provider, context)
+        model = getattr(provider, "model", None)
+    except Exception:  # a plugin provider that wants more than its options: fall back
+        model = recipe.provider.options.get("model")
+    return None if model is None else str(model)
+
+
+def _read_done(recipe: Recipe, plan: Plan) -> tuple[IdSet, float | None]:
+    """The ids already in the output and the mean output tokens of its ok rows, read-only."""
+    if recipe.writer.name != "jsonl":
+        plan.done = None
+        plan.warnings.append(
+            f"the {recipe.writer.name!r} writer's output cannot be read without opening it: "
+            "records already done are counted as still to send"
+        )
+        return IdSet(), None
+    path = recipe.output_path
+    outputs = [0, 0]  # ok rows reporting output tokens, and their sum
+
+    def ids() -> Iterator[str]:
+        try:
+            fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return
+        with fh:
+            for line in fh:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a torn tail or damaged line: resume would run that record again
+                if not isinstance(row, dict) or "id" not in row:
+                    continue
+                if row.get("status") == "ok":
+                    usage = (row.get("response") or {}).get("usage") or {}
+                    out = usage.get("output_tokens")
+                    if isinstance(out, int):
+                        outputs[0] += 1
+                        outputs[1] += out
+                yield str(row["id"])
+
+    done = IdSet(ids())
+    return done, (outputs[1] / outputs[0] if outputs[0] else None)
+
+
+def _cost(plan: Plan, recipe: Recipe) -> None:
+    price = PriceTable(recipe.prices).lookup(plan.model)
+    if price is None:
+        plan.warnings.append(
+            f"no known price for model {plan.model!r}: cost unknown "
+            "(add it under `prices:` in the recipe)"
+        )
+        return
+    batch = plan.mode == "batch"
+    low = price.cost(Usage(plan.input_tokens, plan.output_tokens_typical), batch=batch)
+    high = price.cost(Usage(plan.input_tokens, plan.output_tokens_max), batch=batch)
+    plan.cost_usd_low = None if low is None else round(low, 6)
+    plan.cost_usd_high = None if high is None else round(high, 6)
+
+
+def _duration(plan: Plan, recipe: Recipe, ceiling: int) -> None:
+    n = plan.to_send
+    if plan.mode == "batch":
+        plan.duration_s = None
+        plan.duration_bound = "batch: the provider finishes a batch within its window (24 h)"
+        return
+    run = recipe.run
+    per_call = n and plan.output_tokens_typical / n
+    latency = recipe.provider.options.get("latency_s")
+    if latency is None:
+        latency = BASE_LATENCY_S + per_call / DECODE_TOKENS_PER_S
+    waves = math.ceil(n / max(run.concurrency, 1))  # calls in flight finish together at best
+    bounds: dict[str, float] = {
+        f"concurrency {run.concurrency} at ~{float(latency):.2f} s a call": waves * float(latency)
+    }
+    rpm = getattr(run, "requests_per_minute", None)
+    if rpm:
+        bounds[f"requests_per_minute {rpm:g}"] = n / float(rpm) * 60
+    tpm = getattr(run, "tokens_per_minute", None)
+    if tpm:
+        # Rate limiters reserve the output ceiling, so it counts here, not the typical output.
+        bounds[f"tokens_per_minute {tpm:g}"] = (plan.input_tokens + ceiling * n) / float(tpm) * 60
+    bound, seconds = max(bounds.items(), key=lambda kv: kv[1])
+    plan.duration_s = round(seconds, 1)
+    plan.duration_bound = bound
+
+
+def _warnings(
+    plan: Plan,
+    recipe: Recipe,
+    lacking: Mapping[tuple[str, ...], _Places],
+    failing: Mapping[str, int],
+    over_window: int,
+    window: int | None,
+) -> None:
+    for names, places in lacking.items():
+        plan.warnings.append(
+            f"{places.count} record(s) lack the prompt variable(s) {', '.join(names)} "
+            f"({places}): they will be error rows unless the template guards them"
+        )
+    for message, count in failing.items():
+        plan.warnings.append(f"{count} sampled record(s) fail to render: {message}")
+    if plan.unreadable:
+        plan.warnings.append(f"{plan.unreadable} record(s) cannot be read: they will be error rows")
+    if over_window and window is not None:
+        plan.warnings.append(
+            f"{over_window} of {plan.sampled} sampled prompt(s) need more than {plan.model}'s "
+            f"context window of {window} tokens (prompt plus the output ceiling)"
+        )
+    elif window is None and plan.model:
+        plan.warnings.append(f"context window of {plan.model!r} unknown: not checked")
+
+
+def format_plan(plan: Plan) -> str:
+    """The plan as text for a person."""
+
+    def money(value: float | None) -> str:
+        if value is None:
+            return "unknown"
+        return f"${value:,.2f}" if value >= 1 else f"${value:.4g}"
+
+    done = "unknown" if plan.done is None else f"{plan.done:,}"
+    lines = [
+        f"recipe:    {plan.recipe}",
+        f"model:     {plan.model or 'unknown'} ({plan.mode} mode)",
+        f"records:   {plan.records:,} ({done} already done, {plan.to_send:,} to send"
+        + (f", {plan.unreadable:,} unreadable" if plan.unreadable else "")
+        + ")",
+        f"tokens:    ~{plan.input_tokens:,} input, ~{plan.output_tokens_typical:,} output "
+        f"typical, {plan.output_tokens_max:,} at most "
+        f"({plan.token_method}; from {plan.sampled:,} sampled prompt(s))",
+        f"cost:      {money(plan.cost_usd_low)} to {money(plan.cost_usd_high)}",
+        "duration:  "
+        + (
+            plan.duration_bound
+            if plan.duration_s is None
+            else f"~{_human(plan.duration_s)} (set by {plan.duration_bound})"
+        ),
+    ]
+    for i, messages in enumerate(plan.prompts, 1):
+        lines.append(f"--- prompt {i} ---")
+        for m in messages:
+            content = m["content"] if isinstance(m["content"], str) else json.dumps(m["content"])
+            lines.append(f"[{m['role']}] {content.rstrip()}")
+    if plan.warnings:
+        lines.append("warnings:")
+        lines.extend(f"  - {w}" for w in plan.warnings)
+    return "\n".join(lines)
+
+
+def _human(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{math.ceil(hours / 24)} days"

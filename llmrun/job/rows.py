@@ -1,0 +1,117 @@
+"""Output rows: the one shape every record ends in (docs/output.md), and what calls cost."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..recipe.load import Recipe
+from ..recipe.pricing import Price, PriceTable
+from ..redaction import Redactor
+from ..values import Reply
+from .store import now_iso
+
+_UNSET: Any = object()
+
+
+@dataclass(slots=True)
+class Work:
+    """A record on its way through the run: its id, fields (None when unreadable), where it
+    is in the input, why it cannot be sent (if so), and when a worker took it up."""
+
+    id: str
+    data: dict[str, Any] | None
+    where: str
+    error: str | None
+    started_at: str | None = None
+
+
+class RowMaker:
+    """Builds rows and error objects for one recipe, and prices replies."""
+
+    def __init__(
+        self, recipe: Recipe, redact: Redactor, model: str, warn: Callable[[str], None]
+    ) -> None:
+        self.recipe = recipe
+        self.redact = redact
+        self.model = model  # the provider's configured model: the price when replies omit one
+        self.warn = warn
+        self.batch_pricing = False  # batch mode: the provider's batch discount applies
+        self._table = PriceTable(recipe.prices)
+        self._prices: dict[str | None, Price | None] = {}
+
+    def price(self, model: str | None) -> Price | None:
+        return self._table.lookup(model)
+
+    def cost(self, reply: Reply) -> float | None:
+        """What the call cost, from the reported usage and the price of the model."""
+        model = reply.model or self.model
+        price = self._prices.get(model, _UNSET)
+        if price is _UNSET:
+            price = self._prices[model] = self._table.lookup(model) or self._table.lookup(
+                self.model
+            )
+            if price is None:
+                self.warn(
+                    f"no price known for model {model!r}: cost is not counted "
+                    "(add it under prices: in the recipe)"
+                )
+        if price is None:
+            return None
+        assert isinstance(price, Price)
+        return price.cost(reply.usage, batch=self.batch_pricing)
+
+    def row(
+        self,
+        work: Work,
+        attempts: int,
+        latency_s: float | None = None,
+        *,
+        text: str | None = None,
+        fields: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        response: dict[str, Any] | None = None,
+        cost: float | None = None,
+    ) -> dict[str, Any]:
+        """Every row has the same keys, in this order (see docs/output.md)."""
+        row: dict[str, Any] = {
+            "id": work.id,
+            "status": "ok" if error is None else "error",
+            "text": text,
+            "fields": fields or {},
+            "error": error,
+            "response": response,
+        }
+        include, data = self.recipe.include, work.data
+        if data is None or include == "none":
+            row["record"] = None  # unreadable, or not wanted: the key stays, rows stay uniform
+        else:
+            row["record"] = data if include == "all" else {k: data[k] for k in include if k in data}
+        row["attempts"] = attempts
+        row["latency_s"] = None if latency_s is None else round(latency_s, 4)
+        row["cost_usd"] = None if cost is None else round(cost, 8)
+        finished = now_iso()
+        row["started_at"] = work.started_at or finished
+        row["finished_at"] = finished
+        row["recipe_hash"] = self.recipe.job_hash
+        return row
+
+    def error(
+        self,
+        work: Work,
+        code: str,
+        message: str,
+        retryable: bool = False,
+        status: int | None = None,
+    ) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "type": code,
+            "message": self.redact(message),
+            "retryable": retryable,
+        }
+        if status is not None:
+            error["status"] = status
+        if work.where != work.id:
+            error["where"] = work.where
+        return error

@@ -1,0 +1,1 @@
+"""Recipes: YAML -> a validated, frozen Recipe; templates, selection, prices and tokens."""

@@ -1,0 +1,1 @@
+"""Direct mode: the engine's task group, calls, pacing, budget, postprocessing, progress."""

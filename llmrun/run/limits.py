@@ -1,0 +1,466 @@
+"""Pacing calls: which key a request uses, when it may start, and how the pace adapts.
+
+Every key has its own state (``KeyState``): request and token paces from the recipe's limits,
+an adaptive pace learnt from 429s and ``x-ratelimit-*`` headers, a pause the server asked for
+(``Retry-After``), and whether it has answered once yet (until then one request at a time uses
+it, so a wrong key, model or URL costs one call). ``KeyPool.acquire`` picks the live key that can
+start soonest, reserves its slot, and waits for it.
+
+Paces space starts evenly rather than letting a full bucket burst at start-up: a limit of R per
+minute gives one start every 60/R s (for tokens, a request of T tokens holds the next one back
+T * 60/R s), so no minute holds more than the limit, counted over any window, from the first
+request on. A token estimate is corrected by the usage the reply reports.
+
+Adaptive pace, for a server whose limit is unannounced (429s, no ``x-ratelimit-*``). Such
+a server usually holds a budget (a bucket) that starts full, so nothing is refused until the
+budget is spent: passing the limit shows only later, and then what succeeds is exactly the
+limit. Hence, per key:
+
+- slow start: the pace begins at one request per round trip of the key's first request (as
+  TCP's first window; at least ``START_RATE``) and each success adds ``SLOW_START_GAIN``
+  requests/s, so the rate grows in proportion to itself (e-fold a second) whatever the limit,
+  instead of sending ``concurrency`` requests at once (past a small limit most would be refused,
+  and their backoff would spoil any measure). It cannot grow faster without refusals piling
+  up: a budget of b seconds of the limit R hides it until some R * b requests too many went
+  out, so at a gain of g per success the pace is about R * (1 + g * b) when the first 429
+  comes; g = 1/s suits the one-second budgets providers describe;
+- the first 429 ends it, as in TCP: half the pace (it doubles about every 0.7 s), never
+  above what succeeded over the last second, times ``DECREASE``;
+- a 429 soon after another (within ``OK_WINDOW_S`` of the last decrease, or the time
+  ``MEASURE_OKS`` requests take at a slower pace) measures what succeeded since the first of
+  them (time paused by a Retry-After left out), while the server's budget was empty: that is
+  the limit, and the pace goes just under it; with too few answers since to measure (a small
+  limit), the pace is still too fast, and drops by ``BLIND_DECREASE``;
+- then AIMD: a small additive climb (``INCREASE_PER_OK``), ten times smaller (``NEAR_CEILING``)
+  past the last measured limit, and ``DECREASE`` x what succeeded on the next 429, which
+  comes late and close to the limit at that climb.
+
+A 429 counts against the pace only for a request whose start was reserved after the last
+decrease: the ones reserved or sent before it say nothing about the new pace.
+
+A local endpoint (``local_host``: loopback, a private network, an in-process transport) gets
+no slow start unless ``run.adaptive: true`` is written out: such a server (vLLM, llama.cpp,
+a proxy, the mock) queues rather than refuses, and the slow start would only cost its first
+seconds; a 429 from it still slows the key down. The simulation in
+``benchmarks/adaptive_sim.py`` measures these trade-offs in virtual time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import anyio
+
+from ..errors import RunAborted
+from ..redaction import fingerprint
+
+# Adaptive pace, on the request rate of each key (see the module docstring):
+# slow start: from one request per round trip of the key's first request (at least START_RATE
+# requests/s), each success adds SLOW_START_GAIN requests/s (the rate grows e-fold a second,
+# like TCP's slow start, whatever the limit) until the first 429;
+START_RATE = 2.0
+SLOW_START_GAIN = 1.0
+# then AIMD: on a 429, at most once per DECREASE_EVERY_S and only for a request reserved
+# after the last decrease, the pace drops to DECREASE x the rate that succeeded over the
+# last OK_WINDOW_S, or since the first 429 when that was less than OK_WINDOW_S ago (once past
+# the limit, what succeeds is the limit); each success then adds INCREASE_PER_OK requests/s,
+# i.e. 0.5% a second whatever the rate. A 429 with too few answers since the last decrease to
+# measure anything (a small limit) drops the pace by BLIND_DECREASE: a half (TCP's) fell well
+# under the limit and took a minute to climb back, 0.9 took a refusal per step.
+DECREASE = 0.9
+DECREASE_EVERY_S = 0.02
+INCREASE_PER_OK = 0.005
+OK_WINDOW_S = 1.0
+MEASURE_OKS = 4
+# Past the rate that succeeded at the last drop, the climb is this much slower.
+NEAR_CEILING = 0.1
+BLIND_DECREASE = 0.7
+MIN_RATE = 0.05  # requests/s: never slower than one every 20 s
+# A start is reserved at most this far ahead: a request waiting longer looks again later, so
+# token estimates given back and pace changes apply to the requests already waiting.
+HORIZON_S = 0.05
+# Waits shorter than this are not worth a timer (and a float-sized one might never pass).
+MIN_SLEEP_S = 1e-6
+
+
+class Pace:
+    """Even spacing of a resource at ``per_minute`` units (requests or tokens)."""
+
+    def __init__(self, per_minute: float | None) -> None:
+        self.per_minute = per_minute
+        self.next_at = 0.0  # when the next unit may start
+
+    def set_rate(self, per_minute: float | None) -> None:
+        self.per_minute = per_minute
+
+    def ready_at(self, now: float) -> float:
+        return max(now, self.next_at) if self.per_minute else now
+
+    def take(self, start: float, amount: float) -> None:
+        """Reserve ``amount`` units at ``start`` (>= ready_at)."""
+        if self.per_minute:
+            self.next_at = max(start, self.next_at) + amount * 60.0 / self.per_minute
+
+    def give_back(self, amount: float) -> None:
+        """Correct a reservation by ``amount`` units (negative: more was used than reserved)."""
+        if self.per_minute:
+            self.next_at -= amount * 60.0 / self.per_minute
+
+
+@dataclass
+class KeyState:
+    """One key's limits and what the server has told about it."""
+
+    key: str | None
+    requests: Pace
+    tokens: Pace
+    adaptive: bool
+    trusted: bool = False  # answered once: any number of requests may use it
+    probe: anyio.Event | None = None  # set while the first request is out
+    retired: str | None = None  # why, once retired
+    paused_until: float = 0.0  # Retry-After or a ratelimit reset
+    paused_from: float = 0.0  # when the latest pause began
+    learnt: Pace = field(default_factory=lambda: Pace(None))  # adaptive request pace
+    last_decrease: float = -math.inf
+    refused_since: float = -math.inf  # the first decrease of the latest run of 429s
+    ceiling: float | None = None  # requests/s that succeeded at the last measured limit
+    oks: deque[float] = field(default_factory=deque)  # recent success times
+    first_start: float | None = None  # of the key's first request (adaptive mode)
+    slow_start: bool = False  # adaptive: climbing from START_RATE until the first 429
+    in_flight: int = 0
+
+    @property
+    def name(self) -> str:
+        return "no key" if self.key is None else fingerprint(self.key)
+
+    def pause(self, now: float, seconds: float) -> None:
+        """Send nothing on this key for ``seconds`` (a pause under way is extended)."""
+        if now >= self.paused_until:
+            self.paused_from = now
+        self.paused_until = max(self.paused_until, now + seconds)
+
+    def ready_at(self, now: float) -> float:
+        return max(
+            self.requests.ready_at(now),
+            self.tokens.ready_at(now),
+            self.learnt.ready_at(now),
+            self.paused_until,
+        )
+
+
+@dataclass(slots=True)
+class Lease:
+    """A reserved start on a key; ``probe`` when this request is the key's first."""
+
+    state: KeyState
+    tokens: int
+    probe: bool
+    start: float = 0.0  # when it was allowed to start
+    taken: float = 0.0  # when the start was reserved (at the pace of that moment)
+
+    @property
+    def key(self) -> str | None:
+        return self.state.key
+
+
+class KeyPool:
+    """API keys, each with its own limits; the run stops when every key is retired."""
+
+    def __init__(
+        self,
+        keys: tuple[str, ...],
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        adaptive: bool = False,
+        slow_start_local: bool = False,
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        self.states = [
+            KeyState(k, Pace(requests_per_minute), Pace(tokens_per_minute), adaptive)
+            for k in (list(keys) if keys else [None])
+        ]
+        self._explicit_rpm = requests_per_minute is not None
+        self._slow_start_local = slow_start_local  # run.adaptive: true, written out
+        self._clock = clock  # a test's own clock, to feed answers at chosen times
+        if adaptive and not self._explicit_rpm:
+            # Nothing known about the limit: probe upward from a modest rate rather than send
+            # `concurrency` requests at once (past a small limit, most would be refused).
+            for state in self.states:
+                state.learnt.set_rate(START_RATE * 60.0)
+                state.slow_start = True
+
+    # -- choosing and waiting ----------------------------------------------------------------
+
+    async def acquire(self, tokens: int) -> Lease:
+        """Reserve the next start on the key that can start soonest, and wait for it."""
+        while True:
+            # No lock: nothing below awaits, so on one event loop this choice is atomic (a
+            # lock would cost every request two passes of the loop).
+            live = [s for s in self.states if s.retired is None]
+            if not live:
+                raise RunAborted(self.exhausted_message())
+            now = anyio.current_time()
+            trusted = [s for s in live if s.trusted]
+            free = [s for s in live if not s.trusted and s.probe is None]
+            waiting = [s for s in live if not s.trusted and s.probe is not None]
+            lease = None
+            wait = 0.0
+            if trusted or free:
+                state = min(
+                    trusted + free, key=lambda s: (s.ready_at(now), not s.trusted, s.in_flight)
+                )
+                start = state.ready_at(now)
+                wait = start - now - HORIZON_S
+            if wait > MIN_SLEEP_S:
+                pass  # too far ahead to reserve yet
+            elif trusted or free:
+                if state.first_start is None:
+                    state.first_start = start
+                state.requests.take(start, 1)
+                state.tokens.take(start, tokens)
+                state.learnt.take(start, 1)
+                probe = not state.trusted
+                if probe:
+                    state.probe = anyio.Event()
+                state.in_flight += 1
+                lease = Lease(state, tokens, probe, start, now)
+            else:
+                probe_event = waiting[0].probe
+            if wait > MIN_SLEEP_S:
+                await anyio.sleep(wait)
+                continue
+            if lease is None:
+                assert probe_event is not None
+                await probe_event.wait()  # the key may be retired by then: choose again
+                continue
+            try:
+                if start > now:
+                    await anyio.sleep(start - now)
+                # A pause may have begun meanwhile (a 429 with Retry-After on this key).
+                for _ in range(100):  # each pause is a server's request: honour each one
+                    pause = state.paused_until - anyio.current_time()
+                    if pause <= 0:
+                        break
+                    await anyio.sleep(pause)
+            except BaseException:
+                self.release(lease, trusted=False)
+                raise
+            return lease
+
+    def release(self, lease: Lease, *, trusted: bool) -> None:
+        """The lease's request is over; ``trusted`` when the server answered it for this key."""
+        state = lease.state
+        state.in_flight -= 1
+        if trusted:
+            state.trusted = True
+        if lease.probe and state.probe is not None:
+            state.probe.set()
+            state.probe = None
+
+    # -- what the server said ----------------------------------------------------------------
+
+    def settle_tokens(self, lease: Lease, used: int | None) -> None:
+        """Correct the token reservation with what the reply reports."""
+        if used is not None:
+            lease.state.tokens.give_back(lease.tokens - used)
+
+    def local_endpoint(self, lease: Lease) -> None:
+        """The lease's request goes to this machine or its network (see ``local_host``)."""
+        state = lease.state
+        if state.slow_start and not self._slow_start_local:
+            # A local server (vLLM, llama.cpp, a proxy) queues rather than refuses: no slow
+            # start, full speed from the first request on (a 429 still slows the key down).
+            state.slow_start = False
+            state.learnt.set_rate(None)
+
+    def on_success(self, lease: Lease, headers: Mapping[str, str]) -> None:
+        state = lease.state
+        now = self._clock()
+        if state.adaptive:
+            state.oks.append(now)
+            oldest = now - _window(state)
+            while state.oks[0] < oldest:
+                state.oks.popleft()
+            rate = state.learnt.per_minute
+            if state.slow_start and lease.probe and now > lease.start:
+                # As TCP's first window: one request per round trip, the rate the probe alone
+                # had (a fast server without a limit costs no slow start then).
+                rate = max(START_RATE, 1.0 / (now - lease.start)) * 60.0
+                # The next start was spaced at START_RATE; the probe's answer is the signal to go.
+                state.learnt.next_at = min(state.learnt.next_at, now)
+            if rate is not None:
+                if state.slow_start:
+                    step = SLOW_START_GAIN
+                elif state.ceiling is not None and rate >= state.ceiling * 60.0:
+                    step = INCREASE_PER_OK * NEAR_CEILING  # probe past the known limit gently
+                else:
+                    step = INCREASE_PER_OK
+                state.learnt.set_rate(rate + step * 60.0)
+        self._read_headers(state, headers, now)
+
+    def on_rate_limited(self, lease: Lease, retry_after: float | None) -> None:
+        """A 429 (not a quota): pause the key as asked; in adaptive mode slow its pace."""
+        state = lease.state
+        now = self._clock()
+        if retry_after:
+            state.pause(now, retry_after)
+        # Retry-After says when to come back, not how fast: a server that sends it but no
+        # x-ratelimit-* is passed its limit as surely as by a bare 429, and pausing alone had
+        # the key refused again after every pause (27-63% of requests, in adaptive_sim).
+        if not state.adaptive:
+            return
+        # Once per window, as TCP does: a 429 for a request reserved before the last decrease
+        # (at the pace of then) says nothing about the pace set since.
+        if now - state.last_decrease < DECREASE_EVERY_S or lease.taken < state.last_decrease:
+            return
+        window = _window(state)
+        while state.oks and state.oks[0] < now - window:
+            state.oks.popleft()
+        # The rate that succeeded, measured since the first 429 of this run of them when the
+        # last decrease is recent (the server's budget has been empty since: past the limit,
+        # what succeeds is the limit), else over the last window (or since the first request).
+        recently = now - state.last_decrease < window
+        if recently:
+            since = max(state.refused_since, now - window)
+        else:
+            first = state.first_start if state.first_start is not None else now
+            since = max(first, now - window)
+        # Time the key spent paused sent nothing: it is no part of what the server let through.
+        paused = min(now, state.paused_until) - max(since, state.paused_from)
+        span = now - since - max(0.0, paused)
+        recent = sum(1 for t in state.oks if t > since)
+        # Too few answers yet to tell: leave it to backoff.
+        if span <= 0 or (recent < 3 and state.learnt.per_minute is None):
+            return
+        if not recently:
+            state.refused_since = now
+        state.last_decrease = now
+        ok_rate: float | None = recent / max(span, DECREASE_EVERY_S) if recent >= 3 else None
+        current = state.learnt.per_minute
+        ended_slow_start, state.slow_start = state.slow_start, False
+        if ok_rate is not None and not ended_slow_start:
+            state.ceiling = ok_rate
+        if current is None:
+            rate = DECREASE * ok_rate if ok_rate else 1.0
+        elif ended_slow_start:
+            # As TCP at the end of its slow start: the pace was doubling (about every 0.7 s),
+            # so half of it is the last one known to fit; past the budget the server held when
+            # it started, it may fit none, so never above what succeeded.
+            rate = DECREASE * min(current / 120.0, ok_rate or current / 120.0)
+        elif ok_rate is None:
+            # Refused again after a decrease, with too few answers since to measure anything:
+            # still past the limit (the server's budget is empty): cut it blind.
+            rate = BLIND_DECREASE * current / 60.0
+        else:
+            # Never more than halve at once: one noisy window must not stall the key.
+            rate = DECREASE * max(min(current / 60.0, ok_rate), current / 120.0)
+        state.learnt.set_rate(max(MIN_RATE, rate) * 60.0)
+
+    def _read_headers(self, state: KeyState, headers: Mapping[str, str], now: float) -> None:
+        """``x-ratelimit-*``: wait for the reset when a budget is spent; in adaptive mode,
+        pace to the announced request limit."""
+        for kind in ("requests", "tokens"):
+            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+            if remaining is not None and remaining < 1:
+                reset = _duration(headers.get(f"x-ratelimit-reset-{kind}"))
+                if reset:
+                    state.pause(now, reset)
+        if state.adaptive and not self._explicit_rpm:
+            limit = _number(headers.get("x-ratelimit-limit-requests"))
+            if limit and state.requests.per_minute != limit:
+                state.requests.set_rate(limit)
+            if limit and state.slow_start:
+                state.slow_start = False  # the server said what the limit is: pace to it
+                state.learnt.set_rate(None)
+
+    # -- retiring ----------------------------------------------------------------------------
+
+    def retire(self, lease: Lease, reason: str) -> bool:
+        """Retire the lease's key; True when at least one key is left."""
+        if lease.state.retired is None:
+            lease.state.retired = reason
+        return any(s.retired is None for s in self.states)
+
+    def exhausted_message(self) -> str:
+        retired = [s for s in self.states if s.retired is not None]
+        if len(retired) == 1 and retired[0].key is None:
+            return (
+                f"the provider rejected the request without an API key "
+                f"({retired[0].retired}); set provider.api_keys"
+            )
+        details = "; ".join(f"{s.name}: {s.retired}" for s in retired)
+        return f"every API key was rejected ({details}); fix provider.api_keys"
+
+    @property
+    def retired(self) -> dict[str, str]:
+        """Fingerprint -> reason, for display."""
+        return {s.name: s.retired for s in self.states if s.retired is not None}
+
+
+# Names that never leave this machine or its network: RFC 6761's localhost and invalid (an
+# in-process transport such as the mock's), mDNS's local, ICANN's internal, home.arpa, lan.
+_LOCAL_SUFFIXES = (".localhost", ".invalid", ".local", ".internal", ".home.arpa", ".lan")
+
+
+def local_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address, not resolved) is this machine or a private
+    network: loopback, private and link-local addresses, and the names above."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(_LOCAL_SUFFIXES):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+def _window(state: KeyState) -> float:
+    """How far back successes are counted: OK_WINDOW_S, or long enough to hold MEASURE_OKS at
+    a slow pace (a second holds none at 0.5 requests/s, and every 429 would cut blind)."""
+    pace = state.learnt.per_minute
+    return OK_WINDOW_S if not pace else max(OK_WINDOW_S, MEASURE_OKS * 60.0 / pace)
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _duration(value: str | None) -> float | None:
+    """Seconds in a reset header: ``1.5``, ``6m0s``, ``20ms``, ``1h2m3.5s``."""
+    if not value:
+        return None
+    plain = _number(value)
+    if plain is not None:
+        return plain
+    total, number = 0.0, ""
+    text = value.strip()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch.isdigit() or ch == ".":
+            number += ch
+            i += 1
+            continue
+        unit = "ms" if text.startswith("ms", i) else ch
+        i += len(unit)
+        try:
+            amount = float(number)
+        except ValueError:
+            return None
+        number = ""
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit)
+        if scale is None:
+            return None
+        total += amount * scale
+    return total if not number else None

@@ -1,0 +1,195 @@
+"""Showing a run's progress: a rich live display on a terminal, plain periodic lines otherwise
+(logs, CI), or nothing. ``make_progress`` picks; the engine only calls the ``Progress``
+protocol, once per tick (never per record)."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal, Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, TaskID, TextColumn
+from rich.progress import Progress as RichProgressBar
+from rich.table import Table
+
+from ..job.stats import RunStats
+
+Mode = Literal["auto", "rich", "plain", "none"]
+
+
+class Progress(Protocol):
+    def start(self, title: str, stats: RunStats) -> None: ...
+
+    def update(self, stats: RunStats) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+    def stop(self, stats: RunStats) -> None: ...
+
+
+def make_progress(mode: Mode, console: Console | None = None) -> Progress:
+    console = console or Console(stderr=True)
+    if mode == "auto":
+        mode = "rich" if console.is_terminal else "plain"
+    if mode == "rich":
+        return RichProgress(console)
+    if mode == "plain":
+        return PlainProgress(console)
+    return NoProgress(console)
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds + 0.5)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def error_kinds(stats: RunStats) -> str:
+    """Failures by kind: retried ones (by code) and error rows (by type) of this run."""
+    parts = []
+    if stats.retries:
+        codes = ", ".join(f"{c} {n:,}" for c, n in stats.retries_by_code.most_common(3))
+        parts.append(f"retries {stats.retries:,} ({codes})")
+    if stats.errors_by_code:
+        codes = ", ".join(f"{c} {n:,}" for c, n in stats.errors_by_code.most_common(3))
+        parts.append(f"error rows: {codes}")
+    return "; ".join(parts)
+
+
+def status_line(stats: RunStats) -> str:
+    total = "?" if stats.total is None else f"{stats.total:,}"
+    pct = f" ({100 * stats.done / stats.total:.0f}%)" if stats.total else ""
+    kinds = error_kinds(stats)
+    return (
+        f"{stats.done:,}/{total}{pct} ok {stats.ok + stats.resumed_ok:,} "
+        f"errors {stats.error + stats.resumed_error:,}{f' ({kinds})' if kinds else ''} | "
+        f"{stats.rate():,.1f} req/s {stats.token_rate():,.0f} tok/s | "
+        f"${stats.cost_usd + stats.resumed_cost_usd:,.4f} | in flight {stats.in_flight} | "
+        f"elapsed {fmt_duration(stats.elapsed)} ETA {fmt_duration(stats.eta_s())}"
+    )
+
+
+class NoProgress:
+    """Quiet: only warnings reach the console."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def start(self, title: str, stats: RunStats) -> None:
+        pass
+
+    def update(self, stats: RunStats) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        self.console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    def stop(self, stats: RunStats) -> None:
+        pass
+
+
+class PlainProgress(NoProgress):
+    """One line every ``interval`` seconds: readable in a log file, easy to grep."""
+
+    def __init__(self, console: Console, interval: float = 10.0) -> None:
+        super().__init__(console)
+        self.interval = interval
+        self._last = 0.0
+        self._title = ""
+
+    def start(self, title: str, stats: RunStats) -> None:
+        self._title = title
+        self._last = time.monotonic()
+        self.log(f"llmrun: {title}: started")
+
+    def update(self, stats: RunStats) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self.log(f"llmrun: {self._title}: {status_line(stats)}")
+
+    def stop(self, stats: RunStats) -> None:
+        self.log(f"llmrun: {self._title}: {status_line(stats)}")
+
+
+class RichProgress:
+    """A live bar with counts, rates, tokens, errors and ETA; messages print above it."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._bar = RichProgressBar(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TextColumn("[cyan]{task.fields[rates]}"),
+            TextColumn("{task.fields[errors]}"),
+            TextColumn("[green]{task.fields[cost]}"),
+            TextColumn("[dim]{task.fields[eta]}"),
+            console=console,
+            refresh_per_second=8,
+        )
+        self._task: TaskID | None = None
+
+    def start(self, title: str, stats: RunStats) -> None:
+        self._task = self._bar.add_task(
+            title, total=stats.total, counts="", rates="", errors="", cost="", eta=""
+        )
+        self._bar.start()
+        self.update(stats)
+
+    def update(self, stats: RunStats) -> None:
+        if self._task is None:
+            return
+        total = "?" if stats.total is None else f"{stats.total:,}"
+        errors = stats.error + stats.resumed_error
+        kinds = error_kinds(stats)
+        error_text = f"[red]{errors:,} errors" if errors else "0 errors"
+        self._bar.update(
+            self._task,
+            total=stats.total,
+            completed=stats.done,
+            counts=f"{stats.done:,}/{total}",
+            rates=f"{stats.rate():,.1f} req/s {stats.token_rate():,.0f} tok/s",
+            errors=f"{error_text} ({kinds})" if kinds else error_text,
+            cost=f"${stats.cost_usd + stats.resumed_cost_usd:,.4f}",
+            eta=f"in flight {stats.in_flight} ETA {fmt_duration(stats.eta_s())}",
+        )
+
+    def log(self, message: str) -> None:
+        self._bar.console.print(message, markup=False, highlight=False)
+
+    def stop(self, stats: RunStats) -> None:
+        self.update(stats)
+        self._bar.stop()
+
+
+def summary_table(title: str, stats: RunStats, status: str, output: str) -> Table:
+    """The table printed when a run ends."""
+    table = Table(title=f"llmrun: {title} ({status})", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    total = "?" if stats.total is None else f"{stats.total:,}"
+    table.add_row("records", f"{stats.done:,} of {total} done")
+    table.add_row("this run", f"{stats.ok:,} ok, {stats.error:,} errors, {stats.retries:,} retries")
+    if stats.resumed_ok or stats.resumed_error:
+        table.add_row(
+            "resumed",
+            f"{stats.resumed_ok:,} ok and {stats.resumed_error:,} errors "
+            "were already in the output",
+        )
+    for code, n in stats.errors_by_code.most_common():
+        table.add_row(f"  {code}", f"{n:,}")
+    if stats.retries_by_code:
+        retried = ", ".join(f"{c} {n:,}" for c, n in stats.retries_by_code.most_common())
+        table.add_row("retried", retried)
+    spend = f"${stats.cost_usd:,.4f} this run"
+    if stats.resumed_cost_usd:
+        spend += f", ${stats.cost_usd + stats.resumed_cost_usd:,.4f} in all"
+    table.add_row("spend", spend)
+    table.add_row("tokens", f"{stats.input_tokens:,} in, {stats.output_tokens:,} out")
+    table.add_row("time", f"{fmt_duration(stats.elapsed)} ({stats.rate():,.1f} req/s)")
+    table.add_row("output", output)
+    return table

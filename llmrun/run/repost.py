@@ -1,0 +1,222 @@
+"""``llmrun repost``: run the (changed) postprocessor chain again on the replies stored in the
+output, without calling anything, and replace the output atomically.
+
+Rows that were ``ok`` or failed in a postprocessor are redone from their ``response``; rows
+without a stored reply (the call failed, the input was unreadable) are copied unchanged, so the
+next ``run`` still treats them as finished. The old output is kept in the state folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..components import Postprocessor
+from ..errors import RecipeError, RecordError
+from ..job.store import RunState, fsync_dir, link_or_copy, now_iso
+from ..plugins import Registry, build_component
+from ..recipe.load import Recipe
+from ..recipe.provenance import call_hash
+from ..redaction import Redactor
+from ..values import ComponentContext, Reply, Result, Usage
+
+REDONE_ERRORS = ("postprocess", "internal")  # error types that a new chain may fix
+
+
+@dataclass
+class RepostSummary:
+    """What ``repost`` did."""
+
+    output: str
+    redone: int = 0  # rows the chain ran on
+    ok: int = 0  # of those, now ok
+    error: int = 0  # of those, now errors
+    changed: int = 0  # of those, rows whose status, text or fields changed
+    kept: int = 0  # rows left alone (no stored reply to work on)
+    unreadable: int = 0  # damaged lines copied as they were
+    errors_in_output: int = 0  # error rows in the new output, redone or not
+    previous: str = ""  # where the old output was kept
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> RepostSummary:
+    """Rerun the recipe's postprocessors over its output; raise LockedError while a run writes,
+    and RecipeError when the calls changed since the replies were made (unless ``force``)."""
+    if recipe.writer.name != "jsonl":
+        raise RecipeError(
+            f"repost reads the jsonl output; this recipe writes with {recipe.writer.name!r}"
+        )
+    output = recipe.output_path
+    if not output.exists():
+        raise RecipeError(f"no output at {output}: run the recipe first")
+    redact = Redactor({*recipe.secrets, *recipe.api_keys})
+    summary = RepostSummary(str(output))
+
+    def warn(message: str) -> None:
+        summary.warnings.append(redact(message))
+
+    context = ComponentContext(recipe.base_dir, recipe.name, warn)
+    posts: list[Postprocessor] = [
+        build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
+    ]
+    state = RunState(output)
+    with state.locked():
+        made_by = (state.read_manifest() or {}).get("call_hash")
+        if made_by and made_by != call_hash(recipe) and not force:
+            raise RecipeError(
+                f"the recipe's data, prompt, provider or generation changed since the replies in "
+                f"{output.name} were made: they answer the old recipe. repost applies only a "
+                "changed postprocess chain; use `llmrun run --fresh` to call again, or "
+                "`repost --force` if the change cannot alter the replies"
+            )
+        tmp = output.with_name(f".{output.name}.repost-{os.getpid()}.tmp")
+        try:
+            with open(output, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+                for line in src:
+                    dst.write(_line(line, posts, recipe.job_hash, redact, summary))
+                dst.flush()
+                os.fsync(dst.fileno())
+            summary.previous = str(_keep_old(output, state.dir))
+            os.replace(tmp, output)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        fsync_dir(output.parent)
+        _update_manifest(state, recipe, summary)
+    return summary
+
+
+def _line(
+    line: str,
+    posts: list[Postprocessor],
+    job_hash: str,
+    redact: Callable[[str], str],
+    summary: RepostSummary,
+) -> str:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    if not isinstance(row, dict) or "id" not in row:
+        summary.unreadable += 1
+        return line if line.endswith("\n") else line + "\n"
+    new = redo_row(row, posts, job_hash, redact)
+    if new is None:
+        summary.kept += 1
+        new = row
+    else:
+        summary.redone += 1
+        if new["status"] == "ok":
+            summary.ok += 1
+        else:
+            summary.error += 1
+        if any(new[k] != row.get(k) for k in ("status", "text", "fields")):
+            summary.changed += 1
+    if new.get("status") != "ok":
+        summary.errors_in_output += 1
+    return json.dumps(new, ensure_ascii=False, default=str) + "\n"
+
+
+def redo_row(
+    row: Mapping[str, Any],
+    posts: list[Postprocessor],
+    job_hash: str,
+    redact: Callable[[str], str] = str,
+) -> dict[str, Any] | None:
+    """The row with the chain run again on its stored reply, or None to leave it as it is."""
+    response = row.get("response")
+    old_error = row.get("error") if isinstance(row.get("error"), dict) else {}
+    assert isinstance(old_error, dict)
+    if not isinstance(response, dict):
+        return None
+    if row.get("status") != "ok" and old_error.get("type") not in REDONE_ERRORS:
+        return None  # the call itself failed: nothing here to work on
+    reply = reply_from_json(response)
+    record = row.get("record")
+    result = Result(reply.text, {}, reply, record if isinstance(record, dict) else {})
+    error: dict[str, Any] | None = None
+    for post in posts:
+        try:
+            post(result)
+        except RecordError as exc:  # a reask would need a call: here it is an error
+            error = {"type": exc.code, "message": redact(str(exc)), "retryable": False}
+        except Exception as exc:
+            message = redact(f"postprocessor: {type(exc).__name__}: {exc}")
+            error = {"type": "internal", "message": message, "retryable": False}
+        else:
+            continue
+        break
+    if error is not None and "where" in old_error:
+        error["where"] = old_error["where"]
+    new = dict(row)
+    new.update(
+        status="ok" if error is None else "error",
+        text=None if error else result.text,
+        fields={} if error else result.fields,
+        error=error,
+        recipe_hash=job_hash,
+    )
+    return new
+
+
+def reply_from_json(response: Mapping[str, Any]) -> Reply:
+    """The ``Reply`` a row's ``response`` was made from (``raw`` only when it was kept)."""
+    usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
+    assert isinstance(usage, dict)
+    return Reply(
+        text=response.get("text"),
+        finish_reason=response.get("finish_reason"),
+        usage=Usage(**{k: usage.get(k) for k in Usage.__slots__}),
+        model=response.get("model"),
+        request_id=response.get("request_id"),
+        choices=response.get("choices"),
+        tool_calls=response.get("tool_calls"),
+        parsed=response.get("parsed"),
+        vector=response.get("vector"),
+        raw=response.get("raw"),
+    )
+
+
+def _keep_old(output: Path, state_dir: Path) -> Path:
+    """A hard link to the old output in the state folder (a copy where links fail), so the
+    output path always holds a whole file: the old one until the new one replaces it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    n = 1
+    while True:
+        target = state_dir / f"before-repost-{stamp}{'' if n == 1 else f'-{n}'}{output.suffix}"
+        if not target.exists():
+            break
+        n += 1
+    link_or_copy(output, target)
+    return target
+
+
+def _update_manifest(state: RunState, recipe: Recipe, summary: RepostSummary) -> None:
+    manifest = state.read_manifest() or {}
+    manifest["recipe_hash"] = recipe.job_hash  # the rows now follow this recipe
+    manifest["call_hash"] = call_hash(recipe)
+    counts = manifest.get("counts") if isinstance(manifest.get("counts"), dict) else {}
+    assert isinstance(counts, dict)
+    rows = summary.redone + summary.kept
+    counts.update(ok=rows - summary.errors_in_output, error=summary.errors_in_output)
+    manifest["counts"] = counts
+    manifest["updated_at"] = now_iso()
+    entry = {
+        "at": now_iso(),
+        "redone": summary.redone,
+        "ok": summary.ok,
+        "error": summary.error,
+        "kept": summary.kept,
+        "previous": summary.previous,
+    }
+    manifest["reposts"] = [*manifest.get("reposts", [])[-49:], entry]
+    state.write_manifest(manifest)

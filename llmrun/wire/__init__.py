@@ -1,0 +1,1 @@
+"""How requests travel: the HTTP transports, request building, and how failures are classified."""

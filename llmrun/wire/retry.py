@@ -1,0 +1,90 @@
+"""The failure taxonomy every provider shares: HTTP status and transport faults -> CallError.
+
+retryable  429, 408, 409, 5xx, timeouts, connection resets, truncated or non-JSON bodies
+record     400/413/422 (invalid request, context length, content filter): an error row, no retry
+key        401/403 and exhausted quota: this key is retired (the run stops when none is left)
+run        404 (unknown model or endpoint): nothing will succeed, stop at once
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+
+import httpx
+
+from ..errors import CallError
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait: ``retry-after-ms``, or ``Retry-After`` given as
+    seconds or as an HTTP date."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+
+
+def classify_http(
+    status: int, message: str, headers: Mapping[str, str], *, code: str | None = None
+) -> CallError:
+    """The CallError for a non-2xx response. ``code`` is the provider's own error code, used to
+    tell quota exhaustion (a key problem) from a plain rate limit."""
+    wait = retry_after_s(headers)
+    text = f"HTTP {status}: {message}" if message else f"HTTP {status}"
+    if status == 429:
+        if code in ("insufficient_quota", "billing_hard_limit_reached"):
+            return CallError(text, kind="key", code="quota", status=status)
+        return CallError(text, kind="retryable", code="rate_limit", status=status, retry_after=wait)
+    if status in (401, 403):
+        return CallError(text, kind="key", code="auth", status=status)
+    if status == 404:
+        return CallError(text, kind="run", code="not_found", status=status)
+    if status in (408, 409, 425) or status >= 500:
+        return CallError(
+            text,
+            kind="retryable",
+            code="server_error" if status >= 500 else "transient",
+            status=status,
+            retry_after=wait,
+        )
+    lowered = message.lower()
+    if "context" in lowered and ("length" in lowered or "window" in lowered):
+        reason = "context_length"
+    elif "content" in lowered and ("filter" in lowered or "policy" in lowered):
+        reason = "content_filter"
+    else:
+        reason = "invalid_request"
+    return CallError(text, kind="record", code=reason, status=status)
+
+
+def classify_transport(exc: httpx.TransportError) -> CallError:
+    """Timeouts, refused and reset connections: all retryable (the engine decides when a
+    connection that never succeeds means the endpoint is wrong)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return CallError(f"timed out ({type(exc).__name__})", kind="retryable", code="timeout")
+    if isinstance(exc, httpx.ConnectError):
+        return CallError(f"cannot connect: {exc}", kind="retryable", code="connect")
+    return CallError(
+        f"connection failed: {type(exc).__name__}: {exc}", kind="retryable", code="connection"
+    )
+
+
+def bad_body(detail: str, status: int) -> CallError:
+    """A 2xx response whose body is not what the API documents (truncated, not JSON)."""
+    return CallError(
+        f"unreadable response body: {detail}", kind="retryable", code="bad_response", status=status
+    )

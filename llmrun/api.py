@@ -14,7 +14,8 @@ if TYPE_CHECKING:  # the engine (and the HTTP stack) load only when a run starts
     from rich.console import Console
 
     from .job.summary import RunSummary
-    from .run.progress import Mode
+    from .run.engine import Engine
+    from .run.progress import Mode, Progress
 
 
 def open_recipe(
@@ -49,7 +50,6 @@ async def run_recipe(
     RecipeError; a busy output raises LockedError. ``retry_errors`` calls the records of the
     output's error rows again (as ``llmrun run --retry-errors``).
     """
-    from .run.engine import Engine
     from .run.progress import make_progress
 
     if isinstance(recipe, Recipe):
@@ -58,7 +58,7 @@ async def run_recipe(
         recipe, registry = open_recipe(
             recipe, overrides=overrides, registry=registry, environ=environ
         )
-    engine = Engine(
+    engine = make_engine(
         recipe,
         registry,
         make_progress(progress, console),
@@ -68,6 +68,32 @@ async def run_recipe(
         handle_signals=handle_signals,
     )
     return await engine.run()
+
+
+def make_engine(
+    recipe: Recipe,
+    registry: Registry,
+    progress: Progress,
+    *,
+    limit: int | None = None,
+    fresh: bool = False,
+    retry_errors: bool = False,
+    handle_signals: bool = True,
+) -> Engine:
+    """The engine for a recipe, with every mode wired in (direct, batch, auto)."""
+    from .batch.runner import run_batches
+    from .run.engine import Engine
+
+    return Engine(
+        recipe,
+        registry,
+        progress,
+        limit=limit,
+        fresh=fresh,
+        retry_errors=retry_errors,
+        handle_signals=handle_signals,
+        batch_phase=run_batches,
+    )
 
 
 def run_recipe_sync(

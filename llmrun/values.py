@@ -128,3 +128,15 @@ class ComponentContext:
     base_dir: Path  # the recipe's folder: relative paths resolve against it
     recipe_name: str
     warn: Callable[[str], None] = field(default=lambda message: None)
+
+
+def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"fields": {"a": 1}}`` -> ``{"fields.a": 1}``; lists and empty objects stay values."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -270,7 +270,7 @@ class AnthropicMessages:
 
     def batch_api(self) -> Any:
         """Anthropic Message Batches for this endpoint (``llmrun.batch.contract``)."""
-        from ..batch.anthropic import AnthropicBatches
+        from .anthropic_batches import AnthropicBatches
 
         base = str(self.url).rsplit("/v1/messages", 1)[0]
         return AnthropicBatches(self, base, self._headers, error_from)

@@ -26,6 +26,8 @@ KEY_ENV = {"api-key": "AZURE_OPENAI_API_KEY", "bearer": "AZURE_OPENAI_AD_TOKEN"}
 class AzureOpenAIChat(OpenAIChat):
     """POST to a deployment's chat completions with ``api-key`` (or bearer) auth."""
 
+    openai_urls: ClassVar[bool] = False
+
     options_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
         "additionalProperties": False,

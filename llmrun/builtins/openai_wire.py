@@ -104,6 +104,9 @@ class OpenAIShaped:
         "required": ["model"],
         "properties": dict(COMMON_OPTIONS),
     }
+    # URLs are ``base_url`` + the OpenAI paths (so the Batch API sits there too); a subclass
+    # that builds its own (Azure deployments) sets it False.
+    openai_urls: ClassVar[bool] = True
     path: ClassVar[str] = "/chat/completions"
     what: ClassVar[str] = "chat completion"  # for messages
     label: ClassVar[str] = "openai"  # the provider's name, for warnings

@@ -7,13 +7,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from ..hookspecs import Register, hookimpl
-from ..job.store import now_iso
-from ..values import ComponentContext
+from ..values import ComponentContext, flatten
 
 
 class JsonlWriter:
@@ -78,7 +78,7 @@ class JsonlWriter:
                 fh.write(b"\n")
                 return
             aside = self.path.with_name(self.path.name + ".llmrun") / (
-                f"torn-{now_iso().replace(':', '')}.txt"
+                f"torn-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.txt"
             )
             aside.parent.mkdir(parents=True, exist_ok=True)
             aside.write_bytes(fragment)
@@ -273,8 +273,6 @@ class JsonWriter:
 
 
 def _flatten(row: Mapping[str, Any]) -> dict[str, Any]:
-    from ..job.export import flatten
-
     return flatten(row)
 
 

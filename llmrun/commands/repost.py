@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace, err: Any) -> int:
     from ..api import open_recipe
     from ..run.repost import repost
-    from .main import EXIT_ERRORS, EXIT_OK
+    from .exits import EXIT_ERRORS, EXIT_OK
 
     recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
     summary = repost(recipe, registry, force=args.force)

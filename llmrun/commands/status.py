@@ -74,6 +74,7 @@ def status(args: argparse.Namespace, err: Any) -> int:
     from rich.table import Table
 
     from ..api import open_recipe
+    from ..job.records import count_selected
     from ..job.store import RunState
     from ..plugins import build_component
     from ..values import ComponentContext
@@ -84,11 +85,10 @@ def status(args: argparse.Namespace, err: Any) -> int:
     total: int | None = None
     try:
         loader = build_component(registry, "loader", recipe.data, context)
-        total = loader.count()
+        # What the recipe covers, selection applied, as every mode reads it.
+        total = count_selected(recipe, loader)
     except Exception as exc:  # no input to count is still a status
         err.print(f"cannot count the input records: {type(exc).__name__}: {exc}", markup=False)
-    if total is not None and recipe.limit is not None:
-        total = min(total, recipe.limit)
     report["total"] = total
     report["remaining"] = None if total is None else max(0, total - report["rows"])
     manifest = RunState(recipe.output_path).read_manifest() or {}

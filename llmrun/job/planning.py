@@ -41,6 +41,7 @@ from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor
 from ..values import ComponentContext, Usage
 from .ids import record_id
+from .records import selected
 from .store import IdSet
 
 SHOWN_PROMPTS = 3
@@ -116,33 +117,35 @@ def make_plan(
     sampled_input = 0
     # Counts and the first few places only: a 10M-record input may lack a field everywhere.
     no_id = _Places()
+    cannot = _Places()  # a filter that fails on the record
     loader = build_component(registry, "loader", recipe.data, context)
-    records: Iterator[Any] = iter(())
+    # The records a run would take: the very stream every mode reads (selection applied).
+    works = selected(recipe, loader, limit=limit)
     try:
-        records = loader.records()
-        for rec in records:
-            if limit is not None and plan.records >= limit:
-                break
+        for work in works:
             plan.records += 1
-            if rec.data is None:
+            if work.data is None:
                 plan.unreadable += 1
                 continue
-            rid = record_id(rec.data, recipe.id_field)
-            if rid is None:  # the run writes an error row for it without calling
-                no_id.add(rec.where)
+            rid = work.id
+            if work.error is not None:  # the run writes an error row for it without calling
+                if record_id(work.data, recipe.id_field) is None:
+                    no_id.add(work.where)
+                else:
+                    cannot.add(work.where)
                 continue
             if rid in done_ids:
                 assert plan.done is not None
                 plan.done += 1
                 continue
             plan.to_send += 1
-            missing = template.missing(rec.data)
+            missing = template.missing(work.data)
             if missing:
-                lacking.setdefault(tuple(missing), _Places()).add(rec.where)
+                lacking.setdefault(tuple(missing), _Places()).add(work.where)
             if plan.sampled >= sample:
                 continue
             try:
-                prompt = template.render(rid, rec.data)
+                prompt = template.render(rid, work.data)
             except RecordError as exc:  # a template or an image (ImageError) the run would fail
                 if not missing:
                     failing[str(exc)] = failing.get(str(exc), 0) + 1
@@ -173,9 +176,7 @@ def make_plan(
             ]
         ) from None
     finally:
-        close = getattr(records, "close", None)
-        if close is not None:
-            close()
+        works.close()
     mean_input = sampled_input / plan.sampled if plan.sampled else 0.0
     plan.input_tokens = round(mean_input * plan.to_send)
     typical = typical_seen if typical_seen is not None else max(1, ceiling // 4)
@@ -188,6 +189,10 @@ def make_plan(
         plan.warnings.append(
             f"{no_id.count} record(s) have no {recipe.id_field!r} field (data.id) ({no_id}): "
             "they will be error rows"
+        )
+    if cannot.count:
+        plan.warnings.append(
+            f"{cannot.count} record(s) fail data.filter ({cannot}): they will be error rows"
         )
     redact = Redactor({*recipe.secrets, *recipe.api_keys})
     plan.prompts = [

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..recipe.load import Recipe
 from ..recipe.pricing import Price, PriceTable
 from ..redaction import Redactor
 from ..values import Reply
+from .records import Work
 from .store import now_iso
 
 _UNSET: Any = object()
-
-
-@dataclass(slots=True)
-class Work:
-    """A record on its way through the run: its id, fields (None when unreadable), where it
-    is in the input, why it cannot be sent (if so), and when a worker took it up."""
-
-    id: str
-    data: dict[str, Any] | None
-    where: str
-    error: str | None
-    started_at: str | None = None
 
 
 class RowMaker:

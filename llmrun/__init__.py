@@ -26,6 +26,9 @@ _WHERE = {
     "RecordError": "errors",
     "Reply": "values",
     "Result": "values",
+    "Row": "values",
+    "RunEnd": "values",
+    "RunStart": "values",
     "RunAborted": "errors",
     "RunSummary": "job.summary",
     "SourceRecord": "values",
@@ -54,7 +57,10 @@ __all__ = [  # noqa: RUF022
     "RecordError",
     "Reply",
     "Result",
+    "Row",
     "RunAborted",
+    "RunEnd",
+    "RunStart",
     "RunSummary",
     "SourceRecord",
     "TemplateError",
@@ -94,4 +100,14 @@ if TYPE_CHECKING:
     )
     from .job.summary import RunSummary
     from .recipe.load import Recipe, load_recipe
-    from .values import ComponentContext, Prompt, Reply, Result, SourceRecord, Usage
+    from .values import (
+        ComponentContext,
+        Prompt,
+        Reply,
+        Result,
+        Row,
+        RunEnd,
+        RunStart,
+        SourceRecord,
+        Usage,
+    )

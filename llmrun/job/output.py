@@ -31,7 +31,7 @@ class RowSink:
         for row in rows:
             self.stats.count_row(row)
             if wants_rows:
-                self.observers.call("record_done", row)
+                self.observers.call("record_done", row=row)
 
     def sync(self) -> None:
         self.writer.sync()

@@ -44,7 +44,7 @@ from ..recipe.load import Recipe
 from ..recipe.pricing import Price
 from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor
-from ..values import ComponentContext
+from ..values import ComponentContext, RunStart
 from ..wire.transport import default_transport
 from .budget import Budget
 from .calls import Caller, NotSent
@@ -160,15 +160,15 @@ class Engine:
             )
             self.observers.call(
                 "run_started",
-                {
-                    "recipe": self.recipe.name,
-                    "recipe_hash": self.recipe.job_hash,
-                    "output": str(self.recipe.output_path),
-                    "provider": self.recipe.provider.name,
-                    "model": model,
-                    "resumed": self.stats.resumed_ok + self.stats.resumed_error,
-                    "started_at": manifest["runs"][-1]["started_at"],
-                },
+                run=RunStart(
+                    recipe=self.recipe.name,
+                    recipe_hash=self.recipe.job_hash,
+                    output=str(self.recipe.output_path),
+                    provider=self.recipe.provider.name,
+                    model=model,
+                    resumed=self.stats.resumed_ok + self.stats.resumed_error,
+                    started_at=manifest["runs"][-1]["started_at"],
+                ),
             )
             status: Status = "completed"
             reason: str | None = None
@@ -199,7 +199,7 @@ class Engine:
                     summary = RunSummary(
                         status, self.stats, str(self.recipe.output_path), reason, self.warnings
                     )
-                    self.observers.call("run_finished", summary.to_json())
+                    self.observers.call("run_finished", summary=summary.to_hook())
             return summary
 
     def _make_caller(self, transport: Any) -> Caller:

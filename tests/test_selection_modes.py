@@ -2,7 +2,7 @@
 
 Direct, batch and auto modes run through the real ``llmrun`` command against the fake batch
 server, which counts what reached it; ``plan``, ``status`` and ``validate`` only read, so they
-run in this process (``llmrun.commands.main.main``).
+run in this process (``read_cli``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from llmrun.commands.main import main
 from llmrun.testing.fake_batches import FakeBatches
 
-from .conftest import read_jsonl, run_cli, write_jsonl, write_recipe
+from .conftest import read_cli, read_jsonl, run_cli, write_jsonl, write_recipe
 
 N = 60
 ALL = [f"r{i:03d}" for i in range(N)]
@@ -109,26 +108,25 @@ def test_batch_modes_submit_only_the_selected_records(
 
 @pytest.mark.parametrize("key", list(SELECTIONS))
 def test_plan_status_and_validate_count_the_selected_records(
-    tmp_path: Path,
-    covered: dict[str, list[str]],
-    key: str,
-    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, covered: dict[str, list[str]], key: str
 ) -> None:
     expected = covered[key]
     recipe = make_recipe(tmp_path, "http://127.0.0.1:9/v1", SELECTIONS[key][0], "batch")
-    assert main(["plan", str(recipe), "--json"]) == 0
-    plan = json.loads(capsys.readouterr().out)
+    plan_run = read_cli("plan", str(recipe), "--json")
+    assert plan_run.returncode == 0, plan_run.stderr
+    plan = json.loads(plan_run.stdout)
     assert plan["records"] == len(expected)
     assert plan["to_send"] == len(expected)
 
-    assert main(["status", str(recipe), "--json"]) == 0
-    status = json.loads(capsys.readouterr().out)
+    status_run = read_cli("status", str(recipe), "--json")
+    assert status_run.returncode == 0, status_run.stderr
+    status = json.loads(status_run.stdout)
     assert status["total"] == len(expected)
     assert status["remaining"] == len(expected)
 
-    assert main(["validate", str(recipe), "--records", str(N)]) == 0
-    said = capsys.readouterr().err
+    checked = read_cli("validate", str(recipe), "--records", str(N))
+    assert checked.returncode == 0, checked.stderr
     if key == "sample-count":  # validate reads the first records only: a count is not applied
-        assert "data.sample (a count) is not applied" in said
+        assert "data.sample (a count) is not applied" in checked.stderr
     else:
-        assert f"{len(expected)} record(s) checked" in said
+        assert f"{len(expected)} record(s) checked" in checked.stderr

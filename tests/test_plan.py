@@ -261,12 +261,19 @@ def test_plan_limit_missing_data_and_secrets(tmp_path: Path):
 
 
 class OtherWriter:
-    """A writer plan cannot read without opening: "already done" is unknown."""
+    """A writer without read(): plan cannot read its output, so "already done" is unknown.
+    Building it is fine (constructors do no I/O); opening or writing is not."""
 
     options_schema: Mapping[str, Any] = {"type": "object"}
 
     def __init__(self, options: Mapping[str, Any], context: Any) -> None:
-        raise AssertionError("plan must not build the writer")
+        pass
+
+    def open(self) -> Any:
+        raise AssertionError("plan must not open the writer")
+
+    def write(self, rows: Any) -> None:
+        raise AssertionError("plan must not write")
 
 
 def test_plan_with_a_writer_it_cannot_read(tmp_path: Path, llmrun_registry: Any):
@@ -288,7 +295,7 @@ def test_plan_with_a_writer_it_cannot_read(tmp_path: Path, llmrun_registry: Any)
     )
     plan = make_plan(recipe, registry)
     assert plan.done is None and plan.to_send == 3
-    assert plan.warnings[0].startswith("the 'other' writer's output cannot be read")
+    assert plan.warnings[0].startswith("the 'other' writer cannot read its output back")
 
 
 def test_plan_counts_the_few_shot_examples_the_run_sends(tmp_path: Path):

@@ -51,6 +51,23 @@ class JsonlWriter:
             self.path, "a", encoding="utf-8", errors="backslashreplace"
         )
 
+    def read(self) -> Iterator[Mapping[str, Any]]:
+        """The whole rows already written, read-only (``status``, ``plan``, the report)."""
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except (FileNotFoundError, IsADirectoryError):
+            return
+        with fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    return  # a torn tail (a crash mid-write): not a row yet
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and "id" in row:
+                    yield row
+
     def _repair_tail(self) -> None:
         if not self.path.exists():
             return

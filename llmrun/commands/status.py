@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,36 +27,26 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=status)
 
 
-def read_status(output: Path) -> dict[str, Any]:
-    """Counts from the output file: rows by status, errors by type, spend, torn tail."""
+def read_status(output: Path, rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts from the output's rows: by status, errors by type, spend, torn tail."""
     counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     retryable = 0
     spend = 0.0
     priced = True
-    torn = False
-    if output.exists():
-        with open(output, "rb") as fh:
-            for line in fh:
-                if not line.endswith(b"\n"):
-                    torn = True  # a crash mid-write: the next run repairs it
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    torn = True
-                    continue
-                status = str(row.get("status"))
-                counts[status] += 1
-                if status == "error":
-                    error = row.get("error") or {}
-                    errors[str(error.get("type"))] += 1
-                    retryable += bool(error.get("retryable"))
-                cost = row.get("cost_usd")
-                if isinstance(cost, int | float):
-                    spend += cost
-                elif status == "ok" and row.get("response") is not None:
-                    priced = False
+    for row in rows:
+        status = str(row.get("status"))
+        counts[status] += 1
+        if status == "error":
+            error = row.get("error") or {}
+            errors[str(error.get("type"))] += 1
+            retryable += bool(error.get("retryable"))
+        cost = row.get("cost_usd")
+        if isinstance(cost, int | float):
+            spend += cost
+        elif status == "ok" and row.get("response") is not None:
+            priced = False
+    torn = _torn_tail(output)
     return {
         "output": str(output),
         "rows": sum(counts.values()),
@@ -74,13 +65,14 @@ def status(args: argparse.Namespace, err: Any) -> int:
     from rich.table import Table
 
     from ..api import open_recipe
+    from ..job.output import read_rows
     from ..job.records import count_selected
     from ..job.store import RunState
     from ..plugins import build_component
     from ..values import ComponentContext
 
     recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
-    report = read_status(recipe.output_path)
+    report = read_status(recipe.output_path, read_rows(recipe, registry))
     context = ComponentContext(recipe.base_dir, recipe.name)
     total: int | None = None
     try:
@@ -215,3 +207,16 @@ def _lock_holder_alive(state_dir: Path) -> bool | None:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+def _torn_tail(output: Path) -> bool:
+    """A file output that does not end in a newline: a crash mid-write (the next run repairs
+    it). A folder output (the parquet writer's) repairs its own journal."""
+    if not output.is_file():
+        return False
+    with open(output, "rb") as fh:
+        size = fh.seek(0, 2)
+        if size == 0:
+            return False
+        fh.seek(size - 1)
+        return fh.read(1) != b"\n"

@@ -7,11 +7,14 @@ reaches the output.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..components import Writer
-from ..plugins import Observers
+from ..errors import RecipeError
+from ..plugins import Observers, Registry, build_component
+from ..recipe.load import Recipe
+from ..values import ComponentContext
 from .stats import RunStats
 
 
@@ -35,3 +38,31 @@ class RowSink:
 
     def sync(self) -> None:
         self.writer.sync()
+
+
+def read_rows(recipe: Recipe, registry: Registry) -> Iterator[Mapping[str, Any]]:
+    """The rows already in the recipe's output, read-only, through its writer plugin (JSONL, the
+    parquet folder, any writer with ``read``): what ``status`` and ``plan`` count. RecipeError
+    when the writer cannot read its output back."""
+    context = ComponentContext(recipe.base_dir, recipe.name)
+    writer = build_component(registry, "writer", recipe.writer, context)
+    read = getattr(writer, "read", None)
+    if read is None:
+        raise RecipeError(
+            f"the {recipe.writer.name!r} writer cannot read its output back (it has no read()); "
+            "only `llmrun run` can resume it"
+        )
+    rows: Iterator[Mapping[str, Any]] = read()
+    return rows
+
+
+def rewritable(recipe: Recipe) -> None:
+    """Commands that rewrite the output in place (``--retry-errors``, ``repost``) work on the
+    JSONL output, the source of truth: RecipeError for any other writer, before anything
+    changes."""
+    if recipe.writer.name != "jsonl":
+        raise RecipeError(
+            f"this rewrites the output in place, which only the jsonl writer's output allows; "
+            f"this recipe writes with {recipe.writer.name!r} (write jsonl and `llmrun export` "
+            "to other formats)"
+        )

@@ -41,6 +41,7 @@ from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor
 from ..values import ComponentContext, Usage
 from .ids import record_id
+from .output import read_rows
 from .records import selected
 from .store import IdSet
 
@@ -107,7 +108,7 @@ def make_plan(
     context = ComponentContext(recipe.base_dir, recipe.name)
     plan = Plan(str(recipe.path), _model(recipe, registry, context), mode)
     plan.token_method = tokens.method()
-    done_ids, typical_seen = _read_done(recipe, plan)
+    done_ids, typical_seen = _read_done(recipe, registry, plan)
     template = PromptTemplate.for_recipe(recipe)
     ceiling = tokens.output_ceiling(recipe.generation)
     window = context_window(plan.model)
@@ -255,38 +256,26 @@ def _model(recipe: Recipe, registry: Registry, context: ComponentContext) -> str
     return None if model is None else str(model)
 
 
-def _read_done(recipe: Recipe, plan: Plan) -> tuple[IdSet, float | None]:
-    """The ids already in the output and the mean output tokens of its ok rows, read-only."""
-    if recipe.writer.name != "jsonl":
+def _read_done(recipe: Recipe, registry: Registry, plan: Plan) -> tuple[IdSet, float | None]:
+    """The ids already in the output and the mean output tokens of its ok rows, read-only,
+    through the writer plugin."""
+    try:
+        rows = read_rows(recipe, registry)
+    except RecipeError as exc:
         plan.done = None
-        plan.warnings.append(
-            f"the {recipe.writer.name!r} writer's output cannot be read without opening it: "
-            "records already done are counted as still to send"
-        )
+        plan.warnings.append(f"{exc}: records already done are counted as still to send")
         return IdSet(), None
-    path = recipe.output_path
     outputs = [0, 0]  # ok rows reporting output tokens, and their sum
 
     def ids() -> Iterator[str]:
-        try:
-            fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            return
-        with fh:
-            for line in fh:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # a torn tail or damaged line: resume would run that record again
-                if not isinstance(row, dict) or "id" not in row:
-                    continue
-                if row.get("status") == "ok":
-                    usage = (row.get("response") or {}).get("usage") or {}
-                    out = usage.get("output_tokens")
-                    if isinstance(out, int):
-                        outputs[0] += 1
-                        outputs[1] += out
-                yield str(row["id"])
+        for row in rows:
+            if row.get("status") == "ok":
+                usage = (row.get("response") or {}).get("usage") or {}
+                out = usage.get("output_tokens")
+                if isinstance(out, int):
+                    outputs[0] += 1
+                    outputs[1] += out
+            yield str(row["id"])
 
     done = IdSet(ids())
     return done, (outputs[1] / outputs[0] if outputs[0] else None)

@@ -31,7 +31,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..components import Loader, Postprocessor, Provider, Writer
 from ..errors import CallError, RecipeError, RunAborted
 from ..job.manifest import finish_manifest, start_manifest, update_manifest
-from ..job.output import RowSink
+from ..job.output import RowSink, rewritable
 from ..job.records import Work, selected, selection
 from ..job.rerun import drop_error_rows
 from ..job.rows import RowMaker
@@ -96,6 +96,8 @@ class Engine:
         self.limit = limit if limit is not None else recipe.limit
         self.fresh = fresh
         self.retry_errors = retry_errors
+        if retry_errors:
+            rewritable(recipe)  # before anything changes
         self.handle_signals = handle_signals and sys.platform != "win32"
         self.batch_phase = batch_phase
         # Keys written literally in a recipe are as secret as those read from ${VAR}.

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..components import Postprocessor
 from ..errors import RecipeError, RecordError
+from ..job.output import rewritable
 from ..job.store import RunState, fsync_dir, link_or_copy, now_iso
 from ..plugins import Registry, build_component
 from ..recipe.load import Recipe
@@ -50,10 +51,7 @@ class RepostSummary:
 def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> RepostSummary:
     """Rerun the recipe's postprocessors over its output; raise LockedError while a run writes,
     and RecipeError when the calls changed since the replies were made (unless ``force``)."""
-    if recipe.writer.name != "jsonl":
-        raise RecipeError(
-            f"repost reads the jsonl output; this recipe writes with {recipe.writer.name!r}"
-        )
+    rewritable(recipe)
     output = recipe.output_path
     if not output.exists():
         raise RecipeError(f"no output at {output}: run the recipe first")

@@ -25,6 +25,9 @@ import pytest
 
 from .conftest import read_jsonl, write_jsonl
 
+# Slow (builds distributions in a fresh environment): `-m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 PARQUET = ROOT / "plugins" / "llmrun-parquet"
 HF = ROOT / "plugins" / "llmrun-hf"
@@ -147,6 +150,7 @@ print(json.dumps(len(rows)))
 READ_OUTPUT = """
 import json, sys
 import pyarrow.parquet as pq
+
 table = pq.read_table(sys.argv[1])
 print(json.dumps({"rows": table.to_pylist(), "columns": table.column_names}))
 """

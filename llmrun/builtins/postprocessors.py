@@ -312,6 +312,12 @@ class Python:
         },
     }
 
+    @classmethod
+    def runs_code(cls, options: Mapping[str, Any]) -> str:
+        """What this component would run: built only when the user trusts the recipe."""
+        module = str(options.get("function", "")).partition(":")[0]
+        return f"python function {options.get('function')} (module {module!r})"
+
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.name = str(options["function"])
         self.function = _import(self.name, context.base_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 
 
 def register(subparsers: Any) -> None:
@@ -46,7 +46,11 @@ def cmd_plan(args: argparse.Namespace, err: Any) -> int:
     unset = missing_env(Path(args.recipe), os.environ, args.overrides)
     environ = {**os.environ, **{name: f"<{name} unset>" for name in unset}}
     recipe, registry = open_recipe(
-        args.recipe, overrides=args.overrides, registry=load_registry(lazy=True), environ=environ
+        args.recipe,
+        overrides=args.overrides,
+        registry=load_registry(lazy=True),
+        environ=environ,
+        access=recipe_access(args),
     )
     plan = make_plan(recipe, registry, sample=args.sample, limit=args.limit)
     plan.warnings[:0] = [

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 from .exits import EXIT_ABORTED, EXIT_BUDGET, EXIT_ERRORS, EXIT_INTERRUPTED, EXIT_OK
 
 
@@ -68,7 +68,9 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         ["llmrun", "run", args.recipe, *(f"--set={o}" for o in args.overrides)]
         + ([] if args.limit is None else ["--limit", str(args.limit)])
     )
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, access=recipe_access(args)
+    )
     for change in check_lock(recipe, registry, locked=args.locked):
         err.print("[yellow]warning[/]: differs from the lock: ", end="")
         err.print(change, markup=False)

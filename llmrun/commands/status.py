@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 
 
 def register(subparsers: Any) -> None:
@@ -79,9 +79,11 @@ def status(args: argparse.Namespace, err: Any) -> int:
     from ..plugins import build_component
     from ..values import ComponentContext
 
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, access=recipe_access(args)
+    )
     report = read_status(recipe.output_path)
-    context = ComponentContext(recipe.base_dir, recipe.name)
+    context = ComponentContext(recipe.base_dir, recipe.name, access=recipe.access)
     total: int | None = None
     try:
         loader = build_component(registry, "loader", recipe.data, context)

@@ -104,7 +104,7 @@ def make_plan(
     limit = recipe.limit if limit is None else limit
     run = recipe.run
     mode = str(getattr(run, "mode", "direct") or "direct")
-    context = ComponentContext(recipe.base_dir, recipe.name)
+    context = ComponentContext(recipe.base_dir, recipe.name, access=recipe.access)
     plan = Plan(str(recipe.path), _model(recipe, registry, context), mode)
     plan.token_method = tokens.method()
     done_ids, typical_seen = _read_done(recipe, plan)

@@ -37,6 +37,7 @@ def cmd_plan(args: argparse.Namespace, err: Any) -> int:
     from ..errors import RecipeError
     from ..job.planning import format_plan, make_plan, missing_env
     from ..plugins import load_registry
+    from ..redaction import printable
 
     if args.sample < 0:
         raise RecipeError(f"--sample must be 0 or more, got {args.sample}")
@@ -60,5 +61,6 @@ def cmd_plan(args: argparse.Namespace, err: Any) -> int:
     if args.json:
         print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False))  # noqa: T201 - output
     else:
-        print(format_plan(plan))  # noqa: T201 - the command's output
+        # Prompts hold record data: no control character of it reaches the terminal.
+        print(printable(format_plan(plan)))  # noqa: T201 - the command's output
     return 0

@@ -70,13 +70,13 @@ def read_status(output: Path) -> dict[str, Any]:
 
 
 def status(args: argparse.Namespace, err: Any) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from ..api import open_recipe
     from ..job.records import count_selected
     from ..job.store import RunState
     from ..plugins import build_component
+    from ..terminal import SafeConsole
     from ..values import ComponentContext
 
     recipe, registry = open_recipe(
@@ -137,7 +137,7 @@ def status(args: argparse.Namespace, err: Any) -> int:
         table.add_row("last run", f"{last.get('started_at', '?')} {ended}")
     if report["torn_tail"]:
         table.add_row("note", "the output ends in a torn line; the next run repairs it")
-    console = Console()
+    console = SafeConsole()
     console.print(table)
     if batches:
         console.print(_batch_table(batches))

@@ -7,6 +7,7 @@ from typing import Any
 
 from . import add_recipe_args, recipe_access
 from .exits import EXIT_OK
+from .run import reach_lines
 
 
 def register(subparsers: Any) -> None:
@@ -46,7 +47,7 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         args.recipe, overrides=args.overrides, registry=registry, access=recipe_access(args)
     )
     report = check_against_data(recipe, registry, sample=args.records)
-    for note in report.notes:
+    for note in [*reach_lines(recipe), *report.notes]:
         err.print(f"  {note}", markup=False)
     if report.problems:
         raise RecipeError(report.problems)

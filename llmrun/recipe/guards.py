@@ -38,6 +38,8 @@ class KeyRoute:
     source: str  # "$OPENAI_API_KEY", "the recipe", "--set"
 
     def __str__(self) -> str:
+        if not self.fingerprint:
+            return f"{self.host} (no key)"
         return f"{self.host} <- {self.fingerprint} (from {self.source})"
 
 
@@ -199,6 +201,8 @@ def key_routes(
     routes: list[KeyRoute] = []
     problems: list[Problem] = []
     table = {**KNOWN_KEY_HOMES, **homes}
+    if not keys and host:
+        routes.append(KeyRoute(host, "", ""))
     for key, source in keys.items():
         routes.append(KeyRoute(host or "(the provider's endpoint)", fingerprint(key), source))
         variable = source.removeprefix("$")

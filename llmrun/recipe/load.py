@@ -636,7 +636,7 @@ def _route_keys(
     go to another host the user has not confirmed."""
     cls = registry.get("provider", recipe.provider.name).cls
     options = recipe.provider.options
-    endpoint_of = getattr(cls, "endpoint", None)
+    endpoint_of = getattr(cls, "key_endpoint", None)
     endpoint = (
         str(endpoint_of(options))
         if callable(endpoint_of)

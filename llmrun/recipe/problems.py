@@ -192,15 +192,15 @@ def sandbox_problems(ast: jinja2.nodes.Template, scope: ReadScope) -> list[str]:
                 f"the template reaches for {name!r}: attributes starting with _ are not "
                 "available to templates (they run in a sandbox)"
             )
-    names = [str(n) for n in jinja2.meta.find_referenced_templates(ast) if n is not None]
+    names = [("{% include %}", str(n)) for n in jinja2.meta.find_referenced_templates(ast) if n]
     for call in ast.find_all(jinja2.nodes.Call):
         if isinstance(call.node, jinja2.nodes.Name) and call.node.name == "load" and call.args:
             arg = _constant(call.args[0])
             if isinstance(arg, str):
-                names.append(arg)
-    for name in names:
+                names.append(("load()", arg))
+    for what, name in names:
         try:
-            scope.check(name, "template file")
+            scope.check(name, what)
         except OutsideError as exc:
             found.append(str(exc))
     return list(dict.fromkeys(found))

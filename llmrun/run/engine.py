@@ -133,7 +133,7 @@ class Engine:
                 )
 
     def warn(self, message: str) -> None:
-        message = self.redact(message)
+        message = self.redact.message(message)
         self.warnings.append(message)
         self.progress.log(f"warning: {message}")
 
@@ -189,7 +189,7 @@ class Engine:
                     self.writer.sync()
                     self.writer.close()
                     if self.flags.abort is not None:
-                        status, reason = "aborted", self.redact(str(self.flags.abort))
+                        status, reason = "aborted", self.redact.message(str(self.flags.abort))
                     elif self.flags.budget:
                         status, reason = "budget", self.budget_reason()
                     elif self.flags.stopping:

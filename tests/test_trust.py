@@ -268,9 +268,8 @@ def test_outputs_llmrun_wrote_and_outputs_named_on_the_command_line_work(tmp_pat
 
 
 def test_alias_bomb_fails_fast_with_bounded_memory(tmp_path: Path):
-    rows = "".join(
-        f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
-    )
+    pairs = zip("abcdefgh", "bcdefghi", strict=True)
+    rows = "".join(f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in pairs)
     bomb = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + rows
     path = tmp_path / "bomb.yaml"
     path.write_text(bomb, encoding="utf-8")

@@ -367,3 +367,26 @@ def test_server_text_cannot_drive_the_terminal(tmp_path: Path):
     assert result.returncode == 3, result.stderr
     assert "bad" in result.stderr
     assert "\x1b[2J" not in result.stderr and "\x1b]0" not in result.stderr
+
+
+def test_a_link_in_a_data_folder_is_not_followed_out(tmp_path: Path):
+    (tmp_path / "secret.txt").write_text("PRIVATE", encoding="utf-8")
+    with FakeOpenAI() as server:
+        recipe = job(
+            tmp_path,
+            openai(server, api_keys=["k-123456"]),
+            data={"loader": "files", "path": "docs"},
+            prompt={"user": "{{ text }}"},
+        )
+        docs = recipe.parent / "docs"
+        docs.mkdir()
+        (docs / "a.txt").write_text("public", encoding="utf-8")
+        (docs / "b.txt").symlink_to(tmp_path / "secret.txt")
+        inside = run_cli("validate", str(recipe), "--set", "output.path=docs/out.jsonl")
+        assert inside.returncode == 2 and "is inside an input of the run" in inside.stderr
+        result = run_cli("run", str(recipe), "--quiet")
+        sent = [r.body["messages"][-1]["content"] for r in server.requests]
+    assert result.returncode == 1, result.stderr
+    assert sent == ["public"]
+    rows = {r["id"]: r for r in read_jsonl(recipe.parent / "out.jsonl")}
+    assert "outside the recipe's folder" in rows["docs/b.txt"]["error"]["message"]

@@ -72,7 +72,7 @@ def read_problems(
         if from_command_line(path, positions):
             continue
         try:
-            scope.check(_glob_root(value), dotted(path))
+            scope.check(glob_root(value), dotted(path))
         except OutsideError as exc:
             problems.append(_problem(path, str(exc), positions, filename))
     return problems
@@ -91,7 +91,7 @@ def _get(data: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return node
 
 
-def _glob_root(value: str) -> str:
+def glob_root(value: str) -> str:
     """The folder part of a glob before its first wildcard (``docs/**/*.md`` -> ``docs``)."""
     parts = Path(value).parts
     for i, part in enumerate(parts):
@@ -106,7 +106,7 @@ def input_paths(data: Mapping[str, Any], base_dir: Path, recipe: Path) -> list[P
     for path in _input_keys(data):
         value = _get(data, path)
         if isinstance(value, str) and value != "-" and "://" not in value:
-            found.append((base_dir / _glob_root(value)).resolve())
+            found.append((base_dir / glob_root(value)).resolve())
     return found
 
 

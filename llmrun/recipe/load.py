@@ -22,7 +22,7 @@ from ..errors import PluginError, Problem, RecipeError
 from ..plugins import Registry
 from ..redaction import Redactor, looks_like_secret, url_password
 from .envvars import Environment, read_dotenv, variables_in
-from .guards import KeyRoute, key_routes, output_problems, read_problems
+from .guards import KeyRoute, glob_root, key_routes, output_problems, read_problems
 from .keyenv import default_key
 from .problems import locate, schema_problems, selection_problems, template_problems
 from .schema import CORE_KEYS, base_schema
@@ -195,6 +195,7 @@ def load_recipe(
         keys, value = parse_override(item)
         _apply_override(data, keys, value, positions)
 
+    access = _user_data_folder(data, positions, path.parent, access)
     env = Environment(read_dotenv(path.parent / ".env"), environ)
     problems: list[Problem] = []
     secrets: set[str] = set()
@@ -660,6 +661,22 @@ def _route_keys(
     if problems:
         raise RecipeError(problems)
     return replace(recipe, key_routes=routes)
+
+
+def _user_data_folder(
+    data: dict[str, Any], positions: Positions, base: Path, access: Access
+) -> Access:
+    """A ``data.path`` the user gave with ``--set`` is theirs to name: its folder joins the
+    folders the recipe may read (the files of a folder, images beside the data)."""
+    section = data.get("data")
+    given = section.get("path") if isinstance(section, dict) else None
+    if not isinstance(given, str) or positions.get(("data", "path")) != (0, 0):
+        return access
+    if given == "-" or "://" in given or "$" in given:
+        return access
+    root = (base / glob_root(given)).resolve()
+    folder = root if root.is_dir() else root.parent
+    return replace(access, read_roots=(*access.read_roots, folder))
 
 
 def _code_of(registry: Registry, spec: ComponentSpec) -> str | None:

@@ -117,7 +117,7 @@ class _FolderLoader(jinja2.BaseLoader):
         return source, str(path), lambda: path.exists() and path.stat().st_mtime == mtime
 
 
-class _Sandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
+class SandboxEnvironment(jinja2.sandbox.ImmutableSandboxedEnvironment):
     """Jinja's immutable sandbox: no attribute starting with ``_`` (the way from a value to
     ``__globals__`` and ``os``), no method that changes a list or dict, bounded ranges. llmrun's
     own filters and ``load()`` are plain functions given to it, so they are allowed as is."""
@@ -128,7 +128,7 @@ def make_environment(base_dir: Path, scope: ReadScope | None = None) -> jinja2.E
     and ``load()`` relative to the recipe's folder and confined to ``scope`` (by default that
     folder alone)."""
     scope = scope or ReadScope((base_dir.resolve(),))
-    env = _Sandbox(
+    env = SandboxEnvironment(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,

@@ -19,13 +19,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 # A secret's head (or tail) this long, found in a text, starts (or ends) a piece of it: long
-# enough that ordinary text does not match it by chance.
-PIECE = 6
+# enough that ordinary text, or the prefix all keys of a service share ("sk-proj-"), does not
+# match it by chance. Shorter leftovers of a cut key are caught by the credential patterns.
+PIECE = 12
 _CREDENTIAL = re.compile(
-    r"(?i)(?P<lead>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{6,}"
+    r"(?i)(?P<lead>\b(?:bearer|basic)\s+)(?!key#)[A-Za-z0-9._~+/=-]+"
     r"|(?P<sk>\b(?:sk|pk|rk)-[A-Za-z0-9_-]{6,})"
-    r"|(?P<hlead>(?:x-api-key|api-key|x-goog-api-key|authorization|password|secret|token)"
-    r"[\"']?\s*[:=]\s*[\"']?)(?!key#)[^\s\"',;}]{6,}"
+    r"|(?P<hlead>\b(?:x-api-key|api-key|x-goog-api-key|authorization|password|secret|token)"
+    r"[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic)\s+)?)(?!key#)[^\s\"',;}]+"
     r"|(?P<ulead>://[^/\s:@]+:)[^/\s@]+(?=@)"
 )
 # C0 controls but tab and newline, DEL, and C1 controls (CSI is one): what moves the cursor,
@@ -72,8 +73,9 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, fingerprint(secret))
-            if len(secret) > PIECE:
-                text = _pieces(text, secret)
+            if len(secret) > 2 * PIECE:
+                text = _pieces(text, secret, max(PIECE, len(secret) // 4))
+            text = _cut_edges(text, secret)
         return text
 
     def message(self, text: str) -> str:
@@ -97,30 +99,46 @@ class Redactor:
         return value
 
 
-def _pieces(text: str, secret: str) -> str:
+def _pieces(text: str, secret: str, piece: int) -> str:
     """Replace what is left of ``secret`` where a text was cut: a run that starts with its
-    head or ends with its tail, as far as it agrees with the secret."""
-    head, tail = secret[:PIECE], secret[-PIECE:]
+    head or ends with its tail (``piece`` characters), as far as it agrees with the secret."""
+    head, tail = secret[:piece], secret[-piece:]
     if head not in text and tail not in text:
         return text
     mark = fingerprint(secret) + "(part)"
     start = text.find(head)
     while start >= 0:
-        end = start + PIECE
+        end = start + piece
         while end < len(text) and end - start < len(secret) and text[end] == secret[end - start]:
             end += 1
         text = text[:start] + mark + text[end:]
         start = text.find(head, start + len(mark))
     end = text.find(tail)
     while end >= 0:
-        stop = end + PIECE
+        stop = end + piece
         begin = end
-        k = len(secret) - PIECE
+        k = len(secret) - piece
         while begin > 0 and k > 0 and text[begin - 1] == secret[k - 1]:
             begin -= 1
             k -= 1
         text = text[:begin] + mark + text[stop:]
         end = text.find(tail, begin + len(mark))
+    return text
+
+
+def _cut_edges(text: str, secret: str) -> str:
+    """A text cut inside a secret ends with its first characters (or starts with its last):
+    any such leftover of 4 characters or more goes, however short (no false match elsewhere,
+    as only the very end or start is looked at)."""
+    mark = fingerprint(secret) + "(part)"
+    for n in range(min(len(secret) - 1, len(text)), 3, -1):
+        if text.endswith(secret[:n]):
+            text = text[:-n] + mark
+            break
+    for n in range(min(len(secret) - 1, len(text)), 3, -1):
+        if text.startswith(secret[-n:]):
+            text = mark + text[n:]
+            break
     return text
 
 

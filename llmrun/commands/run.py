@@ -118,7 +118,10 @@ def handle(args: argparse.Namespace, err: Any) -> int:
 
 def reach_lines(recipe: Any) -> list[str]:
     """What a run of this recipe reaches beyond itself, told before it starts: the endpoint
-    each key goes to (by fingerprint), and code it runs because the user trusts it."""
+    each key goes to (by fingerprint), the variables it declared in ``env:`` and the code it
+    runs because the user trusts it."""
     lines = [f"endpoint {route}" for route in recipe.key_routes]
+    if recipe.env_names:
+        lines.append(f"reads environment variables (env:): {', '.join(recipe.env_names)}")
     lines += [f"runs code ({recipe.access.trusted_by}): {what}" for what in recipe.code]
     return lines

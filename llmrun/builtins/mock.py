@@ -76,6 +76,11 @@ class MockProvider(OpenAIChat):
     }
     default_base_url = "http://mock.invalid/v1"
 
+    @classmethod
+    def key_endpoint(cls, options: Mapping[str, Any]) -> str:
+        """Nowhere: the mock answers in-process, no key leaves it."""
+        return ""
+
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         super().__init__({"model": options.get("model", "mock")}, context)
         schema = thaw(options.get("json_schema"))

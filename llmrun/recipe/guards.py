@@ -211,10 +211,11 @@ def key_routes(
             continue
         if base_url_given or _host_allowed(host, endpoint, tuple(access.hosts)):
             continue
+        name = (urlsplit(endpoint).hostname or host).lower()
         problems.append(
             Problem(
                 f"the key in {source} belongs to {', '.join(allowed)}, but this recipe sends it "
-                f"to {host}; if that host is yours, confirm it with --allow-host {host} (or "
+                f"to {host}; if that host is yours, confirm it with --allow-host {name} (or "
                 f"add it to LLMRUN_ALLOW_HOSTS)",
                 where.path,
                 where.file,

@@ -109,8 +109,9 @@ class ReadScope:
         resolved = (base / path).resolve()
         if any(_inside(resolved, root) for root in self.roots):
             return resolved
+        prefix = f"{what}: " if what else ""
         raise OutsideError(
-            f"{what}: {str(path)!r} resolves to {resolved}, outside the recipe's folder "
+            f"{prefix}{str(path)!r} resolves to {resolved}, outside the recipe's folder "
             f"{base}{self._others()}; to allow it, {HOW_TO_READ}"
         )
 

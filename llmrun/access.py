@@ -83,7 +83,7 @@ def _split(text: str, sep: str) -> list[str]:
 def _matches(path: Path, pattern: str) -> bool:
     """A trusted-recipe glob: matched against the resolved recipe path; a folder trusts every
     recipe under it."""
-    expanded = os.path.expanduser(pattern)
+    expanded = os.path.abspath(os.path.expanduser(pattern))  # relative: to where you are
     if fnmatch.fnmatchcase(str(path), expanded):
         return True
     folder = Path(expanded)

@@ -162,12 +162,12 @@ def output_problems(
 def foreign_output(output: Path) -> str | None:
     """Why an existing file at ``output`` is not one llmrun wrote (None when it is, or when
     nothing is there): an llmrun output has its state folder beside it, or starts with a row."""
-    if output.is_dir():
-        return "it is a folder"
     if not output.exists():
         return None
     if output.with_name(output.name + ".llmrun").is_dir():
-        return None
+        return None  # a writer may keep its output as a folder of parts (parquet)
+    if output.is_dir():
+        return "it is a folder"
     try:
         with open(output, "rb") as fh:
             head = fh.read(1 << 16)

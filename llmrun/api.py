@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from .access import Access
 from .plugins import Registry, load_registry
 from .recipe.load import Recipe, load_recipe
 
@@ -24,10 +25,13 @@ def open_recipe(
     overrides: Sequence[str] = (),
     registry: Registry | None = None,
     environ: Mapping[str, str] | None = None,
+    access: Access | None = None,
 ) -> tuple[Recipe, Registry]:
-    """Load and validate a recipe with the installed plugins."""
+    """Load and validate a recipe with the installed plugins. ``access`` is what the user
+    allows the recipe beyond its folder (``Access.from_user``; default: nothing)."""
     registry = registry or load_registry()
-    return load_recipe(path, registry, overrides=overrides, environ=environ), registry
+    recipe = load_recipe(path, registry, overrides=overrides, environ=environ, access=access)
+    return recipe, registry
 
 
 async def run_recipe(
@@ -42,6 +46,7 @@ async def run_recipe(
     registry: Registry | None = None,
     environ: Mapping[str, str] | None = None,
     handle_signals: bool = False,
+    access: Access | None = None,
 ) -> RunSummary:
     """Run a recipe to the end and return how it ended.
 
@@ -56,7 +61,7 @@ async def run_recipe(
         registry = registry or load_registry()
     else:
         recipe, registry = open_recipe(
-            recipe, overrides=overrides, registry=registry, environ=environ
+            recipe, overrides=overrides, registry=registry, environ=environ, access=access
         )
     engine = make_engine(
         recipe,

@@ -404,4 +404,20 @@ def build_component(registry: Registry, kind: str, spec: Any, context: Any) -> A
     """The component a recipe section names (a ``recipe.ComponentSpec``), built with its
     options and the recipe's ``ComponentContext``."""
     cls = registry.get(kind, spec.name).cls
+    runs_code = getattr(cls, "runs_code", None)
+    what = runs_code(spec.options) if callable(runs_code) else None
+    access = getattr(context, "access", None)
+    if what and not getattr(access, "trust", False):
+        # The one gate every command goes through: code a recipe names is never imported
+        # unless the user trusts the recipe (never the recipe itself).
+        from .errors import Problem, RecipeError
+
+        raise RecipeError([Problem(untrusted_message(what), spec.where)])
     return cls(spec.options, context)
+
+
+def untrusted_message(what: str) -> str:
+    return (
+        f"the recipe names code to run ({what}); it is not run unless you trust this recipe: "
+        "pass --trust, or add its path (a glob) to LLMRUN_TRUST"
+    )

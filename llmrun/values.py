@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from .access import Access
+
 
 @dataclass(slots=True)
 class SourceRecord:
@@ -128,6 +130,14 @@ class ComponentContext:
     base_dir: Path  # the recipe's folder: relative paths resolve against it
     recipe_name: str
     warn: Callable[[str], None] = field(default=lambda message: None)
+    # The user's opt-ins (llmrun.access): which folders beyond base_dir a component may read,
+    # whether code the recipe names may run. The default allows neither.
+    access: Access = field(default_factory=Access)
+
+    def readable(self, path: Path | str, what: str) -> Path:
+        """``path`` resolved against the recipe's folder, or OutsideError (a ValueError) when
+        it leaves the folders the recipe may read (symlinks resolved)."""
+        return self.access.scope(self.base_dir).check(path, what)
 
 
 def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

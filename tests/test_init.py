@@ -67,7 +67,10 @@ def test_init_from_flags_against_a_local_server(tmp_path: Path, fake_openai: Fak
         "base_url": fake_openai.url,
     }
     assert not (tmp_path / "jobs" / "data.jsonl").exists()  # data was given
-    run = run_cli("run", str(recipe), "--quiet")
+    # The data sits outside the recipe's folder: the user allows that folder to be read.
+    refused = run_cli("run", str(recipe), "--quiet")
+    assert refused.returncode == 2 and "--allow-read" in refused.stderr
+    run = run_cli("run", str(recipe), "--quiet", "--allow-read", str(tmp_path))
     assert run.returncode == 0, run.stderr
     assert fake_openai.count() == 2
     assert {r["id"] for r in read_jsonl(tmp_path / "jobs" / "out" / "label.jsonl")} == {"a", "b"}

@@ -253,7 +253,7 @@ def test_chain_end_to_end_and_errors_keep_the_reply(tmp_path: Path) -> None:
             encoding="utf-8",
         )
         path = write_recipe(tmp_path, recipe)
-        done = run_cli("run", str(path), "--quiet")
+        done = run_cli("run", str(path), "--quiet", "--trust")
     assert done.returncode == 1, done.stderr
     rows = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
     assert rows["r1"]["status"] == "ok"

@@ -200,7 +200,9 @@ def test_missing_environment_variable_is_named(tmp_path: Path):
 
 
 def test_env_and_dotenv_reach_the_recipe(tmp_path: Path):
-    recipe = setup(tmp_path, provider={**NOWHERE, "model": "${LLMRUN_TEST_MODEL}"})
+    recipe = setup(
+        tmp_path, provider={**NOWHERE, "model": "${LLMRUN_TEST_MODEL}"}, env=["LLMRUN_TEST_MODEL"]
+    )
     (tmp_path / ".env").write_text("LLMRUN_TEST_MODEL=bad model\n", encoding="utf-8")
     assert read_cli("validate", str(recipe)).returncode == 0
     # The provider's model is free text, so prove which value won through --set's error path:

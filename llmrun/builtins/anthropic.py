@@ -100,6 +100,11 @@ class AnthropicMessages:
         },
     }
 
+    @classmethod
+    def key_endpoint(cls, options: Mapping[str, Any]) -> str:
+        """Where the keys go (read by the recipe loader: plan and the run's start show it)."""
+        return str(options.get("base_url") or "https://api.anthropic.com")
+
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.model = str(options["model"])
         base = str(options.get("base_url") or "https://api.anthropic.com").rstrip("/")

@@ -70,6 +70,10 @@ class AzureOpenAIChat(OpenAIChat):
             return str(options["api_key_env"]), True
         return KEY_ENV[str(options.get("auth") or "api-key")], True
 
+    @classmethod
+    def key_endpoint(cls, options: Mapping[str, Any]) -> str:
+        return str(options.get("endpoint") or "")
+
     def _url(self) -> httpx.URL:
         return httpx.URL(
             f"{self.endpoint}/openai/deployments/{quote(self.deployment, safe='')}"

@@ -110,6 +110,11 @@ class GeminiGenerate:
         },
     }
 
+    @classmethod
+    def key_endpoint(cls, options: Mapping[str, Any]) -> str:
+        """Where the keys go (read by the recipe loader: plan and the run's start show it)."""
+        return str(options.get("base_url") or DEFAULT_BASE_URL)
+
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.model = str(options["model"]).removeprefix("models/")
         base = str(options.get("base_url") or DEFAULT_BASE_URL).rstrip("/")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +27,9 @@ def cmd_cancel(args: argparse.Namespace, err: Any) -> int:
     from ..run.progress import make_progress
     from .exits import EXIT_ABORTED, EXIT_OK
 
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, access=recipe_access(args)
+    )
     engine = make_engine(recipe, registry, make_progress("none", err), handle_signals=False)
     try:
         with engine.state.locked():

@@ -55,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from rich.console import Console
+    from ..terminal import SafeConsole
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    err = SafeConsole(stderr=True, highlight=False, soft_wrap=True)
     try:
         return int(args.handler(args, err))
     except KeyboardInterrupt:

@@ -16,10 +16,10 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace, err: Any) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from ..plugins import load_registry
+    from ..terminal import SafeConsole
 
     registry = load_registry()
     if args.json:
@@ -44,7 +44,7 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         table.add_column(column, overflow="fold")
     for c in registry.all():
         table.add_row(c.kind, c.name, c.package, c.version, c.plugin)
-    Console().print(table)
+    SafeConsole().print(table)
     for f in registry.failures:
         err.print(f"[yellow]plugin {f.plugin} ({f.package} {f.version}) failed[/]: ", end="")
         err.print(f.error, markup=False)

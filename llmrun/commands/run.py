@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 from .exits import EXIT_ABORTED, EXIT_BUDGET, EXIT_ERRORS, EXIT_INTERRUPTED, EXIT_OK
 
 
@@ -57,6 +57,7 @@ def handle(args: argparse.Namespace, err: Any) -> int:
     from ..api import make_engine, open_recipe
     from ..errors import RecipeError
     from ..job.lockfile import check_lock
+    from ..redaction import Redactor
     from ..run.progress import Mode, make_progress, summary_table
 
     if args.limit is not None and args.limit < 0:
@@ -68,7 +69,13 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         ["llmrun", "run", args.recipe, *(f"--set={o}" for o in args.overrides)]
         + ([] if args.limit is None else ["--limit", str(args.limit)])
     )
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, access=recipe_access(args)
+    )
+    # The hint repeats the user's --set values: a key given there is shown as its fingerprint.
+    again = Redactor({*recipe.secrets, *recipe.api_keys}).message(again)
+    for line in reach_lines(recipe):
+        err.print(line, markup=False)
     for change in check_lock(recipe, registry, locked=args.locked):
         err.print("[yellow]warning[/]: differs from the lock: ", end="")
         err.print(change, markup=False)
@@ -107,3 +114,14 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         err.print(f"interrupted: run `{again}` again to continue", markup=False)
         return EXIT_INTERRUPTED
     return EXIT_ERRORS if summary.stats.error + summary.stats.resumed_error else EXIT_OK
+
+
+def reach_lines(recipe: Any) -> list[str]:
+    """What a run of this recipe reaches beyond itself, told before it starts: the endpoint
+    each key goes to (by fingerprint), the variables it declared in ``env:`` and the code it
+    runs because the user trusts it."""
+    lines = [f"endpoint {route}" for route in recipe.key_routes]
+    if recipe.env_names:
+        lines.append(f"reads environment variables (env:): {', '.join(recipe.env_names)}")
+    lines += [f"runs code ({recipe.access.trusted_by}): {what}" for what in recipe.code]
+    return lines

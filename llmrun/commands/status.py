@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 
 
 def register(subparsers: Any) -> None:
@@ -61,7 +61,6 @@ def read_status(output: Path, rows: Iterable[Mapping[str, Any]]) -> dict[str, An
 
 
 def status(args: argparse.Namespace, err: Any) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from ..api import open_recipe
@@ -69,11 +68,14 @@ def status(args: argparse.Namespace, err: Any) -> int:
     from ..job.records import count_selected
     from ..job.store import RunState
     from ..plugins import build_component
+    from ..terminal import SafeConsole
     from ..values import ComponentContext
 
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, access=recipe_access(args)
+    )
     report = read_status(recipe.output_path, read_rows(recipe, registry))
-    context = ComponentContext(recipe.base_dir, recipe.name)
+    context = ComponentContext(recipe.base_dir, recipe.name, access=recipe.access)
     total: int | None = None
     try:
         loader = build_component(registry, "loader", recipe.data, context)
@@ -127,7 +129,7 @@ def status(args: argparse.Namespace, err: Any) -> int:
         table.add_row("last run", f"{last.get('started_at', '?')} {ended}")
     if report["torn_tail"]:
         table.add_row("note", "the output ends in a torn line; the next run repairs it")
-    console = Console()
+    console = SafeConsole()
     console.print(table)
     if batches:
         console.print(_batch_table(batches))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 from .exits import EXIT_OK
+from .run import reach_lines
 
 
 def register(subparsers: Any) -> None:
@@ -42,9 +43,11 @@ def handle(args: argparse.Namespace, err: Any) -> int:
 
     # Lazy: a recipe of built-in components imports no third-party plugin (plugins.py).
     registry = load_registry(lazy=True)
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides, registry=registry)
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, registry=registry, access=recipe_access(args)
+    )
     report = check_against_data(recipe, registry, sample=args.records)
-    for note in report.notes:
+    for note in [*reach_lines(recipe), *report.notes]:
         err.print(f"  {note}", markup=False)
     if report.problems:
         raise RecipeError(report.problems)

@@ -28,13 +28,18 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
     unreadable records are reported with where they are."""
     report = CheckReport()
     template = PromptTemplate.for_recipe(recipe)
-    context = ComponentContext(recipe.base_dir, recipe.name, report.notes.append)
+    context = ComponentContext(recipe.base_dir, recipe.name, report.notes.append, recipe.access)
     # Built as a run builds them, so what their constructors check (a regex that does not
     # compile, a python: function that does not import, a schema file that is not there) fails
     # validate too, not only the run. Neither calls anything.
     build_component(registry, "provider", recipe.provider, context)
     for spec in recipe.postprocess:
-        build_component(registry, "postprocessor", spec, context)
+        try:  # code the recipe names is imported only with the user's trust: say what it is
+            build_component(registry, "postprocessor", spec, context)
+        except RecipeError as exc:
+            report.problems.extend(
+                Problem(p.message, p.path, str(recipe.path)) for p in exc.problems
+            )
     # The records the run would take (filter, shard, offset, limit), but for a sample by count:
     # it reads the whole source, and any records serve to check the prompt.
     if selection(recipe).sample_count is not None:

@@ -179,7 +179,7 @@ def _in_input_order(
     from ..plugins import build_component
     from .ids import record_id
 
-    context = ComponentContext(recipe.base_dir, recipe.name)
+    context = ComponentContext(recipe.base_dir, recipe.name, access=recipe.access)
     loader = build_component(registry, "loader", recipe.data, context)
     with open(source, "rb") as fh:
 

@@ -44,7 +44,7 @@ def read_rows(recipe: Recipe, registry: Registry) -> Iterator[Mapping[str, Any]]
     """The rows already in the recipe's output, read-only, through its writer plugin (JSONL, the
     parquet folder, any writer with ``read``): what ``status`` and ``plan`` count. RecipeError
     when the writer cannot read its output back."""
-    context = ComponentContext(recipe.base_dir, recipe.name)
+    context = ComponentContext(recipe.base_dir, recipe.name, access=recipe.access)
     writer = build_component(registry, "writer", recipe.writer, context)
     read = getattr(writer, "read", None)
     if read is None:

@@ -76,6 +76,11 @@ class Plan:
     duration_s: float | None = None
     duration_bound: str = ""  # which limit sets the pace
     warnings: list[str] = field(default_factory=list)
+    # What the recipe reaches beyond itself (docs/sharing.md): where each key goes, the
+    # environment variables it declared for use outside the provider, the code it names.
+    endpoints: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    code: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,8 +110,15 @@ def make_plan(
     limit = recipe.limit if limit is None else limit
     run = recipe.run
     mode = str(getattr(run, "mode", "direct") or "direct")
-    context = ComponentContext(recipe.base_dir, recipe.name)
+    context = ComponentContext(recipe.base_dir, recipe.name, access=recipe.access)
     plan = Plan(str(recipe.path), _model(recipe, registry, context), mode)
+    plan.endpoints = [str(route) for route in recipe.key_routes]
+    plan.env = list(recipe.env_names)
+    trust = recipe.access.trusted_by
+    plan.code = [
+        f"{what} ({'trusted: ' + trust if trust else 'not run: pass --trust to run it'})"
+        for what in recipe.code
+    ]
     plan.token_method = tokens.method()
     done_ids, typical_seen = _read_done(recipe, registry, plan)
     template = PromptTemplate.for_recipe(recipe)
@@ -380,6 +392,10 @@ def format_plan(plan: Plan) -> str:
         for m in messages:
             content = m["content"] if isinstance(m["content"], str) else json.dumps(m["content"])
             lines.append(f"[{m['role']}] {content.rstrip()}")
+    lines += [f"endpoint:  {e}" for e in plan.endpoints]
+    if plan.env:
+        lines.append(f"env:       {', '.join(plan.env)} (read into the recipe beyond its keys)")
+    lines += [f"code:      {c}" for c in plan.code]
     if plan.warnings:
         lines.append("warnings:")
         lines.extend(f"  - {w}" for w in plan.warnings)

@@ -63,13 +63,14 @@ class RowMaker:
         cost: float | None = None,
     ) -> dict[str, Any]:
         """Every row has the same keys, in this order (see docs/output.md)."""
+        redact = self.redact.deep  # a server may echo the key back, even in a 200 answer
         row: dict[str, Any] = {
             "id": work.id,
             "status": "ok" if error is None else "error",
-            "text": text,
-            "fields": fields or {},
+            "text": redact(text),
+            "fields": redact(fields or {}),
             "error": error,
-            "response": response,
+            "response": redact(response),
         }
         include, data = self.recipe.include, work.data
         if data is None or include == "none":
@@ -95,7 +96,7 @@ class RowMaker:
     ) -> dict[str, Any]:
         error: dict[str, Any] = {
             "type": code,
-            "message": self.redact(message),
+            "message": self.redact.message(message),
             "retryable": retryable,
         }
         if status is not None:

@@ -106,7 +106,7 @@ class Engine:
         self.flags = RunFlags()
         self.warnings: list[str] = []
         self.observers = Observers(registry.manager, self.warn)
-        context = ComponentContext(recipe.base_dir, recipe.name, self.warn)
+        context = ComponentContext(recipe.base_dir, recipe.name, self.warn, recipe.access)
         self.loader: Loader = build_component(registry, "loader", recipe.data, context)
         self.provider: Provider = build_component(registry, "provider", recipe.provider, context)
         self.writer: Writer = build_component(registry, "writer", recipe.writer, context)
@@ -135,7 +135,7 @@ class Engine:
                 )
 
     def warn(self, message: str) -> None:
-        message = self.redact(message)
+        message = self.redact.message(message)
         self.warnings.append(message)
         self.progress.log(f"warning: {message}")
 
@@ -191,7 +191,7 @@ class Engine:
                     self.writer.sync()
                     self.writer.close()
                     if self.flags.abort is not None:
-                        status, reason = "aborted", self.redact(str(self.flags.abort))
+                        status, reason = "aborted", self.redact.message(str(self.flags.abort))
                     elif self.flags.budget:
                         status, reason = "budget", self.budget_reason()
                     elif self.flags.stopping:

@@ -61,7 +61,7 @@ def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> Repost
     def warn(message: str) -> None:
         summary.warnings.append(redact(message))
 
-    context = ComponentContext(recipe.base_dir, recipe.name, warn)
+    context = ComponentContext(recipe.base_dir, recipe.name, warn, recipe.access)
     posts: list[Postprocessor] = [
         build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
     ]

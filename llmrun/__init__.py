@@ -21,7 +21,7 @@ _WHERE = {
     "PostprocessError": "errors",
     "Problem": "errors",
     "Prompt": "values",
-    "Recipe": "recipe.load",
+    "Recipe": "recipe.model",
     "RecipeError": "errors",
     "RecordError": "errors",
     "Reply": "values",
@@ -99,7 +99,8 @@ if TYPE_CHECKING:
         TemplateError,
     )
     from .job.summary import RunSummary
-    from .recipe.load import Recipe, load_recipe
+    from .recipe.load import load_recipe
+    from .recipe.model import Recipe
     from .values import (
         ComponentContext,
         Prompt,

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Literal
 
 from .access import Access
 from .plugins import Registry, load_registry
-from .recipe.load import Recipe, load_recipe
+from .recipe.load import load_recipe
+from .recipe.model import Recipe
 
 if TYPE_CHECKING:  # the engine (and the HTTP stack) load only when a run starts
     from rich.console import Console

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrun.builtins.azure import AzureOpenAIChat
-from llmrun.recipe.load import freeze
+from llmrun.recipe.model import freeze
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.values import ComponentContext, Prompt
 

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from llmrun.builtins.openai_embeddings import OpenAIEmbeddings
-from llmrun.recipe.load import freeze
+from llmrun.recipe.model import freeze
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.values import ComponentContext, Prompt
 

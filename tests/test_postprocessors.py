@@ -11,7 +11,7 @@ import pytest
 
 from llmrun.errors import PostprocessError, RecipeError
 from llmrun.plugins import load_registry
-from llmrun.recipe.load import freeze
+from llmrun.recipe.model import freeze
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.values import ComponentContext, Reply, Result
 

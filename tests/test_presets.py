@@ -12,7 +12,7 @@ from llmrun.api import open_recipe
 from llmrun.builtins.openai import OpenAIChat
 from llmrun.builtins.openai_presets import PRESETS
 from llmrun.errors import RecipeError
-from llmrun.recipe.load import freeze
+from llmrun.recipe.model import freeze
 from llmrun.run.engine import build_component
 from llmrun.values import ComponentContext, Prompt
 

@@ -15,7 +15,8 @@ import pytest
 
 from llmrun.errors import Problem, RecipeError
 from llmrun.plugins import Registry, load_registry
-from llmrun.recipe.load import Recipe, load_recipe
+from llmrun.recipe.load import load_recipe
+from llmrun.recipe.model import Recipe
 
 from .conftest import basic_recipe, write_recipe
 

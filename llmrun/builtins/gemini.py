@@ -22,7 +22,7 @@ from ..components import Transport
 from ..errors import CallError
 from ..hookspecs import Register, hookimpl
 from ..images import ImageError, load_image
-from ..recipe.load import thaw
+from ..recipe.model import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
 from ..wire.requests import (
     Dropper,

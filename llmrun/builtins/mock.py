@@ -18,7 +18,7 @@ import httpx
 
 from ..components import Transport
 from ..hookspecs import Register, hookimpl
-from ..recipe.load import thaw
+from ..recipe.model import thaw
 from ..values import ComponentContext
 from .jsontext import instance_of, read_schema, schema_path
 from .openai import OpenAIChat

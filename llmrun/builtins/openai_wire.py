@@ -12,7 +12,7 @@ import httpx
 
 from ..components import Transport
 from ..errors import CallError
-from ..recipe.load import thaw
+from ..recipe.model import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
 from ..wire.requests import KeyedRequests
 from ..wire.retry import bad_body, classify_http

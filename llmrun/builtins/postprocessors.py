@@ -18,7 +18,7 @@ import jsonschema
 
 from ..errors import PostprocessError, RecipeError, RecordError
 from ..hookspecs import Register, hookimpl
-from ..recipe.load import thaw
+from ..recipe.model import thaw
 from ..values import ComponentContext, Result
 from .jsontext import find_json, read_schema, schema_path
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Problem, RecipeError, RecordError, TemplateError
 from ..plugins import Registry, build_component
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.templates import PromptTemplate
 from ..values import ComponentContext
 from .ids import record_id

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from ..errors import LlmrunError, PluginError
 from ..plugins import Registry
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..values import ComponentContext, flatten
 
 Order = Literal["output", "input"]

@@ -35,7 +35,7 @@ from ..__about__ import __version__
 from ..errors import Problem, RecipeError
 from ..hookspecs import PLUGIN_API
 from ..plugins import ENTRY_POINT_GROUP, Registry
-from ..recipe.load import Recipe, thaw
+from ..recipe.model import Recipe, thaw
 from ..recipe.templates import make_environment
 from .store import atomic_write
 

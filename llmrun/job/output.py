@@ -13,7 +13,7 @@ from typing import Any
 from ..components import Writer
 from ..errors import RecipeError
 from ..plugins import Observers, Registry, build_component
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..values import ComponentContext
 from .stats import RunStats
 

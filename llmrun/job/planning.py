@@ -35,7 +35,7 @@ from ..errors import Problem, RecipeError, RecordError
 from ..plugins import Registry, build_component
 from ..recipe import tokens
 from ..recipe.envvars import read_dotenv
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.pricing import PriceTable
 from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor

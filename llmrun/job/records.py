@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..components import Loader
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.selection import Selection, selection_of
 from ..values import SourceRecord
 from .ids import record_id

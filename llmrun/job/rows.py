@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.pricing import Price, PriceTable
 from ..redaction import Redactor
 from ..values import Reply

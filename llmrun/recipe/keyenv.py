@@ -15,7 +15,7 @@ from ..plugins import Registry
 from .envvars import Environment
 
 if TYPE_CHECKING:
-    from .load import Recipe
+    from .model import Recipe
 
 
 def default_key(

@@ -34,7 +34,7 @@ from ..errors import Problem, RecipeError
 from .templates import make_environment
 
 if TYPE_CHECKING:  # recipe.py uses this module's parsers
-    from .load import Recipe
+    from .model import Recipe
 
 T = TypeVar("T")
 HASH_SPACE = float(1 << 64)

@@ -32,7 +32,7 @@ from ..values import Prompt
 from .tokens import count_text
 
 if TYPE_CHECKING:
-    from .load import Recipe
+    from .model import Recipe
 
 ALWAYS_DEFINED = frozenset({"record"})
 URL_PREFIXES = ("http://", "https://", "data:")

@@ -40,7 +40,7 @@ from ..job.store import IdSet, RunState, index_output, now_iso
 from ..job.summary import RunSummary as RunSummary
 from ..job.summary import Status
 from ..plugins import Observers, Registry, build_component
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.pricing import Price
 from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor

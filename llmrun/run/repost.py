@@ -21,7 +21,7 @@ from ..errors import RecipeError, RecordError
 from ..job.output import rewritable
 from ..job.store import RunState, fsync_dir, link_or_copy, now_iso
 from ..plugins import Registry, build_component
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.provenance import call_hash
 from ..redaction import Redactor
 from ..values import ComponentContext, Reply, Result, Usage

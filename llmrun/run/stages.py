@@ -16,7 +16,7 @@ from ..components import Postprocessor, Provider
 from ..errors import RecordError, RunAborted
 from ..job.records import Work
 from ..job.rows import RowMaker
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.templates import PromptTemplate
 from ..values import Prompt
 from .calls import Caller, CallFailed, NotSent, Outcome

@@ -282,12 +282,13 @@ class CallCache:
         return reply
 
     async def put(self, key: bytes, reply: Reply) -> None:
-        """Store ``reply`` under ``key`` (as it is now: it is serialised at once). Returns as
-        soon as the store is queued when another call is writing a batch already."""
+        """Store ``reply`` under ``key`` (as it is now: it is serialised at once). Returns once
+        it is committed, so a row written after it always has its reply in the cache: a run
+        killed after writing the row never leaves a paid reply out of the cache."""
         stored = dump_reply(reply)
         if stored is None or self._broken is not None:
             return
-        await self._submit(_Op(key, put=True, stored=self._redact(stored)), wait=False)
+        await self._submit(_Op(key, put=True, stored=self._redact(stored)), wait=True)
 
     async def aclose(self) -> None:
         """Write what is queued, then close the file."""

@@ -74,6 +74,7 @@ class CacheDB:
     def __init__(self, path: Path, *, max_bytes: int | None = None, create: bool = True) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self._vacuum = False  # eviction freed pages: give them back after the transaction
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
         elif not path.is_file():
@@ -172,7 +173,9 @@ class CacheDB:
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
+            self._vacuum = False
             raise
+        self._give_back()
 
     # -- the bound --------------------------------------------------------------------------
 
@@ -215,9 +218,15 @@ class CacheDB:
                 db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in ids])
                 deleted += len(ids)
                 in_use = self._pages_in_use()
-        if deleted:
-            db.execute("PRAGMA incremental_vacuum")
+        self._vacuum = self._vacuum or deleted > 0
         return deleted
+
+    def _give_back(self) -> None:
+        """Outside a transaction: return the free pages eviction left to the file system."""
+        if self._vacuum:
+            self._vacuum = False
+            # executescript steps the pragma to its end (execute would free a single page).
+            self._db.executescript("PRAGMA incremental_vacuum;")
 
     # -- commands ---------------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ TRANSPORT_HEADERS = frozenset(
 SECRET_WORDS = ("key", "token", "secret", "password", "auth", "cookie", "signature", "credential")
 # Bodies with one of these ask a model to generate text, so an unset temperature samples.
 GENERATES = ("messages", "prompt", "contents")
+HEADS_KEPT = 64  # method+URL+headers combinations remembered (a run has one or a few)
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
 
 
@@ -77,42 +78,66 @@ class RequestKey:
     sampled: bool  # the answer is a random draw (see the module doc)
 
 
+class RequestKeys:
+    """Computes request keys (the call is ``request_key``). The part of a key that depends on the
+    method, URL and headers is the same for nearly every request of a run: it is kept, by those
+    exact bytes (Content-Length left out), for the next requests."""
+
+    def __init__(self, secret: Callable[[str], bool] = lambda value: False) -> None:
+        self._secret = secret
+        self._heads: dict[tuple[Any, ...], bytes] = {}
+
+    def __call__(self, request: httpx.Request) -> RequestKey | None:
+        """The cache key of a request built with ``STAND_IN_KEY``; None when its body cannot
+        be read (a streamed upload)."""
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            return None
+        raw = tuple(h for h in request.headers.raw if h[0].lower() != b"content-length")
+        memo = (request.method, str(request.url), raw)
+        head = self._heads.get(memo)
+        if head is None:
+            if len(self._heads) >= HEADS_KEPT:
+                self._heads.clear()
+            head = self._heads[memo] = self._head(request)
+        parsed: Any = None
+        try:
+            parsed = json.loads(body) if body else None
+        except (ValueError, RecursionError):
+            canonical = body
+        else:
+            # ensure_ascii: a lone surrogate from the input encodes like any other character.
+            canonical = json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(head)
+        digest.update(canonical)
+        return RequestKey(digest.digest(), _sampled(parsed))
+
+    def _head(self, request: httpx.Request) -> bytes:
+        """What the key takes from the method, URL and headers, as bytes."""
+        url = request.url
+        query = sorted(
+            (name, value)
+            for name, value in url.params.multi_items()
+            if not _secret(name, value, self._secret)
+        )
+        headers = sorted(
+            (name, value)
+            for name, value in ((k.lower(), v) for k, v in request.headers.items())
+            if name not in TRANSPORT_HEADERS and not _secret(name, value, self._secret)
+        )
+        head = [request.method.upper(), url.scheme, url.host, str(url.port or ""), url.path]
+        head += [f"{n}={v}" for n, v in query]
+        head += [f"{n}: {v}" for n, v in headers]
+        # JSON-encoded: no field can run into the next however it is spelled.
+        return KEY_VERSION + json.dumps(head).encode() + b"\n"
+
+
 def request_key(
     request: httpx.Request, secret: Callable[[str], bool] = lambda value: False
 ) -> RequestKey | None:
-    """The cache key of a request built with ``STAND_IN_KEY``; None when its body cannot be
-    read (a streamed upload)."""
-    try:
-        body = request.content
-    except httpx.RequestNotRead:
-        return None
-    url = request.url
-    query = sorted(
-        (name, value)
-        for name, value in url.params.multi_items()
-        if not _secret(name, value, secret)
-    )
-    headers = sorted(
-        (name, value)
-        for name, value in ((k.lower(), v) for k, v in request.headers.items())
-        if name not in TRANSPORT_HEADERS and not _secret(name, value, secret)
-    )
-    parsed: Any = None
-    try:
-        parsed = json.loads(body) if body else None
-    except (ValueError, RecursionError):
-        canonical = body
-    else:
-        # ensure_ascii: a lone surrogate from the input encodes like any other character.
-        canonical = json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
-    digest = hashlib.sha256(KEY_VERSION)
-    head = [request.method.upper(), url.scheme, url.host, str(url.port or ""), url.path]
-    head += [f"{n}={v}" for n, v in query]
-    head += [f"{n}: {v}" for n, v in headers]
-    # JSON-encoded: no field can run into the next however it is spelled.
-    digest.update(json.dumps(head).encode() + b"\n")
-    digest.update(canonical)
-    return RequestKey(digest.digest(), _sampled(parsed))
+    """The cache key of one request built with ``STAND_IN_KEY`` (see ``RequestKeys``)."""
+    return RequestKeys(secret)(request)
 
 
 def _secret(name: str, value: str, secret: Callable[[str], bool]) -> bool:
@@ -229,6 +254,7 @@ class CallCache:
         self._redact = Redactor({*secrets, *(json.dumps(s)[1:-1] for s in secrets)})
         self._warn = warn
         self._warned_sampled = False
+        self._keys = RequestKeys(self._is_secret)
         self._broken: str | None = None  # why the file failed, once it did
         self._warned_broken = False
         self._pending: list[_Op] = []
@@ -253,7 +279,7 @@ class CallCache:
         """The key of a request built with ``STAND_IN_KEY``; None when it is not to be cached."""
         if self._broken is not None:
             return None
-        found = request_key(request, self._is_secret)
+        found = self._keys(request)
         if found is None:
             return None
         if found.sampled and not self._sampled:

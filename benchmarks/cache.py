@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -166,7 +167,10 @@ class Runner:
         if limit is not None:
             argv += ["--limit", str(limit)]
         env = dict(os.environ, LLMRUN_PLUGINS="", PYTHONUNBUFFERED="1")
-        report, measured = run_client(argv, self.root, env)
+        try:
+            report, measured = run_client(argv, self.root, env)
+        finally:
+            shutil.rmtree(self.root / "out", ignore_errors=True)  # every run from scratch
         if report.get("status") != "completed" or report.get("error"):
             raise RuntimeError(f"llmrun did not complete: {report}")
         return {**report, **measured}
@@ -269,15 +273,14 @@ def table(results: list[dict[str, Any]]) -> str:
     lines = []
     for label in dict.fromkeys(r["scenario"] for r in results):
         lines.append(f"\n{label}\n")
-        lines.append("| configuration | req/s | CPU/req | cached rows | peak RSS |")
+        lines.append("| configuration | req/s | CPU/req | cached rows | requests sent |")
         lines.append("| --- | ---: | ---: | ---: | ---: |")
         for config in ("no cache", "cache, all miss", "cache, all hit"):
             rows = [r for r in results if r["scenario"] == label and r["config"] == config]
             lines.append(
                 f"| {config} | {statistics.median(r['req_s'] for r in rows):,.0f} "
                 f"| {statistics.median(r['cpu_us_per_req'] for r in rows):,.0f} µs "
-                f"| {rows[0]['cached']:,} "
-                f"| {statistics.median(r['maxrss_mb'] for r in rows):.0f} MB |"
+                f"| {rows[0]['cached']:,} | {rows[0]['records'] - rows[0]['cached']:,} |"
             )
     return "\n".join(lines)
 

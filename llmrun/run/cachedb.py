@@ -16,6 +16,7 @@ Nothing here is async: ``cache.CallCache`` calls it off the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -172,7 +173,9 @@ class CacheDB:
             work()
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk): keep the first error.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
             self._vacuum = False
             raise
         self._give_back()

@@ -350,6 +350,15 @@ def test_a_file_that_is_not_a_cache_is_refused_and_left_alone(
     assert not (tmp_path / "out.jsonl").exists() or not read_jsonl(tmp_path / "out.jsonl")
 
 
+def test_a_cache_path_that_cannot_be_made_is_a_usage_error(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    recipe = recipe_for(tmp_path, fake_openai, 3, cache="data.jsonl/cache.db")  # under a file
+    result = run_cli("run", str(recipe), "--quiet", cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "cannot create the cache" in result.stderr and fake_openai.count() == 0
+
+
 def test_a_damaged_entry_is_a_miss_not_a_crash(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     recipe = recipe_for(tmp_path, fake_openai, 4)
     run(recipe)

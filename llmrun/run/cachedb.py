@@ -77,7 +77,10 @@ class CacheDB:
         self.max_bytes = max_bytes
         self._vacuum = False  # eviction freed pages: give them back after the transaction
         if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CacheError(f"cannot create the cache {path}: {exc.strerror or exc}") from None
         elif not path.is_file():
             raise CacheError(f"no cache at {path}")
         try:

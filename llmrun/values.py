@@ -178,6 +178,7 @@ class Row(TypedDict):
     attempts: int
     latency_s: float | None
     cost_usd: float | None
+    cached: bool  # answered from the call cache: nothing was sent
     started_at: str
     finished_at: str
     recipe_hash: str
@@ -225,6 +226,7 @@ class RunEnd(_Fields):
     resumed_error: int
     total: int | None
     retries: int
+    cached: int  # rows answered from the call cache
     retries_by_code: dict[str, int]
     errors_by_code: dict[str, int]
     cost_usd: float

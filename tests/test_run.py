@@ -40,6 +40,7 @@ ROW_KEYS = [
     "attempts",
     "latency_s",
     "cost_usd",
+    "cached",
     "started_at",
     "finished_at",
     "recipe_hash",

@@ -43,6 +43,16 @@ def register(subparsers: Any) -> None:
         choices=["direct", "batch", "auto"],
         help="direct calls, the provider's batch API, or auto (sets run.mode)",
     )
+    cache = run.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--cache",
+        metavar="PATH",
+        help="answer identical requests from this call cache, and store new replies in it "
+        "(overrides the recipe's cache.path; see `llmrun cache`)",
+    )
+    cache.add_argument(
+        "--no-cache", action="store_true", help="send every call, ignoring the recipe's cache"
+    )
     run.add_argument(
         "--backend", choices=["asyncio", "trio"], default="asyncio", help=argparse.SUPPRESS
     )
@@ -59,6 +69,7 @@ def handle(args: argparse.Namespace, err: Any) -> int:
     from ..job.lockfile import check_lock
     from ..redaction import Redactor
     from ..run.progress import Mode, make_progress, summary_table
+    from .cache import with_cache_option
 
     if args.limit is not None and args.limit < 0:
         raise RecipeError(f"--limit must be 0 or more, got {args.limit}")
@@ -68,6 +79,8 @@ def handle(args: argparse.Namespace, err: Any) -> int:
     again = shlex.join(
         ["llmrun", "run", args.recipe, *(f"--set={o}" for o in args.overrides)]
         + ([] if args.limit is None else ["--limit", str(args.limit)])
+        + ([] if args.cache is None else ["--cache", args.cache])
+        + (["--no-cache"] if args.no_cache else [])
     )
     recipe, registry = open_recipe(
         args.recipe, overrides=args.overrides, access=recipe_access(args)
@@ -76,6 +89,7 @@ def handle(args: argparse.Namespace, err: Any) -> int:
     again = Redactor({*recipe.secrets, *recipe.api_keys}).message(again)
     for line in reach_lines(recipe):
         err.print(line, markup=False)
+    recipe = with_cache_option(recipe, args.cache, off=args.no_cache)
     for change in check_lock(recipe, registry, locked=args.locked):
         err.print("[yellow]warning[/]: differs from the lock: ", end="")
         err.print(change, markup=False)

@@ -61,6 +61,7 @@ class RowMaker:
         error: dict[str, Any] | None = None,
         response: dict[str, Any] | None = None,
         cost: float | None = None,
+        cached: bool = False,
     ) -> dict[str, Any]:
         """Every row has the same keys, in this order (see docs/output.md)."""
         redact = self.redact.deep  # a server may echo the key back, even in a 200 answer
@@ -80,6 +81,7 @@ class RowMaker:
         row["attempts"] = attempts
         row["latency_s"] = None if latency_s is None else round(latency_s, 4)
         row["cost_usd"] = None if cost is None else round(cost, 8)
+        row["cached"] = cached  # answered from the call cache (run/cache.py): nothing was sent
         finished = now_iso()
         row["started_at"] = work.started_at or finished
         row["finished_at"] = finished

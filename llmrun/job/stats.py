@@ -21,6 +21,7 @@ class RunStats:
     input_tokens: int = 0
     output_tokens: int = 0
     retries: int = 0
+    cached: int = 0  # rows of this run answered from the call cache
     in_flight: int = 0
     cost_usd: float = 0.0  # this run's rows' cost_usd
     resumed_cost_usd: float = 0.0  # the cost of the rows already in the output
@@ -64,6 +65,9 @@ class RunStats:
         cost = row.get("cost_usd")
         if cost:
             self.cost_usd += cost
+        if row.get("cached"):
+            self.cached += 1
+            return  # its tokens were spent by an earlier run, not this one
         response = row.get("response")
         if response:
             usage = response.get("usage") or {}

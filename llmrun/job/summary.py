@@ -37,6 +37,7 @@ class RunSummary:
             resumed_error=s.resumed_error,
             total=s.total,
             retries=s.retries,
+            cached=s.cached,
             retries_by_code=dict(s.retries_by_code),
             errors_by_code=dict(s.errors_by_code),
             cost_usd=round(s.cost_usd, 8),

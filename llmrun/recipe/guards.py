@@ -110,6 +110,38 @@ def input_paths(data: Mapping[str, Any], base_dir: Path, recipe: Path) -> list[P
     return found
 
 
+def cache_problems(
+    cache: Path, output: Path | None, recipe: Path, positions: Positions, filename: str
+) -> list[Problem]:
+    """Where the call cache would be written, refused when it is not the recipe's to write:
+    outside its folder (``llmrun run --cache PATH`` names any), or the output itself."""
+    where = ("cache",)
+    base = recipe.parent.resolve()
+    problems: list[Problem] = []
+    if from_command_line(where, positions) or from_command_line((*where, "path"), positions):
+        return problems
+    if cache != base and base not in cache.parents:
+        problems.append(
+            _problem(
+                where,
+                f"{cache} is outside the recipe's folder {base}; a recipe writes only inside its "
+                "folder unless you name the cache on the command line (--cache PATH)",
+                positions,
+                filename,
+            )
+        )
+    if output is not None and (cache == output or output in cache.parents):
+        problems.append(
+            _problem(
+                where,
+                f"{cache} is the run's output: the cache needs a file of its own",
+                positions,
+                filename,
+            )
+        )
+    return problems
+
+
 def output_problems(
     data: Mapping[str, Any],
     output: Path,

@@ -22,9 +22,9 @@ from ..errors import PluginError, Problem, RecipeError
 from ..plugins import Registry
 from ..redaction import Redactor, looks_like_secret, url_password
 from .envvars import Environment, read_dotenv, variables_in
-from .guards import glob_root, key_routes, output_problems, read_problems
+from .guards import cache_problems, glob_root, key_routes, output_problems, read_problems
 from .keyenv import default_key
-from .model import ComponentSpec, Recipe, RunSettings, freeze
+from .model import DEFAULT_CACHE_GB, CacheSettings, ComponentSpec, Recipe, RunSettings, freeze
 from .problems import locate, schema_problems, selection_problems, template_problems
 from .schema import CORE_KEYS, base_schema
 from .selection import parse_shard
@@ -63,6 +63,21 @@ RUN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "budget_usd": None,
     }
 )
+
+
+def cache_settings(value: Any, base: Path) -> CacheSettings | None:
+    """The ``cache:`` section (a path or ``{path, max_gb, sampled}``, already validated by the
+    schema), its path resolved against ``base``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return CacheSettings((base / value).resolve())
+    max_gb = float(value.get("max_gb", DEFAULT_CACHE_GB))
+    return CacheSettings(
+        (base / str(value["path"])).resolve(),
+        max_bytes=int(max_gb * 1e9),
+        sampled=bool(value.get("sampled", False)),
+    )
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
@@ -255,6 +270,9 @@ def build_recipe(
     if output_section is not None and isinstance(output_section.get("path"), str):
         output_path = (path.parent / str(output_section["path"])).resolve()
         problems.extend(output_problems(data, output_path, path, positions, filename))
+    cache = cache_settings(data.get("cache"), path.parent)
+    if cache is not None:
+        problems.extend(cache_problems(cache.path, output_path, path, positions, filename))
     if problems:
         raise RecipeError(sorted(problems, key=lambda p: (p.file != filename, p.line or 0)))
     loader, provider, writer = found["loader"], found["provider"], found["writer"]
@@ -326,6 +344,7 @@ def build_recipe(
         access=access,
         env_names=tuple(str(n) for n in data.get("env") or ()),
         code=tuple(filter(None, (_code_of(registry, c) for c in (loader, provider, *posts)))),
+        cache=cache,
     )
 
 

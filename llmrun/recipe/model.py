@@ -53,6 +53,18 @@ class RunSettings:
         return self.requests_per_minute is not None or self.tokens_per_minute is not None
 
 
+DEFAULT_CACHE_GB = 10.0
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The call cache (``cache:`` in a recipe, ``--cache`` on the command line)."""
+
+    path: Path
+    max_bytes: int = int(DEFAULT_CACHE_GB * 1e9)
+    sampled: bool = False  # also cache requests whose answers are drawn at random
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A validated recipe. Paths are absolute; ``secrets`` must be redacted from any output."""
@@ -86,6 +98,7 @@ class Recipe:
     images: tuple[str, ...] = ()
     image_detail: str | None = None
     examples: Mapping[str, Any] | None = None  # few-shot turns: {path, user, assistant}
+    cache: CacheSettings | None = None  # the call cache; off when None
     # What the user allowed beyond the recipe (llmrun.access), and what the recipe reaches
     # (recipe.guards): where each key goes, the variables it declared, the code it names.
     access: Access = field(default_factory=Access)

@@ -1,6 +1,8 @@
 """One record's call: reserve budget, pick a key and wait for its pace, send, classify, retry.
 
-The steps of ``Caller.call``, each attempt:
+With a call cache (``cache.py``), ``Caller.call`` first looks the request up: a reply found is
+returned at once (``Outcome.cached``), with no budget reserved, no key drawn and no pace waited
+for; a reply received is stored. The steps of ``Caller.call`` otherwise, each attempt:
 
 1. ``KeyPool.acquire``: the live key that can start soonest, its slot reserved and waited for
    (a key that has not answered yet is used by one request at a time: see ``limits``);
@@ -28,6 +30,7 @@ from ..recipe.tokens import estimate
 from ..values import Prompt, Reply
 from ..wire.retry import classify_transport
 from .budget import Budget
+from .cache import STAND_IN_KEY, CallCache
 from .limits import KeyPool, Lease, local_host
 
 BACKOFF_BASE_S = 0.5
@@ -38,7 +41,8 @@ BACKOFF_CAP_S = 60.0
 class Outcome:
     reply: Reply
     attempts: int
-    latency_s: float  # of the successful attempt
+    latency_s: float  # of the successful attempt (of the lookup, for a cached reply)
+    cached: bool = False  # the reply came from the call cache: nothing was sent or paid
 
 
 class NotSent(Exception):
@@ -77,6 +81,7 @@ class Caller:
         cost_of: Callable[[Reply], float | None] = lambda reply: None,
         on_budget: Callable[[], None] = lambda: None,
         count_tokens: bool = False,
+        cache: CallCache | None = None,
     ) -> None:
         self._provider = provider
         self._transport = transport
@@ -88,6 +93,7 @@ class Caller:
         self._cost_of = cost_of
         self._on_budget = on_budget
         self._count_tokens = count_tokens  # a token limit is set: estimate each request
+        self._cache = cache
         # The provider's rate-limit headers in the x-ratelimit-* names (see Provider).
         self._limit_headers: Callable[[httpx.Headers], Mapping[str, str]] | None = getattr(
             provider, "rate_limit_headers", None
@@ -99,6 +105,22 @@ class Caller:
     async def call(self, prompt: Prompt) -> Outcome:
         """The reply; CallFailed when the record must become an error row; RunAborted when
         nothing can succeed; NotSent when the run stops before the call went out."""
+        key: bytes | None = None
+        if self._cache is not None:
+            started = time.monotonic()
+            # Built with a stand-in key: the lookup needs no lease, and no key reaches the cache.
+            key = self._cache.key(self._provider.build_request(prompt, STAND_IN_KEY))
+            if key is not None:
+                found = await self._cache.get(key)
+                if found is not None:
+                    return Outcome(found, 0, time.monotonic() - started, cached=True)
+        outcome = await self._paid(prompt)
+        if key is not None and self._cache is not None:
+            await self._cache.put(key, outcome.reply)
+        return outcome
+
+    async def _paid(self, prompt: Prompt) -> Outcome:
+        """The call sent, within the budget."""
         reserved = 0.0
         if self._budget is not None:
             if self._closing:

@@ -32,7 +32,8 @@ async def postprocess(
     assert work.data is not None
     reply, attempts, reasks = outcome.reply, outcome.attempts, 0
     usage = Usage(**{k: getattr(reply.usage, k) for k in Usage.__slots__})
-    cost = rows.cost(reply)
+    cost = 0.0 if outcome.cached else rows.cost(reply)  # a cached reply was paid for before
+    cached = outcome.cached  # every call of the row answered from the call cache
     while True:
         response = reply.to_json(keep_raw=keep_raw)
         if reasks:
@@ -65,6 +66,7 @@ async def postprocess(
                 error=error,
                 response=response,
                 cost=cost,
+                cached=cached,
             )
         reasks += 1
         prompt = Prompt(
@@ -87,5 +89,6 @@ async def postprocess(
             mine, theirs = getattr(usage, k), getattr(reply.usage, k)
             if theirs is not None:
                 setattr(usage, k, (mine or 0) + theirs)
-        more = rows.cost(reply)
+        cached = cached and again.cached
+        more = 0.0 if again.cached else rows.cost(reply)
         cost = None if cost is None or more is None else cost + more

@@ -47,6 +47,7 @@ from ..redaction import Redactor
 from ..values import ComponentContext, RunStart
 from ..wire.transport import default_transport
 from .budget import Budget
+from .cache import CallCache
 from .calls import Caller, NotSent
 from .limits import KeyPool
 from .progress import Progress
@@ -133,6 +134,14 @@ class Engine:
                     f"run.budget_usd: no price known for model {self.provider.model!r}, so "
                     "spend cannot be counted; add it under prices: in the recipe"
                 )
+        # Last: nothing after it can fail and leave the file open.
+        self.cache = (
+            None
+            if recipe.cache is None
+            else CallCache.open(
+                recipe.cache, secrets={*recipe.secrets, *recipe.api_keys}, warn=self.warn
+            )
+        )
 
     def warn(self, message: str) -> None:
         message = self.redact.message(message)
@@ -188,6 +197,8 @@ class Engine:
             finally:
                 with anyio.CancelScope(shield=True):
                     await transport.aclose()
+                    if self.cache is not None:
+                        await self.cache.aclose()
                     self.writer.sync()
                     self.writer.close()
                     if self.flags.abort is not None:
@@ -228,6 +239,7 @@ class Engine:
             cost_of=self.rows.cost,
             on_budget=self._budget_reached,
             count_tokens=run.tokens_per_minute is not None,
+            cache=self.cache,
         )
 
     @property

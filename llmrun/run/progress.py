@@ -181,6 +181,8 @@ def summary_table(title: str, stats: RunStats, status: str, output: str) -> Tabl
             f"{stats.resumed_ok:,} ok and {stats.resumed_error:,} errors "
             "were already in the output",
         )
+    if stats.cached:
+        table.add_row("cached", f"{stats.cached:,} from the call cache (not sent, not paid)")
     for code, n in stats.errors_by_code.most_common():
         table.add_row(f"  {code}", f"{n:,}")
     if stats.retries_by_code:

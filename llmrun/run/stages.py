@@ -152,7 +152,7 @@ class Stages:
                 rows.append(self.error_row(work, "internal", why, attempts=outcome.attempts))
             return rows
         for (work, prompt), reply in zip(members, replies, strict=True):
-            single = Outcome(reply, outcome.attempts, outcome.latency_s)
+            single = Outcome(reply, outcome.attempts, outcome.latency_s, outcome.cached)
             rows.append(await self.postprocess(work, prompt, single))
         return rows
 

@@ -41,6 +41,16 @@ class Outcome:
     latency_s: float  # of the successful attempt
 
 
+@dataclass(frozen=True)
+class SharedCalls:
+    """What several runs in one process share so that together they keep one recipe's limits
+    (``llmrun serve``): the transport, the keys with their pace, and the budget."""
+
+    transport: Transport
+    keys: KeyPool
+    budget: Budget | None = None
+
+
 class NotSent(Exception):
     """The call was dropped before its first attempt went out: the run is stopping (a signal,
     or the budget would be exceeded)."""

@@ -1,0 +1,206 @@
+"""One served recipe: the provider, key pool, pace, retries and budget that every client shares.
+
+Every call the server makes (a record, a gateway request, a session message, a job's record)
+goes through the one transport below, wrapped so that at most ``run.concurrency`` requests are
+out at once whoever sent them, and through one ``KeyPool`` and ``Budget``: ten programs calling
+one served recipe keep its limits together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+
+from ..components import Postprocessor, Provider, Transport
+from ..errors import CallError, RecipeError, RecordError, RunAborted
+from ..job.rows import RowMaker, Work
+from ..plugins import Registry, build_component
+from ..recipe.load import Recipe
+from ..recipe.templates import PromptTemplate
+from ..redaction import Redactor
+from ..run.budget import Budget
+from ..run.calls import Caller, CallFailed, NotSent, Outcome, SharedCalls
+from ..run.chain import postprocess
+from ..run.limits import KeyPool
+from ..values import ComponentContext, Prompt, Reply
+from ..wire.transport import default_transport
+from .metrics import Metrics
+
+log = logging.getLogger("llmrun.serve")
+
+RETRY_AFTER_S = 1  # what a client is told to wait when the queue is full
+
+
+class Busy(Exception):
+    """More requests wait than the queue holds: the client should come back later."""
+
+
+class BudgetReached(Exception):
+    """``run.budget_usd`` would be exceeded by this call: nothing was sent."""
+
+
+class Unavailable(Exception):
+    """A run-level failure (every key rejected, unknown model): nothing can succeed."""
+
+
+class LimitedTransport:
+    """A transport that lets at most ``limit`` requests be out at once, across every caller."""
+
+    def __init__(self, inner: Transport, limiter: anyio.CapacityLimiter) -> None:
+        self.inner = inner
+        self.limiter = limiter
+
+    async def send(self, request: httpx.Request, timeout_s: float) -> httpx.Response:
+        async with self.limiter:
+            return await self.inner.send(request, timeout_s)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Service:
+    """The recipe's components and the shared call machinery (open it with ``opened()``)."""
+
+    def __init__(self, recipe: Recipe, registry: Registry, *, queue: int) -> None:
+        self.recipe = recipe
+        self.registry = registry
+        self.queue = queue
+        self.redact = Redactor({*recipe.secrets, *recipe.api_keys})
+        self.metrics = Metrics()
+        context = ComponentContext(recipe.base_dir, recipe.name, self.warn)
+        self.provider: Provider = build_component(registry, "provider", recipe.provider, context)
+        self.posts: list[Postprocessor] = [
+            build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
+        ]
+        self.template = PromptTemplate.for_recipe(recipe)
+        self.rows = RowMaker(recipe, self.redact, self.provider.model, self.warn)
+        self.embeds = hasattr(self.provider, "split_reply")  # a grouping provider: embeddings
+        self.pending = 0  # calls admitted: running or waiting for a slot
+        self.shared: SharedCalls | None = None
+        self.caller: Caller | None = None
+        self.price = None
+        if recipe.run.budget_usd is not None:
+            self.price = self.rows.price(self.provider.model)
+            if self.price is None:
+                raise RecipeError(
+                    f"run.budget_usd: no price known for model {self.provider.model!r}, so "
+                    "spend cannot be counted; add it under prices: in the recipe"
+                )
+
+    def warn(self, message: str) -> None:
+        log.warning("%s", self.redact(message))
+
+    @asynccontextmanager
+    async def opened(self) -> AsyncIterator[Service]:
+        run = self.recipe.run
+        inner = self.provider.transport() or default_transport(
+            max_connections=run.concurrency, connect_timeout_s=run.connect_timeout_s
+        )
+        keys = KeyPool(
+            self.recipe.api_keys,
+            requests_per_minute=run.requests_per_minute,
+            tokens_per_minute=run.tokens_per_minute,
+            adaptive=run.adaptive,
+            slow_start_local=run.slow_start_local,
+        )
+        budget = None
+        if run.budget_usd is not None and self.price is not None:
+            budget = Budget(run.budget_usd, self.price)
+        transport = LimitedTransport(inner, anyio.CapacityLimiter(run.concurrency))
+        self.shared = SharedCalls(transport, keys, budget)
+        self.caller = Caller(
+            self.provider,
+            transport,
+            keys,
+            run,
+            warn=self.warn,
+            on_retry=self.metrics.retry,
+            budget=budget,
+            cost_of=self.cost,
+            count_tokens=run.tokens_per_minute is not None,
+        )
+        try:
+            yield self
+        finally:
+            with anyio.CancelScope(shield=True):
+                await transport.aclose()
+
+    def cost(self, reply: Reply) -> float | None:
+        """The reply's cost; every reply the shared caller gets is counted here once."""
+        cost = self.rows.cost(reply)
+        self.metrics.reply(reply, cost)
+        return cost
+
+    # -- admission ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def admitted(self, calls: int) -> AsyncIterator[None]:
+        """Room for ``calls`` more calls (running plus waiting), or Busy."""
+        if self.pending + calls > self.recipe.run.concurrency + self.queue:
+            self.metrics.rejected += 1
+            raise Busy
+        self.pending += calls
+        try:
+            yield
+        finally:
+            self.pending -= calls
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def call(self, prompt: Prompt) -> Outcome:
+        """One call through the shared caller; CallFailed, BudgetReached or Unavailable."""
+        assert self.caller is not None, "Service.opened() first"
+        try:
+            return await self.caller.call(prompt)
+        except NotSent:
+            raise BudgetReached(self.budget_reason()) from None
+        except RunAborted as exc:
+            raise Unavailable(self.redact(str(exc))) from None
+
+    def budget_reason(self) -> str:
+        budget = self.shared.budget if self.shared is not None else None
+        if budget is None:
+            return "the server is stopping"
+        return f"run.budget_usd {budget.limit:g} reached: the next call could exceed it"
+
+    def render(self, record_id: str, data: dict[str, Any]) -> Prompt:
+        """The record's prompt; RecordError (naming the missing fields) when it cannot be."""
+        return self.template.render(record_id, data)
+
+    async def record_row(self, record_id: str, data: dict[str, Any], prompt: Prompt) -> Any:
+        """A rendered record's output row: called, post-processed (as a run writes it)."""
+        work = Work(record_id, data, record_id, None)
+        outcome = await self._call_row(work, prompt)
+        if isinstance(outcome, dict):
+            self.metrics.error(str(outcome["error"]["type"]))
+            return outcome
+        row = await postprocess(
+            work,
+            prompt,
+            outcome,
+            posts=self.posts,
+            rows=self.rows,
+            call=self._call_row,
+            keep_raw=self.recipe.keep_raw,
+        )
+        if row["error"] is not None:
+            self.metrics.error(str(row["error"].get("type")))
+        return row
+
+    async def _call_row(self, work: Work, prompt: Prompt) -> Outcome | dict[str, Any]:
+        try:
+            return await self.call(prompt)
+        except CallFailed as failed:
+            err = failed.error
+            error = self.rows.error(work, err.code, err.message, err.retryable, err.status)
+            return self.rows.row(work, failed.attempts, error=error)
+        except RecordError as exc:  # the provider cannot build this record's request
+            self.metrics.error(exc.code)
+            return self.rows.row(work, 0, error=self.rows.error(work, exc.code, str(exc)))
+        except CallError as exc:  # a provider plugin's own failure outside the taxonomy
+            return self.rows.row(work, 1, error=self.rows.error(work, exc.code, str(exc)))

@@ -1,6 +1,7 @@
 """`llmrun serve` under load: 200 concurrent clients posting single records to a served mock
 recipe, against calling the same recipe's mock directly (in-process, the same render -> call ->
-post-process path, without HTTP).
+post-process path, without HTTP), and against the floor of the HTTP stack itself (Starlette on
+uvicorn answering a fixed row).
 
     pip install -e '.[serve,bench]' && python benchmarks/serve.py [--requests 4000]
         [--clients 200] [--latency 0,0.05]
@@ -154,6 +155,29 @@ async def direct_clients(recipe_path: Path, clients: int, requests: int) -> dict
     return summarize(latencies, elapsed, errors)
 
 
+def floor_server() -> None:
+    """The framework's floor: Starlette on uvicorn answering a fixed row, no llmrun at all."""
+    import socket
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def records(request: Request) -> JSONResponse:
+        await request.json()
+        return JSONResponse({"rows": [{"status": "ok"}]})
+
+    app = Starlette(routes=[Route("/v1/records", records, methods=["POST"])])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    print(f"floor on http://127.0.0.1:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
 def client_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("kind", choices=["http", "direct"])
@@ -180,12 +204,15 @@ def run_client(kind: str, target: str, clients: int, requests: int, core: int) -
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def served(recipe: Path, clients: int, requests: int) -> dict[str, Any]:
+def served(recipe: Path, clients: int, requests: int, floor: bool = False) -> dict[str, Any]:
     script = Path(sys.executable).parent / "llmrun"
     log = recipe.parent / "serve.log"
+    argv = [str(script), "serve", str(recipe), "--port", "0"]
+    if floor:
+        argv = [sys.executable, __file__, "floor-server"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            pinned(0, [str(script), "serve", str(recipe), "--port", "0"]),
+            pinned(0, argv),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -209,13 +236,16 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "client":
         client_main(sys.argv[2:])
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "floor-server":
+        floor_server()
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=4000)
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--latency", default="0,0.05", help="mock latencies (s), comma-separated")
     p.add_argument("--concurrency", type=int, default=200, help="the recipe's run.concurrency")
     args = p.parse_args()
-    rows = []
+    rows: list[tuple[float | None, str, dict[str, Any]]] = []
     for latency in (float(x) for x in args.latency.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             recipe = write_recipe(Path(tmp), latency, args.concurrency)
@@ -223,12 +253,17 @@ def main() -> None:
             http = served(recipe, args.clients, args.requests)
         for name, result in (("direct (in-process)", direct), ("llmrun serve (HTTP)", http)):
             rows.append((latency, name, result))
+    with tempfile.TemporaryDirectory() as tmp:
+        recipe = write_recipe(Path(tmp), 0.0, args.concurrency)
+        floor = served(recipe, args.clients, args.requests, floor=True)
+    rows.append((None, "Starlette + uvicorn, a fixed answer (the floor)", floor))
     print(f"{args.clients} clients, {args.requests} requests, run.concurrency {args.concurrency}")
     print("| mock latency | path | req/s | p50 | p99 | errors |")
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for latency, name, r in rows:
+        at = "-" if latency is None else f"{latency * 1000:.0f} ms"
         print(
-            f"| {latency * 1000:.0f} ms | {name} | {r['req_s']:,.0f} | {r['p50_ms']:.1f} ms "
+            f"| {at} | {name} | {r['req_s']:,.0f} | {r['p50_ms']:.1f} ms "
             f"| {r['p99_ms']:.1f} ms | {r['errors']} |"
         )
     print(f"cores: {os.cpu_count()}; server pinned to core 0, clients to core 1")

@@ -371,3 +371,85 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-4000:]
     assert " passed" in result.stdout
     assert alive == 200
+
+
+def test_every_client_shares_the_recipe_concurrency(tmp_path: Path) -> None:
+    latency = 0.3
+    with FakeOpenAI(latency_s=latency) as fake:
+        write_jsonl(tmp_path / "data.jsonl", make_records(1))
+        provider = {"name": "openai", "base_url": fake.url, "model": "m"}
+        recipe = write_recipe(tmp_path, basic_recipe(provider, run={"concurrency": 2}))
+        with serving(recipe) as srv, srv.client() as http:
+            job = http.post("/v1/jobs", json={"records": make_records(6, prefix="j")}).json()
+
+            def post(i: int) -> None:
+                records = make_records(2, prefix=f"c{i}-")
+                assert http.post("/v1/records", json={"records": records}).status_code == 200
+                chat = {"messages": [{"role": "user", "content": f"client {i}"}]}
+                assert http.post("/v1/chat/completions", json=chat).status_code == 200
+
+            threads = [threading.Thread(target=post, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wait_for(
+                lambda: http.get(f"/v1/jobs/{job['id']}").json()["status"] == "completed", "job"
+            )
+        arrivals = sorted(r.received_at for r in fake.requests)
+    assert len(arrivals) == 6 + 4 * 3
+    # Each of the 2 slots starts a request at most once per answer (>= `latency`), so any
+    # span shorter than that sees at most 2 arrivals, whoever sent them.
+    most = max(sum(1 for b in arrivals if a <= b < a + latency * 0.9) for a in arrivals)
+    assert most <= 2
+
+
+def test_the_budget_is_shared_and_refuses_with_429(tmp_path: Path) -> None:
+    with FakeOpenAI() as fake:
+        write_jsonl(tmp_path / "data.jsonl", make_records(1))
+        provider = {"name": "openai", "base_url": fake.url, "model": "m"}
+        recipe = write_recipe(
+            tmp_path,
+            basic_recipe(
+                provider,
+                generation={"max_tokens": 10},
+                prices={"m": {"input": 1000.0, "output": 1000.0}},
+                run={"concurrency": 2, "budget_usd": 0.1},
+            ),
+        )
+        with serving(recipe) as srv, srv.client() as http:
+            statuses = []
+            for i in range(40):
+                body = {"records": [{"id": f"b{i}", "text": "a short text"}]}
+                answer = http.post("/v1/records", json=body)
+                statuses.append(answer.status_code)
+                if answer.status_code != 200:
+                    break
+            chat = http.post(
+                "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}
+            )
+    assert statuses[-1] == 429 and statuses.count(200) == len(statuses) - 1 >= 1
+    assert "budget" in answer.json()["error"]["message"]
+    assert chat.status_code == 429
+    assert fake.count() == statuses.count(200)  # nothing sent past the budget
+
+
+def test_sigterm_stops_a_job_cleanly_and_the_next_server_finishes_it(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data.jsonl", make_records(1))
+    recipe = write_recipe(
+        tmp_path, basic_recipe({"name": "mock", "latency_s": 0.05}, run={"concurrency": 2})
+    )
+    records = make_records(200)
+    with serving(recipe) as srv, srv.client() as http:
+        job_id = http.post("/v1/jobs", json={"records": records}).json()["id"]
+        wait_for(lambda: http.get(f"/v1/jobs/{job_id}").json()["done"] >= 10, "10 rows")
+        srv.kill(signal.SIGTERM)
+        # uvicorn stops gracefully, then ends by the signal it got (as the shell expects).
+        assert srv.proc.returncode == -signal.SIGTERM
+        assert f"job {job_id}: interrupted" in srv.log.read_text()
+    with serving(recipe) as srv, srv.client() as http:
+        first = http.get(f"/v1/jobs/{job_id}").json()
+        assert first["status"] in ("queued", "running")
+        with http.stream("GET", f"/v1/jobs/{job_id}/rows") as stream:
+            ids = [json.loads(line)["id"] for line in stream.iter_lines() if line]
+    assert sorted(ids) == sorted(r["id"] for r in records)

@@ -453,3 +453,33 @@ def test_sigterm_stops_a_job_cleanly_and_the_next_server_finishes_it(tmp_path: P
         with http.stream("GET", f"/v1/jobs/{job_id}/rows") as stream:
             ids = [json.loads(line)["id"] for line in stream.iter_lines() if line]
     assert sorted(ids) == sorted(r["id"] for r in records)
+
+
+def test_one_server_per_recipe_and_a_busy_port_is_a_usage_error(tmp_path: Path) -> None:
+    recipe = mock_recipe(tmp_path)
+    with serving(recipe) as srv:
+        port = srv.url.rsplit(":", 1)[1]
+        second = run_cli("serve", str(recipe))
+        assert second.returncode == 4 and "another llmrun serve" in second.stderr
+        other = tmp_path / "other"
+        other.mkdir()
+        busy = run_cli("serve", str(mock_recipe(other)), "--port", port)
+    assert busy.returncode == 2 and "cannot listen" in busy.stderr
+
+
+def test_a_provider_down_at_first_is_used_once_it_is_up(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write_jsonl(tmp_path / "data.jsonl", make_records(1))
+    provider = {"name": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m"}
+    recipe = write_recipe(tmp_path, basic_recipe(provider, run={"max_retries": 1}))
+    body = {"records": [{"id": "a", "text": "t"}]}
+    with serving(recipe) as srv, srv.client() as http:
+        down = http.post("/v1/records", json=body)
+        assert down.status_code == 502 and "cannot reach" in down.json()["error"]["message"]
+        with FakeOpenAI(port=port):
+            up = http.post("/v1/records", json=body)
+    assert up.status_code == 200 and up.json()["rows"][0]["status"] == "ok"

@@ -12,15 +12,16 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import LockedError, RecipeError
 from ..job.store import RunState
 from ..plugins import Registry
 from ..recipe.load import Recipe
@@ -46,7 +47,7 @@ class Settings:
     history: int = 40  # messages a session keeps (besides its system message)
 
 
-def serve_folder(recipe: Recipe) -> Any:
+def serve_folder(recipe: Recipe) -> Path:
     """Where jobs and sessions live: beside the recipe's output."""
     return RunState(recipe.output_path).dir / "serve"
 
@@ -161,11 +162,18 @@ def run_server(recipe: Recipe, registry: Registry, settings: Settings) -> None:
     import uvicorn
 
     app = build_app(recipe, registry, settings)
-    with RunState(serve_folder(recipe) / "server").locked():  # one server per recipe output
+    with _one_server(recipe):
         family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((settings.host, settings.port))
+        try:
+            sock.bind((settings.host, settings.port))
+        except OSError as exc:
+            sock.close()
+            raise RecipeError(
+                f"--host/--port: cannot listen on {settings.host}:{settings.port}: "
+                f"{exc.strerror or exc}"
+            ) from None
         sock.listen(2048)
         port = sock.getsockname()[1]
         host = f"[{settings.host}]" if family == socket.AF_INET6 else settings.host
@@ -181,3 +189,16 @@ def run_server(recipe: Recipe, registry: Registry, settings: Settings) -> None:
         # Printed once bound (port 0 picks a free one): scripts and tests read the address.
         print(f"llmrun serve: {recipe.name} on http://{host}:{port}", file=sys.stderr, flush=True)  # noqa: T201
         uvicorn.Server(config).run(sockets=[sock])
+
+
+@contextmanager
+def _one_server(recipe: Recipe) -> Iterator[None]:
+    """Hold the serve folder's lock: two servers would both resume the same jobs."""
+    folder = serve_folder(recipe)
+    try:
+        with RunState(folder / "server").locked():
+            yield
+    except LockedError:
+        raise LockedError(
+            f"another llmrun serve is serving {recipe.path} (its jobs and sessions: {folder})"
+        ) from None

@@ -211,6 +211,8 @@ class Jobs:
             return
         finally:
             self._current = None
+        for warning in summary.warnings:  # already redacted by the engine
+            log.warning("job %s: %s", job_id, warning)
         stats = summary.stats
         service.metrics.run(stats)
         job.update(

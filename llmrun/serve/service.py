@@ -113,22 +113,27 @@ class Service:
             budget = Budget(run.budget_usd, self.price)
         transport = LimitedTransport(inner, anyio.CapacityLimiter(run.concurrency))
         self.shared = SharedCalls(transport, keys, budget)
-        self.caller = Caller(
-            self.provider,
-            transport,
-            keys,
-            run,
-            warn=self.warn,
-            on_retry=self.metrics.retry,
-            budget=budget,
-            cost_of=self.cost,
-            count_tokens=run.tokens_per_minute is not None,
-        )
+        self.caller = self._new_caller()
         try:
             yield self
         finally:
             with anyio.CancelScope(shield=True):
                 await transport.aclose()
+
+    def _new_caller(self) -> Caller:
+        assert self.shared is not None
+        run = self.recipe.run
+        return Caller(
+            self.provider,
+            self.shared.transport,
+            self.shared.keys,
+            run,
+            warn=self.warn,
+            on_retry=self.metrics.retry,
+            budget=self.shared.budget,
+            cost_of=self.cost,
+            count_tokens=run.tokens_per_minute is not None,
+        )
 
     def cost(self, reply: Reply) -> float | None:
         """The reply's cost; every reply the shared caller gets is counted here once."""
@@ -160,6 +165,9 @@ class Service:
         except NotSent:
             raise BudgetReached(self.budget_reason()) from None
         except RunAborted as exc:
+            # A run stops for good here; a server answers 502 and tries again on the next
+            # request (the provider may be back; retired keys stay retired in the shared pool).
+            self.caller = self._new_caller()
             raise Unavailable(self.redact(str(exc))) from None
 
     def budget_reason(self) -> str:

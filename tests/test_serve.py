@@ -129,6 +129,24 @@ def test_bad_input_is_a_4xx_naming_the_field_and_the_server_stays_up(tmp_path: P
         assert surrogate.status_code == 400
         escape = http.post("/v1/jobs", json={"path": "../../etc/passwd"})
         assert escape.status_code == 400 and "path" in escape.json()["error"]["message"]
+        (tmp_path / "outside.jsonl").symlink_to("/etc/hostname")
+        link = http.post("/v1/jobs", json={"path": "outside.jsonl"})
+        assert link.status_code == 400  # a link inside the folder to a file outside it
+        deep = http.post("/v1/records", content=b"[" * 1500)
+        assert deep.status_code == 400 and "nested" in deep.text
+        local_image = http.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": str(recipe)}}],
+                    }
+                ]
+            },
+        )
+        assert local_image.status_code == 400  # never a file of the server's
+        assert "image_url.url" in local_image.json()["error"]["message"]
         absolute = http.post("/v1/jobs", json={"path": str(recipe)})
         assert absolute.status_code == 400  # inside the folder, but not a data file
         assert http.get("/v1/jobs/..%2F..%2Fetc").status_code == 404

@@ -119,6 +119,8 @@ class Routes:
             data = json.loads(raw)
         except ValueError as exc:  # UnicodeDecodeError too
             raise HTTPError(400, f"body: not valid JSON ({exc})") from None
+        except RecursionError:  # [[[[... within the size limit still nests too deep to parse
+            raise HTTPError(400, "body: nested too deeply") from None
         try:
             # Lone surrogates parse but cannot be written as UTF-8 (a row, a file): refuse them.
             json.dumps(data, ensure_ascii=False).encode("utf-8")

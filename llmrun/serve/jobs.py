@@ -68,10 +68,14 @@ class Jobs:
 
     def accept_file(self, given: str) -> dict[str, Any]:
         base = self.service.recipe.base_dir.resolve()
-        path = (base / given).resolve()
-        # A client names a file; the recipe's folder is all it may reach (as a recipe does).
-        if not path.is_relative_to(base) or not path.is_file():
-            raise BadRequest(f"path: {given!r} is not a file inside the recipe's folder")
+        refused = BadRequest(f"path: {given!r} is not a file inside the recipe's folder")
+        try:
+            path = (base / given).resolve()
+            # A client names a file; the recipe's folder is all it may reach (as a recipe does).
+            if not path.is_relative_to(base) or not path.is_file():
+                raise refused
+        except (OSError, ValueError):  # a NUL byte, a name too long, a loop of links
+            raise refused from None
         name = path.name.lower()
         for suffix in COMPRESSED_SUFFIXES:
             name = name.removesuffix(suffix)

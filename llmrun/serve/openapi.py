@@ -25,7 +25,7 @@ _part = {
             "type": "object",
             "required": ["url"],
             "properties": {
-                "url": {"type": "string"},
+                "url": {"type": "string", "description": "An http(s):// or data: URL."},
                 "detail": {"enum": ["auto", "low", "high"]},
             },
         },
@@ -293,7 +293,13 @@ def document(auth: bool) -> dict[str, Any]:
         "/v1/chat/completions": {
             "post": _op(
                 "OpenAI Chat Completions through the recipe's provider",
-                _json("ChatCompletion", "The completion (or server-sent events when streaming)."),
+                {
+                    "description": "The completion (server-sent events when streaming).",
+                    "content": {
+                        "application/json": {"schema": _ref("ChatCompletion")},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
                 CALLS,
                 "ChatRequest",
             )
@@ -342,6 +348,25 @@ def document(auth: bool) -> dict[str, Any]:
             )
         },
     }
+    # Links let a client (and a schema-driven tester) follow an answer's id to its routes.
+    for path, status, name, targets in (
+        ("/v1/jobs", "202", "job_id", ("/v1/jobs/{job_id}", "/v1/jobs/{job_id}/rows")),
+        (
+            "/v1/sessions",
+            "201",
+            "session_id",
+            ("/v1/sessions/{session_id}", "/v1/sessions/{session_id}/messages"),
+        ),
+    ):
+        answer = paths[path]["post"]["responses"][status]
+        answer["links"] = {
+            f"{method}{target}": {
+                "operationRef": f"#/paths/{_pointer(target)}/{method}",
+                "parameters": {name: "$response.body#/id"},
+            }
+            for target in targets
+            for method in paths[target]
+        }
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "llmrun serve", "version": __version__},
@@ -353,3 +378,8 @@ def document(auth: bool) -> dict[str, Any]:
         doc["security"] = [{"bearer": []}]
         paths["/health"]["get"]["security"] = []
     return doc
+
+
+def _pointer(path: str) -> str:
+    """A path as one JSON Pointer token (``/`` and ``~`` escaped)."""
+    return path.replace("~", "~0").replace("/", "~1")

@@ -142,14 +142,14 @@ class Jobs:
         return {k: job.get(k) for k in keys}
 
     async def rows(self, job_id: str) -> AsyncIterator[bytes]:
-        """The output's complete lines, followed until the job has ended (or the server
-        stops); lines written later by a resumed run follow on the next request."""
+        """The output's complete lines, followed while the job is queued or running here (until
+        the server stops); lines a resumed run writes later come with the next request."""
         self._load(job_id)  # NoJob before the answer starts
         path = self._folder(job_id) / "out.jsonl"
         offset = 0
         partial = b""
         while True:
-            ended = self._load(job_id)["status"] in FINAL or self._stopping
+            ended = not self._active(job_id)
             chunk = await anyio.to_thread.run_sync(_read, path, offset)
             offset += len(chunk)
             lines = (partial + chunk).split(b"\n")
@@ -161,6 +161,14 @@ class Jobs:
             if ended:
                 return
             await anyio.sleep(FOLLOW_S)
+
+    def _active(self, job_id: str) -> bool:
+        """Queued or running in this server (a job stopped at the budget is neither: the next
+        server resumes it)."""
+        if self._stopping:
+            return False
+        running = self._current is not None and self._current[0] == job_id
+        return running or job_id in self._queue
 
     # -- running -----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from ..errors import CallError, RecipeError, RecordError, RunAborted
 from ..job.rows import RowMaker, Work
 from ..plugins import Registry, build_component
 from ..recipe.load import Recipe
+from ..recipe.pricing import Price
 from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor
 from ..run.budget import Budget
@@ -83,7 +84,7 @@ class Service:
         self.pending = 0  # calls admitted: running or waiting for a slot
         self.shared: SharedCalls | None = None
         self.caller: Caller | None = None
-        self.price = None
+        self.price: Price | None = None
         if recipe.run.budget_usd is not None:
             self.price = self.rows.price(self.provider.model)
             if self.price is None:

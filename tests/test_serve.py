@@ -251,15 +251,21 @@ def test_the_openai_client_talks_to_anthropic_through_the_gateway(tmp_path: Path
                 stream=True,
             )
             streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            rows = httpx.post(
+                srv.url + "/v1/records", json={"records": [{"id": "a", "text": "hi"}]}
+            ).json()["rows"]
             metrics = httpx.get(srv.url + "/metrics").text
             srv.kill(signal.SIGTERM)
             log = srv.log.read_text()
     assert answer.choices[0].message.content == "echo: hello there"
     assert answer.usage is not None and answer.usage.completion_tokens == 3
     assert streamed == "echo: streamed words"
+    assert rows[0]["status"] == "ok" and rows[0]["text"] == "echo: id=a hi"
+    assert rows[0]["cost_usd"] > 0
     sent = fake.requests[0]
+    assert sent.headers["x-api-key"] == SECRET
     assert sent.body["system"] == "Be brief." and sent.body["max_tokens"] == 50
-    assert 'llmrun_tokens_total{kind="output"} 6' in metrics
+    assert 'llmrun_tokens_total{kind="output"} 9' in metrics
     assert "llmrun_cost_usd_total 0.0\n" not in metrics  # priced: cost counted
     assert SECRET not in metrics and SECRET not in log and SECRET not in answer.model_dump_json()
 

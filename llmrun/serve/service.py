@@ -9,25 +9,26 @@ one served recipe keep its limits together.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
 import httpx
 
 from ..components import Postprocessor, Provider, Transport
-from ..errors import CallError, RecipeError, RecordError, RunAborted
-from ..job.rows import RowMaker, Work
+from ..errors import RecipeError, RunAborted
+from ..job.records import Work
+from ..job.rows import RowMaker
 from ..plugins import Registry, build_component
 from ..recipe.load import Recipe
 from ..recipe.pricing import Price
 from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor
 from ..run.budget import Budget
-from ..run.calls import Caller, CallFailed, NotSent, Outcome, SharedCalls
-from ..run.chain import postprocess
+from ..run.calls import Caller, NotSent, Outcome, SharedCalls
 from ..run.limits import KeyPool
+from ..run.stages import Row, Stages
 from ..values import ComponentContext, Prompt, Reply
 from ..wire.transport import default_transport
 from .metrics import Metrics
@@ -84,6 +85,7 @@ class Service:
         self.pending = 0  # calls admitted: running or waiting for a slot
         self.shared: SharedCalls | None = None
         self.caller: Caller | None = None
+        self.stages: Stages | None = None
         self.price: Price | None = None
         if recipe.run.budget_usd is not None:
             self.price = self.rows.price(self.provider.model)
@@ -114,12 +116,19 @@ class Service:
             budget = Budget(run.budget_usd, self.price)
         transport = LimitedTransport(inner, anyio.CapacityLimiter(run.concurrency))
         self.shared = SharedCalls(transport, keys, budget)
-        self.caller = self._new_caller()
+        self._renew()
         try:
             yield self
         finally:
             with anyio.CancelScope(shield=True):
                 await transport.aclose()
+
+    def _renew(self) -> None:
+        """A new Caller (and the stages bound to it) on the shared transport, keys, budget."""
+        self.caller = self._new_caller()
+        self.stages = Stages(
+            self.recipe, self.provider, self.posts, self.template, self.rows, self.caller
+        )
 
     def _new_caller(self) -> Caller:
         assert self.shared is not None
@@ -161,14 +170,21 @@ class Service:
     async def call(self, prompt: Prompt) -> Outcome:
         """One call through the shared caller; CallFailed, BudgetReached or Unavailable."""
         assert self.caller is not None, "Service.opened() first"
-        try:
+        with self._run_level():
             return await self.caller.call(prompt)
+        raise AssertionError("unreachable")  # mypy: _run_level() re-raises what it catches
+
+    @contextmanager
+    def _run_level(self) -> Iterator[None]:
+        """A run's stop becomes a server's answer."""
+        try:
+            yield
         except NotSent:
             raise BudgetReached(self.budget_reason()) from None
         except RunAborted as exc:
             # A run stops for good here; a server answers 502 and tries again on the next
             # request (the provider may be back; retired keys stay retired in the shared pool).
-            self.caller = self._new_caller()
+            self._renew()
             raise Unavailable(self.redact(str(exc))) from None
 
     def budget_reason(self) -> str:
@@ -181,35 +197,18 @@ class Service:
         """The record's prompt; RecordError (naming the missing fields) when it cannot be."""
         return self.template.render(record_id, data)
 
-    async def record_row(self, record_id: str, data: dict[str, Any], prompt: Prompt) -> Any:
-        """A rendered record's output row: called, post-processed (as a run writes it)."""
+    async def record_row(self, record_id: str, data: dict[str, Any], prompt: Prompt) -> Row:
+        """A rendered record's output row: called, post-processed, through the engine's own
+        stages (so exactly as a run writes it)."""
+        assert self.stages is not None, "Service.opened() first"
+        stages = self.stages
         work = Work(record_id, data, record_id, None)
-        outcome = await self._call_row(work, prompt)
-        if isinstance(outcome, dict):
-            self.metrics.error(str(outcome["error"]["type"]))
-            return outcome
-        row = await postprocess(
-            work,
-            prompt,
-            outcome,
-            posts=self.posts,
-            rows=self.rows,
-            call=self._call_row,
-            keep_raw=self.recipe.keep_raw,
-        )
+        with self._run_level():
+            outcome = await stages.call(work, prompt)
+            if isinstance(outcome, dict):
+                row = outcome
+            else:
+                row = await stages.postprocess(work, prompt, outcome)
         if row["error"] is not None:
             self.metrics.error(str(row["error"].get("type")))
         return row
-
-    async def _call_row(self, work: Work, prompt: Prompt) -> Outcome | dict[str, Any]:
-        try:
-            return await self.call(prompt)
-        except CallFailed as failed:
-            err = failed.error
-            error = self.rows.error(work, err.code, err.message, err.retryable, err.status)
-            return self.rows.row(work, failed.attempts, error=error)
-        except RecordError as exc:  # the provider cannot build this record's request
-            self.metrics.error(exc.code)
-            return self.rows.row(work, 0, error=self.rows.error(work, exc.code, str(exc)))
-        except CallError as exc:  # a provider plugin's own failure outside the taxonomy
-            return self.rows.row(work, 1, error=self.rows.error(work, exc.code, str(exc)))

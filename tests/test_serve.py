@@ -344,6 +344,7 @@ def test_without_a_token_only_loopback(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "--token-env" in refused.stderr
     short = run_cli("serve", str(recipe), "--token-env", "T", env={"T": "short"})
     assert short.returncode == 2
+    assert run_cli("serve", str(recipe), "--port", "70000").returncode == 2
     with serving(recipe) as srv, srv.client() as http:
         rebound = http.get("/v1/jobs/0", headers={"Host": "attacker.example:80"})
         assert rebound.status_code == 403

@@ -77,6 +77,8 @@ def cmd_serve(args: argparse.Namespace, err: Any) -> int:
     ):
         if value < least:
             raise RecipeError(f"{name} must be at least {least}, got {value}")
+    if args.port > 65535:
+        raise RecipeError(f"--port must be at most 65535, got {args.port}")
     recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
     settings = Settings(
         host=args.host,

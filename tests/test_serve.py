@@ -381,11 +381,13 @@ def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
                 "--checks",
                 "not_a_server_error",
                 "--max-examples",
-                "10",
+                "8",
                 "--seed",
                 "7",
+                # One worker: with threads, hypothesis sometimes trips over CPython 3.11's
+                # "AST constructor recursion depth mismatch" while describing a strategy.
                 "--workers",
-                "2",
+                "1",
                 "--phases",
                 "coverage,fuzzing,stateful",
             ],

@@ -184,6 +184,7 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
     assert answers == [200, 200]
 
 
+@pytest.mark.slow
 def test_a_job_killed_mid_way_is_resumed_exactly_once(tmp_path: Path) -> None:
     with FakeOpenAI(latency_s=0.02) as fake:
         write_jsonl(tmp_path / "data.jsonl", make_records(1))
@@ -367,6 +368,7 @@ def test_a_rejected_key_never_shows_in_answers_or_logs(tmp_path: Path) -> None:
         assert SECRET not in text
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
     recipe = mock_recipe(tmp_path)
     env = {"SERVE_TOKEN": TOKEN}
@@ -463,6 +465,7 @@ def test_the_budget_is_shared_and_refuses_with_429(tmp_path: Path) -> None:
     assert fake.count() == statuses.count(200)  # nothing sent past the budget
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_job_cleanly_and_the_next_server_finishes_it(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "data.jsonl", make_records(1))
     recipe = write_recipe(

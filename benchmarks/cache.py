@@ -219,7 +219,7 @@ def scenario(
 def micro(n: int = 5000) -> dict[str, float]:
     """Microseconds per call of the cache's own work on the loop, timed alone."""
     from llmrun.builtins.openai import OpenAIChat
-    from llmrun.recipe.load import freeze
+    from llmrun.recipe.model import freeze
     from llmrun.run.cache import STAND_IN_KEY, RequestKeys, dump_reply, load_reply
     from llmrun.values import ComponentContext, Prompt, Reply, Usage
 

@@ -395,7 +395,7 @@ def test_a_cache_hit_waits_for_no_key_and_no_pace(tmp_path: Path) -> None:
     import anyio
 
     from llmrun.builtins.openai import OpenAIChat
-    from llmrun.recipe.load import CacheSettings, RunSettings
+    from llmrun.recipe.model import CacheSettings, RunSettings
     from llmrun.run.cache import CallCache
     from llmrun.run.calls import Caller
     from llmrun.run.limits import KeyPool

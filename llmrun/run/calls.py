@@ -45,6 +45,16 @@ class Outcome:
     cached: bool = False  # the reply came from the call cache: nothing was sent or paid
 
 
+@dataclass(frozen=True)
+class SharedCalls:
+    """What several runs in one process share so that together they keep one recipe's limits
+    (``llmrun serve``): the transport, the keys with their pace, and the budget."""
+
+    transport: Transport
+    keys: KeyPool
+    budget: Budget | None = None
+
+
 class NotSent(Exception):
     """The call was dropped before its first attempt went out: the run is stopping (a signal,
     or the budget would be exceeded)."""

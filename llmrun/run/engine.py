@@ -48,7 +48,7 @@ from ..values import ComponentContext, RunStart
 from ..wire.transport import default_transport
 from .budget import Budget
 from .cache import CallCache
-from .calls import Caller, NotSent
+from .calls import Caller, NotSent, SharedCalls
 from .limits import KeyPool
 from .progress import Progress
 from .stages import Row, Stages, describe
@@ -90,6 +90,7 @@ class Engine:
         retry_errors: bool = False,
         handle_signals: bool = True,
         batch_phase: BatchPhase | None = None,
+        shared: SharedCalls | None = None,
     ) -> None:
         self.recipe = recipe
         self.registry = registry
@@ -101,6 +102,7 @@ class Engine:
             rewritable(recipe)  # before anything changes
         self.handle_signals = handle_signals and sys.platform != "win32"
         self.batch_phase = batch_phase
+        self.shared = shared  # transport, keys and budget of a served recipe (llmrun serve)
         # Keys written literally in a recipe are as secret as those read from ${VAR}.
         self.redact = Redactor({*recipe.secrets, *recipe.api_keys})
         self.stats = RunStats()
@@ -183,9 +185,14 @@ class Engine:
             )
             status: Status = "completed"
             reason: str | None = None
-            transport = self.provider.transport() or default_transport(
-                max_connections=self.recipe.run.concurrency,
-                connect_timeout_s=self.recipe.run.connect_timeout_s,
+            transport = (
+                self.shared.transport
+                if self.shared is not None
+                else self.provider.transport()
+                or default_transport(
+                    max_connections=self.recipe.run.concurrency,
+                    connect_timeout_s=self.recipe.run.connect_timeout_s,
+                )
             )
             caller = self._make_caller(transport)
             self._stages = Stages(
@@ -196,7 +203,8 @@ class Engine:
                 await self._pipeline(done, manifest)
             finally:
                 with anyio.CancelScope(shield=True):
-                    await transport.aclose()
+                    if self.shared is None:  # a shared transport outlives this run
+                        await transport.aclose()
                     if self.cache is not None:
                         await self.cache.aclose()
                     self.writer.sync()
@@ -218,14 +226,18 @@ class Engine:
     def _make_caller(self, transport: Any) -> Caller:
         """The Caller: keys with their limits, and the budget when the recipe sets one."""
         run = self.recipe.run
-        keys = KeyPool(
-            self.recipe.api_keys,
-            requests_per_minute=run.requests_per_minute,
-            tokens_per_minute=run.tokens_per_minute,
-            adaptive=run.adaptive,
-            slow_start_local=run.slow_start_local,
-        )
-        if run.budget_usd is not None and self._budget_price is not None:
+        if self.shared is not None:
+            keys = self.shared.keys
+            self.budget = self.shared.budget
+        else:
+            keys = KeyPool(
+                self.recipe.api_keys,
+                requests_per_minute=run.requests_per_minute,
+                tokens_per_minute=run.tokens_per_minute,
+                adaptive=run.adaptive,
+                slow_start_local=run.slow_start_local,
+            )
+        if self.shared is None and run.budget_usd is not None and self._budget_price is not None:
             spent = self.stats.resumed_cost_usd
             self.budget = Budget(run.budget_usd, self._budget_price, spent)
         return Caller(
@@ -462,14 +474,18 @@ class Engine:
                         f"{name}: finishing {self.stats.in_flight} call(s) in flight "
                         f"(up to {self.recipe.run.drain_s:g} s); press Ctrl-C again to stop now"
                     )
-                    self.stop_reading()
-                    anyio_deadline = anyio.current_time() + self.recipe.run.drain_s
-                    if self._workers_scope is not None:
-                        self._workers_scope.deadline = anyio_deadline
+                    self.stop()
                 else:
                     self.progress.log("stopping now; calls in flight will be sent again next run")
                     if self._workers_scope is not None:
                         self._workers_scope.cancel()
+
+    def stop(self) -> None:
+        """Stop as on a first Ctrl-C: read no more records, finish the calls in flight for up to
+        ``run.drain_s`` seconds; the run then ends "interrupted" (a later run continues it)."""
+        self.stop_reading()
+        if self._workers_scope is not None:
+            self._workers_scope.deadline = anyio.current_time() + self.recipe.run.drain_s
 
     def stop_reading(self) -> None:
         """No new records: what is in flight finishes (the run ends interrupted)."""

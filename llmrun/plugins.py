@@ -30,7 +30,7 @@ import pluggy
 
 from . import hookspecs
 from .__about__ import __version__
-from .errors import PluginError
+from .errors import PluginError, Problem, RecipeError
 
 KIND_HOOKS: dict[str, str] = {
     "loader": "register_loaders",
@@ -379,4 +379,15 @@ def build_component(registry: Registry, kind: str, spec: Any, context: Any) -> A
     """The component a recipe section names (a ``recipe.ComponentSpec``), built with its
     options and the recipe's ``ComponentContext``."""
     cls = registry.get(kind, spec.name).cls
-    return cls(spec.options, context)
+    try:
+        return cls(spec.options, context)
+    except Exception as exc:
+        import httpx
+
+        if not isinstance(exc, httpx.InvalidURL):
+            raise
+        # A URL the schema's pattern let through (``http://127.0.0.1:1:2/v1``) is the
+        # recipe's fault, not a bug: say which section holds it.
+        raise RecipeError(
+            [Problem(f"{kind} {spec.name!r}: not a usable URL: {exc}", spec.where)]
+        ) from None

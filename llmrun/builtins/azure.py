@@ -26,6 +26,9 @@ KEY_ENV = {"api-key": "AZURE_OPENAI_API_KEY", "bearer": "AZURE_OPENAI_AD_TOKEN"}
 class AzureOpenAIChat(OpenAIChat):
     """POST to a deployment's chat completions with ``api-key`` (or bearer) auth."""
 
+    # Azure's endpoint, deployment and key come from the recipe; OPENAI_* are not its own.
+    options_from_env: ClassVar[Mapping[str, str]] = {}
+    has_batch_api: ClassVar[bool] = False  # batch_api() returns None (commands/preflight)
     options_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
         "additionalProperties": False,

@@ -62,7 +62,14 @@ COMMON_OPTIONS: Mapping[str, Any] = {
         "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
         "description": "Environment variable holding the key when api_keys is not given.",
     },
-    "organization": {"type": "string"},
+    "organization": {
+        "type": "string",
+        "description": "Sent as OpenAI-Organization (default: $OPENAI_ORG_ID for OpenAI).",
+    },
+    "project": {
+        "type": "string",
+        "description": "Sent as OpenAI-Project (default: $OPENAI_PROJECT_ID for OpenAI).",
+    },
     "headers": {
         "type": "object",
         "additionalProperties": {"type": "string"},
@@ -109,6 +116,13 @@ class OpenAIShaped:
     label: ClassVar[str] = "openai"  # the provider's name, for warnings
     supported: ClassVar[frozenset[str]] = CHAT_KEYS
     default_base_url: ClassVar[str] = OPENAI_BASE_URL
+    # Read as the official client reads them when the recipe does not give the option
+    # (llmrun.recipe.keyenv.env_options); a provider that is not OpenAI's clears it.
+    options_from_env: ClassVar[Mapping[str, str]] = {
+        "base_url": "OPENAI_BASE_URL",
+        "organization": "OPENAI_ORG_ID",
+        "project": "OPENAI_PROJECT_ID",
+    }
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.model = str(options["model"])
@@ -120,6 +134,8 @@ class OpenAIShaped:
         extra_headers = {"content-type": "application/json", "accept": "application/json"}
         if options.get("organization"):
             extra_headers["openai-organization"] = str(options["organization"])
+        if options.get("project"):
+            extra_headers["openai-project"] = str(options["project"])
         extra_headers.update({k.lower(): str(v) for k, v in (options.get("headers") or {}).items()})
         self._headers = KeyedRequests(self.url, extra_headers, self._auth_headers)
         self._extra_body: dict[str, Any] = thaw(options.get("extra_body") or {})

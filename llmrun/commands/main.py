@@ -182,6 +182,7 @@ def cmd_run(args: argparse.Namespace, err: Any) -> int:
     from ..job.lockfile import check_lock
     from ..run.engine import Engine
     from ..run.progress import Mode, make_progress, summary_table
+    from .preflight import check_before_run
 
     if args.limit is not None and args.limit < 0:
         raise RecipeError(f"--limit must be 0 or more, got {args.limit}")
@@ -206,6 +207,7 @@ def cmd_run(args: argparse.Namespace, err: Any) -> int:
         fresh=args.fresh,
         retry_errors=args.retry_errors,
     )
+    check_before_run(recipe, registry, engine)
     try:
         summary = anyio.run(engine.run, backend=args.backend)
     except KeyboardInterrupt:  # Ctrl-C before the run watched for it (start-up)

@@ -7,6 +7,7 @@ option schema. Every fault found is reported at once, each with file, line, colu
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,7 +22,7 @@ from ..errors import PluginError, Problem, RecipeError
 from ..plugins import Registry
 from ..redaction import Redactor
 from .envvars import Environment, read_dotenv
-from .keyenv import default_key
+from .keyenv import check_keys, default_key, env_options
 from .problems import locate, schema_problems, selection_problems, template_problems
 from .schema import CORE_KEYS, base_schema
 from .selection import parse_shard
@@ -192,14 +193,25 @@ def load_recipe(
         raise RecipeError(problems)
     try:
         recipe = build_recipe(data, positions, path, registry, frozenset(secrets))
-        if recipe.api_keys:
-            return recipe
-        where = locate(("provider", "name"), positions, filename)
-        return default_key(recipe, registry, env, where)
+        if not recipe.api_keys:
+            where = locate(("provider", "name"), positions, filename)
+            recipe = default_key(recipe, registry, env, where)
+        check_keys(recipe)
+        return env_options(recipe, registry, env)
     except RecipeError as exc:  # schema messages quote values: keep keys out of them
         redact = Redactor(secrets)
+        hints = _override_hints(overrides)
         raise RecipeError(
-            [Problem(redact(p.message), p.path, p.file, p.line, p.column) for p in exc.problems]
+            [
+                Problem(
+                    redact(p.message) + (hints.get(p.path, "") if p.file == "--set" else ""),
+                    p.path,
+                    p.file,
+                    p.line,
+                    p.column,
+                )
+                for p in exc.problems
+            ]
         ) from None
 
 
@@ -446,6 +458,27 @@ def _redacted(value: Any, secrets: set[str]) -> Any:
     if isinstance(value, str) and value in secrets:
         return "<secret>"
     return value
+
+
+def _override_hints(overrides: Sequence[str]) -> dict[str, str]:
+    """``--set concurrency=4`` names no top-level key: the hint says which section has a key of
+    that name (``run.concurrency``), or the nearest top-level key. By the unknown key."""
+    sections: Mapping[str, Any] = base_schema().get("properties", {})
+    hints: dict[str, str] = {}
+    for text in overrides:
+        top = text.partition("=")[0].split(".")[0].strip()
+        if not top or top in sections:
+            continue
+        within = [
+            f"{name}.{top}"
+            for name, sub in sections.items()
+            if isinstance(sub, Mapping) and top in (sub.get("properties") or {})
+        ]
+        guess = within or difflib.get_close_matches(top, list(sections), n=1)
+        if guess:
+            rest = text[text.index(top) + len(top) :]
+            hints[top] = f"; did you mean --set {' or '.join(g + rest for g in guess)}?"
+    return hints
 
 
 def _apply_override(

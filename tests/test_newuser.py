@@ -1,0 +1,143 @@
+"""What a new user trips over (issue 16): each message that misled, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+MOCK: dict[str, Any] = {"name": "mock"}
+
+
+def setup(tmp_path: Path, provider: dict[str, Any] | None = None, n: int = 5, **more: Any) -> Path:
+    write_jsonl(tmp_path / "data.jsonl", make_records(n))
+    return write_recipe(tmp_path, basic_recipe(provider or MOCK, **more))
+
+
+def test_batch_mode_without_a_batch_api_stops_at_once(tmp_path: Path) -> None:
+    recipe = setup(tmp_path)
+    result = run_cli("run", str(recipe), "--mode", "batch", "-q", cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "provider 'mock' has no batch API" in result.stderr
+    assert "providers with one: anthropic, openai" in result.stderr
+    assert "cannot connect" not in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+    # auto mode still runs the mock directly
+    auto = run_cli("run", str(recipe), "--mode", "auto", "-q", cwd=tmp_path)
+    assert auto.returncode == EXIT_OK, auto.stderr
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 5
+
+
+def test_missing_data_file_is_a_recipe_error_before_the_run(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, basic_recipe(MOCK))
+    result = run_cli("run", str(recipe), cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "data.path: cannot read the data: no file" in result.stderr
+    assert "data.jsonl" in result.stderr
+    assert "RunAborted" not in result.stderr and "done" not in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+    assert not (tmp_path / "out.jsonl.llmrun").exists()
+
+
+def test_status_suggests_what_fixes_template_and_postprocess_errors(tmp_path: Path) -> None:
+    records = make_records(6)
+    for rec in records[:2]:
+        del rec["text"]  # these cannot fill the prompt
+    write_jsonl(tmp_path / "data.jsonl", records)
+    provider = {"name": "mock", "replies": ["maybe"]}
+    recipe = write_recipe(
+        tmp_path, basic_recipe(provider, postprocess=[{"choices": {"labels": ["yes", "no"]}}])
+    )
+    run = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+    assert run.returncode == EXIT_ERRORS, run.stderr
+    status = run_cli("status", str(recipe), cwd=tmp_path)
+    assert status.returncode == EXIT_OK, status.stderr
+    assert "0 retryable" in status.stdout
+    assert "4 postprocess error(s)" in status.stderr and "llmrun repost" in status.stderr
+    assert "2 template error(s): the prompt could not be rendered" in status.stderr
+    assert "retryable error(s)" not in status.stderr
+
+    # The hints are true: repost after fixing the chain, --retry-errors after fixing the data.
+    write_recipe(tmp_path, basic_recipe(provider, postprocess=[{"choices": {"labels": ["maybe"]}}]))
+    repost = run_cli("repost", str(recipe), cwd=tmp_path)
+    assert repost.returncode == EXIT_ERRORS, repost.stderr  # the template rows remain
+    write_jsonl(tmp_path / "data.jsonl", make_records(6))
+    again = run_cli("run", str(recipe), "--retry-errors", "-q", cwd=tmp_path)
+    assert again.returncode == EXIT_OK, again.stderr
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+
+
+def test_set_with_a_key_of_a_section_says_which(tmp_path: Path) -> None:
+    recipe = setup(tmp_path)
+    result = run_cli("run", str(recipe), "--set", "concurrency=4", cwd=tmp_path)
+    assert result.returncode == EXIT_USAGE
+    assert "did you mean --set run.concurrency=4?" in result.stderr
+    typo = run_cli("validate", str(recipe), "--set", "promt=hi", cwd=tmp_path)
+    assert typo.returncode == EXIT_USAGE and "did you mean --set prompt=hi?" in typo.stderr
+
+
+def test_validate_names_the_line_of_a_missing_variable(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data.jsonl", make_records(3))
+    (tmp_path / "recipe.yaml").write_text(
+        "name: t\n"
+        "data: {path: data.jsonl, id: id}\n"
+        "prompt:\n"
+        "  system: be terse\n"
+        "  user: |\n"
+        "    Record {{ id }}\n"
+        "    Text {{ txt }}\n"
+        "provider: {name: mock}\n"
+        "output: {path: out.jsonl}\n",
+        encoding="utf-8",
+    )
+    result = run_cli("validate", str(tmp_path / "recipe.yaml"))
+    assert result.returncode == EXIT_USAGE
+    assert "recipe.yaml:7: prompt.user: the prompt uses txt" in result.stderr
+
+
+def test_bad_base_url_and_non_ascii_key_are_recipe_errors(tmp_path: Path) -> None:
+    provider = {"name": "openai", "model": "m", "base_url": "http://127.0.0.1:1:2/v1"}
+    recipe = setup(tmp_path, {**provider, "api_keys": ["k"]})
+    bad_url = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+    assert bad_url.returncode == EXIT_USAGE, bad_url.stderr
+    assert "not a usable URL" in bad_url.stderr and "internal error" not in bad_url.stderr
+    secret = "sk-t\u00e9st-\u201cquoted\u201d"
+    provider["base_url"] = "http://127.0.0.1:9/v1"
+    recipe = write_recipe(tmp_path, basic_recipe({**provider, "api_keys": ["${MY_KEY}"]}))
+    for command in ("run", "validate"):
+        result = run_cli(command, str(recipe), cwd=tmp_path, env={"MY_KEY": secret})
+        assert result.returncode == EXIT_USAGE, result.stderr
+        assert "provider.api_keys[0]: the key has a character" in result.stderr
+        assert "t\u00e9st" not in result.stderr and "quoted" not in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_plan_on_the_mock_uses_its_latency(tmp_path: Path) -> None:
+    recipe = setup(tmp_path, n=40)
+    quick = run_cli("plan", str(recipe), "--json", cwd=tmp_path)
+    assert quick.returncode == EXIT_OK, quick.stderr
+    plan = json.loads(quick.stdout)
+    assert plan["call_latency_s"] == 0 and plan["duration_s"] == 0
+    slow = run_cli("plan", str(recipe), "--json", "--set", "provider.latency_s=0.5", cwd=tmp_path)
+    plan = json.loads(slow.stdout)
+    # 40 calls, 8 at a time, 0.5 s each: 5 waves
+    assert plan["call_latency_s"] == 0.5 and plan["duration_s"] == 2.5
+
+
+def test_repost_takes_the_same_data_file_written_another_way(tmp_path: Path) -> None:
+    recipe = setup(tmp_path)
+    assert run_cli("run", str(recipe), "-q", cwd=tmp_path).returncode == EXIT_OK
+    absolute = f"data.path={tmp_path / 'data.jsonl'}"
+    same = run_cli("repost", str(recipe), "--set", absolute, cwd=tmp_path)
+    assert same.returncode == EXIT_OK, same.stderr
+    assert "reposted 5 row(s)" in same.stderr
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    dotted = run_cli("repost", str(recipe), "--set", "data.path=sub/../data.jsonl", cwd=tmp_path)
+    assert dotted.returncode == EXIT_OK, dotted.stderr
+    other = run_cli("repost", str(recipe), "--set", "data.path=sub/data.jsonl", cwd=tmp_path)
+    assert other.returncode == EXIT_USAGE and "changed since the replies" in other.stderr

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmrun.testing.fake_openai import FakeOpenAI
+
 from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
@@ -141,3 +143,37 @@ def test_repost_takes_the_same_data_file_written_another_way(tmp_path: Path) -> 
     assert dotted.returncode == EXIT_OK, dotted.stderr
     other = run_cli("repost", str(recipe), "--set", "data.path=sub/data.jsonl", cwd=tmp_path)
     assert other.returncode == EXIT_USAGE and "changed since the replies" in other.stderr
+
+
+def test_openai_environment_variables_as_the_official_client(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    recipe = setup(tmp_path, {"name": "openai", "model": "gpt-test"}, n=3)
+    env = {
+        "OPENAI_BASE_URL": fake_openai.url,
+        "OPENAI_API_KEY": "sk-env-key",
+        "OPENAI_ORG_ID": "org-123",
+        "OPENAI_PROJECT_ID": "proj_456",
+    }
+    result = run_cli("run", str(recipe), "-q", cwd=tmp_path, env=env)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert len(fake_openai.requests) == 3
+    for request in fake_openai.requests:
+        assert request.headers["authorization"] == "Bearer sk-env-key"
+        assert request.headers["openai-organization"] == "org-123"
+        assert request.headers["openai-project"] == "proj_456"
+    # The recipe's own value wins over the environment's.
+    elsewhere = {**env, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    set_url = f"provider.base_url={fake_openai.url}"
+    again = run_cli(
+        "run", str(recipe), "--fresh", "-q", "--set", set_url, cwd=tmp_path, env=elsewhere
+    )
+    assert again.returncode == EXIT_OK, again.stderr
+    assert len(fake_openai.requests) == 6
+    # A base URL that is not one is a recipe error naming the variable.
+    bad = run_cli("validate", str(recipe), cwd=tmp_path, env={**env, "OPENAI_BASE_URL": "nope"})
+    assert bad.returncode == EXIT_USAGE and "OPENAI_BASE_URL" in bad.stderr
+    # The mock is not OpenAI: the variables leave it alone.
+    (tmp_path / "m").mkdir()
+    mock = setup(tmp_path / "m")
+    assert run_cli("run", str(mock), "-q", cwd=tmp_path / "m", env=env).returncode == EXIT_OK

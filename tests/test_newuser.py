@@ -177,3 +177,49 @@ def test_openai_environment_variables_as_the_official_client(
     (tmp_path / "m").mkdir()
     mock = setup(tmp_path / "m")
     assert run_cli("run", str(mock), "-q", cwd=tmp_path / "m", env=env).returncode == EXIT_OK
+
+
+def test_nested_ids_by_dotted_path(tmp_path: Path) -> None:
+    records = [
+        {"metadata": {"row_id": f"row-{i}", "tags": [f"t{i}"]}, "text": f"say {i}"}
+        for i in range(4)
+    ]
+    records.append({"metadata": {"other": 1}, "text": "no id"})
+    records.append({"a.b": "literal", "a": {"b": "nested"}, "text": "dots in the name"})
+    write_jsonl(tmp_path / "data.jsonl", records)
+    recipe = write_recipe(
+        tmp_path,
+        basic_recipe(
+            MOCK, prompt="{{ text }}", data={"path": "data.jsonl", "id": "metadata.row_id"}
+        ),
+    )
+    result = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+    assert result.returncode == EXIT_ERRORS, result.stderr
+    rows = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    assert {f"row-{i}" for i in range(4)} <= set(rows)
+    assert all(rows[f"row-{i}"]["status"] == "ok" for i in range(4))
+    missing = rows["data.jsonl:5"]
+    assert missing["status"] == "error"
+    assert "metadata has no 'row_id'; its fields: other" in missing["error"]["message"]
+    assert rows["data.jsonl:6"]["error"]["message"].startswith(
+        "record has no 'metadata.row_id' (data.id): the record has no 'metadata'"
+    )
+    validate = run_cli("validate", str(recipe), cwd=tmp_path)
+    assert validate.returncode == EXIT_USAGE
+    assert "data.jsonl:5: data.id: record has no 'metadata.row_id'" in validate.stderr
+    # A list index, and a field named with the dots taken before the path.
+    write_recipe(
+        tmp_path,
+        basic_recipe(
+            MOCK, prompt="{{ text }}", data={"path": "data.jsonl", "id": "metadata.tags.0"}
+        ),
+    )
+    listed = run_cli("run", str(recipe), "--fresh", "--limit", "4", "-q", cwd=tmp_path)
+    assert listed.returncode == EXIT_OK, listed.stderr
+    assert sorted(r["id"] for r in read_jsonl(tmp_path / "out.jsonl")) == ["t0", "t1", "t2", "t3"]
+    write_recipe(
+        tmp_path, basic_recipe(MOCK, prompt="{{ text }}", data={"path": "data.jsonl", "id": "a.b"})
+    )
+    dots = run_cli("run", str(recipe), "--fresh", "-q", cwd=tmp_path)
+    ids = [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")]
+    assert dots.returncode == EXIT_ERRORS and "literal" in ids and "nested" not in ids

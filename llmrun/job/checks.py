@@ -17,7 +17,7 @@ from ..recipe.selection import selection_of
 from ..recipe.templates import PromptTemplate
 from ..recipe.yamlsource import dotted, load_yaml
 from ..values import ComponentContext, SourceRecord
-from .ids import record_id
+from .ids import missing_id, record_id
 
 
 @dataclass
@@ -98,9 +98,8 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
         if recipe.id_field:
             rid = record_id(rec.data, recipe.id_field)
             if rid is None:
-                report.problems.append(
-                    Problem(f"record has no {recipe.id_field!r} field", "data.id", rec.where)
-                )
+                message = missing_id(rec.data, recipe.id_field).replace(" (data.id)", "")
+                report.problems.append(Problem(message, "data.id", rec.where))
             elif rid in first_of:
                 # Output rows and resume are keyed on the id: it must name one record only.
                 report.problems.append(

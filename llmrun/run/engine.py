@@ -29,7 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..components import Loader, Postprocessor, Provider, Writer
 from ..errors import CallError, RecipeError, RecordError, RunAborted
-from ..job.ids import record_id
+from ..job.ids import missing_id, record_id
 from ..job.manifest import finish_manifest, start_manifest, update_manifest
 from ..job.rerun import drop_error_rows
 from ..job.rows import RowMaker
@@ -331,13 +331,8 @@ class Engine:
             return _Work(rec.where, None, rec.where, rec.error or "unreadable record")
         rid = record_id(rec.data, id_field)
         if rid is None:
-            return _Work(
-                rec.where,
-                rec.data,
-                rec.where,
-                f"record has no {id_field!r} field (data.id); fields: "
-                f"{', '.join(sorted(map(str, rec.data)))}",
-            )
+            assert id_field is not None  # a content hash is never None
+            return _Work(rec.where, rec.data, rec.where, missing_id(rec.data, id_field))
         return _Work(rid, rec.data, rec.where, rec.error)
 
     async def _work(

@@ -223,3 +223,28 @@ def test_nested_ids_by_dotted_path(tmp_path: Path) -> None:
     dots = run_cli("run", str(recipe), "--fresh", "-q", cwd=tmp_path)
     ids = [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")]
     assert dots.returncode == EXIT_ERRORS and "literal" in ids and "nested" not in ids
+
+
+def test_duplicate_ids_are_warned_about_at_run_time(tmp_path: Path) -> None:
+    records = make_records(30)
+    for i in range(10, 30):
+        records[i]["id"] = "r00001" if i < 12 else f"dup{i % 2}"
+    write_jsonl(tmp_path / "data.jsonl", records)
+    recipe = write_recipe(tmp_path, basic_recipe(MOCK))
+    result = run_cli("run", str(recipe), "--progress", "plain", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    # 2 repeats of r00001 and 18 of dup0/dup1: five named, then the count at 10
+    assert "duplicate id 'r00001' at data.jsonl:11" in result.stderr
+    assert "duplicate id 'r00001' at data.jsonl:12" in result.stderr
+    assert "duplicate id 'dup0' at data.jsonl:15" in result.stderr
+    assert result.stderr.count("duplicate id") == 5
+    assert "10 records so far repeat an earlier record's id" in result.stderr
+    assert "100 records" not in result.stderr
+    # Warned, not dropped and not turned into errors: a false alarm must not cost a record.
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 30
+    # Distinct ids: no warning (and a resumed run reads each record once again: none either).
+    write_jsonl(tmp_path / "data.jsonl", make_records(30))
+    clean = run_cli("run", str(recipe), "--fresh", "--progress", "plain", cwd=tmp_path)
+    again = run_cli("run", str(recipe), "--progress", "plain", cwd=tmp_path)
+    assert "duplicate id" not in clean.stderr + again.stderr
+    assert "repeat an earlier" not in clean.stderr + again.stderr

@@ -29,6 +29,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..components import Loader, Postprocessor, Provider, Writer
 from ..errors import CallError, RecipeError, RecordError, RunAborted
+from ..job.dupes import SeenIds
 from ..job.ids import missing_id, record_id
 from ..job.manifest import finish_manifest, start_manifest, update_manifest
 from ..job.rerun import drop_error_rows
@@ -111,6 +112,7 @@ class Engine:
         self._workers_scope: CancelScope | None = None
         self._reader_scope: CancelScope | None = None
         self._caller: Caller | None = None
+        self._seen = SeenIds(self.warn)  # duplicate ids in this run (job/dupes.py)
         self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
         self._budget: Budget | None = None
         self._budget_price: Price | None = None
@@ -333,6 +335,7 @@ class Engine:
         if rid is None:
             assert id_field is not None  # a content hash is never None
             return _Work(rec.where, rec.data, rec.where, missing_id(rec.data, id_field))
+        self._seen.add(rid, rec.where)
         return _Work(rid, rec.data, rec.where, rec.error)
 
     async def _work(

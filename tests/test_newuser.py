@@ -248,3 +248,47 @@ def test_duplicate_ids_are_warned_about_at_run_time(tmp_path: Path) -> None:
     again = run_cli("run", str(recipe), "--progress", "plain", cwd=tmp_path)
     assert "duplicate id" not in clean.stderr + again.stderr
     assert "repeat an earlier" not in clean.stderr + again.stderr
+
+
+def test_invalid_utf8_is_an_error_row_naming_the_line(tmp_path: Path) -> None:
+    good = [json.dumps(r).encode() for r in make_records(4)]
+    bad = b'{"id": "bad", "text": "caf\xe9 au lait"}'
+    (tmp_path / "data.jsonl").write_bytes(b"\n".join([good[0], good[1], bad, good[2]]) + b"\n")
+    recipe = write_recipe(tmp_path, basic_recipe(MOCK))
+    result = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+    assert result.returncode == EXIT_ERRORS, result.stderr
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert len(rows) == 4
+    (error,) = [r for r in rows if r["status"] == "error"]
+    assert error["id"] == "data.jsonl:3"
+    assert "not valid UTF-8 (byte 0xe9" in error["error"]["message"]
+    assert "data.errors: replace" in error["error"]["message"]
+    validate = run_cli("validate", str(recipe), cwd=tmp_path)
+    assert (
+        validate.returncode == EXIT_USAGE
+        and "data.jsonl:3: data: not valid UTF-8" in validate.stderr
+    )
+    # Asked for in the recipe: read with U+FFFD, as before.
+    data = {"path": "data.jsonl", "id": "id", "errors": "replace"}
+    write_recipe(tmp_path, basic_recipe(MOCK, data=data))
+    replaced = run_cli("run", str(recipe), "--fresh", "-q", cwd=tmp_path)
+    assert replaced.returncode == EXIT_OK, replaced.stderr
+    row = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}["bad"]
+    assert row["record"]["text"] == "caf\ufffd au lait"
+    # CSV and text: the same, at the row's line.
+    (tmp_path / "data.csv").write_bytes(b'id,text\na,"one\ntwo"\nb,\xff\xfe\nc,fine\n')
+    csv_data = {"path": "data.csv", "id": "id"}
+    write_recipe(tmp_path, basic_recipe(MOCK, data=csv_data, prompt="{{ text }}"))
+    as_csv = run_cli("run", str(recipe), "--fresh", "-q", cwd=tmp_path)
+    assert as_csv.returncode == EXIT_ERRORS, as_csv.stderr
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(r["id"] for r in rows if r["status"] == "ok") == ["a", "c"]
+    (error,) = [r for r in rows if r["status"] == "error"]
+    assert error["id"] == "data.csv:4" and "not valid UTF-8 (byte 0xff" in error["error"]["message"]
+    (tmp_path / "data.txt").write_bytes(b"first\n\x80second\nthird\n")
+    txt = {"path": "data.txt", "number": "line"}
+    write_recipe(tmp_path, basic_recipe(MOCK, data={**txt, "id": "line"}, prompt="{{ text }}"))
+    as_text = run_cli("run", str(recipe), "--fresh", "-q", cwd=tmp_path)
+    assert as_text.returncode == EXIT_ERRORS, as_text.stderr
+    statuses = {r["id"]: r["status"] for r in read_jsonl(tmp_path / "out.jsonl")}
+    assert statuses == {"1": "ok", "data.txt:2": "error", "3": "ok"}

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llmrun.testing.fake_openai import FakeOpenAI
+from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
 from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
+from .test_run import record_id_of
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 MOCK: dict[str, Any] = {"name": "mock"}
@@ -292,3 +293,63 @@ def test_invalid_utf8_is_an_error_row_naming_the_line(tmp_path: Path) -> None:
     assert as_text.returncode == EXIT_ERRORS, as_text.stderr
     statuses = {r["id"]: r["status"] for r in read_jsonl(tmp_path / "out.jsonl")}
     assert statuses == {"1": "ok", "data.txt:2": "error", "3": "ok"}
+
+
+def test_run_log_in_the_state_folder(tmp_path: Path) -> None:
+    hostile = "bad \x1b[31mred\x1b[0m\nsecond line"
+    seen: set[str] = set()
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        rid = record_id_of(request)
+        if rid == "r00002":  # always refused, with a message that tries the terminal
+            body = {"error": {"message": hostile, "type": "invalid_request_error"}}
+            return Fault(400, {"content-type": "application/json"}, json.dumps(body).encode())
+        if rid == "r00004" and rid not in seen:  # one 429, then fine
+            seen.add(rid)
+            return Fault(429, {"retry-after": "0.01"})
+        return None
+
+    with FakeOpenAI(fault=fault) as server:
+        provider = {"name": "openai", "model": "gpt-test", "base_url": server.url}
+        recipe = setup(tmp_path, {**provider, "api_keys": ["sk-secret-1", "sk-secret-2"]}, n=8)
+        (tmp_path / "data.jsonl").write_text(
+            (tmp_path / "data.jsonl").read_text(encoding="utf-8")
+            + json.dumps({"id": "r00001", "text": "again"})
+            + "\n",
+            encoding="utf-8",
+        )
+        result = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+    assert result.returncode == EXIT_ERRORS, result.stderr
+    log = (tmp_path / "out.jsonl.llmrun" / "run.log").read_text(encoding="utf-8")
+    lines = log.splitlines()
+    assert "INFO run of test started" in lines[0]
+    assert any("WARNING duplicate id 'r00001' at data.jsonl:9" in line for line in lines)
+    (error,) = [line for line in lines if " ERROR " in line]
+    assert "r00002 (data.jsonl:3): invalid_request: HTTP 400: bad \\x1b[31mred" in error
+    assert "\\x1b[0m\\nsecond line" in error
+    assert "\x1b" not in log  # escaped, never raw
+    assert "Retry-After" in log
+    assert "INFO run ended: completed" in log
+    assert "counts: 9/9" in log
+    assert "sk-secret" not in log
+    # A second run appends; a run refused at once (missing data) writes nothing.
+    again = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+    assert again.returncode == EXIT_ERRORS
+    log2 = (tmp_path / "out.jsonl.llmrun" / "run.log").read_text(encoding="utf-8")
+    assert log2.startswith(log) and log2.count("run of test started") == 2
+    (tmp_path / "data.jsonl").unlink()
+    assert run_cli("run", str(recipe), "-q", cwd=tmp_path).returncode == EXIT_USAGE
+    assert (tmp_path / "out.jsonl.llmrun" / "run.log").read_text(encoding="utf-8") == log2
+
+
+def test_validate_shows_record_ids(tmp_path: Path) -> None:
+    recipe = setup(tmp_path, n=8)
+    result = run_cli("validate", str(recipe), cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert "record ids (data.id id): r00000, r00001, r00002, r00003, r00004, ... (8 checked)" in (
+        result.stderr
+    )
+    no_id = write_recipe(tmp_path, basic_recipe(MOCK, data={"path": "data.jsonl"}), "hashed.yaml")
+    hashed = run_cli("validate", str(no_id), "--records", "2", cwd=tmp_path)
+    assert hashed.returncode == EXIT_OK, hashed.stderr
+    assert "record ids (content hashes: no data.id): h" in hashed.stderr

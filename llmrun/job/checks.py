@@ -20,6 +20,9 @@ from ..values import ComponentContext, SourceRecord
 from .ids import missing_id, record_id
 
 
+SHOWN_IDS = 5  # ids of the first records validate shows
+
+
 @dataclass
 class CheckReport:
     """What ``validate`` found: problems make it fail; notes are for the reader."""
@@ -139,6 +142,11 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
                 str(recipe.path),
             )
         )
+    ids = [key(rec)[0] for rec in records if rec.data is not None][:SHOWN_IDS]
+    if ids:
+        source = f"data.id {recipe.id_field}" if recipe.id_field else "content hashes: no data.id"
+        more = f", ... ({readable} checked)" if readable > len(ids) else ""
+        report.notes.append(f"record ids ({source}): {', '.join(ids)}{more}")
     used = sorted(template.variables)
     report.notes.append(
         f"prompt variables: {', '.join(used) or 'none'}; "

@@ -52,6 +52,7 @@ from .calls import Caller, CallFailed, NotSent, Outcome
 from .chain import postprocess
 from .limits import KeyPool
 from .progress import Progress
+from .runlog import RunLog
 
 READ_CHUNK = 256
 FIELD_CHECK = 20  # records the run-start check of the template looks at
@@ -85,7 +86,9 @@ class Engine:
     ) -> None:
         self.recipe = recipe
         self.registry = registry
-        self.progress = progress
+        # Everything shown also goes to <output>.llmrun/run.log (run/runlog.py).
+        self.runlog = RunLog(progress, RunState(recipe.output_path).dir / "run.log")
+        self.progress: Progress = self.runlog
         self.limit = limit if limit is not None else recipe.limit
         self.fresh = fresh
         self.retry_errors = retry_errors
@@ -185,6 +188,7 @@ class Engine:
                         status, reason = "budget", self._budget_reason()
                     elif self.flags.stopping:
                         status, reason = "interrupted", "stopped by a signal"
+                    self.runlog.ended(status, reason)
                     self.progress.stop(self.stats)
                     finish_manifest(self.state, self.stats, manifest, status, reason)
                     summary = RunSummary(
@@ -212,6 +216,7 @@ class Engine:
             keys,
             run,
             warn=self.warn,
+            note=self.runlog.note,
             on_retry=self._count_retry,
             budget=self._budget,
             cost_of=self._cost,
@@ -514,6 +519,7 @@ class Engine:
                 self.writer.write(batch)
                 for item in batch:
                     self.stats.count_row(item)
+                    self.runlog.row(item)
                     if wants_rows:
                         self.observers.call("record_done", item)
 

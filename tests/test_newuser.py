@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
-from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
+from .conftest import (
+    basic_recipe,
+    llmrun_command,
+    make_records,
+    read_jsonl,
+    run_cli,
+    write_jsonl,
+    write_recipe,
+)
 from .test_run import record_id_of
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
@@ -353,3 +363,53 @@ def test_validate_shows_record_ids(tmp_path: Path) -> None:
     hashed = run_cli("validate", str(no_id), "--records", "2", cwd=tmp_path)
     assert hashed.returncode == EXIT_OK, hashed.stderr
     assert "record ids (content hashes: no data.id): h" in hashed.stderr
+
+
+def test_init_prompt_with_backslash_n_as_docs_sharing_writes_it(tmp_path: Path) -> None:
+    result = run_cli(
+        "init",
+        "labels.yaml",
+        "--no-input",
+        "--system",
+        "Be terse.\\nOne word.",
+        "--prompt",
+        "Review: {{ text }}\\nPositive, negative or neutral? (a \\\\n stays)",
+        cwd=tmp_path,
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    plan = run_cli("plan", "labels.yaml", "--json", cwd=tmp_path)
+    assert plan.returncode == EXIT_OK, plan.stderr
+    system, user = json.loads(plan.stdout)["prompts"][0]
+    assert system["content"] == "Be terse.\nOne word."
+    assert user["content"].endswith("\nPositive, negative or neutral? (a \\n stays)")
+    assert "\\nPositive" not in user["content"]
+    docs = (Path(__file__).parent.parent / "docs" / "sharing.md").read_text(encoding="utf-8")
+    assert "--prompt 'Review: {{ text }}\\nPositive, negative or neutral?'" in docs
+
+
+def test_commands_that_call_nothing_need_no_key(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    provider = {"name": "openai", "model": "gpt-test"}
+    recipe = setup(tmp_path, provider, n=6)
+    keyed = {"OPENAI_API_KEY": "sk-run-key", "OPENAI_BASE_URL": fake_openai.url}
+    assert run_cli("run", str(recipe), "-q", cwd=tmp_path, env=keyed).returncode == EXIT_OK
+    no_key = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    no_key["OPENAI_BASE_URL"] = fake_openai.url  # the same calls, for repost
+    out = str(tmp_path / "out.jsonl")
+    for args in (
+        ("export", out, "--to", "csv", "--order", "input", "--recipe", str(recipe)),
+        ("status", str(recipe)),
+        ("repost", str(recipe)),
+    ):
+        result = subprocess.run(
+            [*llmrun_command(), *args], env=no_key, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == EXIT_OK, (args, result.stderr)
+        assert "OPENAI_API_KEY" not in result.stderr
+    rows = (tmp_path / "out.csv").read_text(encoding="utf-8").splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == [f"r0000{i}" for i in range(6)]
+    # run and validate still want the key.
+    refused = subprocess.run(
+        [*llmrun_command(), "validate", str(recipe)], env=no_key, capture_output=True, text=True
+    )
+    assert refused.returncode == EXIT_USAGE and "OPENAI_API_KEY is not set" in refused.stderr
+    assert len(fake_openai.requests) == 6

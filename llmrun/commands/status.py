@@ -73,12 +73,12 @@ def status(args: argparse.Namespace, err: Any) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..api import open_recipe
+    from ..api import open_recipe_offline
     from ..job.store import RunState
     from ..plugins import build_component
     from ..values import ComponentContext
 
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    recipe, registry = open_recipe_offline(args.recipe, overrides=args.overrides)
     report = read_status(recipe.output_path)
     context = ComponentContext(recipe.base_dir, recipe.name)
     total: int | None = None

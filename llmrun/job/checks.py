@@ -19,7 +19,6 @@ from ..recipe.yamlsource import dotted, load_yaml
 from ..values import ComponentContext, SourceRecord
 from .ids import missing_id, record_id
 
-
 SHOWN_IDS = 5  # ids of the first records validate shows
 
 

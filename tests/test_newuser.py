@@ -413,3 +413,16 @@ def test_commands_that_call_nothing_need_no_key(tmp_path: Path, fake_openai: Fak
     )
     assert refused.returncode == EXIT_USAGE and "OPENAI_API_KEY is not set" in refused.stderr
     assert len(fake_openai.requests) == 6
+
+
+def test_plugins_never_wrap_a_name(tmp_path: Path) -> None:
+    names = json.loads(run_cli("plugins", "--json").stdout)["components"]
+    for columns in ("60", "80", "200"):
+        result = run_cli("plugins", env={"COLUMNS": columns})
+        assert result.returncode == EXIT_OK, result.stderr
+        lines = result.stdout.splitlines()
+        for component in names:
+            # the whole name, as one word of a line (a wrapped name is in none)
+            whole = f" {component['name']} "
+            assert any(whole in line + " " for line in lines), (columns, component["name"])
+        assert "openai-completions" in result.stdout

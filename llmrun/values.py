@@ -34,6 +34,9 @@ class Prompt:
       ``source`` is an absolute local path, an ``http(s)://`` URL, or a ``data:`` URL
       (``llmrun.images`` reads and checks them).
 
+    ``body`` is set for a request taken whole from the record (an OpenAI request file): an
+    OpenAI-shaped provider sends it unchanged; others use ``messages`` and ``generation``.
+
     ``group`` is set only for providers that answer several records in one request (see
     ``GroupingProvider``): the member prompts, in order; ``messages`` is then empty.
     """
@@ -42,6 +45,9 @@ class Prompt:
     messages: list[dict[str, Any]]
     generation: Mapping[str, Any]
     group: tuple[Prompt, ...] = ()
+    # A whole request body from the record (``prompt: {messages: record}``), for a provider of
+    # that wire format to send as it is; None for a prompt rendered from templates.
+    body: Mapping[str, Any] | None = None
 
 
 @dataclass(slots=True)

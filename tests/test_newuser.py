@@ -426,3 +426,88 @@ def test_plugins_never_wrap_a_name(tmp_path: Path) -> None:
             whole = f" {component['name']} "
             assert any(whole in line + " " for line in lines), (columns, component["name"])
         assert "openai-completions" in result.stdout
+
+
+def test_request_files_run_as_they_are(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    bodies = [
+        {
+            "model": "gpt-a",
+            "messages": [{"role": "user", "content": f"Say {i}"}],
+            "max_tokens": 5 + i,
+            "temperature": 0.1 * i,
+            "logit_bias": {"50256": -100},
+            "user": "cookbook",
+            "metadata": {"row_id": f"row-{i}"},
+        }
+        for i in range(3)
+    ]
+    batch = [
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": "gpt-b",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": [{"type": "text", "text": f"Count {i}"}]},
+                ],
+                "seed": i,
+                "service_tier": "flex",
+            },
+        }
+        for i in range(2)
+    ]
+    lines = [json.dumps(b) for b in bodies] + [json.dumps(b) for b in batch]
+    lines.append(
+        json.dumps({"custom_id": "bad", "method": "POST", "url": "/v1/embeddings", "body": {}})
+    )
+    (tmp_path / "cookbook.jsonl").write_text("\n".join(lines[:3]) + "\n", encoding="utf-8")
+    (tmp_path / "batch.jsonl").write_text("\n".join(lines[3:]) + "\n", encoding="utf-8")
+    provider = {
+        "name": "openai",
+        "model": "ignored",
+        "base_url": fake_openai.url,
+        "api_keys": ["k"],
+    }
+    cookbook = write_recipe(
+        tmp_path,
+        {
+            "data": {
+                "loader": "openai-requests",
+                "path": "cookbook.jsonl",
+                "id": "metadata.row_id",
+            },
+            "prompt": {"messages": "record"},
+            "provider": provider,
+            "output": {"path": "cookbook-out.jsonl"},
+        },
+        "cookbook.yaml",
+    )
+    assert run_cli("validate", str(cookbook)).returncode == EXIT_OK
+    result = run_cli("run", str(cookbook), "-q")
+    assert result.returncode == EXIT_OK, result.stderr
+    sent = sorted(fake_openai.requests, key=lambda r: r.body["max_tokens"])
+    assert [r.body for r in sent] == [
+        {k: v for k, v in b.items() if k != "metadata"} for b in bodies
+    ]
+    rows = read_jsonl(tmp_path / "cookbook-out.jsonl")
+    assert sorted(r["id"] for r in rows) == ["row-0", "row-1", "row-2"]
+
+    batch_recipe = write_recipe(
+        tmp_path,
+        {
+            "data": {"loader": "openai-requests", "path": "batch.jsonl", "id": "custom_id"},
+            "prompt": {"messages": "record"},
+            "provider": provider,
+            "output": {"path": "batch-out.jsonl"},
+        },
+        "batch.yaml",
+    )
+    result = run_cli("run", str(batch_recipe), "-q")
+    assert result.returncode == EXIT_ERRORS, result.stderr  # the embeddings line
+    sent = [r.body for r in fake_openai.requests[3:]]
+    assert sorted(sent, key=lambda b: b["seed"]) == [b["body"] for b in batch]
+    rows = {r["id"]: r for r in read_jsonl(tmp_path / "batch-out.jsonl")}
+    assert rows["req-0"]["status"] == rows["req-1"]["status"] == "ok"
+    assert "only POST /v1/chat/completions" in rows["batch.jsonl:3"]["error"]["message"]

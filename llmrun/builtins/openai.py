@@ -12,6 +12,7 @@ from typing import Any
 
 from ..hookspecs import Register, hookimpl
 from ..images import load_image
+from ..recipe.load import thaw
 from ..values import Prompt, Reply
 from .openai_wire import FINISH_REASONS, OpenAIShaped, choices_reply, error_from
 
@@ -27,6 +28,15 @@ class OpenAIChat(OpenAIShaped):
 
     def body(self, prompt: Prompt) -> dict[str, Any]:
         """The request body (also what batch mode writes per line)."""
+        if prompt.body is not None:
+            # A request from a request file: sent as it is (its own model and parameters),
+            # with only the recipe's extra_body added.
+            sent = {"model": self.model, **thaw(prompt.body)}
+            sent["messages"] = chat_messages(sent["messages"])
+            sent.update(self._extra_body)
+            fmt = sent.get("response_format")
+            self.json_requested = isinstance(fmt, dict) and fmt.get("type") in JSON_FORMATS
+            return sent
         body: dict[str, Any] = {"model": self.model, "messages": chat_messages(prompt.messages)}
         body.update(self.generation(prompt))
         body.update(self._extra_body)

@@ -133,6 +133,7 @@ class Recipe:
     images: tuple[str, ...] = ()
     image_detail: str | None = None
     examples: Mapping[str, Any] | None = None  # few-shot turns: {path, user, assistant}
+    request_prompt: bool = False  # prompt: {messages: record}: each record is its request
 
     @property
     def base_dir(self) -> Path:
@@ -328,8 +329,11 @@ def build_recipe(
 
     base = path.parent
     prompt = data["prompt"]
+    request_prompt = isinstance(prompt, dict) and prompt.get("messages") == "record"
     if isinstance(prompt, str):
         messages: tuple[tuple[str, Any], ...] = (("user", prompt),)
+    elif request_prompt:
+        messages = ()  # the record's own (llmrun/recipe/request_prompt.py)
     elif "messages" in prompt:
         # A content is a template string, or (with images) a list of parts, kept frozen.
         messages = tuple((m["role"], freeze(m["content"])) for m in prompt["messages"])
@@ -389,6 +393,7 @@ def build_recipe(
         images=(images,) if isinstance(images, str) else tuple(images),
         image_detail=prompt.get("image_detail") if isinstance(prompt, dict) else None,
         examples=freeze(prompt.get("examples")) if isinstance(prompt, dict) else None,
+        request_prompt=request_prompt,
     )
 
 

@@ -95,6 +95,7 @@ class Reply:
     parsed: Any = None
     vector: list[float] | None = None
     raw: Any = None
+    first_token_s: float | None = None  # streamed: seconds from sending to the first event
 
     def to_json(self, *, keep_raw: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -112,6 +113,8 @@ class Reply:
             out["parsed"] = self.parsed
         if self.vector is not None:
             out["vector"] = self.vector
+        if self.first_token_s is not None:
+            out["first_token_s"] = round(self.first_token_s, 4)
         if keep_raw:
             out["raw"] = self.raw
         return out

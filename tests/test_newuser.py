@@ -511,3 +511,132 @@ def test_request_files_run_as_they_are(tmp_path: Path, fake_openai: FakeOpenAI) 
     rows = {r["id"]: r for r in read_jsonl(tmp_path / "batch-out.jsonl")}
     assert rows["req-0"]["status"] == rows["req-1"]["status"] == "ok"
     assert "only POST /v1/chat/completions" in rows["batch.jsonl:3"]["error"]["message"]
+
+
+STABLE = ("id", "status", "text", "fields", "error", "record", "attempts", "cost_usd")
+
+
+def _stable(row: dict[str, Any]) -> dict[str, Any]:
+    skip = ("first_token_s", "request_id")  # per call by nature
+    response = {k: v for k, v in (row["response"] or {}).items() if k not in skip}
+    return {**{k: row[k] for k in STABLE}, "response": response}
+
+
+def test_streaming_gives_the_same_rows_and_a_time_to_first_token(tmp_path: Path) -> None:
+    prices = {"gpt-test": {"input": 1.0, "output": 2.0}}
+    with FakeOpenAI() as server:
+        provider = {
+            "name": "openai",
+            "model": "gpt-test",
+            "base_url": server.url,
+            "api_keys": ["k"],
+        }
+        recipe = setup(tmp_path, provider, n=6, prices=prices)
+        plain = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+        assert plain.returncode == EXIT_OK, plain.stderr
+        before = sorted(map(_stable, read_jsonl(tmp_path / "out.jsonl")), key=lambda r: r["id"])
+        streamed = run_cli(
+            "run", str(recipe), "--fresh", "-q", "--set", "generation.stream=true", cwd=tmp_path
+        )
+        assert streamed.returncode == EXIT_OK, streamed.stderr
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        sent = [r.body for r in server.requests]
+    assert sorted(map(_stable, rows), key=lambda r: r["id"]) == before
+    assert all(r["response"]["first_token_s"] >= 0 for r in rows)
+    assert all(r["cost_usd"] > 0 for r in rows)  # usage came in the stream's last event
+    assert all("stream" not in b for b in sent[:6])
+    assert all(
+        b["stream"] is True and b["stream_options"] == {"include_usage": True} for b in sent[6:]
+    )
+
+
+def test_a_stream_is_bounded_by_an_idle_timeout_not_a_total_one(tmp_path: Path) -> None:
+    words = " ".join(f"w{i}" for i in range(7))
+    # 1 + 7 + 2 events, 0.3 s apart: about 3 s in all, never 1 s without a byte.
+    with FakeOpenAI(reply=lambda body: words, stream_gap_s=0.3) as server:
+        provider = {
+            "name": "openai",
+            "model": "gpt-test",
+            "base_url": server.url,
+            "api_keys": ["k"],
+        }
+        run = {"concurrency": 2, "max_retries": 0, "timeout_s": 1.0}
+        recipe = setup(tmp_path, provider, n=2, run=run, generation={"stream": True})
+        result = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+        assert result.returncode == EXIT_OK, result.stderr
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert {r["text"] for r in rows} == {words}
+        assert all(r["latency_s"] > 1.0 for r in rows)  # longer than run.timeout_s, and ok
+        # The same answer unstreamed, as slow in all: cut by the total timeout.
+        server.latency_s, server.stream_gap_s = 2.5, 0.0
+        whole = run_cli("run", str(recipe), "--fresh", "-q", "--set", "generation.stream=false")
+        assert whole.returncode == EXIT_ERRORS, whole.stderr
+        errors = [r["error"] for r in read_jsonl(tmp_path / "out.jsonl")]
+        assert [e["type"] for e in errors] == ["timeout", "timeout"], errors
+        # A stream that stalls longer than run.timeout_s between events is cut.
+        server.latency_s, server.stream_gap_s = 0.0, 2.5
+        stalled = run_cli("run", str(recipe), "--fresh", "-q", cwd=tmp_path)
+        assert stalled.returncode == EXIT_ERRORS, stalled.stderr
+        errors = [r["error"] for r in read_jsonl(tmp_path / "out.jsonl")]
+        assert [e["type"] for e in errors] == ["timeout", "timeout"], errors
+
+
+def test_hostile_streams_become_error_rows(tmp_path: Path) -> None:
+    def event(obj: Any) -> bytes:
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+    delta = {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+    tool = {
+        "choices": [
+            {
+                "index": 0,
+                "delta": {
+                    "tool_calls": [
+                        {"index": 0, "id": "c1", "function": {"name": "f", "arguments": '{"a"'}}
+                    ]
+                },
+                "finish_reason": None,
+            }
+        ]
+    }
+    more = {
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]},
+                "finish_reason": "tool_calls",
+            }
+        ]
+    }
+    bodies = {
+        "r00000": b"data: {not json\n\n",
+        "r00001": event(delta)
+        + event({"error": {"message": "overloaded", "type": "server_error"}}),
+        "r00002": event(delta),  # cut: no finish, no [DONE]
+        "r00003": event([1, 2]) + b"data: [DONE]\n\n",
+        "r00004": event(tool) + event(more) + b"data: [DONE]\n\n",
+    }
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        body = bodies[record_id_of(request) or ""]
+        return Fault(200, {"content-type": "text/event-stream"}, body)
+
+    with FakeOpenAI(fault=fault) as server:
+        provider = {
+            "name": "openai",
+            "model": "gpt-test",
+            "base_url": server.url,
+            "api_keys": ["k"],
+        }
+        run = {"concurrency": 5, "max_retries": 0}
+        recipe = setup(tmp_path, provider, n=5, run=run, generation={"stream": True})
+        result = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+    assert result.returncode == EXIT_ERRORS, result.stderr
+    rows = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    assert "not JSON" in rows["r00000"]["error"]["message"]
+    assert "overloaded" in rows["r00001"]["error"]["message"]
+    assert rows["r00002"]["error"]["type"] == "stream_cut"
+    assert "not a JSON object" in rows["r00003"]["error"]["message"]
+    ok = rows["r00004"]
+    assert ok["status"] == "ok" and ok["response"]["finish_reason"] == "tool_calls"
+    assert ok["response"]["tool_calls"] == [{"id": "c1", "name": "f", "arguments": {"a": 1}}]

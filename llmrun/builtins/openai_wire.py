@@ -16,6 +16,7 @@ from ..recipe.load import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
 from ..wire.requests import KeyedRequests
 from ..wire.retry import bad_body, classify_http
+from ..wire.transport import IDLE_TIMEOUT
 from .openai_presets import PRESETS, Preset
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -43,8 +44,9 @@ GENERATION_KEYS = frozenset(
     }
 )
 
-# What Chat Completions takes: all of them but top_k (Anthropic and Gemini only).
-CHAT_KEYS = GENERATION_KEYS - {"top_k"}
+# What Chat Completions takes: all of them but top_k (Anthropic and Gemini only), and stream
+# (read as server-sent events: openai_stream.py).
+CHAT_KEYS = (GENERATION_KEYS - {"top_k"}) | {"stream"}
 
 COMMON_OPTIONS: Mapping[str, Any] = {
     "model": {"type": "string", "minLength": 1},
@@ -187,10 +189,12 @@ class OpenAIShaped:
 
     def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
         # backslashreplace: a lone surrogate from the input goes out as its JSON escape.
-        content = json.dumps(self.body(prompt), ensure_ascii=False).encode(
-            "utf-8", "backslashreplace"
-        )
-        return self._headers.post(content, api_key)
+        body = self.body(prompt)
+        content = json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace")
+        request = self._headers.post(content, api_key)
+        if body.get("stream") is True:
+            request.extensions[IDLE_TIMEOUT] = True
+        return request
 
     def parse_response(self, response: httpx.Response) -> Reply:
         status = response.status_code

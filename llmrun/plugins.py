@@ -47,6 +47,7 @@ BUILTIN_MODULES = (
     "llmrun.builtins.anthropic",
     "llmrun.builtins.openai_completions",
     "llmrun.builtins.openai_embeddings",
+    "llmrun.builtins.openai_images",
     "llmrun.builtins.azure",
     "llmrun.builtins.gemini",
 )

@@ -58,6 +58,7 @@ class Usage:
     output_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    images: int | None = None  # images generated (priced per image where tokens are not)
 
     @property
     def total_tokens(self) -> int:
@@ -72,6 +73,8 @@ class Usage:
             out["cached_tokens"] = self.cached_tokens
         if self.reasoning_tokens is not None:
             out["reasoning_tokens"] = self.reasoning_tokens
+        if self.images is not None:
+            out["images"] = self.images
         return out
 
 
@@ -96,6 +99,7 @@ class Reply:
     vector: list[float] | None = None
     raw: Any = None
     first_token_s: float | None = None  # streamed: seconds from sending to the first event
+    images: list[dict[str, Any]] | None = None  # generated: {path, revised_prompt} (or url)
 
     def to_json(self, *, keep_raw: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -115,6 +119,8 @@ class Reply:
             out["vector"] = self.vector
         if self.first_token_s is not None:
             out["first_token_s"] = round(self.first_token_s, 4)
+        if self.images is not None:
+            out["images"] = self.images
         if keep_raw:
             out["raw"] = self.raw
         return out
@@ -137,3 +143,6 @@ class ComponentContext:
     base_dir: Path  # the recipe's folder: relative paths resolve against it
     recipe_name: str
     warn: Callable[[str], None] = field(default=lambda message: None)
+    # The run's output file, for a component that writes files beside it (generated images);
+    # None outside a run (validate, plan).
+    output: Path | None = None

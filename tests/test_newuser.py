@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from llmrun.testing.fake_images import image_for
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
 from .conftest import (
@@ -640,3 +642,95 @@ def test_hostile_streams_become_error_rows(tmp_path: Path) -> None:
     ok = rows["r00004"]
     assert ok["status"] == "ok" and ok["response"]["finish_reason"] == "tool_calls"
     assert ok["response"]["tool_calls"] == [{"id": "c1", "name": "f", "arguments": {"a": 1}}]
+
+
+def test_image_generation_saves_images_beside_the_output(tmp_path: Path) -> None:
+    records = [{"id": f"p{i}", "text": f"a red fox number {i}"} for i in range(3)]
+    records.append({"id": "../../escape", "text": "a fox with a hostile id"})
+    write_jsonl(tmp_path / "data.jsonl", records)
+    with FakeOpenAI() as server:
+        provider = {
+            "name": "openai-images",
+            "model": "dall-e-3",
+            "base_url": server.url,
+            "api_keys": ["k"],
+            "size": "1024x1024",
+        }
+        recipe = write_recipe(
+            tmp_path,
+            basic_recipe(provider, prompt="Draw {{ text }}", output={"path": "out/pics.jsonl"}),
+        )
+        result = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+        assert result.returncode == EXIT_OK, result.stderr
+        sent = [r.body for r in server.requests]
+        # gpt-image: priced by tokens, two images a record
+        provider = {**provider, "model": "gpt-image-1", "n": 2}
+        provider.pop("size")
+        write_recipe(
+            tmp_path,
+            basic_recipe(provider, prompt="Draw {{ text }}", output={"path": "out/gpt.jsonl"}),
+        )
+        again = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+        assert again.returncode == EXIT_OK, again.stderr
+    assert all(b["response_format"] == "b64_json" and b["size"] == "1024x1024" for b in sent)
+    assert sorted(b["prompt"] for b in sent)[0] == "Draw a fox with a hostile id"
+    rows = {r["id"]: r for r in read_jsonl(tmp_path / "out" / "pics.jsonl")}
+    folder = tmp_path / "out" / "pics-images"
+    for rid, row in rows.items():
+        (image,) = row["response"]["images"]
+        path = tmp_path / image["path"]
+        assert path.parent == folder and path.suffix == ".png"
+        assert row["text"] == image["path"]
+        prompt = "Draw " + next(r["text"] for r in records if r["id"] == rid)
+        assert path.read_bytes() == image_for(prompt, 0)  # the image the server sent
+        assert image["revised_prompt"] == f"A detailed picture of: {prompt}"
+        assert row["cost_usd"] == 0.04  # per image, from the price table
+        assert row["response"]["usage"]["images"] == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "gpt-images",
+        "gpt.jsonl",
+        "gpt.jsonl.llmrun",
+        "pics-images",
+        "pics.jsonl",
+        "pics.jsonl.llmrun",
+    ]
+    gpt = read_jsonl(tmp_path / "out" / "gpt.jsonl")
+    for row in gpt:
+        assert len(row["response"]["images"]) == 2 and row["response"]["usage"]["images"] == 2
+        usage = row["response"]["usage"]
+        expected = (usage["input_tokens"] * 5.0 + usage["output_tokens"] * 40.0) / 1e6
+        assert abs(row["cost_usd"] - expected) < 1e-9
+
+
+def test_image_generation_refuses_what_is_not_an_image(tmp_path: Path) -> None:
+    bad = {
+        "p0": {"data": [{"b64_json": base64.b64encode(b"#!/bin/sh\nrm -rf ~\n").decode()}]},
+        "p1": {"data": [{"b64_json": "not base64 at all!"}]},
+        "p2": {"data": [{"url": "http://127.0.0.1:9/secret.png"}]},
+        "p3": {"data": []},
+    }
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        rid = request.body["prompt"].split()[-1]
+        return Fault(200, {"content-type": "application/json"}, json.dumps(bad[rid]).encode())
+
+    records = [{"id": rid, "text": rid} for rid in bad]
+    write_jsonl(tmp_path / "data.jsonl", records)
+    with FakeOpenAI(fault=fault) as server:
+        provider = {
+            "name": "openai-images",
+            "model": "dall-e-2",
+            "base_url": server.url,
+            "api_keys": ["k"],
+        }
+        run = {"max_retries": 0}
+        recipe = write_recipe(tmp_path, basic_recipe(provider, prompt="Draw {{ text }}", run=run))
+        result = run_cli("run", str(recipe), "-q", cwd=tmp_path)
+    assert result.returncode == EXIT_ERRORS, result.stderr
+    rows = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
+    assert "not PNG, JPEG or WebP" in rows["p0"]["error"]["message"]
+    assert "not base64" in rows["p1"]["error"]["message"]
+    assert rows["p2"]["status"] == "ok"
+    assert rows["p2"]["response"]["images"] == [{"url": "http://127.0.0.1:9/secret.png"}]
+    assert rows["p3"]["status"] == "error"
+    assert not (tmp_path / "out-images").exists() or not list((tmp_path / "out-images").iterdir())

@@ -99,7 +99,7 @@ class Engine:
         self.flags = _Flags()
         self.warnings: list[str] = []
         self.observers = Observers(registry.manager, self.warn)
-        context = ComponentContext(recipe.base_dir, recipe.name, self.warn)
+        context = ComponentContext(recipe.base_dir, recipe.name, self.warn, recipe.output_path)
         self.loader: Loader = build_component(registry, "loader", recipe.data, context)
         self.provider: Provider = build_component(registry, "provider", recipe.provider, context)
         self.writer: Writer = build_component(registry, "writer", recipe.writer, context)

@@ -35,6 +35,26 @@ def open_recipe(
     return recipe, registry
 
 
+def open_recipe_offline(
+    path: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    registry: Registry | None = None,
+    access: Access | None = None,
+) -> tuple[Recipe, Registry]:
+    """A recipe for a command that calls nothing (``export``, ``status``, ``repost``): keys
+    are not read, so an unset ``OPENAI_API_KEY`` (or any unset ``${VAR}``) does not stop it.
+    The keys become a placeholder: such a command never sends one."""
+    import os
+
+    from .job.planning import missing_env
+
+    unset = missing_env(Path(path), os.environ, overrides)
+    environ = {**os.environ, **{name: f"<{name} unset>" for name in unset}}
+    no_keys = [*overrides, 'provider.api_keys=["<not read>"]']
+    return open_recipe(path, overrides=no_keys, registry=registry, environ=environ, access=access)
+
+
 async def run_recipe(
     recipe: str | Path | Recipe,
     *,

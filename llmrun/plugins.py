@@ -30,7 +30,7 @@ import pluggy
 
 from . import hookspecs
 from .__about__ import __version__
-from .errors import PluginError
+from .errors import PluginError, Problem, RecipeError
 
 KIND_HOOKS: dict[str, str] = {
     "loader": "register_loaders",
@@ -47,6 +47,7 @@ BUILTIN_MODULES = (
     "llmrun.builtins.anthropic",
     "llmrun.builtins.openai_completions",
     "llmrun.builtins.openai_embeddings",
+    "llmrun.builtins.openai_images",
     "llmrun.builtins.azure",
     "llmrun.builtins.gemini",
 )
@@ -410,10 +411,19 @@ def build_component(registry: Registry, kind: str, spec: Any, context: Any) -> A
     if what and not getattr(access, "trust", False):
         # The one gate every command goes through: code a recipe names is never imported
         # unless the user trusts the recipe (never the recipe itself).
-        from .errors import Problem, RecipeError
-
         raise RecipeError([Problem(untrusted_message(what), spec.where)])
-    return cls(spec.options, context)
+    try:
+        return cls(spec.options, context)
+    except Exception as exc:
+        import httpx
+
+        if not isinstance(exc, httpx.InvalidURL):
+            raise
+        # A URL the schema's pattern let through (``http://127.0.0.1:1:2/v1``) is the
+        # recipe's fault, not a bug: say which section holds it.
+        raise RecipeError(
+            [Problem(f"{kind} {spec.name!r}: not a usable URL: {exc}", spec.where)]
+        ) from None
 
 
 def untrusted_message(what: str) -> str:

@@ -36,6 +36,9 @@ class Prompt:
       ``source`` is an absolute local path, an ``http(s)://`` URL, or a ``data:`` URL
       (``llmrun.images`` reads and checks them).
 
+    ``body`` is set for a request taken whole from the record (an OpenAI request file): an
+    OpenAI-shaped provider sends it unchanged; others use ``messages`` and ``generation``.
+
     ``group`` is set only for providers that answer several records in one request (see
     ``GroupingProvider``): the member prompts, in order; ``messages`` is then empty.
     """
@@ -44,6 +47,9 @@ class Prompt:
     messages: list[dict[str, Any]]
     generation: Mapping[str, Any]
     group: tuple[Prompt, ...] = ()
+    # A whole request body from the record (``prompt: {messages: record}``), for a provider of
+    # that wire format to send as it is; None for a prompt rendered from templates.
+    body: Mapping[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -54,6 +60,7 @@ class Usage:
     output_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    images: int | None = None  # images generated (priced per image where tokens are not)
 
     @property
     def total_tokens(self) -> int:
@@ -68,6 +75,8 @@ class Usage:
             out["cached_tokens"] = self.cached_tokens
         if self.reasoning_tokens is not None:
             out["reasoning_tokens"] = self.reasoning_tokens
+        if self.images is not None:
+            out["images"] = self.images
         return out
 
 
@@ -91,6 +100,8 @@ class Reply:
     parsed: Any = None
     vector: list[float] | None = None
     raw: Any = None
+    first_token_s: float | None = None  # streamed: seconds from sending to the first event
+    images: list[dict[str, Any]] | None = None  # generated: {path, revised_prompt} (or url)
 
     def to_json(self, *, keep_raw: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -108,6 +119,10 @@ class Reply:
             out["parsed"] = self.parsed
         if self.vector is not None:
             out["vector"] = self.vector
+        if self.first_token_s is not None:
+            out["first_token_s"] = round(self.first_token_s, 4)
+        if self.images is not None:
+            out["images"] = self.images
         if keep_raw:
             out["raw"] = self.raw
         return out
@@ -133,6 +148,9 @@ class ComponentContext:
     # The user's opt-ins (llmrun.access): which folders beyond base_dir a component may read,
     # whether code the recipe names may run. The default allows neither.
     access: Access = field(default_factory=Access)
+    # The run's output file, for a component that writes files beside it (generated images);
+    # None outside a run (validate, plan).
+    output: Path | None = None
 
     def readable(self, path: Path | str, what: str) -> Path:
         """``path`` resolved against the recipe's folder, or OutsideError (a ValueError) when

@@ -4,7 +4,10 @@ swapped for the `mock` by `--set` as its header says (embeddings: a fake server 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,8 @@ import pytest
 import yaml
 
 from llmrun.plugins import load_registry
-from llmrun.testing.fake_openai import FakeOpenAI
 
-from .conftest import read_jsonl, run_cli
+from .conftest import llmrun_command, read_jsonl, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))
@@ -106,16 +108,28 @@ def test_captioning_with_the_files_loader(copy: Path) -> None:
 
 def test_embeddings_against_a_local_server(copy: Path) -> None:
     require("provider", "openai-embeddings")
-    with FakeOpenAI() as server:
-        done = run_cli(
-            "run",
-            str(copy / "embeddings.yaml"),
-            "--quiet",
-            f"--set=provider.base_url={server.url}",
-            env={"OPENAI_API_KEY": "sk-test-embeddings"},
-        )
-        assert done.returncode == 0, done.stderr
-        assert server.count("/v1/embeddings") == 1  # the 5 phrases in one request
+    # As recipes/README.md says: the fake server started as a command, and no key at all.
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    stats = copy / "server-stats.json"
+    command = [sys.executable, "-m", "llmrun.testing.fake_openai", "--port", "0"]
+    command += ["--stats-file", str(stats)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as server:
+        try:
+            assert server.stdout is not None
+            url = server.stdout.readline().strip()
+            assert url.startswith("http://127.0.0.1:") and url.endswith("/v1"), url
+            url_set = f"provider.base_url={url}"
+            done = subprocess.run(
+                [*llmrun_command(), "run", str(copy / "embeddings.yaml"), "-q", f"--set={url_set}"],
+                env=environ,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+        finally:
+            server.terminate()
+    assert json.loads(stats.read_text(encoding="utf-8"))["requests"] == 1  # 5 phrases, 1 request
     rows = read_jsonl(copy / "out/embeddings.jsonl")
     assert len(rows) == 5
     for row in rows:

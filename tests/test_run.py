@@ -194,6 +194,13 @@ def test_malformed_lines_and_missing_variables_become_error_rows(
 
 def test_unreadable_data_stops_the_run(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     recipe = write_recipe(tmp_path, basic_recipe(openai(fake_openai)))  # no data.jsonl
+    # A file that is not there is the recipe's fault, told before the run starts (issue 16).
+    result = run_cli("run", str(recipe), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "data.path: cannot read the data: no file" in result.stderr
+    assert str(tmp_path / "data.jsonl") in result.stderr
+    # One that is there but cannot be read stops the run once started.
+    (tmp_path / "data.jsonl").mkdir()
     result = run_cli("run", str(recipe), cwd=tmp_path)
     assert result.returncode == EXIT_ABORTED, result.stderr
     assert "cannot read the records (jsonl loader)" in result.stderr

@@ -28,6 +28,9 @@ class AzureOpenAIChat(OpenAIChat):
 
     openai_urls: ClassVar[bool] = False
 
+    # Azure's endpoint, deployment and key come from the recipe; OPENAI_* are not its own.
+    options_from_env: ClassVar[Mapping[str, str]] = {}
+    has_batch_api: ClassVar[bool] = False  # batch_api() returns None (commands/preflight)
     options_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
         "additionalProperties": False,

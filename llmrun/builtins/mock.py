@@ -75,6 +75,8 @@ class MockProvider(OpenAIChat):
         },
     }
     default_base_url = "http://mock.invalid/v1"
+    options_from_env: ClassVar[Mapping[str, str]] = {}  # it calls no server
+    has_batch_api: ClassVar[bool] = False  # batch_api() returns None (commands/preflight)
 
     @classmethod
     def key_endpoint(cls, options: Mapping[str, Any]) -> str:
@@ -87,6 +89,8 @@ class MockProvider(OpenAIChat):
         if "json_schema_file" in options:
             who = "provider.json_schema_file"
             schema = read_schema(schema_path(context, str(options["json_schema_file"]), who), who)
+        # `llmrun plan` reads it: the mock's calls take exactly this long.
+        self.expected_latency_s = float(options.get("latency_s", 0))
         self._transport = MockTransport(
             latency_s=float(options.get("latency_s", 0)),
             replies=tuple(options.get("replies") or ()),
@@ -100,6 +104,10 @@ class MockProvider(OpenAIChat):
 
     def transport(self) -> Transport | None:
         return self._transport
+
+    def batch_api(self) -> Any:
+        """None: the mock answers in-process; there is no batch endpoint to call."""
+        return None
 
 
 class MockTransport:

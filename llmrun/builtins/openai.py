@@ -10,9 +10,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
+
 from ..hookspecs import Register, hookimpl
 from ..images import load_image
+from ..recipe.model import thaw
 from ..values import Prompt, Reply
+from ..wire.retry import bad_body
+from ..wire.transport import FIRST_BYTE
+from .openai_stream import assemble, is_event_stream
 from .openai_wire import FINISH_REASONS, OpenAIShaped, choices_reply, error_from
 
 __all__ = ["FINISH_REASONS", "OpenAIChat", "chat_messages", "error_from", "register_providers"]
@@ -27,8 +33,22 @@ class OpenAIChat(OpenAIShaped):
 
     def body(self, prompt: Prompt) -> dict[str, Any]:
         """The request body (also what batch mode writes per line)."""
+        if prompt.body is not None:
+            # A request from a request file: sent as it is (its own model and parameters),
+            # with only the recipe's extra_body added.
+            sent = {"model": self.model, **thaw(prompt.body)}
+            sent["messages"] = chat_messages(sent["messages"])
+            sent.update(self._extra_body)
+            fmt = sent.get("response_format")
+            self.json_requested = isinstance(fmt, dict) and fmt.get("type") in JSON_FORMATS
+            return sent
         body: dict[str, Any] = {"model": self.model, "messages": chat_messages(prompt.messages)}
         body.update(self.generation(prompt))
+        if body.get("stream") is True:
+            # Usage comes in a last event only when asked for: costs need it.
+            body.setdefault("stream_options", {"include_usage": True})
+        elif "stream" in body:
+            del body["stream"]  # stream: false is the default; the body stays as before
         body.update(self._extra_body)
         fmt = body.get("response_format")
         # Every prompt of a run has the same generation keys: what the last body asked holds.
@@ -61,6 +81,21 @@ class OpenAIChat(OpenAIShaped):
         from .openai_batches import OpenAIBatches
 
         return OpenAIBatches(self, self.base_url, self._headers)
+
+    def parse_response(self, response: httpx.Response) -> Reply:
+        """As the base class, and a streamed answer (server-sent events) put back together
+        first (openai_stream.py)."""
+        if response.status_code >= 300 or not is_event_stream(response.headers.get("content-type")):
+            return super().parse_response(response)
+        data = assemble(response.content, response.status_code)
+        try:
+            reply = self.reply_from_body(data)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise bad_body(f"{type(exc).__name__} reading a streamed {self.what}", 200) from None
+        reply.request_id = response.headers.get("x-request-id") or reply.request_id
+        first = response.extensions.get(FIRST_BYTE)
+        reply.first_token_s = float(first) if isinstance(first, int | float) else None
+        return reply
 
     def _parsed(self, text: str | None) -> Any:
         """The structured value when the request asked for JSON and the text is JSON."""

@@ -45,6 +45,9 @@ class OpenAIBatches:
 
     def line(self, custom_id: str, prompt: Prompt) -> dict[str, Any]:
         body = self._provider.body(prompt)
+        # The Batch API answers whole bodies: a recipe's generation.stream has no meaning there.
+        if body.get("stream") is True:
+            body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         return {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
 
     def _h(self, api_key: str | None, *, json_body: bool = True) -> dict[str, str]:

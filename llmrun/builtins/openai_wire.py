@@ -16,6 +16,7 @@ from ..recipe.model import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
 from ..wire.requests import KeyedRequests
 from ..wire.retry import bad_body, classify_http
+from ..wire.transport import IDLE_TIMEOUT
 from .openai_presets import PRESETS, Preset
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -43,8 +44,9 @@ GENERATION_KEYS = frozenset(
     }
 )
 
-# What Chat Completions takes: all of them but top_k (Anthropic and Gemini only).
-CHAT_KEYS = GENERATION_KEYS - {"top_k"}
+# What Chat Completions takes: all of them but top_k (Anthropic and Gemini only), and stream
+# (read as server-sent events: openai_stream.py).
+CHAT_KEYS = (GENERATION_KEYS - {"top_k"}) | {"stream"}
 
 COMMON_OPTIONS: Mapping[str, Any] = {
     "model": {"type": "string", "minLength": 1},
@@ -62,7 +64,14 @@ COMMON_OPTIONS: Mapping[str, Any] = {
         "pattern": "^[A-Za-z_][A-Za-z0-9_]*$",
         "description": "Environment variable holding the key when api_keys is not given.",
     },
-    "organization": {"type": "string"},
+    "organization": {
+        "type": "string",
+        "description": "Sent as OpenAI-Organization (default: $OPENAI_ORG_ID for OpenAI).",
+    },
+    "project": {
+        "type": "string",
+        "description": "Sent as OpenAI-Project (default: $OPENAI_PROJECT_ID for OpenAI).",
+    },
     "headers": {
         "type": "object",
         "additionalProperties": {"type": "string"},
@@ -112,6 +121,13 @@ class OpenAIShaped:
     label: ClassVar[str] = "openai"  # the provider's name, for warnings
     supported: ClassVar[frozenset[str]] = CHAT_KEYS
     default_base_url: ClassVar[str] = OPENAI_BASE_URL
+    # Read as the official client reads them when the recipe does not give the option
+    # (llmrun.recipe.keyenv.env_options); a provider that is not OpenAI's clears it.
+    options_from_env: ClassVar[Mapping[str, str]] = {
+        "base_url": "OPENAI_BASE_URL",
+        "organization": "OPENAI_ORG_ID",
+        "project": "OPENAI_PROJECT_ID",
+    }
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.model = str(options["model"])
@@ -123,6 +139,8 @@ class OpenAIShaped:
         extra_headers = {"content-type": "application/json", "accept": "application/json"}
         if options.get("organization"):
             extra_headers["openai-organization"] = str(options["organization"])
+        if options.get("project"):
+            extra_headers["openai-project"] = str(options["project"])
         extra_headers.update({k.lower(): str(v) for k, v in (options.get("headers") or {}).items()})
         self._headers = KeyedRequests(self.url, extra_headers, self._auth_headers)
         self._extra_body: dict[str, Any] = thaw(options.get("extra_body") or {})
@@ -191,10 +209,12 @@ class OpenAIShaped:
 
     def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
         # backslashreplace: a lone surrogate from the input goes out as its JSON escape.
-        content = json.dumps(self.body(prompt), ensure_ascii=False).encode(
-            "utf-8", "backslashreplace"
-        )
-        return self._headers.post(content, api_key)
+        body = self.body(prompt)
+        content = json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace")
+        request = self._headers.post(content, api_key)
+        if body.get("stream") is True:
+            request.extensions[IDLE_TIMEOUT] = True
+        return request
 
     def parse_response(self, response: httpx.Response) -> Reply:
         status = response.status_code

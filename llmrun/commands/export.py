@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, err: Any) -> int:
-    from ..api import open_recipe
+    from ..api import open_recipe_offline
     from ..job.export import export
     from ..plugins import load_registry
     from .exits import EXIT_OK
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, err: Any) -> int:
         target = source.with_name(source.name + "." + args.to)
     recipe = None
     if args.recipe:
-        recipe, registry = open_recipe(args.recipe)
+        recipe, registry = open_recipe_offline(args.recipe)
     else:
         registry = load_registry()
     fields = [f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None

@@ -9,6 +9,7 @@ version; ``--schema`` puts any other path or URL there). Without ``--data``, a t
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -42,8 +43,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", help="model name")
     p.add_argument("--base-url", help="the provider's base URL (OpenAI-compatible servers)")
     p.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
-    p.add_argument("--system", help="system prompt")
-    p.add_argument("--prompt", help="user prompt template (Jinja2; record fields as variables)")
+    p.add_argument("--system", help="system prompt (\\n starts a new line)")
+    p.add_argument(
+        "--prompt",
+        help="user prompt template (Jinja2; record fields as variables; \\n starts a new line)",
+    )
     p.add_argument("--output", metavar="PATH", help="output file (default out/NAME.jsonl)")
     p.add_argument("--schema", help="what the $schema line points at (default: installed)")
     p.add_argument("--force", action="store_true", help="overwrite an existing recipe")
@@ -51,6 +55,13 @@ def register(subparsers: Any) -> None:
         "--no-input", action="store_true", help="never ask questions, even on a terminal"
     )
     p.set_defaults(handler=cmd_init)
+
+
+def unescape(text: str | None) -> str | None:
+    """``\\n`` -> newline and ``\\\\`` -> one backslash; every other backslash stays."""
+    if text is None:
+        return None
+    return re.sub(r"\\([\\n])", lambda m: "\n" if m.group(1) == "n" else "\\", text)
 
 
 def cmd_init(args: argparse.Namespace, err: Any) -> int:
@@ -64,6 +75,9 @@ def cmd_init(args: argparse.Namespace, err: Any) -> int:
         raise RecipeError(f"{target} exists; choose another name or pass --force")
     if sys.stdin.isatty() and not args.no_input:
         _ask(args)
+    # A shell argument cannot easily hold a newline: `\n` in --prompt and --system is one, as in
+    # a YAML double-quoted string (`\\n` keeps a backslash and an n).
+    args.prompt, args.system = unescape(args.prompt), unescape(args.system)
     # A preset fills in what the flags leave open; a provider of its own name is its preset.
     preset = PRESETS.get(args.preset or args.provider or "mock")
     provider = args.provider or (preset[0] if preset else "mock")

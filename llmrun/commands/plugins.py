@@ -16,10 +16,10 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace, err: Any) -> int:
+    from rich.console import Console
     from rich.table import Table
 
     from ..plugins import load_registry
-    from ..terminal import SafeConsole
 
     registry = load_registry()
     if args.json:
@@ -38,13 +38,25 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         }
         print(json.dumps(data, indent=2))  # noqa: T201 - the command's output
         return EXIT_OK
-    table = Table()
-    for column in ("kind", "name", "package", "version", "plugin"):
-        # Folded, never cut with an ellipsis: the names are what the reader came for.
-        table.add_column(column, overflow="fold")
-    for c in registry.all():
-        table.add_row(c.kind, c.name, c.package, c.version, c.plugin)
-    SafeConsole().print(table)
+    # Names are what a recipe is written with: never wrapped ("openai-completi / ons" cannot
+    # be copied) nor cut. A table when it fits the terminal; else one plain line each, which
+    # the terminal may wrap but nothing cuts.
+    rows = [(c.kind, c.name, c.package, c.version, c.plugin) for c in registry.all()]
+    header = ("kind", "name", "package", "version", "plugin")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    console = Console()
+    if sum(widths) + 3 * len(widths) + 1 <= console.width:
+        table = Table()
+        for column in header:
+            table.add_column(column, no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:
+        plain = Console(soft_wrap=True, highlight=False)
+        for row in [header, *rows]:
+            line = "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True))
+            plain.print(line.rstrip(), markup=False)
     for f in registry.failures:
         err.print(f"[yellow]plugin {f.plugin} ({f.package} {f.version}) failed[/]: ", end="")
         err.print(f.error, markup=False)

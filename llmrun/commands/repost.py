@@ -28,11 +28,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace, err: Any) -> int:
-    from ..api import open_recipe
+    from ..api import open_recipe_offline
     from ..run.repost import repost
     from .exits import EXIT_ERRORS, EXIT_OK
 
-    recipe, registry = open_recipe(
+    recipe, registry = open_recipe_offline(
         args.recipe, overrides=args.overrides, access=recipe_access(args)
     )
     summary = repost(recipe, registry, force=args.force)

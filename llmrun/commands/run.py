@@ -70,6 +70,7 @@ def handle(args: argparse.Namespace, err: Any) -> int:
     from ..redaction import Redactor
     from ..run.progress import Mode, make_progress, summary_table
     from .cache import with_cache_option
+    from .preflight import check_before_run
 
     if args.limit is not None and args.limit < 0:
         raise RecipeError(f"--limit must be 0 or more, got {args.limit}")
@@ -103,6 +104,7 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         fresh=args.fresh,
         retry_errors=args.retry_errors,
     )
+    check_before_run(recipe, registry, engine)
     try:
         summary = anyio.run(engine.run, backend=args.backend)
     except KeyboardInterrupt:  # Ctrl-C before the run watched for it (start-up)

@@ -63,7 +63,7 @@ def read_status(output: Path, rows: Iterable[Mapping[str, Any]]) -> dict[str, An
 def status(args: argparse.Namespace, err: Any) -> int:
     from rich.table import Table
 
-    from ..api import open_recipe
+    from ..api import open_recipe_offline
     from ..job.output import read_rows
     from ..job.records import count_selected
     from ..job.store import RunState
@@ -71,7 +71,7 @@ def status(args: argparse.Namespace, err: Any) -> int:
     from ..terminal import SafeConsole
     from ..values import ComponentContext
 
-    recipe, registry = open_recipe(
+    recipe, registry = open_recipe_offline(
         args.recipe, overrides=args.overrides, access=recipe_access(args)
     )
     report = read_status(recipe.output_path, read_rows(recipe, registry))
@@ -133,12 +133,49 @@ def status(args: argparse.Namespace, err: Any) -> int:
     console.print(table)
     if batches:
         console.print(_batch_table(batches))
-    if report["error"]:
-        err.print(
-            f"run `llmrun run {args.recipe} --retry-errors` to call the error rows again",
-            markup=False,
-        )
+    for hint in error_hints(report, args.recipe):
+        err.print(hint, markup=False)
     return 0
+
+
+# Error rows that calling again cannot fix: the record or the recipe is what must change.
+_RECIPE_FIXES = {
+    "template": "the prompt could not be rendered: fix the prompt (or the data)",
+    "bad_input": "the record could not be read: fix the data (or data.id)",
+}
+
+
+def error_hints(report: dict[str, Any], recipe: str) -> list[str]:
+    """What to do about the error rows, by type: a post-processing error keeps its paid reply
+    (``repost`` applies an edited ``postprocess:``, no new call); a template or input error
+    needs the recipe or the data fixed before calling again; only the rest are worth calling
+    again as they are."""
+    by_type: dict[str, int] = report["errors_by_type"]
+    hints: list[str] = []
+    post = by_type.get("postprocess", 0)
+    if post:
+        hints.append(
+            f"{post:,} postprocess error(s): the replies are kept; edit the recipe's "
+            f"postprocess: and run `llmrun repost {recipe}` (no new calls)"
+        )
+    for kind, why in _RECIPE_FIXES.items():
+        if by_type.get(kind):
+            hints.append(
+                f"{by_type[kind]:,} {kind} error(s): {why}, then run "
+                f"`llmrun run {recipe} --retry-errors`"
+            )
+    rest = report["error"] - post - sum(by_type.get(k, 0) for k in _RECIPE_FIXES)
+    if report["retryable_errors"]:
+        hints.append(
+            f"{report['retryable_errors']:,} retryable error(s): run "
+            f"`llmrun run {recipe} --retry-errors` to call them again"
+        )
+    elif rest > 0:
+        hints.append(
+            f"{rest:,} other error(s), not retryable as they are: read their messages in the "
+            f"output; after fixing the cause, `llmrun run {recipe} --retry-errors` calls them again"
+        )
+    return hints
 
 
 def _batches(recipe: Any, state_dir: Path) -> list[dict[str, Any]]:

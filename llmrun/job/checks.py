@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import Problem, RecipeError, RecordError, TemplateError
 from ..plugins import Registry, build_component
 from ..recipe.model import Recipe
+from ..recipe.problems import locate
 from ..recipe.templates import PromptTemplate
+from ..recipe.yamlsource import dotted, load_yaml
 from ..values import ComponentContext
-from .ids import record_id
+from .ids import missing_id, record_id
 from .records import selected, selection
+
+SHOWN_IDS = 5  # ids of the first records validate shows
 
 
 @dataclass
@@ -87,9 +94,8 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
         if recipe.id_field:
             rid = record_id(rec.data, recipe.id_field)
             if rid is None:
-                report.problems.append(
-                    Problem(f"record has no {recipe.id_field!r} field", "data.id", rec.where)
-                )
+                message = missing_id(rec.data, recipe.id_field).replace(" (data.id)", "")
+                report.problems.append(Problem(message, "data.id", rec.where))
             elif rid in first_of:
                 # Output rows and resume are keyed on the id: it must name one record only.
                 report.problems.append(
@@ -110,12 +116,15 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
             else:
                 failing.setdefault(str(exc), []).append(rec.where)
     for names, places in lacking.items():
+        at, file, line, column = _prompt_place(recipe, names)
         report.problems.append(
             Problem(
                 f"the prompt uses {', '.join(names)}, which {len(places)} of {readable} "
                 f"record(s) lack ({_places(places)}); fields seen: {', '.join(sorted(fields))}",
-                "prompt",
-                str(recipe.path),
+                at,
+                file,
+                line,
+                column,
             )
         )
     for message, places in failing.items():
@@ -126,6 +135,11 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
                 str(recipe.path),
             )
         )
+    ids = [rec.id for rec in records if rec.data is not None][:SHOWN_IDS]
+    if ids:
+        source = f"data.id {recipe.id_field}" if recipe.id_field else "content hashes: no data.id"
+        more = f", ... ({readable} checked)" if readable > len(ids) else ""
+        report.notes.append(f"record ids ({source}): {', '.join(ids)}{more}")
     used = sorted(template.variables)
     report.notes.append(
         f"prompt variables: {', '.join(used) or 'none'}; "
@@ -137,3 +151,43 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
 
 def _places(places: list[str]) -> str:
     return ", ".join(places[:3]) + (f" and {len(places) - 3} more" if len(places) > 3 else "")
+
+
+def _prompt_place(
+    recipe: Recipe, names: tuple[str, ...]
+) -> tuple[str, str, int | None, int | None]:
+    """(key path, file, line, column) of the prompt text that uses one of ``names``: the
+    recipe is read again for positions (a Recipe keeps none); the prompt section itself when
+    no single text is found (a name from an included file, an override)."""
+    filename = str(recipe.path)
+    try:
+        data, positions = load_yaml(recipe.path.read_text(encoding="utf-8"), filename)
+    except (OSError, UnicodeDecodeError, RecipeError):
+        return "prompt", filename, None, None
+    used = re.compile(r"\b(?:" + "|".join(map(re.escape, names)) + r")\b")
+    prompt = data.get("prompt") if isinstance(data, dict) else None
+    lines = recipe.path.read_text(encoding="utf-8").splitlines()
+    for path, text in _texts(prompt, ("prompt",)):
+        found = used.search(text)
+        if found:
+            file, line, column = locate(path, positions, filename)
+            # In a block scalar (`user: |`), the text's own lines follow the key's line.
+            if line is not None and _BLOCK.search(lines[line - 1] if line <= len(lines) else ""):
+                line, column = line + 1 + text.count("\n", 0, found.start()), None
+            return dotted(path), file, line, column
+    file, line, column = locate(("prompt",), positions, filename)
+    return "prompt", file, line, column
+
+
+_BLOCK = re.compile(r"[|>][-+0-9]*\s*(#.*)?$")
+
+
+def _texts(value: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _texts(item, (*path, i))

@@ -7,7 +7,7 @@ reaches the output.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..components import Writer
@@ -19,10 +19,17 @@ from .stats import RunStats
 
 
 class RowSink:
-    def __init__(self, writer: Writer, stats: RunStats, observers: Observers) -> None:
+    def __init__(
+        self,
+        writer: Writer,
+        stats: RunStats,
+        observers: Observers,
+        also: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.writer = writer
         self.stats = stats
         self.observers = observers
+        self.also = also  # one more look at each row written (the run log)
 
     def write(self, rows: Sequence[dict[str, Any]], *, durable: bool = False) -> None:
         """Append rows (handed to the OS); ``durable`` also fsyncs them, for a caller that
@@ -31,8 +38,11 @@ class RowSink:
         if durable:
             self.writer.sync()
         wants_rows = self.observers.wants_records
+        also = self.also
         for row in rows:
             self.stats.count_row(row)
+            if also is not None:
+                also(row)
             if wants_rows:
                 self.observers.call("record_done", row=row)
 

@@ -75,6 +75,7 @@ class Plan:
     cost_usd_high: float | None = None
     duration_s: float | None = None
     duration_bound: str = ""  # which limit sets the pace
+    call_latency_s: float | None = None  # a call's seconds, when the provider knows them
     warnings: list[str] = field(default_factory=list)
     # What the recipe reaches beyond itself (docs/sharing.md): where each key goes, the
     # environment variables it declared for use outside the provider, the code it names.
@@ -111,7 +112,9 @@ def make_plan(
     run = recipe.run
     mode = str(getattr(run, "mode", "direct") or "direct")
     context = ComponentContext(recipe.base_dir, recipe.name, access=recipe.access)
-    plan = Plan(str(recipe.path), _model(recipe, registry, context), mode)
+    model, latency = _provider_facts(recipe, registry, context)
+    plan = Plan(str(recipe.path), model, mode)
+    plan.call_latency_s = latency
     plan.endpoints = [str(route) for route in recipe.key_routes]
     plan.env = list(recipe.env_names)
     trust = recipe.access.trusted_by
@@ -258,14 +261,20 @@ def context_window(model: str | None) -> int | None:
     return None
 
 
-def _model(recipe: Recipe, registry: Registry, context: ComponentContext) -> str | None:
-    """The model the provider will ask for (providers build no connection in __init__)."""
+def _provider_facts(
+    recipe: Recipe, registry: Registry, context: ComponentContext
+) -> tuple[str | None, float | None]:
+    """The model the provider will ask for, and the seconds a call takes when the provider
+    knows (``expected_latency_s``: the mock's is exact, it answers in-process)."""
+    latency: Any = None
     try:
         provider = build_component(registry, "provider", recipe.provider, context)
         model = getattr(provider, "model", None)
+        latency = getattr(provider, "expected_latency_s", None)
     except Exception:  # a plugin provider that wants more than its options: fall back
         model = recipe.provider.options.get("model")
-    return None if model is None else str(model)
+    known = float(latency) if isinstance(latency, int | float) else None
+    return None if model is None else str(model), known
 
 
 def _read_done(recipe: Recipe, registry: Registry, plan: Plan) -> tuple[IdSet, float | None]:
@@ -316,7 +325,7 @@ def _duration(plan: Plan, recipe: Recipe, ceiling: int) -> None:
         return
     run = recipe.run
     per_call = n and plan.output_tokens_typical / n
-    latency = recipe.provider.options.get("latency_s")
+    latency = plan.call_latency_s
     if latency is None:
         latency = BASE_LATENCY_S + per_call / DECODE_TOKENS_PER_S
     waves = math.ceil(n / max(run.concurrency, 1))  # calls in flight finish together at best

@@ -20,7 +20,7 @@ from ..components import Loader
 from ..recipe.model import Recipe
 from ..recipe.selection import Selection, selection_of
 from ..values import SourceRecord
-from .ids import record_id
+from .ids import missing_id, record_id
 
 
 @dataclass(slots=True)
@@ -41,13 +41,8 @@ def work_item(rec: SourceRecord, id_field: str | None) -> Work:
         return Work(rec.where, None, rec.where, rec.error or "unreadable record")
     rid = record_id(rec.data, id_field)
     if rid is None:
-        return Work(
-            rec.where,
-            rec.data,
-            rec.where,
-            f"record has no {id_field!r} field (data.id); fields: "
-            f"{', '.join(sorted(map(str, rec.data)))}",
-        )
+        assert id_field is not None  # a content hash is never None
+        return Work(rec.where, rec.data, rec.where, missing_id(rec.data, id_field))
     return Work(rid, rec.data, rec.where, rec.error)
 
 

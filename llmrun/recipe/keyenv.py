@@ -7,7 +7,9 @@ found joins the recipe's secrets, so it is redacted like any other key.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from ..errors import Problem, RecipeError
@@ -48,3 +50,53 @@ def default_key(
         f"{recipe.base_dir / '.env'}, or give provider.api_keys)"
     )
     raise RecipeError([Problem(message, "provider.api_keys", file, line, column)])
+
+
+def check_keys(recipe: Recipe) -> None:
+    """Keys travel in HTTP headers, which take printable ASCII only: a key with another
+    character (a pasted non-breaking space, a typographic quote) is the recipe's fault, told
+    before anything is sent. The message names the key's place, never the key."""
+    problems = [
+        Problem(
+            "the key has a character an HTTP header cannot carry (only printable ASCII); "
+            "check it for a stray space or quote",
+            f"provider.api_keys[{i}]",
+            str(recipe.path),
+        )
+        for i, key in enumerate(recipe.api_keys)
+        if not all(" " <= ch <= "~" for ch in key)
+    ]
+    if problems:
+        raise RecipeError(problems)
+
+
+def env_options(recipe: Recipe, registry: Registry, env: Environment) -> Recipe:
+    """Provider options the environment gives when the recipe does not, as an official client
+    reads them (``OPENAI_BASE_URL``, ``OPENAI_ORG_ID``, ``OPENAI_PROJECT_ID``): a provider
+    class declares ``options_from_env = {option: VARIABLE}``. The recipe's own value wins; a
+    preset sets its own base URL, so the variables do not apply to it."""
+    cls = registry.get("provider", recipe.provider.name).cls
+    declared: Mapping[str, str] = getattr(cls, "options_from_env", None) or {}
+    options = recipe.provider.options
+    if not declared or options.get("preset"):
+        return recipe
+    found = {
+        option: value
+        for option, name in declared.items()
+        if option not in options and (value := env.get(name))
+    }
+    if not found:
+        return recipe
+    problems = [
+        Problem(
+            f"environment variable {declared[option]} is {value!r}, not an http(s):// URL",
+            "provider.base_url",
+            str(recipe.path),
+        )
+        for option, value in found.items()
+        if option == "base_url" and not value.startswith(("http://", "https://"))
+    ]
+    if problems:
+        raise RecipeError(problems)
+    provider = replace(recipe.provider, options=MappingProxyType({**options, **found}))
+    return replace(recipe, provider=provider)

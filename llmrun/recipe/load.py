@@ -7,6 +7,7 @@ option schema. Every fault found is reported at once, each with file, line, colu
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,7 +24,7 @@ from ..plugins import Registry
 from ..redaction import Redactor, looks_like_secret, url_password
 from .envvars import Environment, read_dotenv, variables_in
 from .guards import cache_problems, glob_root, key_routes, output_problems, read_problems
-from .keyenv import default_key
+from .keyenv import check_keys, default_key, env_options
 from .model import DEFAULT_CACHE_GB, CacheSettings, ComponentSpec, Recipe, RunSettings, freeze
 from .problems import locate, schema_problems, selection_problems, template_problems
 from .schema import CORE_KEYS, base_schema
@@ -148,11 +149,28 @@ def load_recipe(
             where = locate(("provider", "name"), positions, filename)
             recipe, variable = default_key(recipe, registry, env, where)
             sources = {key: f"${variable}" for key in recipe.api_keys}
-        return _route_keys(recipe, registry, sources, positions, filename)
+        check_keys(recipe)
+        # OPENAI_BASE_URL and the like are the user's own environment, not the recipe's: a
+        # base URL set there is the user's choice of host for their key.
+        from_env = env_options(recipe, registry, env)
+        user_url = from_env.provider.options.get("base_url") != recipe.provider.options.get(
+            "base_url"
+        )
+        return _route_keys(from_env, registry, sources, positions, filename, user_url)
     except RecipeError as exc:  # schema messages quote values: keep keys out of them
         redact = Redactor(secrets)
+        hints = _override_hints(overrides)
         raise RecipeError(
-            [Problem(redact(p.message), p.path, p.file, p.line, p.column) for p in exc.problems]
+            [
+                Problem(
+                    redact(p.message) + (hints.get(p.path, "") if p.file == "--set" else ""),
+                    p.path,
+                    p.file,
+                    p.line,
+                    p.column,
+                )
+                for p in exc.problems
+            ]
         ) from None
 
 
@@ -280,8 +298,11 @@ def build_recipe(
     assert output_path is not None
 
     prompt = data["prompt"]
+    request_prompt = isinstance(prompt, dict) and prompt.get("messages") == "record"
     if isinstance(prompt, str):
         messages: tuple[tuple[str, Any], ...] = (("user", prompt),)
+    elif request_prompt:
+        messages = ()  # the record's own (llmrun/recipe/request_prompt.py)
     elif "messages" in prompt:
         # A content is a template string, or (with images) a list of parts, kept frozen.
         messages = tuple((m["role"], freeze(m["content"])) for m in prompt["messages"])
@@ -345,6 +366,7 @@ def build_recipe(
         env_names=tuple(str(n) for n in data.get("env") or ()),
         code=tuple(filter(None, (_code_of(registry, c) for c in (loader, provider, *posts)))),
         cache=cache,
+        request_prompt=request_prompt,
     )
 
 
@@ -396,6 +418,27 @@ def _redacted(value: Any, secrets: set[str]) -> Any:
     if isinstance(value, str) and value in secrets:
         return "<secret>"
     return value
+
+
+def _override_hints(overrides: Sequence[str]) -> dict[str, str]:
+    """``--set concurrency=4`` names no top-level key: the hint says which section has a key of
+    that name (``run.concurrency``), or the nearest top-level key. By the unknown key."""
+    sections: Mapping[str, Any] = base_schema().get("properties", {})
+    hints: dict[str, str] = {}
+    for text in overrides:
+        top = text.partition("=")[0].split(".")[0].strip()
+        if not top or top in sections:
+            continue
+        within = [
+            f"{name}.{top}"
+            for name, sub in sections.items()
+            if isinstance(sub, Mapping) and top in (sub.get("properties") or {})
+        ]
+        guess = within or difflib.get_close_matches(top, list(sections), n=1)
+        if guess:
+            rest = text[text.index(top) + len(top) :]
+            hints[top] = f"; did you mean --set {' or '.join(g + rest for g in guess)}?"
+    return hints
 
 
 def _apply_override(
@@ -552,9 +595,11 @@ def _route_keys(
     sources: Mapping[str, str],
     positions: Positions,
     filename: str,
+    user_url: bool = False,
 ) -> Recipe:
     """The recipe with where each key goes; RecipeError when a key of a known service would
-    go to another host the user has not confirmed."""
+    go to another host the user has not confirmed. ``user_url``: the base URL came from the
+    user's environment (``OPENAI_BASE_URL``), not from the recipe."""
     cls = registry.get("provider", recipe.provider.name).cls
     options = recipe.provider.options
     endpoint_of = getattr(cls, "key_endpoint", None)
@@ -569,7 +614,7 @@ def _route_keys(
     if ("provider", "endpoint") in positions:
         at = ("provider", "endpoint")
     file, line, col = locate(at, positions, filename)
-    given = positions.get(at) == (0, 0)
+    given = positions.get(at) == (0, 0) or user_url
     routes, problems = key_routes(
         endpoint,
         sources,

@@ -1,7 +1,8 @@
 """What calls cost: a price table as data (``llmrun/data/prices.json``) plus the recipe's own.
 
-Prices are USD per million tokens. A model that is in neither table has an unknown cost: the
-run says so once and goes on; it never guesses.
+Prices are USD per million tokens (and, for image models priced so, USD per image). A model
+that is in neither table has an unknown cost: the run says so once and goes on; it never
+guesses.
 """
 
 from __future__ import annotations
@@ -27,27 +28,33 @@ class Price:
     cached_input: float | None = None
     cache_write: float | None = None
     batch: float = 1.0  # factor applied in batch mode (0.5: half price)
+    per_image: float | None = None  # USD per generated image (DALL-E), on top of tokens
 
     def cost(self, usage: Usage, *, batch: bool = False) -> float | None:
-        """The cost of one call's usage; None when the provider reported no token counts."""
+        """The cost of one call's usage; None when the provider reported no token counts (nor
+        images, for a model priced per image)."""
+        images = (usage.images or 0) * self.per_image if self.per_image is not None else 0.0
         if usage.input_tokens is None and usage.output_tokens is None:
+            if self.per_image is not None and usage.images is not None:
+                return images * (self.batch if batch else 1.0)
             return None
         cached = usage.cached_tokens or 0
         fresh = max((usage.input_tokens or 0) - cached, 0)
         cached_price = self.input if self.cached_input is None else self.cached_input
         total = (
             fresh * self.input + cached * cached_price + (usage.output_tokens or 0) * self.output
-        ) / PER
+        ) / PER + images
         return total * (self.batch if batch else 1.0)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], batch: float = 1.0) -> Price:
         return cls(
-            input=float(data["input"]),
+            input=float(data.get("input", 0.0)),
             output=float(data.get("output", 0.0)),
             cached_input=None if data.get("cached_input") is None else float(data["cached_input"]),
             cache_write=None if data.get("cache_write") is None else float(data["cache_write"]),
             batch=float(data.get("batch", batch)),
+            per_image=None if data.get("per_image") is None else float(data["per_image"]),
         )
 
 

@@ -15,13 +15,23 @@ def call_hash(recipe: Recipe) -> str:
     ``llmrun repost`` can tell a changed chain (fine) from changed calls (the stored replies
     answer another recipe)."""
     relevant = {
-        "data": [recipe.data.name, thaw(recipe.data.options), recipe.id_field],
+        "data": [recipe.data.name, _data_options(recipe), recipe.id_field],
         "prompt": [list(m) for m in recipe.messages],
         "provider": [recipe.provider.name, thaw(recipe.provider.options)],
         "generation": thaw(recipe.generation),
     }
     text = json.dumps(_hide(relevant, recipe.secrets), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _data_options(recipe: Recipe) -> Any:
+    """The data options with ``path`` made absolute: the same file written relative or
+    absolute (or through ``..``) is the same source."""
+    options = thaw(recipe.data.options)
+    path = options.get("path")
+    if isinstance(path, str) and path != "-":
+        options["path"] = str((recipe.base_dir / path).resolve())
+    return options
 
 
 def _hide(value: Any, secrets: frozenset[str]) -> Any:

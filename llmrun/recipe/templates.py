@@ -202,6 +202,10 @@ class PromptTemplate:
     def for_recipe(cls, recipe: Recipe) -> PromptTemplate:
         """The recipe's prompt whole (messages, few-shot examples, images), as a run renders
         it: validate and plan render the same prompts the run sends."""
+        if recipe.request_prompt:  # each record is its own request: nothing to render
+            from .request_prompt import RequestPrompt
+
+            return RequestPrompt(recipe.generation)  # type: ignore[return-value]
         return cls(
             recipe.messages,
             recipe.generation,

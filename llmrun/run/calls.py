@@ -87,6 +87,7 @@ class Caller:
         *,
         warn: Callable[[str], None],
         on_retry: Callable[[CallError], None],
+        note: Callable[[str], None] = lambda message: None,
         budget: Budget | None = None,
         cost_of: Callable[[Reply], float | None] = lambda reply: None,
         on_budget: Callable[[], None] = lambda: None,
@@ -98,6 +99,7 @@ class Caller:
         self._keys = keys
         self._settings = settings
         self._warn = warn
+        self._note = note  # the run log's lines (pace changes)
         self._on_retry = on_retry
         self._budget = budget
         self._cost_of = cost_of
@@ -212,7 +214,16 @@ class Caller:
         if error.kind == "record":
             raise CallFailed(error, attempts)
         if error.code == "rate_limit":
+            before = lease.state.learnt.per_minute
             self._keys.on_rate_limited(lease, error.retry_after)
+            after = lease.state.learnt.per_minute
+            if after != before:
+                self._note(
+                    f"pace of {lease.state.name}: {_per_min(before)} -> {_per_min(after)} "
+                    "requests/min after a 429"
+                )
+            if error.retry_after:
+                self._note(f"{lease.state.name} paused {error.retry_after:g} s (Retry-After)")
         if attempts > self._settings.max_retries:
             if error.code == "connect" and not self._reached:
                 self._stop(
@@ -236,3 +247,7 @@ class Caller:
 def _where(request: httpx.Request) -> str:
     """The request's method and URL without the query (which might hold a key)."""
     return f"{request.method} {request.url.copy_with(query=None)}"
+
+
+def _per_min(rate: float | None) -> str:
+    return "unpaced" if rate is None else f"{rate:,.1f}"

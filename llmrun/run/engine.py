@@ -30,6 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..components import Loader, Postprocessor, Provider, Writer
 from ..errors import CallError, RecipeError, RunAborted
+from ..job.dupes import SeenIds
 from ..job.manifest import finish_manifest, start_manifest, update_manifest
 from ..job.output import RowSink, rewritable
 from ..job.records import Work, selected, selection
@@ -51,6 +52,7 @@ from .cache import CallCache
 from .calls import Caller, NotSent, SharedCalls
 from .limits import KeyPool
 from .progress import Progress
+from .runlog import RunLog
 from .stages import Row, Stages, describe
 
 # Batch mode plugs in here (llmrun/batch/runner.py: run_batches), so this module never imports
@@ -94,7 +96,9 @@ class Engine:
     ) -> None:
         self.recipe = recipe
         self.registry = registry
-        self.progress = progress
+        # Everything shown also goes to <output>.llmrun/run.log (run/runlog.py).
+        self.runlog = RunLog(progress, RunState(recipe.output_path).dir / "run.log")
+        self.progress: Progress = self.runlog
         self.limit = limit if limit is not None else recipe.limit
         self.fresh = fresh
         self.retry_errors = retry_errors
@@ -109,7 +113,9 @@ class Engine:
         self.flags = RunFlags()
         self.warnings: list[str] = []
         self.observers = Observers(registry.manager, self.warn)
-        context = ComponentContext(recipe.base_dir, recipe.name, self.warn, recipe.access)
+        context = ComponentContext(
+            recipe.base_dir, recipe.name, self.warn, recipe.access, recipe.output_path
+        )
         self.loader: Loader = build_component(registry, "loader", recipe.data, context)
         self.provider: Provider = build_component(registry, "provider", recipe.provider, context)
         self.writer: Writer = build_component(registry, "writer", recipe.writer, context)
@@ -120,11 +126,12 @@ class Engine:
         self.selection = selection(recipe, self.limit)
         self.state = RunState(recipe.output_path)
         self.rows = RowMaker(recipe, self.redact, self.provider.model, self.warn)
-        self.sink = RowSink(self.writer, self.stats, self.observers)
+        self.sink = RowSink(self.writer, self.stats, self.observers, also=self.runlog.row)
         self.batch_drain_only = False  # `llmrun cancel`: collect running batches, submit nothing
         self._workers_scope: CancelScope | None = None
         self._reader_scope: CancelScope | None = None
         self._stages: Stages | None = None
+        self._seen = SeenIds(self.warn)  # duplicate ids in this run (job/dupes.py)
         self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
         self.budget: Budget | None = None
         self._budget_price: Price | None = None
@@ -215,6 +222,7 @@ class Engine:
                         status, reason = "budget", self.budget_reason()
                     elif self.flags.stopping:
                         status, reason = "interrupted", "stopped by a signal"
+                    self.runlog.ended(status, reason)
                     self.progress.stop(self.stats)
                     finish_manifest(self.state, self.stats, manifest, status, reason)
                     summary = RunSummary(
@@ -246,6 +254,7 @@ class Engine:
             keys,
             run,
             warn=self.warn,
+            note=self.runlog.note,
             on_retry=self._count_retry,
             budget=self.budget,
             cost_of=self.rows.cost,
@@ -261,8 +270,16 @@ class Engine:
         return self._stages
 
     def records(self) -> Generator[Work, None, None]:
-        """The records the recipe covers (``job.records.selected``), for every mode."""
-        return selected(self.recipe, self.loader, limit=self.limit)
+        """The records the recipe covers (``job.records.selected``), for every mode; an id
+        seen twice in the run is warned about (job/dupes.py)."""
+        items = selected(self.recipe, self.loader, limit=self.limit)
+        try:
+            for work in items:
+                if work.error is None:
+                    self._seen.add(work.id, work.where)
+                yield work
+        finally:
+            items.close()
 
     def _budget_reached(self) -> None:
         if not self.flags.budget:

@@ -20,8 +20,9 @@ For benchmarks, in its own process::
 prints ``http://127.0.0.1:PORT/v1`` on one line once listening, serves until
 SIGTERM/SIGINT, writes ``{"requests": N}`` to the stats file and exits 0.
 
-Endpoints: ``POST /v1/chat/completions`` (also ``"stream": true`` as one SSE
-body), ``GET /v1/models`` and ``GET /v1/models/{id}``, ``POST /v1/completions``,
+Endpoints: ``POST /v1/chat/completions`` (also ``"stream": true``: server-sent
+events, in one piece, or one event every ``stream_gap_s`` seconds), ``GET /v1/models``
+and ``GET /v1/models/{id}``, ``POST /v1/completions``,
 ``POST /v1/embeddings``, and Azure OpenAI's deployment paths
 (``/openai/deployments/{name}/chat/completions?api-version=...``, ``api-key`` header).
 Unknown paths get 404, malformed JSON 400, both with OpenAI-shaped error bodies.
@@ -128,8 +129,11 @@ class FakeOpenAI:
         fault: Callable[[RecordedRequest], Fault | None] | None = None,
         port: int = 0,
         record: bool = True,
+        stream_gap_s: float = 0.0,
     ) -> None:
         self.latency_s = latency_s
+        # > 0: a streamed answer is sent event by event, this many seconds apart (else whole).
+        self.stream_gap_s = stream_gap_s
         self.model = model
         self._api_keys = None if api_keys is None else frozenset(api_keys)
         self._reply = reply
@@ -323,6 +327,18 @@ class FakeOpenAI:
                 500, f"fake server callback raised {type(exc).__name__}: {exc}", "server_error"
             )
         out_headers.append(("x-request-id", request_id))
+        streamed = any(k == "content-type" and "event-stream" in v for k, v in out_headers)
+        if fault is None and streamed and self.stream_gap_s > 0:
+            whole = response_bytes(status, out_headers, payload, close=not keep_alive)
+            head = whole[: len(whole) - len(payload)]
+            events = [e + b"\n\n" for e in payload.split(b"\n\n") if e]
+            conn.reply_in_parts(
+                [head + events[0], *events[1:]],
+                close=not keep_alive,
+                delay=self.latency_s,
+                gap=self.stream_gap_s,
+            )
+            return
         if fault is None:
             conn.reply(
                 response_bytes(status, out_headers, payload, close=not keep_alive),

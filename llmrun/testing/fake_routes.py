@@ -1,4 +1,5 @@
-"""The fake server's routes beyond chat: ``/v1/completions``, ``/v1/embeddings`` and Azure
+"""The fake server's routes beyond chat: ``/v1/completions``, ``/v1/embeddings``,
+``/v1/images/generations`` (fake_images.py) and Azure
 OpenAI's deployment paths (``/openai/deployments/{name}/{operation}?api-version=...`` with an
 ``api-key`` header or a bearer token). Bodies are built in ``openai_bodies``."""
 
@@ -8,13 +9,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .fake_images import images_answer
 from .http11 import Headers
 from .openai_bodies import azure_error, completion_answer, embeddings_answer, error_json
 
 if TYPE_CHECKING:
     from .fake_openai import FakeOpenAI
 
-MORE_PATHS = frozenset({"/v1/completions", "/v1/embeddings"})
+MORE_PATHS = frozenset({"/v1/completions", "/v1/embeddings", "/v1/images/generations"})
 _AZURE_PATH = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)")
 _API_VERSION = re.compile(r"(?:^|&)api-version=[^&]+")
 _AZURE_DENIED = (
@@ -48,6 +50,8 @@ def more_routes(server: FakeOpenAI, req: RouteRequest) -> tuple[int, Headers, by
         return early
     if req.path == "/v1/completions":
         return completion_answer(req.body, req.request_id, server.model)
+    if req.path == "/v1/images/generations":
+        return images_answer(req.body, server.model)
     return embeddings_answer(req.body, server.model)
 
 

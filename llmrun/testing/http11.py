@@ -148,6 +148,23 @@ class Connection(asyncio.Protocol):
         else:
             self._send(data, close)
 
+    def reply_in_parts(self, parts: list[bytes], *, close: bool, delay: float, gap: float) -> None:
+        """Send ``parts`` one at a time, ``gap`` s apart, the first after ``delay``: an answer
+        that trickles in (a streamed reply from a slow model)."""
+
+        def step(i: int) -> None:
+            self._timer = None
+            if i == len(parts) - 1:
+                self._deferred(parts[i], close)
+                return
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                return
+            transport.write(parts[i])
+            self._timer = self._loop.call_later(gap, step, i + 1)
+
+        self._timer = self._loop.call_later(delay, step, 0)
+
     def _deferred(self, data: bytes | None, close: bool) -> None:
         self._timer = None
         self._send(data, close)

@@ -27,7 +27,7 @@ from typing import Any
 import httptools
 import httpx
 
-from .transport import read_response
+from .transport import FIRST_BYTE, IDLE_TIMEOUT, read_response
 
 Origin = tuple[str, str, int]
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, raw headers, body
@@ -45,6 +45,10 @@ class _Connection(asyncio.Protocol):
         self.received = 0  # bytes of the current answer (0: the server may not have seen it)
         self.closed = False
         self.keep_alive = True
+        # A streamed answer (IDLE_TIMEOUT): when the last bytes and the first body bytes came.
+        self.clock: Any = None
+        self.last_data = 0.0
+        self.first_body: float | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -54,6 +58,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
+        if self.clock is not None:
+            self.last_data = self.clock()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -79,6 +85,8 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
+        if self.clock is not None and self.first_body is None:
+            self.first_body = self.clock()
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -90,9 +98,13 @@ class _Connection(asyncio.Protocol):
 
     # -- use ------------------------------------------------------------------------------
 
-    def start(self, loop: asyncio.AbstractEventLoop, data: bytes) -> asyncio.Future[Answer]:
+    def start(
+        self, loop: asyncio.AbstractEventLoop, data: bytes, *, watch: bool = False
+    ) -> asyncio.Future[Answer]:
         assert self.transport is not None
         self.headers, self.body, self.received = [], [], 0
+        self.clock = loop.time if watch else None
+        self.last_data, self.first_body = loop.time(), None
         self.waiter = loop.create_future()
         self.transport.write(data)
         return self.waiter
@@ -137,7 +149,9 @@ class Http1Transport:
         try:
             return await self._send(request, timeout_s)
         except httpx.TimeoutException as exc:
-            if isinstance(exc, httpx.ReadTimeout):
+            if isinstance(exc, httpx.ReadTimeout) and request.extensions.get(IDLE_TIMEOUT):
+                exc.args = (f"nothing streamed for {timeout_s:g} s (run.timeout_s)",)
+            elif isinstance(exc, httpx.ReadTimeout):
                 exc.args = (f"no complete answer within {timeout_s:g} s (run.timeout_s)",)
             exc.request = request  # as httpx's client does: the error names its request
             raise
@@ -161,10 +175,14 @@ class Http1Transport:
             conn, reused = self._idle_connection(origin), True
             if conn is None:
                 conn, reused = await self._connect(loop, origin, request), False
+            idle = bool(request.extensions.get(IDLE_TIMEOUT))
             try:
-                # run.timeout_s bounds the answer once connected; connecting has its own.
-                deadline = loop.time() + timeout_s
-                status, headers, body = await self._exchange(loop, conn, data, deadline)
+                # run.timeout_s bounds the answer once connected (a streamed one: each wait
+                # for more of it); connecting has its own.
+                sent_at = loop.time()
+                status, headers, body = await self._exchange(
+                    loop, conn, data, sent_at + timeout_s, idle=timeout_s if idle else None
+                )
             except _Unanswered:
                 if reused:
                     continue  # closed while idle: the server never saw this request
@@ -172,11 +190,15 @@ class Http1Transport:
             except BaseException:  # a timeout, a cancelled call: the connection is mid-answer
                 conn.close()
                 raise
+            first_body = conn.first_body
             if conn.keep_alive and not conn.closed:
                 self._release(origin, conn)
             else:
                 conn.close()
-            return read_response(status, headers, body, request)
+            response = read_response(status, headers, body, request)
+            if idle and first_body is not None:
+                response.extensions[FIRST_BYTE] = first_body - sent_at
+            return response
         raise _Unanswered("the server closed two connections in a row without answering")
 
     async def _exchange(
@@ -185,13 +207,31 @@ class Http1Transport:
         conn: _Connection,
         data: bytes,
         deadline: float,
+        *,
+        idle: float | None = None,
     ) -> Answer:
-        waiter = conn.start(loop, data)
-        timer = loop.call_at(deadline, _expire, waiter)
+        waiter = conn.start(loop, data, watch=idle is not None)
+        if idle is None:
+            timer = loop.call_at(deadline, _expire, waiter)
+            try:
+                return await waiter
+            finally:
+                timer.cancel()
+        timers: list[asyncio.TimerHandle] = []
+
+        def check() -> None:
+            # Expire only when nothing came for `idle` seconds; else look again then.
+            quiet_until = conn.last_data + idle
+            if loop.time() >= quiet_until:
+                _expire(waiter)
+            else:
+                timers[0] = loop.call_at(quiet_until, check)
+
+        timers.append(loop.call_at(deadline, check))
         try:
             return await waiter
         finally:
-            timer.cancel()
+            timers[0].cancel()
 
     def _idle_connection(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)

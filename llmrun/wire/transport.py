@@ -17,6 +17,12 @@ import httpx
 
 from ..components import Transport
 
+# A request extension: bound the wait for each next byte of the answer, not the whole answer (a
+# streamed answer that keeps coming is alive); set by a provider for a streamed call.
+IDLE_TIMEOUT = "llmrun.idle_timeout"
+# A response extension: seconds from sending to the first body bytes, when IDLE_TIMEOUT was set.
+FIRST_BYTE = "llmrun.first_byte_s"
+
 
 def default_transport(*, max_connections: int, connect_timeout_s: float) -> Transport:
     """The fastest transport for the running event loop: llmrun's own HTTP/1.1 client

@@ -2,7 +2,8 @@
 
 - ``jsonl`` and ``text`` (lines.py), ``csv`` (tabular.py), ``json`` (jsonarray.py): one file,
   ``-`` for stdin, ``.gz``/``.zst`` decompressed as read (sources.py);
-- ``files`` and ``inline`` (collections.py).
+- ``files`` and ``inline`` (collections.py);
+- ``openai-requests`` (requests_file.py): OpenAI chat request files, run as they are.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from ...hookspecs import Register, hookimpl
 from .collections import FilesLoader, InlineLoader
 from .jsonarray import JsonLoader
 from .lines import JsonlLoader, TextLoader
+from .requests_file import OpenAIRequestsLoader
 from .sources import FileLoader, Source
 from .tabular import CsvLoader
 
@@ -21,6 +23,7 @@ __all__ = [
     "InlineLoader",
     "JsonLoader",
     "JsonlLoader",
+    "OpenAIRequestsLoader",
     "Source",
     "TextLoader",
 ]
@@ -34,3 +37,4 @@ def register_loaders(register: Register) -> None:
     register("text", TextLoader)
     register("files", FilesLoader)
     register("inline", InlineLoader)
+    register("openai-requests", OpenAIRequestsLoader)

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from ...values import ComponentContext, SourceRecord
-from .sources import ENCODING_SCHEMA, PATH_SCHEMA, FileLoader
+from .sources import ENCODING_SCHEMA, ERRORS_SCHEMA, PATH_SCHEMA, FileLoader
 
 
 class JsonlLoader(FileLoader):
@@ -19,26 +19,28 @@ class JsonlLoader(FileLoader):
         "type": "object",
         "additionalProperties": False,
         "required": ["path"],
-        "properties": {"path": PATH_SCHEMA, "encoding": ENCODING_SCHEMA},
+        "properties": {"path": PATH_SCHEMA, "encoding": ENCODING_SCHEMA, "errors": ERRORS_SCHEMA},
     }
 
     def records(self) -> Iterator[SourceRecord]:
-        with self.source.text() as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                where = f"{self.label}:{lineno}"
-                try:
-                    data = json.loads(line)
-                except ValueError as exc:
-                    yield SourceRecord(None, where, f"{where}: not valid JSON ({exc})")
-                    continue
-                if not isinstance(data, dict):
-                    yield SourceRecord(
-                        None, where, f"{where}: expected a JSON object, got {type(data).__name__}"
-                    )
-                    continue
-                yield SourceRecord(data, where)
+        for lineno, (line, bad) in enumerate(self.source.lines(self.errors), 1):
+            if not line.strip():
+                continue
+            where = f"{self.label}:{lineno}"
+            if bad:
+                yield SourceRecord(None, where, f"{where}: {bad}")
+                continue
+            try:
+                data = json.loads(line)
+            except ValueError as exc:
+                yield SourceRecord(None, where, f"{where}: not valid JSON ({exc})")
+                continue
+            if not isinstance(data, dict):
+                yield SourceRecord(
+                    None, where, f"{where}: expected a JSON object, got {type(data).__name__}"
+                )
+                continue
+            yield SourceRecord(data, where)
 
     def count(self) -> int | None:
         """Non-blank lines, as ``records()`` yields them (binary, without decoding JSON)."""
@@ -57,6 +59,7 @@ class TextLoader(FileLoader):
         "properties": {
             "path": PATH_SCHEMA,
             "encoding": ENCODING_SCHEMA,
+            "errors": ERRORS_SCHEMA,
             "field": {"type": "string", "minLength": 1, "default": "text"},
             "number": {
                 "type": "string",
@@ -75,15 +78,18 @@ class TextLoader(FileLoader):
 
     def records(self) -> Iterator[SourceRecord]:
         # Only \n ends a line (as count() sees it); a \r before it is dropped.
-        with self.source.text(newline="\n") as fh:
-            for lineno, line in enumerate(fh, 1):
-                text = line.removesuffix("\n").removesuffix("\r")
-                if not self.keep_blank and not text.strip():
-                    continue
-                data: dict[str, Any] = {self.field: text}
-                if self.number:
-                    data[str(self.number)] = lineno
-                yield SourceRecord(data, f"{self.label}:{lineno}")
+        for lineno, (line, bad) in enumerate(self.source.lines(self.errors), 1):
+            text = line.removesuffix("\n").removesuffix("\r")
+            if not self.keep_blank and not text.strip():
+                continue
+            if bad:
+                where = f"{self.label}:{lineno}"
+                yield SourceRecord(None, where, f"{where}: {bad}")
+                continue
+            data: dict[str, Any] = {self.field: text}
+            if self.number:
+                data[str(self.number)] = lineno
+            yield SourceRecord(data, f"{self.label}:{lineno}")
 
     def count(self) -> int | None:
         return _count_lines(self, blank=self.keep_blank)

@@ -25,6 +25,12 @@ PATH_SCHEMA = {
     "decompressed as they are read).",
 }
 ENCODING_SCHEMA = {"type": "string", "default": "utf-8"}
+ERRORS_SCHEMA = {
+    "enum": ["strict", "replace"],
+    "default": "strict",
+    "description": "A line that is not valid UTF-8: an error row naming file:line (strict), "
+    "or read with U+FFFD in place of the bad bytes (replace).",
+}
 
 
 def _zstd_reader(raw: IO[bytes], label: str) -> IO[bytes]:
@@ -85,6 +91,37 @@ class Source:
                 raw = stack.enter_context(_zstd_reader(raw, self.label))
             yield raw
 
+    def lines(self, errors: str = "strict") -> Iterator[tuple[str, str | None]]:
+        """Each line, ending kept, and why it is not valid text (None when it is). UTF-8 is
+        decoded line by line, so a bad byte is told at its line; with ``errors: replace`` it
+        becomes U+FFFD and the line counts as valid. Other encodings are decoded as a stream
+        (undecodable bytes become U+FFFD)."""
+        if self.encoding != "utf-8-sig":
+            with self.text(newline="\n") as fh:
+                for line in fh:
+                    yield line, None
+            return
+        with self.binary() as raw:
+            first = True
+            for chunk in raw:
+                if first:
+                    chunk, first = chunk.removeprefix(codecs.BOM_UTF8), False
+                try:
+                    yield chunk.decode("utf-8"), None
+                except UnicodeDecodeError as exc:
+                    text = chunk.decode("utf-8", "replace")
+                    if errors == "replace":
+                        yield text, None
+                    else:
+                        yield (
+                            text,
+                            (
+                                f"not valid UTF-8 (byte 0x{chunk[exc.start]:02x} at byte "
+                                f"{exc.start + 1} of the line); fix the file, or set data.errors: "
+                                "replace to read such bytes as U+FFFD"
+                            ),
+                        )
+
     @contextmanager
     def text(self, newline: str | None = None) -> Iterator[IO[str]]:
         """The decoded text (undecodable bytes become U+FFFD, never a crash)."""
@@ -110,6 +147,7 @@ class FileLoader:
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.source = Source(str(options["path"]), context, str(options.get("encoding", "utf-8")))
+        self.errors = str(options.get("errors", "strict"))
         self.label = self.source.label
         self.path = self.source.path
         self.encoding = self.source.encoding

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, ClassVar
 
 from ...errors import Problem, RecipeError
 from ...values import ComponentContext, SourceRecord
-from .sources import ENCODING_SCHEMA, PATH_SCHEMA, FileLoader
+from .sources import ENCODING_SCHEMA, ERRORS_SCHEMA, PATH_SCHEMA, FileLoader
 
 MAX_CELL = 1 << 30  # characters in one CSV cell
 TRUE = frozenset({"true", "yes", "y", "1", "t"})
@@ -47,6 +48,7 @@ class CsvLoader(FileLoader):
         "properties": {
             "path": PATH_SCHEMA,
             "encoding": ENCODING_SCHEMA,
+            "errors": ERRORS_SCHEMA,
             "delimiter": {
                 "type": "string",
                 "minLength": 1,
@@ -109,7 +111,18 @@ class CsvLoader(FileLoader):
         return csv.reader(fh, dialect=self.dialect, **self.format)
 
     def records(self) -> Iterator[SourceRecord]:
-        with self.source.text(newline="") as fh:
+        # Lines are decoded one by one (Source.lines) so that a bad byte is told at its row;
+        # the numbers of bad lines wait here until the reader has passed them.
+        bad: deque[tuple[int, str]] = deque()
+
+        def lines() -> Generator[str, None, None]:
+            for lineno, (line, why) in enumerate(self.source.lines(self.errors), 1):
+                if why:
+                    bad.append((lineno, why))
+                yield line
+
+        fh = lines()
+        try:
             reader = self._reader(fh)
             names = self.columns
             if self.header:
@@ -123,9 +136,20 @@ class CsvLoader(FileLoader):
                 self.warn(f"data.types names column(s) {self.label} lacks: {', '.join(unknown)}")
             width = len(names)
             line = reader.line_num
+            while bad and bad[0][0] <= line:  # in the header: its names keep U+FFFD
+                at, message = bad.popleft()
+                self.warn(f"{self.label}:{at}: the header is {message}")
+
             for cells in _rows(reader):
                 where = f"{self.label}:{line + 1}"
                 line = reader.line_num
+                why = None
+                while bad and bad[0][0] <= line:
+                    _, found = bad.popleft()
+                    why = why or found
+                if why:
+                    yield SourceRecord(None, where, f"{where}: {why}")
+                    continue
                 if isinstance(cells, csv.Error):
                     yield SourceRecord(None, where, f"{where}: {cells}")
                     continue
@@ -145,6 +169,8 @@ class CsvLoader(FileLoader):
                     yield SourceRecord(None, where, f"{where}: {error}")
                     continue
                 yield SourceRecord(data, where)
+        finally:
+            fh.close()  # the file closes now, not at garbage collection
 
     def _convert(self, data: dict[str, Any]) -> str | None:
         for column, convert in self.types.items():

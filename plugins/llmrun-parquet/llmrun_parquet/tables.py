@@ -3,8 +3,10 @@
 Readers of a folder dataset (pyarrow, pandas, DuckDB, Spark) take the columns and types of one
 file for all of them, so every part the writer leaves must have the same schema. Types only
 ever widen: null -> anything, integer -> float, anything else that disagrees -> string (the
-value's JSON text). Nested values (objects, lists) are stored as JSON text, so rows whose
-nested fields differ still share one schema.
+value's JSON text). A column whose values are all lists of numbers (embedding vectors) is a
+list of float64, so readers get vectors, not text; other nested values (objects, lists of
+anything else) are stored as JSON text, so rows whose nested fields differ still share one
+schema.
 """
 
 from __future__ import annotations
@@ -21,9 +23,20 @@ def _json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+def _is_vector(value: Any) -> bool:
+    """A list of numbers (bools are not numbers here)."""
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value
+    )
+
+
 def _column(values: list[Any]) -> pa.Array:
     import pyarrow as pa
 
+    present = [v for v in values if v is not None]
+    if present and all(_is_vector(v) for v in present):
+        vectors = [None if v is None else [float(x) for x in v] for v in values]
+        return pa.array(vectors, pa.list_(pa.float64()))
     plain = [_json_text(v) if isinstance(v, (dict, list, tuple)) else v for v in values]
     try:
         return pa.array(plain)
@@ -82,7 +95,13 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     columns = []
     for field in schema:
         if field.name in table.column_names:
-            columns.append(table.column(field.name).cast(field.type))
+            column = table.column(field.name)
+            if pa.types.is_list(column.type) and not pa.types.is_list(field.type):
+                # Vectors in one part, other values in another: all become JSON text.
+                text = [None if v is None else _json_text(v) for v in column.to_pylist()]
+                columns.append(pa.array(text, field.type))
+                continue
+            columns.append(column.cast(field.type))
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.table(columns, schema=schema)

@@ -143,8 +143,40 @@ def test_writer_keeps_one_schema_across_parts(tmp_path: Path) -> None:
         {"id": "a", "cost": None, "fields": '{"label": "x"}', "extra": None},
         {"id": "b", "cost": "2", "fields": None, "extra": None},
         {"id": "c", "cost": "0.5", "fields": None, "extra": True},
-        {"id": "d", "cost": "n/a", "fields": "[1, 2]", "extra": None},
+        {"id": "d", "cost": "n/a", "fields": "[1.0, 2.0]", "extra": None},
     ]
+
+
+def test_vectors_are_lists_of_floats(tmp_path: Path) -> None:
+    writer = ParquetWriter({"path": "out.parquet", "row_group_size": 2}, context(tmp_path))
+    writer.open()
+    writer.write([{"id": "a", "vector": [0.25, -1, 3e-7]}, {"id": "b", "vector": None}])
+    writer.write([{"id": "c", "vector": [2, 0]}, {"id": "d", "tags": ["x", "y"], "vector": []}])
+    writer.close()
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.schema.field("vector").type == pa.list_(pa.float64())
+    assert table.schema.field("tags").type == pa.string()  # not numbers: JSON text
+    assert [r["vector"] for r in table.to_pylist()] == [[0.25, -1.0, 3e-7], None, [2.0, 0.0], []]
+
+
+def test_export_of_embeddings_through_the_cli(tmp_path: Path) -> None:
+    rows = [
+        {"id": f"p{i}", "status": "ok", "response": {"vector": [i / 4, -i, 0.5]}} for i in range(4)
+    ]
+    (tmp_path / "out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    llmrun_cli = Path(sys.executable).with_name("llmrun")
+    proc = subprocess.run(
+        [str(llmrun_cli), "export", "out.jsonl", "--to", "parquet", "--fields", "id,response"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "LLMRUN_PLUGINS"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.schema.field("response.vector").type == pa.list_(pa.float64())
+    assert table.column("response.vector").to_pylist() == [[i / 4, -i, 0.5] for i in range(4)]
 
 
 def test_writer_used_like_export_without_reading_open(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ RUN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "max_retries": 5,
         "timeout_s": 120.0,
         "connect_timeout_s": 10.0,
+        "max_response_bytes": 64 * 1024 * 1024,
         "drain_s": 30.0,
         "requests_per_minute": None,
         "mode": "direct",
@@ -93,6 +94,8 @@ class RunSettings:
     # run.adaptive: true, written out: the slow start even when the endpoint is local
     slow_start_local: bool = False
     budget_usd: float | None = None
+    # The largest answer body, as received and once decoded (llmrun.wire.bounds).
+    max_response_bytes: int = 64 * 1024 * 1024
 
     @property
     def limited(self) -> bool:
@@ -360,6 +363,7 @@ def build_recipe(
             ),
             slow_start_local=run["adaptive"] is True,
             budget_usd=None if run["budget_usd"] is None else float(run["budget_usd"]),
+            max_response_bytes=int(run["max_response_bytes"]),
         ),
         postprocess=tuple(posts),
         output_path=(base / str(output_section["path"])).resolve(),

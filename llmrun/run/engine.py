@@ -45,6 +45,7 @@ from ..recipe.selection import selection_of
 from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor
 from ..values import ComponentContext, Prompt, SourceRecord
+from ..wire.bounds import AnswerLimits
 from ..wire.transport import default_transport
 from .budget import Budget
 from .calls import Caller, CallFailed, NotSent, Outcome
@@ -166,6 +167,7 @@ class Engine:
             transport = self.provider.transport() or default_transport(
                 max_connections=self.recipe.run.concurrency,
                 connect_timeout_s=self.recipe.run.connect_timeout_s,
+                limits=AnswerLimits(max_response_bytes=self.recipe.run.max_response_bytes),
             )
             caller = self._make_caller(transport)
             self._caller = caller

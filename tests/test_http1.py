@@ -83,7 +83,9 @@ def server_factory() -> Iterator[type[ScriptedServer]]:
         server.close()
 
 
-def send_all(port: int, count: int, method: str = "POST", pause_s: float = 0) -> list[httpx.Response]:
+def send_all(
+    port: int, count: int, method: str = "POST", pause_s: float = 0
+) -> list[httpx.Response]:
     async def main() -> list[httpx.Response]:
         transport = Http1Transport(max_connections=4, connect_timeout_s=5)
         try:

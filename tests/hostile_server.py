@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import threading
 import zlib
 from collections.abc import Callable
@@ -75,6 +76,7 @@ def gzip_bomb(inflated: int) -> bytes:
 @dataclass
 class HostileServer:
     behaviour: Behaviour
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this server context
     sock: socket.socket = field(init=False)
     port: int = field(init=False)
     connections: int = 0
@@ -89,7 +91,8 @@ class HostileServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1"
 
     def __enter__(self) -> HostileServer:
         return self
@@ -111,6 +114,8 @@ class HostileServer:
     def _handle(self, conn: socket.socket, connection: int) -> None:
         buffer, number = b"", 0
         try:
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
             with conn:
                 while True:
                     while b"\r\n\r\n" not in buffer:
@@ -138,5 +143,8 @@ class HostileServer:
                     if not self.behaviour(exchange):
                         return
                     number += 1
-        except OSError:  # the client gave up on an endless answer: that is the point
+        except (
+            OSError,
+            ssl.SSLError,
+        ):  # the client gave up on an endless answer: that is the point
             return

@@ -49,7 +49,7 @@ async def main() -> None:
         for i in counter:
             if deadline and time.monotonic() > deadline:
                 return
-            rec = record(i)
+            rec = record(i, args.realistic)
             prompt = Prompt(rec["id"], messages(rec), GENERATION)
             try:
                 response = await transport.send(provider.build_request(prompt, API_KEY), 120)

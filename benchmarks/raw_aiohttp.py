@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 
 import aiohttp
@@ -18,7 +19,8 @@ async def main() -> None:
     args = parse_args(__doc__ or "")
     url = args.url.rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    tls = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+    connector = aiohttp.TCPConnector(limit=args.concurrency, ssl=tls if tls else True)
     counter = iter(range(args.records))
     ok = errors = 0
     deadline = 0.0
@@ -28,7 +30,7 @@ async def main() -> None:
         for i in counter:
             if deadline and time.monotonic() > deadline:
                 return
-            data = json.dumps(body(record(i))).encode()
+            data = json.dumps(body(record(i, args.realistic))).encode()
             try:
                 async with session.post(url, data=data, headers=headers) as resp:
                     reply = json.loads(await resp.read())

@@ -12,6 +12,7 @@ import httpx
 
 from ..components import Transport
 from ..errors import CallError
+from ..jsonio import dumps, loads
 from ..recipe.load import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
 from ..wire.requests import KeyedRequests
@@ -170,18 +171,15 @@ class OpenAIShaped:
         raise NotImplementedError
 
     def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
-        # backslashreplace: a lone surrogate from the input goes out as its JSON escape.
-        content = json.dumps(self.body(prompt), ensure_ascii=False).encode(
-            "utf-8", "backslashreplace"
-        )
-        return self._headers.post(content, api_key)
+        # jsonio.dumps: a lone surrogate from the input goes out as its JSON escape.
+        return self._headers.post(dumps(self.body(prompt)), api_key)
 
     def parse_response(self, response: httpx.Response) -> Reply:
         status = response.status_code
         if status >= 300:
             raise error_from(response)
         try:
-            data = json.loads(response.content)
+            data = loads(response.content)
             if not isinstance(data, dict):
                 raise TypeError("the body is not a JSON object")
             reply = self.reply_from_body(data)

@@ -13,6 +13,7 @@ from typing import IO, Any, ClassVar
 
 from ..hookspecs import Register, hookimpl
 from ..job.store import now_iso
+from ..jsonio import row_line
 from ..values import ComponentContext
 
 
@@ -30,7 +31,7 @@ class JsonlWriter:
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.path = (context.base_dir / str(options["path"])).resolve()
-        self._fh: IO[str] | None = None
+        self._fh: IO[bytes] | None = None
         self._warn = context.warn
 
     def open(self) -> Iterator[Mapping[str, Any]]:
@@ -45,11 +46,9 @@ class JsonlWriter:
                         continue  # a damaged line in the middle: its record runs again
                     if isinstance(row, dict) and "id" in row:
                         yield row
-        # A lone surrogate (from "\ud800" in the input JSON) cannot be UTF-8: written as the
-        # JSON escape it came from, the row stays valid JSON instead of failing the run.
-        self._fh = open(  # noqa: SIM115 - closed in close()
-            self.path, "a", encoding="utf-8", errors="backslashreplace"
-        )
+        # Binary: rows arrive encoded (jsonio.row_line writes a lone surrogate from "\ud800"
+        # in the input as the JSON escape it came from, so the row stays valid JSON).
+        self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
 
     def _repair_tail(self) -> None:
         if not self.path.exists():
@@ -90,7 +89,7 @@ class JsonlWriter:
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         assert self._fh is not None, "open() first"
-        self._fh.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+        self._fh.write(b"".join([row_line(r) for r in rows]))
         self._fh.flush()  # to the OS: survives a kill -9 of this process
 
     def sync(self) -> None:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,17 @@ DIGEST = 16  # bytes of blake2b per id: collisions are out of reach (~1e-20 at 1
 
 
 def now_iso() -> str:
-    return (
-        dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    """UTC now as ``2026-01-02T03:04:05.678Z``. Every row takes two, so the date and time are
+    formatted once per second and only the milliseconds per call (issue 14: 4% of the CPU)."""
+    now = time.time()
+    second = int(now)
+    cached = _SECOND
+    if cached[0] != second:
+        cached = _SECOND[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{cached[1]}.{int((now - second) * 1000):03d}Z"
+
+
+_SECOND: list[Any] = [-1, ""]  # [whole second, its formatted date and time]
 
 
 class IdSet:

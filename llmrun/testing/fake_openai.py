@@ -37,6 +37,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -128,8 +129,10 @@ class FakeOpenAI:
         fault: Callable[[RecordedRequest], Fault | None] | None = None,
         port: int = 0,
         record: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.latency_s = latency_s
+        self.tls = tls  # serve HTTPS with this server context (the TLS benchmark)
         self.model = model
         self._api_keys = None if api_keys is None else frozenset(api_keys)
         self._reply = reply
@@ -260,8 +263,11 @@ class FakeOpenAI:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop_event.set)
-        server = await loop.create_server(lambda: Connection(self, loop), sock=sock, backlog=4096)
-        self._url = f"http://{HOST}:{sock.getsockname()[1]}/v1"
+        server = await loop.create_server(
+            lambda: Connection(self, loop), sock=sock, backlog=4096, ssl=self.tls
+        )
+        scheme = "https" if self.tls else "http"
+        self._url = f"{scheme}://{HOST}:{sock.getsockname()[1]}/v1"
         try:
             on_ready()
             await stop_event.wait()
@@ -572,10 +578,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-record", action="store_true", help="keep no per-request list (still counts)"
     )
     parser.add_argument("--stats-file", help='on exit, write {"requests": N} here as JSON')
+    parser.add_argument("--certfile", help="serve HTTPS: a PEM with the key and certificate chain")
     args = parser.parse_args(argv)
 
+    tls = None
+    if args.certfile:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.certfile)
     server = FakeOpenAI(
-        latency_s=args.latency, model=args.model, port=args.port, record=not args.no_record
+        latency_s=args.latency,
+        model=args.model,
+        port=args.port,
+        record=not args.no_record,
+        tls=tls,
     )
 
     def announce() -> None:

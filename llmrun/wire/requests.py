@@ -9,18 +9,19 @@ from typing import Any
 
 import httpx
 
+from ..jsonio import dumps, loads
 from .retry import bad_body
 
 
 def encode(body: Mapping[str, Any]) -> bytes:
     """A request body as UTF-8 JSON (a lone surrogate from the input goes out escaped)."""
-    return json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace")
+    return dumps(body)
 
 
 def decode(response: httpx.Response, what: str) -> dict[str, Any]:
     """A 2xx response's JSON object; a retryable ``bad_response`` CallError when it is not."""
     try:
-        data = json.loads(response.content)
+        data = loads(response.content)
     except ValueError as exc:
         raise bad_body(
             f"{type(exc).__name__} reading {what} ({len(response.content)} bytes)",

@@ -10,9 +10,10 @@ request to the last reply (start-up excluded).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 SYSTEM = "You are terse."
@@ -35,12 +36,13 @@ TEMPLATE = (
     "Review {{ id }} of {{ product }} ({{ stars }} stars, {{ lang }}):\n{{ text }}\n\n"
     "Label the sentiment: positive, negative or neutral."
 )
-_WORDS = (
+_REVIEW = (
     "the battery lasted longer than I expected but the charger broke after a week and support "
     "never answered my emails so I bought another one from a local shop which works fine now "
     "screen colours are bright sound is clear shipping was slow price was fair would maybe buy "
     "again if they fix the hinge that squeaks every time I open the lid in the morning"
-).split()
+)
+_WORDS = _REVIEW.split()
 
 
 def realistic_record(i: int) -> dict[str, Any]:
@@ -72,6 +74,18 @@ def user_prompt(rec: dict[str, Any]) -> str:
     )
 
 
+def records(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """The records to send: read line by line from ``--data`` (as llmrun reads its input, so
+    neither side pays for generating them), else generated."""
+    if args.data:
+        with open(args.data, encoding="utf-8") as fh:
+            for line in itertools.islice(fh, args.records):
+                yield json.loads(line)
+        return
+    for i in range(args.records):
+        yield record(i, args.realistic)
+
+
 def messages(rec: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user_prompt(rec)}]
 
@@ -90,6 +104,9 @@ def parse_args(
     p.add_argument("--records", type=int, required=True)
     p.add_argument("--concurrency", type=int, required=True)
     p.add_argument("--realistic", action="store_true", help="the realistic-row records")
+    p.add_argument(
+        "--data", help="read the records from this JSONL file (run.py's, as llmrun reads it)"
+    )
     p.add_argument("--cafile", help="HTTPS: trust this CA (the benchmark's self-signed one)")
     p.add_argument(
         "--time-limit",

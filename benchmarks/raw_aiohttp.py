@@ -12,7 +12,7 @@ import ssl
 import time
 
 import aiohttp
-from _common import API_KEY, body, parse_args, record, report
+from _common import API_KEY, body, parse_args, records, report
 
 
 async def main() -> None:
@@ -21,16 +21,16 @@ async def main() -> None:
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     tls = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
     connector = aiohttp.TCPConnector(limit=args.concurrency, ssl=tls if tls else True)
-    counter = iter(range(args.records))
+    counter = records(args)
     ok = errors = 0
     deadline = 0.0
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal ok, errors
-        for i in counter:
+        for rec in counter:
             if deadline and time.monotonic() > deadline:
                 return
-            data = json.dumps(body(record(i, args.realistic))).encode()
+            data = json.dumps(body(rec)).encode()
             try:
                 async with session.post(url, data=data, headers=headers) as resp:
                     reply = json.loads(await resp.read())

@@ -266,7 +266,7 @@ class Workspace:
         argv = [sys.executable, str(HERE / script), *options, "--url", url]
         argv += ["--records", str(n), "--concurrency", str(c)]
         if realistic:
-            argv.append("--realistic")
+            argv += ["--realistic", "--data", str(self.data(n, realistic))]
         if self.env.get("SSL_CERT_FILE"):
             argv += ["--cafile", self.env["SSL_CERT_FILE"]]
         if time_limit:

@@ -13,7 +13,7 @@ from typing import IO, Any, ClassVar
 
 from ..hookspecs import Register, hookimpl
 from ..job.store import now_iso
-from ..jsonio import row_line
+from ..jsonio import loads, row_line
 from ..values import ComponentContext
 
 
@@ -41,7 +41,7 @@ class JsonlWriter:
             with open(self.path, encoding="utf-8") as fh:
                 for line in fh:
                     try:
-                        row = json.loads(line)
+                        row = loads(line)
                     except ValueError:
                         continue  # a damaged line in the middle: its record runs again
                     if isinstance(row, dict) and "id" in row:

@@ -29,6 +29,7 @@ Every transport caps what it reads (``bounds.AnswerLimits``) and returns a fully
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import httpx
@@ -156,9 +157,11 @@ async def read_capped(response: httpx.Response, limits: AnswerLimits) -> bytes:
         raise too_large("declared body", limit, "run.max_response_bytes")
     parts: list[bytes] = []
     total = 0
-    async for part in response.aiter_raw():
-        total += len(part)
-        if total > limit:
-            raise too_large("body", limit, "run.max_response_bytes")
-        parts.append(part)
+    # aclosing: a refused body leaves the stream at once, not when the collector finds it.
+    async with contextlib.aclosing(response.aiter_raw()) as stream:
+        async for part in stream:
+            total += len(part)
+            if total > limit:
+                raise too_large("body", limit, "run.max_response_bytes")
+            parts.append(part)
     return b"".join(parts)

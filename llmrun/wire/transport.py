@@ -31,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import AsyncGenerator
+from typing import cast
 
 import httpx
 
@@ -158,7 +160,8 @@ async def read_capped(response: httpx.Response, limits: AnswerLimits) -> bytes:
     parts: list[bytes] = []
     total = 0
     # aclosing: a refused body leaves the stream at once, not when the collector finds it.
-    async with contextlib.aclosing(response.aiter_raw()) as stream:
+    raw = cast(AsyncGenerator[bytes, None], response.aiter_raw())  # an async generator
+    async with contextlib.aclosing(raw) as stream:
         async for part in stream:
             total += len(part)
             if total > limit:

@@ -9,12 +9,19 @@ server managed to write before the client gave up, and the peak RSS of the `llmr
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
 import pytest
+
+from llmrun.wire.http1 import Http1Transport
 
 from .conftest import (
     basic_recipe,
@@ -281,3 +288,36 @@ def test_cr_lf_in_a_request_header_from_the_recipe_is_refused_before_sending(
         assert row["status"] == "error"
         assert row["error"]["type"] == "bad_request"
         assert "'x-note' contains CR, LF or NUL" in row["error"]["message"]
+
+
+def test_bytes_arriving_on_an_idle_connection_close_it(tmp_path: Path) -> None:
+    # Half a stray answer comes while the connection sits idle in the pool; read as the start
+    # of the next answer, it would swallow the real one. The next request must go out on a new
+    # connection and get its own answer.
+    stray = answer("stray")
+
+    def late_extra(ex: Exchange) -> bool:
+        ex.send(answer(ex.record_id))
+        time.sleep(0.1)
+        with contextlib.suppress(OSError):
+            ex.send(stray[: len(stray) // 2])
+        return True
+
+    async def two_calls(url: str) -> list[str]:
+        transport = Http1Transport(max_connections=2, connect_timeout_s=5)
+        texts = []
+        try:
+            for rid in ("r00001", "r00002"):
+                body = json.dumps({"messages": [{"role": "user", "content": f"id={rid}"}]})
+                request = httpx.Request("POST", url + "/chat/completions", content=body.encode())
+                response = await transport.send(request, 5)
+                texts.append(response.json()["choices"][0]["message"]["content"])
+                await anyio.sleep(0.4)
+        finally:
+            await transport.aclose()
+        return texts
+
+    with HostileServer(late_extra) as server:
+        texts = anyio.run(two_calls, server.url)
+    assert texts == ["answer for r00001", "answer for r00002"]
+    assert server.connections == 2

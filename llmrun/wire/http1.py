@@ -110,7 +110,7 @@ class _Connection(asyncio.Protocol):
                 f"the server closed the connection mid-answer{reason}"
             )
         else:
-            error = _Unanswered(f"the server closed the connection without answering{reason}")
+            error = Unanswered(f"the server closed the connection without answering{reason}")
         waiter.set_exception(error)
 
     # -- httptools callbacks --------------------------------------------------------------
@@ -258,12 +258,12 @@ class Http1Transport:
                 # run.timeout_s bounds the answer once connected; connecting has its own.
                 deadline = loop.time() + timeout_s
                 status, headers, body = await self._exchange(loop, conn, data, deadline)
-            except _Unanswered as exc:
+            except Unanswered as exc:
                 conn.close()
                 if reused and method in _IDEMPOTENT:
                     continue  # RFC 9112 §9.3.1: an idempotent request may go again
                 if reused:
-                    raise _Unanswered(
+                    raise Unanswered(
                         f"{exc}; a reused connection, and the server may have seen the "
                         f"{method}, so it is not re-sent here"
                     ) from None
@@ -276,7 +276,7 @@ class Http1Transport:
             else:
                 conn.close()
             return read_response(status, headers, body, request, self._limits)
-        raise _Unanswered("the server closed two connections in a row without answering")
+        raise Unanswered("the server closed two connections in a row without answering")
 
     async def _exchange(
         self,
@@ -376,7 +376,7 @@ def _injection(raw: list[tuple[bytes, bytes]]) -> str:
     return "the request line contains CR, LF or NUL; refused"
 
 
-class _Unanswered(httpx.RemoteProtocolError):
+class Unanswered(httpx.RemoteProtocolError):
     """The connection closed before any byte of the answer (httpx says the same)."""
 
 

@@ -140,6 +140,9 @@ class ProxyTransport:
             timeout_s, connect=self._connect_timeout
         ).as_dict()
         response = await self._client.send(request, stream=True)
+        # The client keeps cookies a server sets; a provider call needs none, and a hostile
+        # server must not grow the jar call after call.
+        self._client.cookies.clear()
         try:
             body = await read_capped(response, self._limits)
         finally:

@@ -21,11 +21,14 @@ _WHERE = {
     "PostprocessError": "errors",
     "Problem": "errors",
     "Prompt": "values",
-    "Recipe": "recipe.load",
+    "Recipe": "recipe.model",
     "RecipeError": "errors",
     "RecordError": "errors",
     "Reply": "values",
     "Result": "values",
+    "Row": "values",
+    "RunEnd": "values",
+    "RunStart": "values",
     "RunAborted": "errors",
     "RunSummary": "job.summary",
     "SourceRecord": "values",
@@ -54,7 +57,10 @@ __all__ = [  # noqa: RUF022
     "RecordError",
     "Reply",
     "Result",
+    "Row",
     "RunAborted",
+    "RunEnd",
+    "RunStart",
     "RunSummary",
     "SourceRecord",
     "TemplateError",
@@ -93,5 +99,16 @@ if TYPE_CHECKING:
         TemplateError,
     )
     from .job.summary import RunSummary
-    from .recipe.load import Recipe, load_recipe
-    from .values import ComponentContext, Prompt, Reply, Result, SourceRecord, Usage
+    from .recipe.load import load_recipe
+    from .recipe.model import Recipe
+    from .values import (
+        ComponentContext,
+        Prompt,
+        Reply,
+        Result,
+        Row,
+        RunEnd,
+        RunStart,
+        SourceRecord,
+        Usage,
+    )

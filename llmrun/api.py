@@ -7,14 +7,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from .access import Access
 from .plugins import Registry, load_registry
-from .recipe.load import Recipe, load_recipe
+from .recipe.load import load_recipe
+from .recipe.model import Recipe
 
 if TYPE_CHECKING:  # the engine (and the HTTP stack) load only when a run starts
     from rich.console import Console
 
     from .job.summary import RunSummary
-    from .run.progress import Mode
+    from .run.engine import Engine
+    from .run.progress import Mode, Progress
 
 
 def open_recipe(
@@ -23,10 +26,13 @@ def open_recipe(
     overrides: Sequence[str] = (),
     registry: Registry | None = None,
     environ: Mapping[str, str] | None = None,
+    access: Access | None = None,
 ) -> tuple[Recipe, Registry]:
-    """Load and validate a recipe with the installed plugins."""
+    """Load and validate a recipe with the installed plugins. ``access`` is what the user
+    allows the recipe beyond its folder (``Access.from_user``; default: nothing)."""
     registry = registry or load_registry()
-    return load_recipe(path, registry, overrides=overrides, environ=environ), registry
+    recipe = load_recipe(path, registry, overrides=overrides, environ=environ, access=access)
+    return recipe, registry
 
 
 async def run_recipe(
@@ -41,6 +47,7 @@ async def run_recipe(
     registry: Registry | None = None,
     environ: Mapping[str, str] | None = None,
     handle_signals: bool = False,
+    access: Access | None = None,
 ) -> RunSummary:
     """Run a recipe to the end and return how it ended.
 
@@ -49,16 +56,15 @@ async def run_recipe(
     RecipeError; a busy output raises LockedError. ``retry_errors`` calls the records of the
     output's error rows again (as ``llmrun run --retry-errors``).
     """
-    from .run.engine import Engine
     from .run.progress import make_progress
 
     if isinstance(recipe, Recipe):
         registry = registry or load_registry()
     else:
         recipe, registry = open_recipe(
-            recipe, overrides=overrides, registry=registry, environ=environ
+            recipe, overrides=overrides, registry=registry, environ=environ, access=access
         )
-    engine = Engine(
+    engine = make_engine(
         recipe,
         registry,
         make_progress(progress, console),
@@ -68,6 +74,32 @@ async def run_recipe(
         handle_signals=handle_signals,
     )
     return await engine.run()
+
+
+def make_engine(
+    recipe: Recipe,
+    registry: Registry,
+    progress: Progress,
+    *,
+    limit: int | None = None,
+    fresh: bool = False,
+    retry_errors: bool = False,
+    handle_signals: bool = True,
+) -> Engine:
+    """The engine for a recipe, with every mode wired in (direct, batch, auto)."""
+    from .batch.runner import run_batches
+    from .run.engine import Engine
+
+    return Engine(
+        recipe,
+        registry,
+        progress,
+        limit=limit,
+        fresh=fresh,
+        retry_errors=retry_errors,
+        handle_signals=handle_signals,
+        batch_phase=run_batches,
+    )
 
 
 def run_recipe_sync(

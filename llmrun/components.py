@@ -125,3 +125,14 @@ class Writer(Component, Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ReadableWriter(Writer, Protocol):
+    """A writer that can also read its output back without changing it: ``status``, ``plan``
+    and the report read the output through ``read`` (JSONL and the parquet folder do). A writer
+    without it still runs; those commands then say they cannot read its output."""
+
+    def read(self) -> Iterator[Mapping[str, Any]]:
+        """The rows already in the output, lazily; nothing is repaired or moved (a torn or
+        damaged row is skipped: resume sends its record again)."""
+        ...

@@ -13,17 +13,19 @@ Registration hooks receive a ``register`` callable::
 matching protocol in ``llmrun.components``. Names are unique across all plugins; a duplicate is
 reported and the later one ignored.
 
-Observer hooks are called by the engine; they must be quick (``record_done`` runs once per
-record, on the writer's path) and must not raise: an observer that raises is reported once and
-then no longer called.
+Observer hooks receive typed values (``llmrun.values``) and are called through pluggy, so
+``tryfirst``, ``trylast`` and wrappers work as in any pluggy host. They must be quick
+(``record_done`` runs once per record, on the writer's path) and should not raise: an observer
+that raises is reported once and then no longer called in that run; the others go on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import pluggy
+
+from .values import Row, RunEnd, RunStart
 
 # The plugin contract's version: the hooks here and the protocols in ``components.py``. It grows
 # by one when a change would break an existing plugin; a plugin states what it needs with a
@@ -69,23 +71,26 @@ def register_writers(register: Register) -> None:
 
 
 @hookspec
-def run_started(run: Mapping[str, Any]) -> None:
+def run_started(run: RunStart) -> None:
     """Called once before the first record is sent.
 
-    ``run`` holds ``recipe`` (name), ``recipe_hash``, ``output`` (path), ``provider``, ``model``,
-    ``resumed`` (rows already in the output) and ``started_at`` (ISO 8601).
+    ``run`` (``llmrun.values.RunStart``) has ``recipe`` (name), ``recipe_hash``, ``output``
+    (path), ``provider``, ``model``, ``resumed`` (rows already in the output) and ``started_at``
+    (ISO 8601), as attributes (and, for plugins written for the first version, as keys).
     """
 
 
 @hookspec
-def record_done(row: Mapping[str, Any]) -> None:
-    """Called for each row right after it is written (the row as in the output; never a key)."""
+def record_done(row: Row) -> None:
+    """Called for each row right after it is written: ``row`` is the row as in the output
+    (``llmrun.values.Row``, docs/output.md; never a key). Quick: it runs on the writer's path."""
 
 
 @hookspec
-def run_finished(summary: Mapping[str, Any]) -> None:
+def run_finished(summary: RunEnd) -> None:
     """Called once at the end of a run, however it ended.
 
-    ``summary`` holds ``status`` ("completed", "interrupted", "aborted", "budget"), the counts
-    (``ok``, ``error``, ``skipped``), ``tokens``, ``elapsed_s`` and ``reason`` when aborted.
+    ``summary`` (``llmrun.values.RunEnd``) has ``status`` ("completed", "interrupted",
+    "aborted", "budget"), ``reason``, the counts (``ok``, ``error``, ``resumed_ok``, ...),
+    ``cost_usd``, ``tokens``, ``elapsed_s`` and ``warnings``: what ``llmrun run --json`` prints.
     """

@@ -305,33 +305,58 @@ def api_problem(plugin: object) -> str | None:
 
 
 class Observers:
-    """Calls the observer hooks impl by impl, so one failing observer cannot stop a run."""
+    """Calls the observer hooks through pluggy (its order, ``tryfirst``/``trylast`` and
+    wrappers hold), each implementation guarded so that one failing observer cannot stop a run
+    or the observers after it: it is reported once, then skipped for the rest of the run."""
+
+    HOOKS = ("run_started", "record_done", "run_finished")
 
     def __init__(self, pm: pluggy.PluginManager | None, warn: Callable[[str], None]) -> None:
+        self._pm = pm
         self._warn = warn
-        self._impls: dict[str, list[Any]] = {}
-        for hook in ("run_started", "record_done", "run_finished"):
-            impls = list(getattr(pm.hook, hook).get_hookimpls()) if pm else []
-            self._impls[hook] = impls
+        self._failed: set[tuple[str, str]] = set()  # (plugin name, hook)
+        self._has: dict[str, bool] = {}
+        for hook in self.HOOKS:
+            impls = getattr(pm.hook, hook).get_hookimpls() if pm is not None else []
+            for impl in impls:
+                if not (impl.hookwrapper or impl.wrapper):
+                    self._guard(hook, impl)
+            self._has[hook] = bool(impls)
 
     @property
     def wants_records(self) -> bool:
-        return bool(self._impls["record_done"])
+        return self._has["record_done"]
 
-    def call(self, hook: str, arg: Mapping[str, Any]) -> None:
-        impls = self._impls[hook]
-        if not impls:
+    def call(self, hook: str, **kwargs: Any) -> None:
+        if self._pm is None or not self._has[hook]:
             return
-        argname = {"run_started": "run", "record_done": "row", "run_finished": "summary"}[hook]
-        for impl in list(impls):
+        try:
+            getattr(self._pm.hook, hook)(**kwargs)
+        except Exception as exc:  # a wrapper raised: it is the plugin's, never the run's
+            self._has[hook] = False
+            self._warn(f"observer wrapper of {hook} raised {_one_line(exc)}; {hook} is off now")
+
+    def _guard(self, hook: str, impl: Any) -> None:
+        # A manager serves one run at a time; a registry reused for another run gets new guards
+        # around the same functions.
+        function = getattr(impl.function, "__llmrun_observed__", impl.function)
+        key = (impl.plugin_name, hook)
+
+        def guarded(*args: Any) -> Any:
+            if key in self._failed:
+                return None
             try:
-                impl.function(**{argname: arg})
+                return function(*args)
             except Exception as exc:
-                impls.remove(impl)
+                self._failed.add(key)
                 self._warn(
                     f"observer {impl.plugin_name}.{hook} raised {_one_line(exc)}; "
                     "it is not called again in this run"
                 )
+                return None
+
+        guarded.__llmrun_observed__ = function  # type: ignore[attr-defined]
+        impl.function = guarded
 
 
 def _selected_entry_points() -> list[metadata.EntryPoint]:
@@ -379,4 +404,20 @@ def build_component(registry: Registry, kind: str, spec: Any, context: Any) -> A
     """The component a recipe section names (a ``recipe.ComponentSpec``), built with its
     options and the recipe's ``ComponentContext``."""
     cls = registry.get(kind, spec.name).cls
+    runs_code = getattr(cls, "runs_code", None)
+    what = runs_code(spec.options) if callable(runs_code) else None
+    access = getattr(context, "access", None)
+    if what and not getattr(access, "trust", False):
+        # The one gate every command goes through: code a recipe names is never imported
+        # unless the user trusts the recipe (never the recipe itself).
+        from .errors import Problem, RecipeError
+
+        raise RecipeError([Problem(untrusted_message(what), spec.where)])
     return cls(spec.options, context)
+
+
+def untrusted_message(what: str) -> str:
+    return (
+        f"the recipe names code to run ({what}); it is not run unless you trust this recipe: "
+        "pass --trust, or add its path (a glob) to LLMRUN_TRUST"
+    )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
+
+from .access import Access
 
 
 @dataclass(slots=True)
@@ -128,3 +130,105 @@ class ComponentContext:
     base_dir: Path  # the recipe's folder: relative paths resolve against it
     recipe_name: str
     warn: Callable[[str], None] = field(default=lambda message: None)
+    # The user's opt-ins (llmrun.access): which folders beyond base_dir a component may read,
+    # whether code the recipe names may run. The default allows neither.
+    access: Access = field(default_factory=Access)
+
+    def readable(self, path: Path | str, what: str) -> Path:
+        """``path`` resolved against the recipe's folder, or OutsideError (a ValueError) when
+        it leaves the folders the recipe may read (symlinks resolved)."""
+        return self.access.scope(self.base_dir).check(path, what)
+
+
+def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"fields": {"a": 1}}`` -> ``{"fields.a": 1}``; lists and empty objects stay values."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+# -- what the observer hooks receive (hookspecs.py) -------------------------------------------
+
+
+class RowError(TypedDict, total=False):
+    """An error row's ``error`` (docs/output.md)."""
+
+    type: str
+    message: str
+    retryable: bool
+    status: int
+    where: str
+
+
+class Row(TypedDict):
+    """An output row, as written and as ``record_done`` receives it (docs/output.md)."""
+
+    id: str
+    status: Literal["ok", "error"]
+    text: str | None
+    fields: dict[str, Any]
+    error: RowError | None
+    response: dict[str, Any] | None
+    record: dict[str, Any] | None
+    attempts: int
+    latency_s: float | None
+    cost_usd: float | None
+    started_at: str
+    finished_at: str
+    recipe_hash: str
+
+
+class _Fields(Mapping[str, Any]):
+    """Read a frozen dataclass's fields as a mapping too: observers written for the plugin API's
+    first version read ``run["recipe"]``; typed ones read ``run.recipe``."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:  # type: ignore[attr-defined]
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.__dataclass_fields__)  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, eq=False)
+class RunStart(_Fields):
+    """What ``run_started`` receives: the run about to send its first record."""
+
+    recipe: str  # the recipe's name
+    recipe_hash: str
+    output: str
+    provider: str
+    model: str | None
+    resumed: int  # rows already in the output
+    started_at: str  # ISO 8601
+
+
+@dataclass(frozen=True, eq=False)
+class RunEnd(_Fields):
+    """What ``run_finished`` receives: how the run ended (also ``llmrun run --json``)."""
+
+    status: Literal["completed", "interrupted", "aborted", "budget"]
+    reason: str | None
+    output: str
+    ok: int
+    error: int
+    resumed_ok: int
+    resumed_error: int
+    total: int | None
+    retries: int
+    retries_by_code: dict[str, int]
+    errors_by_code: dict[str, int]
+    cost_usd: float
+    job_cost_usd: float
+    tokens: dict[str, int]  # {"input": N, "output": N}
+    elapsed_s: float
+    warnings: list[str]

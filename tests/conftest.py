@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -78,3 +80,29 @@ def llmrun_command() -> list[str]:
     """The installed console script beside this Python (or `python -m llmrun` without one)."""
     script = Path(sys.executable).parent / "llmrun"
     return [str(script)] if script.exists() else [sys.executable, "-m", "llmrun"]
+
+
+def read_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """A command that only reads (validate, plan, status, schema) run in this process through
+    the CLI's own ``main``: the same parsing, messages and exit codes as ``run_cli`` without a
+    second of interpreter start-up per call. ``timeout`` is accepted for symmetry only."""
+    from llmrun.commands.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    try:
+        os.environ.update(env or {})
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors, as the process would exit
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["llmrun", *args], code, out.getvalue(), err.getvalue())

@@ -444,7 +444,17 @@ def test_the_docs_snippet_runs(tmp_path: Path) -> None:
     with FakeAnthropic(api_keys={KEY}) as srv:
         recipe["provider"]["base_url"] = srv.url
         path = write_recipe(tmp_path, recipe)
-        result = run_cli("run", str(path), cwd=tmp_path, env={"ANTHROPIC_API_KEY": KEY})
+        # The key of api.anthropic.com goes to the fake server only once the user confirms it.
+        refused = run_cli("run", str(path), cwd=tmp_path, env={"ANTHROPIC_API_KEY": KEY})
+        assert refused.returncode == 2 and "--allow-host 127.0.0.1" in refused.stderr
+        result = run_cli(
+            "run",
+            str(path),
+            "--allow-host",
+            "127.0.0.1",
+            cwd=tmp_path,
+            env={"ANTHROPIC_API_KEY": KEY},
+        )
     assert result.returncode == 0, result.stderr
     assert srv.requests[0].body["system"].startswith("You label sentiment.")
     rows = read_jsonl(tmp_path / "out/sentiment-claude.jsonl")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from llmrun.builtins.azure import AzureOpenAIChat
-from llmrun.recipe.load import freeze
+from llmrun.recipe.model import freeze
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.values import ComponentContext, Prompt
 
@@ -51,7 +51,9 @@ def test_a_run_against_a_deployment_with_a_bearer_token(tmp_path: Path):
         recipe = write_recipe(
             tmp_path, basic_recipe(azure(server, auth="bearer"), generation={"temperature": 0})
         )
-        result = run_cli("run", str(recipe), cwd=tmp_path, env={"AZURE_OPENAI_AD_TOKEN": KEY})
+        env = {"AZURE_OPENAI_AD_TOKEN": KEY}
+        # An Azure token goes to *.openai.azure.com only, unless the user confirms the host.
+        result = run_cli("run", str(recipe), "--allow-host", "127.0.0.1", cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stderr
         assert len(server.requests) == 4
         for request in server.requests:

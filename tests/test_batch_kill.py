@@ -11,6 +11,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from llmrun.batch.journal import KILL_ENV
 from llmrun.testing.fake_batches import FakeBatches
 
@@ -61,6 +63,7 @@ def scenario(step: str, folder: Path) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_kill_at_every_step_then_resume() -> None:
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=4) as pool:
         folders = [Path(tmp) / f"s{i}" for i in range(len(STEPS))]

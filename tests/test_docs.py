@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import subprocess
@@ -33,6 +34,24 @@ def test_every_hook_is_documented_with_a_section() -> None:
     text = (ROOT / "docs/plugins.md").read_text(encoding="utf-8")
     missing = [h for h in HOOKS if f"## `{h}`" not in text]
     assert not missing, f"docs/plugins.md lacks a section for: {missing}"
+
+
+def test_every_hook_is_documented_with_its_signature() -> None:
+    """The section opens with the hook's call as the code declares it: its parameters, and for
+    an observer the type of what it receives."""
+    text = (ROOT / "docs/plugins.md").read_text(encoding="utf-8")
+    wrong = []
+    for name in HOOKS:
+        spec = inspect.signature(getattr(hookspecs, name))
+        call = f"`{name}({', '.join(spec.parameters)})`"
+        section = text.split(f"## `{name}`", 1)[-1].split("\n## ", 1)[0]
+        if call not in section:
+            wrong.append(f"{name}: the section does not show {call}")
+        for param in spec.parameters.values():
+            annotation = str(param.annotation)
+            if not annotation.startswith("Register") and f"`{annotation}`" not in section:
+                wrong.append(f"{name}: the section does not name the type `{annotation}`")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_every_hook_has_a_test() -> None:

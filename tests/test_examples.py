@@ -68,9 +68,9 @@ def test_sentiment(copy: Path) -> None:
 
 
 def test_extraction_reasks_until_the_json_fits_the_schema(copy: Path) -> None:
-    provider = "{name: mock, json_schema_file: ../schemas/contact.schema.json, bad_replies: 1}"
+    provider = "{name: mock, json_schema_file: data/contact.schema.json, bad_replies: 1}"
     rows = run_example(copy, "extraction.yaml", provider)
-    schema = json.loads((copy.parent / "schemas/contact.schema.json").read_text(encoding="utf-8"))
+    schema = json.loads((copy / "data/contact.schema.json").read_text(encoding="utf-8"))
     assert len(rows) == 6
     for row in rows:
         assert row["status"] == "ok"

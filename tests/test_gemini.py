@@ -211,7 +211,8 @@ def test_the_docs_snippet_runs(tmp_path: Path) -> None:
     with FakeGemini(api_keys={KEY}) as srv:
         recipe["provider"]["base_url"] = srv.url
         path = write_recipe(tmp_path, recipe)
-        result = run_cli("run", str(path), cwd=tmp_path, env={"GEMINI_API_KEY": KEY})
+        env = {"GEMINI_API_KEY": KEY}  # the key of Google's host: the user confirms the fake's
+        result = run_cli("run", str(path), "--allow-host", "127.0.0.1", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert srv.count() == 1
     rows = read_jsonl(tmp_path / recipe["output"]["path"])

@@ -12,7 +12,7 @@ import yaml
 
 from llmrun.testing.fake_openai import FakeOpenAI
 
-from .conftest import llmrun_command, read_jsonl, run_cli, write_jsonl
+from .conftest import llmrun_command, read_cli, read_jsonl, run_cli, write_jsonl
 
 
 def test_init_defaults_write_a_recipe_and_sample_data_that_run(tmp_path: Path):
@@ -24,7 +24,7 @@ def test_init_defaults_write_a_recipe_and_sample_data_that_run(tmp_path: Path):
     schema = Path(first.split("$schema=", 1)[1])
     assert schema.is_file() and schema.name == "recipe.schema.json"  # offline: a local file
     assert len(read_jsonl(tmp_path / "data.jsonl")) == 3
-    validate = run_cli("validate", str(recipe))
+    validate = read_cli("validate", str(recipe))
     assert validate.returncode == 0, validate.stderr
     run = run_cli("run", str(recipe), "--quiet")
     assert run.returncode == 0, run.stderr
@@ -67,7 +67,10 @@ def test_init_from_flags_against_a_local_server(tmp_path: Path, fake_openai: Fak
         "base_url": fake_openai.url,
     }
     assert not (tmp_path / "jobs" / "data.jsonl").exists()  # data was given
-    run = run_cli("run", str(recipe), "--quiet")
+    # The data sits outside the recipe's folder: the user allows that folder to be read.
+    refused = run_cli("run", str(recipe), "--quiet")
+    assert refused.returncode == 2 and "--allow-read" in refused.stderr
+    run = run_cli("run", str(recipe), "--quiet", "--allow-read", str(tmp_path))
     assert run.returncode == 0, run.stderr
     assert fake_openai.count() == 2
     assert {r["id"] for r in read_jsonl(tmp_path / "jobs" / "out" / "label.jsonl")} == {"a", "b"}
@@ -79,7 +82,7 @@ def test_init_openai_preset_reads_the_key_from_the_environment(tmp_path: Path):
     text = (tmp_path / "recipe.yaml").read_text(encoding="utf-8")
     assert 'api_keys: ["${OPENAI_API_KEY}"]' in text
     assert yaml.safe_load(text)["provider"]["model"] == "gpt-4o-mini"
-    missing = run_cli("validate", "recipe.yaml", cwd=tmp_path, env={"OPENAI_API_KEY": ""})
+    missing = read_cli("validate", "recipe.yaml", cwd=tmp_path, env={"OPENAI_API_KEY": ""})
     assert missing.returncode == 0, missing.stderr
 
 

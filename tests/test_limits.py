@@ -416,6 +416,7 @@ def test_adaptive_mode_reads_announced_limits(tmp_path: Path) -> None:
     assert limit.limited == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retry_after", [False, True], ids=["bare-429", "retry-after"])
 def test_adaptive_mode_finds_an_unannounced_limit(tmp_path: Path, retry_after: bool) -> None:
     # 429s and no x-ratelimit-* headers: the pace drops to what was succeeding and the run

@@ -368,7 +368,7 @@ def test_files_loader_folder_glob_and_read_modes(tmp_path: Path):
 
 
 def test_inline_records(tmp_path: Path):
-    from llmrun.recipe.load import freeze
+    from llmrun.recipe.model import freeze
 
     inline = loader("inline", tmp_path, records=freeze([{"id": 1, "tags": ["x"]}, {"id": 2}]))
     records = list(inline.records())

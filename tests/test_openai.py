@@ -13,7 +13,7 @@ import pytest
 
 from llmrun.builtins.openai import OpenAIChat
 from llmrun.errors import RecordError
-from llmrun.recipe.load import freeze
+from llmrun.recipe.model import freeze
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 from llmrun.values import ComponentContext, Prompt
 

@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 
 from llmrun.builtins.openai_embeddings import OpenAIEmbeddings
-from llmrun.recipe.load import freeze
+from llmrun.recipe.model import freeze
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.values import ComponentContext, Prompt
 
@@ -105,7 +105,8 @@ def test_one_recipe_many_providers(tmp_path: Path, specs: Specs, name: str):
         if not any(env.values()):
             provider["api_keys"] = [KEY]
         recipe = write_recipe(tmp_path, basic_recipe(provider, generation=GENERATION))
-        result = run_cli("run", str(recipe), cwd=tmp_path, env=env)
+        # The key of a known service goes to the fake server only once the host is confirmed.
+        result = run_cli("run", str(recipe), "--allow-host", "127.0.0.1", cwd=tmp_path, env=env)
         assert result.returncode == 0, result.stderr
         requests = list(server.requests)
     assert len(requests) == 3

@@ -18,13 +18,13 @@ from llmrun.recipe.load import load_recipe
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.values import SourceRecord
 
-from .conftest import basic_recipe, make_records, run_cli, write_jsonl, write_recipe
+from .conftest import basic_recipe, make_records, read_cli, write_jsonl, write_recipe
 
 PRICES = {"priced-model": {"input": 1.0, "output": 2.0, "batch": 0.5}}
 
 
 def plan_json(recipe: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    result = run_cli("plan", str(recipe), "--json", *args, env=env)
+    result = read_cli("plan", str(recipe), "--json", *args, env=env)
     assert result.returncode == 0, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data
@@ -91,7 +91,7 @@ def test_plan_text_output_and_limits(tmp_path: Path):
             run={"concurrency": 4, "requests_per_minute": 60},
         ),
     )
-    result = run_cli("plan", str(recipe))
+    result = read_cli("plan", str(recipe))
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert "records:   120 (0 already done, 120 to send)" in text
@@ -158,7 +158,7 @@ def test_plan_warnings(tmp_path: Path):
     assert "1 record(s) have no 'id' field (data.id) (data.jsonl:5)" in warnings
     assert plan["records"] == 6 and plan["unreadable"] == 1 and plan["to_send"] == 4
 
-    unset = run_cli("plan", str(recipe), env={"PLAN_KEY_X": "1"})
+    unset = read_cli("plan", str(recipe), env={"PLAN_KEY_X": "1"})
     assert unset.returncode == 0, unset.stderr
     assert "environment variable ${PLAN_KEY} is not set" in unset.stdout
 
@@ -250,23 +250,30 @@ def test_plan_limit_missing_data_and_secrets(tmp_path: Path):
     env = {"PLAN_SECRET": secret + "-env"}
     limited = plan_json(recipe, "--limit", "3", env=env)
     assert limited["records"] == 3 and limited["to_send"] == 3
-    text = run_cli("plan", str(recipe), env=env)
-    json_out = run_cli("plan", str(recipe), "--json", env=env)
+    text = read_cli("plan", str(recipe), env=env)
+    json_out = read_cli("plan", str(recipe), "--json", env=env)
     for result in (text, json_out):
         assert result.returncode == 0, result.stderr
         assert secret not in result.stdout + result.stderr
-    missing = run_cli("plan", str(recipe), "--set", "data.path=nowhere.jsonl", env=env)
+    missing = read_cli("plan", str(recipe), "--set", "data.path=nowhere.jsonl", env=env)
     assert missing.returncode == 2
     assert "data: cannot read the data" in missing.stderr and "nowhere.jsonl" in missing.stderr
 
 
 class OtherWriter:
-    """A writer plan cannot read without opening: "already done" is unknown."""
+    """A writer without read(): plan cannot read its output, so "already done" is unknown.
+    Building it is fine (constructors do no I/O); opening or writing is not."""
 
     options_schema: Mapping[str, Any] = {"type": "object"}
 
     def __init__(self, options: Mapping[str, Any], context: Any) -> None:
-        raise AssertionError("plan must not build the writer")
+        pass
+
+    def open(self) -> Any:
+        raise AssertionError("plan must not open the writer")
+
+    def write(self, rows: Any) -> None:
+        raise AssertionError("plan must not write")
 
 
 def test_plan_with_a_writer_it_cannot_read(tmp_path: Path, llmrun_registry: Any):
@@ -288,7 +295,7 @@ def test_plan_with_a_writer_it_cannot_read(tmp_path: Path, llmrun_registry: Any)
     )
     plan = make_plan(recipe, registry)
     assert plan.done is None and plan.to_send == 3
-    assert plan.warnings[0].startswith("the 'other' writer's output cannot be read")
+    assert plan.warnings[0].startswith("the 'other' writer cannot read its output back")
 
 
 def test_plan_counts_the_few_shot_examples_the_run_sends(tmp_path: Path):

@@ -25,6 +25,9 @@ import pytest
 
 from .conftest import read_jsonl, write_jsonl
 
+# Slow (builds distributions in a fresh environment): `-m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 PARQUET = ROOT / "plugins" / "llmrun-parquet"
 HF = ROOT / "plugins" / "llmrun-hf"
@@ -147,6 +150,7 @@ print(json.dumps(len(rows)))
 READ_OUTPUT = """
 import json, sys
 import pyarrow.parquet as pq
+
 table = pq.read_table(sys.argv[1])
 print(json.dumps({"rows": table.to_pylist(), "columns": table.column_names}))
 """
@@ -175,6 +179,28 @@ def test_a_recipe_reads_and_writes_parquet_through_the_cli(venv: Venv, tmp_path:
     assert {r["status"] for r in rows} == {"ok"}
     assert {r["text"] for r in rows} <= {"positive", "negative"}
     assert json.loads(rows[0]["record"]).keys() == {"id", "text"}  # columns: [id, text]
+
+
+def test_status_and_plan_read_a_parquet_output_through_its_writer(
+    venv: Venv, tmp_path: Path
+) -> None:
+    assert venv.python(MAKE_DATA, str(tmp_path / "data.parquet")) == 40
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(PARQUET_RECIPE, encoding="utf-8")
+    first = venv.run("llmrun", "run", str(recipe), "--limit", "25", "--quiet")
+    assert first.returncode == 0, first.stderr
+    # A folder of parts, read by the parquet writer's read(): never opened as a file.
+    status = venv.run("llmrun", "status", str(recipe), "--json")
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert (report["rows"], report["ok"], report["total"], report["remaining"]) == (25, 25, 40, 15)
+    plan = venv.run("llmrun", "plan", str(recipe), "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert (json.loads(plan.stdout)["done"], json.loads(plan.stdout)["to_send"]) == (25, 15)
+    # Rewriting in place is for the JSONL output: refused before anything changes.
+    again = venv.run("llmrun", "run", str(recipe), "--retry-errors", "--quiet")
+    assert again.returncode == 2
+    assert "only the jsonl writer's output allows" in again.stderr
 
 
 def test_a_bad_plugin_option_is_located_by_validate(venv: Venv, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from llmrun.errors import PostprocessError, RecipeError
 from llmrun.plugins import load_registry
-from llmrun.recipe.load import freeze
+from llmrun.recipe.model import freeze
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.values import ComponentContext, Reply, Result
 
@@ -253,7 +253,7 @@ def test_chain_end_to_end_and_errors_keep_the_reply(tmp_path: Path) -> None:
             encoding="utf-8",
         )
         path = write_recipe(tmp_path, recipe)
-        done = run_cli("run", str(path), "--quiet")
+        done = run_cli("run", str(path), "--quiet", "--trust")
     assert done.returncode == 1, done.stderr
     rows = {r["id"]: r for r in read_jsonl(tmp_path / "out.jsonl")}
     assert rows["r1"]["status"] == "ok"

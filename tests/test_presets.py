@@ -12,11 +12,11 @@ from llmrun.api import open_recipe
 from llmrun.builtins.openai import OpenAIChat
 from llmrun.builtins.openai_presets import PRESETS
 from llmrun.errors import RecipeError
-from llmrun.recipe.load import freeze
+from llmrun.recipe.model import freeze
 from llmrun.run.engine import build_component
 from llmrun.values import ComponentContext, Prompt
 
-from .conftest import basic_recipe, run_cli, write_jsonl, write_recipe
+from .conftest import basic_recipe, read_cli, write_jsonl, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = [{"role": "user", "content": "hi"}]
@@ -130,7 +130,7 @@ def test_a_missing_key_variable_stops_the_cli_before_any_call(tmp_path: Path):
     provider = {"name": "openai", "model": "m", "preset": "deepseek"}
     recipe = write_recipe(tmp_path, basic_recipe(provider))
     env = {"DEEPSEEK_API_KEY": ""}
-    result = run_cli("validate", str(recipe), cwd=tmp_path, env=env)
+    result = read_cli("validate", str(recipe), cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert f"{recipe}:" in result.stderr and "DEEPSEEK_API_KEY is not set" in result.stderr
     assert "provider 'openai' (preset deepseek)" in result.stderr

@@ -15,7 +15,8 @@ import pytest
 
 from llmrun.errors import Problem, RecipeError
 from llmrun.plugins import Registry, load_registry
-from llmrun.recipe.load import Recipe, load_recipe
+from llmrun.recipe.load import load_recipe
+from llmrun.recipe.model import Recipe
 
 from .conftest import basic_recipe, write_recipe
 
@@ -103,12 +104,12 @@ def test_paths_are_relative_to_the_recipe_not_the_working_directory(
 ):
     sub = tmp_path / "jobs" / "a"
     sub.mkdir(parents=True)
-    path = write(sub, GOOD.replace("out.jsonl", "../results/out.jsonl"))
+    path = write(sub, GOOD.replace("out.jsonl", "results/out.jsonl"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     recipe = load(Path(os.path.relpath(path, elsewhere)), registry)
-    assert recipe.output_path == (tmp_path / "jobs" / "results" / "out.jsonl").resolve()
+    assert recipe.output_path == (sub / "results" / "out.jsonl").resolve()
     assert recipe.base_dir == sub.resolve()
 
 
@@ -405,6 +406,7 @@ def test_template_with_unknown_filter_is_a_recipe_error(tmp_path: Path, registry
 # -- ${VAR} --------------------------------------------------------------------------------------
 
 VARS = """\
+env: [JOB_NAME, DATA_FILE, MODEL]  # read outside the provider's secret places: declared
 name: "${JOB_NAME:-default-name}"
 description: "literal $${NOT_A_VAR} stays"
 data:
@@ -476,8 +478,8 @@ def test_missing_variables_are_each_named_with_their_line(tmp_path: Path, regist
     path = write(tmp_path, VARS)
     problems = problems_of(path, registry)
     assert [(p.line, p.column, p.path) for p in problems] == [
-        (4, 3, "data.path"),
-        (8, 3, "provider.model"),
+        (5, 3, "data.path"),
+        (9, 3, "provider.model"),
     ]
     assert "${DATA_FILE} is not set" in problems[0].message
     assert "${MODEL} is not set" in problems[1].message

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
 from .conftest import basic_recipe, llmrun_command, make_records, write_jsonl, write_recipe
@@ -104,6 +106,7 @@ def requested(server: FakeOpenAI, start: int = 0, stop: int | None = None) -> li
     return [i for i in ids if i is not None]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_instants_then_resume(tmp_path: Path) -> None:
     n, kills = 5000, 10
     seed = int.from_bytes(os.urandom(4), "big")

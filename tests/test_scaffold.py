@@ -14,6 +14,9 @@ import pytest
 
 from .conftest import run_cli
 
+# Slow (builds distributions in a fresh environment): `-m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 # kind -> the component's name; one plugin of each kind is generated and installed.
 KINDS = {"postprocessor": "shout_it", "loader": "lines", "provider": "chatty"}
 TESTS = {"postprocessor": 4, "loader": 3, "provider": 4}

@@ -15,7 +15,15 @@ from llmrun.plugins import load_registry
 from llmrun.recipe.load import load_recipe
 from llmrun.recipe.selection import Selection, parse_shard
 
-from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
+from .conftest import (
+    basic_recipe,
+    make_records,
+    read_cli,
+    read_jsonl,
+    run_cli,
+    write_jsonl,
+    write_recipe,
+)
 
 Item = tuple[str, dict[str, Any] | None, str | None]  # (id, data or None, error)
 
@@ -215,6 +223,6 @@ def test_cli_filter_and_offset(tmp_path: Path):
     assert sorted(r["id"] for r in read_jsonl(tmp_path / "out.jsonl")) == sorted(
         f"r{i}" for i in range(6, 30, 3)
     )
-    checked = run_cli("validate", str(recipe))
+    checked = read_cli("validate", str(recipe))
     assert checked.returncode == 0, checked.stderr
     assert "8 record(s) checked" in checked.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
-from .conftest import make_records, read_jsonl, run_cli
+from .conftest import make_records, read_cli, read_jsonl, run_cli
 from .test_run import calls_per_id, openai, record_id_of, setup_run
 
 EXIT_OK, EXIT_ERRORS = 0, 1
@@ -32,7 +32,7 @@ def test_status_then_retry_errors(tmp_path: Path) -> None:
         assert first.returncode == EXIT_ERRORS, first.stderr
         calls_before = server.count()
 
-        status = run_cli("status", str(recipe), "--json", cwd=tmp_path)
+        status = read_cli("status", str(recipe), "--json", cwd=tmp_path)
         assert status.returncode == EXIT_OK, status.stderr
         assert server.count() == calls_before  # status calls nothing
         report = json.loads(status.stdout)
@@ -41,7 +41,7 @@ def test_status_then_retry_errors(tmp_path: Path) -> None:
         assert report["total"] == 30 and report["remaining"] == 10
         assert abs(report["spend_usd"] - 17 * 0.017) < 1e-6
         assert report["last_run"]["status"] == "completed"
-        table = run_cli("status", str(recipe), cwd=tmp_path)
+        table = read_cli("status", str(recipe), cwd=tmp_path)
         assert "invalid_request" in table.stdout and "remaining" in table.stdout
         assert "--retry-errors" in table.stderr
 
@@ -77,7 +77,7 @@ def test_status_of_a_job_not_started(tmp_path: Path) -> None:
     recipe = setup_run(
         tmp_path, {"name": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}, 7
     )
-    result = run_cli("status", str(recipe), "--json", cwd=tmp_path)
+    result = read_cli("status", str(recipe), "--json", cwd=tmp_path)
     assert result.returncode == EXIT_OK, result.stderr
     report = json.loads(result.stdout)
     assert report["rows"] == 0 and report["total"] == 7 and report["remaining"] == 7
@@ -98,7 +98,7 @@ def test_status_shows_the_batches_of_a_batch_run_left_running(tmp_path: Path) ->
         assert killed.returncode != 0
         requests_before = len(fake.requests)
 
-        result = run_cli("status", str(recipe), "--json", cwd=tmp_path)
+        result = read_cli("status", str(recipe), "--json", cwd=tmp_path)
         assert result.returncode == EXIT_OK, result.stderr
         assert len(fake.requests) == requests_before  # from the journal, no provider call
         report = json.loads(result.stdout)
@@ -113,7 +113,7 @@ def test_status_shows_the_batches_of_a_batch_run_left_running(tmp_path: Path) ->
         # The killed run left "running" in the manifest; no process holds the output.
         assert report["last_run"]["status"] == "running" and report["running"] is False
 
-        table = run_cli("status", str(recipe), cwd=tmp_path, env={"COLUMNS": "200"})
+        table = read_cli("status", str(recipe), cwd=tmp_path, env={"COLUMNS": "200"})
         assert table.returncode == EXIT_OK, table.stderr
         assert first["batch_id"] in table.stdout and "in_progress" in table.stdout
         assert second["batch_id"] in table.stdout
@@ -126,9 +126,9 @@ def test_status_without_batch_state_lists_no_batches(tmp_path: Path) -> None:
     with FakeOpenAI() as server:
         recipe = setup_run(tmp_path, openai(server), 3)
         assert run_cli("run", str(recipe), cwd=tmp_path).returncode == EXIT_OK
-    report = json.loads(run_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
+    report = json.loads(read_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
     assert report["batches"] == [] and report["in_batches"] == 0 and report["rows"] == 3
-    table = run_cli("status", str(recipe), cwd=tmp_path)
+    table = read_cli("status", str(recipe), cwd=tmp_path)
     assert "batches" not in table.stdout
 
 
@@ -141,6 +141,6 @@ def test_status_says_whether_the_run_the_manifest_calls_running_is(tmp_path: Pat
     state = RunState(tmp_path / "out.jsonl")
     with state.locked():  # as a run in progress: it holds the lock, its manifest says running
         state.write_manifest({"runs": [{"status": "running", "started_at": "then"}]})
-        report = json.loads(run_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
-        table = run_cli("status", str(recipe), cwd=tmp_path, env={"COLUMNS": "200"}).stdout
+        report = json.loads(read_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
+        table = read_cli("status", str(recipe), cwd=tmp_path, env={"COLUMNS": "200"}).stdout
     assert report["running"] is True and "then running" in table and "killed" not in table

@@ -16,7 +16,7 @@ from llmrun.recipe.load import load_recipe
 from llmrun.recipe.templates import PromptTemplate, truncate_tokens
 from llmrun.recipe.tokens import count_text
 
-from .conftest import basic_recipe, read_jsonl, run_cli, write_jsonl, write_recipe
+from .conftest import basic_recipe, read_cli, read_jsonl, run_cli, write_jsonl, write_recipe
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 
@@ -205,7 +205,7 @@ def test_a_missing_image_is_an_error_row_and_a_validate_problem(tmp_path: Path):
     assert rows["a"]["status"] == "ok"
     assert rows["b"]["error"]["type"] == "image"
     assert "image 'gone.png' not found" in rows["b"]["error"]["message"]
-    checked = run_cli("validate", str(recipe))
+    checked = read_cli("validate", str(recipe))
     assert checked.returncode == 2 and "image 'gone.png' not found" in checked.stderr
 
 

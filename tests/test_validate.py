@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .conftest import basic_recipe, make_records, run_cli, write_jsonl, write_recipe
+from .conftest import basic_recipe, make_records, read_cli, write_jsonl, write_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 # An address nothing listens on: validate must never connect to it.
@@ -25,7 +25,7 @@ def setup(
 
 def test_good_recipe_exits_0_with_a_summary(tmp_path: Path):
     recipe = setup(tmp_path)
-    result = run_cli("validate", str(recipe))
+    result = read_cli("validate", str(recipe))
     assert result.returncode == 0, result.stderr
     assert "ok (loader jsonl, provider openai, 5 record(s) checked)" in result.stderr
     assert "prompt variables: id, text" in result.stderr
@@ -34,17 +34,17 @@ def test_good_recipe_exits_0_with_a_summary(tmp_path: Path):
 
 def test_records_option_limits_how_many_are_checked(tmp_path: Path):
     recipe = setup(tmp_path, make_records(50))
-    result = run_cli("validate", str(recipe), "--records", "7")
+    result = read_cli("validate", str(recipe), "--records", "7")
     assert result.returncode == 0, result.stderr
     assert "7 record(s) checked" in result.stderr
-    default = run_cli("validate", str(recipe))
+    default = read_cli("validate", str(recipe))
     assert "20 record(s) checked" in default.stderr
-    limited = run_cli("validate", str(recipe), "--set", "data.limit=3")
+    limited = read_cli("validate", str(recipe), "--set", "data.limit=3")
     assert "3 record(s) checked" in limited.stderr
 
 
 def test_records_must_be_positive(tmp_path: Path):
-    result = run_cli("validate", str(setup(tmp_path)), "--records", "0")
+    result = read_cli("validate", str(setup(tmp_path)), "--records", "0")
     assert result.returncode == 2
     assert "--records" in result.stderr and "internal error" not in result.stderr
 
@@ -55,13 +55,13 @@ def test_validate_from_another_directory_resolves_paths_beside_the_recipe(tmp_pa
     setup(job)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = run_cli("validate", "../job/recipe.yaml", cwd=elsewhere)
+    result = read_cli("validate", "../job/recipe.yaml", cwd=elsewhere)
     assert result.returncode == 0, result.stderr
     assert "5 record(s) checked" in result.stderr
 
 
 def test_the_shipped_quickstart_validates():
-    result = run_cli("validate", str(REPO / "recipes" / "quickstart.yaml"))
+    result = read_cli("validate", str(REPO / "recipes" / "quickstart.yaml"))
     assert result.returncode == 0, result.stderr
     assert "provider mock" in result.stderr
 
@@ -80,7 +80,7 @@ def test_schema_error_names_file_line_column_key_and_suggestion(tmp_path: Path):
         "  path: out.jsonl\n",
         encoding="utf-8",
     )
-    result = run_cli("validate", str(recipe))
+    result = read_cli("validate", str(recipe))
     assert result.returncode == 2
     assert "RecipeError: 1 problem(s)" in result.stderr
     assert (
@@ -97,7 +97,7 @@ def test_missing_template_variables_are_listed_with_record_locations(tmp_path: P
         {"id": "d"},
     ]
     recipe = setup(tmp_path, rows, prompt="{{ text }} in {{ lang }}")
-    result = run_cli("validate", str(recipe))
+    result = read_cli("validate", str(recipe))
     assert result.returncode == 2, result.stderr
     err = result.stderr
     assert "RecipeError: 2 problem(s)" in err
@@ -108,7 +108,7 @@ def test_missing_template_variables_are_listed_with_record_locations(tmp_path: P
 
 def test_many_records_lacking_a_variable_are_summarised(tmp_path: Path):
     recipe = setup(tmp_path, make_records(6), prompt="{{ text }} {{ lang }}")
-    result = run_cli("validate", str(recipe))
+    result = read_cli("validate", str(recipe))
     assert result.returncode == 2
     assert (
         "which 6 of 6 record(s) lack (data.jsonl:1, data.jsonl:2, data.jsonl:3 and 3 more)"
@@ -123,14 +123,14 @@ def test_variables_with_a_default_or_a_guard_are_not_missing(tmp_path: Path):
         prompt="{{ text }} {{ lang | default('en') }}"
         "{% if note is defined %} {{ note }}{% endif %}",
     )
-    result = run_cli("validate", str(recipe))
+    result = read_cli("validate", str(recipe))
     assert result.returncode == 0, result.stderr
     assert "3 record(s) checked" in result.stderr
 
 
 def test_records_without_the_id_field(tmp_path: Path):
     rows = [{"id": "a", "text": "x"}, {"text": "no id"}, {"id": "", "text": "empty id"}]
-    result = run_cli("validate", str(setup(tmp_path, rows)))
+    result = read_cli("validate", str(setup(tmp_path, rows)))
     assert result.returncode == 2
     assert "data.jsonl:2: data.id: record has no 'id' field" in result.stderr
     assert "data.jsonl:3: data.id: record has no 'id' field" in result.stderr
@@ -138,7 +138,7 @@ def test_records_without_the_id_field(tmp_path: Path):
 
 def test_duplicate_ids_are_reported(tmp_path: Path):
     rows = [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "a", "text": "z"}]
-    result = run_cli("validate", str(setup(tmp_path, rows)))
+    result = read_cli("validate", str(setup(tmp_path, rows)))
     assert result.returncode == 2
     assert "data.jsonl:3: data.id: id 'a' is also the id of the record at data.jsonl:1" in (
         result.stderr
@@ -154,7 +154,7 @@ def test_malformed_jsonl_lines_are_reported_with_file_and_line(tmp_path: Path):
         "[1, 2]\n" + json.dumps({"id": "c", "text": "z"}) + "\n",
         encoding="utf-8",
     )
-    result = run_cli("validate", str(tmp_path / "recipe.yaml"))
+    result = read_cli("validate", str(tmp_path / "recipe.yaml"))
     assert result.returncode == 2
     assert "RecipeError: 2 problem(s)" in result.stderr
     assert "data.jsonl:3: data: not valid JSON" in result.stderr
@@ -164,7 +164,7 @@ def test_malformed_jsonl_lines_are_reported_with_file_and_line(tmp_path: Path):
 def test_csv_data(tmp_path: Path):
     (tmp_path / "data.csv").write_text('id,text\n1,"two\nlines"\n2,b,extra\n3,c\n', "utf-8")
     recipe = write_recipe(tmp_path, basic_recipe(NOWHERE, data={"path": "data.csv", "id": "id"}))
-    result = run_cli("validate", str(recipe))
+    result = read_cli("validate", str(recipe))
     assert result.returncode == 2
     assert "RecipeError: 1 problem(s)" in result.stderr
     assert "data.csv:4: data: 3 cells where the header has 2" in result.stderr
@@ -172,27 +172,27 @@ def test_csv_data(tmp_path: Path):
 
 def test_missing_data_file(tmp_path: Path):
     recipe = write_recipe(tmp_path, basic_recipe(NOWHERE))
-    result = run_cli("validate", str(recipe))
+    result = read_cli("validate", str(recipe))
     assert result.returncode == 2
     assert "cannot read the data" in result.stderr and "data.jsonl" in result.stderr
 
 
 def test_unknown_data_encoding_is_a_recipe_error(tmp_path: Path):
     recipe = setup(tmp_path, data={"path": "data.jsonl", "id": "id", "encoding": "utf-9"})
-    result = run_cli("validate", str(recipe))
+    result = read_cli("validate", str(recipe))
     assert result.returncode == 2
     assert "data.encoding: unknown encoding 'utf-9'" in result.stderr
 
 
 def test_empty_data_is_noted_not_an_error(tmp_path: Path):
-    result = run_cli("validate", str(setup(tmp_path, [])))
+    result = read_cli("validate", str(setup(tmp_path, [])))
     assert result.returncode == 0
     assert "the data has no records" in result.stderr
 
 
 def test_missing_environment_variable_is_named(tmp_path: Path):
     recipe = setup(tmp_path, provider={**NOWHERE, "api_keys": ["${LLMRUN_TEST_UNSET_KEY}"]})
-    result = run_cli("validate", str(recipe))
+    result = read_cli("validate", str(recipe))
     assert result.returncode == 2
     assert "provider.api_keys[0]: environment variable ${LLMRUN_TEST_UNSET_KEY} is not set" in (
         result.stderr
@@ -200,11 +200,13 @@ def test_missing_environment_variable_is_named(tmp_path: Path):
 
 
 def test_env_and_dotenv_reach_the_recipe(tmp_path: Path):
-    recipe = setup(tmp_path, provider={**NOWHERE, "model": "${LLMRUN_TEST_MODEL}"})
+    recipe = setup(
+        tmp_path, provider={**NOWHERE, "model": "${LLMRUN_TEST_MODEL}"}, env=["LLMRUN_TEST_MODEL"]
+    )
     (tmp_path / ".env").write_text("LLMRUN_TEST_MODEL=bad model\n", encoding="utf-8")
-    assert run_cli("validate", str(recipe)).returncode == 0
+    assert read_cli("validate", str(recipe)).returncode == 0
     # The provider's model is free text, so prove which value won through --set's error path:
-    result = run_cli(
+    result = read_cli(
         "validate",
         str(recipe),
         "--set",
@@ -224,7 +226,7 @@ def test_secret_never_reaches_stderr_even_when_the_recipe_is_invalid(tmp_path: P
     )
     for env, dotenv in (({"LLMRUN_TEST_KEY": secret}, ""), ({}, f"LLMRUN_TEST_KEY={secret}\n")):
         (tmp_path / ".env").write_text(dotenv, encoding="utf-8")
-        result = run_cli("validate", str(recipe), env=env)
+        result = read_cli("validate", str(recipe), env=env)
         assert result.returncode == 2
         assert "provider.base_url" in result.stderr and "run.concurrency" in result.stderr
         assert secret not in result.stderr + result.stdout
@@ -233,7 +235,7 @@ def test_secret_never_reaches_stderr_even_when_the_recipe_is_invalid(tmp_path: P
 def test_secret_given_with_set_is_not_printed(tmp_path: Path):
     secret = "sk-set-SECRET-0123456789"
     recipe = setup(tmp_path)
-    result = run_cli(
+    result = read_cli(
         "validate",
         str(recipe),
         "--set",
@@ -246,23 +248,23 @@ def test_secret_given_with_set_is_not_printed(tmp_path: Path):
 
 def test_set_override_error_is_reported_as_from_set(tmp_path: Path):
     recipe = setup(tmp_path)
-    ok = run_cli("validate", str(recipe), "--set", "run.concurrency=3", "--set", "data.limit=2")
+    ok = read_cli("validate", str(recipe), "--set", "run.concurrency=3", "--set", "data.limit=2")
     assert ok.returncode == 0, ok.stderr
-    bad = run_cli("validate", str(recipe), "--set", "run.concurrency=-1")
+    bad = read_cli("validate", str(recipe), "--set", "run.concurrency=-1")
     assert bad.returncode == 2
     assert "--set: run.concurrency: -1 is less than the minimum of 1" in bad.stderr
 
 
 def test_template_syntax_error(tmp_path: Path):
     recipe = setup(tmp_path, prompt={"user": "{% for x in items %}{{ x }}"})
-    result = run_cli("validate", str(recipe))
+    result = read_cli("validate", str(recipe))
     assert result.returncode == 2
     assert f"{recipe}:" in result.stderr and "prompt.user: template syntax error" in result.stderr
 
 
 def test_render_failure_other_than_missing_fields(tmp_path: Path):
     recipe = setup(tmp_path, make_records(2), prompt="{{ text + 1 }}")
-    result = run_cli("validate", str(recipe))
+    result = read_cli("validate", str(recipe))
     assert result.returncode == 2
     assert "prompt template failed" in result.stderr
     assert "(2 of 2 record(s): data.jsonl:1, data.jsonl:2)" in result.stderr
@@ -277,6 +279,6 @@ def test_postprocessor_options_their_constructors_reject_fail_validate(tmp_path:
         ({"python": {"function": "no_such_module_here:fn"}}, "no_such_module_here"),
     ]:
         recipe = write_recipe(tmp_path, basic_recipe({"name": "mock"}, postprocess=[post]))
-        result = run_cli("validate", str(recipe))
+        result = read_cli("validate", str(recipe))
         assert result.returncode == 2, result.stderr
         assert expected in result.stderr

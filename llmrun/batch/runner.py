@@ -17,7 +17,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,18 +25,17 @@ import anyio
 import httpx
 
 from ..errors import CallError, RecordError, RunAborted
+from ..job.records import Work
 from ..job.store import IdSet
 from ..recipe.pricing import PriceTable
 from ..recipe.tokens import estimate
-from ..run.calls import backoff_s
+from ..run.calls import Outcome, backoff_s
 from ..values import Prompt, Usage
 from ..wire.retry import classify_transport
 from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
-from .journal import Journal, Part, checkpoint, make_durable
+from .journal import Journal, Part, checkpoint, has_running, make_durable
 
 if TYPE_CHECKING:
-    from ..job.rows import Work as _Work
-    from ..run.calls import Caller
     from ..run.engine import Engine
 
 HASH_PREFIX = "k"
@@ -96,9 +95,7 @@ def batch_state_dir(engine: Engine) -> Any:
 class BatchRunner:
     """Runs the engine's recipe through the provider's batch API."""
 
-    def __init__(
-        self, engine: Engine, done: IdSet, caller: Caller, *, drain_only: bool = False
-    ) -> None:
+    def __init__(self, engine: Engine, done: IdSet, *, drain_only: bool = False) -> None:
         self.engine = engine
         self.recipe = engine.recipe
         self.settings = engine.recipe.run
@@ -109,7 +106,6 @@ class BatchRunner:
                 "use run.mode: direct (or auto)"
             )
         self.api: BatchAPI = api
-        self.caller = caller
         self.written: set[str] = set()
         self.finished = Finished(done, self.written)
         folder = batch_state_dir(engine)
@@ -201,10 +197,10 @@ class BatchRunner:
         current: _PartFile | None = None
         pending = 0
         estimate_usd = 0.0
-        for work in self._works():
+        for work in engine.records():
             if work.id in self.finished or work.id in busy:
                 continue
-            prompt = engine._render(work)
+            prompt = engine.stages.render(work)
             if isinstance(prompt, dict):
                 error_rows.append(prompt)
                 continue
@@ -258,19 +254,6 @@ class BatchRunner:
             self.journal.save()
             checkpoint("written")
         return "batch"
-
-    def _works(self) -> Iterator[_Work]:
-        records = self.engine.loader.records()
-        try:
-            limit = self.engine.limit
-            source = records if limit is None else itertools.islice(records, limit)
-            id_field = self.recipe.id_field
-            for rec in source:
-                yield self.engine._work_item(rec, id_field)
-        finally:
-            close = getattr(records, "close", None)
-            if close is not None:
-                close()
 
     def _custom_id(self, rid: str) -> str:
         """The record id when the provider accepts it as a custom_id, else a stable hash."""
@@ -410,7 +393,7 @@ class BatchRunner:
     def _spent(self) -> float:
         """The job's spend so far: the output's rows (``cost_usd``) before this run, plus what
         this run wrote; the engine's budget counts both when the recipe sets one."""
-        budget = self.engine._budget
+        budget = self.engine.budget
         if budget is not None:
             return budget.spent
         return self.engine.stats.resumed_cost_usd + self.engine.stats.cost_usd
@@ -424,13 +407,11 @@ class BatchRunner:
         counts = {"ok": 0, "error": 0, "again": 0}
         tries = dict(self.journal.tries)
         spent = 0.0
-        from ..job.rows import Work as _Work
-        from ..run.calls import Outcome
 
         for cid, rid, where, data in self.journal.records(part):
             if rid in self.finished:
                 continue
-            work = _Work(rid, data, where, None)
+            work = Work(rid, data, where, None)
             result = results.get(cid)
             if result is not None and result.reply is not None:
                 try:  # the prompt only matters for a reask (a follow-up turn)
@@ -438,7 +419,7 @@ class BatchRunner:
                 except RecordError:  # the recipe changed since: no follow-up possible
                     prompt = Prompt(rid, [], {})
                 outcome = Outcome(result.reply, 1, 0.0)
-                row = await self.engine._postprocess(work, prompt, outcome, self.caller)
+                row = await self.engine.stages.postprocess(work, prompt, outcome)
                 spent += float(row.get("cost_usd") or 0.0)
                 rows.append(row)
                 continue
@@ -460,14 +441,16 @@ class BatchRunner:
                 counts["again"] += 1
                 continue
             before = tries.pop(rid, 0)
-            error = self.engine._error(
-                work,
-                result.code or "batch_error",
-                result.message or "",
-                result.retryable,
-                result.status,
+            rows.append(
+                self.engine.stages.error_row(
+                    work,
+                    result.code or "batch_error",
+                    result.message or "",
+                    attempts=before + 1,
+                    retryable=result.retryable,
+                    status=result.status,
+                )
             )
-            rows.append(self.engine._row(work, before + 1, error=error))
         for row in rows:
             counts["ok" if row["status"] == "ok" else "error"] += 1
         if rows:
@@ -475,7 +458,7 @@ class BatchRunner:
             checkpoint("merge-written")
         self.journal.tries = tries
         self.journal.spent_usd += spent
-        budget = self.engine._budget
+        budget = self.engine.budget
         if budget is not None:  # direct calls after these (auto mode) count them too
             budget.settle(0.0, spent)
         part.merged = counts
@@ -504,15 +487,9 @@ class BatchRunner:
         return results
 
     def _write_rows(self, rows: list[dict[str, Any]]) -> None:
-        engine = self.engine
-        engine.writer.write(rows)
-        engine.writer.sync()  # durable before the journal says the part is merged
-        wants = engine.observers.wants_records
-        for row in rows:
-            self.written.add(str(row["id"]))
-            engine.stats.count_row(row)
-            if wants:
-                engine.observers.call("record_done", row)
+        # Durable before the journal says the part is merged.
+        self.engine.sink.write(rows, durable=True)
+        self.written.update(str(row["id"]) for row in rows)
 
     async def _check_budget(self) -> None:
         """Over the budget: create nothing more, cancel what runs, collect what finished."""
@@ -532,30 +509,31 @@ class BatchRunner:
                 await self._retry(self.api.cancel, self.client, self.api_key, part.batch_id)
 
 
-async def run_batches(
-    engine: Engine, done: IdSet, caller: Caller, manifest: dict[str, Any]
-) -> IdSet | None:
+async def run_batches(engine: Engine, done: IdSet, manifest: dict[str, Any]) -> IdSet | None:
     """The engine's pipeline in batch (or auto) mode; the finished ids when the rest should go
     as direct calls."""
+    if (
+        engine.recipe.run.mode == "direct"
+        and not engine.batch_drain_only
+        and not has_running(batch_state_dir(engine))
+    ):
+        return done  # nothing to collect: straight to the direct calls
     rest: IdSet | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(engine._count_total)
-        tg.start_soon(engine._tick, manifest)
-        if engine.handle_signals:
-            tg.start_soon(engine._watch_signals)
+        engine.watch(tg, manifest)
         try:
             if engine.recipe.run.mode == "auto" and batch_api_of(engine.provider) is None:
                 engine.progress.log("the provider has no batch API: auto mode calls directly")
                 rest = done
             elif engine.recipe.run.mode == "direct" and not engine.batch_drain_only:
                 engine.progress.log("collecting the batches an earlier run left running")
-                runner = BatchRunner(engine, done, caller, drain_only=True)
+                runner = BatchRunner(engine, done, drain_only=True)
                 await runner.run()
                 rest = runner.finished
             else:
-                rest = await BatchRunner(engine, done, caller).run()
+                rest = await BatchRunner(engine, done).run()
         except RunAborted as exc:
-            engine._abort(exc)
+            engine.abort(exc)
         tg.cancel_scope.cancel()
     if engine.flags.stopping or engine.flags.abort is not None:
         return None  # stopped or aborted: no direct calls after it

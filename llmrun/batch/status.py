@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from ..job.store import RunState
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from .journal import Journal
 
 

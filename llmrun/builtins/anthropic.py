@@ -22,7 +22,7 @@ from ..components import Transport
 from ..errors import CallError
 from ..hookspecs import Register, hookimpl
 from ..images import load_image
-from ..recipe.load import thaw
+from ..recipe.model import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
 from ..wire.requests import Dropper, KeyedRequests, decode, encode, error_json, parts_of, text_of
 from ..wire.retry import classify_http
@@ -99,6 +99,11 @@ class AnthropicMessages:
             },
         },
     }
+
+    @classmethod
+    def key_endpoint(cls, options: Mapping[str, Any]) -> str:
+        """Where the keys go (read by the recipe loader: plan and the run's start show it)."""
+        return str(options.get("base_url") or "https://api.anthropic.com")
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.model = str(options["model"])
@@ -270,7 +275,7 @@ class AnthropicMessages:
 
     def batch_api(self) -> Any:
         """Anthropic Message Batches for this endpoint (``llmrun.batch.contract``)."""
-        from ..batch.anthropic import AnthropicBatches
+        from .anthropic_batches import AnthropicBatches
 
         base = str(self.url).rsplit("/v1/messages", 1)[0]
         return AnthropicBatches(self, base, self._headers, error_from)

@@ -26,6 +26,8 @@ KEY_ENV = {"api-key": "AZURE_OPENAI_API_KEY", "bearer": "AZURE_OPENAI_AD_TOKEN"}
 class AzureOpenAIChat(OpenAIChat):
     """POST to a deployment's chat completions with ``api-key`` (or bearer) auth."""
 
+    openai_urls: ClassVar[bool] = False
+
     options_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
         "additionalProperties": False,
@@ -67,6 +69,10 @@ class AzureOpenAIChat(OpenAIChat):
         if options.get("api_key_env"):
             return str(options["api_key_env"]), True
         return KEY_ENV[str(options.get("auth") or "api-key")], True
+
+    @classmethod
+    def key_endpoint(cls, options: Mapping[str, Any]) -> str:
+        return str(options.get("endpoint") or "")
 
     def _url(self) -> httpx.URL:
         return httpx.URL(

@@ -22,7 +22,7 @@ from ..components import Transport
 from ..errors import CallError
 from ..hookspecs import Register, hookimpl
 from ..images import ImageError, load_image
-from ..recipe.load import thaw
+from ..recipe.model import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
 from ..wire.requests import (
     Dropper,
@@ -109,6 +109,11 @@ class GeminiGenerate:
             },
         },
     }
+
+    @classmethod
+    def key_endpoint(cls, options: Mapping[str, Any]) -> str:
+        """Where the keys go (read by the recipe loader: plan and the run's start show it)."""
+        return str(options.get("base_url") or DEFAULT_BASE_URL)
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.model = str(options["model"]).removeprefix("models/")

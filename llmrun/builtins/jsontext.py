@@ -9,7 +9,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..access import OutsideError
 from ..errors import RecipeError
+from ..values import ComponentContext
 
 _FENCE = re.compile(r"```[ \t]*(?:json5?|JSON)?[ \t]*\n(.*?)```", re.S)
 _NOT_FOUND: Any = object()
@@ -36,6 +38,14 @@ def find_json(text: str) -> tuple[bool, Any]:
             continue
         return True, value
     return False, None
+
+
+def schema_path(context: ComponentContext, name: str, who: str) -> Path:
+    """A schema file the recipe names, inside the folders it may read; RecipeError else."""
+    try:
+        return context.readable(name, who)
+    except OutsideError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def read_schema(path: Path, who: str) -> Any:

@@ -18,9 +18,9 @@ import httpx
 
 from ..components import Transport
 from ..hookspecs import Register, hookimpl
-from ..recipe.load import thaw
+from ..recipe.model import thaw
 from ..values import ComponentContext
-from .jsontext import instance_of, read_schema
+from .jsontext import instance_of, read_schema, schema_path
 from .openai import OpenAIChat
 
 BAD_REPLY = "Sorry, I cannot help with that."
@@ -76,13 +76,17 @@ class MockProvider(OpenAIChat):
     }
     default_base_url = "http://mock.invalid/v1"
 
+    @classmethod
+    def key_endpoint(cls, options: Mapping[str, Any]) -> str:
+        """Nowhere: the mock answers in-process, no key leaves it."""
+        return ""
+
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         super().__init__({"model": options.get("model", "mock")}, context)
         schema = thaw(options.get("json_schema"))
         if "json_schema_file" in options:
-            schema = read_schema(
-                context.base_dir / str(options["json_schema_file"]), "provider mock"
-            )
+            who = "provider.json_schema_file"
+            schema = read_schema(schema_path(context, str(options["json_schema_file"]), who), who)
         self._transport = MockTransport(
             latency_s=float(options.get("latency_s", 0)),
             replies=tuple(options.get("replies") or ()),

@@ -56,9 +56,9 @@ class OpenAIChat(OpenAIShaped):
         """The OpenAI Batch API at this provider's base URL (``llmrun.batch.contract``); None
         for a subclass that builds its URLs another way (Azure deployments), whose batch
         endpoints differ."""
-        if type(self)._url is not OpenAIShaped._url:
+        if not self.openai_urls:
             return None
-        from ..batch.openai import OpenAIBatches
+        from .openai_batches import OpenAIBatches
 
         return OpenAIBatches(self, self.base_url, self._headers)
 

@@ -13,7 +13,7 @@ import httpx
 from ..components import Transport
 from ..errors import CallError
 from ..jsonio import dumps, loads
-from ..recipe.load import thaw
+from ..recipe.model import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
 from ..wire.requests import KeyedRequests
 from ..wire.retry import bad_body, classify_http
@@ -105,6 +105,9 @@ class OpenAIShaped:
         "required": ["model"],
         "properties": dict(COMMON_OPTIONS),
     }
+    # URLs are ``base_url`` + the OpenAI paths (so the Batch API sits there too); a subclass
+    # that builds its own (Azure deployments) sets it False.
+    openai_urls: ClassVar[bool] = True
     path: ClassVar[str] = "/chat/completions"
     what: ClassVar[str] = "chat completion"  # for messages
     label: ClassVar[str] = "openai"  # the provider's name, for warnings
@@ -131,6 +134,23 @@ class OpenAIShaped:
     def api_key_env(cls, options: Mapping[str, Any]) -> tuple[str, bool] | None:
         """Read by the recipe loader when ``api_keys`` is not given (see ``key_env_of``)."""
         return key_env_of(options, cls.default_base_url)
+
+    @classmethod
+    def key_endpoint(cls, options: Mapping[str, Any]) -> str:
+        """Where the keys go (read by the recipe loader: plan and the run's start show it)."""
+        preset = PRESETS.get(str(options.get("preset")))
+        return str(options.get("base_url") or (preset.base_url if preset else cls.default_base_url))
+
+    @classmethod
+    def key_homes(cls, options: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+        """The hosts each preset's key variable belongs to: ``DEEPSEEK_API_KEY`` goes to
+        DeepSeek's host only, unless the user confirms another (``--allow-host``)."""
+        homes: dict[str, tuple[str, ...]] = {}
+        for preset in PRESETS.values():
+            host = httpx.URL(preset.base_url).host
+            if preset.key_env:
+                homes[preset.key_env] = (*homes.get(preset.key_env, ()), host)
+        return homes
 
     def _url(self) -> httpx.URL:
         return httpx.URL(self.base_url + self.path)

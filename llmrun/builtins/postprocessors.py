@@ -18,9 +18,9 @@ import jsonschema
 
 from ..errors import PostprocessError, RecipeError, RecordError
 from ..hookspecs import Register, hookimpl
-from ..recipe.load import thaw
+from ..recipe.model import thaw
 from ..values import ComponentContext, Result
-from .jsontext import find_json, read_schema
+from .jsontext import find_json, read_schema, schema_path
 
 REASK: Mapping[str, Any] = {
     "type": "integer",
@@ -152,9 +152,8 @@ class JsonSchema:
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         if "schema_file" in options:
-            schema = read_schema(
-                context.base_dir / str(options["schema_file"]), "postprocess json_schema"
-            )
+            who = "postprocess json_schema.schema_file"
+            schema = read_schema(schema_path(context, str(options["schema_file"]), who), who)
         else:
             schema = thaw(options["schema"])
         try:
@@ -311,6 +310,12 @@ class Python:
             "reask": REASK,
         },
     }
+
+    @classmethod
+    def runs_code(cls, options: Mapping[str, Any]) -> str:
+        """What this component would run: built only when the user trusts the recipe."""
+        module = str(options.get("function", "")).partition(":")[0]
+        return f"python function {options.get('function')} (module {module!r})"
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.name = str(options["function"])

@@ -7,14 +7,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from ..hookspecs import Register, hookimpl
-from ..job.store import now_iso
 from ..jsonio import loads, row_line
-from ..values import ComponentContext
+from ..values import ComponentContext, flatten
 
 
 class JsonlWriter:
@@ -50,6 +50,23 @@ class JsonlWriter:
         # in the input as the JSON escape it came from, so the row stays valid JSON).
         self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
 
+    def read(self) -> Iterator[Mapping[str, Any]]:
+        """The whole rows already written, read-only (``status``, ``plan``, the report)."""
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except (FileNotFoundError, IsADirectoryError):
+            return
+        with fh:
+            for line in fh:
+                if not line.endswith(b"\n"):
+                    return  # a torn tail (a crash mid-write): not a row yet
+                try:
+                    row = loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and "id" in row:
+                    yield row
+
     def _repair_tail(self) -> None:
         if not self.path.exists():
             return
@@ -77,7 +94,7 @@ class JsonlWriter:
                 fh.write(b"\n")
                 return
             aside = self.path.with_name(self.path.name + ".llmrun") / (
-                f"torn-{now_iso().replace(':', '')}.txt"
+                f"torn-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.txt"
             )
             aside.parent.mkdir(parents=True, exist_ok=True)
             aside.write_bytes(fragment)
@@ -272,8 +289,6 @@ class JsonWriter:
 
 
 def _flatten(row: Mapping[str, Any]) -> dict[str, Any]:
-    from ..job.export import flatten
-
     return flatten(row)
 
 

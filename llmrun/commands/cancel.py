@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 
 
 def register(subparsers: Any) -> None:
@@ -21,15 +21,16 @@ def cmd_cancel(args: argparse.Namespace, err: Any) -> int:
 
     import anyio
 
-    from ..api import open_recipe
+    from ..api import make_engine, open_recipe
     from ..batch.runner import cancel_all
     from ..errors import LockedError
-    from ..run.engine import Engine
     from ..run.progress import make_progress
-    from .main import EXIT_ABORTED, EXIT_OK
+    from .exits import EXIT_ABORTED, EXIT_OK
 
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
-    engine = Engine(recipe, registry, make_progress("none", err), handle_signals=False)
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, access=recipe_access(args)
+    )
+    engine = make_engine(recipe, registry, make_progress("none", err), handle_signals=False)
     try:
         with engine.state.locked():
             cancelled = anyio.run(functools.partial(cancel_all, engine, record=True))

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace, err: Any) -> int:
     from ..api import open_recipe
     from ..job.export import export
     from ..plugins import load_registry
-    from .main import EXIT_OK
+    from .exits import EXIT_OK
 
     source = Path(args.output)
     target = Path(args.out) if args.out else source.with_suffix("." + args.to)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +27,10 @@ def cmd_lock(args: argparse.Namespace, err: Any) -> int:
     from ..plugins import load_registry
 
     recipe, registry = open_recipe(
-        args.recipe, overrides=args.overrides, registry=load_registry(lazy=True)
+        args.recipe,
+        overrides=args.overrides,
+        registry=load_registry(lazy=True),
+        access=recipe_access(args),
     )
     if args.check:
         check_lock(recipe, registry, locked=True)  # raises LockDrift, listing every change

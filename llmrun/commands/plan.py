@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 
 
 def register(subparsers: Any) -> None:
@@ -37,6 +37,7 @@ def cmd_plan(args: argparse.Namespace, err: Any) -> int:
     from ..errors import RecipeError
     from ..job.planning import format_plan, make_plan, missing_env
     from ..plugins import load_registry
+    from ..redaction import printable
 
     if args.sample < 0:
         raise RecipeError(f"--sample must be 0 or more, got {args.sample}")
@@ -46,7 +47,11 @@ def cmd_plan(args: argparse.Namespace, err: Any) -> int:
     unset = missing_env(Path(args.recipe), os.environ, args.overrides)
     environ = {**os.environ, **{name: f"<{name} unset>" for name in unset}}
     recipe, registry = open_recipe(
-        args.recipe, overrides=args.overrides, registry=load_registry(lazy=True), environ=environ
+        args.recipe,
+        overrides=args.overrides,
+        registry=load_registry(lazy=True),
+        environ=environ,
+        access=recipe_access(args),
     )
     plan = make_plan(recipe, registry, sample=args.sample, limit=args.limit)
     plan.warnings[:0] = [
@@ -56,5 +61,6 @@ def cmd_plan(args: argparse.Namespace, err: Any) -> int:
     if args.json:
         print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False))  # noqa: T201 - output
     else:
-        print(format_plan(plan))  # noqa: T201 - the command's output
+        # Prompts hold record data: no control character of it reaches the terminal.
+        print(printable(format_plan(plan)))  # noqa: T201 - the command's output
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 
 
 def register(subparsers: Any) -> None:
@@ -30,9 +30,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace, err: Any) -> int:
     from ..api import open_recipe
     from ..run.repost import repost
-    from .main import EXIT_ERRORS, EXIT_OK
+    from .exits import EXIT_ERRORS, EXIT_OK
 
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, access=recipe_access(args)
+    )
     summary = repost(recipe, registry, force=args.force)
     for warning in summary.warnings:
         err.print(f"warning: {warning}", markup=False)

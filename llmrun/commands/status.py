@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 
 
 def register(subparsers: Any) -> None:
@@ -26,36 +27,26 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=status)
 
 
-def read_status(output: Path) -> dict[str, Any]:
-    """Counts from the output file: rows by status, errors by type, spend, torn tail."""
+def read_status(output: Path, rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts from the output's rows: by status, errors by type, spend, torn tail."""
     counts: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     retryable = 0
     spend = 0.0
     priced = True
-    torn = False
-    if output.exists():
-        with open(output, "rb") as fh:
-            for line in fh:
-                if not line.endswith(b"\n"):
-                    torn = True  # a crash mid-write: the next run repairs it
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    torn = True
-                    continue
-                status = str(row.get("status"))
-                counts[status] += 1
-                if status == "error":
-                    error = row.get("error") or {}
-                    errors[str(error.get("type"))] += 1
-                    retryable += bool(error.get("retryable"))
-                cost = row.get("cost_usd")
-                if isinstance(cost, int | float):
-                    spend += cost
-                elif status == "ok" and row.get("response") is not None:
-                    priced = False
+    for row in rows:
+        status = str(row.get("status"))
+        counts[status] += 1
+        if status == "error":
+            error = row.get("error") or {}
+            errors[str(error.get("type"))] += 1
+            retryable += bool(error.get("retryable"))
+        cost = row.get("cost_usd")
+        if isinstance(cost, int | float):
+            spend += cost
+        elif status == "ok" and row.get("response") is not None:
+            priced = False
+    torn = _torn_tail(output)
     return {
         "output": str(output),
         "rows": sum(counts.values()),
@@ -70,25 +61,28 @@ def read_status(output: Path) -> dict[str, Any]:
 
 
 def status(args: argparse.Namespace, err: Any) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from ..api import open_recipe
+    from ..job.output import read_rows
+    from ..job.records import count_selected
     from ..job.store import RunState
     from ..plugins import build_component
+    from ..terminal import SafeConsole
     from ..values import ComponentContext
 
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
-    report = read_status(recipe.output_path)
-    context = ComponentContext(recipe.base_dir, recipe.name)
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, access=recipe_access(args)
+    )
+    report = read_status(recipe.output_path, read_rows(recipe, registry))
+    context = ComponentContext(recipe.base_dir, recipe.name, access=recipe.access)
     total: int | None = None
     try:
         loader = build_component(registry, "loader", recipe.data, context)
-        total = loader.count()
+        # What the recipe covers, selection applied, as every mode reads it.
+        total = count_selected(recipe, loader)
     except Exception as exc:  # no input to count is still a status
         err.print(f"cannot count the input records: {type(exc).__name__}: {exc}", markup=False)
-    if total is not None and recipe.limit is not None:
-        total = min(total, recipe.limit)
     report["total"] = total
     report["remaining"] = None if total is None else max(0, total - report["rows"])
     manifest = RunState(recipe.output_path).read_manifest() or {}
@@ -135,7 +129,7 @@ def status(args: argparse.Namespace, err: Any) -> int:
         table.add_row("last run", f"{last.get('started_at', '?')} {ended}")
     if report["torn_tail"]:
         table.add_row("note", "the output ends in a torn line; the next run repairs it")
-    console = Console()
+    console = SafeConsole()
     console.print(table)
     if batches:
         console.print(_batch_table(batches))
@@ -215,3 +209,16 @@ def _lock_holder_alive(state_dir: Path) -> bool | None:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+def _torn_tail(output: Path) -> bool:
+    """A file output that does not end in a newline: a crash mid-write (the next run repairs
+    it). A folder output (the parquet writer's) repairs its own journal."""
+    if not output.is_file():
+        return False
+    with open(output, "rb") as fh:
+        size = fh.seek(0, 2)
+        if size == 0:
+            return False
+        fh.seek(size - 1)
+        return fh.read(1) != b"\n"

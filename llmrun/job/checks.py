@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import Problem, RecipeError, RecordError, TemplateError
 from ..plugins import Registry, build_component
-from ..recipe.load import Recipe
-from ..recipe.selection import selection_of
+from ..recipe.model import Recipe
 from ..recipe.templates import PromptTemplate
-from ..values import ComponentContext, SourceRecord
+from ..values import ComponentContext
 from .ids import record_id
+from .records import selected, selection
 
 
 @dataclass
@@ -31,34 +28,29 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
     unreadable records are reported with where they are."""
     report = CheckReport()
     template = PromptTemplate.for_recipe(recipe)
-    context = ComponentContext(recipe.base_dir, recipe.name, report.notes.append)
+    context = ComponentContext(recipe.base_dir, recipe.name, report.notes.append, recipe.access)
     # Built as a run builds them, so what their constructors check (a regex that does not
     # compile, a python: function that does not import, a schema file that is not there) fails
     # validate too, not only the run. Neither calls anything.
     build_component(registry, "provider", recipe.provider, context)
     for spec in recipe.postprocess:
-        build_component(registry, "postprocessor", spec, context)
+        try:  # code the recipe names is imported only with the user's trust: say what it is
+            build_component(registry, "postprocessor", spec, context)
+        except RecipeError as exc:
+            report.problems.extend(
+                Problem(p.message, p.path, str(recipe.path)) for p in exc.problems
+            )
     # The records the run would take (filter, shard, offset, limit), but for a sample by count:
     # it reads the whole source, and any records serve to check the prompt.
-    selection = selection_of(recipe)
-    if selection.sample_count is not None:
-        selection = dataclasses.replace(selection, sample=None)
+    if selection(recipe).sample_count is not None:
         report.notes.append("data.sample (a count) is not applied when checking the prompt")
-    id_field = recipe.id_field
-
-    def key(rec: SourceRecord) -> tuple[str, Mapping[str, Any] | None]:
-        if rec.data is None:
-            return rec.where, None
-        return record_id(rec.data, id_field) or rec.where, rec.data
-
     try:
         loader = build_component(registry, "loader", recipe.data, context)
-        selected = selection.select(
-            loader.records(),
-            key=key,
-            on_error=lambda rec, message: SourceRecord(None, rec.where, message),
-        )
-        records = list(itertools.islice(selected, sample))
+        works = selected(recipe, loader, whole_sample=False)
+        try:
+            records = list(itertools.islice(works, sample))
+        finally:
+            works.close()
     except OSError as exc:
         report.problems.append(Problem(f"cannot read the data: {exc}", "data", str(recipe.path)))
         return report
@@ -84,7 +76,7 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
     first_of: dict[str, str] = {}
     readable = 0
     for rec in records:
-        if rec.data is None:
+        if rec.data is None or (rec.error is not None and rec.error.startswith("data.filter")):
             message = rec.error or "unreadable record"
             # Loaders start the message with where the record is; the Problem says it already.
             message = message.removeprefix(f"{rec.where}: ")
@@ -110,7 +102,7 @@ def check_against_data(recipe: Recipe, registry: Registry, *, sample: int = 20) 
             else:
                 first_of[rid] = rec.where
         try:
-            template.render(rec.where, rec.data)
+            template.render(rec.id, rec.data)
         except RecordError as exc:
             missing = template.missing(rec.data) if isinstance(exc, TemplateError) else []
             if missing:

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import LlmrunError, PluginError
 from ..plugins import Registry
-from ..recipe.load import Recipe
-from ..values import ComponentContext
+from ..recipe.model import Recipe
+from ..values import ComponentContext, flatten
 
 Order = Literal["output", "input"]
 BATCH = 1000
@@ -37,18 +37,6 @@ class ExportSummary:
     columns: list[str] = field(default_factory=list)
     skipped_lines: int = 0  # damaged lines (a run writing right now, a torn tail)
     missing: int = 0  # with order="input": input records without a row yet
-
-
-def flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"fields": {"a": 1}}`` -> ``{"fields.a": 1}``; lists and empty objects stay values."""
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def select_columns(found: Iterable[str], wanted: list[str] | None) -> list[str]:
@@ -191,7 +179,7 @@ def _in_input_order(
     from ..plugins import build_component
     from .ids import record_id
 
-    context = ComponentContext(recipe.base_dir, recipe.name)
+    context = ComponentContext(recipe.base_dir, recipe.name, access=recipe.access)
     loader = build_component(registry, "loader", recipe.data, context)
     with open(source, "rb") as fh:
 

@@ -35,7 +35,7 @@ from ..__about__ import __version__
 from ..errors import Problem, RecipeError
 from ..hookspecs import PLUGIN_API
 from ..plugins import ENTRY_POINT_GROUP, Registry
-from ..recipe.load import Recipe, thaw
+from ..recipe.model import Recipe, thaw
 from ..recipe.templates import make_environment
 from .store import atomic_write
 
@@ -186,8 +186,10 @@ def file_hashes(recipe: Recipe) -> dict[str, str]:
     files: dict[str, str] = {}
     options: list[Any] = [recipe.data.options, recipe.provider.options]
     options += [spec.options for spec in recipe.postprocess]
+    scope = recipe.access.scope(base)
     for path in _named_files(options, base):
-        if path != recipe.output_path:
+        # Only files the recipe may read: a lock must not hash (and so probe) /etc/shadow.
+        if path != recipe.output_path and scope.contains(path):
             files[_relative(path, base)] = _sha256(path)
     for name in sorted(_included_templates(recipe)):
         path = (base / name).resolve()

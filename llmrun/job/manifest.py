@@ -8,7 +8,7 @@ from typing import Any
 
 from ..__about__ import __version__
 from ..plugins import Registry
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.provenance import call_hash
 from .stats import RunStats
 from .store import RunState, now_iso

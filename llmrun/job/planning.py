@@ -35,12 +35,14 @@ from ..errors import Problem, RecipeError, RecordError
 from ..plugins import Registry, build_component
 from ..recipe import tokens
 from ..recipe.envvars import read_dotenv
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.pricing import PriceTable
 from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor
 from ..values import ComponentContext, Usage
 from .ids import record_id
+from .output import read_rows
+from .records import selected
 from .store import IdSet
 
 SHOWN_PROMPTS = 3
@@ -74,6 +76,11 @@ class Plan:
     duration_s: float | None = None
     duration_bound: str = ""  # which limit sets the pace
     warnings: list[str] = field(default_factory=list)
+    # What the recipe reaches beyond itself (docs/sharing.md): where each key goes, the
+    # environment variables it declared for use outside the provider, the code it names.
+    endpoints: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    code: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,10 +110,17 @@ def make_plan(
     limit = recipe.limit if limit is None else limit
     run = recipe.run
     mode = str(getattr(run, "mode", "direct") or "direct")
-    context = ComponentContext(recipe.base_dir, recipe.name)
+    context = ComponentContext(recipe.base_dir, recipe.name, access=recipe.access)
     plan = Plan(str(recipe.path), _model(recipe, registry, context), mode)
+    plan.endpoints = [str(route) for route in recipe.key_routes]
+    plan.env = list(recipe.env_names)
+    trust = recipe.access.trusted_by
+    plan.code = [
+        f"{what} ({'trusted: ' + trust if trust else 'not run: pass --trust to run it'})"
+        for what in recipe.code
+    ]
     plan.token_method = tokens.method()
-    done_ids, typical_seen = _read_done(recipe, plan)
+    done_ids, typical_seen = _read_done(recipe, registry, plan)
     template = PromptTemplate.for_recipe(recipe)
     ceiling = tokens.output_ceiling(recipe.generation)
     window = context_window(plan.model)
@@ -116,33 +130,35 @@ def make_plan(
     sampled_input = 0
     # Counts and the first few places only: a 10M-record input may lack a field everywhere.
     no_id = _Places()
+    cannot = _Places()  # a filter that fails on the record
     loader = build_component(registry, "loader", recipe.data, context)
-    records: Iterator[Any] = iter(())
+    # The records a run would take: the very stream every mode reads (selection applied).
+    works = selected(recipe, loader, limit=limit)
     try:
-        records = loader.records()
-        for rec in records:
-            if limit is not None and plan.records >= limit:
-                break
+        for work in works:
             plan.records += 1
-            if rec.data is None:
+            if work.data is None:
                 plan.unreadable += 1
                 continue
-            rid = record_id(rec.data, recipe.id_field)
-            if rid is None:  # the run writes an error row for it without calling
-                no_id.add(rec.where)
+            rid = work.id
+            if work.error is not None:  # the run writes an error row for it without calling
+                if record_id(work.data, recipe.id_field) is None:
+                    no_id.add(work.where)
+                else:
+                    cannot.add(work.where)
                 continue
             if rid in done_ids:
                 assert plan.done is not None
                 plan.done += 1
                 continue
             plan.to_send += 1
-            missing = template.missing(rec.data)
+            missing = template.missing(work.data)
             if missing:
-                lacking.setdefault(tuple(missing), _Places()).add(rec.where)
+                lacking.setdefault(tuple(missing), _Places()).add(work.where)
             if plan.sampled >= sample:
                 continue
             try:
-                prompt = template.render(rid, rec.data)
+                prompt = template.render(rid, work.data)
             except RecordError as exc:  # a template or an image (ImageError) the run would fail
                 if not missing:
                     failing[str(exc)] = failing.get(str(exc), 0) + 1
@@ -173,9 +189,7 @@ def make_plan(
             ]
         ) from None
     finally:
-        close = getattr(records, "close", None)
-        if close is not None:
-            close()
+        works.close()
     mean_input = sampled_input / plan.sampled if plan.sampled else 0.0
     plan.input_tokens = round(mean_input * plan.to_send)
     typical = typical_seen if typical_seen is not None else max(1, ceiling // 4)
@@ -188,6 +202,10 @@ def make_plan(
         plan.warnings.append(
             f"{no_id.count} record(s) have no {recipe.id_field!r} field (data.id) ({no_id}): "
             "they will be error rows"
+        )
+    if cannot.count:
+        plan.warnings.append(
+            f"{cannot.count} record(s) fail data.filter ({cannot}): they will be error rows"
         )
     redact = Redactor({*recipe.secrets, *recipe.api_keys})
     plan.prompts = [
@@ -250,38 +268,26 @@ def _model(recipe: Recipe, registry: Registry, context: ComponentContext) -> str
     return None if model is None else str(model)
 
 
-def _read_done(recipe: Recipe, plan: Plan) -> tuple[IdSet, float | None]:
-    """The ids already in the output and the mean output tokens of its ok rows, read-only."""
-    if recipe.writer.name != "jsonl":
+def _read_done(recipe: Recipe, registry: Registry, plan: Plan) -> tuple[IdSet, float | None]:
+    """The ids already in the output and the mean output tokens of its ok rows, read-only,
+    through the writer plugin."""
+    try:
+        rows = read_rows(recipe, registry)
+    except RecipeError as exc:
         plan.done = None
-        plan.warnings.append(
-            f"the {recipe.writer.name!r} writer's output cannot be read without opening it: "
-            "records already done are counted as still to send"
-        )
+        plan.warnings.append(f"{exc}: records already done are counted as still to send")
         return IdSet(), None
-    path = recipe.output_path
     outputs = [0, 0]  # ok rows reporting output tokens, and their sum
 
     def ids() -> Iterator[str]:
-        try:
-            fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            return
-        with fh:
-            for line in fh:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # a torn tail or damaged line: resume would run that record again
-                if not isinstance(row, dict) or "id" not in row:
-                    continue
-                if row.get("status") == "ok":
-                    usage = (row.get("response") or {}).get("usage") or {}
-                    out = usage.get("output_tokens")
-                    if isinstance(out, int):
-                        outputs[0] += 1
-                        outputs[1] += out
-                yield str(row["id"])
+        for row in rows:
+            if row.get("status") == "ok":
+                usage = (row.get("response") or {}).get("usage") or {}
+                out = usage.get("output_tokens")
+                if isinstance(out, int):
+                    outputs[0] += 1
+                    outputs[1] += out
+            yield str(row["id"])
 
     done = IdSet(ids())
     return done, (outputs[1] / outputs[0] if outputs[0] else None)
@@ -386,6 +392,10 @@ def format_plan(plan: Plan) -> str:
         for m in messages:
             content = m["content"] if isinstance(m["content"], str) else json.dumps(m["content"])
             lines.append(f"[{m['role']}] {content.rstrip()}")
+    lines += [f"endpoint:  {e}" for e in plan.endpoints]
+    if plan.env:
+        lines.append(f"env:       {', '.join(plan.env)} (read into the recipe beyond its keys)")
+    lines += [f"code:      {c}" for c in plan.code]
     if plan.warnings:
         lines.append("warnings:")
         lines.extend(f"  - {w}" for w in plan.warnings)

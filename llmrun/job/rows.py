@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.pricing import Price, PriceTable
 from ..redaction import Redactor
 from ..values import Reply
+from .records import Work
 from .store import now_iso
 
 _UNSET: Any = object()
-
-
-@dataclass(slots=True)
-class Work:
-    """A record on its way through the run: its id, fields (None when unreadable), where it
-    is in the input, why it cannot be sent (if so), and when a worker took it up."""
-
-    id: str
-    data: dict[str, Any] | None
-    where: str
-    error: str | None
-    started_at: str | None = None
 
 
 class RowMaker:
@@ -75,13 +63,14 @@ class RowMaker:
         cost: float | None = None,
     ) -> dict[str, Any]:
         """Every row has the same keys, in this order (see docs/output.md)."""
+        redact = self.redact.deep  # a server may echo the key back, even in a 200 answer
         row: dict[str, Any] = {
             "id": work.id,
             "status": "ok" if error is None else "error",
-            "text": text,
-            "fields": fields or {},
+            "text": redact(text),
+            "fields": redact(fields or {}),
             "error": error,
-            "response": response,
+            "response": redact(response),
         }
         include, data = self.recipe.include, work.data
         if data is None or include == "none":
@@ -107,7 +96,7 @@ class RowMaker:
     ) -> dict[str, Any]:
         error: dict[str, Any] = {
             "type": code,
-            "message": self.redact(message),
+            "message": self.redact.message(message),
             "retryable": retryable,
         }
         if status is not None:

@@ -74,3 +74,8 @@ class Environment:
             return value
 
         return _VAR.sub(sub, text), missing, used
+
+
+def variables_in(text: str) -> list[str]:
+    """The names ``text`` reads with ``${VAR}`` (``$${`` is a literal, not a read)."""
+    return [m.group(1) for m in _VAR.finditer(text) if m.group(1)]

@@ -15,7 +15,7 @@ from ..plugins import Registry
 from .envvars import Environment
 
 if TYPE_CHECKING:
-    from .load import Recipe
+    from .model import Recipe
 
 
 def default_key(
@@ -23,21 +23,22 @@ def default_key(
     registry: Registry,
     env: Environment,
     where: tuple[str, int | None, int | None],
-) -> Recipe:
-    """The recipe with its provider's key from the environment, unchanged when the provider
-    names no variable (or an optional one that is unset); a RecipeError naming the variable
-    when a required one is unset. ``where`` is (file, line, column) of ``provider.name``."""
+) -> tuple[Recipe, str]:
+    """The recipe with its provider's key from the environment and the variable it came
+    from, the recipe unchanged when the provider names no variable (or an optional one that
+    is unset); a RecipeError naming the variable when a required one is unset. ``where`` is
+    (file, line, column) of ``provider.name``."""
     cls = registry.get("provider", recipe.provider.name).cls
     declared = getattr(cls, "api_key_env", None)
     found = declared(recipe.provider.options) if callable(declared) else None
     if not found:
-        return recipe
+        return recipe, ""
     name, required = found
     value = env.get(name)
     if value:
-        return replace(recipe, api_keys=(value,), secrets=recipe.secrets | {value})
+        return replace(recipe, api_keys=(value,), secrets=recipe.secrets | {value}), name
     if not required:
-        return recipe
+        return recipe, ""
     preset = recipe.provider.options.get("preset")
     who = f"provider {recipe.provider.name!r}" + (f" (preset {preset})" if preset else "")
     file, line, column = where

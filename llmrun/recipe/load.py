@@ -10,18 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import yaml
 
+from ..access import Access
 from ..errors import PluginError, Problem, RecipeError
 from ..plugins import Registry
-from ..redaction import Redactor
-from .envvars import Environment, read_dotenv
+from ..redaction import Redactor, looks_like_secret, url_password
+from .envvars import Environment, read_dotenv, variables_in
+from .guards import glob_root, key_routes, output_problems, read_problems
 from .keyenv import default_key
+from .model import ComponentSpec, Recipe, RunSettings, freeze
 from .problems import locate, schema_problems, selection_problems, template_problems
 from .schema import CORE_KEYS, base_schema
 from .selection import parse_shard
@@ -63,84 +66,6 @@ RUN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
 )
 
 
-@dataclass(frozen=True)
-class ComponentSpec:
-    """A component chosen by a recipe: its name, options, and where the section is."""
-
-    name: str
-    options: Mapping[str, Any]
-    where: str  # key path in the recipe, for messages
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    concurrency: int
-    max_retries: int
-    timeout_s: float
-    connect_timeout_s: float
-    drain_s: float
-    requests_per_minute: float | None
-    # Batch mode (docs/batch.md); defaults so code building RunSettings by hand keeps working.
-    mode: str = "direct"  # direct | batch | auto
-    batch_max_requests: int | None = None  # per batch file; None: the provider's limit
-    batch_max_bytes: int | None = None
-    batch_poll_s: float = 30.0  # first poll interval; grows 1.5x while nothing changes
-    batch_poll_max_s: float = 600.0
-    batch_resubmits: int = 2  # times a failed or expired request is submitted again
-    auto_threshold: int = 1000  # auto mode: fewer records than this go direct
-    auto_deadline_s: float = 21600.0  # auto mode: a batch running longer is cancelled
-    tokens_per_minute: float | None = None
-    adaptive: bool = False  # on by default when no explicit limit is set (see load_recipe)
-    # run.adaptive: true, written out: the slow start even when the endpoint is local
-    slow_start_local: bool = False
-    budget_usd: float | None = None
-    # The largest answer body, as received and once decoded (llmrun.wire.bounds).
-    max_response_bytes: int = 64 * 1024 * 1024
-
-    @property
-    def limited(self) -> bool:
-        return self.requests_per_minute is not None or self.tokens_per_minute is not None
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A validated recipe. Paths are absolute; ``secrets`` must be redacted from any output."""
-
-    path: Path
-    name: str
-    data: ComponentSpec
-    id_field: str | None
-    limit: int | None
-    messages: tuple[tuple[str, Any], ...]  # (role, template source, or a tuple of parts)
-    provider: ComponentSpec
-    api_keys: tuple[str, ...]
-    generation: Mapping[str, Any]
-    run: RunSettings
-    postprocess: tuple[ComponentSpec, ...]
-    output_path: Path
-    writer: ComponentSpec
-    include: str | tuple[str, ...]
-    keep_raw: bool
-    secrets: frozenset[str]
-    prices: Mapping[str, Any]  # model -> {input, output, cached_input} USD per 1M tokens
-    job_hash: str  # hash of what decides the results (not run settings, never secrets)
-    # Record selection (llmrun/recipe/selection.py); `limit` above is part of it.
-    offset: int = 0
-    sample: float | int | None = None
-    seed: int = 0
-    filter: str | None = None
-    shard: tuple[int, int] | None = None
-    # Prompt images: templates rendering to a path/URL per record, attached to the last user
-    # message; and the detail asked for them.
-    images: tuple[str, ...] = ()
-    image_detail: str | None = None
-    examples: Mapping[str, Any] | None = None  # few-shot turns: {path, user, assistant}
-
-    @property
-    def base_dir(self) -> Path:
-        return self.path.parent
-
-
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     """``run.concurrency=8`` -> (("run", "concurrency"), 8); the value is read as YAML."""
     key, sep, value = text.partition("=")
@@ -160,8 +85,11 @@ def load_recipe(
     *,
     overrides: Sequence[str] = (),
     environ: Mapping[str, str] | None = None,
+    access: Access | None = None,
 ) -> Recipe:
-    """Read, interpolate and validate a recipe; raise RecipeError listing every problem."""
+    """Read, interpolate and validate a recipe; raise RecipeError listing every problem.
+    ``access`` is what the user allowed beyond the recipe (default: nothing)."""
+    access = access or Access()
     path = Path(path).resolve()
     filename = str(path)
     try:
@@ -187,18 +115,26 @@ def load_recipe(
         keys, value = parse_override(item)
         _apply_override(data, keys, value, positions)
 
+    access = _user_data_folder(data, positions, path.parent, access)
     env = Environment(read_dotenv(path.parent / ".env"), environ)
     problems: list[Problem] = []
     secrets: set[str] = set()
-    data = _interpolate(data, (), env, positions, filename, problems, secrets)
+    declared = data.get("env")
+    scoping = _Scoping(
+        frozenset(str(n) for n in declared) if isinstance(declared, list) else frozenset()
+    )
+    data = _interpolate(data, (), env, positions, filename, problems, secrets, scoping)
+    secrets |= _literal_secrets(data.get("provider"))
     if problems:
         raise RecipeError(problems)
     try:
-        recipe = build_recipe(data, positions, path, registry, frozenset(secrets))
-        if recipe.api_keys:
-            return recipe
-        where = locate(("provider", "name"), positions, filename)
-        return default_key(recipe, registry, env, where)
+        recipe = build_recipe(data, positions, path, registry, frozenset(secrets), access)
+        sources = {key: scoping.sources.get(key, "the recipe") for key in recipe.api_keys}
+        if not recipe.api_keys:
+            where = locate(("provider", "name"), positions, filename)
+            recipe, variable = default_key(recipe, registry, env, where)
+            sources = {key: f"${variable}" for key in recipe.api_keys}
+        return _route_keys(recipe, registry, sources, positions, filename)
     except RecipeError as exc:  # schema messages quote values: keep keys out of them
         redact = Redactor(secrets)
         raise RecipeError(
@@ -212,8 +148,11 @@ def build_recipe(
     path: Path,
     registry: Registry,
     secrets: frozenset[str] = frozenset(),
+    access: Access | None = None,
 ) -> Recipe:
     """Validate interpolated recipe data and build the Recipe."""
+    access = access or Access()
+    scope = access.scope(path.parent)
     filename = str(path)
     problems = schema_problems(data, base_schema(), (), positions, filename)
 
@@ -309,15 +248,20 @@ def build_recipe(
         )
         if spec:
             posts.append(spec)
-    problems.extend(template_problems(data.get("prompt"), path.parent, positions, filename))
+    problems.extend(template_problems(data.get("prompt"), path.parent, positions, filename, scope))
     if data_section is not None:
-        problems.extend(selection_problems(data_section, path.parent, positions, filename))
+        problems.extend(selection_problems(data_section, path.parent, positions, filename, scope))
+    problems.extend(read_problems(data, scope, positions, filename))
+    output_path: Path | None = None
+    if output_section is not None and isinstance(output_section.get("path"), str):
+        output_path = (path.parent / str(output_section["path"])).resolve()
+        problems.extend(output_problems(data, output_path, path, positions, filename))
     if problems:
         raise RecipeError(sorted(problems, key=lambda p: (p.file != filename, p.line or 0)))
     loader, provider, writer = found["loader"], found["provider"], found["writer"]
     assert loader and provider and writer and data_section and provider_section and output_section
+    assert output_path is not None
 
-    base = path.parent
     prompt = data["prompt"]
     if isinstance(prompt, str):
         messages: tuple[tuple[str, Any], ...] = (("user", prompt),)
@@ -366,7 +310,7 @@ def build_recipe(
             max_response_bytes=int(run["max_response_bytes"]),
         ),
         postprocess=tuple(posts),
-        output_path=(base / str(output_section["path"])).resolve(),
+        output_path=output_path,
         writer=writer,
         include=include if isinstance(include, str) else tuple(include),
         keep_raw=bool(output_section.get("raw", False)),
@@ -381,6 +325,9 @@ def build_recipe(
         images=(images,) if isinstance(images, str) else tuple(images),
         image_detail=prompt.get("image_detail") if isinstance(prompt, dict) else None,
         examples=freeze(prompt.get("examples")) if isinstance(prompt, dict) else None,
+        access=access,
+        env_names=tuple(str(n) for n in data.get("env") or ()),
+        code=tuple(filter(None, (_code_of(registry, c) for c in (loader, provider, *posts)))),
     )
 
 
@@ -424,24 +371,6 @@ def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def freeze(value: Any) -> Any:
-    """Deeply immutable copy: dicts become read-only mappings, lists tuples."""
-    if isinstance(value, Mapping):
-        return MappingProxyType({k: freeze(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(freeze(v) for v in value)
-    return value
-
-
-def thaw(value: Any) -> Any:
-    """Plain JSON-ready copy of a frozen value."""
-    if isinstance(value, Mapping):
-        return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [thaw(v) for v in value]
-    return value
-
-
 def _redacted(value: Any, secrets: set[str]) -> Any:
     if isinstance(value, dict):
         return {k: _redacted(v, secrets) for k, v in value.items()}
@@ -479,6 +408,33 @@ def _apply_override(
     positions[keys] = (0, 0)  # marks "came from --set"; _locate reports it as such
 
 
+@dataclass
+class _Scoping:
+    """Where ``${VAR}`` may expand: secret places always, other places only for the variables
+    the recipe declares in its top-level ``env:`` list (and values given with ``--set``).
+    ``sources`` remembers which variable each key came from, for plan and the run's start."""
+
+    declared: frozenset[str]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def allows(self, path: tuple[Any, ...], name: str, positions: Positions) -> bool:
+        return (
+            name in self.declared
+            or _is_secret_place(path)
+            or positions.get(path) == (0, 0)  # the user's own --set
+        )
+
+
+# Provider options a secret may go into: sent only with the request, never in a prompt.
+SECRET_PLACES = ("api_keys", "base_url", "endpoint", "headers")
+
+
+def _is_secret_place(path: tuple[Any, ...]) -> bool:
+    if len(path) < 2 or path[0] != "provider":
+        return False
+    return path[1] in SECRET_PLACES or _is_secret_path(path)
+
+
 def _interpolate(
     value: Any,
     path: tuple[Any, ...],
@@ -487,19 +443,40 @@ def _interpolate(
     filename: str,
     problems: list[Problem],
     secrets: set[str],
+    scoping: _Scoping,
 ) -> Any:
     if isinstance(value, dict):
         return {
-            k: _interpolate(v, (*path, k), env, positions, filename, problems, secrets)
+            k: v
+            if path == () and k == "env"  # the declaration itself is a list of names
+            else _interpolate(v, (*path, k), env, positions, filename, problems, secrets, scoping)
             for k, v in value.items()
         }
     if isinstance(value, list):
         return [
-            _interpolate(v, (*path, i), env, positions, filename, problems, secrets)
+            _interpolate(v, (*path, i), env, positions, filename, problems, secrets, scoping)
             for i, v in enumerate(value)
         ]
     if not isinstance(value, str):
         return value
+    if "$" in value:
+        refused = [n for n in variables_in(value) if not scoping.allows(path, n, positions)]
+        if refused:
+            file, line, col = locate(path, positions, filename)
+            for name in refused:
+                problems.append(
+                    Problem(
+                        f"${{{name}}} is not expanded here: environment variables reach only "
+                        "provider keys, base_url and headers; to use it in "
+                        f"{dotted(path)}, list it under `env:` at the top of the recipe "
+                        "(`llmrun plan` shows that list)",
+                        dotted(path),
+                        file,
+                        line,
+                        col,
+                    )
+                )
+            return value
     text, missing, used = env.interpolate(value) if "$" in value else (value, [], False)
     for name in missing:
         file, line, col = locate(path, positions, filename)
@@ -516,7 +493,104 @@ def _interpolate(
     # A key written into the recipe itself is as secret as one read from the environment.
     if (used and _is_secret_path(path)) or (path[:2] == ("provider", "api_keys") and text):
         secrets.add(text)
+        names = variables_in(value)
+        if used and len(names) == 1:
+            scoping.sources[text] = f"${names[0]}"
+        elif positions.get(path) == (0, 0):
+            scoping.sources[text] = "--set"
     return text
+
+
+_SECRET_HEADER = ("authorization", "cookie", "key", "token", "secret", "password", "auth")
+
+
+def _literal_secrets(provider: Any) -> set[str]:
+    """Secrets written into the provider section as they are: a URL's password (``base_url:
+    https://user:pw@proxy``) and every header whose name or value looks like a secret."""
+    found: set[str] = set()
+    if not isinstance(provider, dict):
+        return found
+    for key in ("base_url", "endpoint"):
+        url = provider.get(key)
+        if isinstance(url, str):
+            password = url_password(url)
+            if password:
+                found.add(password)
+    headers = provider.get("headers")
+    if isinstance(headers, dict):
+        for name, value in headers.items():
+            if not isinstance(value, str) or not value:
+                continue
+            if any(w in str(name).lower() for w in _SECRET_HEADER) or looks_like_secret(value):
+                found.add(value)
+                scheme, _, rest = value.partition(" ")  # "Bearer sk-...": the token alone too
+                if rest and scheme.isalpha():
+                    found.add(rest)
+    return found
+
+
+def _route_keys(
+    recipe: Recipe,
+    registry: Registry,
+    sources: Mapping[str, str],
+    positions: Positions,
+    filename: str,
+) -> Recipe:
+    """The recipe with where each key goes; RecipeError when a key of a known service would
+    go to another host the user has not confirmed."""
+    cls = registry.get("provider", recipe.provider.name).cls
+    options = recipe.provider.options
+    endpoint_of = getattr(cls, "key_endpoint", None)
+    endpoint = (
+        str(endpoint_of(options))
+        if callable(endpoint_of)
+        else str(options.get("base_url") or options.get("endpoint") or "")
+    )
+    homes_of = getattr(cls, "key_homes", None)
+    homes = dict(homes_of(options)) if callable(homes_of) else {}
+    at = ("provider", "base_url") if ("provider", "base_url") in positions else ("provider",)
+    if ("provider", "endpoint") in positions:
+        at = ("provider", "endpoint")
+    file, line, col = locate(at, positions, filename)
+    given = positions.get(at) == (0, 0)
+    routes, problems = key_routes(
+        endpoint,
+        sources,
+        homes,
+        recipe.access,
+        given,
+        Problem("", dotted(at), file, line, col),
+    )
+    if problems:
+        raise RecipeError(problems)
+    return replace(recipe, key_routes=routes)
+
+
+def _user_data_folder(
+    data: dict[str, Any], positions: Positions, base: Path, access: Access
+) -> Access:
+    """A ``data.path`` the user gave with ``--set`` is theirs to name: its folder joins the
+    folders the recipe may read (the files of a folder, images beside the data)."""
+    section = data.get("data")
+    given = section.get("path") if isinstance(section, dict) else None
+    if not isinstance(given, str) or positions.get(("data", "path")) != (0, 0):
+        return access
+    if given == "-" or "://" in given or "$" in given:
+        return access
+    root = (base / glob_root(given)).resolve()
+    folder = root if root.is_dir() else root.parent
+    return replace(access, read_roots=(*access.read_roots, folder))
+
+
+def _code_of(registry: Registry, spec: ComponentSpec) -> str | None:
+    """What code the component named by ``spec`` would run, when it runs code the recipe
+    names (a component declares ``runs_code(options) -> str | None``)."""
+    kind = {"postprocess": "postprocessor", "data": "loader", "provider": "provider"}
+    name = kind.get(spec.where.split("[")[0].split(".")[0], "postprocessor")
+    cls = registry.get(name, spec.name).cls
+    runs_code = getattr(cls, "runs_code", None)
+    what = runs_code(spec.options) if callable(runs_code) else None
+    return f"{spec.where}: {what}" if what else None
 
 
 def _is_secret_path(path: tuple[Any, ...]) -> bool:

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
+import jinja2.nodes
 import jsonschema
 
+from ..access import OutsideError, ReadScope
 from ..errors import Problem, RecipeError
 from .selection import compile_filter, parse_shard
 from .templates import make_environment
@@ -112,10 +115,15 @@ def short(value: Any) -> str:
 
 
 def template_problems(
-    prompt: Any, base_dir: Path, positions: Positions, filename: str
+    prompt: Any,
+    base_dir: Path,
+    positions: Positions,
+    filename: str,
+    scope: ReadScope | None = None,
 ) -> list[Problem]:
-    """Compile each prompt template, so a syntax error is reported with the recipe's other
-    faults and where it is, not when the first record is rendered."""
+    """Compile each prompt template, so a syntax error, a reach past the sandbox or a read
+    outside the recipe's folder is reported with the recipe's other faults and where it is,
+    not when the first record is rendered."""
     sources: list[tuple[tuple[Any, ...], Any]] = []
     if isinstance(prompt, str):
         sources.append((("prompt",), prompt))
@@ -141,12 +149,14 @@ def template_problems(
             sources.append((("prompt", "images"), images))
         elif isinstance(images, list):
             sources += [(("prompt", "images", i), src) for i, src in enumerate(images)]
-    env = make_environment(base_dir)
+    scope = scope or ReadScope((base_dir.resolve(),))
+    env = make_environment(base_dir, scope)
     problems: list[Problem] = []
     for where, source in sources:
         if not isinstance(source, str):
             continue  # the schema reports it
         try:
+            ast = env.parse(source)
             env.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
             file, line, col = locate(where, positions, filename)
@@ -159,17 +169,67 @@ def template_problems(
                     col,
                 )
             )
+            continue
+        for message in sandbox_problems(ast, scope):
+            file, line, col = locate(where, positions, filename)
+            problems.append(Problem(message, dotted(where), file, line, col))
     return problems
 
 
+def sandbox_problems(ast: jinja2.nodes.Template, scope: ReadScope) -> list[str]:
+    """What a template says it will do that the sandbox or the read scope refuses, found in
+    its syntax tree before any record: an attribute starting with ``_`` (the way from a value
+    to Python's internals), an include or ``load()`` of a file outside the allowed folders."""
+    found: list[str] = []
+    for node in ast.find_all((jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
+        if isinstance(node, jinja2.nodes.Getattr):
+            name: Any = node.attr
+        else:
+            assert isinstance(node, jinja2.nodes.Getitem)
+            name = _constant(node.arg)
+        if isinstance(name, str) and name.startswith("_"):
+            found.append(
+                f"the template reaches for {name!r}: attributes starting with _ are not "
+                "available to templates (they run in a sandbox)"
+            )
+    names = [("{% include %}", str(n)) for n in jinja2.meta.find_referenced_templates(ast) if n]
+    for call in ast.find_all(jinja2.nodes.Call):
+        if isinstance(call.node, jinja2.nodes.Name) and call.node.name == "load" and call.args:
+            arg = _constant(call.args[0])
+            if isinstance(arg, str):
+                names.append(("load()", arg))
+    for what, name in names:
+        try:
+            scope.check(name, what)
+        except OutsideError as exc:
+            found.append(str(exc))
+    return list(dict.fromkeys(found))
+
+
+def _constant(node: jinja2.nodes.Node) -> Any:
+    return node.value if isinstance(node, jinja2.nodes.Const) else None
+
+
 def selection_problems(
-    section: Mapping[str, Any], base_dir: Path, positions: Positions, filename: str
+    section: Mapping[str, Any],
+    base_dir: Path,
+    positions: Positions,
+    filename: str,
+    scope: ReadScope | None = None,
 ) -> list[Problem]:
     """A bad shard or filter expression, reported with the recipe's other faults."""
     problems: list[Problem] = []
+    scope = scope or ReadScope((base_dir.resolve(),))
+
+    def check_filter(value: Any) -> None:
+        compile_filter(str(value), base_dir, scope)
+        ast = make_environment(base_dir, scope).parse(f"{{{{ {value} }}}}")
+        for message in sandbox_problems(ast, scope):
+            raise ValueError(f"data.filter: {message}")
+
     checks: list[tuple[str, Callable[[Any], Any]]] = [
         ("shard", lambda v: parse_shard(str(v))),
-        ("filter", lambda v: compile_filter(str(v), base_dir)),
+        ("filter", check_filter),
     ]
     for key, check in checks:
         if key not in section:

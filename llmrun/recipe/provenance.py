@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from .load import Recipe, thaw
+from .model import Recipe, thaw
 
 
 def call_hash(recipe: Recipe) -> str:

@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import jinja2
 
+from ..access import ReadScope
 from ..errors import Problem, RecipeError
 from .templates import make_environment
 
 if TYPE_CHECKING:  # recipe.py uses this module's parsers
-    from .load import Recipe
+    from .model import Recipe
 
 T = TypeVar("T")
 HASH_SPACE = float(1 << 64)
@@ -56,10 +57,13 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def compile_filter(source: str, base_dir: Path) -> Callable[..., Any]:
-    """The filter expression, compiled; RecipeError on a syntax error."""
+def compile_filter(
+    source: str, base_dir: Path, scope: ReadScope | None = None
+) -> Callable[..., Any]:
+    """The filter expression, compiled in the template sandbox (``load()`` confined to
+    ``scope``); RecipeError on a syntax error."""
     try:
-        return make_environment(base_dir).compile_expression(source, undefined_to_none=False)
+        return make_environment(base_dir, scope).compile_expression(source, undefined_to_none=False)
     except jinja2.TemplateSyntaxError as exc:
         raise RecipeError([Problem(f"filter expression: {exc.message}", "data.filter")]) from None
 
@@ -75,6 +79,7 @@ class Selection:
     filter: str | None = None
     shard: tuple[int, int] | None = None
     base_dir: Path = Path()
+    scope: ReadScope | None = None  # where the filter's load() may read (default: base_dir)
 
     @property
     def sample_count(self) -> int | None:
@@ -148,7 +153,7 @@ class Selection:
         on_error: Callable[[T, str], T],
     ) -> Iterator[T]:
         assert self.filter is not None
-        test = compile_filter(self.filter, self.base_dir)
+        test = compile_filter(self.filter, self.base_dir, self.scope)
         for item in items:
             data = key(item)[1]
             if data is None:
@@ -193,4 +198,5 @@ def selection_of(recipe: Recipe, limit: int | None = None) -> Selection:
         filter=recipe.filter,
         shard=recipe.shard,
         base_dir=recipe.base_dir,
+        scope=recipe.access.scope(recipe.base_dir),
     )

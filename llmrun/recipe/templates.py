@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
 import jinja2.meta
+import jinja2.sandbox
 import yaml
 
+from ..access import OutsideError, ReadScope
 from ..errors import Problem, RecipeError, RecordError, TemplateError
 from ..images import ImageError
 from ..values import Prompt
 from .tokens import count_text
 
 if TYPE_CHECKING:
-    from .load import Recipe
+    from .model import Recipe
 
 ALWAYS_DEFINED = frozenset({"record"})
 URL_PREFIXES = ("http://", "https://", "data:")
@@ -93,14 +95,44 @@ class _Render:
         )
 
 
-def make_environment(base_dir: Path) -> jinja2.Environment:
-    """The Jinja2 environment recipes render in: strict, no HTML escaping, includes and
-    ``load()`` relative to the recipe's folder."""
-    env = jinja2.Environment(
+class _FolderLoader(jinja2.BaseLoader):
+    """``{% include %}`` and ``{% import %}`` of files in the recipe's folder, refused when the
+    name resolves (symlinks included) outside the folders the recipe may read."""
+
+    def __init__(self, scope: ReadScope) -> None:
+        self.scope = scope
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        try:
+            path = self.scope.check(template, "{% include %}")
+        except OutsideError as exc:
+            raise TemplateError(str(exc)) from None
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise jinja2.TemplateNotFound(template) from None
+        mtime = path.stat().st_mtime
+        return source, str(path), lambda: path.exists() and path.stat().st_mtime == mtime
+
+
+class SandboxEnvironment(jinja2.sandbox.ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox: no attribute starting with ``_`` (the way from a value to
+    ``__globals__`` and ``os``), no method that changes a list or dict, bounded ranges. llmrun's
+    own filters and ``load()`` are plain functions given to it, so they are allowed as is."""
+
+
+def make_environment(base_dir: Path, scope: ReadScope | None = None) -> jinja2.Environment:
+    """The Jinja2 environment recipes render in: sandboxed, strict, no HTML escaping, includes
+    and ``load()`` relative to the recipe's folder and confined to ``scope`` (by default that
+    folder alone)."""
+    scope = scope or ReadScope((base_dir.resolve(),))
+    env = SandboxEnvironment(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
-        loader=jinja2.FileSystemLoader(str(base_dir)),
+        loader=_FolderLoader(scope),
     )
     env.filters["tojson"] = tojson
     env.filters["truncate_tokens"] = truncate_tokens
@@ -108,10 +140,12 @@ def make_environment(base_dir: Path) -> jinja2.Environment:
 
     def load(name: str) -> Any:
         # Loaded once per run, whatever the number of records; the value is shared, so
-        # templates must not change it (Jinja gives them no way to).
+        # templates must not change it (the immutable sandbox gives them no way to).
         if name not in loaded:
             try:
-                loaded[name] = read_data_file(base_dir / name)
+                loaded[name] = read_data_file(scope.check(name, "load()"))
+            except OutsideError as exc:
+                raise TemplateError(str(exc)) from None
             except (OSError, ValueError, yaml.YAMLError) as exc:
                 raise TemplateError(f"load({name!r}): {exc}") from None
         return loaded[name]
@@ -133,8 +167,10 @@ class PromptTemplate:
         images: Sequence[str] = (),
         image_detail: str | None = None,
         examples: Mapping[str, Any] | None = None,
+        scope: ReadScope | None = None,
     ) -> None:
-        self.env = env = make_environment(base_dir)
+        self.scope = scope or ReadScope((base_dir.resolve(),))
+        self.env = env = make_environment(base_dir, self.scope)
         self.base_dir = base_dir
         self._needed: set[str] = set()
         self._recipe_file = recipe_file
@@ -174,6 +210,7 @@ class PromptTemplate:
             images=recipe.images,
             image_detail=recipe.image_detail,
             examples=recipe.examples,
+            scope=recipe.access.scope(recipe.base_dir),
         )
 
     def _renderer(self, template: jinja2.Template, source: str) -> _Render:
@@ -207,12 +244,14 @@ class PromptTemplate:
         name = str(spec["path"])
         problem = Problem("", "prompt.examples", self._recipe_file)
         try:
-            shots = read_data_file(self.base_dir / name)
+            shots = read_data_file(self.scope.check(name, "prompt.examples.path"))
+        except OutsideError as exc:
+            raise RecipeError([replace(problem, message=str(exc))]) from None
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise RecipeError([replace(problem, message=f"cannot read {name}: {exc}")]) from None
         if not isinstance(shots, list) or not all(isinstance(x, Mapping) for x in shots):
             raise RecipeError([replace(problem, message=f"{name}: expected a list of objects")])
-        env = make_environment(self.base_dir)
+        env = make_environment(self.base_dir, self.scope)
         turns: list[dict[str, Any]] = []
         for i, shot in enumerate(shots):
             for role in ("user", "assistant"):
@@ -276,10 +315,14 @@ class PromptTemplate:
         return parts
 
     def _image_part(self, source: str, detail: str | None) -> dict[str, Any]:
-        """A neutral image part; a local file is resolved against the recipe's folder and must
+        """A neutral image part; a local file is resolved against the recipe's folder, must lie
+        in a folder the recipe may read (the path may come from the record's data) and must
         exist now, so the error row names this record rather than a failure at send time."""
         if not source.startswith(URL_PREFIXES):
-            path = (self.base_dir / source).resolve()
+            try:
+                path = self.scope.check(source, "image")
+            except OutsideError as exc:
+                raise ImageError(str(exc)) from None
             if not path.is_file():
                 raise ImageError(f"image {source!r} not found ({path})")
             source = str(path)

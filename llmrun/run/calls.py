@@ -23,7 +23,7 @@ import httpx
 
 from ..components import Provider, Transport
 from ..errors import CallError, RunAborted
-from ..recipe.load import RunSettings
+from ..recipe.model import RunSettings
 from ..recipe.tokens import estimate
 from ..values import Prompt, Reply
 from ..wire.retry import classify_transport

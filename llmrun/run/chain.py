@@ -9,7 +9,8 @@ from typing import Any
 
 from ..components import Postprocessor
 from ..errors import RecordError
-from ..job.rows import RowMaker, Work
+from ..job.records import Work
+from ..job.rows import RowMaker
 from ..values import Prompt, Result, Usage
 from .calls import Outcome
 

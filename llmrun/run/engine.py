@@ -20,38 +20,43 @@ from __future__ import annotations
 import itertools
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from typing import Any, TypeVar
 
 import anyio
 from anyio import CancelScope
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..components import Loader, Postprocessor, Provider, Writer
-from ..errors import CallError, RecipeError, RecordError, RunAborted
-from ..job.ids import record_id
+from ..errors import CallError, RecipeError, RunAborted
 from ..job.manifest import finish_manifest, start_manifest, update_manifest
+from ..job.output import RowSink, rewritable
+from ..job.records import Work, selected, selection
 from ..job.rerun import drop_error_rows
 from ..job.rows import RowMaker
-from ..job.rows import Work as _Work  # the batch runner builds them too
 from ..job.stats import RunStats
 from ..job.store import IdSet, RunState, index_output, now_iso
 from ..job.summary import RunSummary as RunSummary
 from ..job.summary import Status
 from ..plugins import Observers, Registry, build_component
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.pricing import Price
-from ..recipe.selection import selection_of
 from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor
-from ..values import ComponentContext, Prompt, SourceRecord
+from ..values import ComponentContext, RunStart
 from ..wire.bounds import AnswerLimits
 from ..wire.transport import default_transport
 from .budget import Budget
-from .calls import Caller, CallFailed, NotSent, Outcome
-from .chain import postprocess
+from .calls import Caller, NotSent
 from .limits import KeyPool
 from .progress import Progress
+from .stages import Row, Stages, describe
+
+# Batch mode plugs in here (llmrun/batch/runner.py: run_batches), so this module never imports
+# it: given the engine, the finished ids and the manifest, the ids finished before the direct
+# calls start, or None when the run ends with the batches.
+BatchPhase = Callable[["Engine", IdSet, dict[str, Any]], Awaitable[IdSet | None]]
 
 READ_CHUNK = 256
 FIELD_CHECK = 20  # records the run-start check of the template looks at
@@ -61,7 +66,9 @@ SYNC_EVERY_S = 5.0
 _T = TypeVar("_T")
 
 
-class _Flags:
+class RunFlags:
+    """How the run is ending, read by every mode's loop."""
+
     def __init__(self) -> None:
         self.stopping = False  # no new records
         self.abort: RunAborted | None = None
@@ -82,6 +89,7 @@ class Engine:
         fresh: bool = False,
         retry_errors: bool = False,
         handle_signals: bool = True,
+        batch_phase: BatchPhase | None = None,
     ) -> None:
         self.recipe = recipe
         self.registry = registry
@@ -89,14 +97,17 @@ class Engine:
         self.limit = limit if limit is not None else recipe.limit
         self.fresh = fresh
         self.retry_errors = retry_errors
+        if retry_errors:
+            rewritable(recipe)  # before anything changes
         self.handle_signals = handle_signals and sys.platform != "win32"
+        self.batch_phase = batch_phase
         # Keys written literally in a recipe are as secret as those read from ${VAR}.
         self.redact = Redactor({*recipe.secrets, *recipe.api_keys})
         self.stats = RunStats()
-        self.flags = _Flags()
+        self.flags = RunFlags()
         self.warnings: list[str] = []
         self.observers = Observers(registry.manager, self.warn)
-        context = ComponentContext(recipe.base_dir, recipe.name, self.warn)
+        context = ComponentContext(recipe.base_dir, recipe.name, self.warn, recipe.access)
         self.loader: Loader = build_component(registry, "loader", recipe.data, context)
         self.provider: Provider = build_component(registry, "provider", recipe.provider, context)
         self.writer: Writer = build_component(registry, "writer", recipe.writer, context)
@@ -104,16 +115,16 @@ class Engine:
             build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
         ]
         self.template = PromptTemplate.for_recipe(recipe)
-        self.selection = selection_of(recipe, self.limit)
+        self.selection = selection(recipe, self.limit)
         self.state = RunState(recipe.output_path)
         self.rows = RowMaker(recipe, self.redact, self.provider.model, self.warn)
-        self._row, self._error, self._cost = self.rows.row, self.rows.error, self.rows.cost
+        self.sink = RowSink(self.writer, self.stats, self.observers)
         self.batch_drain_only = False  # `llmrun cancel`: collect running batches, submit nothing
         self._workers_scope: CancelScope | None = None
         self._reader_scope: CancelScope | None = None
-        self._caller: Caller | None = None
+        self._stages: Stages | None = None
         self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
-        self._budget: Budget | None = None
+        self.budget: Budget | None = None
         self._budget_price: Price | None = None
         if recipe.run.budget_usd is not None:
             self._budget_price = self.rows.price(self.provider.model)
@@ -125,7 +136,7 @@ class Engine:
                 )
 
     def warn(self, message: str) -> None:
-        message = self.redact(message)
+        message = self.redact.message(message)
         self.warnings.append(message)
         self.progress.log(f"warning: {message}")
 
@@ -152,15 +163,15 @@ class Engine:
             )
             self.observers.call(
                 "run_started",
-                {
-                    "recipe": self.recipe.name,
-                    "recipe_hash": self.recipe.job_hash,
-                    "output": str(self.recipe.output_path),
-                    "provider": self.recipe.provider.name,
-                    "model": model,
-                    "resumed": self.stats.resumed_ok + self.stats.resumed_error,
-                    "started_at": manifest["runs"][-1]["started_at"],
-                },
+                run=RunStart(
+                    recipe=self.recipe.name,
+                    recipe_hash=self.recipe.job_hash,
+                    output=str(self.recipe.output_path),
+                    provider=self.recipe.provider.name,
+                    model=model,
+                    resumed=self.stats.resumed_ok + self.stats.resumed_error,
+                    started_at=manifest["runs"][-1]["started_at"],
+                ),
             )
             status: Status = "completed"
             reason: str | None = None
@@ -170,19 +181,21 @@ class Engine:
                 limits=AnswerLimits(max_response_bytes=self.recipe.run.max_response_bytes),
             )
             caller = self._make_caller(transport)
-            self._caller = caller
+            self._stages = Stages(
+                self.recipe, self.provider, self.posts, self.template, self.rows, caller
+            )
             self.progress.start(self.recipe.name, self.stats)
             try:
-                await self._pipeline(done, caller, manifest)
+                await self._pipeline(done, manifest)
             finally:
                 with anyio.CancelScope(shield=True):
                     await transport.aclose()
                     self.writer.sync()
                     self.writer.close()
                     if self.flags.abort is not None:
-                        status, reason = "aborted", self.redact(str(self.flags.abort))
+                        status, reason = "aborted", self.redact.message(str(self.flags.abort))
                     elif self.flags.budget:
-                        status, reason = "budget", self._budget_reason()
+                        status, reason = "budget", self.budget_reason()
                     elif self.flags.stopping:
                         status, reason = "interrupted", "stopped by a signal"
                     self.progress.stop(self.stats)
@@ -190,7 +203,7 @@ class Engine:
                     summary = RunSummary(
                         status, self.stats, str(self.recipe.output_path), reason, self.warnings
                     )
-                    self.observers.call("run_finished", summary.to_json())
+                    self.observers.call("run_finished", summary=summary.to_hook())
             return summary
 
     def _make_caller(self, transport: Any) -> Caller:
@@ -205,7 +218,7 @@ class Engine:
         )
         if run.budget_usd is not None and self._budget_price is not None:
             spent = self.stats.resumed_cost_usd
-            self._budget = Budget(run.budget_usd, self._budget_price, spent)
+            self.budget = Budget(run.budget_usd, self._budget_price, spent)
         return Caller(
             self.provider,
             transport,
@@ -213,49 +226,49 @@ class Engine:
             run,
             warn=self.warn,
             on_retry=self._count_retry,
-            budget=self._budget,
-            cost_of=self._cost,
+            budget=self.budget,
+            cost_of=self.rows.cost,
             on_budget=self._budget_reached,
             count_tokens=run.tokens_per_minute is not None,
         )
 
+    @property
+    def stages(self) -> Stages:
+        """The record stages (render, call, post-process), once the run has started."""
+        assert self._stages is not None, "the stages exist while the run runs"
+        return self._stages
+
+    def records(self) -> Generator[Work, None, None]:
+        """The records the recipe covers (``job.records.selected``), for every mode."""
+        return selected(self.recipe, self.loader, limit=self.limit)
+
     def _budget_reached(self) -> None:
         if not self.flags.budget:
             self.flags.budget = True
-            self.progress.log(f"budget: {self._budget_reason()}; finishing the calls in flight")
-            self._stop_reading()
+            self.progress.log(f"budget: {self.budget_reason()}; finishing the calls in flight")
+            self.stop_reading()
 
-    def _budget_reason(self) -> str:
-        assert self._budget is not None
-        return self._budget.reason(self.stats.cost_usd)
+    def budget_reason(self) -> str:
+        assert self.budget is not None
+        return self.budget.reason(self.stats.cost_usd)
 
     def _open_output(self) -> IdSet:
         """Open the writer, count what is already there, and index the finished ids."""
         return index_output(self.writer.open(), self.stats)
 
-    async def _pipeline(self, done: IdSet, caller: Caller, manifest: dict[str, Any]) -> None:
-        from ..batch.journal import has_running
-
-        # Direct mode too collects batches an earlier batch run left running: never paid twice.
-        if (
-            self.recipe.run.mode != "direct"
-            or self.batch_drain_only
-            or has_running(self.state.dir / "batch")
-        ):
-            from ..batch.runner import run_batches
-
-            rest = await run_batches(self, done, caller, manifest)
+    async def _pipeline(self, done: IdSet, manifest: dict[str, Any]) -> None:
+        if self.batch_phase is not None:
+            # Batch and auto modes; direct mode too collects batches an earlier batch run left
+            # running (never paid twice). None: the run ends there.
+            rest = await self.batch_phase(self, done, manifest)
             if rest is None:
                 return
-            done = rest  # auto mode: what is left goes as direct calls
+            done = rest  # what is left goes as direct calls
         size = self.recipe.run.concurrency * 2
-        work_send, work_recv = anyio.create_memory_object_stream[_Work](size)
-        row_send, row_recv = anyio.create_memory_object_stream[dict[str, Any]](size)
+        work_send, work_recv = anyio.create_memory_object_stream[Work](size)
+        row_send, row_recv = anyio.create_memory_object_stream[Row](size)
         async with anyio.create_task_group() as outer:
-            outer.start_soon(self._count_total)
-            outer.start_soon(self._tick, manifest)
-            if self.handle_signals:
-                outer.start_soon(self._watch_signals)
+            self.watch(outer, manifest)
             async with anyio.create_task_group() as pipeline:
                 pipeline.start_soon(self._read, work_send, done)
                 pipeline.start_soon(self._write, row_recv)
@@ -263,31 +276,20 @@ class Engine:
                     self._workers_scope = workers.cancel_scope
                     async with work_recv, row_send:
                         for _ in range(self.recipe.run.concurrency):
-                            workers.start_soon(
-                                self._work, work_recv.clone(), row_send.clone(), caller
-                            )
+                            workers.start_soon(self._work, work_recv.clone(), row_send.clone())
             outer.cancel_scope.cancel()
 
-    async def _read(self, send: MemoryObjectSendStream[_Work], done: IdSet) -> None:
+    async def _read(self, send: MemoryObjectSendStream[Work], done: IdSet) -> None:
         with anyio.CancelScope() as scope:
             self._reader_scope = scope
-            records = self.loader.records()
-            id_field = self.recipe.id_field
-            items = self.selection.select(
-                (self._work_item(rec, id_field) for rec in records),
-                key=lambda w: (w.id, None if w.error is not None else w.data),
-                on_error=lambda w, message: _Work(w.id, w.data, w.where, message),
-            )
+            items = self.records()
             try:
                 await self._read_records(items, send, done)
             finally:
                 items.close()
-                close = getattr(records, "close", None)
-                if close is not None:  # a generator's files close now, not at garbage collection
-                    close()
 
     async def _read_records(
-        self, items: Iterator[_Work], send: MemoryObjectSendStream[_Work], done: IdSet
+        self, items: Iterator[Work], send: MemoryObjectSendStream[Work], done: IdSet
     ) -> None:
         """Send the selected records that are not done yet to the workers; after the first
         chunk, warn when those records lack fields the prompt uses."""
@@ -299,8 +301,8 @@ class Engine:
                     chunk = await anyio.to_thread.run_sync(_take, items, READ_CHUNK)
                 except Exception as exc:  # a missing file, a loader plugin's bug
                     loader = self.recipe.data.name
-                    message = f"cannot read the records ({loader} loader): {_describe(exc)}"
-                    self._abort(RunAborted(message))
+                    message = f"cannot read the records ({loader} loader): {describe(exc)}"
+                    self.abort(RunAborted(message))
                     return
                 if not chunk:
                     # Every selected record has been seen: the total is known now, even when
@@ -321,34 +323,20 @@ class Engine:
                     except anyio.WouldBlock:
                         await send.send(work)
 
-    def _check_fields(self, chunk: list[_Work]) -> None:
+    def _check_fields(self, chunk: list[Work]) -> None:
         """The run-start check of the template against the first records (as ``validate``)."""
         sample = [w.data for w in chunk[:FIELD_CHECK] if w.data is not None and w.error is None]
         report = self.template.field_report(sample)
         if report:
             self.warn(report)
 
-    def _work_item(self, rec: SourceRecord, id_field: str | None) -> _Work:
-        if rec.data is None:
-            return _Work(rec.where, None, rec.where, rec.error or "unreadable record")
-        rid = record_id(rec.data, id_field)
-        if rid is None:
-            return _Work(
-                rec.where,
-                rec.data,
-                rec.where,
-                f"record has no {id_field!r} field (data.id); fields: "
-                f"{', '.join(sorted(map(str, rec.data)))}",
-            )
-        return _Work(rid, rec.data, rec.where, rec.error)
-
     async def _work(
         self,
-        recv: MemoryObjectReceiveStream[_Work],
-        send: MemoryObjectSendStream[dict[str, Any]],
-        caller: Caller,
+        recv: MemoryObjectReceiveStream[Work],
+        send: MemoryObjectSendStream[Row],
     ) -> None:
-        group_size = int(getattr(self.provider, "group_size", 1) or 1)
+        stages = self.stages
+        group_size = stages.group_size
         async with recv, send:
             while True:
                 batch = await self._take(recv, group_size)
@@ -363,13 +351,13 @@ class Engine:
                     work.started_at = started
                 try:
                     if group_size > 1:
-                        rows = await self._process_group(batch, caller)
+                        rows = await stages.process_group(batch)
                     else:
-                        rows = [await self._process(first, caller)]
+                        rows = [await stages.process(first)]
                 except NotSent:
                     continue  # not started: the next run does it
                 except RunAborted as exc:
-                    self._abort(exc)
+                    self.abort(exc)
                     return
                 finally:
                     self.stats.in_flight -= len(batch)
@@ -382,7 +370,7 @@ class Engine:
                         except anyio.WouldBlock:
                             await send.send(row)
 
-    async def _take(self, recv: MemoryObjectReceiveStream[_Work], size: int) -> list[_Work]:
+    async def _take(self, recv: MemoryObjectReceiveStream[Work], size: int) -> list[Work]:
         """The next record, or for a grouping provider the next ``size`` records (fewer only
         at the end); empty when there are no more. Workers fill groups one at a time, waiting
         for the reader, so N records make ceil(N / size) requests, not one per idle worker."""
@@ -391,7 +379,7 @@ class Engine:
                 return [await recv.receive()]
             except anyio.EndOfStream:
                 return []
-        batch: list[_Work] = []
+        batch: list[Work] = []
         async with self._gathering:
             while len(batch) < size:
                 try:
@@ -399,98 +387,6 @@ class Engine:
                 except anyio.EndOfStream:
                     break
         return batch
-
-    def _render(self, work: _Work) -> Prompt | dict[str, Any]:
-        """The record's prompt, or its error row when it cannot be sent."""
-        if work.error is not None:
-            return self._row(work, 0, error=self._error(work, "bad_input", work.error))
-        assert work.data is not None
-        try:
-            return self.template.render(work.id, work.data)
-        except RecordError as exc:
-            return self._row(work, 0, error=self._error(work, exc.code, str(exc)))
-
-    async def _call(self, work: _Work, prompt: Prompt, caller: Caller) -> Outcome | dict[str, Any]:
-        """The call's outcome, or the record's error row (RunAborted and NotSent propagate)."""
-        try:
-            return await caller.call(prompt)
-        except CallFailed as failed:
-            err = failed.error
-            error = self._error(work, err.code, err.message, err.retryable, err.status)
-            return self._row(work, failed.attempts, error=error)
-        except RecordError as exc:  # the provider cannot build this record's request (an image)
-            return self._row(work, 0, error=self._error(work, exc.code, str(exc)))
-        except (RunAborted, NotSent, anyio.get_cancelled_exc_class()):
-            raise
-        except Exception as exc:  # a provider plugin's bug must not take the run down
-            return self._row(work, 1, error=self._error(work, "internal", _describe(exc)))
-
-    async def _process(self, work: _Work, caller: Caller) -> dict[str, Any]:
-        """Always a row: ok, or error with a reason (RunAborted is the one exception)."""
-        prompt = self._render(work)
-        if isinstance(prompt, dict):
-            return prompt
-        outcome = await self._call(work, prompt, caller)
-        if isinstance(outcome, dict):
-            return outcome
-        return await self._postprocess(work, prompt, outcome, caller)
-
-    async def _process_group(self, batch: list[_Work], caller: Caller) -> list[dict[str, Any]]:
-        """One request for several records (a grouping provider); a row for each."""
-        rows: list[dict[str, Any]] = []
-        members: list[tuple[_Work, Prompt]] = []
-        for work in batch:
-            prompt = self._render(work)
-            if isinstance(prompt, dict):
-                rows.append(prompt)
-            else:
-                members.append((work, prompt))
-        if not members:
-            return rows
-        prompts = [p for _, p in members]
-        group = Prompt(prompts[0].record_id, [], prompts[0].generation, group=tuple(prompts))
-        outcome = await self._call(members[0][0], group, caller)
-        if isinstance(outcome, dict):  # the group failed: each member gets the same error
-            failed = outcome["error"]
-            for work, _ in members:
-                error = self._error(
-                    work,
-                    failed["type"],
-                    failed["message"],
-                    failed["retryable"],
-                    failed.get("status"),
-                )  # each row says where its own record is, not the first member's
-                rows.append(self._row(work, outcome["attempts"], error=error))
-            return rows
-        try:
-            replies = self.provider.split_reply(outcome.reply, prompts)  # type: ignore[attr-defined]
-            if len(replies) != len(prompts):
-                raise ValueError(f"{len(replies)} replies for {len(prompts)} inputs")
-        except Exception as exc:
-            why = f"cannot split the grouped reply: {_describe(exc)}"
-            for work, _ in members:
-                rows.append(
-                    self._row(work, outcome.attempts, error=self._error(work, "internal", why))
-                )
-            return rows
-        for (work, prompt), reply in zip(members, replies, strict=True):
-            single = Outcome(reply, outcome.attempts, outcome.latency_s)
-            rows.append(await self._postprocess(work, prompt, single, caller))
-        return rows
-
-    async def _postprocess(
-        self, work: _Work, prompt: Prompt, outcome: Outcome, caller: Caller
-    ) -> dict[str, Any]:
-        """Run the chain (with reasks, see chain.py): the record's row."""
-        return await postprocess(
-            work,
-            prompt,
-            outcome,
-            posts=self.posts,
-            rows=self.rows,
-            call=lambda w, p: self._call(w, p, caller),
-            keep_raw=self.recipe.keep_raw,
-        )
 
     @property
     def batch_pricing(self) -> bool:
@@ -501,8 +397,7 @@ class Engine:
     def batch_pricing(self, value: bool) -> None:
         self.rows.batch_pricing = value
 
-    async def _write(self, recv: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
-        wants_rows = self.observers.wants_records
+    async def _write(self, recv: MemoryObjectReceiveStream[Row]) -> None:
         async with recv:
             async for row in recv:
                 # One pass of the loop first: rows finishing in it join this batch, so the
@@ -515,13 +410,18 @@ class Engine:
                         batch.append(recv.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                self.writer.write(batch)
-                for item in batch:
-                    self.stats.count_row(item)
-                    if wants_rows:
-                        self.observers.call("record_done", item)
+                self.sink.write(batch)
 
-    # -- around the pipeline ---------------------------------------------------------------
+    # -- around the pipeline: every mode starts these --------------------------------------
+
+    def watch(self, group: TaskGroup, manifest: dict[str, Any]) -> None:
+        """Start the tasks that run beside any mode's work in ``group``: counting the records,
+        the progress and manifest tick, and (when asked) the signal handler. Cancel the group's
+        scope when the work is done."""
+        group.start_soon(self._count_total)
+        group.start_soon(self._tick, manifest)
+        if self.handle_signals:
+            group.start_soon(self._watch_signals)
 
     async def _count_total(self) -> None:
         """The number of records the run takes, when the loader can count cheaply and the
@@ -552,7 +452,7 @@ class Engine:
                         f"{name}: finishing {self.stats.in_flight} call(s) in flight "
                         f"(up to {self.recipe.run.drain_s:g} s); press Ctrl-C again to stop now"
                     )
-                    self._stop_reading()
+                    self.stop_reading()
                     anyio_deadline = anyio.current_time() + self.recipe.run.drain_s
                     if self._workers_scope is not None:
                         self._workers_scope.deadline = anyio_deadline
@@ -561,27 +461,25 @@ class Engine:
                     if self._workers_scope is not None:
                         self._workers_scope.cancel()
 
-    def _stop_reading(self) -> None:
+    def stop_reading(self) -> None:
+        """No new records: what is in flight finishes (the run ends interrupted)."""
         self.flags.stopping = True
         if self._reader_scope is not None:
             self._reader_scope.cancel()
-        if self._caller is not None:
-            self._caller.close()
+        if self._stages is not None:
+            self._stages.caller.close()
 
-    def _abort(self, exc: RunAborted) -> None:
+    def abort(self, exc: RunAborted) -> None:
+        """A run-level failure: stop reading and cancel the calls in flight."""
         if self.flags.abort is None:
             self.flags.abort = exc
-        self._stop_reading()
+        self.stop_reading()
         if self._workers_scope is not None:
             self._workers_scope.cancel()
 
     def _count_retry(self, error: CallError) -> None:
         self.stats.retries += 1
         self.stats.retries_by_code[error.code] += 1
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _take(items: Iterator[_T], n: int) -> list[_T]:

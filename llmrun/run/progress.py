@@ -13,6 +13,7 @@ from rich.progress import Progress as RichProgressBar
 from rich.table import Table
 
 from ..job.stats import RunStats
+from ..terminal import SafeConsole
 
 Mode = Literal["auto", "rich", "plain", "none"]
 
@@ -28,7 +29,7 @@ class Progress(Protocol):
 
 
 def make_progress(mode: Mode, console: Console | None = None) -> Progress:
-    console = console or Console(stderr=True)
+    console = console or SafeConsole(stderr=True)
     if mode == "auto":
         mode = "rich" if console.is_terminal else "plain"
     if mode == "rich":

@@ -18,9 +18,10 @@ from typing import Any
 
 from ..components import Postprocessor
 from ..errors import RecipeError, RecordError
+from ..job.output import rewritable
 from ..job.store import RunState, fsync_dir, link_or_copy, now_iso
 from ..plugins import Registry, build_component
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from ..recipe.provenance import call_hash
 from ..redaction import Redactor
 from ..values import ComponentContext, Reply, Result, Usage
@@ -50,10 +51,7 @@ class RepostSummary:
 def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> RepostSummary:
     """Rerun the recipe's postprocessors over its output; raise LockedError while a run writes,
     and RecipeError when the calls changed since the replies were made (unless ``force``)."""
-    if recipe.writer.name != "jsonl":
-        raise RecipeError(
-            f"repost reads the jsonl output; this recipe writes with {recipe.writer.name!r}"
-        )
+    rewritable(recipe)
     output = recipe.output_path
     if not output.exists():
         raise RecipeError(f"no output at {output}: run the recipe first")
@@ -63,7 +61,7 @@ def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> Repost
     def warn(message: str) -> None:
         summary.warnings.append(redact(message))
 
-    context = ComponentContext(recipe.base_dir, recipe.name, warn)
+    context = ComponentContext(recipe.base_dir, recipe.name, warn, recipe.access)
     posts: list[Postprocessor] = [
         build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
     ]

@@ -72,11 +72,13 @@ def run_recipe_in(
     entry_points: str | None = None,
     args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    allow_read: Sequence[Path] = (),
 ) -> RecipeRun:
     """Write ``recipe`` (and ``records`` as data.jsonl) into ``folder`` and run it.
 
     API mode loads only the built-ins and ``plugins``. CLI mode runs the installed ``llmrun``;
     ``entry_points`` sets ``LLMRUN_PLUGINS`` for it (None: the environment's own setting).
+    ``allow_read``: folders beyond ``folder`` the recipe may read (``--allow-read``).
     """
     import yaml
 
@@ -93,7 +95,15 @@ def run_recipe_in(
         if entry_points is not None:
             run_env["LLMRUN_PLUGINS"] = entry_points
         done = subprocess.run(
-            [*llmrun_command(), "run", str(path), "--json", "--quiet", *args],
+            [
+                *llmrun_command(),
+                "run",
+                str(path),
+                "--json",
+                "--quiet",
+                *(f"--allow-read={p}" for p in allow_read),
+                *args,
+            ],
             capture_output=True,
             text=True,
             env=run_env,
@@ -101,12 +111,14 @@ def run_recipe_in(
         )
         summary = json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
         return RecipeRun(_rows(output), done.returncode, summary, path, output, done.stderr)
+    from ..access import Access
     from ..api import run_recipe_sync
     from ..plugins import load_registry
     from ..recipe.load import load_recipe
 
     registry = load_registry(entry_points=False, plugins=plugins)
-    loaded = load_recipe(path, registry, overrides=list(args), environ=env)
+    access = Access(read_roots=tuple(Path(p).resolve() for p in allow_read))
+    loaded = load_recipe(path, registry, overrides=list(args), environ=env, access=access)
     result = run_recipe_sync(loaded, registry=registry)
     # The exit code the command would give (llmrun/commands/main.py).
     errors = result.stats.error + result.stats.resumed_error
@@ -153,7 +165,8 @@ def llmrun_fake_openai() -> Iterator[FakeOpenAI]:
 @pytest.fixture
 def llmrun_run(tmp_path: Path) -> Callable[..., RecipeRun]:
     """``llmrun_run(recipe, records, plugins=..., cli=False)`` -> ``RecipeRun`` (see
-    ``run_recipe_in``); each call runs in a fresh folder under the test's ``tmp_path``."""
+    ``run_recipe_in``); each call runs in a fresh folder under the test's ``tmp_path``, and the
+    recipe may read the files the test wrote in ``tmp_path`` (as with ``--allow-read``)."""
     calls = [0]
 
     def run(
@@ -162,6 +175,7 @@ def llmrun_run(tmp_path: Path) -> Callable[..., RecipeRun]:
         **kwargs: Any,
     ) -> RecipeRun:
         calls[0] += 1
+        kwargs.setdefault("allow_read", (tmp_path,))
         return run_recipe_in(tmp_path / f"run{calls[0]}", recipe, records, **kwargs)
 
     return run

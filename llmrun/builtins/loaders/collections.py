@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ...access import OutsideError
 from ...values import ComponentContext, SourceRecord
 from .sources import ENCODING_SCHEMA
 
@@ -52,6 +53,7 @@ class FilesLoader:
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.base_dir = context.base_dir.resolve()
+        self.context = context
         given = str(options["path"])
         root = (self.base_dir / given).resolve()
         if root.is_dir():
@@ -75,6 +77,11 @@ class FilesLoader:
     def records(self) -> Iterator[SourceRecord]:
         for path in self._paths():
             shown = self._shown(path)
+            try:  # a link in the folder may point anywhere: it is read only if allowed
+                self.context.readable(path, "data.path")
+            except OutsideError as exc:
+                yield SourceRecord(None, shown, f"{shown}: {exc}")
+                continue
             data: dict[str, Any] = {"path": shown, "name": path.name}
             as_image = self.read == "image" or (
                 self.read == "auto" and path.suffix.lower() in IMAGE_SUFFIXES

@@ -98,6 +98,31 @@ class ParquetWriter:
         self._schema = self._known_schema(parts.values())
         return self._existing(sorted(parts.values()))
 
+    def read(self) -> Iterator[Mapping[str, Any]]:
+        """The rows already written, read-only (``llmrun status``, ``plan``): the sealed parts,
+        then the whole lines of journals not sealed yet; nothing is sealed or moved."""
+        import pyarrow.parquet as pq
+
+        if not self.path.is_dir():
+            return
+        for _, part in sorted(self._numbered(PART).items()):
+            with pq.ParquetFile(part) as pf:
+                for batch in pf.iter_batches(batch_size=8192):
+                    for row in batch.to_pylist():
+                        yield _nested(row)
+        sealed = self._numbered(PART)
+        for number, journal in sorted(self._numbered(JOURNAL).items()):
+            if number in sealed:
+                continue  # sealed already: its rows were read from the part
+            data = journal.read_bytes()
+            for line in data[: data.rfind(b"\n") + 1].splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and "id" in row:
+                    yield row
+
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
@@ -229,6 +254,21 @@ class ParquetWriter:
                 wanted = [c for c in ("id", "status") if c in names]
                 for batch in pf.iter_batches(batch_size=8192, columns=wanted):
                     yield from batch.to_pylist()
+
+
+# The row's objects, stored as JSON text in a part (tables.py): objects again when read back.
+NESTED = ("fields", "error", "response", "record")
+
+
+def _nested(row: dict[str, Any]) -> dict[str, Any]:
+    for key in NESTED:
+        value = row.get(key)
+        if isinstance(value, str):
+            try:
+                row[key] = json.loads(value)
+            except ValueError:
+                pass  # a plain string the row really held
+    return row
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -16,10 +16,10 @@ from typing import Any
 import anyio
 import httpx
 
+from ..batch.contract import BatchInfo, LineResult
 from ..errors import CallError
 from ..values import Prompt, Reply
 from ..wire.requests import decode
-from .contract import BatchInfo, LineResult
 
 MAX_REQUESTS = 100_000  # per batch (Anthropic's documented limit)
 MAX_BYTES = 256 * 1024 * 1024

@@ -14,11 +14,11 @@ from typing import Any
 import anyio
 import httpx
 
+from ..batch.contract import BatchInfo, BatchState, LineResult
 from ..errors import CallError
 from ..values import Prompt, Reply
 from ..wire.requests import decode
 from ..wire.retry import classify_http
-from .contract import BatchInfo, BatchState, LineResult
 
 ENDPOINT = "/v1/chat/completions"
 MAX_REQUESTS = 50_000  # per batch file (OpenAI's documented limit)
@@ -212,6 +212,6 @@ def info_from(data: Mapping[str, Any]) -> BatchInfo:
 
 
 def _error(response: httpx.Response) -> CallError:
-    from ..builtins.openai import error_from
+    from .openai_wire import error_from
 
     return error_from(response)

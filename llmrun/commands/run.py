@@ -1,0 +1,127 @@
+"""``llmrun run RECIPE``: run (or continue) a recipe in its mode."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from . import add_recipe_args, recipe_access
+from .exits import EXIT_ABORTED, EXIT_BUDGET, EXIT_ERRORS, EXIT_INTERRUPTED, EXIT_OK
+
+
+def register(subparsers: Any) -> None:
+    run = subparsers.add_parser("run", help="run a recipe (continues where a previous run stopped)")
+    add_recipe_args(run)
+    run.add_argument("--limit", type=int, metavar="N", help="use only the first N records")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: the old output is moved aside, not deleted",
+    )
+    run.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="call the records of the output's error rows again (their rows are replaced; "
+        "the old output is kept in the state folder)",
+    )
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    run.add_argument(
+        "--progress",
+        choices=["auto", "rich", "plain", "none"],
+        default="auto",
+        help="progress display (default: rich on a terminal, plain lines otherwise)",
+    )
+    run.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    run.add_argument(
+        "--locked",
+        action="store_true",
+        help="refuse to run when anything differs from the recipe's lock (llmrun lock)",
+    )
+    run.add_argument(
+        "--mode",
+        choices=["direct", "batch", "auto"],
+        help="direct calls, the provider's batch API, or auto (sets run.mode)",
+    )
+    run.add_argument(
+        "--backend", choices=["asyncio", "trio"], default="asyncio", help=argparse.SUPPRESS
+    )
+    run.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace, err: Any) -> int:
+    import shlex
+
+    import anyio
+
+    from ..api import make_engine, open_recipe
+    from ..errors import RecipeError
+    from ..job.lockfile import check_lock
+    from ..redaction import Redactor
+    from ..run.progress import Mode, make_progress, summary_table
+
+    if args.limit is not None and args.limit < 0:
+        raise RecipeError(f"--limit must be 0 or more, got {args.limit}")
+    if args.mode:
+        args.overrides = [*args.overrides, f"run.mode={args.mode}"]
+    # The command that continues this run: the same one, without --fresh.
+    again = shlex.join(
+        ["llmrun", "run", args.recipe, *(f"--set={o}" for o in args.overrides)]
+        + ([] if args.limit is None else ["--limit", str(args.limit)])
+    )
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, access=recipe_access(args)
+    )
+    # The hint repeats the user's --set values: a key given there is shown as its fingerprint.
+    again = Redactor({*recipe.secrets, *recipe.api_keys}).message(again)
+    for line in reach_lines(recipe):
+        err.print(line, markup=False)
+    for change in check_lock(recipe, registry, locked=args.locked):
+        err.print("[yellow]warning[/]: differs from the lock: ", end="")
+        err.print(change, markup=False)
+    mode: Mode = "none" if args.quiet else args.progress
+    progress = make_progress(mode, err)
+    engine = make_engine(
+        recipe,
+        registry,
+        progress,
+        limit=args.limit,
+        fresh=args.fresh,
+        retry_errors=args.retry_errors,
+    )
+    try:
+        summary = anyio.run(engine.run, backend=args.backend)
+    except KeyboardInterrupt:  # Ctrl-C before the run watched for it (start-up)
+        err.print(f"interrupted: run `{again}` again to continue", markup=False)
+        return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps(summary.to_json()))  # noqa: T201 - the command's output
+    elif not args.quiet:
+        err.print(summary_table(recipe.name, summary.stats, summary.status, summary.output))
+    if summary.status == "aborted":
+        err.print("[bold red]RunAborted[/]: ", end="")
+        err.print(summary.reason or "", markup=False)
+        err.print(
+            f"finished rows are kept; fix the problem and run `{again}` again to continue",
+            markup=False,
+        )
+        return EXIT_ABORTED
+    if summary.status == "budget":
+        err.print(f"budget: {summary.reason}", markup=False)
+        err.print(f"raise run.budget_usd and run `{again}` again to continue", markup=False)
+        return EXIT_BUDGET
+    if summary.status == "interrupted":
+        err.print(f"interrupted: run `{again}` again to continue", markup=False)
+        return EXIT_INTERRUPTED
+    return EXIT_ERRORS if summary.stats.error + summary.stats.resumed_error else EXIT_OK
+
+
+def reach_lines(recipe: Any) -> list[str]:
+    """What a run of this recipe reaches beyond itself, told before it starts: the endpoint
+    each key goes to (by fingerprint), the variables it declared in ``env:`` and the code it
+    runs because the user trusts it."""
+    lines = [f"endpoint {route}" for route in recipe.key_routes]
+    if recipe.env_names:
+        lines.append(f"reads environment variables (env:): {', '.join(recipe.env_names)}")
+    lines += [f"runs code ({recipe.access.trusted_by}): {what}" for what in recipe.code]
+    return lines

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from llmrun.wire.transport import read_response
+from llmrun.wire.bounds import AnswerLimits, read_response
 
 
 class AiohttpTransport:
@@ -101,7 +101,7 @@ class AiohttpTransport:
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise httpx.NetworkError(str(exc) or type(exc).__name__, request=request) from exc
-        return read_response(status, raw_headers, body, request)
+        return read_response(status, raw_headers, body, request, AnswerLimits())
 
     async def aclose(self) -> None:
         if self._session is not None:

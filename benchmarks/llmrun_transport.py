@@ -19,7 +19,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from _common import API_KEY, GENERATION, MODEL, messages, parse_args, record, report
+from _common import API_KEY, GENERATION, MODEL, messages, parse_args, records, report
 from aiohttp_transport import AiohttpTransport
 
 from llmrun.builtins.openai import OpenAIChat
@@ -40,16 +40,15 @@ async def main() -> None:
         args.transport
     ]
     transport = cls(max_connections=args.concurrency, connect_timeout_s=10)
-    counter = iter(range(args.records))
+    counter = records(args)
     ok = errors = 0
     deadline = 0.0
 
     async def worker() -> None:
         nonlocal ok, errors
-        for i in counter:
+        for rec in counter:
             if deadline and time.monotonic() > deadline:
                 return
-            rec = record(i)
             prompt = Prompt(rec["id"], messages(rec), GENERATION)
             try:
                 response = await transport.send(provider.build_request(prompt, API_KEY), 120)

@@ -8,27 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 
 import aiohttp
-from _common import API_KEY, body, parse_args, record, report
+from _common import API_KEY, body, parse_args, records, report
 
 
 async def main() -> None:
     args = parse_args(__doc__ or "")
     url = args.url.rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=args.concurrency)
-    counter = iter(range(args.records))
+    tls = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+    connector = aiohttp.TCPConnector(limit=args.concurrency, ssl=tls if tls else True)
+    counter = records(args)
     ok = errors = 0
     deadline = 0.0
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal ok, errors
-        for i in counter:
+        for rec in counter:
             if deadline and time.monotonic() > deadline:
                 return
-            data = json.dumps(body(record(i))).encode()
+            data = json.dumps(body(rec)).encode()
             try:
                 async with session.post(url, data=data, headers=headers) as resp:
                     reply = json.loads(await resp.read())

@@ -1,5 +1,6 @@
-"""The lean HTTP/1.1 transport's own behaviour: keep-alive reuse, and a connection the server
-closed while it sat idle (the request goes out again on a new one, once)."""
+"""The lean HTTP/1.1 transport's own behaviour: keep-alive reuse, and what happens when a server
+closes a pooled connection (an idempotent request goes again; a POST the server may have seen
+does not)."""
 
 from __future__ import annotations
 
@@ -82,14 +83,18 @@ def server_factory() -> Iterator[type[ScriptedServer]]:
         server.close()
 
 
-def send_all(port: int, count: int) -> list[httpx.Response]:
+def send_all(
+    port: int, count: int, method: str = "POST", pause_s: float = 0
+) -> list[httpx.Response]:
     async def main() -> list[httpx.Response]:
         transport = Http1Transport(max_connections=4, connect_timeout_s=5)
         try:
             out = []
             for i in range(count):
-                request = httpx.Request("POST", f"http://127.0.0.1:{port}/x", content=b"%d" % i)
+                content = b"%d" % i if method == "POST" else None
+                request = httpx.Request(method, f"http://127.0.0.1:{port}/x", content=content)
                 out.append(await transport.send(request, 5))
+                await anyio.sleep(pause_s)
             return out
         finally:
             await transport.aclose()
@@ -105,13 +110,32 @@ def test_one_connection_serves_request_after_request(server_factory) -> None:
     assert server.seen == [(0, i) for i in range(5)]
 
 
-def test_a_connection_closed_while_idle_is_replaced_and_the_request_sent_once_more(
+def test_a_post_on_a_reused_connection_closed_unanswered_is_not_re_sent(server_factory) -> None:
+    # The server read the 2nd POST, then closed: it may have acted on it (and billed it), so
+    # the transport must not send it again by itself (RFC 9112 9.3.1); the engine's retry
+    # policy decides, counting the attempt.
+    server = server_factory({(0, 1): None})
+    with pytest.raises(httpx.RemoteProtocolError, match="may have seen the POST"):
+        send_all(server.port, 3)
+    assert server.seen == [(0, 0), (0, 1)]
+
+
+def test_an_idempotent_request_on_a_reused_connection_closed_unanswered_goes_again(
     server_factory,
 ) -> None:
-    server = server_factory({(0, 1): None})  # the 2nd request on the 1st connection: closed
-    responses = send_all(server.port, 3)
+    server = server_factory({(0, 1): None})
+    responses = send_all(server.port, 3, method="GET")
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert server.seen == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_a_connection_the_server_closes_after_answering_is_not_reused(server_factory) -> None:
+    # "Connection: close", then the close: each POST goes out once, on a new connection.
+    closing = ANSWER.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+    server = server_factory({}, default=closing)
+    responses = send_all(server.port, 3, pause_s=0.05)
+    assert [r.text for r in responses] == ["ok"] * 3
+    assert server.seen == [(0, 0), (1, 0), (2, 0)]
 
 
 def test_a_fresh_connection_closed_unanswered_is_an_error_not_a_loop(server_factory) -> None:

@@ -18,13 +18,18 @@ import httpx
 import pytest
 
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
+from llmrun.wire.bounds import AnswerLimits, AnswerTooLarge
 from llmrun.wire.http1 import Http1Transport
-from llmrun.wire.transport import HttpxTransport
+from llmrun.wire.transport import HttpxTransport, ProxyTransport
+
+from .hostile_server import Exchange, HostileServer, gzip_bomb
 
 TRANSPORTS = [
     pytest.param(Http1Transport, "asyncio", id="http1"),
     pytest.param(HttpxTransport, "asyncio", id="httpx-asyncio"),
     pytest.param(HttpxTransport, "trio", id="httpx-trio"),
+    # What the engine uses when a proxy variable is set (no proxy here: it goes direct).
+    pytest.param(ProxyTransport, "asyncio", id="proxy-client-asyncio"),
 ]
 
 
@@ -163,3 +168,54 @@ def test_nothing_listening_is_a_connect_error(cls: type[Any], backend: str) -> N
     request = chat_request(f"http://127.0.0.1:{free_port()}/v1")
     with pytest.raises(httpx.ConnectError):
         send_with(cls, backend, lambda t: t.send(request, 5))
+
+
+def send_limited(cls: type[Any], backend: str, url: str, limit: int) -> Any:
+    async def main() -> Any:
+        limits = AnswerLimits(max_response_bytes=limit)
+        transport = cls(max_connections=2, connect_timeout_s=5, limits=limits)
+        try:
+            return await transport.send(chat_request(url), 10)
+        finally:
+            await transport.aclose()
+
+    return anyio.run(main, backend=backend)
+
+
+# Under trio, httpx's inner async generators, left mid-body when the cap is passed, are reported
+# when collected (the transport closes the response, which closes the connection; httpx gives no
+# way to close those generators from outside).
+@pytest.mark.filterwarnings("ignore:Async generator 'httpx.:ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize(("cls", "backend"), TRANSPORTS)
+def test_every_transport_caps_the_body_it_reads(cls: type[Any], backend: str) -> None:
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+    def endless(ex: Exchange) -> bool:
+        ex.send(head)
+        for _ in range(1024):  # 64 MiB at most: a client that reads it all has failed anyway
+            ex.send(b"10000\r\n" + bytes(65536) + b"\r\n")
+        return False
+
+    too_large = pytest.raises(AnswerTooLarge, match=r"body from the server: over 1 MiB")
+    with HostileServer(endless) as server, too_large:
+        send_limited(cls, backend, server.url, 1024 * 1024)
+    assert server.bytes_sent < 16 * 1024 * 1024  # the cap, plus what socket buffers held
+
+
+@pytest.mark.parametrize(("cls", "backend"), TRANSPORTS)
+def test_every_transport_caps_the_decoded_body(cls: type[Any], backend: str) -> None:
+    bomb = gzip_bomb(64 * 1024 * 1024)
+
+    def send_bomb(ex: Exchange) -> bool:
+        ex.send(
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb)
+            + bomb
+        )
+        return True
+
+    too_large = pytest.raises(AnswerTooLarge, match=r"decoded body from the server: over 1 MiB")
+    with HostileServer(send_bomb) as server, too_large:
+        send_limited(cls, backend, server.url, 1024 * 1024)

@@ -130,7 +130,8 @@ class BatchRunner:
         go as direct calls (auto mode), else None."""
         self.journal.dir.mkdir(parents=True, exist_ok=True)
         timeout = httpx.Timeout(self.settings.timeout_s, connect=self.settings.connect_timeout_s)
-        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+        # trust_env: the proxy variables (and NO_PROXY) and SSL_CERT_FILE, as in direct mode.
+        async with httpx.AsyncClient(timeout=timeout, trust_env=True) as client:
             self.client = client
             while not self._stopping():
                 plan = not self.drain_only and self._over_budget is None
@@ -548,7 +549,7 @@ async def cancel_all(engine: Engine, *, record: bool) -> list[dict[str, Any]]:
         return []
     key = engine.recipe.api_keys[0] if engine.recipe.api_keys else None
     out: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(timeout=engine.recipe.run.timeout_s, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=engine.recipe.run.timeout_s, trust_env=True) as client:
         for part in journal.active():
             if part.step not in ("created", "creating") or not part.batch_id:
                 continue

@@ -16,8 +16,8 @@ from ..hookspecs import Register, hookimpl
 from ..images import load_image
 from ..recipe.model import thaw
 from ..values import Prompt, Reply
+from ..wire.bounds import FIRST_BYTE
 from ..wire.retry import bad_body
-from ..wire.transport import FIRST_BYTE
 from .openai_stream import assemble, is_event_stream
 from .openai_wire import FINISH_REASONS, OpenAIShaped, choices_reply, error_from
 

@@ -12,11 +12,12 @@ import httpx
 
 from ..components import Transport
 from ..errors import CallError
+from ..jsonio import dumps, loads
 from ..recipe.model import thaw
 from ..values import ComponentContext, Prompt, Reply, Usage
+from ..wire.bounds import IDLE_TIMEOUT
 from ..wire.requests import KeyedRequests
 from ..wire.retry import bad_body, classify_http
-from ..wire.transport import IDLE_TIMEOUT
 from .openai_presets import PRESETS, Preset
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -208,10 +209,9 @@ class OpenAIShaped:
         raise NotImplementedError
 
     def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
-        # backslashreplace: a lone surrogate from the input goes out as its JSON escape.
+        # jsonio.dumps: a lone surrogate from the input goes out as its JSON escape.
         body = self.body(prompt)
-        content = json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace")
-        request = self._headers.post(content, api_key)
+        request = self._headers.post(dumps(body), api_key)
         if body.get("stream") is True:
             request.extensions[IDLE_TIMEOUT] = True
         return request
@@ -221,7 +221,7 @@ class OpenAIShaped:
         if status >= 300:
             raise error_from(response)
         try:
-            data = json.loads(response.content)
+            data = loads(response.content)
             if not isinstance(data, dict):
                 raise TypeError("the body is not a JSON object")
             reply = self.reply_from_body(data)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 from ..hookspecs import Register, hookimpl
+from ..jsonio import loads, row_line
 from ..values import ComponentContext, flatten
 
 
@@ -30,7 +31,7 @@ class JsonlWriter:
 
     def __init__(self, options: Mapping[str, Any], context: ComponentContext) -> None:
         self.path = (context.base_dir / str(options["path"])).resolve()
-        self._fh: IO[str] | None = None
+        self._fh: IO[bytes] | None = None
         self._warn = context.warn
 
     def open(self) -> Iterator[Mapping[str, Any]]:
@@ -40,16 +41,14 @@ class JsonlWriter:
             with open(self.path, encoding="utf-8") as fh:
                 for line in fh:
                     try:
-                        row = json.loads(line)
+                        row = loads(line)
                     except ValueError:
                         continue  # a damaged line in the middle: its record runs again
                     if isinstance(row, dict) and "id" in row:
                         yield row
-        # A lone surrogate (from "\ud800" in the input JSON) cannot be UTF-8: written as the
-        # JSON escape it came from, the row stays valid JSON instead of failing the run.
-        self._fh = open(  # noqa: SIM115 - closed in close()
-            self.path, "a", encoding="utf-8", errors="backslashreplace"
-        )
+        # Binary: rows arrive encoded (jsonio.row_line writes a lone surrogate from "\ud800"
+        # in the input as the JSON escape it came from, so the row stays valid JSON).
+        self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
 
     def read(self) -> Iterator[Mapping[str, Any]]:
         """The whole rows already written, read-only (``status``, ``plan``, the report)."""
@@ -62,7 +61,7 @@ class JsonlWriter:
                 if not line.endswith(b"\n"):
                     return  # a torn tail (a crash mid-write): not a row yet
                 try:
-                    row = json.loads(line)
+                    row = loads(line)
                 except ValueError:
                     continue
                 if isinstance(row, dict) and "id" in row:
@@ -107,7 +106,7 @@ class JsonlWriter:
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         assert self._fh is not None, "open() first"
-        self._fh.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
+        self._fh.write(b"".join([row_line(r) for r in rows]))
         self._fh.flush()  # to the OS: survives a kill -9 of this process
 
     def sync(self) -> None:

@@ -8,6 +8,8 @@ SIGKILL, so no stale lock survives a crash) and ``manifest.json`` (written atomi
 
 from __future__ import annotations
 
+import array
+import bisect
 import contextlib
 import datetime as dt
 import hashlib
@@ -16,19 +18,29 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import LockedError
 
+FENCE = 64  # digests per block of the lookup index (IdSet._fence)
 DIGEST = 16  # bytes of blake2b per id: collisions are out of reach (~1e-20 at 10^9 ids)
 
 
 def now_iso() -> str:
-    return (
-        dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    """UTC now as ``2026-01-02T03:04:05.678Z``. Every row takes two, so the date and time are
+    formatted once per second and only the milliseconds per call (issue 14: 4% of the CPU)."""
+    now = time.time()
+    second = int(now)
+    cached = _SECOND
+    if cached[0] != second:
+        cached = _SECOND[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{cached[1]}.{int((now - second) * 1000):03d}Z"
+
+
+_SECOND: list[Any] = [-1, ""]  # [whole second, its formatted date and time]
 
 
 class IdSet:
@@ -39,6 +51,10 @@ class IdSet:
         digests = sorted({self._digest(i) for i in ids})
         self._buf = b"".join(digests)
         self._n = len(digests)
+        # The first 8 bytes of every FENCE-th digest, as integers: a lookup bisects them in C and
+        # then finds the digest with bytes.find inside one block (a Python binary search over
+        # the buffer took ~10 us a lookup, 20 slices deep; resume looks up every input record).
+        self._fence = array.array("Q", [int.from_bytes(d[:8], "big") for d in digests[::FENCE]])
 
     @staticmethod
     def _digest(rid: str) -> bytes:
@@ -50,17 +66,18 @@ class IdSet:
     def __contains__(self, rid: object) -> bool:
         if not self._n or not isinstance(rid, str):
             return False
-        key, buf, lo, hi = self._digest(rid), self._buf, 0, self._n
-        while lo < hi:
-            mid = (lo + hi) // 2
-            cur = buf[mid * DIGEST : (mid + 1) * DIGEST]
-            if cur < key:
-                lo = mid + 1
-            elif cur > key:
-                hi = mid
-            else:
-                return True
-        return False
+        key = self._digest(rid)
+        head = int.from_bytes(key[:8], "big")
+        # Blocks that can hold the key: from the last one starting below it to the first one
+        # starting above it (several only when digests share their first 8 bytes).
+        first = max(bisect.bisect_left(self._fence, head) - 1, 0)
+        last = bisect.bisect_right(self._fence, head)
+        block = FENCE * DIGEST
+        lo, hi = first * block, min(last * block, len(self._buf))
+        pos = self._buf.find(key, lo, hi)
+        while pos >= 0 and (pos - lo) % DIGEST:  # a match straddling two digests: go on
+            pos = self._buf.find(key, pos + 1, hi)
+        return pos >= 0
 
 
 class RunState:

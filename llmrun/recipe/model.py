@@ -47,6 +47,8 @@ class RunSettings:
     # run.adaptive: true, written out: the slow start even when the endpoint is local
     slow_start_local: bool = False
     budget_usd: float | None = None
+    # The largest answer body, as received and once decoded (llmrun.wire.bounds).
+    max_response_bytes: int = 64 * 1024 * 1024
 
     @property
     def limited(self) -> bool:

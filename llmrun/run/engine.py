@@ -46,6 +46,7 @@ from ..recipe.pricing import Price
 from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor
 from ..values import ComponentContext, RunStart
+from ..wire.bounds import AnswerLimits
 from ..wire.transport import default_transport
 from .budget import Budget
 from .cache import CallCache
@@ -199,6 +200,7 @@ class Engine:
                 or default_transport(
                     max_connections=self.recipe.run.concurrency,
                     connect_timeout_s=self.recipe.run.connect_timeout_s,
+                    limits=AnswerLimits(max_response_bytes=self.recipe.run.max_response_bytes),
                 )
             )
             caller = self._make_caller(transport)

@@ -30,6 +30,7 @@ from ..run.calls import Caller, NotSent, Outcome, SharedCalls
 from ..run.limits import KeyPool
 from ..run.stages import Row, Stages
 from ..values import ComponentContext, Prompt, Reply
+from ..wire.bounds import AnswerLimits
 from ..wire.transport import default_transport
 from .metrics import Metrics
 
@@ -102,7 +103,9 @@ class Service:
     async def opened(self) -> AsyncIterator[Service]:
         run = self.recipe.run
         inner = self.provider.transport() or default_transport(
-            max_connections=run.concurrency, connect_timeout_s=run.connect_timeout_s
+            max_connections=run.concurrency,
+            connect_timeout_s=run.connect_timeout_s,
+            limits=AnswerLimits(max_response_bytes=run.max_response_bytes),
         )
         keys = KeyPool(
             self.recipe.api_keys,

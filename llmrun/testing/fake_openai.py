@@ -38,6 +38,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -130,10 +131,12 @@ class FakeOpenAI:
         port: int = 0,
         record: bool = True,
         stream_gap_s: float = 0.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.latency_s = latency_s
         # > 0: a streamed answer is sent event by event, this many seconds apart (else whole).
         self.stream_gap_s = stream_gap_s
+        self.tls = tls  # serve HTTPS with this server context (the TLS benchmark)
         self.model = model
         self._api_keys = None if api_keys is None else frozenset(api_keys)
         self._reply = reply
@@ -264,8 +267,11 @@ class FakeOpenAI:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop_event.set)
-        server = await loop.create_server(lambda: Connection(self, loop), sock=sock, backlog=4096)
-        self._url = f"http://{HOST}:{sock.getsockname()[1]}/v1"
+        server = await loop.create_server(
+            lambda: Connection(self, loop), sock=sock, backlog=4096, ssl=self.tls
+        )
+        scheme = "https" if self.tls else "http"
+        self._url = f"{scheme}://{HOST}:{sock.getsockname()[1]}/v1"
         try:
             on_ready()
             await stop_event.wait()
@@ -588,10 +594,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-record", action="store_true", help="keep no per-request list (still counts)"
     )
     parser.add_argument("--stats-file", help='on exit, write {"requests": N} here as JSON')
+    parser.add_argument("--certfile", help="serve HTTPS: a PEM with the key and certificate chain")
     args = parser.parse_args(argv)
 
+    tls = None
+    if args.certfile:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.certfile)
     server = FakeOpenAI(
-        latency_s=args.latency, model=args.model, port=args.port, record=not args.no_record
+        latency_s=args.latency,
+        model=args.model,
+        port=args.port,
+        record=not args.no_record,
+        tls=tls,
     )
 
     def announce() -> None:

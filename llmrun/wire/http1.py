@@ -6,14 +6,24 @@ aiohttp spends ~85 us of CPU per such request on machinery that job never uses (
 redirects, tracing, multidict headers, yarl URLs), httpx's client ~500 us (benchmarks/README.md).
 This client does only what the job needs: write the request the provider built (its
 ``httpx.Request`` already carries Host and Content-Length), read one response, keep the
-connection for the next. Bodies may be length-delimited or chunked; a response delimited by
-closing the connection is refused (no provider API sends one).
+connection for the next.
 
-A connection that the server closed while idle is detected before reuse or, if the close
-crosses the write, by the request failing with no byte of answer: that request is sent once more
-on a new connection (the server never saw it, so nothing is paid twice).
+What a server may send is untrusted, and an answer must reach the request that asked for it:
 
-Proxies are not supported here: ``transport.default_transport`` uses httpx when a proxy is set.
+- interim answers (``100 Continue``, ``103 Early Hints``) are skipped; the final answer that
+  follows is the one returned. ``101 Switching Protocols`` ends the call with an error;
+- a byte arriving while a connection sits idle in the pool (an answer nobody asked for) marks the
+  connection broken: it is closed, never read as the next request's answer;
+- the head (status line and headers, interim answers included), the body as received and the
+  body once decoded are capped (``bounds.AnswerLimits``): passing a cap ends the call;
+- a body delimited by closing the connection (HTTP/1.0 style) is read to the close;
+- a header name or value holding CR, LF or NUL is refused before anything is written;
+- a request is sent again on a new connection only when the server provably never saw it: the
+  pooled connection was found closed before writing, or the request is idempotent (RFC 9112
+  §9.3.1). A POST whose reused connection closes without answering fails as a retryable
+  transport error, so the engine's retry policy (attempt counting, backoff) decides.
+
+Proxies: ``transport.default_transport`` sends through httpx when a proxy variable is set.
 """
 
 from __future__ import annotations
@@ -27,24 +37,37 @@ from typing import Any
 import httptools
 import httpx
 
-from .transport import FIRST_BYTE, IDLE_TIMEOUT, read_response
+from .bounds import FIRST_BYTE, IDLE_TIMEOUT, AnswerLimits, read_response, too_large
 
 Origin = tuple[str, str, int]
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, raw headers, body
+
+# A connection idle this long is not reused: servers close idle keep-alive connections after a
+# few seconds (uvicorn 5 s, nginx 75 s), and a close that crosses our write leaves a POST
+# unanswered, which is then a paid retry rather than a free one.
+IDLE_REUSE_S = 4.0
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: AnswerLimits) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        self.limits = limits
         self.waiter: asyncio.Future[Answer] | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.received = 0  # bytes of the current answer (0: the server may not have seen it)
+        self.head_bytes = 0  # bytes before the final answer's body (1xx answers included)
+        self.body_bytes = 0
+        self.in_head = True
+        self.until_close = False  # the body ends when the server closes (HTTP/1.0 style)
+        self.error: Exception | None = None  # set in a parser callback, raised after feeding
         self.closed = False
         self.keep_alive = True
+        self.idle_since = 0.0
         # A streamed answer (IDLE_TIMEOUT): when the last bytes and the first body bytes came.
         self.clock: Any = None
         self.last_data = 0.0
@@ -57,42 +80,93 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self.waiter is None:  # nobody asked: never let it answer the next request
+            self.close()
+            return
         self.received += len(data)
         if self.clock is not None:
             self.last_data = self.clock()
+        if self.in_head:
+            self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(httpx.RemoteProtocolError("the server switched protocols"))
+            return
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            self._fail(self.error or httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            return
+        if self.error is not None:
+            self._fail(self.error)
+        elif self.in_head and self.head_bytes > self.limits.max_header_bytes:
+            self._fail(too_large("status line and headers", self.limits.max_header_bytes))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.waiter is not None and not self.waiter.done():
-            reason = f": {exc}" if exc else ""
-            if self.received:
-                error: Exception = httpx.RemoteProtocolError(
-                    f"the server closed the connection mid-answer{reason}"
-                )
-            else:
-                error = _Unanswered(f"the server closed the connection without answering{reason}")
-            self.waiter.set_exception(error)
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self.until_close and not self.in_head and exc is None:
+            self.waiter = None
+            waiter.set_result((self.parser.get_status_code(), self.headers, b"".join(self.body)))
+            return
+        reason = f": {exc}" if exc else ""
+        if self.received:
+            error: Exception = httpx.RemoteProtocolError(
+                f"the server closed the connection mid-answer{reason}"
+            )
+        else:
+            error = Unanswered(f"the server closed the connection without answering{reason}")
+        waiter.set_exception(error)
 
     # -- httptools callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.waiter is None:  # a second answer in the bytes that ended the first
+            self.headers, self.body = [], []
+            self.error = httpx.RemoteProtocolError("the server sent an answer nobody asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                self.error = httpx.RemoteProtocolError("the server switched protocols (101)")
+            return  # an interim answer: its headers are dropped when it completes
+        self.in_head = False
+        limit = self.limits.max_response_bytes
+        framed = status in (204, 304)
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                framed = True
+                if value.strip().isdigit() and int(value) > limit:
+                    self.error = too_large("declared body", limit, "run.max_response_bytes")
+            elif lowered == b"transfer-encoding":
+                framed = True
+        self.until_close = not framed
+
     def on_body(self, body: bytes) -> None:
         if self.clock is not None and self.first_body is None:
             self.first_body = self.clock()
+        self.body_bytes += len(body)
+        if self.body_bytes > self.limits.max_response_bytes:
+            if self.error is None:
+                self.error = too_large(
+                    "body", self.limits.max_response_bytes, "run.max_response_bytes"
+                )
+            return
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.in_head:  # the end of an interim (1xx) answer: wait for the final one
+            self.headers = []
+            return
         self.keep_alive = self.parser.should_keep_alive()
         waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not waiter.done() and self.error is None:
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             waiter.set_result((self.parser.get_status_code(), self.headers, body))
 
@@ -105,13 +179,16 @@ class _Connection(asyncio.Protocol):
         self.headers, self.body, self.received = [], [], 0
         self.clock = loop.time if watch else None
         self.last_data, self.first_body = loop.time(), None
+        self.head_bytes = self.body_bytes = 0
+        self.in_head, self.until_close, self.error = True, False, None
         self.waiter = loop.create_future()
         self.transport.write(data)
         return self.waiter
 
     def _fail(self, error: Exception) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(error)
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
         self.close()
 
     def close(self) -> None:
@@ -123,9 +200,16 @@ class _Connection(asyncio.Protocol):
 class Http1Transport:
     """Sends ``httpx.Request``s over pooled HTTP/1.1 connections (asyncio only)."""
 
-    def __init__(self, *, max_connections: int, connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        connect_timeout_s: float,
+        limits: AnswerLimits | None = None,
+    ) -> None:
         self._max_idle = max_connections
         self._connect_timeout = connect_timeout_s
+        self._limits = limits or AnswerLimits()
         self._idle: dict[Origin, deque[_Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._origins: dict[int, tuple[httpx.URL, Origin, bytes]] = {}
@@ -165,14 +249,23 @@ class Http1Transport:
         except httpx.RequestNotRead:  # built with stream=...: read it (once) like httpx does
             content = await request.aread()
         origin, target = self._target(request.url)
-        head = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in request.headers.raw:
+        method = request.method
+        raw = request.headers.raw
+        head = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in raw:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
-        data = b"".join(head) + content if content else b"".join(head)
+        data = b"".join(head)
+        # Each header line ends in the only CR LF it may hold: any other CR, LF or NUL in a name
+        # or value would start a header (or a request) of the value's choosing.
+        lines = len(raw) + 2
+        if data.count(b"\n") != lines or data.count(b"\r") != lines or b"\0" in data:
+            raise httpx.LocalProtocolError(_injection(raw))
+        if content:
+            data += content
         loop = asyncio.get_running_loop()
         for _ in range(2):
-            conn, reused = self._idle_connection(origin), True
+            conn, reused = self._idle_connection(origin, loop.time()), True
             if conn is None:
                 conn, reused = await self._connect(loop, origin, request), False
             idle = bool(request.extensions.get(IDLE_TIMEOUT))
@@ -183,23 +276,29 @@ class Http1Transport:
                 status, headers, body = await self._exchange(
                     loop, conn, data, sent_at + timeout_s, idle=timeout_s if idle else None
                 )
-            except _Unanswered:
+            except Unanswered as exc:
+                conn.close()
+                if reused and method in _IDEMPOTENT:
+                    continue  # RFC 9112 §9.3.1: an idempotent request may go again
                 if reused:
-                    continue  # closed while idle: the server never saw this request
+                    raise Unanswered(
+                        f"{exc}; a reused connection, and the server may have seen the "
+                        f"{method}, so it is not re-sent here"
+                    ) from None
                 raise
             except BaseException:  # a timeout, a cancelled call: the connection is mid-answer
                 conn.close()
                 raise
             first_body = conn.first_body
             if conn.keep_alive and not conn.closed:
-                self._release(origin, conn)
+                self._release(origin, conn, loop.time())
             else:
                 conn.close()
-            response = read_response(status, headers, body, request)
+            response = read_response(status, headers, body, request, self._limits)
             if idle and first_body is not None:
                 response.extensions[FIRST_BYTE] = first_body - sent_at
             return response
-        raise _Unanswered("the server closed two connections in a row without answering")
+        raise Unanswered("the server closed two connections in a row without answering")
 
     async def _exchange(
         self,
@@ -233,21 +332,23 @@ class Http1Transport:
         finally:
             timers[0].cancel()
 
-    def _idle_connection(self, origin: Origin) -> _Connection | None:
+    def _idle_connection(self, origin: Origin, now: float) -> _Connection | None:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()  # the most recently used: least likely to have been closed
-            if not conn.closed:
+            if not conn.closed and now - conn.idle_since < IDLE_REUSE_S:
                 return conn
+            conn.close()
         return None
 
-    def _release(self, origin: Origin, conn: _Connection) -> None:
+    def _release(self, origin: Origin, conn: _Connection, now: float) -> None:
         idle = self._idle.get(origin)
         if idle is None:
             idle = self._idle[origin] = deque()
         if len(idle) >= self._max_idle:
             conn.close()
         else:
+            conn.idle_since = now
             idle.append(conn)
 
     async def _connect(
@@ -259,10 +360,15 @@ class Http1Transport:
         scheme, host, port = origin
         tls = self._tls_context() if scheme == "https" else None
         timeout = self._connect_timeout
+        limits = self._limits
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    _Connection, host, port, ssl=tls, server_hostname=host if tls else None
+                    lambda: _Connection(limits),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls else None,
                 ),
                 timeout,
             )
@@ -278,13 +384,7 @@ class Http1Transport:
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
-                self._ssl = ssl.create_default_context()  # honours those variables
-            else:  # httpx's default: the certifi bundle, the same on every machine
-                import certifi
-
-                self._ssl = ssl.create_default_context(cafile=certifi.where())
-            self._ssl.set_alpn_protocols(["http/1.1"])
+            self._ssl = tls_context()
         return self._ssl
 
     async def aclose(self) -> None:
@@ -294,7 +394,29 @@ class Http1Transport:
         self._idle.clear()
 
 
-class _Unanswered(httpx.RemoteProtocolError):
+def tls_context() -> ssl.SSLContext:
+    """httpx's default verification: ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set, else the
+    certifi bundle (the same on every machine)."""
+    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        context = ssl.create_default_context()  # honours those variables
+    else:
+        import certifi
+
+        context = ssl.create_default_context(cafile=certifi.where())
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _injection(raw: list[tuple[bytes, bytes]]) -> str:
+    """Names the header holding CR, LF or NUL (never its value: it may be a secret)."""
+    for name, value in raw:
+        if any(c in name or c in value for c in (b"\r", b"\n", b"\0")):
+            shown = name.decode("ascii", "replace")[:64]
+            return f"the request header {shown!r} contains CR, LF or NUL; refused"
+    return "the request line contains CR, LF or NUL; refused"
+
+
+class Unanswered(httpx.RemoteProtocolError):
     """The connection closed before any byte of the answer (httpx says the same)."""
 
 

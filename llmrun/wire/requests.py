@@ -9,18 +9,19 @@ from typing import Any
 
 import httpx
 
+from ..jsonio import dumps, loads
 from .retry import bad_body
 
 
 def encode(body: Mapping[str, Any]) -> bytes:
     """A request body as UTF-8 JSON (a lone surrogate from the input goes out escaped)."""
-    return json.dumps(body, ensure_ascii=False).encode("utf-8", "backslashreplace")
+    return dumps(body)
 
 
 def decode(response: httpx.Response, what: str) -> dict[str, Any]:
     """A 2xx response's JSON object; a retryable ``bad_response`` CallError when it is not."""
     try:
-        data = json.loads(response.content)
+        data = loads(response.content)
     except ValueError as exc:
         raise bad_body(
             f"{type(exc).__name__} reading {what} ({len(response.content)} bytes)",
@@ -107,6 +108,7 @@ class KeyedRequests:
         self._auth = auth
         self._headers: dict[str | None, httpx.Headers] = {}
         self._raw: dict[str | None, list[tuple[bytes, bytes]]] = {}
+        self._sized: dict[tuple[str | None, int], httpx.Headers] = {}
 
     def headers(self, api_key: str | None) -> httpx.Headers:
         headers = self._headers.get(api_key)
@@ -120,16 +122,20 @@ class KeyedRequests:
     __call__ = headers
 
     def post(self, content: bytes, api_key: str | None) -> httpx.Request:
-        raw = self._raw.get(api_key)
-        if raw is None:
-            prepared = httpx.Request("POST", self.url, headers=self.headers(api_key), content=b"")
-            raw = [(k, v) for k, v in prepared.headers.raw if k.lower() != b"content-length"]
-            self._raw[api_key] = raw
-        request = httpx.Request(
-            "POST",
-            self.url,
-            headers=[*raw, (b"Content-Length", b"%d" % len(content))],
-            stream=httpx.ByteStream(content),
-        )
+        # The headers differ only by key and Content-Length: built once for each pair (httpx
+        # copies a Headers object's list instead of normalizing every name and value again).
+        sized = (api_key, len(content))
+        headers = self._sized.get(sized)
+        if headers is None:
+            raw = self._raw.get(api_key)
+            if raw is None:
+                empty = httpx.Request("POST", self.url, headers=self.headers(api_key), content=b"")
+                raw = [(k, v) for k, v in empty.headers.raw if k.lower() != b"content-length"]
+                self._raw[api_key] = raw
+            if len(self._sized) >= 4096:  # bounded: prompt lengths vary without end
+                self._sized.clear()
+            headers = httpx.Headers([*raw, (b"Content-Length", b"%d" % len(content))])
+            self._sized[sized] = headers
+        request = httpx.Request("POST", self.url, headers=headers, stream=httpx.ByteStream(content))
         request.read()
         return request

@@ -1,7 +1,8 @@
 """The failure taxonomy every provider shares: HTTP status and transport faults -> CallError.
 
 retryable  429, 408, 409, 5xx, timeouts, connection resets, truncated or non-JSON bodies
-record     400/413/422 (invalid request, context length, content filter): an error row, no retry
+record     400/413/422 (invalid request, context length, content filter), an answer over the size
+           caps, a request header holding CR/LF: an error row, no retry
 key        401/403 and exhausted quota: this key is retired (the run stops when none is left)
 run        404 (unknown model or endpoint): nothing will succeed, stop at once
 """
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 import httpx
 
 from ..errors import CallError
+from .bounds import AnswerTooLarge
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
@@ -78,6 +80,10 @@ def classify_transport(exc: httpx.TransportError) -> CallError:
         return CallError(f"timed out ({type(exc).__name__})", kind="retryable", code="timeout")
     if isinstance(exc, httpx.ConnectError):
         return CallError(f"cannot connect: {exc}", kind="retryable", code="connect")
+    if isinstance(exc, AnswerTooLarge):  # the same oversized answer would be paid again
+        return CallError(f"answer refused: {exc}", kind="record", code="too_large")
+    if isinstance(exc, httpx.LocalProtocolError):  # our request is malformed: it stays so
+        return CallError(f"request refused: {exc}", kind="record", code="bad_request")
     return CallError(
         f"connection failed: {type(exc).__name__}: {exc}", kind="retryable", code="connection"
     )

@@ -3,10 +3,10 @@ line). Both stream, read stdin with ``path: -``, and decompress ``.gz``/``.zst``
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
+from ...jsonio import loads
 from ...values import ComponentContext, SourceRecord
 from .sources import ENCODING_SCHEMA, ERRORS_SCHEMA, PATH_SCHEMA, FileLoader
 
@@ -31,7 +31,7 @@ class JsonlLoader(FileLoader):
                 yield SourceRecord(None, where, f"{where}: {bad}")
                 continue
             try:
-                data = json.loads(line)
+                data = loads(line)  # orjson; json's own message when invalid
             except ValueError as exc:
                 yield SourceRecord(None, where, f"{where}: not valid JSON ({exc})")
                 continue

@@ -74,14 +74,43 @@ def test_no_request_arrives_before_its_retry_after(tmp_path: Path) -> None:
         later = [r.received_at for r in requests if record_id_of(r) == rid and r.received_at > sent]
         assert len(later) == 1, rid
         assert later[0] - sent >= wait, f"{rid} came back {later[0] - sent:.3f} s after a 429"
-    # The pause holds the key, not only the request: nothing at all was sent in the first
-    # Retry-After's window once the 429 was answered (requests in flight then excepted).
+    # A third of the requests refused, never most of those in flight: the Retry-After delays
+    # the refused request, not the key (others were sent during the first one's wait).
     first_rid = min(asked, key=lambda r: asked[r][0])
     sent, wait = asked[first_rid]
-    in_window = [r for r in requests if sent + 0.1 < r.received_at < sent + wait]
-    assert not in_window, [record_id_of(r) for r in in_window]
+    assert [r for r in requests if sent < r.received_at < sent + wait]
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
     assert all(rows[rid]["attempts"] == 2 for rid in asked)
+
+
+def test_retry_after_holds_the_key_when_most_requests_in_flight_are_refused(
+    tmp_path: Path,
+) -> None:
+    refused: list[float] = []
+    lock = threading.Lock()
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        rid = record_id_of(request)
+        with lock:
+            # After the first answer, every request for a while: the key's budget is spent.
+            if rid != "r00000" and len(refused) < 8:
+                refused.append(request.received_at)
+                return Fault(429, {"retry-after": "0.8"})
+        return None
+
+    with FakeOpenAI(fault=fault, latency_s=0.01) as server:
+        recipe = setup_run(tmp_path, openai(server), 40, run={"concurrency": 8})
+        result = run_cli("run", str(recipe), cwd=tmp_path)
+        requests = list(server.requests)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert len(refused) == 8
+    # Once most of the requests in flight were refused, the key waited as asked: nothing was
+    # sent from shortly after the last refusal until its Retry-After had passed.
+    last = max(refused)
+    held = [r for r in requests if last + 0.1 < r.received_at < last + 0.8]
+    assert not held, [record_id_of(r) for r in held]
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert len(rows) == 40 and all(r["status"] == "ok" for r in rows.values())
 
 
 def test_a_stall_past_the_read_timeout_is_retried(tmp_path: Path) -> None:

@@ -260,7 +260,7 @@ class Engine:
                 async with anyio.create_task_group() as workers:
                     self._workers_scope = workers.cancel_scope
                     async with work_recv, row_send:
-                        for _ in range(self.recipe.run.concurrency):
+                        for _ in range(caller.workers):
                             workers.start_soon(
                                 self._work, work_recv.clone(), row_send.clone(), caller
                             )

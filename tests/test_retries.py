@@ -4,6 +4,7 @@ server-side counts and timestamps."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -166,3 +167,86 @@ def test_every_key_rejected_stops_after_one_round_trip_each(tmp_path: Path) -> N
     assert "every API key was rejected" in result.stderr
     assert all(fingerprint_of(k) in result.stderr for k in keys)
     assert read_jsonl(tmp_path / "out.jsonl") == []
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections, reads what comes, and never
+    answers; it counts the connections."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            self.held.append(conn)  # kept open, never written to
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+def test_a_server_that_never_answers_stops_the_run_naming_it(tmp_path: Path) -> None:
+    with SilentServer() as silent:
+        provider = {"name": "openai", "base_url": f"http://127.0.0.1:{silent.port}/v1"}
+        recipe = setup_run(
+            tmp_path,
+            {**provider, "model": "gpt-test"},
+            20,
+            run={"concurrency": 8, "timeout_s": 0.4, "max_retries": 5},
+        )
+        result = run_cli("run", str(recipe), cwd=tmp_path, timeout=60)
+        connections = silent.connections
+    assert result.returncode == EXIT_ABORTED, result.stderr
+    assert f"127.0.0.1:{silent.port}" in result.stderr
+    assert "never answers" in result.stderr
+    # Nothing ever answered: one request at a time, and the run stopped once 2 x timeout_s
+    # had passed, after the first request and one more (not 20 records x 6 attempts).
+    assert 1 <= connections <= 2, connections
+    assert read_jsonl(tmp_path / "out.jsonl") == []
+
+
+def test_a_server_that_stops_answering_mid_run_is_retried_then_reported(tmp_path: Path) -> None:
+    answered = 0
+    lock = threading.Lock()
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        nonlocal answered
+        with lock:
+            answered += 1
+            if answered <= 10:
+                return None
+        return Fault(200, delay_s=30.0)  # silent from the eleventh request on
+
+    with FakeOpenAI(fault=fault) as server:
+        recipe = setup_run(
+            tmp_path,
+            openai(server),
+            20,
+            run={"concurrency": 4, "timeout_s": 0.3, "max_retries": 1, "adaptive": False},
+        )
+        result = run_cli("run", str(recipe), "--json", cwd=tmp_path, timeout=60)
+    # It had answered: the silence is retried per record, then reported as error rows.
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert len(rows) == 20
+    failed = [r for r in rows.values() if r["status"] == "error"]
+    assert len(failed) == 10
+    assert all(r["error"]["type"] == "timeout" and r["attempts"] == 2 for r in failed)
+    assert result.returncode not in (0, EXIT_ABORTED), result.stderr

@@ -22,6 +22,7 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         s = self.stats
+        endpoints = {"endpoints": s.endpoint_counts()} if s.endpoints else {}
         return {
             "status": self.status,
             "reason": self.reason,
@@ -39,4 +40,5 @@ class RunSummary:
             "tokens": {"input": s.input_tokens, "output": s.output_tokens},
             "elapsed_s": round(s.elapsed, 3),
             "warnings": list(self.warnings),
+            **endpoints,
         }

@@ -98,6 +98,9 @@ class Caller:
         )
         self._reached = False  # any HTTP answer at all: the endpoint exists
         self._first_sent: float | None = None  # when the first request went out
+        # provider.base_urls: requests built for the provider's base_url go to each in turn.
+        self._base_url = str(getattr(provider, "base_url", "") or "").rstrip("/")
+        self.endpoint_counts: dict[str, list[int]] = {}  # endpoint -> [ok, failed attempts]
         self._slots: anyio.CapacityLimiter | None = None  # calls in flight: run.concurrency
         self._stopped: str | None = None  # set once a call raised RunAborted
         self._closing = False  # stopping: calls not sent yet never will be
@@ -150,6 +153,8 @@ class Caller:
                 headers: Mapping[str, str] = {}
                 try:
                     request = self._provider.build_request(prompt, lease.key)
+                    if lease.state.endpoint is not None:
+                        request = _retarget(request, self._base_url, lease.state.endpoint)
                     if lease.probe and local_host(request.url.host):
                         self._keys.local_endpoint(lease)
                     started = time.monotonic()
@@ -168,6 +173,7 @@ class Caller:
                         error = exc
                         spent = answered and _spent(headers)
                     else:
+                        self._count_endpoint(lease, 0)
                         self._keys.on_success(lease, headers)
                         self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
                         return Outcome(reply, attempts, time.monotonic() - started)
@@ -179,11 +185,27 @@ class Caller:
                 self._retire(error, lease)
                 attempts -= 1  # the record is not to blame for a bad key: try another now
                 continue
+            self._count_endpoint(lease, 1)
+            if error.code in ("connect", "connection", "timeout") and self._keys.endpoint_failed(
+                lease
+            ):
+                self._warn(
+                    f"endpoint {lease.state.endpoint} set aside: {error.message}; "
+                    "tried again in a while"
+                )
             if self._silent(error, request):
                 continue  # a first timeout with nothing answered yet: once more, at once
             self._handle(error, request, lease, attempts, spent)
             self._on_retry(error)
             await anyio.sleep(backoff_s(attempts, error.retry_after))
+
+    def _count_endpoint(self, lease: Lease, which: int) -> None:
+        endpoint = lease.state.endpoint
+        if endpoint is not None:
+            counts = self.endpoint_counts.get(endpoint)
+            if counts is None:
+                counts = self.endpoint_counts[endpoint] = [0, 0]
+            counts[which] += 1
 
     def _timeout(self, started: float) -> float:
         """The read timeout: ``run.timeout_s``, or until 2 x that after the first request went
@@ -256,6 +278,19 @@ def _spent(headers: Mapping[str, str]) -> bool:
             except ValueError:
                 continue
     return False
+
+
+def _retarget(request: httpx.Request, base: str, endpoint: str) -> httpx.Request:
+    """The request sent to ``endpoint`` instead of the provider's ``base`` URL."""
+    url = str(request.url)
+    endpoint = endpoint.rstrip("/")
+    if endpoint == base or not base or not url.startswith(base):
+        return request
+    target = httpx.URL(endpoint + url[len(base) :])
+    headers = httpx.Headers(request.headers)
+    if "host" in headers:
+        headers["host"] = target.netloc.decode("ascii")
+    return httpx.Request(request.method, target, headers=headers, content=request.content)
 
 
 def _where(request: httpx.Request) -> str:

@@ -169,6 +169,7 @@ class Engine:
             )
             caller = self._make_caller(transport)
             self._caller = caller
+            self.stats.endpoints = caller.endpoint_counts  # provider.base_urls: live counts
             self.progress.start(self.recipe.name, self.stats)
             try:
                 await self._pipeline(done, caller, manifest)
@@ -200,6 +201,7 @@ class Engine:
             tokens_per_minute=run.tokens_per_minute,
             adaptive=run.adaptive,
             slow_start_local=run.slow_start_local,
+            endpoints=self.recipe.endpoints,
         )
         if run.budget_usd is not None and self._budget_price is not None:
             spent = self.stats.resumed_cost_usd

@@ -95,6 +95,10 @@ TRIAL_ANSWERS = 4 * TRIAL_REFUSALS
 TRIAL_MAX_S = 60.0
 TRIAL_MIN_ANSWERS = 20  # a share measured on fewer answers is counted as if on this many
 NOISE_CAP = 0.1
+# A pool of endpoints (provider.base_urls): failures in a row that set one aside, and for how
+# long before one request tries it again.
+ENDPOINT_FAILURES = 3
+REPROBE_S = 10.0
 BURST_KEEP = 256  # the latest answers kept to tell a burst (in flight at most this many)
 # A start is reserved at most this far ahead: a request waiting longer looks again later, so
 # token estimates given back and pace changes apply to the requests already waiting.
@@ -138,6 +142,8 @@ class KeyState:
     requests: Pace
     tokens: Pace
     adaptive: bool
+    endpoint: str | None = None  # one of provider.base_urls (None: the provider's own)
+    down_until: float = 0.0  # the endpoint stopped answering: tried again from then
     trusted: bool = False  # answered once: any number of requests may use it
     probe: anyio.Event | None = None  # set while the first request is out
     retired: str | None = None  # why, once retired
@@ -163,7 +169,8 @@ class KeyState:
 
     @property
     def name(self) -> str:
-        return "no key" if self.key is None else fingerprint(self.key)
+        name = "no key" if self.key is None else fingerprint(self.key)
+        return name if self.endpoint is None else f"{name} at {self.endpoint}"
 
     def pause(self, now: float, seconds: float) -> None:
         """Send nothing on this key for ``seconds`` (a pause under way is extended)."""
@@ -220,12 +227,18 @@ class KeyPool:
         tokens_per_minute: float | None = None,
         adaptive: bool = False,
         slow_start_local: bool = False,
+        endpoints: tuple[str, ...] = (),
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
+        # Each endpoint (a replica, a region) has its own capacity and quota: every limit and
+        # pace is per key and endpoint.
         self.states = [
-            KeyState(k, Pace(requests_per_minute), Pace(tokens_per_minute), adaptive)
+            KeyState(k, Pace(requests_per_minute), Pace(tokens_per_minute), adaptive, endpoint)
+            for endpoint in (endpoints or (None,))
             for k in (list(keys) if keys else [None])
         ]
+        self.pooled = len(endpoints) > 1
+        self._failures: dict[str | None, int] = {}  # endpoint -> failures since its last answer
         self._explicit_rpm = requests_per_minute is not None
         self._slow_start_local = slow_start_local  # run.adaptive: true, written out
         self._clock = clock  # a test's own clock, to feed answers at chosen times
@@ -247,6 +260,11 @@ class KeyPool:
             if not live:
                 raise RunAborted(self.exhausted_message())
             now = anyio.current_time()
+            up = [s for s in live if s.down_until <= now]
+            if not up:  # every endpoint set aside: wait for the first to be tried again
+                await anyio.sleep(min(s.down_until for s in live) - now)
+                continue
+            live = up
             trusted = [s for s in live if s.trusted]
             free = [s for s in live if not s.trusted and s.probe is None]
             waiting = [s for s in live if not s.trusted and s.probe is not None]
@@ -320,9 +338,29 @@ class KeyPool:
             state.slow_start = False
             state.learnt.set_rate(None)
 
+    def endpoint_failed(self, lease: Lease) -> bool:
+        """The lease's request got no answer (no connection, a reset, a timeout). In a pool of
+        endpoints, ENDPOINT_FAILURES in a row with no answer between set the endpoint aside for
+        REPROBE_S; then one request at a time tries it again. True when it was set aside."""
+        endpoint = lease.state.endpoint
+        if not self.pooled:
+            return False
+        failures = self._failures[endpoint] = self._failures.get(endpoint, 0) + 1
+        if failures < ENDPOINT_FAILURES:
+            return False
+        self._failures[endpoint] = 0
+        until = self._clock() + REPROBE_S
+        for state in self.states:
+            if state.endpoint == endpoint:
+                state.down_until = until
+                state.trusted = False  # probed again, one request, when it comes back
+        return True
+
     def on_success(self, lease: Lease, headers: Mapping[str, str]) -> None:
         state = lease.state
         now = self._clock()
+        if self.pooled:
+            self._failures[state.endpoint] = 0
         state.latest.append(False)
         if state.adaptive:
             state.oks.append(now)

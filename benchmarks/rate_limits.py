@@ -24,8 +24,13 @@ buckets refilling continuously, starting full, holding 1 s of the limit):
   second, first request to last answer (on the server), against the same job without faults
   (run just before). Target: >= 50% (1%) and >= 30% (7.5%) of it.
 
+- ``endpoints``: ``provider.base_urls`` with two fake servers against one, the same recipe
+  (``run.requests_per_minute: 3000``, 2,000 records, concurrency 64, 20 ms): the limit applies
+  to each endpoint. Measured: records per second (first request to last answer, on the
+  servers). Target: two endpoints >= 1.8 x one.
+
 Usage: ``python benchmarks/rate_limits.py [--only requests|tokens|adaptive|adaptive-retry-after|
-noise-1|noise-7.5] [--window 60] [--adaptive-limit R]``.
+noise-1|noise-7.5|endpoints] [--window 60] [--adaptive-limit R]``.
 Prints a table and one JSON line per scenario; exits 1 when a target is missed.
 """
 
@@ -137,9 +142,49 @@ def noise_scenario(name: str) -> dict[str, Any]:
     }
 
 
+def endpoints_job(count: int, records: int = 2000) -> float:
+    """Records per second over ``count`` endpoints at run.requests_per_minute 3,000."""
+    servers = [FakeOpenAI(latency_s=NOISE_LATENCY_S).start() for _ in range(count)]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            recipe = write_job(Path(tmp), servers[0].url, records, {"requests_per_minute": 3000})
+            data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+            data["provider"]["base_urls"] = [s.url for s in servers]
+            recipe.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            llmrun(recipe)
+        times = [r.received_at for s in servers for r in s.requests]
+    finally:
+        for server in servers:
+            server.stop()
+    return records / (max(times) + NOISE_LATENCY_S - min(times))
+
+
+def endpoints_scenario() -> dict[str, Any]:
+    one = endpoints_job(1)
+    two = endpoints_job(2)
+    return {
+        "scenario": "endpoints",
+        "limit_per_min": 3000.0,
+        "unit": "records/s",
+        "achieved_per_min": round(two * 60, 1),
+        "ratio": round(two / one, 4),
+        "fault_free_per_s": round(one, 1),
+        "per_s": round(two, 1),
+        "requests": 2000,
+        "answered_429": 0,
+        "share_429": 0.0,
+        "records": 2000,
+        "wall_s": None,
+        "target": ">= 1.8 x one endpoint",
+        "met": two / one >= 1.8,
+    }
+
+
 def scenario(name: str, window: float, adaptive_limit: float = 6000.0) -> dict[str, Any]:
     if name.startswith("noise-"):
         return noise_scenario(name)
+    if name == "endpoints":
+        return endpoints_scenario()
     per_request_tokens = request_tokens(
         {
             "messages": [
@@ -210,18 +255,25 @@ def main() -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=[*SCENARIOS, "noise-1", "noise-7.5"],
+        choices=[*SCENARIOS, "noise-1", "noise-7.5", "endpoints"],
     )
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
     parser.add_argument(
         "--adaptive-limit", type=float, default=6000.0, help="the unannounced limit, requests/min"
     )
     args = parser.parse_args()
-    names = args.only or [*SCENARIOS, "noise-1", "noise-7.5"]
+    names = args.only or [*SCENARIOS, "noise-1", "noise-7.5", "endpoints"]
     results = [scenario(name, args.window, args.adaptive_limit) for name in names]
     print("| scenario | limit /min | achieved /min | ratio | 429s | requests | target | met |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
+        if r["scenario"] == "endpoints":
+            print(
+                f"| endpoints | 3,000 requests/min each | one: {r['fault_free_per_s']:,.1f}, "
+                f"two: {r['per_s']:,.1f} records/s | {r['ratio']:.2f}x | 0 | 2,000 | "
+                f"{r['target']} | {'yes' if r['met'] else 'NO'} |"
+            )
+            continue
         if r["scenario"].startswith("noise-"):
             print(
                 f"| {r['scenario']} | none (fault-free: {r['fault_free_per_s']:,.1f} records/s) | "

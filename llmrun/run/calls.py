@@ -114,26 +114,34 @@ class Caller:
     async def call(self, prompt: Prompt) -> Outcome:
         """The reply; CallFailed when the record must become an error row; RunAborted when
         nothing can succeed; NotSent when the run stops before the call went out."""
+        budget = self._budget
         reserved = 0.0
-        if self._budget is not None:
+
+        def reserve() -> None:
+            """Hold the call's worst case: once it has a slot (records waiting for one
+            reserve nothing), before it is sent."""
+            nonlocal reserved
+            assert budget is not None
             if self._closing:
                 raise NotSent  # stopping (a signal, or the budget already reached)
-            reserved = self._budget.worst_case(prompt)
-            if not self._budget.reserve(reserved):
+            amount = budget.worst_case(prompt)
+            if not budget.reserve(amount):
                 self._on_budget()
                 raise NotSent
+            reserved = amount
+
         cost: float | None = None
         try:
-            outcome = await self._attempts(prompt)
+            outcome = await self._attempts(prompt, None if budget is None else reserve)
             cost = self._cost_of(outcome.reply)
             if cost is None:
                 cost = reserved  # no usage reported: count the worst case
             return outcome
         finally:
-            if self._budget is not None:
-                self._budget.settle(reserved, cost)
+            if budget is not None:
+                budget.settle(reserved, cost)
 
-    async def _attempts(self, prompt: Prompt) -> Outcome:
+    async def _attempts(self, prompt: Prompt, reserve: Callable[[], None] | None = None) -> Outcome:
         attempts = 0
         tokens = sum(estimate(prompt)) if self._count_tokens else 0
         if self._slots is None:
@@ -142,6 +150,9 @@ class Caller:
             if self._stopped is not None:
                 raise RunAborted(self._stopped)
             async with self._slots:  # a slot while sending, not while backing off
+                if reserve is not None:
+                    reserve()
+                    reserve = None
                 lease = await self._keys.acquire(tokens)
                 if self._closing and attempts == 0:
                     self._keys.release(lease, trusted=False)

@@ -38,6 +38,15 @@ limit. Hence, per key:
 A 429 counts against the pace only for a request whose start was reserved after the last
 decrease: the ones reserved or sent before it say nothing about the new pace.
 
+Noise: servers also refuse a share of requests whatever the pace (overloaded, a gateway). A
+cut needs evidence that the pace causes the refusals: a burst (most requests in flight
+refused), spent ``x-ratelimit-remaining-*``, or more refusals at the current pace than the
+share learnt as noise explains. In the slow start only a burst counts (past a limit the
+doubling pace soon has most requests refused). A cut to under what succeeded is a trial: a
+limit stops refusing there, noise goes on at its share; then the pace comes back and the share
+is learnt (and refined by every answer after). ``Retry-After`` holds the key only when its
+budget is shown spent (a burst, or the headers); otherwise the refused request alone waits.
+
 A local endpoint (``local_host``: loopback, a private network, an in-process transport) gets
 no slow start unless ``run.adaptive: true`` is written out: such a server (vLLM, llama.cpp,
 a proxy, the mock) queues rather than refuses, and the slow start would only cost its first
@@ -83,11 +92,12 @@ BLIND_DECREASE = 0.7
 MIN_RATE = 0.05  # requests/s: never slower than one every 20 s
 # Telling a limit from noise (see the module docstring). A 429 cuts the pace only when the
 # refusals in the window are more than the learnt noise share explains (NOISE_SIGMAS standard
-# deviations and one more), or when most of the latest answers were refused (a burst: at least
-# BURST_MIN of them, more than half of the last max(BURST_MIN, in flight)). A cut to below what
-# succeeded is a trial for TRIAL_S (or the measuring window, when longer): refusals going on at
-# TRIAL_SHARE or more of the share that led to it show a share the pace does not cause, and
-# the pace comes back. Noise is never taken to be more than NOISE_CAP of the answers.
+# deviations and one more), or when most of the latest answers were refused (a burst: more
+# than half of the last max(BURST_MIN, in flight), those in flight counted as not refused). A
+# cut to below what succeeded is a trial: TRIAL_REFUSALS more refusals there, at most
+# NOISE_CAP of the answers, show a share the pace does not cause, and the pace comes back;
+# TRIAL_ANSWERS / (the share before the cut) answers without them (or TRIAL_MAX_S) show a
+# limit. Shares before a cut count at least TRIAL_MIN_ANSWERS answers.
 NOISE_SIGMAS = 3.0
 BURST_MIN = 4
 TRIAL_REFUSALS = 3

@@ -18,8 +18,19 @@ buckets refilling continuously, starting full, holding 1 s of the limit):
 - ``adaptive-retry-after``: the same, but each 429 carries ``Retry-After`` (whole seconds) as
   gateways without rate-limit headers send it. Same target.
 
-Usage: ``python benchmarks/rate_limits.py [--only requests|tokens|adaptive|adaptive-retry-after]
-[--window 60] [--adaptive-limit R]``.
+- ``noise-1`` and ``noise-7.5``: no limit at all, but 1% (7.5%) of the requests refused at
+  random with 429 ``Retry-After: 1`` whatever the pace (an overloaded provider, a gateway);
+  3,000 records, concurrency 64, 20 ms latency, the recipe's defaults. Measured: records per
+  second, first request to last answer (on the server), against the same job without faults
+  (run just before). Target: >= 50% (1%) and >= 30% (7.5%) of it.
+
+- ``endpoints``: ``provider.base_urls`` with two fake servers against one, the same recipe
+  (``run.requests_per_minute: 3000``, 2,000 records, concurrency 64, 20 ms): the limit applies
+  to each endpoint. Measured: records per second (first request to last answer, on the
+  servers). Target: two endpoints >= 1.8 x one.
+
+Usage: ``python benchmarks/rate_limits.py [--only requests|tokens|adaptive|adaptive-retry-after|
+noise-1|noise-7.5|endpoints] [--window 60] [--adaptive-limit R]``.
 Prints a table and one JSON line per scenario; exits 1 when a target is missed.
 """
 
@@ -27,20 +38,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from llmrun.testing.fake_openai import FakeOpenAI
+from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 from llmrun.testing.limits import ServerLimit, request_tokens
 
 LATENCY_S = 0.05
 CONCURRENCY = 64
+SCENARIOS = ["requests", "tokens", "adaptive", "adaptive-retry-after"]
 
 
 def write_job(folder: Path, url: str, n: int, run: dict[str, Any]) -> Path:
@@ -70,7 +84,107 @@ def llmrun(recipe: Path) -> float:
     return time.monotonic() - started
 
 
+NOISE_RECORDS = 3000
+NOISE_LATENCY_S = 0.02
+
+
+def noise_job(share: float) -> tuple[float, int, int]:
+    """Records per second (first request to last answer, on the server), 429s, requests."""
+    rng = random.Random(15)
+    lock = threading.Lock()
+    refused = 0
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        nonlocal refused
+        with lock:
+            if rng.random() < share:
+                refused += 1
+                return Fault(429, {"retry-after": "1"})
+        return None
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        FakeOpenAI(latency_s=NOISE_LATENCY_S, fault=fault if share else None) as fake,
+    ):
+        recipe = write_job(Path(tmp), fake.url, NOISE_RECORDS, {})
+        # The recipe's defaults: concurrency 64 set above, nothing else about pace or retries.
+        data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+        data["run"] = {"concurrency": CONCURRENCY}
+        recipe.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        llmrun(recipe)
+        times = [r.received_at for r in fake.requests]
+        rows = [json.loads(line) for line in (Path(tmp) / "out.jsonl").open(encoding="utf-8")]
+    ok = sum(1 for r in rows if r["status"] == "ok")
+    span = max(times) + NOISE_LATENCY_S - min(times)
+    return ok / span, refused, len(times)
+
+
+def noise_scenario(name: str) -> dict[str, Any]:
+    share = float(name.removeprefix("noise-")) / 100
+    clean, _, _ = noise_job(0.0)
+    rate, refused, requests = noise_job(share)
+    target = 0.5 if share <= 0.01 else 0.3
+    return {
+        "scenario": name,
+        "limit_per_min": 0.0,
+        "unit": "records/s",
+        "achieved_per_min": round(rate * 60, 1),
+        "ratio": round(rate / clean, 4),
+        "fault_free_per_s": round(clean, 1),
+        "per_s": round(rate, 1),
+        "requests": requests,
+        "answered_429": refused,
+        "share_429": round(refused / requests, 5),
+        "records": NOISE_RECORDS,
+        "wall_s": None,
+        "target": f">= {100 * target:.0f}% of fault-free records/s",
+        "met": rate / clean >= target,
+    }
+
+
+def endpoints_job(count: int, records: int = 2000) -> float:
+    """Records per second over ``count`` endpoints at run.requests_per_minute 3,000."""
+    servers = [FakeOpenAI(latency_s=NOISE_LATENCY_S).start() for _ in range(count)]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            recipe = write_job(Path(tmp), servers[0].url, records, {"requests_per_minute": 3000})
+            data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+            data["provider"]["base_urls"] = [s.url for s in servers]
+            recipe.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            llmrun(recipe)
+        times = [r.received_at for s in servers for r in s.requests]
+    finally:
+        for server in servers:
+            server.stop()
+    return records / (max(times) + NOISE_LATENCY_S - min(times))
+
+
+def endpoints_scenario() -> dict[str, Any]:
+    one = endpoints_job(1)
+    two = endpoints_job(2)
+    return {
+        "scenario": "endpoints",
+        "limit_per_min": 3000.0,
+        "unit": "records/s",
+        "achieved_per_min": round(two * 60, 1),
+        "ratio": round(two / one, 4),
+        "fault_free_per_s": round(one, 1),
+        "per_s": round(two, 1),
+        "requests": 2000,
+        "answered_429": 0,
+        "share_429": 0.0,
+        "records": 2000,
+        "wall_s": None,
+        "target": ">= 1.8 x one endpoint",
+        "met": two / one >= 1.8,
+    }
+
+
 def scenario(name: str, window: float, adaptive_limit: float = 6000.0) -> dict[str, Any]:
+    if name.startswith("noise-"):
+        return noise_scenario(name)
+    if name == "endpoints":
+        return endpoints_scenario()
     per_request_tokens = request_tokens(
         {
             "messages": [
@@ -141,18 +255,33 @@ def main() -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["requests", "tokens", "adaptive", "adaptive-retry-after"],
+        choices=[*SCENARIOS, "noise-1", "noise-7.5", "endpoints"],
     )
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
     parser.add_argument(
         "--adaptive-limit", type=float, default=6000.0, help="the unannounced limit, requests/min"
     )
     args = parser.parse_args()
-    names = args.only or ["requests", "tokens", "adaptive", "adaptive-retry-after"]
+    names = args.only or [*SCENARIOS, "noise-1", "noise-7.5", "endpoints"]
     results = [scenario(name, args.window, args.adaptive_limit) for name in names]
     print("| scenario | limit /min | achieved /min | ratio | 429s | requests | target | met |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
+        if r["scenario"] == "endpoints":
+            print(
+                f"| endpoints | 3,000 requests/min each | one: {r['fault_free_per_s']:,.1f}, "
+                f"two: {r['per_s']:,.1f} records/s | {r['ratio']:.2f}x | 0 | 2,000 | "
+                f"{r['target']} | {'yes' if r['met'] else 'NO'} |"
+            )
+            continue
+        if r["scenario"].startswith("noise-"):
+            print(
+                f"| {r['scenario']} | none (fault-free: {r['fault_free_per_s']:,.1f} records/s) | "
+                f"{r['per_s']:,.1f} records/s | {100 * r['ratio']:.1f}% | "
+                f"{r['answered_429']} ({100 * r['share_429']:.2f}%) | {r['requests']:,} | "
+                f"{r['target']} | {'yes' if r['met'] else 'NO'} |"
+            )
+            continue
         print(
             f"| {r['scenario']} | {r['limit_per_min']:,.0f} {r['unit']} | "
             f"{r['achieved_per_min']:,.1f} | {100 * r['ratio']:.1f}% | "

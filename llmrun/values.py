@@ -252,3 +252,5 @@ class RunEnd(_Fields):
     tokens: dict[str, int]  # {"input": N, "output": N}
     elapsed_s: float
     warnings: list[str]
+    # provider.base_urls: {url: {"ok": N, "failed": N}} (attempts), empty without a pool
+    endpoints: dict[str, dict[str, int]] = field(default_factory=dict)

@@ -122,6 +122,13 @@ def answer(pool: KeyPool, clock: Clock, count: int, spacing: float) -> None:
         pool.on_success(lease_at(pool, clock.now), {})
 
 
+def burst(pool: KeyPool, clock: Clock, retry_after: float | None = None) -> None:
+    """Three 429s at once: most of the latest four answers refused (a slow start ends only
+    on a burst)."""
+    for _ in range(3):
+        pool.on_rate_limited(lease_at(pool, clock.now), retry_after)
+
+
 def test_adaptive_mode_starts_slow_and_grows_exponentially() -> None:
     pool, clock = adaptive_pool()
     state = pool.states[0]
@@ -148,7 +155,7 @@ def test_the_slow_start_begins_at_one_request_per_round_trip_of_the_probe() -> N
     assert slow.states[0].learnt.per_minute == pytest.approx((START_RATE + SLOW_START_GAIN) * 60)
 
 
-def test_the_first_bare_429_ends_the_slow_start_just_below_what_succeeded() -> None:
+def test_a_burst_of_429s_ends_the_slow_start_just_below_what_succeeded() -> None:
     pool, clock = adaptive_pool()
     state = pool.states[0]
     state.learnt.set_rate(60 * 60.0)  # climbed to 60/s
@@ -158,7 +165,7 @@ def test_the_first_bare_429_ends_the_slow_start_just_below_what_succeeded() -> N
         pool.on_success(lease_at(pool, clock.now), {})
     climbed = state.learnt.per_minute
     assert climbed is not None and climbed > 60 * 60.0
-    pool.on_rate_limited(lease_at(pool, clock.now), None)
+    burst(pool, clock)
     assert not state.slow_start
     assert state.learnt.per_minute == pytest.approx(DECREASE * 40 * 60)
     assert state.ceiling is None  # the budget the server started with hid the limit
@@ -176,7 +183,7 @@ def test_the_slow_start_ends_at_half_its_pace_when_more_succeeded_than_that() ->
     for _ in range(50):  # 50/s succeeded (the server's full budget hid the limit)
         clock.now += 0.02
         pool.on_success(lease_at(pool, clock.now), {})
-    pool.on_rate_limited(lease_at(pool, clock.now), None)
+    burst(pool, clock)
     # The pace had grown to 80/s; half of it (40/s) is under the 50/s that succeeded.
     assert state.learnt.per_minute == pytest.approx(DECREASE * 40 * 60)
 
@@ -231,22 +238,90 @@ def test_a_429_for_a_request_sent_before_the_last_decrease_changes_nothing() -> 
     assert after_first is not None and state.learnt.per_minute < after_first
 
 
-def test_a_429_with_retry_after_pauses_the_key_and_slows_its_pace_too() -> None:
-    pool, clock = adaptive_pool()
+def test_a_lone_429_with_retry_after_delays_only_its_request() -> None:
+    pool, clock = pacing(40, answers=20, spacing=0.05)
     state = pool.states[0]
-    state.learnt.set_rate(40 * 60.0)
-    for _ in range(20):  # 20/s went through
-        clock.now += 0.05
-        pool.on_success(lease_at(pool, clock.now), {})
-    climbed = state.learnt.per_minute
-    assert climbed is not None
+    state.in_flight = 8
+    pool.on_rate_limited(lease_at(pool, clock.now), 2.0)
+    # One refusal among the answers to the 8 requests in flight: the key's budget is not shown
+    # spent, so the key goes on (the caller makes the refused request wait its 2 s).
+    assert state.paused_until == 0.0
+
+
+def test_retry_after_holds_the_key_when_most_requests_in_flight_are_refused() -> None:
+    pool, clock = pacing(40, answers=20, spacing=0.05)
+    state = pool.states[0]
+    state.in_flight = 4
+    for _ in range(2):
+        clock.now += 0.001
+        pool.on_rate_limited(lease_at(pool, clock.now), 2.0)
+        assert state.paused_until == 0.0  # one or two of the latest four: not yet
+    clock.now += 0.001
     pool.on_rate_limited(lease_at(pool, clock.now), 2.0)
     assert state.paused_until == clock.now + 2.0  # not one request before the server's time
-    # When to come back is not how fast: the slow start ends as on a bare 429, at 90% of
-    # half the pace (30/s) but never above what succeeded (20/s).
+    assert state.learnt.per_minute is not None and state.learnt.per_minute < 40 * 60
+
+
+def test_retry_after_holds_the_key_when_the_headers_show_its_budget_spent() -> None:
+    pool, clock = pacing(40, answers=20, spacing=0.05)
+    state = pool.states[0]
+    pool.on_rate_limited(lease_at(pool, clock.now), 2.0, spent=True)
+    assert state.paused_until == clock.now + 2.0
+
+
+def test_a_steady_share_of_refusals_leaves_the_pace_where_it_was() -> None:
+    # 40/s succeed, and one request in twenty is refused whatever the pace (an overloaded
+    # provider): the first 429 is taken for a limit and tried with a cut to under what
+    # succeeded; refusals go on there at the same share, so the pace comes back and the share
+    # is learnt; the refusals after that cut nothing.
+    pool, clock = pacing(40, answers=40, spacing=0.025)
+    state = pool.states[0]
+    before = state.learnt.per_minute
+    assert before is not None
+    for i in range(2000):
+        clock.now += 0.025
+        lease = Lease(state, 0, False, clock.now - 0.02, clock.now - 0.02)
+        if i % 20 == 7:
+            pool.on_rate_limited(lease, 1.0)
+        else:
+            pool.on_success(lease, {})
+    assert state.trial is None
+    refused, answered = state.noise_counts
+    assert refused / answered == pytest.approx(0.05, abs=0.01)
+    # Never cut for long: the climb of 0.5% a second over 50 s is all that moved it.
+    after = state.learnt.per_minute
+    assert after is not None and after >= before
+    assert state.paused_until == 0.0  # a lone 429 never held the key
+
+
+def test_refusals_that_stop_after_the_cut_were_a_limit() -> None:
+    # 20/s succeeded, then 429s: the cut to 18/s stops them (a limit of 20/s): the cut stays.
+    pool, clock = pacing(25, answers=40, spacing=0.05)
+    state = pool.states[0]
+    clock.now += 0.01
+    pool.on_rate_limited(lease_at(pool, clock.now - 0.005), None)
+    cut = state.learnt.per_minute
+    assert cut == pytest.approx(DECREASE * 20 * 60, rel=0.02)
+    assert state.trial is not None
+    answer(pool, clock, 400, 1 / 18)  # 22 s at the new pace, not one refusal
+    assert state.trial is None and state.noise_counts == (0, 0)
+    assert state.learnt.per_minute is not None and state.learnt.per_minute < 25 * 60
+
+
+def test_a_random_429_does_not_end_the_slow_start_but_a_burst_does() -> None:
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    answer(pool, clock, 30, 0.02)
+    state.in_flight = 6
+    pool.on_rate_limited(lease_at(pool, clock.now), None)
+    assert state.slow_start  # one in the latest six: no burst
+    climbed = state.learnt.per_minute
+    for _ in range(3):  # four of the latest six refused: most requests in flight
+        clock.now += 0.001
+        pool.on_rate_limited(lease_at(pool, clock.now), None)
     assert not state.slow_start
-    assert climbed == pytest.approx(60 * 60.0)
-    assert state.learnt.per_minute == pytest.approx(DECREASE * 20 * 60, rel=0.01)
+    assert climbed is not None and state.learnt.per_minute is not None
+    assert state.learnt.per_minute < climbed
 
 
 def test_an_announced_limit_ends_the_slow_start_without_a_guess() -> None:
@@ -283,7 +358,7 @@ def test_at_a_slow_pace_successes_are_counted_over_a_longer_window() -> None:
 def test_time_paused_by_retry_after_is_left_out_of_the_measure() -> None:
     pool, clock = pacing(10, answers=10, spacing=0.1)
     state = pool.states[0]
-    pool.on_rate_limited(lease_at(pool, clock.now), 0.5)
+    pool.on_rate_limited(lease_at(pool, clock.now), 0.5, spent=True)  # the key is held
     assert state.learnt.per_minute == pytest.approx(DECREASE * 10 * 60, rel=0.01)
     clock.now += 0.5  # the pause: nothing sent, nothing answered
     answer(pool, clock, 3, 0.1)  # then 10/s again

@@ -121,5 +121,9 @@ def test_observers_are_called_through_pluggy_with_typed_values(tmp_path: Path) -
     assert typed.start.recipe == "test" and typed.start["resumed"] == 0
     assert typed.end is not None and typed.end.ok == 3 and typed.end.status == "completed"
     # What --json prints, but elapsed_s, which the summary reads again later.
-    assert {**dict(typed.end), "elapsed_s": 0} == {**summary.to_json(), "elapsed_s": 0}
+    assert {**dict(typed.end), "elapsed_s": 0, "endpoints": {}} == {
+        **summary.to_json(),
+        "elapsed_s": 0,
+        "endpoints": {},
+    }
     assert wrapper.around == ["before completed", "after"]

@@ -4,6 +4,7 @@ server-side counts and timestamps."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -78,14 +79,43 @@ def test_no_request_arrives_before_its_retry_after(tmp_path: Path) -> None:
         later = [r.received_at for r in requests if record_id_of(r) == rid and r.received_at > sent]
         assert len(later) == 1, rid
         assert later[0] - sent >= wait, f"{rid} came back {later[0] - sent:.3f} s after a 429"
-    # The pause holds the key, not only the request: nothing at all was sent in the first
-    # Retry-After's window once the 429 was answered (requests in flight then excepted).
+    # A third of the requests refused, never most of those in flight: the Retry-After delays
+    # the refused request, not the key (others were sent during the first one's wait).
     first_rid = min(asked, key=lambda r: asked[r][0])
     sent, wait = asked[first_rid]
-    in_window = [r for r in requests if sent + 0.1 < r.received_at < sent + wait]
-    assert not in_window, [record_id_of(r) for r in in_window]
+    assert [r for r in requests if sent < r.received_at < sent + wait]
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
     assert all(rows[rid]["attempts"] == 2 for rid in asked)
+
+
+def test_retry_after_holds_the_key_when_most_requests_in_flight_are_refused(
+    tmp_path: Path,
+) -> None:
+    refused: list[float] = []
+    lock = threading.Lock()
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        rid = record_id_of(request)
+        with lock:
+            # After the first answer, every request for a while: the key's budget is spent.
+            if rid != "r00000" and len(refused) < 8:
+                refused.append(request.received_at)
+                return Fault(429, {"retry-after": "0.8"})
+        return None
+
+    with FakeOpenAI(fault=fault, latency_s=0.01) as server:
+        recipe = setup_run(tmp_path, openai(server), 40, run={"concurrency": 8})
+        result = run_cli("run", str(recipe), cwd=tmp_path)
+        requests = list(server.requests)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert len(refused) == 8
+    # Once most of the requests in flight were refused, the key waited as asked: nothing was
+    # sent from shortly after the last refusal until its Retry-After had passed.
+    last = max(refused)
+    held = [r for r in requests if last + 0.1 < r.received_at < last + 0.8]
+    assert not held, [record_id_of(r) for r in held]
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert len(rows) == 40 and all(r["status"] == "ok" for r in rows.values())
 
 
 def test_a_stall_past_the_read_timeout_is_retried(tmp_path: Path) -> None:
@@ -143,3 +173,86 @@ def test_every_key_rejected_stops_after_one_round_trip_each(tmp_path: Path) -> N
     assert "every API key was rejected" in result.stderr
     assert all(fingerprint_of(k) in result.stderr for k in keys)
     assert read_jsonl(tmp_path / "out.jsonl") == []
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections, reads what comes, and never
+    answers; it counts the connections."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            self.held.append(conn)  # kept open, never written to
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+def test_a_server_that_never_answers_stops_the_run_naming_it(tmp_path: Path) -> None:
+    with SilentServer() as silent:
+        provider = {"name": "openai", "base_url": f"http://127.0.0.1:{silent.port}/v1"}
+        recipe = setup_run(
+            tmp_path,
+            {**provider, "model": "gpt-test"},
+            20,
+            run={"concurrency": 8, "timeout_s": 0.4, "max_retries": 5},
+        )
+        result = run_cli("run", str(recipe), cwd=tmp_path, timeout=60)
+        connections = silent.connections
+    assert result.returncode == EXIT_ABORTED, result.stderr
+    assert f"127.0.0.1:{silent.port}" in result.stderr
+    assert "never answers" in result.stderr
+    # Nothing ever answered: one request at a time, and the run stopped once 2 x timeout_s
+    # had passed, after the first request and one more (not 20 records x 6 attempts).
+    assert 1 <= connections <= 2, connections
+    assert read_jsonl(tmp_path / "out.jsonl") == []
+
+
+def test_a_server_that_stops_answering_mid_run_is_retried_then_reported(tmp_path: Path) -> None:
+    answered = 0
+    lock = threading.Lock()
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        nonlocal answered
+        with lock:
+            answered += 1
+            if answered <= 10:
+                return None
+        return Fault(200, delay_s=30.0)  # silent from the eleventh request on
+
+    with FakeOpenAI(fault=fault) as server:
+        recipe = setup_run(
+            tmp_path,
+            openai(server),
+            20,
+            run={"concurrency": 4, "timeout_s": 0.3, "max_retries": 1, "adaptive": False},
+        )
+        result = run_cli("run", str(recipe), "--json", cwd=tmp_path, timeout=60)
+    # It had answered: the silence is retried per record, then reported as error rows.
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert len(rows) == 20
+    failed = [r for r in rows.values() if r["status"] == "error"]
+    assert len(failed) == 10
+    assert all(r["error"]["type"] == "timeout" and r["attempts"] == 2 for r in failed)
+    assert result.returncode not in (0, EXIT_ABORTED), result.stderr

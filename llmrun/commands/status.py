@@ -127,6 +127,9 @@ def status(args: argparse.Namespace, err: Any) -> int:
         if last.get("reason"):
             ended += f": {last['reason']}"
         table.add_row("last run", f"{last.get('started_at', '?')} {ended}")
+        for url, counts in (last.get("endpoints") or {}).items():
+            ok, failed = counts.get("ok", 0), counts.get("failed", 0)
+            table.add_row("  endpoint", f"{url}: {ok:,} ok, {failed:,} failed attempts")
     if report["torn_tail"]:
         table.add_row("note", "the output ends in a torn line; the next run repairs it")
     console = SafeConsole()

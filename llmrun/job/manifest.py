@@ -62,6 +62,8 @@ def update_manifest(state: RunState, stats: RunStats, manifest: dict[str, Any]) 
         "error": stats.error + stats.resumed_error,
         "total": stats.total,
     }
+    if stats.endpoints:
+        manifest["runs"][-1]["endpoints"] = stats.endpoint_counts()
     manifest["updated_at"] = now_iso()
     state.write_manifest(manifest)
 

@@ -27,6 +27,8 @@ class RunStats:
     resumed_cost_usd: float = 0.0  # the cost of the rows already in the output
     errors_by_code: Counter[str] = field(default_factory=Counter)  # error rows by type
     retries_by_code: Counter[str] = field(default_factory=Counter)  # retried failures by code
+    # provider.base_urls: endpoint -> [attempts answered ok, attempts failed] (live, the Caller's)
+    endpoints: dict[str, list[int]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # tests fake it
 
@@ -55,6 +57,9 @@ class RunStats:
         if self.total is None or rate <= 0:
             return None
         return max(0.0, (self.total - self.done) / rate)
+
+    def endpoint_counts(self) -> dict[str, dict[str, int]]:
+        return {url: {"ok": ok, "failed": failed} for url, (ok, failed) in self.endpoints.items()}
 
     def count_row(self, row: dict[str, Any]) -> None:
         if row["status"] == "ok":

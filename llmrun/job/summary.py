@@ -22,7 +22,10 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.to_hook())
+        out = dict(self.to_hook())
+        if not out["endpoints"]:
+            del out["endpoints"]  # only a run over provider.base_urls has them
+        return out
 
     def to_hook(self) -> RunEnd:
         """What ``run_finished`` observers receive."""
@@ -45,4 +48,5 @@ class RunSummary:
             tokens={"input": s.input_tokens, "output": s.output_tokens},
             elapsed_s=round(s.elapsed, 3),
             warnings=list(self.warnings),
+            endpoints=s.endpoint_counts(),
         )

@@ -222,6 +222,10 @@ def build_recipe(
     if output_section is not None:
         output_section.setdefault("writer", "jsonl")
 
+    if provider_section is not None:
+        urls = provider_section.get("base_urls")
+        if isinstance(urls, list) and urls and "base_url" not in provider_section:
+            provider_section["base_url"] = urls[0]  # the provider builds requests for the first
     found: dict[str, ComponentSpec | None] = {}
     for kind, sect in (
         ("loader", data_section),
@@ -322,6 +326,7 @@ def build_recipe(
         messages=messages,
         provider=provider,
         api_keys=tuple(provider_section.get("api_keys", ())),
+        endpoints=tuple(str(u) for u in provider_section.get("base_urls", ())),
         generation=freeze(data.get("generation", {})),
         run=RunSettings(
             concurrency=int(run["concurrency"]),
@@ -402,7 +407,10 @@ def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:
     secret_set = set(secrets)
     relevant = {k: data.get(k) for k in ("data", "prompt", "provider", "generation", "postprocess")}
     relevant["provider"] = {
-        k: v for k, v in (relevant["provider"] or {}).items() if k != "api_keys"
+        # Which replica answers does not decide the results.
+        k: v
+        for k, v in (relevant["provider"] or {}).items()
+        if k not in ("api_keys", "base_urls")
     }
     # How many records to take decides no record's result, like --limit; nor does which part
     # (offset, shard) or which sample of them. `filter` stays: it defines the job's population.

@@ -101,6 +101,8 @@ class Recipe:
     image_detail: str | None = None
     examples: Mapping[str, Any] | None = None  # few-shot turns: {path, user, assistant}
     request_prompt: bool = False  # prompt: {messages: record}: each record is its request
+    # provider.base_urls: replicas of one model, each request to the one that can start soonest
+    endpoints: tuple[str, ...] = ()
     cache: CacheSettings | None = None  # the call cache; off when None
     # What the user allowed beyond the recipe (llmrun.access), and what the recipe reaches
     # (recipe.guards): where each key goes, the variables it declared, the code it names.

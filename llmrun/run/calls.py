@@ -35,6 +35,10 @@ from .limits import KeyPool, Lease, local_host
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 60.0
+# A record waiting out its backoff (a Retry-After of a second, say) holds no slot of
+# run.concurrency, so the engine runs this many more workers per slot for such records: at
+# 7.5% of requests refused for a second, 64 slots see about 190 records waiting at once.
+WAITING_PER_SLOT = 4
 
 
 @dataclass(slots=True)
@@ -111,8 +115,19 @@ class Caller:
             provider, "rate_limit_headers", None
         )
         self._reached = False  # any HTTP answer at all: the endpoint exists
+        self._first_sent: float | None = None  # when the first request went out
+        # provider.base_urls: requests built for the provider's base_url go to each in turn.
+        self._base_url = str(getattr(provider, "base_url", "") or "").rstrip("/")
+        self.endpoint_counts: dict[str, list[int]] = {}  # endpoint -> [ok, failed attempts]
+        self._slots: anyio.CapacityLimiter | None = None  # calls in flight: run.concurrency
         self._stopped: str | None = None  # set once a call raised RunAborted
         self._closing = False  # stopping: calls not sent yet never will be
+
+    @property
+    def workers(self) -> int:
+        """How many records may be under way at once: ``run.concurrency`` in flight, and
+        WAITING_PER_SLOT times that waiting to retry."""
+        return self._settings.concurrency * (1 + WAITING_PER_SLOT)
 
     async def call(self, prompt: Prompt) -> Outcome:
         """The reply; CallFailed when the record must become an error row; RunAborted when
@@ -133,69 +148,131 @@ class Caller:
 
     async def _paid(self, prompt: Prompt) -> Outcome:
         """The call sent, within the budget."""
+        budget = self._budget
         reserved = 0.0
-        if self._budget is not None:
+
+        def reserve() -> None:
+            """Hold the call's worst case: once it has a slot (records waiting for one
+            reserve nothing), before it is sent."""
+            nonlocal reserved
+            assert budget is not None
             if self._closing:
                 raise NotSent  # stopping (a signal, or the budget already reached)
-            reserved = self._budget.worst_case(prompt)
-            if not self._budget.reserve(reserved):
+            amount = budget.worst_case(prompt)
+            if not budget.reserve(amount):
                 self._on_budget()
                 raise NotSent
+            reserved = amount
+
         cost: float | None = None
         try:
-            outcome = await self._attempts(prompt)
+            outcome = await self._attempts(prompt, None if budget is None else reserve)
             cost = self._cost_of(outcome.reply)
             if cost is None:
                 cost = reserved  # no usage reported: count the worst case
             return outcome
         finally:
-            if self._budget is not None:
-                self._budget.settle(reserved, cost)
+            if budget is not None:
+                budget.settle(reserved, cost)
 
-    async def _attempts(self, prompt: Prompt) -> Outcome:
+    async def _attempts(self, prompt: Prompt, reserve: Callable[[], None] | None = None) -> Outcome:
         attempts = 0
         tokens = sum(estimate(prompt)) if self._count_tokens else 0
+        if self._slots is None:
+            self._slots = anyio.CapacityLimiter(self._settings.concurrency)
         while True:
             if self._stopped is not None:
                 raise RunAborted(self._stopped)
-            lease = await self._keys.acquire(tokens)
-            if self._closing and attempts == 0:
-                self._keys.release(lease, trusted=False)
-                raise NotSent  # it waited (key probe, pace) past the first Ctrl-C
-            attempts += 1
-            error: CallError | None = None
-            answered = False  # the server answered (any status): the key reached it
-            try:
-                request = self._provider.build_request(prompt, lease.key)
-                if lease.probe and local_host(request.url.host):
-                    self._keys.local_endpoint(lease)
-                started = time.monotonic()
+            async with self._slots:  # a slot while sending, not while backing off
+                if reserve is not None:
+                    reserve()
+                    reserve = None
+                lease = await self._keys.acquire(tokens)
+                if self._closing and attempts == 0:
+                    self._keys.release(lease, trusted=False)
+                    raise NotSent  # it waited (key probe, pace) past the first Ctrl-C
+                attempts += 1
+                error: CallError | None = None
+                answered = False  # the server answered (any status): the key reached it
+                spent = False  # the answer says the key's budget is used up
+                headers: Mapping[str, str] = {}
                 try:
-                    response = await self._transport.send(request, self._settings.timeout_s)
-                    self._reached = answered = True
-                    reply = self._provider.parse_response(response)
-                except httpx.TransportError as exc:
-                    error = classify_transport(exc)
-                except CallError as exc:
-                    error = exc
-                else:
-                    headers: Mapping[str, str] = response.headers
-                    if self._limit_headers is not None:
-                        headers = self._limit_headers(response.headers)
-                    self._keys.on_success(lease, headers)
-                    self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
-                    return Outcome(reply, attempts, time.monotonic() - started)
-            finally:
-                # Any answer but a rejection of the key shows that the key works.
-                rejected = error is not None and error.kind == "key"
-                self._keys.release(lease, trusted=answered and not rejected)
+                    request = self._provider.build_request(prompt, lease.key)
+                    if lease.state.endpoint is not None:
+                        request = _retarget(request, self._base_url, lease.state.endpoint)
+                    if lease.probe and local_host(request.url.host):
+                        self._keys.local_endpoint(lease)
+                    started = time.monotonic()
+                    if self._first_sent is None:
+                        self._first_sent = started
+                    try:
+                        response = await self._transport.send(request, self._timeout(started))
+                        self._reached = answered = True
+                        headers = response.headers
+                        if self._limit_headers is not None:
+                            headers = self._limit_headers(response.headers)
+                        reply = self._provider.parse_response(response)
+                    except httpx.TransportError as exc:
+                        error = classify_transport(exc)
+                    except CallError as exc:
+                        error = exc
+                        spent = answered and _spent(headers)
+                    else:
+                        self._count_endpoint(lease, 0)
+                        self._keys.on_success(lease, headers)
+                        self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
+                        return Outcome(reply, attempts, time.monotonic() - started)
+                finally:
+                    # Any answer but a rejection of the key shows that the key works.
+                    rejected = error is not None and error.kind == "key"
+                    self._keys.release(lease, trusted=answered and not rejected)
             if error.kind == "key":
                 self._retire(error, lease)
                 attempts -= 1  # the record is not to blame for a bad key: try another now
                 continue
-            self._handle(error, request, lease, attempts)
+            self._count_endpoint(lease, 1)
+            if error.code in ("connect", "connection", "timeout") and self._keys.endpoint_failed(
+                lease
+            ):
+                self._warn(
+                    f"endpoint {lease.state.endpoint} set aside: {error.message}; "
+                    "tried again in a while"
+                )
+            if self._silent(error, request):
+                continue  # a first timeout with nothing answered yet: once more, at once
+            self._handle(error, request, lease, attempts, spent)
             self._on_retry(error)
             await anyio.sleep(backoff_s(attempts, error.retry_after))
+
+    def _count_endpoint(self, lease: Lease, which: int) -> None:
+        endpoint = lease.state.endpoint
+        if endpoint is not None:
+            counts = self.endpoint_counts.get(endpoint)
+            if counts is None:
+                counts = self.endpoint_counts[endpoint] = [0, 0]
+            counts[which] += 1
+
+    def _timeout(self, started: float) -> float:
+        """The read timeout: ``run.timeout_s``, or until 2 x that after the first request went
+        out while nothing has answered yet (a server that never answers stops the run then)."""
+        timeout = self._settings.timeout_s
+        if self._reached or self._first_sent is None:
+            return timeout
+        return max(0.0, min(timeout, self._first_sent + 2 * timeout - started))
+
+    def _silent(self, error: CallError, request: httpx.Request) -> bool:
+        """True to retry a timeout at once while nothing has answered; stop the run once
+        2 x run.timeout_s have passed since the first request without any answer."""
+        if error.code != "timeout" or self._reached or self._first_sent is None:
+            return False
+        waited = time.monotonic() - self._first_sent
+        if waited < 2 * self._settings.timeout_s * 0.99:
+            return True
+        self._stop(
+            f"no answer from {_where(request)} in {waited:.3g} s (run.timeout_s is "
+            f"{self._settings.timeout_s:g}): the server accepts connections but never "
+            "answers; check provider.base_url and that the server is up"
+        )
 
     def _retire(self, error: CallError, lease: Lease) -> None:
         if not self._keys.retire(lease, error.message):
@@ -203,7 +280,7 @@ class Caller:
         self._warn(f"retired {lease.state.name}: {error.message}")
 
     def _handle(
-        self, error: CallError, request: httpx.Request, lease: Lease, attempts: int
+        self, error: CallError, request: httpx.Request, lease: Lease, attempts: int, spent: bool
     ) -> None:
         """Act on a failed attempt: return when it is to be retried, else raise."""
         if error.kind == "run":
@@ -215,7 +292,7 @@ class Caller:
             raise CallFailed(error, attempts)
         if error.code == "rate_limit":
             before = lease.state.learnt.per_minute
-            self._keys.on_rate_limited(lease, error.retry_after)
+            self._keys.on_rate_limited(lease, error.retry_after, spent=spent)
             after = lease.state.learnt.per_minute
             if after != before:
                 self._note(
@@ -242,6 +319,32 @@ class Caller:
         if self._stopped is None:
             self._stopped = message
         raise RunAborted(message)
+
+
+def _spent(headers: Mapping[str, str]) -> bool:
+    """``x-ratelimit-remaining-requests|tokens`` at 0: the key's budget is used up."""
+    for kind in ("requests", "tokens"):
+        value = headers.get(f"x-ratelimit-remaining-{kind}")
+        if value is not None:
+            try:
+                if float(value) < 1:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def _retarget(request: httpx.Request, base: str, endpoint: str) -> httpx.Request:
+    """The request sent to ``endpoint`` instead of the provider's ``base`` URL."""
+    url = str(request.url)
+    endpoint = endpoint.rstrip("/")
+    if endpoint == base or not base or not url.startswith(base):
+        return request
+    target = httpx.URL(endpoint + url[len(base) :])
+    headers = httpx.Headers(request.headers)
+    if "host" in headers:
+        headers["host"] = target.netloc.decode("ascii")
+    return httpx.Request(request.method, target, headers=headers, content=request.content)
 
 
 def _where(request: httpx.Request) -> str:

@@ -207,6 +207,7 @@ class Engine:
             self._stages = Stages(
                 self.recipe, self.provider, self.posts, self.template, self.rows, caller
             )
+            self.stats.endpoints = caller.endpoint_counts  # provider.base_urls: live counts
             self.progress.start(self.recipe.name, self.stats)
             try:
                 await self._pipeline(done, manifest)
@@ -246,6 +247,7 @@ class Engine:
                 tokens_per_minute=run.tokens_per_minute,
                 adaptive=run.adaptive,
                 slow_start_local=run.slow_start_local,
+                endpoints=self.recipe.endpoints,
             )
         if self.shared is None and run.budget_usd is not None and self._budget_price is not None:
             spent = self.stats.resumed_cost_usd
@@ -316,7 +318,8 @@ class Engine:
                 async with anyio.create_task_group() as workers:
                     self._workers_scope = workers.cancel_scope
                     async with work_recv, row_send:
-                        for _ in range(self.recipe.run.concurrency):
+                        # Records backing off hold no slot (calls.py): more workers than slots.
+                        for _ in range(self.stages.caller.workers):
                             workers.start_soon(self._work, work_recv.clone(), row_send.clone())
             outer.cancel_scope.cancel()
 

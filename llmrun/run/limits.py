@@ -38,6 +38,15 @@ limit. Hence, per key:
 A 429 counts against the pace only for a request whose start was reserved after the last
 decrease: the ones reserved or sent before it say nothing about the new pace.
 
+Noise: servers also refuse a share of requests whatever the pace (overloaded, a gateway). A
+cut needs evidence that the pace causes the refusals: a burst (most requests in flight
+refused), spent ``x-ratelimit-remaining-*``, or more refusals at the current pace than the
+share learnt as noise explains. In the slow start only a burst counts (past a limit the
+doubling pace soon has most requests refused). A cut to under what succeeded is a trial: a
+limit stops refusing there, noise goes on at its share; then the pace comes back and the share
+is learnt (and refined by every answer after). ``Retry-After`` holds the key only when its
+budget is shown spent (a burst, or the headers); otherwise the refused request alone waits.
+
 A local endpoint (``local_host``: loopback, a private network, an in-process transport) gets
 no slow start unless ``run.adaptive: true`` is written out: such a server (vLLM, llama.cpp,
 a proxy, the mock) queues rather than refuses, and the slow start would only cost its first
@@ -48,6 +57,7 @@ seconds; a 429 from it still slows the key down. The simulation in
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -80,6 +90,26 @@ MEASURE_OKS = 4
 NEAR_CEILING = 0.1
 BLIND_DECREASE = 0.7
 MIN_RATE = 0.05  # requests/s: never slower than one every 20 s
+# Telling a limit from noise (see the module docstring). A 429 cuts the pace only when the
+# refusals in the window are more than the learnt noise share explains (NOISE_SIGMAS standard
+# deviations and one more), or when most of the latest answers were refused (a burst: more
+# than half of the last max(BURST_MIN, in flight), those in flight counted as not refused). A
+# cut to below what succeeded is a trial: TRIAL_REFUSALS more refusals there, at most
+# NOISE_CAP of the answers, show a share the pace does not cause, and the pace comes back;
+# TRIAL_ANSWERS / (the share before the cut) answers without them (or TRIAL_MAX_S) show a
+# limit. Shares before a cut count at least TRIAL_MIN_ANSWERS answers.
+NOISE_SIGMAS = 3.0
+BURST_MIN = 4
+TRIAL_REFUSALS = 3
+TRIAL_ANSWERS = 4 * TRIAL_REFUSALS
+TRIAL_MAX_S = 60.0
+TRIAL_MIN_ANSWERS = 20  # a share measured on fewer answers is counted as if on this many
+NOISE_CAP = 0.1
+# A pool of endpoints (provider.base_urls): failures in a row that set one aside, and for how
+# long before one request tries it again.
+ENDPOINT_FAILURES = 3
+REPROBE_S = 10.0
+BURST_KEEP = 256  # the latest answers kept to tell a burst (in flight at most this many)
 # A start is reserved at most this far ahead: a request waiting longer looks again later, so
 # token estimates given back and pace changes apply to the requests already waiting.
 HORIZON_S = 0.05
@@ -95,6 +125,9 @@ class Pace:
         self.next_at = 0.0  # when the next unit may start
 
     def set_rate(self, per_minute: float | None) -> None:
+        if not self.per_minute:
+            # Unpaced until now: starts reserved before (a slow start's first) no longer hold.
+            self.next_at = 0.0
         self.per_minute = per_minute
 
     def ready_at(self, now: float) -> float:
@@ -119,6 +152,8 @@ class KeyState:
     requests: Pace
     tokens: Pace
     adaptive: bool
+    endpoint: str | None = None  # one of provider.base_urls (None: the provider's own)
+    down_until: float = 0.0  # the endpoint stopped answering: tried again from then
     trusted: bool = False  # answered once: any number of requests may use it
     probe: anyio.Event | None = None  # set while the first request is out
     retired: str | None = None  # why, once retired
@@ -132,10 +167,20 @@ class KeyState:
     first_start: float | None = None  # of the key's first request (adaptive mode)
     slow_start: bool = False  # adaptive: climbing from START_RATE until the first 429
     in_flight: int = 0
+    # Answers to requests reserved since the last decrease, over the measuring window:
+    # (answered at, refused), with running counts, for the share refused at the current pace.
+    answers: deque[tuple[float, bool]] = field(default_factory=deque)
+    answered: int = 0
+    refused: int = 0
+    latest: deque[bool] = field(default_factory=lambda: deque(maxlen=BURST_KEEP))  # refused?
+    # (refused, answered) since a trial showed refusals the pace does not cause: their share
+    noise_counts: tuple[int, int] = (0, 0)
+    trial: Trial | None = None  # the latest cut, until its answers tell limit from noise
 
     @property
     def name(self) -> str:
-        return "no key" if self.key is None else fingerprint(self.key)
+        name = "no key" if self.key is None else fingerprint(self.key)
+        return name if self.endpoint is None else f"{name} at {self.endpoint}"
 
     def pause(self, now: float, seconds: float) -> None:
         """Send nothing on this key for ``seconds`` (a pause under way is extended)."""
@@ -150,6 +195,20 @@ class KeyState:
             self.learnt.ready_at(now),
             self.paused_until,
         )
+
+
+@dataclass(slots=True)
+class Trial:
+    """A cut made on a share of refusals, to be undone if that share was noise: the pace
+    before it, and the answers to requests reserved since."""
+
+    at: float
+    rate: float | None  # the pace before the cut (None: unpaced)
+    slow_start: bool
+    share: float  # refused / answered in the window that led to the cut
+    ceiling: float | None
+    refused: int = 0
+    answered: int = 0
 
 
 @dataclass(slots=True)
@@ -178,12 +237,18 @@ class KeyPool:
         tokens_per_minute: float | None = None,
         adaptive: bool = False,
         slow_start_local: bool = False,
+        endpoints: tuple[str, ...] = (),
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
+        # Each endpoint (a replica, a region) has its own capacity and quota: every limit and
+        # pace is per key and endpoint.
         self.states = [
-            KeyState(k, Pace(requests_per_minute), Pace(tokens_per_minute), adaptive)
+            KeyState(k, Pace(requests_per_minute), Pace(tokens_per_minute), adaptive, endpoint)
+            for endpoint in (endpoints or (None,))
             for k in (list(keys) if keys else [None])
         ]
+        self.pooled = len(endpoints) > 1
+        self._failures: dict[str | None, int] = {}  # endpoint -> failures since its last answer
         self._explicit_rpm = requests_per_minute is not None
         self._slow_start_local = slow_start_local  # run.adaptive: true, written out
         self._clock = clock  # a test's own clock, to feed answers at chosen times
@@ -205,6 +270,11 @@ class KeyPool:
             if not live:
                 raise RunAborted(self.exhausted_message())
             now = anyio.current_time()
+            up = [s for s in live if s.down_until <= now]
+            if not up:  # every endpoint set aside: wait for the first to be tried again
+                await anyio.sleep(min(s.down_until for s in live) - now)
+                continue
+            live = up
             trusted = [s for s in live if s.trusted]
             free = [s for s in live if not s.trusted and s.probe is None]
             waiting = [s for s in live if not s.trusted and s.probe is not None]
@@ -278,14 +348,37 @@ class KeyPool:
             state.slow_start = False
             state.learnt.set_rate(None)
 
+    def endpoint_failed(self, lease: Lease) -> bool:
+        """The lease's request got no answer (no connection, a reset, a timeout). In a pool of
+        endpoints, ENDPOINT_FAILURES in a row with no answer between set the endpoint aside for
+        REPROBE_S; then one request at a time tries it again. True when it was set aside."""
+        endpoint = lease.state.endpoint
+        if not self.pooled:
+            return False
+        failures = self._failures[endpoint] = self._failures.get(endpoint, 0) + 1
+        if failures < ENDPOINT_FAILURES:
+            return False
+        self._failures[endpoint] = 0
+        until = self._clock() + REPROBE_S
+        for state in self.states:
+            if state.endpoint == endpoint:
+                state.down_until = until
+                state.trusted = False  # probed again, one request, when it comes back
+        return True
+
     def on_success(self, lease: Lease, headers: Mapping[str, str]) -> None:
         state = lease.state
         now = self._clock()
+        if self.pooled:
+            self._failures[state.endpoint] = 0
+        state.latest.append(False)
         if state.adaptive:
             state.oks.append(now)
-            oldest = now - _window(state)
+            window = _window(state)
+            oldest = now - window
             while state.oks[0] < oldest:
                 state.oks.popleft()
+            self._count(state, lease, now, window, refused=False)
             rate = state.learnt.per_minute
             if state.slow_start and lease.probe and now > lease.start:
                 # As TCP's first window: one request per round trip, the rate the probe alone
@@ -303,22 +396,37 @@ class KeyPool:
                 state.learnt.set_rate(rate + step * 60.0)
         self._read_headers(state, headers, now)
 
-    def on_rate_limited(self, lease: Lease, retry_after: float | None) -> None:
-        """A 429 (not a quota): pause the key as asked; in adaptive mode slow its pace."""
+    def on_rate_limited(
+        self, lease: Lease, retry_after: float | None, *, spent: bool = False
+    ) -> None:
+        """A 429 (not a quota). ``spent``: the answer's ``x-ratelimit-remaining-*`` says the
+        key's budget is used up. The key is paused for ``Retry-After`` only when its budget is
+        shown spent (those headers, or most of the latest answers refused); otherwise the
+        refused request alone waits (the caller's backoff). In adaptive mode the pace slows
+        when the refusals show that the pace causes them (see the module docstring)."""
         state = lease.state
         now = self._clock()
-        if retry_after:
+        state.latest.append(True)
+        burst = spent or _burst(state)
+        if retry_after and burst:
             state.pause(now, retry_after)
         # Retry-After says when to come back, not how fast: a server that sends it but no
         # x-ratelimit-* is passed its limit as surely as by a bare 429, and pausing alone had
         # the key refused again after every pause (27-63% of requests, in adaptive_sim).
         if not state.adaptive:
             return
+        window = _window(state)
+        self._count(state, lease, now, window, refused=True)
         # Once per window, as TCP does: a 429 for a request reserved before the last decrease
         # (at the pace of then) says nothing about the pace set since.
         if now - state.last_decrease < DECREASE_EVERY_S or lease.taken < state.last_decrease:
             return
-        window = _window(state)
+        if not burst and (state.slow_start or not _more_than_noise(state)):
+            # A share of refusals the pace does not cause (the caller retries the request). In
+            # the slow start only a burst counts: past a limit the pace doubles within a second
+            # and most requests are refused at once, while a lone 429 that ended it would leave
+            # a noisy remote key crawling.
+            return
         while state.oks and state.oks[0] < now - window:
             state.oks.popleft()
         # The rate that succeeded, measured since the first 429 of this run of them when the
@@ -337,11 +445,26 @@ class KeyPool:
         # Too few answers yet to tell: leave it to backoff.
         if span <= 0 or (recent < 3 and state.learnt.per_minute is None):
             return
+        tried = state.trial
+        if tried is not None and not burst and _trial_share(state, tried) <= NOISE_CAP:
+            return  # the cut under way is being tried: its answers will tell
         if not recently:
             state.refused_since = now
-        state.last_decrease = now
         ok_rate: float | None = recent / max(span, DECREASE_EVERY_S) if recent >= 3 else None
         current = state.learnt.per_minute
+        trial: Trial | None = None
+        if not burst and ok_rate is not None:
+            # A cut to under what succeeded: a limit stops refusing there, noise does not. A
+            # cut in the middle of a trial (refused too often for noise) keeps the pace from
+            # before the first, to come back to if the refusals turn out to be noise after all.
+            share = state.refused / max(state.answered, TRIAL_MIN_ANSWERS)
+            if tried is None:
+                trial = Trial(now, current, state.slow_start, share, state.ceiling)
+            else:
+                trial = Trial(now, tried.rate, tried.slow_start, share, tried.ceiling)
+        state.last_decrease = now
+        state.answers.clear()  # the share is measured afresh at the new pace
+        state.answered = state.refused = 0
         ended_slow_start, state.slow_start = state.slow_start, False
         if ok_rate is not None and not ended_slow_start:
             state.ceiling = ok_rate
@@ -360,6 +483,51 @@ class KeyPool:
             # Never more than halve at once: one noisy window must not stall the key.
             rate = DECREASE * max(min(current / 60.0, ok_rate), current / 120.0)
         state.learnt.set_rate(max(MIN_RATE, rate) * 60.0)
+        state.trial = trial
+
+    def _count(
+        self, state: KeyState, lease: Lease, now: float, window: float, *, refused: bool
+    ) -> None:
+        """Count an answer in the share refused at the current pace, and in the trial."""
+        if lease.taken < state.last_decrease:
+            return  # reserved at an earlier pace
+        answers = state.answers
+        answers.append((now, refused))
+        state.answered += 1
+        state.refused += refused
+        if state.noise_counts[1]:
+            # Once noise is known, every answer at a pace left alone refines its share.
+            state.noise_counts = (state.noise_counts[0] + refused, state.noise_counts[1] + 1)
+        oldest = now - window
+        while answers[0][0] < oldest:
+            _, was_refused = answers.popleft()
+            state.answered -= 1
+            state.refused -= was_refused
+        trial = state.trial
+        if trial is None or lease.taken < trial.at:
+            return
+        trial.answered += 1
+        trial.refused += refused
+        share = _trial_share(state, trial)
+        if trial.refused >= TRIAL_REFUSALS and share > NOISE_CAP:
+            # Still refused often: past a limit, the cut was not deep enough; the next 429
+            # cuts again.
+            state.trial = None
+        elif trial.refused >= TRIAL_REFUSALS:
+            # Refused as often under what succeeded before the cut: the pace is not the
+            # cause. Learn that share, and take the pace back.
+            state.trial = None
+            state.noise_counts = (
+                state.noise_counts[0] + trial.refused,
+                state.noise_counts[1] + trial.answered,
+            )
+            state.learnt.set_rate(trial.rate)
+            state.slow_start = trial.slow_start
+            state.ceiling = trial.ceiling
+        elif trial.answered >= TRIAL_ANSWERS / trial.share or now - trial.at >= TRIAL_MAX_S:
+            # Enough answers that noise at the share before the cut would have shown a few
+            # refusals by now: the pace was the cause.
+            state.trial = None
 
     def _read_headers(self, state: KeyState, headers: Mapping[str, str], now: float) -> None:
         """``x-ratelimit-*``: wait for the reset when a budget is spent; in adaptive mode,
@@ -418,6 +586,29 @@ def local_host(host: str) -> bool:
     except ValueError:
         return False
     return address.is_loopback or address.is_private or address.is_link_local
+
+
+def _burst(state: KeyState) -> bool:
+    """Most of the requests in flight refused: more than half of the latest
+    max(BURST_MIN, in flight) answers, those not answered yet counted as not refused (a 429
+    comes back sooner than an answer)."""
+    size = max(BURST_MIN, state.in_flight)
+    refused = sum(itertools.islice(reversed(state.latest), size))
+    return refused * 2 > size
+
+
+def _trial_share(state: KeyState, trial: Trial) -> float:
+    """The share refused since the trial's cut, the requests in flight counted as not refused
+    (a 429 comes back sooner than an answer)."""
+    return trial.refused / max(1, trial.answered + state.in_flight)
+
+
+def _more_than_noise(state: KeyState) -> bool:
+    """More refusals at the current pace than the learnt noise share explains."""
+    refused, answered = state.noise_counts
+    p = min(NOISE_CAP, refused / answered) if answered else 0.0
+    n = state.answered
+    return state.refused >= n * p + NOISE_SIGMAS * math.sqrt(n * p * (1 - p)) + 1
 
 
 def _window(state: KeyState) -> float:

@@ -188,6 +188,8 @@ def summary_table(title: str, stats: RunStats, status: str, output: str) -> Tabl
     if stats.retries_by_code:
         retried = ", ".join(f"{c} {n:,}" for c, n in stats.retries_by_code.most_common())
         table.add_row("retried", retried)
+    for url, (ok, failed) in stats.endpoints.items():
+        table.add_row("endpoint", f"{url}: {ok:,} ok, {failed:,} failed attempts")
     spend = f"${stats.cost_usd:,.4f} this run"
     if stats.resumed_cost_usd:
         spend += f", ${stats.cost_usd + stats.resumed_cost_usd:,.4f} in all"

@@ -1,0 +1,71 @@
+"""A pool of endpoints (provider.base_urls): replicas of one model behind different ports. The
+real CLI against two fake servers on 127.0.0.1; counts on the servers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from llmrun.testing.fake_openai import FakeOpenAI
+
+from .conftest import llmrun_command, read_jsonl, run_cli
+from .test_run import by_id, setup_run
+
+EXIT_OK = 0
+UPPER_BOUND_S = 60.0  # only to turn a hang into a failure; never a test of speed
+
+
+def pool(*servers: FakeOpenAI) -> dict[str, object]:
+    return {"name": "openai", "model": "gpt-test", "base_urls": [s.url for s in servers]}
+
+
+def test_records_are_spread_over_every_endpoint(tmp_path: Path) -> None:
+    with FakeOpenAI(latency_s=0.02) as a, FakeOpenAI(latency_s=0.02) as b:
+        recipe = setup_run(tmp_path, pool(a, b), 200, run={"concurrency": 16})
+        result = run_cli("run", str(recipe), "--json", cwd=tmp_path)
+        counts = a.count(), b.count()
+    assert result.returncode == EXIT_OK, result.stderr
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert len(rows) == 200 and all(r["status"] == "ok" for r in rows.values())
+    assert sum(counts) == 200
+    assert min(counts) >= 40, counts  # both did a fair share (the soonest start wins)
+    status = json.loads(run_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
+    assert status["last_run"]["endpoints"] == {
+        a.url: {"ok": counts[0], "failed": 0},
+        b.url: {"ok": counts[1], "failed": 0},
+    }
+    summary = json.loads(result.stdout)
+    assert summary["endpoints"] == {
+        a.url: {"ok": counts[0], "failed": 0},
+        b.url: {"ok": counts[1], "failed": 0},
+    }
+
+
+def test_an_endpoint_killed_mid_run_leaves_every_record_ok_on_the_other(tmp_path: Path) -> None:
+    with FakeOpenAI(latency_s=0.02) as a, FakeOpenAI(latency_s=0.02) as b:
+        recipe = setup_run(tmp_path, pool(a, b), 600, run={"concurrency": 16})
+        out = tmp_path / "out.jsonl"
+        with open(tmp_path / "stderr.txt", "w") as log:
+            process = subprocess.Popen(
+                [*llmrun_command(), "run", str(recipe), "--quiet"],
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        deadline = time.monotonic() + UPPER_BOUND_S
+        while not out.exists() or out.read_bytes().count(b"\n") < 100:
+            assert process.poll() is None, (tmp_path / "stderr.txt").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        a.stop()  # killed: its connections dropped, new ones refused
+        killed_at = a.count()
+        code = process.wait(timeout=UPPER_BOUND_S)
+        on_b = b.count()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert code == EXIT_OK, stderr
+    rows = by_id(read_jsonl(out))
+    assert len(rows) == 600 and all(r["status"] == "ok" for r in rows.values())
+    assert killed_at > 0 and on_b >= 600 - killed_at
+    assert f"endpoint {a.url} set aside" in stderr

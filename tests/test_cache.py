@@ -350,6 +350,23 @@ def test_a_file_that_is_not_a_cache_is_refused_and_left_alone(
     assert not (tmp_path / "out.jsonl").exists() or not read_jsonl(tmp_path / "out.jsonl")
 
 
+def test_a_recipe_writes_its_cache_only_inside_its_folder(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    folder = tmp_path / "team"
+    folder.mkdir()
+    recipe = recipe_for(folder, fake_openai, 3, cache="../outside.db")
+    refused = run_cli("run", str(recipe), "--quiet", cwd=folder)
+    assert refused.returncode == EXIT_USAGE and "outside the recipe's folder" in refused.stderr
+    onto_output = recipe_for(folder, fake_openai, name="b.yaml", cache="out.jsonl")
+    refused = run_cli("run", str(onto_output), "--quiet", cwd=folder)
+    assert refused.returncode == EXIT_USAGE and "of its own" in refused.stderr
+    assert fake_openai.count() == 0 and not (tmp_path / "outside.db").exists()
+    # Named on the command line by the user: anywhere.
+    allowed = run(recipe, "--cache", str(tmp_path / "outside.db"))
+    assert allowed["ok"] == 3 and (tmp_path / "outside.db").is_file()
+
+
 def test_a_cache_path_that_cannot_be_made_is_a_usage_error(
     tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:

@@ -1,35 +1,37 @@
 """``llmrun cache stats|prune PATH``: look into a call cache, and shrink it (run/cache.py).
 
-``run --cache PATH`` and ``run --no-cache`` are applied here too (``with_cache_option``).
+``run --cache PATH`` and ``run --no-cache`` become overrides here too (``cache_overrides``).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..recipe.model import CacheSettings, Recipe
+import yaml
 
 DAY_S = 86400.0
 
 
-def with_cache_option(recipe: Recipe, path: str | None, *, off: bool) -> Recipe:
-    """The recipe with ``--no-cache`` or ``--cache PATH`` applied: the command line wins over
-    ``cache.path`` (a path relative to the current folder); the recipe's other cache settings
-    stay."""
+def cache_overrides(recipe: str, path: str | None, *, off: bool) -> list[str]:
+    """``--no-cache`` and ``--cache PATH`` as ``--set`` overrides (so the recipe's own ``cache:``
+    is neither used nor checked): the command line wins over ``cache.path`` (PATH from the
+    current folder); the recipe's other cache settings stay."""
     if off:
-        return dataclasses.replace(recipe, cache=None)
+        return ["cache=null"]
     if path is None:
-        return recipe
-    settings = recipe.cache or CacheSettings(Path(path))
-    return dataclasses.replace(
-        recipe, cache=dataclasses.replace(settings, path=Path(path).resolve())
-    )
+        return []
+    try:  # only to see whether the recipe's cache is a mapping; loading reports any fault
+        raw = yaml.safe_load(Path(recipe).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = None
+    current = raw.get("cache") if isinstance(raw, dict) else None
+    key = "cache.path" if isinstance(current, dict) else "cache"
+    return [f"{key}={json.dumps(str(Path(path).resolve()))}"]  # a JSON string is YAML
 
 
 def register(subparsers: Any) -> None:

@@ -69,13 +69,14 @@ def handle(args: argparse.Namespace, err: Any) -> int:
     from ..job.lockfile import check_lock
     from ..redaction import Redactor
     from ..run.progress import Mode, make_progress, summary_table
-    from .cache import with_cache_option
+    from .cache import cache_overrides
     from .preflight import check_before_run
 
     if args.limit is not None and args.limit < 0:
         raise RecipeError(f"--limit must be 0 or more, got {args.limit}")
     if args.mode:
         args.overrides = [*args.overrides, f"run.mode={args.mode}"]
+    cache = cache_overrides(args.recipe, args.cache, off=args.no_cache)
     # The command that continues this run: the same one, without --fresh.
     again = shlex.join(
         ["llmrun", "run", args.recipe, *(f"--set={o}" for o in args.overrides)]
@@ -84,13 +85,12 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         + (["--no-cache"] if args.no_cache else [])
     )
     recipe, registry = open_recipe(
-        args.recipe, overrides=args.overrides, access=recipe_access(args)
+        args.recipe, overrides=[*args.overrides, *cache], access=recipe_access(args)
     )
     # The hint repeats the user's --set values: a key given there is shown as its fingerprint.
     again = Redactor({*recipe.secrets, *recipe.api_keys}).message(again)
     for line in reach_lines(recipe):
         err.print(line, markup=False)
-    recipe = with_cache_option(recipe, args.cache, off=args.no_cache)
     for change in check_lock(recipe, registry, locked=args.locked):
         err.print("[yellow]warning[/]: differs from the lock: ", end="")
         err.print(change, markup=False)

@@ -159,6 +159,8 @@ def test_reads_outside_the_folder_are_refused_with_key_line_and_how_to_allow(tmp
             assert "PRIVATE" not in result.stdout + result.stderr
         allowed = run_cli("validate", str(recipe), "--allow-read", str(outside))
         assert allowed.returncode == 0, (key, allowed.stderr)
+    from_env = run_cli("validate", str(recipe), env={"LLMRUN_ALLOW_READ": str(outside)})
+    assert from_env.returncode == 0, from_env.stderr
 
 
 def test_image_paths_from_record_data_stay_inside(tmp_path: Path):
@@ -215,7 +217,7 @@ def test_a_services_key_goes_only_to_its_host_unless_the_user_confirms(tmp_path:
                 assert "--allow-host 127.0.0.1" in refused.stderr
                 assert f"{recipe}:" in refused.stderr
             assert server.count("/v1/chat/completions") == before
-            plan = run_cli("plan", str(recipe), "--allow-host", "127.0.0.1", env=env)
+            plan = run_cli("plan", str(recipe), env={**env, "LLMRUN_ALLOW_HOSTS": "127.0.0.1"})
             host = server.url.split("//")[1].split("/")[0]
             assert f"endpoint:  {host} <- key#" in plan.stdout
             run = run_cli("run", str(recipe), "--allow-host", "127.0.0.1", "--fresh", env=env)

@@ -5,11 +5,13 @@ with the same filters, loader and options (what they rendered in before).
 The prompts are realistic: a system message and a user message of several hundred characters
 from a template with attribute lookups, a filter chain, a loop over a list field, ``tojson`` and
 ``load()`` of few-shot examples, over records of a few fields. Both environments render the very
-same records, in alternating rounds, and the median round is reported.
+same records, in short alternating rounds timed in CPU time of this process (the machine is
+shared: wall time swings by more than the difference measured), and the median and the best
+round of each are reported.
 
-    python benchmarks/sandbox.py [--records 20000] [--rounds 7]
+    python benchmarks/sandbox.py [--records 3000] [--rounds 21]
 
-Prints renders per second of each and the sandbox's cost in percent (the target: under 5%).
+Prints renders per CPU second of each and the sandbox's cost in percent (the target: under 5%).
 Nothing is asserted: this is a measurement, not a test.
 """
 
@@ -71,18 +73,18 @@ def build(folder: Path) -> PromptTemplate:
 
 
 def round_rate(template: PromptTemplate, data: list[dict[str, Any]]) -> tuple[float, int]:
-    chars = 0
-    start = time.perf_counter()
+    start = time.process_time()
     for rec in data:
-        prompt = template.render(rec["id"], rec)
-        chars += sum(len(m["content"]) for m in prompt.messages)
-    return len(data) / (time.perf_counter() - start), chars // len(data)
+        template.render(rec["id"], rec)
+    rate = len(data) / (time.process_time() - start)
+    chars = sum(len(m["content"]) for m in template.render("x", data[0]).messages)
+    return rate, chars
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--records", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=21)
     args = parser.parse_args()
     data = records(args.records)
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,13 +115,19 @@ def main() -> None:
             for name, template in order if i % 2 == 0 else order[::-1]:
                 rate, size = round_rate(template, data)
                 rates[name].append(rate)
-    plain_rate = statistics.median(rates["plain"])
-    sandbox_rate = statistics.median(rates["sandbox"])
-    cost = (plain_rate - sandbox_rate) / plain_rate * 100
-    print(f"prompts of ~{size} characters, {args.records:,} records, {args.rounds} rounds")
-    print(f"plain jinja2.Environment:        {plain_rate:>10,.0f} renders/s (median)")
-    print(f"ImmutableSandboxedEnvironment:   {sandbox_rate:>10,.0f} renders/s (median)")
-    print(f"sandbox cost: {cost:+.1f}% (target: under 5%)")
+    print(f"prompts of ~{size} characters, {args.records:,} records, {args.rounds} rounds each")
+    costs = {}
+    for label, pick in (("median", statistics.median), ("best", max)):
+        plain_rate, sandbox_rate = pick(rates["plain"]), pick(rates["sandbox"])
+        costs[label] = (plain_rate - sandbox_rate) / plain_rate * 100
+        print(
+            f"{label:>6} round: plain jinja2.Environment {plain_rate:>9,.0f} renders/CPU s, "
+            f"ImmutableSandboxedEnvironment {sandbox_rate:>9,.0f}"
+        )
+    print(
+        f"sandbox cost: {costs['median']:+.1f}% (median rounds), {costs['best']:+.1f}% "
+        "(best rounds); target: under 5%"
+    )
 
 
 if __name__ == "__main__":

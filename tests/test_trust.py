@@ -49,7 +49,7 @@ def test_a_template_cannot_run_shell_commands(tmp_path: Path):
         for command in ("validate", "plan", "run"):
             result = run_cli(command, str(recipe), cwd=recipe.parent)
             assert result.returncode == 2, (where, command, result.stderr)
-            assert "attributes starting with _" in result.stderr and "sandbox" in result.stderr
+            assert "attributes starting with __" in result.stderr and "sandbox" in result.stderr
             assert f"{recipe}:" in result.stderr  # file:line of the key
             assert not (recipe.parent / "PWNED").exists()
 
@@ -76,9 +76,10 @@ def test_a_normal_template_renders_as_before(tmp_path: Path):
     prompt = (
         '{% include "head.txt" %} {% for s in load("shots.json") %}{{ s.q }}={{ s.a }} '
         "{% endfor %}{{ record | tojson }} {{ text | upper | truncate_tokens(50) }}"
+        "{{ record._id }}{{ record['_id'] }}"  # a record's own _id is data, not an internal
     )
     with FakeOpenAI() as server:
-        write_jsonl(folder / "data.jsonl", make_records(2))
+        write_jsonl(folder / "data.jsonl", [{**r, "_id": "m1"} for r in make_records(2)])
         recipe = write_recipe(
             folder, basic_recipe(openai(server, api_keys=["k-123456"]), prompt={"user": prompt})
         )
@@ -86,7 +87,7 @@ def test_a_normal_template_renders_as_before(tmp_path: Path):
         assert result.returncode == 0, result.stderr
         sent = server.requests[0].body["messages"][-1]["content"]
     assert sent.startswith("Be brief. 2+2=4 {")
-    assert "RECORD NUMBER" in sent
+    assert "RECORD NUMBER" in sent and sent.endswith("m1m1")
 
 
 # -- code the recipe names runs only with the user's trust -------------------------------------
@@ -159,6 +160,8 @@ def test_reads_outside_the_folder_are_refused_with_key_line_and_how_to_allow(tmp
             assert "PRIVATE" not in result.stdout + result.stderr
         allowed = run_cli("validate", str(recipe), "--allow-read", str(outside))
         assert allowed.returncode == 0, (key, allowed.stderr)
+    from_env = run_cli("validate", str(recipe), env={"LLMRUN_ALLOW_READ": str(outside)})
+    assert from_env.returncode == 0, from_env.stderr
 
 
 def test_image_paths_from_record_data_stay_inside(tmp_path: Path):
@@ -215,7 +218,7 @@ def test_a_services_key_goes_only_to_its_host_unless_the_user_confirms(tmp_path:
                 assert "--allow-host 127.0.0.1" in refused.stderr
                 assert f"{recipe}:" in refused.stderr
             assert server.count("/v1/chat/completions") == before
-            plan = run_cli("plan", str(recipe), "--allow-host", "127.0.0.1", env=env)
+            plan = run_cli("plan", str(recipe), env={**env, "LLMRUN_ALLOW_HOSTS": "127.0.0.1"})
             host = server.url.split("//")[1].split("/")[0]
             assert f"endpoint:  {host} <- key#" in plan.stdout
             run = run_cli("run", str(recipe), "--allow-host", "127.0.0.1", "--fresh", env=env)

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from . import add_recipe_args
+from . import add_recipe_args, recipe_access
 
 
 def register(sub: Any) -> None:
@@ -79,7 +79,13 @@ def cmd_serve(args: argparse.Namespace, err: Any) -> int:
             raise RecipeError(f"{name} must be at least {least}, got {value}")
     if args.port > 65535:
         raise RecipeError(f"--port must be at most 65535, got {args.port}")
-    recipe, registry = open_recipe(args.recipe, overrides=args.overrides)
+    recipe, registry = open_recipe(
+        args.recipe, overrides=args.overrides, access=recipe_access(args)
+    )
+    from .run import reach_lines
+
+    for line in reach_lines(recipe):  # where keys go and what code runs, before serving
+        err.print(line, markup=False)
     settings = Settings(
         host=args.host,
         port=args.port,

@@ -178,7 +178,7 @@ def template_problems(
 
 def sandbox_problems(ast: jinja2.nodes.Template, scope: ReadScope) -> list[str]:
     """What a template says it will do that the sandbox or the read scope refuses, found in
-    its syntax tree before any record: an attribute starting with ``_`` (the way from a value
+    its syntax tree before any record: an attribute starting with ``__`` (the way from a value
     to Python's internals), an include or ``load()`` of a file outside the allowed folders."""
     found: list[str] = []
     for node in ast.find_all((jinja2.nodes.Getattr, jinja2.nodes.Getitem)):
@@ -187,9 +187,11 @@ def sandbox_problems(ast: jinja2.nodes.Template, scope: ReadScope) -> list[str]:
         else:
             assert isinstance(node, jinja2.nodes.Getitem)
             name = _constant(node.arg)
-        if isinstance(name, str) and name.startswith("_"):
+        # Dunder names are the way from a value to Python's internals (`__globals__`); a
+        # record's own `_id` is data, and the sandbox itself refuses other private attributes.
+        if isinstance(name, str) and name.startswith("__"):
             found.append(
-                f"the template reaches for {name!r}: attributes starting with _ are not "
+                f"the template reaches for {name!r}: attributes starting with __ are not "
                 "available to templates (they run in a sandbox)"
             )
     names = [("{% include %}", str(n)) for n in jinja2.meta.find_referenced_templates(ast) if n]

@@ -212,14 +212,18 @@ class Jobs:
                 shared=service.shared,
             )
         except Exception as exc:
-            job.update(status="aborted", reason=service.redact(f"{type(exc).__name__}: {exc}"))
+            job.update(
+                status="aborted", reason=service.redact.message(f"{type(exc).__name__}: {exc}")
+            )
             self._save(job)
             return
         self._current = (job_id, engine)
         try:
             summary = await engine.run()
         except Exception as exc:  # a plugin's bug, a locked output: the job, not the server
-            job.update(status="aborted", reason=service.redact(f"{type(exc).__name__}: {exc}"))
+            job.update(
+                status="aborted", reason=service.redact.message(f"{type(exc).__name__}: {exc}")
+            )
             self._save(job)
             return
         finally:

@@ -103,7 +103,7 @@ class Routes:
                     502, f"the provider cannot be used: {exc}", "api_error", {}
                 )
             except Exception as exc:  # a plugin's bug: the request fails, the server stays up
-                message = self.service.redact(f"{type(exc).__name__}: {exc}")
+                message = self.service.redact.message(f"{type(exc).__name__}: {exc}")
                 log.error("%s failed: %s", name, message)
                 response = error_response(502, f"the call failed: {message}", "api_error", {})
             metrics.request(name, response.status_code)
@@ -231,7 +231,7 @@ class Routes:
         except CallFailed as failed:
             err = failed.error
             self.service.metrics.error(err.code)
-            message = self.service.redact(err.message)
+            message = self.service.redact.message(err.message)
             # The provider refused the request itself (4xx): the client's to fix; else ours.
             status = err.status if err.status is not None and 400 <= err.status < 500 else 502
             if err.code == "rate_limit":

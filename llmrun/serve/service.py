@@ -75,7 +75,7 @@ class Service:
         self.queue = queue
         self.redact = Redactor({*recipe.secrets, *recipe.api_keys})
         self.metrics = Metrics()
-        context = ComponentContext(recipe.base_dir, recipe.name, self.warn)
+        context = ComponentContext(recipe.base_dir, recipe.name, self.warn, recipe.access)
         self.provider: Provider = build_component(registry, "provider", recipe.provider, context)
         self.posts: list[Postprocessor] = [
             build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
@@ -97,7 +97,7 @@ class Service:
                 )
 
     def warn(self, message: str) -> None:
-        log.warning("%s", self.redact(message))
+        log.warning("%s", self.redact.message(message))
 
     @asynccontextmanager
     async def opened(self) -> AsyncIterator[Service]:
@@ -188,7 +188,7 @@ class Service:
             # A run stops for good here; a server answers 502 and tries again on the next
             # request (the provider may be back; retired keys stay retired in the shared pool).
             self._renew()
-            raise Unavailable(self.redact(str(exc))) from None
+            raise Unavailable(self.redact.message(str(exc))) from None
 
     def budget_reason(self) -> str:
         budget = self.shared.budget if self.shared is not None else None

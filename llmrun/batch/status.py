@@ -6,16 +6,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pathlib import Path
+
 from ..job.store import RunState
 from ..recipe.model import Recipe
 from .journal import Journal
 
 
 def describe(recipe: Recipe) -> list[dict[str, Any]]:
-    """Every batch of the recipe's output: ``part``, ``batch_id``, ``step`` (llmrun's),
+    """Every batch of the recipe's output (see ``describe_output``)."""
+    return describe_output(recipe.output_path)
+
+
+def describe_output(output: Path) -> list[dict[str, Any]]:
+    """Every batch of an output: ``part``, ``batch_id``, ``step`` (llmrun's),
     ``state`` and ``outcome`` (the provider's, normalized), ``counts``, ``requests``,
     ``age_s`` (since it was created), ``reason`` (why it failed) and ``merged`` counts."""
-    journal = Journal.load(RunState(recipe.output_path).dir / "batch")
+    journal = Journal.load(RunState(output).dir / "batch")
     now = time.time()
     out: list[dict[str, Any]] = []
     for part in journal.parts:

@@ -154,7 +154,7 @@ class RowIndex:
         want_status = {"ok": OK, "error": ERROR, "damaged": DAMAGED}.get(status)
         if status and want_status is None:
             return []
-        want_type = self.types.index(etype) if etype in self.types else None
+        want_type = self.types.index(etype) if etype and etype in self.types else None
         if etype and want_type is None:
             return []
         out: list[int] = []

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from ..job.store import RunState
 from ..recipe.model import Recipe

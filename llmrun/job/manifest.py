@@ -62,6 +62,8 @@ def update_manifest(state: RunState, stats: RunStats, manifest: dict[str, Any]) 
         "error": stats.error + stats.resumed_error,
         "total": stats.total,
     }
+    if stats.batch is not None:  # `llmrun status` shows it while the run waits
+        manifest["batch"] = stats.batch.to_json()
     manifest["updated_at"] = now_iso()
     state.write_manifest(manifest)
 

@@ -8,11 +8,12 @@ import time
 from typing import Literal, Protocol
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, TaskID, TextColumn
 from rich.progress import Progress as RichProgressBar
 from rich.table import Table
 
-from ..job.stats import RunStats
+from ..job.stats import BatchProgress, RunStats
 from ..terminal import SafeConsole
 
 Mode = Literal["auto", "rich", "plain", "none"]
@@ -60,6 +61,41 @@ def error_kinds(stats: RunStats) -> str:
     return "; ".join(parts)
 
 
+SHOW_PARTS = 4  # batches named on the progress line; the rest are counted by state
+
+
+def batch_states(batch: BatchProgress) -> str:
+    """Each batch's state and counts (``p0001 in_progress 120/250 failed 2``), then records
+    submitted, in batches and merged; without the time to the next poll."""
+    shown = []
+    for part in [p for p in batch.parts if p.state != "merged"][:SHOW_PARTS]:
+        counts = dict(part.counts)
+        total = counts.pop("total", None) or part.requests
+        done = counts.pop("completed", None)
+        text = f"{part.name} {part.state}"
+        if done is not None:
+            text += f" {done:,}/{total:,}"
+        text += "".join(f" {k} {v:,}" for k, v in counts.items() if v)
+        shown.append(text)
+    merged = sum(p.state == "merged" for p in batch.parts)
+    hidden = len(batch.parts) - merged - len(shown)
+    if hidden > 0:
+        shown.append(f"{hidden} more")
+    if merged:
+        shown.append(f"{merged} merged")
+    return (
+        f"batches: {', '.join(shown) or 'none yet'} | records submitted {batch.submitted:,}, "
+        f"in batches {batch.in_batches:,}, merged {batch.merged:,}"
+    )
+
+
+def batch_line(batch: BatchProgress) -> str:
+    line = batch_states(batch)
+    if batch.next_poll_at is not None:
+        line += f" | next poll in {fmt_duration(max(0.0, batch.next_poll_at - time.time()))}"
+    return line
+
+
 def status_line(stats: RunStats) -> str:
     total = "?" if stats.total is None else f"{stats.total:,}"
     pct = f" ({100 * stats.done / stats.total:.0f}%)" if stats.total else ""
@@ -70,7 +106,7 @@ def status_line(stats: RunStats) -> str:
         f"{stats.rate():,.1f} req/s {stats.token_rate():,.0f} tok/s | "
         f"${stats.cost_usd + stats.resumed_cost_usd:,.4f} | in flight {stats.in_flight} | "
         f"elapsed {fmt_duration(stats.elapsed)} ETA {fmt_duration(stats.eta_s())}"
-    )
+    ) + ("" if stats.batch is None else " | " + batch_line(stats.batch))
 
 
 class NoProgress:
@@ -100,6 +136,7 @@ class PlainProgress(NoProgress):
         self.interval = interval
         self._last = 0.0
         self._title = ""
+        self._batches = ""  # the batch states last printed
 
     def start(self, title: str, stats: RunStats) -> None:
         self._title = title
@@ -108,7 +145,10 @@ class PlainProgress(NoProgress):
 
     def update(self, stats: RunStats) -> None:
         now = time.monotonic()
-        if now - self._last >= self.interval:
+        # A batch changing state is news now: batch runs wait minutes between events.
+        batches = "" if stats.batch is None else batch_states(stats.batch)
+        if now - self._last >= self.interval or batches != self._batches:
+            self._batches = batches
             self._last = now
             self.log(f"llmrun: {self._title}: {status_line(stats)}")
 
@@ -133,6 +173,7 @@ class RichProgress:
             refresh_per_second=8,
         )
         self._task: TaskID | None = None
+        self._batch_task: TaskID | None = None  # a second line, in batch mode
 
     def start(self, title: str, stats: RunStats) -> None:
         self._task = self._bar.add_task(
@@ -158,6 +199,13 @@ class RichProgress:
             cost=f"${stats.cost_usd + stats.resumed_cost_usd:,.4f}",
             eta=f"in flight {stats.in_flight} ETA {fmt_duration(stats.eta_s())}",
         )
+        if stats.batch is not None:
+            line = escape(batch_line(stats.batch))  # provider states: text, not markup
+            if self._batch_task is None:
+                self._batch_task = self._bar.add_task(
+                    "", total=None, counts=line, rates="", errors="", cost="", eta=""
+                )
+            self._bar.update(self._batch_task, counts=line)
 
     def log(self, message: str) -> None:
         self._bar.console.print(message, markup=False, highlight=False)

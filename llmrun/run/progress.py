@@ -5,13 +5,14 @@ protocol, once per tick (never per record)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Literal, Protocol
 
-from rich.console import Console
-from rich.markup import escape
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, TaskID, TextColumn
 from rich.progress import Progress as RichProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from ..job.stats import BatchProgress, RunStats
 from ..terminal import SafeConsole
@@ -156,12 +157,23 @@ class PlainProgress(NoProgress):
         self.log(f"llmrun: {self._title}: {status_line(stats)}")
 
 
+class _Bar(RichProgressBar):
+    """The bar, and under it a line of its own (batch mode: the batches), never cut short."""
+
+    extra: Text | None = None
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield from super().get_renderables()
+        if self.extra is not None:
+            yield self.extra
+
+
 class RichProgress:
     """A live bar with counts, rates, tokens, errors and ETA; messages print above it."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self._bar = RichProgressBar(
+        self._bar = _Bar(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             TextColumn("{task.fields[counts]}"),
@@ -173,7 +185,6 @@ class RichProgress:
             refresh_per_second=8,
         )
         self._task: TaskID | None = None
-        self._batch_task: TaskID | None = None  # a second line, in batch mode
 
     def start(self, title: str, stats: RunStats) -> None:
         self._task = self._bar.add_task(
@@ -199,13 +210,8 @@ class RichProgress:
             cost=f"${stats.cost_usd + stats.resumed_cost_usd:,.4f}",
             eta=f"in flight {stats.in_flight} ETA {fmt_duration(stats.eta_s())}",
         )
-        if stats.batch is not None:
-            line = escape(batch_line(stats.batch))  # provider states: text, not markup
-            if self._batch_task is None:
-                self._batch_task = self._bar.add_task(
-                    "", total=None, counts=line, rates="", errors="", cost="", eta=""
-                )
-            self._bar.update(self._batch_task, counts=line)
+        if stats.batch is not None:  # provider states: Text, never read as markup
+            self._bar.extra = Text(batch_line(stats.batch))
 
     def log(self, message: str) -> None:
         self._bar.console.print(message, markup=False, highlight=False)

@@ -24,6 +24,7 @@ import argparse
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,16 +123,22 @@ def first_page(output: Path, *queries: str) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        help="keep the generated output here and reuse it (default: a temporary folder)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        output = Path(tmp) / "out.jsonl"
-        began = time.perf_counter()
-        generate(output, args.rows)
-        size = output.stat().st_size
-        print(
-            f"generated {args.rows:,} rows, {size / 1e6:,.0f} MB "
-            f"in {time.perf_counter() - began:.1f}s"
-        )
+        folder = args.folder or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        output = folder / f"out-{args.rows}.jsonl"
+        if not output.exists():
+            began = time.perf_counter()
+            generate(output, args.rows)
+            print(f"generated the output in {time.perf_counter() - began:.1f}s")
+        print(f"{args.rows:,} rows, {output.stat().st_size / 1e6:,.0f} MB")
+        shutil.rmtree(output.with_name(output.name + ".llmrun"), ignore_errors=True)
         (cold,) = first_page(output, "")
         warm, errors, search = first_page(output, "", "?status=error", "?q=zipper+still")
         print(f"first page, no index yet (index built): {cold:6.2f}s")
@@ -141,7 +148,7 @@ def main() -> None:
         )
         print(f"then ?status=error:                      {errors:6.2f}s")
         print(f"then a full-text search:                 {search:6.2f}s")
-        index = Path(tmp) / "out.jsonl.llmrun" / "view-index.bin"
+        index = output.with_name(output.name + ".llmrun") / "view-index.bin"
         print(f"index: {index.stat().st_size / 1e6:.1f} MB")
         began = time.perf_counter()
         subprocess.run(

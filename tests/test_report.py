@@ -295,3 +295,18 @@ def test_the_index_follows_an_output_that_grows_or_is_rewritten(tmp_path: Path) 
     write_jsonl(out, [{"id": 'a", "status": "ok', "status": "error", "error": {"type": "z"}}])
     index = RowIndex.open(out)
     assert len(index) == 1 and list(index.select("error", "z")) == [0]
+
+
+def test_the_first_page_shows_while_the_index_is_built(job: Path, tmp_path: Path) -> None:
+    from llmrun.report.viewer import Viewer as Pages
+
+    out = job.parent / "out.jsonl"
+    rows = read_jsonl(out)
+    pages = Pages(out, "test")  # indexing not started: as in the first instant of `view`
+    html = pages.list_page({})
+    assert 'id="indexing"' in html
+    listed = re.findall(r'<td class="rid">(.*?)</td>', html)
+    assert len(listed) == 50 and listed[0] == rows[0]["id"]
+    html = pages.list_page({"status": "error"})  # a filter waits for the index
+    assert 'id="indexing"' not in html
+    assert len(re.findall(r'<td class="rid">', html)) == sum(r["status"] == "error" for r in rows)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from array import array
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ class RowIndex:
         self.etype = array("H")
         self.types: list[str] = [""]
         self.end = 0  # bytes of the output indexed (up to the end of the last full line)
+        self._type_counts: dict[str, int] | None = None
+        self._status_counts: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -166,10 +169,19 @@ class RowIndex:
         return [i for i, s in enumerate(self.status) if s == want_status]
 
     def type_counts(self) -> dict[str, int]:
-        counts = [0] * len(self.types)
-        for t in self.etype:
-            counts[t] += 1
-        return {self.types[i]: n for i, n in enumerate(counts) if i and n}
+        """Rows by error type, most first (counted once: an index does not change)."""
+        if self._type_counts is None:
+            counts = Counter(self.etype)
+            self._type_counts = {self.types[i]: n for i, n in counts.most_common() if i and n}
+        return self._type_counts
+
+    def status_counts(self) -> dict[str, int]:
+        if self._status_counts is None:
+            self._status_counts = {
+                name: self.status.count(code)
+                for name, code in (("ok", OK), ("error", ERROR), ("damaged", DAMAGED))
+            }
+        return self._status_counts
 
     def read(self, rows: list[int] | range) -> Iterator[tuple[int, dict[str, Any] | None, int]]:
         """(row number, row or None when it cannot be read, bytes) for each row asked for."""

@@ -26,13 +26,12 @@ from typing import Any
 import jinja2
 
 from ..recipe.load import Recipe
-from .index import DAMAGED, ERROR, OK, RowIndex
+from .index import ROW_CAP, RowIndex
 
 PAGE = 50  # rows on a page
 SCAN = 200_000  # rows a search request reads at most before it offers to go on
 PREVIEW = 160  # characters of a reply shown in the list
 SHOW = 20_000  # characters of one value shown on a row's page
-STATUS = {OK: "ok", ERROR: "error", DAMAGED: "damaged"}
 CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
 
 
@@ -84,6 +83,7 @@ class Viewer:
         self._inode = 0
         self._selections: OrderedDict[tuple[str, str], range | list[int]] = OrderedDict()
         self._template: Any = None
+        self.ready = threading.Event()  # set once the index is built
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
             autoescape=True,
@@ -120,10 +120,47 @@ class Viewer:
 
     # -- pages ---------------------------------------------------------------------------------
 
+    def start_indexing(self) -> None:
+        """Build (or bring up to date) the index in the background: the first page of a large
+        output shows before it is done (``first_rows``)."""
+
+        def build() -> None:
+            try:
+                self.index()
+            finally:
+                self.ready.set()
+
+        threading.Thread(target=build, name="llmrun-view-index", daemon=True).start()
+
+    def first_rows(self) -> list[tuple[int, dict[str, Any] | None, int]]:
+        """The output's first page read straight from the file (no index needed)."""
+        out: list[tuple[int, dict[str, Any] | None, int]] = []
+        with open(self.output, "rb") as fh:
+            for line in fh:
+                if len(out) == PAGE or not line.endswith(b"\n"):
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line) if len(line) <= ROW_CAP else None
+                except ValueError:
+                    row = None
+                out.append((len(out), row if isinstance(row, dict) else None, len(line)))
+        return out
+
     def list_page(self, query: dict[str, str]) -> str:
-        index = self.index()
         status, etype = query.get("status", ""), query.get("type", "")
         text, field, wanted = query.get("q", ""), query.get("field", ""), query.get("value", "")
+        if not self.ready.is_set() and not any(query.values()):
+            return self.env.get_template("view_list.html").render(
+                name=self.name,
+                output=str(self.output),
+                indexing=True,
+                items=[self._item(i, row, size) for i, row, size in self.first_rows()],
+                query={},
+                back="?",
+            )
+        index = self.index()
         chosen = self._select(index, status, etype)
         found: list[tuple[int, dict[str, Any] | None, int]] = []
         total: int | None = None
@@ -158,9 +195,10 @@ class Viewer:
         return self.env.get_template("view_list.html").render(
             name=self.name,
             output=str(self.output),
+            indexing=False,
             rows=len(index),
-            counts=self._counts(index),
-            types=sorted(index.type_counts().items(), key=lambda kv: -kv[1]),
+            counts=index.status_counts(),
+            types=list(index.type_counts().items()),
             query=base,
             items=items,
             total=total,
@@ -172,12 +210,6 @@ class Viewer:
             link=lambda **kw: "?" + urllib.parse.urlencode({**base, **kw}),
             back="?" + urllib.parse.urlencode({**base, "page": page} if total else base),
         )
-
-    def _counts(self, index: RowIndex) -> dict[str, int]:
-        counts = {"ok": 0, "error": 0, "damaged": 0}
-        for code in (OK, ERROR, DAMAGED):
-            counts[STATUS[code]] = index.status.count(code)
-        return counts
 
     def _item(self, i: int, row: dict[str, Any] | None, size: int) -> dict[str, Any]:
         if row is None:
@@ -327,9 +359,10 @@ def make_server(viewer: Viewer, port: int) -> ThreadingHTTPServer:
 
 
 def serve(viewer: Viewer, port: int, ready: Callable[[str], None]) -> None:
-    """Serve until interrupted; ``ready`` gets the URL once the index is built."""
-    viewer.index()
+    """Serve until interrupted; ``ready`` gets the URL once the server listens (the index is
+    built meanwhile)."""
     server = make_server(viewer, port)
+    viewer.start_indexing()
     try:
         ready(f"http://127.0.0.1:{server.server_address[1]}/")
         server.serve_forever()

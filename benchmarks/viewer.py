@@ -7,9 +7,10 @@ few sentences, usage, cost, times; 3% are error rows of a few types. Then, each 
 process:
 
 - cold: `llmrun view OUTPUT --port 0` with no index yet, from launch to the first page's HTTP
-  answer (the index is built and saved in the state folder first);
-- warm: the same with the index there (what every later open costs);
-- the first page of `?status=error` and of a full-text search, on the warm viewer;
+  answer (read straight from the file while the index is built in the background), then
+  `?status=error`, which waits for the index to be built and saved in the state folder;
+- warm: the same with the index there (what every later open costs), then the first page of
+  `?status=error` and of a full-text search;
 - `llmrun report OUTPUT` over the whole file.
 
     python benchmarks/viewer.py [--rows 1000000]
@@ -120,6 +121,10 @@ def first_page(output: Path, *queries: str) -> list[float]:
         proc.stderr.close()
 
 
+def _target(seconds: float) -> str:
+    return f"{'meets' if seconds < TARGET_S else 'misses'} the {TARGET_S:g}s target"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -139,22 +144,20 @@ def main() -> None:
             print(f"generated the output in {time.perf_counter() - began:.1f}s")
         print(f"{args.rows:,} rows, {output.stat().st_size / 1e6:,.0f} MB")
         shutil.rmtree(output.with_name(output.name + ".llmrun"), ignore_errors=True)
-        (cold,) = first_page(output, "")
+        cold, built = first_page(output, "", "?status=error")
         warm, errors, search = first_page(output, "", "?status=error", "?q=zipper+still")
-        print(f"first page, no index yet (index built): {cold:6.2f}s")
-        print(
-            f"first page, index cached:               {warm:6.2f}s  "
-            f"({'meets' if warm < TARGET_S else 'misses'} the {TARGET_S:g}s target)"
-        )
-        print(f"then ?status=error:                      {errors:6.2f}s")
-        print(f"then a full-text search:                 {search:6.2f}s")
+        print(f"no index yet: first page                {cold:6.2f}s  ({_target(cold)})")
+        print(f"  then ?status=error (waits for the index) {built:6.2f}s")
+        print(f"index cached: first page                {warm:6.2f}s  ({_target(warm)})")
+        print(f"  then ?status=error                    {errors:6.2f}s")
+        print(f"  then a full-text search               {search:6.2f}s")
         index = output.with_name(output.name + ".llmrun") / "view-index.bin"
         print(f"index: {index.stat().st_size / 1e6:.1f} MB")
         began = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "llmrun", "report", str(output)], check=True, capture_output=True
         )
-        print(f"llmrun report:                           {time.perf_counter() - began:6.2f}s")
+        print(f"llmrun report                           {time.perf_counter() - began:6.2f}s")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import queue
+import re
 import subprocess
 import threading
 import time
@@ -99,6 +100,20 @@ def test_a_waiting_batch_run_shows_its_batches_and_status_says_the_same(tmp_path
     report = json.loads(run_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
     assert report["batch_records"] == {"submitted": 15, "in_batches": 0, "merged": 15}
     assert report["running"] is False and report["next_poll_at"] is None
+    # The report lists the batches and their states.
+    proc = run_cli("report", str(recipe), "-o", str(tmp_path / "r.html"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    batches = html[html.index('id="batches"') :]
+    for part, n in (("p0001", 10), ("p0002", 5)):
+        cells = re.search(
+            rf"<tr><td>{part}</td><td>(batch_[^<]+)</td>\s*<td>([^<]+)</td>\s*"
+            rf"<td class=\"n\">(\d+)</td>",
+            batches,
+        )
+        assert cells, part
+        assert cells.group(2).endswith(", merged"), cells.group(2)
+        assert int(cells.group(3)) == n
 
 
 def test_the_rich_display_adds_a_line_for_the_batches() -> None:

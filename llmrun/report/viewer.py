@@ -259,6 +259,11 @@ class Viewer:
                     "" if row.get("text") is None else _clip(str(row["text"]), SHOW),
                 ),
                 ("fields", _pretty(row.get("fields"))),
+                *(
+                    [("parsed (response.parsed)", _pretty(response["parsed"]))]
+                    if response and response.get("parsed") is not None
+                    else []
+                ),
                 ("error", _pretty(row.get("error"))),
             ]
         back = query.get("back", "")

@@ -37,6 +37,11 @@ def resolve_output(source: str, overrides: list[str]) -> tuple[Path, str, Any]:
         from ..api import open_recipe
 
         recipe, _ = open_recipe(path, overrides=overrides)
+        if recipe.writer.name != "jsonl":
+            raise LlmrunError(
+                f"report and view read a JSONL output; this recipe writes with "
+                f"{recipe.writer.name!r}"
+            )
         return recipe.output_path, recipe.name, recipe
     if overrides:
         raise LlmrunError("--set applies to a recipe, not to an output file")
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace, err: Any) -> int:
     from ..job.store import RunState
     from ..report.data import gather
     from ..report.page import write_report
-    from .main import EXIT_OK
+    from .exits import EXIT_OK
 
     output, name, _ = resolve_output(args.source, args.overrides)
     if not output.exists():

@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace, err: Any) -> int:
     from ..errors import LlmrunError
     from ..report.viewer import Viewer, serve
-    from .main import EXIT_OK
+    from .exits import EXIT_OK
     from .report import resolve_output
 
     output, name, recipe = resolve_output(args.source, args.overrides)

@@ -14,34 +14,32 @@ Settings come from the environment, as wandb's own do: ``WANDB_PROJECT`` (defaul
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from llmrun import hookimpl
+from llmrun.values import Row, RunEnd, RunStart
 
 from .session import Session
 
 __version__ = "0.1.0"
 __all__ = ["Session", "__version__"]
-LLMRUN_API = ">=1"
+LLMRUN_API = ">=1"  # the typed RunStart / Row / RunEnd values
 
 _session: Session | None = None
 
 
 @hookimpl
-def run_started(run: Mapping[str, Any]) -> None:
+def run_started(run: RunStart) -> None:
     global _session
     _session = Session.start(run)
 
 
 @hookimpl
-def record_done(row: Mapping[str, Any]) -> None:
+def record_done(row: Row) -> None:
     if _session is not None:
         _session.row(row)
 
 
 @hookimpl
-def run_finished(summary: Mapping[str, Any]) -> None:
+def run_finished(summary: RunEnd) -> None:
     global _session
     session, _session = _session, None
     if session is not None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from llmrun.values import Row, RunEnd, RunStart
 
 ROW_COLUMNS = ["line", "id", "status", "error_type", "message", "latency_s", "cost_usd", "attempts"]
 
@@ -31,34 +32,22 @@ class Session:
         self._rows_at_last = 0
 
     @classmethod
-    def start(cls, run: Mapping[str, Any]) -> Session | None:
+    def start(cls, run: RunStart) -> Session | None:
         if os.environ.get("LLMRUN_WANDB", "1").lower() in ("0", "false", "no", "off"):
             return None
         import wandb
 
-        started = str(run.get("started_at") or "")
         handle = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or "llmrun",
-            name=f"{run.get('recipe')} {started}".strip(),
+            name=f"{run.recipe} {run.started_at}",
             job_type="llmrun",
-            config={
-                k: run.get(k)
-                for k in (
-                    "recipe",
-                    "recipe_hash",
-                    "output",
-                    "provider",
-                    "model",
-                    "resumed",
-                    "started_at",
-                )
-            },
+            config=dict(run),  # recipe, recipe_hash, output, provider, model, ...
             reinit=True,
         )
         every = float(os.environ.get("LLMRUN_WANDB_EVERY_S") or 5.0)
         return cls(wandb, handle, every)
 
-    def row(self, row: Mapping[str, Any]) -> None:
+    def row(self, row: Row) -> None:
         # Runs on the writer's path: count, and log only when the interval is up.
         self.rows += 1
         if row.get("status") == "ok":
@@ -102,7 +91,7 @@ class Session:
         self.run.log(self.metrics(now), step=self.rows)
         self.last, self._rows_at_last = now, self.rows
 
-    def finish(self, summary: Mapping[str, Any]) -> None:
+    def finish(self, summary: RunEnd) -> None:
         try:
             self.log(time.monotonic())
             for key in (
@@ -116,11 +105,10 @@ class Session:
                 "elapsed_s",
             ):
                 self.run.summary[key] = summary.get(key)
-            output = summary.get("output")
-            if isinstance(output, str) and Path(output).is_file():
-                self.tables(Path(output))
+            if Path(summary.output).is_file():  # a JSONL output (not a parquet folder)
+                self.tables(Path(summary.output))
         finally:
-            self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
+            self.run.finish(exit_code=0 if summary.status == "completed" else 1)
 
     def tables(self, output: Path) -> None:
         """The tables of ``llmrun report``, over the whole output (earlier runs' rows too)."""

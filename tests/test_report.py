@@ -192,6 +192,7 @@ def _listed(dom: Node) -> list[dict[str, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_the_viewer_pages_filters_and_searches_rows(job: Path, viewer: Viewer) -> None:
     rows = read_jsonl(job.parent / "out.jsonl")
     first = viewer.page()

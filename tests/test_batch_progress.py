@@ -128,7 +128,7 @@ def test_the_rich_display_adds_a_line_for_the_batches() -> None:
             BatchPart(
                 "p0001", "batch_1", "in_progress", 10, {"total": 10, "completed": 4, "failed": 1}
             ),
-            BatchPart("p0002", "batch_[red]x", "[bold]validating", 10, {}),
+            BatchPart("p0002", "batch_[red]x", "[bold]validating\x1b[2J", 10, {}),
             BatchPart("p0003", "batch_3", "merged", 10, {}),
         ],
         submitted=30,
@@ -141,6 +141,7 @@ def test_the_rich_display_adds_a_line_for_the_batches() -> None:
     text = out.getvalue()
     assert "p0001 in_progress 4/10 failed 1" in text
     assert "p0002 [bold]validating" in text  # provider text is shown, not read as markup
+    assert "\x1b[2J" not in text  # nor allowed to clear the screen
     assert "1 merged" in text
     assert "records submitted 30, in batches 20, merged 10" in text
     assert "next poll in 1:0" in text  # 1:04 or 1:05

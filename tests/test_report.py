@@ -214,7 +214,8 @@ def test_the_viewer_pages_filters_and_searches_rows(job: Path, viewer: Viewer) -
 
     found = _listed(viewer.page(q="RECORD NUMBER 4"))  # any case, anywhere in the row
     want = [r["id"] for r in rows if "record number 4" in json.dumps(r)]
-    assert [x["id"] for x in found] == want and len(want) == 11
+    assert [x["id"] for x in found] == want
+    assert {f"r{i:05d}" for i in [4, *range(40, 50)]} <= set(want)
     found = _listed(viewer.page(q='alert("x")'))  # quotes are searched as written
     want = [r["id"] for r in rows if 'alert(\\"x\\")' in json.dumps(r)]
     assert [x["id"] for x in found] == want

@@ -25,7 +25,7 @@ from typing import Any
 
 import jinja2
 
-from ..recipe.load import Recipe
+from ..recipe.model import Recipe
 from .index import ROW_CAP, RowIndex
 
 PAGE = 50  # rows on a page

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..job.stats import BatchProgress, RunStats
+from ..redaction import printable
 from ..terminal import SafeConsole
 
 Mode = Literal["auto", "rich", "plain", "none"]
@@ -210,8 +211,8 @@ class RichProgress:
             cost=f"${stats.cost_usd + stats.resumed_cost_usd:,.4f}",
             eta=f"in flight {stats.in_flight} ETA {fmt_duration(stats.eta_s())}",
         )
-        if stats.batch is not None:  # provider states: Text, never read as markup
-            self._bar.extra = Text(batch_line(stats.batch))
+        if stats.batch is not None:  # provider states: plain Text, no markup, no control
+            self._bar.extra = Text(printable(batch_line(stats.batch)))
 
     def log(self, message: str) -> None:
         self._bar.console.print(message, markup=False, highlight=False)

@@ -1,9 +1,10 @@
 """The plugin distributions under plugins/, installed like a user installs them.
 
-One fresh virtual environment per session gets this checkout of llmrun and both plugins from
-their folders (not editable), plus pytest. Everything then runs through that environment's own
-``llmrun`` command and Python, so the plugins are found through their entry points only. This
-process never imports pyarrow or datasets: they exist only in that environment.
+One fresh virtual environment per session gets this checkout of llmrun and the plugins
+(parquet, hf, wandb) from their folders (not editable), plus pytest. Everything then runs
+through that environment's own ``llmrun`` command and Python, so the plugins are found through
+their entry points only. This process never imports pyarrow, datasets or wandb: they exist only
+in that environment.
 
 Installing takes most of this module's time (about a minute with a warm pip cache); see the
 README of each plugin for what it installs.
@@ -31,6 +32,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 PARQUET = ROOT / "plugins" / "llmrun-parquet"
 HF = ROOT / "plugins" / "llmrun-hf"
+# wandb joins this environment rather than one of its own: a second venv would install llmrun
+# again, and one install of wandb (about 40 s with a warm cache, its own tests 20 s) costs less.
+WANDB = ROOT / "plugins" / "llmrun-wandb"
 
 
 @dataclass
@@ -75,6 +79,8 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
     # The Hugging Face cache of these tests is their own; nothing reaches the Hub.
     env["HF_HOME"] = str(tmp_path_factory.mktemp("hf-home"))
     env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    # llmrun-wandb logs every run of this environment: nowhere, here (its own tests go offline).
+    env["WANDB_MODE"] = "disabled"
     made = Venv(folder, env)
     proc = made.run(
         "python",
@@ -88,6 +94,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
         str(ROOT),
         f"{PARQUET}[test]",
         f"{HF}[test]",
+        f"{WANDB}[test]",
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -117,7 +124,7 @@ def test_plugins_are_listed_from_their_entry_points(venv: Venv) -> None:
         from llmrun.plugins import load_registry
         registry = load_registry()
         assert registry.get("loader", "hf") and registry.get("writer", "parquet")
-        print(json.dumps(sorted(m for m in ("pyarrow", "datasets") if m in sys.modules)))
+        print(json.dumps(sorted(m for m in ("pyarrow", "datasets", "wandb") if m in sys.modules)))
         """
     )
     assert imported == []
@@ -265,7 +272,7 @@ def test_export_to_parquet_uses_the_plugin_writer(venv: Venv, tmp_path: Path) ->
     assert sorted(r["id"] for r in table["rows"]) == [f"e{i}" for i in range(5)]
 
 
-@pytest.mark.parametrize("plugin", [PARQUET, HF], ids=lambda p: p.name)
+@pytest.mark.parametrize("plugin", [PARQUET, HF, WANDB], ids=lambda p: p.name)
 def test_each_plugins_own_tests_pass_in_the_installed_env(venv: Venv, plugin: Path) -> None:
     # pytest's script (not `python -m`) keeps the source folder off sys.path: the tests run
     # against the installed package.

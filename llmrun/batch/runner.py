@@ -34,6 +34,7 @@ from ..values import Prompt, Usage
 from ..wire.retry import classify_transport
 from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
 from .journal import Journal, Part, checkpoint, has_running, make_durable
+from .status import progress_of
 
 if TYPE_CHECKING:
     from ..run.engine import Engine
@@ -281,6 +282,7 @@ class BatchRunner:
                     return
                 progressed |= await self._advance(part)
             if self._live() and not progressed:
+                self._show(interval)
                 await self._sleep(interval)
                 interval = min(interval * 1.5, self.settings.batch_poll_max_s)
             elif progressed:
@@ -327,6 +329,7 @@ class BatchRunner:
                 if info.to_json() != part.info:
                     part.info = info.to_json()
                     journal.save()
+                    self._show()
                 checkpoint("polled")
                 return False
             part.info = info.to_json()
@@ -368,7 +371,12 @@ class BatchRunner:
     def _set(self, part: Part, step: str) -> None:
         part.step = step
         self.journal.save()
+        self._show()
         checkpoint(step)
+
+    def _show(self, next_poll_s: float | None = None) -> None:
+        """Feed the progress display (and the manifest) with where the batches stand."""
+        self.engine.stats.batch = progress_of(self.journal, next_poll_s)
 
     def _created(self, part: Part, info: BatchInfo) -> None:
         part.batch_id = info.id

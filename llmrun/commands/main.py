@@ -33,6 +33,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cancel",
     "cache",
     "serve",
+    "report",
+    "view",
 )
 
 

@@ -97,6 +97,20 @@ def status(args: argparse.Namespace, err: Any) -> int:
     report["batches"] = batches = _batches(recipe, RunState(recipe.output_path).dir)
     # Records in a batch not merged yet: submitted (or about to be), not to be sent again.
     report["in_batches"] = sum(b["requests"] for b in batches if b["step"] != "merged")
+    report["batch_records"] = {
+        "submitted": sum(b["requests"] for b in batches if b["batch_id"]),
+        "in_batches": report["in_batches"],
+        "merged": sum(
+            n
+            for b in batches
+            if b["step"] == "merged"
+            for k, n in b["merged"].items()
+            if k != "again"
+        ),
+    }
+    # While a run waits on its batches, the manifest says when it polls next.
+    live = manifest.get("batch") if report["running"] else None
+    report["next_poll_at"] = live.get("next_poll_at") if isinstance(live, dict) else None
     if args.json:
         print(json.dumps(report))  # noqa: T201 - the command's output
         return 0
@@ -136,6 +150,17 @@ def status(args: argparse.Namespace, err: Any) -> int:
     console.print(table)
     if batches:
         console.print(_batch_table(batches))
+        counts = report["batch_records"]
+        line = (
+            f"records submitted {counts['submitted']:,}, in batches {counts['in_batches']:,}, "
+            f"merged {counts['merged']:,}"
+        )
+        if isinstance(report["next_poll_at"], int | float):
+            import time
+
+            wait = max(0.0, report["next_poll_at"] - time.time())
+            line += f"; the running run polls next in {_age(wait)}"
+        console.print(line, markup=False, highlight=False)
     for hint in error_hints(report, args.recipe):
         err.print(hint, markup=False)
     return 0

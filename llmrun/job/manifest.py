@@ -64,6 +64,8 @@ def update_manifest(state: RunState, stats: RunStats, manifest: dict[str, Any]) 
     }
     if stats.endpoints:
         manifest["runs"][-1]["endpoints"] = stats.endpoint_counts()
+    if stats.batch is not None:  # `llmrun status` shows it while the run waits
+        manifest["batch"] = stats.batch.to_json()
     manifest["updated_at"] = now_iso()
     state.write_manifest(manifest)
 

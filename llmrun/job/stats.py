@@ -10,6 +10,38 @@ from typing import Any
 
 
 @dataclass
+class BatchPart:
+    """One batch as the display shows it: llmrun's part name, the provider's id and state."""
+
+    name: str
+    batch_id: str | None
+    state: str  # the provider's state ("validating", "in_progress", ...), or llmrun's step
+    requests: int
+    counts: dict[str, int] = field(default_factory=dict)  # the provider's request counts
+
+
+@dataclass
+class BatchProgress:
+    """Where batch mode stands: its batches, and its records submitted (in a batch created at
+    the provider), in batches not merged yet, and merged into the output."""
+
+    parts: list[BatchPart] = field(default_factory=list)
+    submitted: int = 0
+    in_batches: int = 0
+    merged: int = 0
+    next_poll_at: float | None = None  # unix time of the next poll, while waiting
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "parts": [vars(p) for p in self.parts],
+            "submitted": self.submitted,
+            "in_batches": self.in_batches,
+            "merged": self.merged,
+            "next_poll_at": self.next_poll_at,
+        }
+
+
+@dataclass
 class RunStats:
     """What has happened so far. ``resumed_*`` count rows already in the output at start."""
 
@@ -29,6 +61,7 @@ class RunStats:
     retries_by_code: Counter[str] = field(default_factory=Counter)  # retried failures by code
     # provider.base_urls: endpoint -> [attempts answered ok, attempts failed] (live, the Caller's)
     endpoints: dict[str, list[int]] = field(default_factory=dict)
+    batch: BatchProgress | None = None  # batch mode: fed by the batch runner
     started: float = field(default_factory=time.monotonic)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # tests fake it
 

@@ -5,14 +5,17 @@ protocol, once per tick (never per record)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Literal, Protocol
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, TaskID, TextColumn
 from rich.progress import Progress as RichProgressBar
 from rich.table import Table
+from rich.text import Text
 
-from ..job.stats import RunStats
+from ..job.stats import BatchProgress, RunStats
+from ..redaction import printable
 from ..terminal import SafeConsole
 
 Mode = Literal["auto", "rich", "plain", "none"]
@@ -60,6 +63,41 @@ def error_kinds(stats: RunStats) -> str:
     return "; ".join(parts)
 
 
+SHOW_PARTS = 4  # batches named on the progress line; the rest are counted by state
+
+
+def batch_states(batch: BatchProgress) -> str:
+    """Each batch's state and counts (``p0001 in_progress 120/250 failed 2``), then records
+    submitted, in batches and merged; without the time to the next poll."""
+    shown = []
+    for part in [p for p in batch.parts if p.state != "merged"][:SHOW_PARTS]:
+        counts = dict(part.counts)
+        total = counts.pop("total", None) or part.requests
+        done = counts.pop("completed", None)
+        text = f"{part.name} {part.state}"
+        if done is not None:
+            text += f" {done:,}/{total:,}"
+        text += "".join(f" {k} {v:,}" for k, v in counts.items() if v)
+        shown.append(text)
+    merged = sum(p.state == "merged" for p in batch.parts)
+    hidden = len(batch.parts) - merged - len(shown)
+    if hidden > 0:
+        shown.append(f"{hidden} more")
+    if merged:
+        shown.append(f"{merged} merged")
+    return (
+        f"batches: {', '.join(shown) or 'none yet'} | records submitted {batch.submitted:,}, "
+        f"in batches {batch.in_batches:,}, merged {batch.merged:,}"
+    )
+
+
+def batch_line(batch: BatchProgress) -> str:
+    line = batch_states(batch)
+    if batch.next_poll_at is not None:
+        line += f" | next poll in {fmt_duration(max(0.0, batch.next_poll_at - time.time()))}"
+    return line
+
+
 def status_line(stats: RunStats) -> str:
     total = "?" if stats.total is None else f"{stats.total:,}"
     pct = f" ({100 * stats.done / stats.total:.0f}%)" if stats.total else ""
@@ -70,7 +108,7 @@ def status_line(stats: RunStats) -> str:
         f"{stats.rate():,.1f} req/s {stats.token_rate():,.0f} tok/s | "
         f"${stats.cost_usd + stats.resumed_cost_usd:,.4f} | in flight {stats.in_flight} | "
         f"elapsed {fmt_duration(stats.elapsed)} ETA {fmt_duration(stats.eta_s())}"
-    )
+    ) + ("" if stats.batch is None else " | " + batch_line(stats.batch))
 
 
 class NoProgress:
@@ -100,6 +138,7 @@ class PlainProgress(NoProgress):
         self.interval = interval
         self._last = 0.0
         self._title = ""
+        self._batches = ""  # the batch states last printed
 
     def start(self, title: str, stats: RunStats) -> None:
         self._title = title
@@ -108,7 +147,10 @@ class PlainProgress(NoProgress):
 
     def update(self, stats: RunStats) -> None:
         now = time.monotonic()
-        if now - self._last >= self.interval:
+        # A batch changing state is news now: batch runs wait minutes between events.
+        batches = "" if stats.batch is None else batch_states(stats.batch)
+        if now - self._last >= self.interval or batches != self._batches:
+            self._batches = batches
             self._last = now
             self.log(f"llmrun: {self._title}: {status_line(stats)}")
 
@@ -116,12 +158,23 @@ class PlainProgress(NoProgress):
         self.log(f"llmrun: {self._title}: {status_line(stats)}")
 
 
+class _Bar(RichProgressBar):
+    """The bar, and under it a line of its own (batch mode: the batches), never cut short."""
+
+    extra: Text | None = None
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield from super().get_renderables()
+        if self.extra is not None:
+            yield self.extra
+
+
 class RichProgress:
     """A live bar with counts, rates, tokens, errors and ETA; messages print above it."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self._bar = RichProgressBar(
+        self._bar = _Bar(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             TextColumn("{task.fields[counts]}"),
@@ -158,6 +211,8 @@ class RichProgress:
             cost=f"${stats.cost_usd + stats.resumed_cost_usd:,.4f}",
             eta=f"in flight {stats.in_flight} ETA {fmt_duration(stats.eta_s())}",
         )
+        if stats.batch is not None:  # provider states: plain Text, no markup, no control
+            self._bar.extra = Text(printable(batch_line(stats.batch)))
 
     def log(self, message: str) -> None:
         self._bar.console.print(message, markup=False, highlight=False)

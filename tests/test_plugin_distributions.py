@@ -1,9 +1,9 @@
 """The plugin distributions under plugins/, installed like a user installs them.
 
-One fresh virtual environment per session gets this checkout of llmrun and both plugins from
+One fresh virtual environment per session gets this checkout of llmrun and the plugins from
 their folders (not editable), plus pytest. Everything then runs through that environment's own
 ``llmrun`` command and Python, so the plugins are found through their entry points only. This
-process never imports pyarrow or datasets: they exist only in that environment.
+process never imports pyarrow, datasets or ray: they exist only in that environment.
 
 Installing takes most of this module's time (about a minute with a warm pip cache); see the
 README of each plugin for what it installs.
@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 PARQUET = ROOT / "plugins" / "llmrun-parquet"
 HF = ROOT / "plugins" / "llmrun-hf"
+RAY = ROOT / "plugins" / "llmrun-ray"
 
 
 @dataclass
@@ -88,6 +89,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
         str(ROOT),
         f"{PARQUET}[test]",
         f"{HF}[test]",
+        # Ray is the largest of them (about 240 MB installed): it is installed here, once per
+        # session with the others, and only its own tests (on a local cluster) import it.
+        f"{RAY}[test]",
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -110,14 +114,14 @@ def test_plugins_are_listed_from_their_entry_points(venv: Venv) -> None:
     # Not one of them without their entry points: the core knows nothing of them.
     none = json.loads(venv.run("llmrun", "plugins", "--json", LLMRUN_PLUGINS="").stdout)
     assert {c["package"] for c in none["components"]} == {"llmrun"}
-    # Listing them imports neither pyarrow nor datasets (they load when a component is used).
+    # Listing them imports neither pyarrow, datasets nor ray (they load when they are used).
     imported = venv.python(
         """
         import json, sys
         from llmrun.plugins import load_registry
         registry = load_registry()
         assert registry.get("loader", "hf") and registry.get("writer", "parquet")
-        print(json.dumps(sorted(m for m in ("pyarrow", "datasets") if m in sys.modules)))
+        print(json.dumps(sorted(m for m in ("pyarrow", "datasets", "ray") if m in sys.modules)))
         """
     )
     assert imported == []
@@ -265,7 +269,7 @@ def test_export_to_parquet_uses_the_plugin_writer(venv: Venv, tmp_path: Path) ->
     assert sorted(r["id"] for r in table["rows"]) == [f"e{i}" for i in range(5)]
 
 
-@pytest.mark.parametrize("plugin", [PARQUET, HF], ids=lambda p: p.name)
+@pytest.mark.parametrize("plugin", [PARQUET, HF, RAY], ids=lambda p: p.name)
 def test_each_plugins_own_tests_pass_in_the_installed_env(venv: Venv, plugin: Path) -> None:
     # pytest's script (not `python -m`) keeps the source folder off sys.path: the tests run
     # against the installed package.

@@ -22,7 +22,7 @@ already cost; an unused allowance is given back when a worker goes idle or is re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import ray
@@ -70,28 +70,51 @@ class Limiter:
         index = self.pool.states.index(lease.state)
         return (index, lease.tokens, lease.probe, lease.start, lease.taken)
 
+    async def acquire_many(
+        self, tokens: list[int]
+    ) -> AsyncIterator[list[tuple[int, Ticket | dict[int, str]]]]:
+        """``acquire`` for several requests of one worker in one call: each answer (with its
+        position in ``tokens``) is streamed back as soon as it is granted, those granted at the
+        same moment together, so starts stay as evenly spaced as one by one."""
+        granted: asyncio.Queue[tuple[int, Ticket | dict[int, str]]] = asyncio.Queue()
+
+        async def one(position: int, amount: int) -> None:
+            granted.put_nowait((position, await self.acquire(amount)))
+
+        tasks = [asyncio.ensure_future(one(i, t)) for i, t in enumerate(tokens)]
+        try:
+            left = len(tasks)
+            while left:
+                batch = [await granted.get()]
+                while not granted.empty():
+                    batch.append(granted.get_nowait())
+                left -= len(batch)
+                yield batch
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def report(self, events: list[tuple[str, Ticket, Any]]) -> None:
+        """A worker's reports since its last one, in order: (what, ticket, its argument)."""
+        for what, ticket, arg in events:
+            lease = self._lease(ticket)
+            if what == "release":
+                self.pool.release(lease, trusted=bool(arg))
+            elif what == "settle":
+                self.pool.settle_tokens(lease, arg)
+            elif what == "local":
+                self.pool.local_endpoint(lease)
+            elif what == "ok":
+                self.pool.on_success(lease, arg)
+            elif what == "429":
+                self.pool.on_rate_limited(lease, arg)
+            elif what == "retire":
+                self.pool.retire(lease, arg)
+
     def _lease(self, ticket: Ticket) -> Lease:
         self.reports += 1
         index, tokens, probe, start, taken = ticket
         return Lease(self.pool.states[index], tokens, probe, start, taken)
-
-    def release(self, ticket: Ticket, trusted: bool) -> None:
-        self.pool.release(self._lease(ticket), trusted=trusted)
-
-    def settle_tokens(self, ticket: Ticket, used: int | None) -> None:
-        self.pool.settle_tokens(self._lease(ticket), used)
-
-    def local_endpoint(self, ticket: Ticket) -> None:
-        self.pool.local_endpoint(self._lease(ticket))
-
-    def on_success(self, ticket: Ticket, headers: dict[str, str]) -> None:
-        self.pool.on_success(self._lease(ticket), headers)
-
-    def on_rate_limited(self, ticket: Ticket, retry_after: float | None) -> None:
-        self.pool.on_rate_limited(self._lease(ticket), retry_after)
-
-    def retire(self, ticket: Ticket, reason: str) -> bool:
-        return self.pool.retire(self._lease(ticket), reason)
 
     # -- budget ----------------------------------------------------------------------------
 
@@ -180,17 +203,18 @@ class RemoteKeyPool(KeyPool):
     def __init__(self, limiter: Any, keys: tuple[str, ...]) -> None:
         super().__init__(keys)
         self.limiter = limiter
+        self._asking: list[tuple[int, asyncio.Future[Ticket | dict[int, str]]]] = []
+        self._delivering: set[asyncio.Future[None]] = set()
+        self._reports: list[tuple[str, Ticket, Any]] = []
 
     async def acquire(self, tokens: int) -> Lease:
-        ref = self.limiter.acquire.remote(tokens)
-        try:
-            answer = await ref
-        except BaseException:
-            # Cancelled while waiting (a second Ctrl-C, a drain deadline): stop the wait in the
-            # actor, and give the lease back should it have been granted meanwhile.
-            ray.cancel(ref)
-            ref.future().add_done_callback(self._give_back_unused)
-            raise
+        # The requests that ask in one pass of the loop ask together (one actor call).
+        loop = asyncio.get_running_loop()
+        wanted: asyncio.Future[Ticket | dict[int, str]] = loop.create_future()
+        if not self._asking:
+            loop.call_soon(self._ask)
+        self._asking.append((tokens, wanted))
+        answer = await wanted  # cancelled: _deliver gives the lease back if it comes
         if isinstance(answer, dict):
             for index, reason in answer.items():
                 self.states[index].retired = self.states[index].retired or reason or "retired"
@@ -199,41 +223,70 @@ class RemoteKeyPool(KeyPool):
         local = Lease(self.states[index], tokens, probe, start, taken)
         return RemoteLease(local, answer)
 
-    def _give_back_unused(self, future: Any) -> None:
+    def _ask(self) -> None:
+        asking, self._asking = self._asking, []
+        stream = self.limiter.acquire_many.remote([tokens for tokens, _ in asking])
+        task = asyncio.ensure_future(self._deliver(stream, [w for _, w in asking]))  # noqa: RUF006 - kept in _delivering
+        self._delivering.add(task)
+        task.add_done_callback(self._delivering.discard)
+
+    async def _deliver(self, stream: Any, waiting: list[asyncio.Future[Any]]) -> None:
         try:
-            answer = future.result()
-        except BaseException:
-            return
-        if isinstance(answer, tuple):
-            self.limiter.release.remote(answer, False)
+            async for ref in stream:
+                for position, answer in await ref:
+                    wanted = waiting[position]
+                    if not wanted.done():
+                        wanted.set_result(answer)
+                    elif isinstance(answer, tuple):
+                        # Its request was cancelled meanwhile (a drain deadline, a second
+                        # Ctrl-C): the start is not used.
+                        self._report("release", answer, False)
+        except BaseException as exc:
+            for wanted in waiting:
+                if not wanted.done():
+                    wanted.set_exception(
+                        RunAborted(f"the cluster's rate limiter is gone: {exc}")
+                        if isinstance(exc, Exception)
+                        else exc
+                    )
+            if not isinstance(exc, Exception):
+                raise
+
+    def _report(self, what: str, ticket: Ticket, arg: Any) -> None:
+        # Reports of one pass of the loop travel together, in order, in one actor call: the
+        # Caller retires a rejected key right after releasing its lease, and the actor applies
+        # both before a request waiting for that key's probe can take it again.
+        if not self._reports:
+            asyncio.get_running_loop().call_soon(self._send_reports)
+        self._reports.append((what, ticket, arg))
+
+    def _send_reports(self) -> None:
+        reports, self._reports = self._reports, []
+        self.limiter.report.remote(reports)
 
     def release(self, lease: Lease, *, trusted: bool) -> None:
-        # Sent on the loop's next pass: the Caller retires a rejected key right after releasing
-        # its lease, and the actor must hear of the retirement first, or a request waiting for
-        # the key's probe would take the bad key again.
-        ticket = _ticket(lease)
-        asyncio.get_running_loop().call_soon(self.limiter.release.remote, ticket, trusted)
+        self._report("release", _ticket(lease), trusted)
 
     def settle_tokens(self, lease: Lease, used: int | None) -> None:
         if used is not None:
-            self.limiter.settle_tokens.remote(_ticket(lease), used)
+            self._report("settle", _ticket(lease), used)
 
     def local_endpoint(self, lease: Lease) -> None:
-        self.limiter.local_endpoint.remote(_ticket(lease))
+        self._report("local", _ticket(lease), None)
 
     def on_success(self, lease: Lease, headers: Mapping[str, str]) -> None:
         # Only the x-ratelimit-* names: the actor's pace reads nothing else.
         wanted = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit")}
-        self.limiter.on_success.remote(_ticket(lease), wanted)
+        self._report("ok", _ticket(lease), wanted)
 
     def on_rate_limited(self, lease: Lease, retry_after: float | None) -> None:
-        self.limiter.on_rate_limited.remote(_ticket(lease), retry_after)
+        self._report("429", _ticket(lease), retry_after)
 
     def retire(self, lease: Lease, reason: str) -> bool:
         if lease.state.retired is None:
             lease.state.retired = reason
         # Everywhere at once: the actor's pool stops granting this key to any worker.
-        self.limiter.retire.remote(_ticket(lease), reason)
+        self._report("retire", _ticket(lease), reason)
         return any(s.retired is None for s in self.states)
 
 

@@ -101,7 +101,8 @@ class Cluster:
         return ClusterBudget(self.limiter, limit_usd, price)
 
     def stages(self, engine: Engine, local: Stages) -> Stages:
-        self.start_workers()
+        if not self.workers:
+            self.start_workers()
         return RemoteStages(engine, local, self)
 
     def backends(self) -> Backends:
@@ -224,6 +225,9 @@ def ray_engine(
     defaults to one per CPU the cluster offers."""
     size = workers or max(1, int(cluster_cpus()))
     cluster = Cluster(recipe, overrides, size)
+    # Started before the run (the engine's clock and progress then measure the job, not Ray
+    # starting processes); each loads the recipe itself.
+    cluster.start_workers()
     # The engine's tasks each hold one group of records on its way through the workers.
     driver_run = dataclasses.replace(recipe.run, concurrency=GROUPS_PER_WORKER * size)
     engine = make_engine(

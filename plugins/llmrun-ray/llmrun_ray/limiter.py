@@ -35,6 +35,9 @@ from llmrun.run.limits import KeyPool, Lease
 
 # (key index, reserved tokens, probe, start, reserved-at), in the actor's clock.
 Ticket = tuple[int, int, bool, float, float]
+# A key's first request not reported this long after its timeout is taken as lost with its
+# worker (see Limiter.acquire).
+PROBE_GRACE_S = 10.0
 # A worker asks for this many worst-case calls' worth of budget at a time.
 ALLOWANCE_CALLS = 8
 
@@ -50,6 +53,7 @@ class Limiter:
             adaptive=bool(settings.get("adaptive")),
             slow_start_local=bool(settings.get("slow_start_local")),
         )
+        self.probe_s = float(settings.get("timeout_s") or 600.0) + PROBE_GRACE_S
         self.limit_usd: float | None = None
         self.spent_before = 0.0  # what the output already cost when the job (re)started
         self.held = 0.0  # granted to workers and not given back
@@ -68,7 +72,17 @@ class Limiter:
         except RunAborted:
             return {i: s.retired or "" for i, s in enumerate(self.pool.states)}
         index = self.pool.states.index(lease.state)
-        return (index, lease.tokens, lease.probe, lease.start, lease.taken)
+        ticket = (index, lease.tokens, lease.probe, lease.start, lease.taken)
+        if lease.probe:
+            # A key's first request goes alone; should its worker die with it, the others
+            # would wait for its answer forever: past the call's timeout, it counts as failed.
+            probe = lease.state.probe
+            asyncio.get_running_loop().call_later(self.probe_s, self._expire, lease, probe)
+        return ticket
+
+    def _expire(self, lease: Lease, probe: object) -> None:
+        if probe is not None and lease.state.probe is probe:  # still that same probe out
+            self.pool.release(lease, trusted=False)
 
     async def acquire_many(
         self, tokens: list[int]
@@ -167,6 +181,7 @@ def limiter_settings(recipe: Recipe) -> dict[str, Any]:
         "tokens_per_minute": run.tokens_per_minute,
         "adaptive": run.adaptive,
         "slow_start_local": run.slow_start_local,
+        "timeout_s": run.timeout_s,
     }
 
 

@@ -270,3 +270,22 @@ def test_processor_for_ray_data_batches(cluster: str, tmp_path: Path):
     assert remote["id"] == batch["id"]
     assert server.count() == 2 * n
     assert acquired >= 2 * n  # both went through the job's one limiter
+
+
+def test_a_keys_first_request_lost_with_its_worker_does_not_stall_the_key():
+    # The limiter's body, without Ray: a worker took the key's first request (which goes
+    # alone) and died without reporting; past the call's timeout the key is free again.
+    import asyncio
+
+    from llmrun_ray.limiter import Limiter
+
+    async def main() -> tuple[Any, Any]:
+        limiter = Limiter(1, {"timeout_s": 0.1})
+        limiter.probe_s = 0.3
+        first = await limiter.acquire(0)
+        second = await asyncio.wait_for(limiter.acquire(0), timeout=10)
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert isinstance(first, tuple) and first[2] is True  # the probe
+    assert isinstance(second, tuple) and second[2] is True  # the key is probed again

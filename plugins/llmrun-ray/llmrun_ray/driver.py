@@ -84,7 +84,10 @@ class Cluster:
         per_worker = min(1.0, cpus / self.size)
         self.workers = [
             WorkerActor.options(num_cpus=per_worker).remote(
-                str(self.recipe.path), self.overrides, self.limiter
+                # No actor handle among the arguments: Ray keeps such arguments in its object
+                # store for restarts; the worker finds the limiter by name instead.
+                str(self.recipe.path),
+                self.overrides,
             )
             for _ in range(self.size)
         ]

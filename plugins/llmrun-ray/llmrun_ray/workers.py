@@ -39,7 +39,7 @@ class RecipeStages:
     def __init__(self, recipe_path: str, overrides: Sequence[str], limiter: Any = None) -> None:
         recipe, registry = open_recipe(recipe_path, overrides=overrides)
         self.recipe = recipe
-        if limiter is None:  # Ray Data: every processor finds the job's limiter by name
+        if limiter is None:  # every worker and processor finds the job's limiter by name
             limiter = get_limiter(recipe)
             if recipe.run.budget_usd is not None:
                 limiter.default_budget.remote(recipe.run.budget_usd)
@@ -102,8 +102,8 @@ class RecipeStages:
 class ShardWorker:
     """The actor (``WorkerActor``): processes the records of its shard the driver sends."""
 
-    def __init__(self, recipe_path: str, overrides: Sequence[str], limiter: Any) -> None:
-        self.own = RecipeStages(recipe_path, overrides, limiter)
+    def __init__(self, recipe_path: str, overrides: Sequence[str]) -> None:
+        self.own = RecipeStages(recipe_path, overrides)
         self.slots: asyncio.Semaphore | None = None
         self.active = 0
         self.processed = 0  # rows made by this process (since it last started)

@@ -5,7 +5,8 @@ their folders (not editable), plus pytest. Everything then runs through that env
 ``llmrun`` command and Python, so the plugins are found through their entry points only. This
 process never imports pyarrow, datasets or ray: they exist only in that environment.
 
-Installing takes most of this module's time (about a minute with a warm pip cache); see the
+Installing takes much of this module's time (a few minutes with a warm pip cache: ray is the
+largest), and llmrun-ray's own tests about as long again (a local Ray cluster); see the
 README of each plugin for what it installs.
 """
 

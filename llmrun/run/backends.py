@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..recipe.load import Recipe
+    from ..recipe.model import Recipe
     from ..recipe.pricing import Price
     from .budget import Budget
     from .engine import Engine

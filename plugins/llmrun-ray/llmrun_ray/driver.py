@@ -32,7 +32,7 @@ from llmrun.errors import RunAborted
 from llmrun.job.records import Work
 from llmrun.job.summary import RunSummary
 from llmrun.plugins import Registry
-from llmrun.recipe.load import Recipe
+from llmrun.recipe.model import Recipe
 from llmrun.recipe.pricing import Price
 from llmrun.recipe.selection import id_hash
 from llmrun.run.backends import Backends

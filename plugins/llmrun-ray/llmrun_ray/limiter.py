@@ -28,7 +28,7 @@ from typing import Any
 import ray
 
 from llmrun.errors import RunAborted
-from llmrun.recipe.load import Recipe
+from llmrun.recipe.model import Recipe
 from llmrun.recipe.pricing import Price
 from llmrun.run.budget import Budget
 from llmrun.run.limits import KeyPool, Lease

@@ -88,6 +88,7 @@ class Cluster:
                 # store for restarts; the worker finds the limiter by name instead.
                 str(self.recipe.path),
                 self.overrides,
+                self.recipe.access,
             )
             for _ in range(self.size)
         ]

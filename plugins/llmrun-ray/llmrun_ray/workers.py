@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from llmrun.access import Access
 from llmrun.api import make_engine, open_recipe
 from llmrun.errors import CallError, RunAborted
 from llmrun.job.records import Work
@@ -36,8 +37,16 @@ Item = tuple[int, str, "dict[str, Any] | None", str, "str | None"]
 class RecipeStages:
     """A recipe's stages bound to the cluster limiter, built once per process."""
 
-    def __init__(self, recipe_path: str, overrides: Sequence[str], limiter: Any = None) -> None:
-        recipe, registry = open_recipe(recipe_path, overrides=overrides)
+    def __init__(
+        self,
+        recipe_path: str,
+        overrides: Sequence[str],
+        limiter: Any = None,
+        access: Access | None = None,
+    ) -> None:
+        # The user's opt-ins (--trust, --allow-read, --allow-host) travel with the path: the
+        # worker's recipe is the driver's, with nothing more allowed.
+        recipe, registry = open_recipe(recipe_path, overrides=overrides, access=access)
         self.recipe = recipe
         if limiter is None:  # every worker and processor finds the job's limiter by name
             limiter = get_limiter(recipe)
@@ -102,8 +111,10 @@ class RecipeStages:
 class ShardWorker:
     """The actor (``WorkerActor``): processes the records of its shard the driver sends."""
 
-    def __init__(self, recipe_path: str, overrides: Sequence[str]) -> None:
-        self.own = RecipeStages(recipe_path, overrides)
+    def __init__(
+        self, recipe_path: str, overrides: Sequence[str], access: Access | None = None
+    ) -> None:
+        self.own = RecipeStages(recipe_path, overrides, access=access)
         self.slots: asyncio.Semaphore | None = None
         self.active = 0
         self.processed = 0  # rows made by this process (since it last started)

@@ -319,3 +319,25 @@ output: {{path: out.jsonl}}
     rows = read_jsonl(tmp_path / "out.jsonl")
     ids_once(rows, n)
     assert {r["status"] for r in rows} == {"ok"}
+
+
+def test_the_users_trust_reaches_the_workers_and_nothing_more(cluster: str, tmp_path: Path):
+    # A python: postprocessor runs only with --trust; the workers load the recipe themselves
+    # and must get the driver's opt-ins, not more (without --trust: refused, nothing called).
+    n = 10
+    (tmp_path / "shout.py").write_text("def shout(result):\n    return {'loud': True}\n")
+    with FakeOpenAI(latency_s=0.01) as server:
+        recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 4}")
+        text = recipe.read_text().replace(
+            "\noutput:", "\npostprocess: [{python: {function: 'shout:shout'}}]\noutput:"
+        )
+        recipe.write_text(text)
+        refused = cli("run", str(recipe), "--address", cluster, "--workers", "2", "-q")
+        assert refused.returncode != 0 and server.count() == 0
+        proc = cli(
+            "run", str(recipe), "--address", cluster, "--workers", "2", "--trust", "--json", "-q"
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
+    ids_once(rows, n)
+    assert all(r["fields"] == {"loud": True} for r in rows)

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # the engine (and the HTTP stack) load only when a run starts
     from rich.console import Console
 
     from .job.summary import RunSummary
+    from .run.backends import Backends
     from .run.engine import Engine
     from .run.progress import Mode, Progress
 
@@ -105,8 +106,11 @@ def make_engine(
     fresh: bool = False,
     retry_errors: bool = False,
     handle_signals: bool = True,
+    backends: Backends | None = None,
 ) -> Engine:
-    """The engine for a recipe, with every mode wired in (direct, batch, auto)."""
+    """The engine for a recipe, with every mode wired in (direct, batch, auto).
+    ``backends`` replaces the in-process key pool, budget or stages (``run.backends``):
+    how a distribution such as llmrun-ray shares limits across processes."""
     from .batch.runner import run_batches
     from .run.engine import Engine
 
@@ -119,6 +123,7 @@ def make_engine(
         retry_errors=retry_errors,
         handle_signals=handle_signals,
         batch_phase=run_batches,
+        backends=backends,
     )
 
 

@@ -1,12 +1,13 @@
 """The plugin distributions under plugins/, installed like a user installs them.
 
 One fresh virtual environment per session gets this checkout of llmrun and the plugins
-(parquet, hf, wandb) from their folders (not editable), plus pytest. Everything then runs
+(parquet, hf, wandb, ray) from their folders (not editable), plus pytest. Everything then runs
 through that environment's own ``llmrun`` command and Python, so the plugins are found through
-their entry points only. This process never imports pyarrow, datasets or wandb: they exist only
+their entry points only. This process never imports pyarrow, datasets, wandb or ray: they exist only
 in that environment.
 
-Installing takes most of this module's time (about a minute with a warm pip cache); see the
+Installing takes much of this module's time (a few minutes with a warm pip cache: ray is the
+largest), and llmrun-ray's own tests about as long again (a local Ray cluster); see the
 README of each plugin for what it installs.
 """
 
@@ -35,6 +36,7 @@ HF = ROOT / "plugins" / "llmrun-hf"
 # wandb joins this environment rather than one of its own: a second venv would install llmrun
 # again, and one install of wandb (about 40 s with a warm cache, its own tests 20 s) costs less.
 WANDB = ROOT / "plugins" / "llmrun-wandb"
+RAY = ROOT / "plugins" / "llmrun-ray"
 
 
 @dataclass
@@ -95,6 +97,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
         f"{PARQUET}[test]",
         f"{HF}[test]",
         f"{WANDB}[test]",
+        # Ray is the largest of them (about 240 MB installed): it is installed here, once per
+        # session with the others, and only its own tests (on a local cluster) import it.
+        f"{RAY}[test]",
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -117,14 +122,15 @@ def test_plugins_are_listed_from_their_entry_points(venv: Venv) -> None:
     # Not one of them without their entry points: the core knows nothing of them.
     none = json.loads(venv.run("llmrun", "plugins", "--json", LLMRUN_PLUGINS="").stdout)
     assert {c["package"] for c in none["components"]} == {"llmrun"}
-    # Listing them imports neither pyarrow nor datasets (they load when a component is used).
+    # Listing them imports neither pyarrow, datasets nor ray (they load when they are used).
     imported = venv.python(
         """
         import json, sys
         from llmrun.plugins import load_registry
         registry = load_registry()
         assert registry.get("loader", "hf") and registry.get("writer", "parquet")
-        print(json.dumps(sorted(m for m in ("pyarrow", "datasets", "wandb") if m in sys.modules)))
+        heavy = ("pyarrow", "datasets", "wandb", "ray")
+        print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
         """
     )
     assert imported == []
@@ -272,7 +278,7 @@ def test_export_to_parquet_uses_the_plugin_writer(venv: Venv, tmp_path: Path) ->
     assert sorted(r["id"] for r in table["rows"]) == [f"e{i}" for i in range(5)]
 
 
-@pytest.mark.parametrize("plugin", [PARQUET, HF, WANDB], ids=lambda p: p.name)
+@pytest.mark.parametrize("plugin", [PARQUET, HF, WANDB, RAY], ids=lambda p: p.name)
 def test_each_plugins_own_tests_pass_in_the_installed_env(venv: Venv, plugin: Path) -> None:
     # pytest's script (not `python -m`) keeps the source folder off sys.path: the tests run
     # against the installed package.

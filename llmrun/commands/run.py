@@ -96,7 +96,9 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         err.print(change, markup=False)
     mode: Mode = "none" if args.quiet else args.progress
     progress = make_progress(mode, err)
-    engine = make_engine(
+    # A distribution's own `run` command (llmrun-ray) reuses this one with its own engine.
+    engine_for = getattr(args, "make_engine", None) or make_engine
+    engine = engine_for(
         recipe,
         registry,
         progress,

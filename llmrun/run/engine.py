@@ -48,6 +48,7 @@ from ..redaction import Redactor
 from ..values import ComponentContext, RunStart
 from ..wire.bounds import AnswerLimits
 from ..wire.transport import default_transport
+from .backends import Backends
 from .budget import Budget
 from .cache import CallCache
 from .calls import Caller, NotSent, SharedCalls
@@ -94,8 +95,10 @@ class Engine:
         handle_signals: bool = True,
         batch_phase: BatchPhase | None = None,
         shared: SharedCalls | None = None,
+        backends: Backends | None = None,
     ) -> None:
         self.recipe = recipe
+        self.backends = backends or Backends()
         self.registry = registry
         # Everything shown also goes to <output>.llmrun/run.log (run/runlog.py).
         self.runlog = RunLog(progress, RunState(recipe.output_path).dir / "run.log")
@@ -208,6 +211,8 @@ class Engine:
                 self.recipe, self.provider, self.posts, self.template, self.rows, caller
             )
             self.stats.endpoints = caller.endpoint_counts  # provider.base_urls: live counts
+            if self.backends.stages is not None:
+                self._stages = self.backends.stages(self, self._stages)
             self.progress.start(self.recipe.name, self.stats)
             try:
                 await self._pipeline(done, manifest)
@@ -240,6 +245,8 @@ class Engine:
         if self.shared is not None:
             keys = self.shared.keys
             self.budget = self.shared.budget
+        elif self.backends.key_pool is not None:
+            keys = self.backends.key_pool(self.recipe)
         else:
             keys = KeyPool(
                 self.recipe.api_keys,
@@ -251,7 +258,8 @@ class Engine:
             )
         if self.shared is None and run.budget_usd is not None and self._budget_price is not None:
             spent = self.stats.resumed_cost_usd
-            self.budget = Budget(run.budget_usd, self._budget_price, spent)
+            make_budget = self.backends.budget or Budget
+            self.budget = make_budget(run.budget_usd, self._budget_price, spent)
         return Caller(
             self.provider,
             transport,

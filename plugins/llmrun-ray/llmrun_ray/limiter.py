@@ -1,0 +1,353 @@
+"""One limiter for the cluster: a Ray actor holding the keys' paces, the key pool and the budget.
+
+Every worker process paces its requests through the same actor, so ``requests_per_minute``,
+``tokens_per_minute``, the adaptive pace, a retired key and ``run.budget_usd`` hold for the job
+as a whole, however many workers (or Ray Data tasks) it has.
+
+The actor runs llmrun's own ``KeyPool`` on its event loop: a worker's ``acquire`` waits *in the
+actor* until its start is due, so starts are spaced by one clock for the whole cluster, exactly
+as in one process. The actor never holds a key: it knows keys by their index in
+``provider.api_keys`` (the secrets stay in the workers, which read them from the recipe).
+
+A lease travels as a small tuple (key index, reserved tokens, probe, start, reserved-at), and
+the worker sends it back with every report (answered, 429, settle tokens, release), so the actor
+keeps no table of leases. Reports other than ``acquire`` are sent without waiting for them.
+
+The budget is granted in allowances: a worker reserves a call's worst case from its own
+allowance and asks the actor for more only when that runs out (one round trip per several
+calls, not per call). The actor never grants past ``run.budget_usd`` minus what the output
+already cost; an unused allowance is given back when a worker goes idle or is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import ray
+
+from llmrun.errors import RunAborted
+from llmrun.recipe.model import Recipe
+from llmrun.recipe.pricing import Price
+from llmrun.run.budget import Budget
+from llmrun.run.limits import KeyPool, Lease
+
+# (key index, reserved tokens, probe, start, reserved-at), in the actor's clock.
+Ticket = tuple[int, int, bool, float, float]
+# A key's first request not reported this long after its timeout is taken as lost with its
+# worker (see Limiter.acquire).
+PROBE_GRACE_S = 10.0
+# A worker asks for this many worst-case calls' worth of budget at a time.
+ALLOWANCE_CALLS = 8
+
+
+class Limiter:
+    """The actor's body (``LimiterActor`` is it as a Ray actor)."""
+
+    def __init__(self, keys: int, settings: Mapping[str, Any]) -> None:
+        self.pool = KeyPool(
+            tuple(str(i) for i in range(max(1, keys))),
+            requests_per_minute=settings.get("requests_per_minute"),
+            tokens_per_minute=settings.get("tokens_per_minute"),
+            adaptive=bool(settings.get("adaptive")),
+            slow_start_local=bool(settings.get("slow_start_local")),
+        )
+        self.probe_s = float(settings.get("timeout_s") or 600.0) + PROBE_GRACE_S
+        self.limit_usd: float | None = None
+        self.spent_before = 0.0  # what the output already cost when the job (re)started
+        self.held = 0.0  # granted to workers and not given back
+        self.reached = False
+        self.acquired = 0  # load figures, for docs/scale.md and the benchmarks
+        self.reports = 0
+
+    # -- keys ------------------------------------------------------------------------------
+
+    async def acquire(self, tokens: int) -> Ticket | dict[int, str]:
+        """A lease on the key that can start soonest, once its start is due; when every key is
+        retired, why each one was (index -> reason)."""
+        self.acquired += 1
+        try:
+            lease = await self.pool.acquire(tokens)
+        except RunAborted:
+            return {i: s.retired or "" for i, s in enumerate(self.pool.states)}
+        index = self.pool.states.index(lease.state)
+        ticket = (index, lease.tokens, lease.probe, lease.start, lease.taken)
+        if lease.probe:
+            # A key's first request goes alone; should its worker die with it, the others
+            # would wait for its answer forever: past the call's timeout, it counts as failed.
+            probe = lease.state.probe
+            asyncio.get_running_loop().call_later(self.probe_s, self._expire, lease, probe)
+        return ticket
+
+    def _expire(self, lease: Lease, probe: object) -> None:
+        if probe is not None and lease.state.probe is probe:  # still that same probe out
+            self.pool.release(lease, trusted=False)
+
+    async def acquire_many(
+        self, tokens: list[int]
+    ) -> AsyncIterator[list[tuple[int, Ticket | dict[int, str]]]]:
+        """``acquire`` for several requests of one worker in one call: each answer (with its
+        position in ``tokens``) is streamed back as soon as it is granted, those granted at the
+        same moment together, so starts stay as evenly spaced as one by one."""
+        granted: asyncio.Queue[tuple[int, Ticket | dict[int, str]]] = asyncio.Queue()
+
+        async def one(position: int, amount: int) -> None:
+            granted.put_nowait((position, await self.acquire(amount)))
+
+        tasks = [asyncio.ensure_future(one(i, t)) for i, t in enumerate(tokens)]
+        try:
+            left = len(tasks)
+            while left:
+                batch = [await granted.get()]
+                while not granted.empty():
+                    batch.append(granted.get_nowait())
+                left -= len(batch)
+                yield batch
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def report(self, events: list[tuple[str, Ticket, Any]]) -> None:
+        """A worker's reports since its last one, in order: (what, ticket, its argument)."""
+        for what, ticket, arg in events:
+            lease = self._lease(ticket)
+            if what == "release":
+                self.pool.release(lease, trusted=bool(arg))
+            elif what == "settle":
+                self.pool.settle_tokens(lease, arg)
+            elif what == "local":
+                self.pool.local_endpoint(lease)
+            elif what == "ok":
+                self.pool.on_success(lease, arg)
+            elif what == "429":
+                self.pool.on_rate_limited(lease, arg)
+            elif what == "retire":
+                self.pool.retire(lease, arg)
+
+    def _lease(self, ticket: Ticket) -> Lease:
+        self.reports += 1
+        index, tokens, probe, start, taken = ticket
+        return Lease(self.pool.states[index], tokens, probe, start, taken)
+
+    # -- budget ----------------------------------------------------------------------------
+
+    def set_budget(self, limit_usd: float, spent_before: float) -> None:
+        """The job's budget and what its output already cost (the driver, at each start)."""
+        self.limit_usd = limit_usd
+        self.spent_before = spent_before
+        self.held = 0.0  # a new driver: the workers of an earlier one are gone
+
+    def default_budget(self, limit_usd: float) -> None:
+        """The budget, unless a driver set it already (Ray Data's processors: no output)."""
+        if self.limit_usd is None:
+            self.limit_usd = limit_usd
+
+    def grant(self, wanted: float, needed: float) -> float:
+        """Up to ``wanted`` USD of allowance; 0 when not even ``needed`` is left."""
+        if self.limit_usd is None:
+            return wanted
+        left = self.limit_usd - self.spent_before - self.held
+        if left + 1e-12 < needed:
+            self.reached = True
+            return 0.0
+        granted = max(needed, min(wanted, left))
+        self.held += granted
+        return granted
+
+    def give_back(self, unused: float) -> None:
+        self.held = max(0.0, self.held - unused)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "acquired": self.acquired,
+            "reports": self.reports,
+            "held_usd": self.held,
+            "spent_before_usd": self.spent_before,
+            "reached": self.reached,
+            "retired": sorted(i for i, s in enumerate(self.pool.states) if s.retired),
+        }
+
+
+# max_concurrency: every worker's every call may be waiting in acquire at once.
+_remote: Any = ray.remote  # Ray's stubs do not type an actor class made this way
+LimiterActor: Any = _remote(num_cpus=0, max_concurrency=100_000)(Limiter)
+
+
+def limiter_settings(recipe: Recipe) -> dict[str, Any]:
+    run = recipe.run
+    return {
+        "requests_per_minute": run.requests_per_minute,
+        "tokens_per_minute": run.tokens_per_minute,
+        "adaptive": run.adaptive,
+        "slow_start_local": run.slow_start_local,
+        "timeout_s": run.timeout_s,
+    }
+
+
+def limiter_name(recipe: Recipe) -> str:
+    """One limiter per recipe job (its job hash) and key set: concurrent jobs on a cluster
+    that use the same recipe share it; the driver's and Ray Data's workers find it by name."""
+    return f"llmrun-limiter-{recipe.job_hash[:16]}"
+
+
+def get_limiter(recipe: Recipe, namespace: str | None = None) -> Any:
+    """The job's limiter actor, started when it is not running yet."""
+    return LimiterActor.options(
+        name=limiter_name(recipe),
+        namespace=namespace,
+        get_if_exists=True,
+    ).remote(len(recipe.api_keys), limiter_settings(recipe))
+
+
+class RemoteLease(Lease):
+    """A lease granted by the limiter actor: the ticket goes back with every report."""
+
+    __slots__ = ("ticket",)
+
+    def __init__(self, lease: Lease, ticket: Ticket) -> None:
+        super().__init__(lease.state, lease.tokens, lease.probe, lease.start, lease.taken)
+        self.ticket = ticket
+
+
+class RemoteKeyPool(KeyPool):
+    """The worker's side of the limiter: the ``KeyPool`` the Caller uses, with every decision
+    made by the actor. Local key states only carry the keys (and, for messages, why they were
+    retired); they pace nothing."""
+
+    def __init__(self, limiter: Any, keys: tuple[str, ...]) -> None:
+        super().__init__(keys)
+        self.limiter = limiter
+        self._asking: list[tuple[int, asyncio.Future[Ticket | dict[int, str]]]] = []
+        self._delivering: set[asyncio.Future[None]] = set()
+        self._reports: list[tuple[str, Ticket, Any]] = []
+
+    async def acquire(self, tokens: int) -> Lease:
+        # The requests that ask in one pass of the loop ask together (one actor call).
+        loop = asyncio.get_running_loop()
+        wanted: asyncio.Future[Ticket | dict[int, str]] = loop.create_future()
+        if not self._asking:
+            loop.call_soon(self._ask)
+        self._asking.append((tokens, wanted))
+        answer = await wanted  # cancelled: _deliver gives the lease back if it comes
+        if isinstance(answer, dict):
+            for index, reason in answer.items():
+                self.states[index].retired = self.states[index].retired or reason or "retired"
+            raise RunAborted(self.exhausted_message())
+        index, tokens, probe, start, taken = answer
+        local = Lease(self.states[index], tokens, probe, start, taken)
+        return RemoteLease(local, answer)
+
+    def _ask(self) -> None:
+        asking, self._asking = self._asking, []
+        stream = self.limiter.acquire_many.remote([tokens for tokens, _ in asking])
+        task = asyncio.ensure_future(self._deliver(stream, [w for _, w in asking]))  # noqa: RUF006 - kept in _delivering
+        self._delivering.add(task)
+        task.add_done_callback(self._delivering.discard)
+
+    async def _deliver(self, stream: Any, waiting: list[asyncio.Future[Any]]) -> None:
+        try:
+            async for ref in stream:
+                for position, answer in await ref:
+                    wanted = waiting[position]
+                    if not wanted.done():
+                        wanted.set_result(answer)
+                    elif isinstance(answer, tuple):
+                        # Its request was cancelled meanwhile (a drain deadline, a second
+                        # Ctrl-C): the start is not used.
+                        self._report("release", answer, False)
+        except BaseException as exc:
+            for wanted in waiting:
+                if not wanted.done():
+                    wanted.set_exception(
+                        RunAborted(f"the cluster's rate limiter is gone: {exc}")
+                        if isinstance(exc, Exception)
+                        else exc
+                    )
+            if not isinstance(exc, Exception):
+                raise
+
+    def _report(self, what: str, ticket: Ticket, arg: Any) -> None:
+        # Reports of one pass of the loop travel together, in order, in one actor call: the
+        # Caller retires a rejected key right after releasing its lease, and the actor applies
+        # both before a request waiting for that key's probe can take it again.
+        if not self._reports:
+            asyncio.get_running_loop().call_soon(self._send_reports)
+        self._reports.append((what, ticket, arg))
+
+    def _send_reports(self) -> None:
+        reports, self._reports = self._reports, []
+        self.limiter.report.remote(reports)
+
+    def release(self, lease: Lease, *, trusted: bool) -> None:
+        self._report("release", _ticket(lease), trusted)
+
+    def settle_tokens(self, lease: Lease, used: int | None) -> None:
+        if used is not None:
+            self._report("settle", _ticket(lease), used)
+
+    def local_endpoint(self, lease: Lease) -> None:
+        self._report("local", _ticket(lease), None)
+
+    def on_success(self, lease: Lease, headers: Mapping[str, str]) -> None:
+        # Only the x-ratelimit-* names: the actor's pace reads nothing else.
+        wanted = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit")}
+        self._report("ok", _ticket(lease), wanted)
+
+    def on_rate_limited(self, lease: Lease, retry_after: float | None) -> None:
+        self._report("429", _ticket(lease), retry_after)
+
+    def retire(self, lease: Lease, reason: str) -> bool:
+        if lease.state.retired is None:
+            lease.state.retired = reason
+        # Everywhere at once: the actor's pool stops granting this key to any worker.
+        self._report("retire", _ticket(lease), reason)
+        return any(s.retired is None for s in self.states)
+
+
+def _ticket(lease: Lease) -> Ticket:
+    assert isinstance(lease, RemoteLease), "a lease of the remote key pool"
+    return lease.ticket
+
+
+class ClusterBudget(Budget):
+    """``run.budget_usd`` for the cluster: calls reserve from this worker's allowance, granted
+    by the limiter actor a few calls' worth at a time."""
+
+    def __init__(self, limiter: Any, limit_usd: float, price: Price) -> None:
+        super().__init__(limit_usd, price, 0.0)
+        self.limiter = limiter
+        self.allowance = 0.0
+
+    def reserve(self, amount: float) -> bool:
+        if self.allowance + 1e-12 < amount:
+            need = amount - self.allowance
+            # One blocking round trip per ALLOWANCE_CALLS calls: the actor answers at once.
+            granted = ray.get(self.limiter.grant.remote(need * ALLOWANCE_CALLS, need))
+            if granted <= 0:
+                self.reached = True
+                self.give_back()
+                return False
+            self.allowance += granted
+        self.allowance -= amount
+        self.reserved += amount
+        return True
+
+    def settle(self, reserved: float, cost: float | None) -> None:
+        super().settle(reserved, cost)
+        # What the reservation held beyond the cost is this worker's to use again.
+        self.allowance += reserved - (cost or 0.0)
+
+    def give_back(self) -> None:
+        """Return the unused allowance (a worker gone idle, or refused)."""
+        if self.allowance > 0:
+            self.limiter.give_back.remote(self.allowance)
+            self.allowance = 0.0
+
+    def reason(self, this_run_usd: float) -> str:
+        status = ray.get(self.limiter.status.remote())
+        spent = status["spent_before_usd"] + this_run_usd
+        return (
+            f"run.budget_usd {self.limit:g} reached for the cluster: spent ${spent:.4f} "
+            f"(this run ${this_run_usd:.4f}); the next call could have exceeded it"
+        )

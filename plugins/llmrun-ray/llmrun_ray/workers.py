@@ -1,0 +1,189 @@
+"""A worker: the recipe's own stages (render -> call -> post-process) in a Ray actor.
+
+Each worker loads the recipe itself from its path (the secrets it names are read where the
+worker runs, as llmrun reads them anywhere: the environment or the ``.env`` beside the recipe),
+so no key ever passes through Ray's object store or its control store. Its calls go through
+llmrun's ``Caller`` with the cluster's key pool and budget (``limiter.py``), up to
+``run.concurrency`` at once.
+
+``process`` is a streaming generator: each row goes back to the driver as soon as it is made
+(a few at a time), so a worker killed mid-batch loses only the calls it had in flight; the
+driver sends the records it got no row for to the worker's replacement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from llmrun.access import Access
+from llmrun.api import make_engine, open_recipe
+from llmrun.errors import CallError, RunAborted
+from llmrun.job.records import Work
+from llmrun.run.calls import Caller, NotSent
+from llmrun.run.progress import make_progress
+from llmrun.run.stages import Stages
+from llmrun.wire.transport import default_transport
+
+from .limiter import ClusterBudget, RemoteKeyPool, get_limiter
+
+# (position in the driver's batch, id, data, where, error): a record as the driver sends it.
+Item = tuple[int, str, "dict[str, Any] | None", str, "str | None"]
+
+
+class RecipeStages:
+    """A recipe's stages bound to the cluster limiter, built once per process."""
+
+    def __init__(
+        self,
+        recipe_path: str,
+        overrides: Sequence[str],
+        limiter: Any = None,
+        access: Access | None = None,
+    ) -> None:
+        # The user's opt-ins (--trust, --allow-read, --allow-host) travel with the path: the
+        # worker's recipe is the driver's, with nothing more allowed.
+        recipe, registry = open_recipe(recipe_path, overrides=overrides, access=access)
+        self.recipe = recipe
+        if limiter is None:  # every worker and processor finds the job's limiter by name
+            limiter = get_limiter(recipe)
+            if recipe.run.budget_usd is not None:
+                limiter.default_budget.remote(recipe.run.budget_usd)
+        # The engine is only the holder of the recipe's components (provider, postprocessors,
+        # template, row maker, redaction): it never runs here.
+        self.engine = make_engine(recipe, registry, make_progress("none"), handle_signals=False)
+        self.limiter = limiter
+        self.retries: Counter[str] = Counter()
+        self.warnings: list[str] = []
+        self.budget_reached = False
+        self.budget: ClusterBudget | None = None
+        self._stages: Stages | None = None
+
+    def stages(self) -> Stages:
+        """Built on the event loop that uses them (the transport belongs to one loop)."""
+        if self._stages is None:
+            recipe, engine = self.recipe, self.engine
+            run = recipe.run
+            transport = engine.provider.transport() or default_transport(
+                max_connections=run.concurrency, connect_timeout_s=run.connect_timeout_s
+            )
+            if run.budget_usd is not None:
+                price = engine.rows.price(engine.provider.model)
+                assert price is not None  # the engine refused a budget without a price
+                self.budget = ClusterBudget(self.limiter, run.budget_usd, price)
+            caller = Caller(
+                engine.provider,
+                transport,
+                RemoteKeyPool(self.limiter, recipe.api_keys),
+                run,
+                warn=self.warn,
+                on_retry=self._count_retry,
+                budget=self.budget,
+                cost_of=engine.rows.cost,
+                on_budget=self._on_budget,
+                count_tokens=run.tokens_per_minute is not None,
+            )
+            self._stages = Stages(
+                recipe, engine.provider, engine.posts, engine.template, engine.rows, caller
+            )
+        return self._stages
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(self.engine.redact(message))
+
+    def _count_retry(self, error: CallError) -> None:
+        self.retries[error.code] += 1
+
+    def _on_budget(self) -> None:
+        self.budget_reached = True
+
+    def news(self) -> dict[str, Any]:
+        """Retries and warnings since the last report (they travel with the rows)."""
+        news: dict[str, Any] = {"retries": dict(self.retries), "warnings": self.warnings}
+        self.retries = Counter()
+        self.warnings = []
+        return news
+
+
+class ShardWorker:
+    """The actor (``WorkerActor``): processes the records of its shard the driver sends."""
+
+    def __init__(
+        self, recipe_path: str, overrides: Sequence[str], access: Access | None = None
+    ) -> None:
+        self.own = RecipeStages(recipe_path, overrides, access=access)
+        self.slots: asyncio.Semaphore | None = None
+        self.active = 0
+        self.processed = 0  # rows made by this process (since it last started)
+
+    def ready(self) -> bool:
+        return True
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def counts(self) -> dict[str, int]:
+        return {"pid": os.getpid(), "processed": self.processed}
+
+    async def process(self, items: Sequence[Item]) -> AsyncIterator[dict[str, Any]]:
+        """Rows as they finish: ``{"rows": [(position, row)], "retries", "warnings"}``; at the
+        end, the positions not sent (the run is stopping) and why, or a run-level failure."""
+        stages = self.own.stages()
+        if self.slots is None:
+            self.slots = asyncio.Semaphore(self.own.recipe.run.concurrency)
+        done: asyncio.Queue[tuple[int, dict[str, Any] | BaseException]] = asyncio.Queue()
+        self.active += 1
+        tasks = [asyncio.ensure_future(self._one(stages, item, done)) for item in items]
+        not_sent: list[int] = []
+        aborted: str | None = None
+        try:
+            left = len(tasks)
+            while left:
+                first = await done.get()
+                got = [first]
+                while not done.empty():
+                    got.append(done.get_nowait())
+                left -= len(got)
+                rows = []
+                for position, result in got:
+                    if isinstance(result, dict):
+                        rows.append((position, result))
+                        self.processed += 1
+                    elif isinstance(result, RunAborted):
+                        aborted = aborted or str(result)
+                    else:
+                        not_sent.append(position)
+                if rows:
+                    yield {"rows": rows, **self.own.news()}
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.active -= 1
+            if self.active == 0 and self.own.budget is not None:
+                self.own.budget.give_back()
+        yield {
+            "rows": [],
+            "not_sent": not_sent,
+            "budget": self.own.budget_reached,
+            "aborted": aborted,
+            **self.own.news(),
+        }
+
+    async def _one(
+        self,
+        stages: Stages,
+        item: Item,
+        done: asyncio.Queue[tuple[int, dict[str, Any] | BaseException]],
+    ) -> None:
+        position, rid, data, where, error = item
+        assert self.slots is not None
+        result: dict[str, Any] | BaseException
+        async with self.slots:
+            try:
+                result = await stages.process(Work(rid, data, where, error))
+            except (RunAborted, NotSent) as exc:
+                result = exc
+        done.put_nowait((position, result))

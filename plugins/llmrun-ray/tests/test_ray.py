@@ -1,0 +1,343 @@
+"""llmrun-ray on a local 2-CPU Ray cluster against llmrun's fake OpenAI server (127.0.0.1).
+
+The CLI tests run the real ``llmrun-ray`` command, joining the session's cluster by its address;
+the fault tests run the driver in this process so that they can reach a worker's process id.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import ray
+from conftest import read_jsonl, reviews, write_jsonl
+from llmrun_ray.driver import ray_engine, shard_of
+from llmrun_ray.limiter import get_limiter
+from llmrun_ray.processor import processor
+
+from llmrun.api import open_recipe
+from llmrun.run.progress import make_progress
+from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
+
+CLI = [sys.executable, "-c", "import sys; from llmrun_ray.cli import main; sys.exit(main())"]
+
+
+def recipe_file(tmp_path: Path, url: str, n: int, run: str, keys: str = "[k1]") -> Path:
+    write_jsonl(tmp_path / "data.jsonl", reviews(n))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""\
+name: ray-test
+data: {{loader: jsonl, path: data.jsonl, id: id}}
+prompt: "Sentiment of this review, one word: {{{{ text }}}}"
+provider: {{name: openai, base_url: "{url}", model: fake-model, api_keys: {keys}}}
+run: {run}
+prices:
+  fake-model: {{input: 1000, output: 1000}}
+output: {{path: out/labels.jsonl}}
+""",
+        encoding="utf-8",
+    )
+    return recipe
+
+
+def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def ids_once(rows: list[dict[str, Any]], n: int) -> None:
+    ids = [r["id"] for r in rows]
+    assert sorted(ids) == [f"r{i:05d}" for i in range(n)], "every id exactly once"
+
+
+def test_two_workers_write_every_id_once_into_the_one_output(cluster: str, tmp_path: Path):
+    n = 240
+    with FakeOpenAI(latency_s=0.02) as server:
+        recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 8}")
+        proc = cli("run", str(recipe), "--address", cluster, "--workers", "2", "--json", "--quiet")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads(proc.stdout)
+        assert (summary["status"], summary["ok"], summary["error"]) == ("completed", n, 0)
+        rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
+        ids_once(rows, n)
+        assert {r["status"] for r in rows} == {"ok"}
+        # The reply belongs to its own record (the fake server echoes the prompt).
+        assert all(f"(review {int(r['id'][1:])})" in r["text"] for r in rows)
+        assert server.count() == n  # nothing called twice
+        # Both shards had records: the split is by id hash, the same in every run.
+        assert {shard_of(r["id"], 2) for r in rows} == {0, 1}
+        # A second run finds everything done and calls nothing.
+        again = cli("run", str(recipe), "--address", cluster, "--workers", "2", "--json", "-q")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert json.loads(again.stdout)["resumed_ok"] == n
+        assert server.count() == n
+    assert "llmrun run" not in proc.stderr or "Traceback" not in proc.stderr
+
+
+class Bucket:
+    """The server's own limit: ``rate`` requests/s with a burst of ``burst`` (token bucket);
+    a request past it gets a 429, as a provider answers."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.level = burst
+        self.at = time.monotonic()
+        self.refused = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, request: RecordedRequest) -> Fault | None:
+        with self.lock:
+            now = time.monotonic()
+            self.level = min(self.burst, self.level + (now - self.at) * self.rate)
+            self.at = now
+            if self.level < 1:
+                self.refused += 1
+                return Fault(status=429)
+            self.level -= 1
+            return None
+
+
+def most_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    most, first = 0, 0
+    for last, t in enumerate(times):
+        while t - times[first] >= window:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def test_requests_per_minute_holds_for_the_cluster_not_per_worker(cluster: str, tmp_path: Path):
+    # 1200/min = 20/s over four workers. Each worker alone paced at 1200/min would send four
+    # times that; the server refuses anything past 20/s, holding one second of it (a burst of
+    # 20, as providers describe their limits): that second also absorbs the delays between
+    # the limiter's even starts and their arrival on a busy machine.
+    n, rate = 200, 20.0
+    bucket = Bucket(rate, burst=rate)
+    with FakeOpenAI(latency_s=0.05, fault=bucket) as server:
+        recipe = recipe_file(
+            tmp_path, server.url, n, "{concurrency: 8, requests_per_minute: 1200, max_retries: 0}"
+        )
+        proc = cli("run", str(recipe), "--address", cluster, "--workers", "4", "--json", "-q")
+        times = [r.received_at for r in server.requests]
+    assert bucket.refused == 0, f"{bucket.refused} refused: the limit was passed"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["ok"] == n
+    assert len(times) == n
+    ids_once(read_jsonl(tmp_path / "out" / "labels.jsonl"), n)
+    # Counted over any 5 s window, no more than the limit allows (2%, and the one second of
+    # arrival delays the server's bucket allows too).
+    assert most_in_window(times, 5.0) <= 5.0 * rate * 1.02 + rate
+    # And it ran at the limit, not far under it: 200 starts at 20/s take about 10 s.
+    assert max(times) - min(times) >= (n - 1) / rate * 0.95
+
+
+def test_a_retired_key_is_retired_on_every_worker(cluster: str, tmp_path: Path):
+    n = 60
+    with FakeOpenAI(latency_s=0.02, api_keys={"good"}) as server:
+        recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 4}", keys="[bad, good]")
+        proc = cli("run", str(recipe), "--address", cluster, "--workers", "2", "--json", "-q")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        used = collections.Counter(r.headers.get("authorization") for r in server.requests)
+    ids_once(read_jsonl(tmp_path / "out" / "labels.jsonl"), n)
+    # One request learnt that the key is bad, for the whole cluster (not one per worker).
+    assert used["Bearer bad"] == 1
+    assert used["Bearer good"] == n
+    assert "bad" not in proc.stdout + proc.stderr.replace("bad key", "")
+
+
+def test_one_budget_for_the_cluster(cluster: str, tmp_path: Path):
+    # 1000 USD per million tokens: a call's worst case is about 0.1 USD, so 1 USD allows few.
+    n = 200
+    with FakeOpenAI(latency_s=0.02) as server:
+        recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 4, budget_usd: 1.0}")
+        proc = cli("run", str(recipe), "--address", cluster, "--workers", "2", "--json", "-q")
+        assert proc.returncode == 5, proc.stderr[-3000:]  # EXIT_BUDGET
+        summary = json.loads(proc.stdout)
+    assert summary["status"] == "budget"
+    rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
+    assert 0 < len(rows) < n
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert sum(r["cost_usd"] for r in rows) <= 1.0
+    assert server.count() == len(rows)
+
+
+def _engine(recipe: Path, workers: int) -> Any:
+    loaded, registry = open_recipe(recipe)
+    return ray_engine(
+        loaded, registry, make_progress("none"), workers=workers, handle_signals=False
+    )
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_nothing_finished_is_called_again(
+    cluster: str, tmp_path: Path
+):
+    n, concurrency = 300, 6
+    with FakeOpenAI(latency_s=0.05) as server:
+        recipe = recipe_file(tmp_path, server.url, n, f"{{concurrency: {concurrency}}}")
+        out = tmp_path / "out" / "labels.jsonl"
+        engine, cluster_ = _engine(recipe, workers=2)
+        killed: list[int] = []
+
+        async def kill_one_worker_midway() -> None:
+            # Polling the output file: it is what the driver writes, and no event says so.
+            while not out.exists() or len(out.read_bytes().splitlines()) < n // 3:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+            pid = await cluster_.workers[0].pid.remote()
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+        async def main() -> Any:
+            async with anyio.create_task_group() as group:
+                group.start_soon(kill_one_worker_midway)
+                summary = await engine.run()
+                group.cancel_scope.cancel()
+            return summary
+
+        summary = anyio.run(main)
+        calls = server.count()
+        after = ray.get(cluster_.workers[0].counts.remote())
+    assert killed and after["pid"] != killed[0], "the worker was replaced by a new process"
+    assert after["processed"] > 0, "the replacement took the rest of its shard"
+    assert cluster_.restarts >= 1
+    assert summary.status == "completed" and summary.stats.ok == n
+    ids_once(read_jsonl(out), n)
+    # Only calls in flight in the killed worker are made again: at most its concurrency (and
+    # rows it had made but not yet sent back, which the same bound covers in practice).
+    assert n <= calls <= n + 2 * concurrency, calls
+
+
+def test_the_driver_killed_and_started_again_resumes_the_job(cluster: str, tmp_path: Path):
+    n = 400
+    with FakeOpenAI(latency_s=0.05) as server:
+        recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 4}")
+        out = tmp_path / "out" / "labels.jsonl"
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        args = [*CLI, "run", str(recipe), "--address", cluster, "--workers", "2", "-q"]
+        driver = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not out.exists() or len(out.read_bytes().splitlines()) < n // 4:
+                assert driver.poll() is None, driver.stderr.read() if driver.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            driver.send_signal(signal.SIGKILL)
+        finally:
+            driver.wait(timeout=60)
+            if driver.stderr:
+                driver.stderr.close()
+        written = len(out.read_bytes().splitlines())
+        assert written < n
+        proc = cli("run", str(recipe), "--address", cluster, "--workers", "2", "--json", "-q")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads(proc.stdout)
+        calls = server.count()
+    rows = read_jsonl(out)
+    ids_once(rows, n)
+    assert summary["resumed_ok"] >= n // 4
+    assert summary["resumed_ok"] + summary["ok"] == n
+    # Calls made twice: those in flight when the driver died (each engine task holds a group
+    # of records on the workers: GROUPS_PER_WORKER x workers x run.concurrency at most)
+    # plus what the orphaned workers sent before Ray stopped them.
+    assert calls - n <= 2 * 2 * 4 + 2 * 4 * 5, calls
+
+
+def test_processor_for_ray_data_batches(cluster: str, tmp_path: Path):
+    n = 12
+    with FakeOpenAI(latency_s=0.01) as server:
+        recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 4}")
+        loaded, _ = open_recipe(recipe)
+        process = processor(str(recipe))
+        records = reviews(n)
+        # Ray Data's default batch: a mapping of column -> values.
+        batch = {"id": [r["id"] for r in records], "text": [r["text"] for r in records]}
+        out = process(batch)
+        # As map_batches uses it: pickled to a worker, with no key inside.
+        remote = ray.get(ray.remote(lambda p, b: p(b)).remote(process, batch))
+        acquired = ray.get(get_limiter(loaded).status.remote())["acquired"]
+    assert out["id"] == batch["id"]  # one row per record, in order
+    assert set(out["status"]) == {"ok"}
+    assert json.loads(out["row"][0])["id"] == "r00000"
+    assert remote["id"] == batch["id"]
+    assert server.count() == 2 * n
+    assert acquired >= 2 * n  # both went through the job's one limiter
+
+
+def test_a_keys_first_request_lost_with_its_worker_does_not_stall_the_key():
+    # The limiter's body, without Ray: a worker took the key's first request (which goes
+    # alone) and died without reporting; past the call's timeout the key is free again.
+    import asyncio
+
+    from llmrun_ray.limiter import Limiter
+
+    async def main() -> tuple[Any, Any]:
+        limiter = Limiter(1, {"timeout_s": 0.1})
+        limiter.probe_s = 0.3
+        first = await limiter.acquire(0)
+        second = await asyncio.wait_for(limiter.acquire(0), timeout=10)
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert isinstance(first, tuple) and first[2] is True  # the probe
+    assert isinstance(second, tuple) and second[2] is True  # the key is probed again
+
+
+def test_batch_mode_runs_at_the_driver_one_submitter(cluster: str, tmp_path: Path):
+    from llmrun.testing.fake_batches import FakeBatches
+
+    n = 25
+    with FakeBatches() as fake:
+        write_jsonl(tmp_path / "data.jsonl", reviews(n))
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(
+            f"""\
+name: ray-batch
+data: {{loader: jsonl, path: data.jsonl, id: id}}
+prompt: "Label: {{{{ text }}}}"
+provider: {{name: openai, base_url: "{fake.url}", model: gpt-4o-mini, api_keys: [sk-b-1]}}
+run: {{mode: batch, batch_poll_s: 0.01, batch_poll_max_s: 0.05, batch_max_requests: 10}}
+output: {{path: out.jsonl}}
+""",
+            encoding="utf-8",
+        )
+        proc = cli("run", str(recipe), "--address", cluster, "--workers", "2", "--json", "-q")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(fake.batches) == 3  # 25 records, 10 a file, submitted once
+        assert len(fake.submitted) == n and max(fake.submitted.values()) == 1
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    ids_once(rows, n)
+    assert {r["status"] for r in rows} == {"ok"}
+
+
+def test_the_users_trust_reaches_the_workers_and_nothing_more(cluster: str, tmp_path: Path):
+    # A python: postprocessor runs only with --trust; the workers load the recipe themselves
+    # and must get the driver's opt-ins, not more (without --trust: refused, nothing called).
+    n = 10
+    (tmp_path / "shout.py").write_text("def shout(result):\n    return {'loud': True}\n")
+    with FakeOpenAI(latency_s=0.01) as server:
+        recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 4}")
+        text = recipe.read_text().replace(
+            "\noutput:", "\npostprocess: [{python: {function: 'shout:shout'}}]\noutput:"
+        )
+        recipe.write_text(text)
+        refused = cli("run", str(recipe), "--address", cluster, "--workers", "2", "-q")
+        assert refused.returncode != 0 and server.count() == 0
+        proc = cli(
+            "run", str(recipe), "--address", cluster, "--workers", "2", "--trust", "--json", "-q"
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
+    ids_once(rows, n)
+    assert all(r["fields"] == {"loud": True} for r in rows)

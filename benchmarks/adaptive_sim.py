@@ -39,7 +39,8 @@ import anyio
 import trio.testing
 
 from llmrun.run import limits
-from llmrun.run.calls import WAITING_PER_SLOT, backoff_s
+from llmrun.run.calls import WAITING_PER_SLOT
+from llmrun.wire.retry import backoff_s
 
 REFUSAL_S = 0.0005  # a 429's round trip: the server answers it at once
 

@@ -29,9 +29,9 @@ from ..job.records import Work
 from ..job.store import IdSet
 from ..recipe.pricing import PriceTable
 from ..recipe.tokens import estimate
-from ..run.calls import Outcome, backoff_s
+from ..run.calls import Outcome
 from ..values import Prompt, Usage
-from ..wire.retry import classify_transport
+from ..wire.retry import backoff_s, classify_transport
 from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
 from .journal import Journal, Part, checkpoint, has_running, make_durable
 from .status import progress_of

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import RecipeError
 from ..recipe.model import Recipe
 from ..recipe.pricing import Price, PriceTable
 from ..redaction import Redactor
@@ -31,6 +32,20 @@ class RowMaker:
 
     def price(self, model: str | None) -> Price | None:
         return self._table.lookup(model)
+
+    def budget_price(self) -> Price | None:
+        """The price ``run.budget_usd`` counts spend with (None without a budget); RecipeError
+        when the recipe sets a budget for a model with no known price."""
+        if self.recipe.run.budget_usd is None:
+            return None
+        price = self.price(self.model)
+        if price is None:
+            # A budget that cannot be counted is not a budget.
+            raise RecipeError(
+                f"run.budget_usd: no price known for model {self.model!r}, so spend cannot be "
+                "counted; add it under prices: in the recipe"
+            )
+        return price
 
     def cost(self, reply: Reply) -> float | None:
         """What the call cost, from the reported usage and the price of the model."""

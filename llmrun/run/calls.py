@@ -14,7 +14,6 @@ for; a reply received is stored. The steps of ``Caller.call`` otherwise, each at
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,13 +27,11 @@ from ..errors import CallError, RunAborted
 from ..recipe.model import RunSettings
 from ..recipe.tokens import estimate
 from ..values import Prompt, Reply
-from ..wire.retry import classify_transport
+from ..wire.retry import backoff_s, classify_transport
 from .budget import Budget
 from .cache import STAND_IN_KEY, CallCache
 from .limits import KeyPool, Lease, local_host
 
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 60.0
 # A record waiting out its backoff (a Retry-After of a second, say) holds no slot of
 # run.concurrency, so the engine runs this many more workers per slot for such records: at
 # 7.5% of requests refused for a second, 64 slots see about 190 records waiting at once.
@@ -71,12 +68,6 @@ class CallFailed(Exception):
         super().__init__(error.message)
         self.error = error
         self.attempts = attempts
-
-
-def backoff_s(attempt: int, retry_after: float | None) -> float:
-    """Full-jitter exponential backoff, never shorter than what the server asked for."""
-    jitter = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
-    return max(jitter, retry_after or 0.0)
 
 
 class Caller:

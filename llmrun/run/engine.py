@@ -29,7 +29,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..components import Loader, Postprocessor, Provider, Writer
-from ..errors import CallError, RecipeError, RunAborted
+from ..errors import CallError, RunAborted
 from ..job.dupes import SeenIds
 from ..job.manifest import finish_manifest, start_manifest, update_manifest
 from ..job.output import RowSink, rewritable
@@ -138,15 +138,7 @@ class Engine:
         self._seen = SeenIds(self.warn)  # duplicate ids in this run (job/dupes.py)
         self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
         self.budget: Budget | None = None
-        self._budget_price: Price | None = None
-        if recipe.run.budget_usd is not None:
-            self._budget_price = self.rows.price(self.provider.model)
-            if self._budget_price is None:
-                # A budget that cannot be counted is not a budget.
-                raise RecipeError(
-                    f"run.budget_usd: no price known for model {self.provider.model!r}, so "
-                    "spend cannot be counted; add it under prices: in the recipe"
-                )
+        self._budget_price: Price | None = self.rows.budget_price()
         # Last: nothing after it can fail and leave the file open.
         self.cache = (
             None

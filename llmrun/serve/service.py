@@ -17,7 +17,7 @@ import anyio
 import httpx
 
 from ..components import Postprocessor, Provider, Transport
-from ..errors import RecipeError, RunAborted
+from ..errors import RunAborted
 from ..job.records import Work
 from ..job.rows import RowMaker
 from ..plugins import Registry, build_component
@@ -87,14 +87,7 @@ class Service:
         self.shared: SharedCalls | None = None
         self.caller: Caller | None = None
         self.stages: Stages | None = None
-        self.price: Price | None = None
-        if recipe.run.budget_usd is not None:
-            self.price = self.rows.price(self.provider.model)
-            if self.price is None:
-                raise RecipeError(
-                    f"run.budget_usd: no price known for model {self.provider.model!r}, so "
-                    "spend cannot be counted; add it under prices: in the recipe"
-                )
+        self.price: Price | None = self.rows.budget_price()
 
     def warn(self, message: str) -> None:
         log.warning("%s", self.redact.message(message))

@@ -1,4 +1,5 @@
-"""The failure taxonomy every provider shares: HTTP status and transport faults -> CallError.
+"""Retries, in one place: the failure taxonomy every provider shares (HTTP status and transport
+faults -> CallError), how long the server asked us to wait, and the backoff between tries.
 
 retryable  429, 408, 409, 5xx, timeouts, connection resets, truncated or non-JSON bodies
 record     400/413/422 (invalid request, context length, content filter), an answer over the size
@@ -10,6 +11,7 @@ run        404 (unknown model or endpoint): nothing will succeed, stop at once
 from __future__ import annotations
 
 import email.utils
+import random
 import time
 from collections.abc import Mapping
 
@@ -94,3 +96,14 @@ def bad_body(detail: str, status: int) -> CallError:
     return CallError(
         f"unreadable response body: {detail}", kind="retryable", code="bad_response", status=status
     )
+
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 60.0
+
+
+def backoff_s(attempt: int, retry_after: float | None) -> float:
+    """Full-jitter exponential backoff, never shorter than what the server asked for: direct
+    calls (run/calls.py) and batch API calls (batch/runner.py) both wait this long."""
+    jitter = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+    return max(jitter, retry_after or 0.0)

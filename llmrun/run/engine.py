@@ -37,6 +37,7 @@ from ..job.records import Work, selected, selection
 from ..job.rerun import drop_error_rows
 from ..job.rows import RowMaker
 from ..job.stats import RunStats
+from ..job.stepjournal import StepJournal
 from ..job.store import IdSet, RunState, index_output, now_iso
 from ..job.summary import RunSummary as RunSummary
 from ..job.summary import Status
@@ -56,6 +57,7 @@ from .limits import KeyPool
 from .progress import Progress
 from .runlog import RunLog
 from .stages import Row, Stages, describe
+from .steps import StepStages, step_parts
 
 # Batch mode plugs in here (llmrun/batch/runner.py: run_batches), so this module never imports
 # it: given the engine, the finished ids and the manifest, the ids finished before the direct
@@ -130,6 +132,11 @@ class Engine:
         self.selection = selection(recipe, self.limit)
         self.state = RunState(recipe.output_path)
         self.rows = RowMaker(recipe, self.redact, self.provider.model, self.warn)
+        # steps: (run/steps.py): each step's components, built now so a fault shows at once.
+        self._step_parts = (
+            step_parts(recipe, registry, context, self.provider, self.rows) if recipe.steps else []
+        )
+        self.journal = StepJournal(self.state.dir / "steps.jsonl")
         self.sink = RowSink(self.writer, self.stats, self.observers, also=self.runlog.row)
         self.batch_drain_only = False  # `llmrun cancel`: collect running batches, submit nothing
         self._workers_scope: CancelScope | None = None
@@ -157,12 +164,13 @@ class Engine:
 
     async def run(self) -> RunSummary:
         with self.state.locked():
+            finished_steps: dict[str, dict[str, Any]] = {}
             if self.fresh:
                 for moved in self.state.move_aside():
                     self.progress.log(f"--fresh: moved the previous output aside to {moved}")
             elif self.retry_errors:
                 kept, moved_to = await anyio.to_thread.run_sync(
-                    drop_error_rows, self.recipe.output_path, self.state.dir
+                    drop_error_rows, self.recipe.output_path, self.state.dir, finished_steps
                 )
                 if moved_to is not None:
                     self.progress.log(
@@ -170,6 +178,13 @@ class Engine:
                         f"(the previous output is kept as {moved_to})"
                     )
             done = await anyio.to_thread.run_sync(self._open_output)
+            if self._step_parts:
+                hashes = {step.name: step.hash for step in self.recipe.steps}
+                taken = await anyio.to_thread.run_sync(
+                    self.journal.open, hashes, done, finished_steps
+                )
+                if taken:
+                    self.progress.log(f"steps: {taken} finished step(s) taken up again")
             model = getattr(self.provider, "model", None)
             manifest = start_manifest(
                 self.recipe, self.registry, self.state, self.stats, model, self.warn
@@ -202,6 +217,8 @@ class Engine:
             self._stages = Stages(
                 self.recipe, self.provider, self.posts, self.template, self.rows, caller
             )
+            if self._step_parts:
+                self._stages = StepStages(self._step_parts, self.rows, caller, self.journal)
             self.stats.endpoints = caller.endpoint_counts  # provider.base_urls: live counts
             if self.backends.stages is not None:
                 self._stages = self.backends.stages(self, self._stages)
@@ -216,6 +233,7 @@ class Engine:
                         await self.cache.aclose()
                     self.writer.sync()
                     self.writer.close()
+                    self.journal.close()
                     if self.flags.abort is not None:
                         status, reason = "aborted", self.redact.message(str(self.flags.abort))
                     elif self.flags.budget:

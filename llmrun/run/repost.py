@@ -51,6 +51,12 @@ class RepostSummary:
 def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> RepostSummary:
     """Rerun the recipe's postprocessors over its output; raise LockedError while a run writes,
     and RecipeError when the calls changed since the replies were made (unless ``force``)."""
+    if recipe.steps:
+        raise RecipeError(
+            "repost does not run a steps: recipe's postprocessors yet: each step's reply is in "
+            "its row under steps, but later steps were asked with the earlier results "
+            "(docs/steps.md)"
+        )
     rewritable(recipe)
     output = recipe.output_path
     if not output.exists():

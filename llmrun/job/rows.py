@@ -83,6 +83,7 @@ class RowMaker:
         cached: bool = False,
         steps: dict[str, Any] | None = None,
         redacted: bool = False,
+        key: str | None = None,
     ) -> dict[str, Any]:
         """Every row has the same keys, in this order (see docs/output.md). ``redacted``: the
         text, fields and response come from rows made here (a steps: record's last step)."""
@@ -107,6 +108,7 @@ class RowMaker:
         row["latency_s"] = None if latency_s is None else round(latency_s, 4)
         row["cost_usd"] = None if cost is None else round(cost, 8)
         row["cached"] = cached  # answered from the call cache (run/cache.py): nothing was sent
+        row["key"] = key  # which key answered, by its fingerprint: the report's pace per key
         finished = now_iso()
         row["started_at"] = work.started_at or finished
         row["finished_at"] = finished

@@ -27,6 +27,7 @@ from ..components import Provider, Transport
 from ..errors import CallError, RunAborted
 from ..recipe.model import RunSettings
 from ..recipe.tokens import estimate
+from ..redaction import fingerprint
 from ..values import Prompt, Reply
 from ..wire.retry import backoff_s, classify_transport
 from .budget import Budget
@@ -45,6 +46,7 @@ class Outcome:
     attempts: int
     latency_s: float  # of the successful attempt (of the lookup, for a cached reply)
     cached: bool = False  # the reply came from the call cache: nothing was sent or paid
+    key: str | None = None  # the fingerprint of the key that made the call (redaction.py)
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,8 @@ class Caller:
                         self._count_endpoint(lease, 0)
                         self._keys.on_success(lease, headers)
                         self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
-                        return Outcome(reply, attempts, time.monotonic() - started)
+                        key = None if lease.key is None else fingerprint(lease.key)
+                        return Outcome(reply, attempts, time.monotonic() - started, key=key)
                 finally:
                     # Any answer but a rejection of the key shows that the key works.
                     rejected = error is not None and error.kind == "key"

@@ -156,7 +156,9 @@ class Stages:
                 rows.append(self.error_row(work, "internal", why, attempts=outcome.attempts))
             return rows
         for (work, prompt), reply in zip(members, replies, strict=True):
-            single = Outcome(reply, outcome.attempts, outcome.latency_s, outcome.cached)
+            single = Outcome(
+                reply, outcome.attempts, outcome.latency_s, outcome.cached, outcome.key
+            )
             rows.append(await self.postprocess(work, prompt, single))
         return rows
 

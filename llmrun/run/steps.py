@@ -29,7 +29,17 @@ from .calls import Caller, NotSent
 from .stages import Row, Stages, describe
 
 # What a step's result keeps of its row (the row's own keys, per step).
-STEP_KEYS = ("status", "text", "fields", "error", "response", "attempts", "latency_s", "cost_usd")
+STEP_KEYS = (
+    "status",
+    "text",
+    "fields",
+    "error",
+    "response",
+    "attempts",
+    "latency_s",
+    "cost_usd",
+    "key",
+)
 
 
 class Step:
@@ -226,6 +236,7 @@ class StepStages(Stages):
             cached=bool(ran) and all(r.get("cached") for r in ran),
             steps=results,
             redacted=True,  # every part comes from a step's row, redacted when it was made
+            key=last.get("key"),
         )
         return row
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from llmrun.errors import RecipeError
 from llmrun.plugins import load_registry
@@ -458,3 +459,82 @@ def test_a_faulty_steps_recipe_is_refused_before_any_call(
     done = run_cli("validate", str(path), cwd=tmp_path)
     assert done.returncode == EXIT_USAGE and expected in done.stderr, done.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def set_posts(recipe: Path, step: str, posts: list[Any]) -> None:
+    data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    next(s for s in data["steps"] if s["name"] == step)["postprocess"] = posts
+    recipe.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def repost(recipe: Path) -> dict[str, Any]:
+    done = run_cli("repost", str(recipe), "--json", cwd=recipe.parent)
+    assert done.returncode in (EXIT_OK, EXIT_ERRORS), done.stderr
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary
+
+
+def test_repost_redoes_each_step_and_hands_what_needs_a_call_to_retry_errors(
+    tmp_path: Path,
+) -> None:
+    fake = Steps()
+    with FakeOpenAI(reply=fake.reply) as server:
+        recipe = steps_recipe(tmp_path, server, 20)
+        run(recipe)
+        sent = fake.counts()
+        # The last step's chain: nothing reads it, so the rows are redone in place.
+        set_posts(recipe, "refine", [{"regex": {"pattern": "for (?P<who>r\\d+)"}}])
+        summary = repost(recipe)
+        assert summary["pending"] == 0 and summary["changed"] == sum(
+            1 for i in range(20) if score_of(f"r{i:05d}") < 3
+        )
+        rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+        for rid, row in rows.items():
+            if score_of(rid) < 3:
+                assert row["fields"] == row["steps"]["refine"]["fields"] == {"who": rid}
+            check_row(row)
+        # The judge's chain: the refine step read its fields, so it must be asked again.
+        grade = {"regex": {"pattern": "Score: (?P<score>[1-5])(?P<sure>)"}}
+        set_posts(recipe, "judge", [grade])
+        summary = repost(recipe)
+        assert summary["pending"] == 20
+        rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+        for row in rows.values():
+            assert row["status"] == "error" and row["error"]["type"] == "steps_pending"
+            assert "step refine" in row["error"]["message"]
+            assert list(row["steps"]) == ["draft", "judge"]
+            assert row["steps"]["judge"]["fields"]["sure"] == ""
+        assert fake.counts() == sent  # repost calls nothing
+        run(recipe, "--retry-errors")
+    again = fake.counts() - sent
+    assert {step for step, _ in again} == {"refine"}  # the drafts and grades were kept
+    assert sum(again.values()) == sum(1 for i in range(20) if score_of(f"r{i:05d}") < 3)
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert len(rows) == 20
+    for row in rows.values():
+        assert row["steps"]["judge"]["fields"]["sure"] == ""
+        row["steps"]["judge"]["fields"].pop("sure")
+        check_row(row)
+
+
+def test_a_step_that_failed_its_chain_and_passes_after_repost_goes_on(tmp_path: Path) -> None:
+    fake = Steps()
+    fake.judge_reply = "Grade: {score}"  # the recipe's regex looks for "Score:"
+    with FakeOpenAI(reply=fake.reply) as server:
+        recipe = steps_recipe(tmp_path, server, 10)
+        run(recipe, expect=EXIT_ERRORS)
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert all(r["steps"]["judge"]["error"]["type"] == "postprocess" for r in rows)
+        sent = fake.counts()
+        set_posts(recipe, "judge", [{"regex": {"pattern": "Grade: (?P<score>[1-5])"}}])
+        assert repost(recipe)["pending"] == 10
+        run(recipe, "--retry-errors")
+    again = fake.counts() - sent
+    assert {step for step, _ in again} == {"refine"}
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    for rid, row in rows.items():
+        assert row["status"] == "ok" and row["steps"]["judge"]["fields"]["score"] == str(
+            score_of(rid)
+        )
+        refined = row["steps"]["refine"]["status"] == "ok"
+        assert refined == (score_of(rid) < 3) == (("refine", rid) in again)

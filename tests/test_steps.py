@@ -435,7 +435,7 @@ def test_a_damaged_or_stale_journal_costs_calls_at_worst_never_a_wrong_row(
         ({"steps": [{"name": "a", "prompt": "x", "select": "first"}]}, "set `n` above 1"),
         ({"steps": [{"name": "a", "prompt": {"messages": "record"}}]}, "messages: record"),
         ({"steps": [{"name": "a", "prompt": "x", "provider": {"modle": "m"}}]}, "modle"),
-        ({"run": {"mode": "batch"}}, "runs direct"),
+        ({"run": {"mode": "auto"}}, "runs direct or batch"),
         ({"postprocess": ["strip"]}, "its own `postprocess`"),
     ],
 )

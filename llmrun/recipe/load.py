@@ -299,12 +299,12 @@ def build_recipe(
             problems=problems,
         )
         mode = (data.get("run") or {}).get("mode", "direct")
-        if steps and mode != "direct":
+        if steps and mode == "auto":
             file, line, col = locate(("run", "mode"), positions, filename)
             problems.append(
                 Problem(
-                    f"run.mode: {mode} sends one call per record; a steps: recipe runs direct "
-                    "(docs/steps.md)",
+                    "run.mode: auto is for one-call recipes; a steps: recipe runs direct or "
+                    "batch (docs/steps.md)",
                     "run.mode",
                     file,
                     line,

@@ -458,6 +458,8 @@ class Engine:
     @batch_pricing.setter
     def batch_pricing(self, value: bool) -> None:
         self.rows.batch_pricing = value
+        for part in self._step_parts:  # a step with its own model prices with its own rows
+            part.rows.batch_pricing = value
 
     async def _write(self, recv: MemoryObjectReceiveStream[Row]) -> None:
         async with recv:

@@ -128,11 +128,31 @@ class StepStages(Stages):
     ) -> Row:
         """The record's row, every step in it (RunAborted and NotSent propagate: what the
         record has finished stays in the journal for the next run)."""
+        finished = dict(self.journal.pending.get(work.id, {}))
+        while True:
+            planned = self.plan(work, finished)
+            if isinstance(planned, dict):
+                self.journal.forget(work.id)
+                return planned
+            step, context = planned
+            started = now_iso()
+            result = await self._run(step, work, context)
+            result["started_at"], result["finished_at"] = started, now_iso()
+            finished[step.spec.name] = result
+            # The last step's result goes out in the row at once: no journal line.
+            if result["status"] == "ok" and step is not self.steps[-1]:
+                self.journal.add(work.id, step.spec.name, step.spec.hash, result)
+
+    def plan(
+        self, work: Work, finished: Mapping[str, dict[str, Any]]
+    ) -> tuple[Step, dict[str, Any]] | Row:
+        """Where the record stands, given the results of the steps it has ``finished``: its
+        next step to call with the templates' ``steps``, or its row when none is left (its
+        last step done, a step failed, or every step left is skipped by its ``when``)."""
         if work.error is not None:
             error = self.rows.error(work, "bad_input", work.error)
             return self.rows.row(work, 0, error=error, steps={})
         assert work.data is not None
-        finished = self.journal.pending.get(work.id, {})
         results: dict[str, dict[str, Any]] = {}
         seen: dict[str, dict[str, Any]] = {}  # what later templates see as `steps`
         last: dict[str, Any] | None = None
@@ -145,22 +165,19 @@ class StepStages(Stages):
                     results[name] = {"status": "skipped", "hash": step.spec.hash}
                     seen[name] = {"status": "skipped", "text": None, "fields": {}}
                     continue
-                if isinstance(go, dict):  # the condition itself failed on this record
-                    result = go
-                else:
-                    started = now_iso()
-                    result = await self._run(step, work, {"steps": seen})
-                    result["started_at"], result["finished_at"] = started, now_iso()
-                    # The last step's result goes out in the row at once: no journal line.
-                    if result["status"] == "ok" and step is not self.steps[-1]:
-                        self.journal.add(work.id, name, step.spec.hash, result)
+                if go is True:
+                    return step, {"steps": seen}
+                result = go  # the condition itself failed on this record
             results[name] = result
             seen[name] = {k: result.get(k) for k in ("status", "text", "fields")}
             last = result
             if result["status"] != "ok":
                 break  # a failed step ends the record: --retry-errors takes it up here
-        self.journal.forget(work.id)
         return self._row(work, results, last)
+
+    def result(self, step: Step, row: Row) -> dict[str, Any]:
+        """A step's result, from the row its stages made (batch mode's merge)."""
+        return _result(row, step.spec.hash)
 
     def _when(self, step: Step, work: Work, seen: dict[str, Any]) -> bool | dict[str, Any]:
         """Whether the step runs; its error result when the condition cannot be evaluated."""

@@ -258,14 +258,7 @@ class Engine:
         elif self.backends.key_pool is not None:
             keys = self.backends.key_pool(self.recipe)
         else:
-            keys = KeyPool(
-                self.recipe.api_keys,
-                requests_per_minute=run.requests_per_minute,
-                tokens_per_minute=run.tokens_per_minute,
-                adaptive=run.adaptive,
-                slow_start_local=run.slow_start_local,
-                endpoints=self.recipe.endpoints,
-            )
+            keys = KeyPool.for_recipe(self.recipe)
         if self.shared is None and run.budget_usd is not None and self._budget_price is not None:
             spent = self.stats.resumed_cost_usd
             make_budget = self.backends.budget or Budget

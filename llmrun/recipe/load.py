@@ -72,6 +72,8 @@ RUN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "tokens_per_second": None,
         "adaptive": None,
         "budget_usd": None,
+        "engine": "local",
+        "workers": None,
     }
 )
 
@@ -299,6 +301,19 @@ def build_recipe(
             problems=problems,
         )
         mode = (data.get("run") or {}).get("mode", "direct")
+        engine = (data.get("run") or {}).get("engine", "local")
+        if steps and engine != "local":
+            file, line, col = locate(("run", "engine"), positions, filename)
+            problems.append(
+                Problem(
+                    f"run.engine: {engine} runs one call per record; a steps: recipe runs on "
+                    "the local engine (docs/steps.md)",
+                    "run.engine",
+                    file,
+                    line,
+                    col,
+                )
+            )
         if steps and mode == "auto":
             file, line, col = locate(("run", "mode"), positions, filename)
             problems.append(
@@ -326,6 +341,14 @@ def build_recipe(
                         filename,
                         problems,
                     )
+    engine_name = (data.get("run") or {}).get("engine", "local")
+    if isinstance(engine_name, str) and engine_name != "local":
+        try:
+            registry.get("engine", engine_name)
+        except PluginError as exc:
+            file, line, col = locate(("run", "engine"), positions, filename)
+            hint = " (pip install llmrun-ray)" if engine_name == "ray" else ""
+            problems.append(Problem(f"{exc}{hint}", "run.engine", file, line, col))
     if "prompt" in data:
         problems.extend(
             template_problems(data.get("prompt"), path.parent, positions, filename, scope)
@@ -389,6 +412,8 @@ def build_recipe(
             slow_start_local=run["adaptive"] is True,
             budget_usd=None if run["budget_usd"] is None else float(run["budget_usd"]),
             max_response_bytes=int(run["max_response_bytes"]),
+            engine=str(run["engine"]),
+            workers=None if run["workers"] is None else int(run["workers"]),
         ),
         postprocess=tuple(posts),
         output_path=output_path,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -43,7 +43,7 @@ from llmrun.run.limits import KeyPool
 from llmrun.run.progress import Progress
 from llmrun.run.stages import Row, Stages
 
-from .limiter import ClusterBudget, RemoteKeyPool, get_limiter
+from .limiter import ClusterBudget, RemoteKeyPool, get_budget, get_limiter
 from .workers import Item, ShardWorker
 
 # Engine tasks (groups in flight) per worker: two, so a worker has its next group already
@@ -76,6 +76,7 @@ class Cluster:
         self.overrides = list(overrides)
         self.size = workers
         self.limiter = get_limiter(recipe)
+        self.budget_actor = get_budget(recipe)
         self.workers: list[Any] = []
         self.restarts = 0
 
@@ -101,8 +102,8 @@ class Cluster:
 
     def budget(self, limit_usd: float, price: Price, spent_usd: float) -> Budget:
         # The output's spend so far counts once, for the whole cluster.
-        ray.get(self.limiter.set_budget.remote(limit_usd, spent_usd))
-        return ClusterBudget(self.limiter, limit_usd, price)
+        ray.get(self.budget_actor.set_budget.remote(limit_usd, spent_usd))
+        return ClusterBudget(self.budget_actor, limit_usd, price)
 
     def stages(self, engine: Engine, local: Stages) -> Stages:
         if not self.workers:
@@ -125,7 +126,10 @@ class RemoteStages(Stages):
         self.group_size = max(2, cluster.recipe.run.concurrency)
         self._warned: set[str] = set()
 
-    async def process(self, work: Work) -> Row:
+    async def process(
+        self, work: Work, extra: Mapping[str, Any] | None = None, sample: int = 0
+    ) -> Row:
+        # extra and sample are a steps: recipe's, which runs on the local engine only.
         rows = await self.process_group([work])
         if not rows:
             raise NotSent

@@ -28,7 +28,7 @@ from llmrun.run.progress import make_progress
 from llmrun.run.stages import Stages
 from llmrun.wire.transport import default_transport
 
-from .limiter import ClusterBudget, RemoteKeyPool, get_limiter
+from .limiter import ClusterBudget, RemoteKeyPool, get_budget, get_limiter
 
 # (position in the driver's batch, id, data, where, error): a record as the driver sends it.
 Item = tuple[int, str, "dict[str, Any] | None", str, "str | None"]
@@ -48,10 +48,11 @@ class RecipeStages:
         # worker's recipe is the driver's, with nothing more allowed.
         recipe, registry = open_recipe(recipe_path, overrides=overrides, access=access)
         self.recipe = recipe
-        if limiter is None:  # every worker and processor finds the job's limiter by name
+        if limiter is None:  # every worker and processor finds the keys' limiter by name
             limiter = get_limiter(recipe)
-            if recipe.run.budget_usd is not None:
-                limiter.default_budget.remote(recipe.run.budget_usd)
+        self.budget_actor = get_budget(recipe) if recipe.run.budget_usd is not None else None
+        if self.budget_actor is not None:
+            self.budget_actor.default_budget.remote(recipe.run.budget_usd)
         # The engine is only the holder of the recipe's components (provider, postprocessors,
         # template, row maker, redaction): it never runs here.
         self.engine = make_engine(recipe, registry, make_progress("none"), handle_signals=False)
@@ -73,7 +74,7 @@ class RecipeStages:
             if run.budget_usd is not None:
                 price = engine.rows.price(engine.provider.model)
                 assert price is not None  # the engine refused a budget without a price
-                self.budget = ClusterBudget(self.limiter, run.budget_usd, price)
+                self.budget = ClusterBudget(self.budget_actor, run.budget_usd, price)
             caller = Caller(
                 engine.provider,
                 transport,

@@ -86,6 +86,56 @@ def test_two_workers_write_every_id_once_into_the_one_output(cluster: str, tmp_p
     assert "llmrun run" not in proc.stderr or "Traceback" not in proc.stderr
 
 
+def test_run_engine_ray_in_the_recipe_runs_through_llmrun_itself(cluster: str, tmp_path: Path):
+    n = 120
+    with FakeOpenAI(latency_s=0.01) as server:
+        recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 8, engine: ray, workers: 2}")
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "llmrun", "run", str(recipe), "--address", cluster, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"engine ray: the calls run on the cluster at {cluster}" in proc.stderr
+        rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
+        ids_once(rows, n)
+        assert server.count() == n
+        # Both workers had records, and the output is the one any run writes.
+        assert {shard_of(r["id"], 2) for r in rows} == {0, 1}
+        assert json.loads(proc.stdout)["ok"] == n
+        # --engine on the command line does the same for a recipe that does not say it.
+        plain = recipe_file(tmp_path, server.url, n, "{concurrency: 8}")
+        again = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "llmrun",
+                "run",
+                str(plain),
+                "--engine",
+                "ray",
+                "--workers",
+                "2",
+                "--address",
+                cluster,
+                "--json",
+                "--fresh",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        ids_once(read_jsonl(tmp_path / "out" / "labels.jsonl"), n)
+        assert server.count() == 2 * n
+
+
 class Bucket:
     """The server's own limit: ``rate`` requests/s with a burst of ``burst`` (token bucket);
     a request past it gets a 429, as a provider answers."""
@@ -142,6 +192,42 @@ def test_requests_per_minute_holds_for_the_cluster_not_per_worker(cluster: str, 
     assert most_in_window(times, 5.0) <= 5.0 * rate * 1.02 + rate
     # And it ran at the limit, not far under it: 200 starts at 20/s take about 10 s.
     assert max(times) - min(times) >= (n - 1) / rate * 0.95
+
+
+def test_two_jobs_on_one_key_share_its_limit(cluster: str, tmp_path: Path):
+    # Two different recipes (two outputs, two job hashes) on the same key at 600/min = 10/s,
+    # run at the same time on the cluster: together they keep the key's 10/s, where two
+    # limiters (one per job, as before) would send 20/s and be refused.
+    n, rate = 60, 10.0
+    bucket = Bucket(rate, burst=rate)
+    with FakeOpenAI(latency_s=0.05, fault=bucket) as server:
+        runs = []
+        for name in ("a", "b"):
+            folder = tmp_path / name
+            folder.mkdir()
+            recipe = recipe_file(
+                folder, server.url, n, "{concurrency: 4, requests_per_minute: 600, max_retries: 0}"
+            )
+            text = recipe.read_text(encoding="utf-8").replace("one word", f"one word ({name})")
+            recipe.write_text(text, encoding="utf-8")
+            runs.append(
+                subprocess.Popen(
+                    [*CLI, "run", str(recipe), "--address", cluster, "--workers", "1", "-q"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+                )
+            )
+        errors = [run.communicate(timeout=240)[1] for run in runs]
+        times = sorted(r.received_at for r in server.requests)
+    assert [run.returncode for run in runs] == [0, 0], errors
+    assert bucket.refused == 0, f"{bucket.refused} refused: the two jobs passed the key's limit"
+    assert len(times) == 2 * n
+    # Both jobs ran at once (their requests interleave), and together at the key's pace.
+    assert most_in_window(times, 3.0) <= 3.0 * rate * 1.02 + rate
+    for name in ("a", "b"):
+        ids_once(read_jsonl(tmp_path / name / "out" / "labels.jsonl"), n)
 
 
 def test_a_retired_key_is_retired_on_every_worker(cluster: str, tmp_path: Path):

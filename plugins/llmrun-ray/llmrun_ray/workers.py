@@ -86,6 +86,9 @@ class RecipeStages:
                 cost_of=engine.rows.cost,
                 on_budget=self._on_budget,
                 count_tokens=run.tokens_per_minute is not None,
+                # The recipe's call cache, opened by each worker (SQLite in WAL mode: several
+                # processes share one file; the nodes of a cluster need it on shared storage).
+                cache=engine.cache,
             )
             self._stages = Stages(
                 recipe, engine.provider, engine.posts, engine.template, engine.rows, caller

@@ -194,6 +194,37 @@ def test_requests_per_minute_holds_for_the_cluster_not_per_worker(cluster: str, 
     assert max(times) - min(times) >= (n - 1) / rate * 0.95
 
 
+def test_workers_answer_from_the_call_cache(cluster: str, tmp_path: Path):
+    n = 60
+    with FakeOpenAI(latency_s=0.01) as server:
+        recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 4, engine: ray, workers: 2}")
+        text = (
+            recipe.read_text(encoding="utf-8") + "cache: calls.db\ngeneration: {temperature: 0}\n"
+        )
+        recipe.write_text(text, encoding="utf-8")
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        command = [sys.executable, "-m", "llmrun", "run", str(recipe), "--address", cluster]
+        first = subprocess.run(
+            [*command, "--json"], capture_output=True, text=True, timeout=240, env=env, check=False
+        )
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert server.count() == n
+        again = subprocess.run(
+            [*command, "--json", "--fresh"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert server.count() == n  # every reply came from the cache the workers filled
+        assert json.loads(again.stdout)["cached"] == n
+    rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
+    ids_once(rows, n)
+    assert all(r["cached"] for r in rows)
+
+
 def test_two_jobs_on_one_key_share_its_limit(cluster: str, tmp_path: Path):
     # Two different recipes (two outputs, two job hashes) on the same key at 600/min = 10/s,
     # run at the same time on the cluster: together they keep the key's 10/s, where two

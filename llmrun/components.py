@@ -148,9 +148,9 @@ class RunEngine(Protocol):
     load the same recipe), ``limit``, ``fresh``, ``retry_errors`` and ``handle_signals``. It
     returns the engine that runs the job (``llmrun.run.engine.Engine``, typically one made by
     ``llmrun.api.make_engine`` with ``backends=``: see ``llmrun.run.backends``), so the output,
-    resume, progress and exit codes are those of any run.
+    resume, progress and exit codes are those of any run. A class attribute ``runs_steps =
+    True`` says it runs ``steps:`` recipes too (else such a recipe is refused on it).
     """
 
     @classmethod
     def build(cls, recipe: Any, registry: Any, progress: Any, **options: Any) -> Any: ...
-

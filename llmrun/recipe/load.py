@@ -302,12 +302,13 @@ def build_recipe(
         )
         mode = (data.get("run") or {}).get("mode", "direct")
         engine = (data.get("run") or {}).get("engine", "local")
-        if steps and engine != "local":
+        if steps and engine != "local" and not _engine_runs_steps(registry, engine, mode):
             file, line, col = locate(("run", "engine"), positions, filename)
             problems.append(
                 Problem(
-                    f"run.engine: {engine} runs one call per record; a steps: recipe runs on "
-                    "the local engine (docs/steps.md)",
+                    f"run.engine: {engine} does not run a steps: recipe"
+                    + (" in batch mode" if mode == "batch" else "")
+                    + "; use the local engine (docs/steps.md)",
                     "run.engine",
                     file,
                     line,
@@ -773,6 +774,16 @@ def _component(
     found = schema_problems(options, schema, path, positions, filename, core_keys)
     problems.extend(found)
     return None if found else ComponentSpec(str(name), freeze(options), dotted(path))
+
+
+def _engine_runs_steps(registry: Registry, engine: Any, mode: Any) -> bool:
+    """Whether a plugin's engine runs steps: recipes (its class says ``runs_steps = True``); in
+    batch mode the local engine submits the batches, so only it runs steps there."""
+    try:
+        cls = registry.get("engine", str(engine)).cls
+    except PluginError:
+        return True  # reported as an unknown engine
+    return bool(getattr(cls, "runs_steps", False)) and mode != "batch"
 
 
 def _postprocessors(

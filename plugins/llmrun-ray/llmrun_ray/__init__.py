@@ -32,6 +32,8 @@ class RayEngine:
     ``address`` names, else one started on this machine), ``run.workers`` of them (default: one
     per CPU the cluster offers)."""
 
+    runs_steps = True  # a steps: record goes through its steps on one worker
+
     @classmethod
     def build(
         cls,

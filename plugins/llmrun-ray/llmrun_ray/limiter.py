@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -49,8 +50,15 @@ PROBE_GRACE_S = 10.0
 ALLOWANCE_CALLS = 8
 # Limiter and budget actors live in this namespace, shared by every job on the cluster.
 NAMESPACE = "llmrun"
-# An actor nobody has asked anything for this long ends itself.
+# An actor nobody has asked anything for this long ends itself (LLMRUN_RAY_IDLE_S sets it).
 IDLE_EXIT_S = 300.0
+
+
+def idle_exit_s() -> float:
+    try:
+        return max(1.0, float(os.environ.get("LLMRUN_RAY_IDLE_S", IDLE_EXIT_S)))
+    except ValueError:
+        return IDLE_EXIT_S
 
 
 class Limiter:
@@ -255,7 +263,7 @@ def get_limiter(recipe: Recipe, namespace: str = NAMESPACE) -> Any:
         get_if_exists=True,
         lifetime="detached",
     ).remote(len(recipe.api_keys), limiter_settings(recipe))
-    actor.watch_idle.remote(IDLE_EXIT_S)
+    actor.watch_idle.remote(idle_exit_s())
     return actor
 
 
@@ -268,7 +276,7 @@ def get_budget(recipe: Recipe, namespace: str = NAMESPACE) -> Any:
         get_if_exists=True,
         lifetime="detached",
     ).remote(0, {})
-    actor.watch_idle.remote(IDLE_EXIT_S)
+    actor.watch_idle.remote(idle_exit_s())
     return actor
 
 

@@ -225,6 +225,80 @@ def test_workers_answer_from_the_call_cache(cluster: str, tmp_path: Path):
     assert all(r["cached"] for r in rows)
 
 
+STEPS = """\
+name: ray-steps
+data: {{loader: jsonl, path: data.jsonl, id: id}}
+provider: {{name: openai, base_url: "{url}", model: fake-model, api_keys: [k1]}}
+steps:
+  - name: draft
+    prompt: "STEP draft of {{{{ id }}}}: {{{{ text }}}}"
+  - name: check
+    prompt: "STEP check of {{{{ id }}}}: [{{{{ steps.draft.text[:40] }}}}]"
+run: {{concurrency: 4, engine: ray, workers: 2}}
+output: {{path: out/steps.jsonl}}
+"""
+
+
+def step_of(request: RecordedRequest) -> tuple[str, str]:
+    text = str(request.body["messages"][-1]["content"])
+    step, rid = text.split()[1], text.split()[3].rstrip(":")
+    return step, rid
+
+
+def test_a_steps_recipe_runs_each_record_through_its_steps_on_a_worker(
+    cluster: str, tmp_path: Path
+):
+    n = 60
+    write_jsonl(tmp_path / "data.jsonl", reviews(n))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with FakeOpenAI(latency_s=0.05) as server:
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(STEPS.format(url=server.url), encoding="utf-8")
+        command = [sys.executable, "-m", "llmrun", "run", str(recipe), "--address", cluster]
+        # Killed once some records have rows: the steps the workers finished were relayed to
+        # the driver's journal, so the next run sends none of them again.
+        first = subprocess.Popen([*command, "-q"], env=env, stderr=subprocess.PIPE)
+        output = tmp_path / "out" / "steps.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if output.exists() and output.read_bytes().count(b"\n") >= 10:
+                break
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+        journal = tmp_path / "out" / "steps.jsonl.llmrun" / "steps.jsonl"
+        finished = set()
+        if journal.exists():
+            for line in journal.read_bytes().splitlines(keepends=True):
+                if line.endswith(b"\n"):
+                    entry = json.loads(line)
+                    finished.add((entry["step"], entry["id"]))
+        with_row = set()
+        for line in output.read_bytes().splitlines(keepends=True):
+            if line.endswith(b"\n"):
+                row = json.loads(line)
+                with_row.add(row["id"])
+                finished |= {(s, row["id"]) for s in row["steps"]}
+        # Drafts the workers had finished for records with no row yet reached the driver.
+        assert any(rid not in with_row for _, rid in finished)
+        sent_at_kill = collections.Counter(step_of(r) for r in server.requests)
+        again = subprocess.run(
+            [*command, "--json"], capture_output=True, text=True, timeout=240, env=env, check=False
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        sent = collections.Counter(step_of(r) for r in server.requests)
+    rows = read_jsonl(output)
+    ids_once(rows, n)
+    for row in rows:
+        assert row["status"] == "ok", row
+        draft = row["steps"]["draft"]["text"]
+        assert f"of {row['id']}:" in draft  # the fake echoes: each record's own reply
+        assert row["text"] == row["steps"]["check"]["text"]
+        assert f"[{draft[:40]}]" in row["text"]  # the second step saw the first one's answer
+    resent = [k for k in finished if sent[k] != sent_at_kill[k]]
+    assert not resent, f"finished steps sent again: {resent[:5]}"
+
+
 def test_two_jobs_on_one_key_share_its_limit(cluster: str, tmp_path: Path):
     # Two different recipes (two outputs, two job hashes) on the same key at 600/min = 10/s,
     # run at the same time on the cluster: together they keep the key's 10/s, where two

@@ -11,7 +11,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -21,9 +21,10 @@ import yaml
 from ..access import Access
 from ..errors import PluginError, Problem, RecipeError
 from ..plugins import Registry
-from ..redaction import Redactor, looks_like_secret, url_password
-from .envvars import Environment, read_dotenv, variables_in
+from ..redaction import Redactor
+from .envvars import Environment, read_dotenv
 from .guards import cache_problems, glob_root, key_routes, output_problems, read_problems
+from .interpolation import Scoping, interpolate, literal_secrets
 from .keyenv import check_keys, default_key, env_options
 from .model import (
     DEFAULT_CACHE_GB,
@@ -36,11 +37,11 @@ from .model import (
 )
 from .problems import locate, schema_problems, selection_problems, template_problems
 from .schema import CORE_KEYS, base_schema
+from .sections import code_of, component_spec, engine_runs_steps, postprocessors
 from .selection import parse_shard
 from .steps import build_steps, prompt_messages
 from .yamlsource import Positions, dotted, load_yaml
 
-SECRET_WORDS = ("key", "token", "secret", "password", "auth")
 LOADER_BY_SUFFIX = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -147,11 +148,11 @@ def load_recipe(
     problems: list[Problem] = []
     secrets: set[str] = set()
     declared = data.get("env")
-    scoping = _Scoping(
+    scoping = Scoping(
         frozenset(str(n) for n in declared) if isinstance(declared, list) else frozenset()
     )
-    data = _interpolate(data, (), env, positions, filename, problems, secrets, scoping)
-    secrets |= _literal_secrets(data.get("provider"))
+    data = interpolate(data, (), env, positions, filename, problems, secrets, scoping)
+    secrets |= literal_secrets(data.get("provider"))
     if problems:
         raise RecipeError(problems)
     try:
@@ -246,7 +247,7 @@ def build_recipe(
         key, name_key, core = CORE_KEYS[kind]
         if sect is None or not isinstance(sect.get(name_key), str):
             continue  # the base schema already said what is wrong
-        found[kind] = _component(
+        found[kind] = component_spec(
             registry,
             kind,
             sect[name_key],
@@ -260,7 +261,7 @@ def build_recipe(
         )
 
     def posts_of(items: Any, at: tuple[Any, ...]) -> list[ComponentSpec]:
-        return _postprocessors(registry, items, at, positions, filename, problems)
+        return postprocessors(registry, items, at, positions, filename, problems)
 
     posts = posts_of(data.get("postprocess"), ("postprocess",))
     steps: tuple[StepSpec, ...] = ()
@@ -302,7 +303,7 @@ def build_recipe(
         )
         mode = (data.get("run") or {}).get("mode", "direct")
         engine = (data.get("run") or {}).get("engine", "local")
-        if steps and engine != "local" and not _engine_runs_steps(registry, engine, mode):
+        if steps and engine != "local" and not engine_runs_steps(registry, engine, mode):
             file, line, col = locate(("run", "engine"), positions, filename)
             problems.append(
                 Problem(
@@ -330,7 +331,7 @@ def build_recipe(
         if provider_section is not None and found.get("provider") is not None:
             for i, step in enumerate(steps):
                 if step.provider_options:
-                    _component(
+                    component_spec(
                         registry,
                         "provider",
                         provider_section["name"],
@@ -438,7 +439,7 @@ def build_recipe(
             filter(
                 None,
                 (
-                    _code_of(registry, c)
+                    code_of(registry, c)
                     for c in (loader, provider, *posts, *(p for s in steps for p in s.postprocess))
                 ),
             )
@@ -556,127 +557,6 @@ def _apply_override(
     positions[keys] = (0, 0)  # marks "came from --set"; _locate reports it as such
 
 
-@dataclass
-class _Scoping:
-    """Where ``${VAR}`` may expand: secret places always, other places only for the variables
-    the recipe declares in its top-level ``env:`` list (and values given with ``--set``).
-    ``sources`` remembers which variable each key came from, for plan and the run's start."""
-
-    declared: frozenset[str]
-    sources: dict[str, str] = field(default_factory=dict)
-
-    def allows(self, path: tuple[Any, ...], name: str, positions: Positions) -> bool:
-        return (
-            name in self.declared
-            or _is_secret_place(path)
-            or positions.get(path) == (0, 0)  # the user's own --set
-        )
-
-
-# Provider options a secret may go into: sent only with the request, never in a prompt.
-SECRET_PLACES = ("api_keys", "base_url", "endpoint", "headers")
-
-
-def _is_secret_place(path: tuple[Any, ...]) -> bool:
-    if len(path) < 2 or path[0] != "provider":
-        return False
-    return path[1] in SECRET_PLACES or _is_secret_path(path)
-
-
-def _interpolate(
-    value: Any,
-    path: tuple[Any, ...],
-    env: Environment,
-    positions: Positions,
-    filename: str,
-    problems: list[Problem],
-    secrets: set[str],
-    scoping: _Scoping,
-) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: v
-            if path == () and k == "env"  # the declaration itself is a list of names
-            else _interpolate(v, (*path, k), env, positions, filename, problems, secrets, scoping)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [
-            _interpolate(v, (*path, i), env, positions, filename, problems, secrets, scoping)
-            for i, v in enumerate(value)
-        ]
-    if not isinstance(value, str):
-        return value
-    if "$" in value:
-        refused = [n for n in variables_in(value) if not scoping.allows(path, n, positions)]
-        if refused:
-            file, line, col = locate(path, positions, filename)
-            for name in refused:
-                problems.append(
-                    Problem(
-                        f"${{{name}}} is not expanded here: environment variables reach only "
-                        "provider keys, base_url and headers; to use it in "
-                        f"{dotted(path)}, list it under `env:` at the top of the recipe "
-                        "(`llmrun plan` shows that list)",
-                        dotted(path),
-                        file,
-                        line,
-                        col,
-                    )
-                )
-            return value
-    text, missing, used = env.interpolate(value) if "$" in value else (value, [], False)
-    for name in missing:
-        file, line, col = locate(path, positions, filename)
-        problems.append(
-            Problem(
-                f"environment variable ${{{name}}} is not set "
-                f"(set it, or add {name}=... to {Path(filename).parent / '.env'})",
-                dotted(path),
-                file,
-                line,
-                col,
-            )
-        )
-    # A key written into the recipe itself is as secret as one read from the environment.
-    if (used and _is_secret_path(path)) or (path[:2] == ("provider", "api_keys") and text):
-        secrets.add(text)
-        names = variables_in(value)
-        if used and len(names) == 1:
-            scoping.sources[text] = f"${names[0]}"
-        elif positions.get(path) == (0, 0):
-            scoping.sources[text] = "--set"
-    return text
-
-
-_SECRET_HEADER = ("authorization", "cookie", "key", "token", "secret", "password", "auth")
-
-
-def _literal_secrets(provider: Any) -> set[str]:
-    """Secrets written into the provider section as they are: a URL's password (``base_url:
-    https://user:pw@proxy``) and every header whose name or value looks like a secret."""
-    found: set[str] = set()
-    if not isinstance(provider, dict):
-        return found
-    for key in ("base_url", "endpoint"):
-        url = provider.get(key)
-        if isinstance(url, str):
-            password = url_password(url)
-            if password:
-                found.add(password)
-    headers = provider.get("headers")
-    if isinstance(headers, dict):
-        for name, value in headers.items():
-            if not isinstance(value, str) or not value:
-                continue
-            if any(w in str(name).lower() for w in _SECRET_HEADER) or looks_like_secret(value):
-                found.add(value)
-                scheme, _, rest = value.partition(" ")  # "Bearer sk-...": the token alone too
-                if rest and scheme.isalpha():
-                    found.add(rest)
-    return found
-
-
 def _route_keys(
     recipe: Recipe,
     registry: Registry,
@@ -730,106 +610,3 @@ def _user_data_folder(
     root = (base / glob_root(given)).resolve()
     folder = root if root.is_dir() else root.parent
     return replace(access, read_roots=(*access.read_roots, folder))
-
-
-def _code_of(registry: Registry, spec: ComponentSpec) -> str | None:
-    """What code the component named by ``spec`` would run, when it runs code the recipe
-    names (a component declares ``runs_code(options) -> str | None``)."""
-    kind = {"postprocess": "postprocessor", "data": "loader", "provider": "provider"}
-    name = kind.get(spec.where.split("[")[0].split(".")[0], "postprocessor")
-    cls = registry.get(name, spec.name).cls
-    runs_code = getattr(cls, "runs_code", None)
-    what = runs_code(spec.options) if callable(runs_code) else None
-    return f"{spec.where}: {what}" if what else None
-
-
-def _is_secret_path(path: tuple[Any, ...]) -> bool:
-    names = [p.lower() for p in path if isinstance(p, str)]
-    return any(word in name for name in names[-2:] for word in SECRET_WORDS)
-
-
-def _component(
-    registry: Registry,
-    kind: str,
-    name: Any,
-    section: Mapping[str, Any],
-    path: tuple[Any, ...],
-    core_keys: tuple[str, ...],
-    name_key: str | None,
-    positions: Positions,
-    filename: str,
-    problems: list[Problem],
-    *,
-    name_path: tuple[Any, ...] | None = None,
-) -> ComponentSpec | None:
-    where = (*path, name_key) if name_key else (name_path or path)
-    try:
-        info = registry.get(kind, str(name))
-    except PluginError as exc:
-        file, line, col = locate(where, positions, filename)
-        problems.append(Problem(str(exc), dotted(where), file, line, col))
-        return None
-    options = {k: v for k, v in section.items() if k not in core_keys}
-    schema = getattr(info.cls, "options_schema", None) or {"type": "object"}
-    found = schema_problems(options, schema, path, positions, filename, core_keys)
-    problems.extend(found)
-    return None if found else ComponentSpec(str(name), freeze(options), dotted(path))
-
-
-def _engine_runs_steps(registry: Registry, engine: Any, mode: Any) -> bool:
-    """Whether a plugin's engine runs steps: recipes (its class says ``runs_steps = True``); in
-    batch mode the local engine submits the batches, so only it runs steps there."""
-    try:
-        cls = registry.get("engine", str(engine)).cls
-    except PluginError:
-        return True  # reported as an unknown engine
-    return bool(getattr(cls, "runs_steps", False)) and mode != "batch"
-
-
-def _postprocessors(
-    registry: Registry,
-    post_items: Any,
-    at: tuple[Any, ...],
-    positions: Positions,
-    filename: str,
-    problems: list[Problem],
-) -> list[ComponentSpec]:
-    """The postprocessors of a ``postprocess:`` list at ``at`` (the recipe's or a step's)."""
-    posts: list[ComponentSpec] = []
-    for i, item in enumerate(post_items if isinstance(post_items, list) else []):
-        opts: Any
-        if isinstance(item, str):
-            name, opts = item, {}
-        elif isinstance(item, dict) and len(item) == 1:
-            name, opts = next(iter(item.items()))
-        else:
-            continue  # reported by the base schema
-        opts = {} if opts is None else opts
-        if not isinstance(opts, dict):
-            file, line, col = locate((*at, i, name), positions, filename)
-            problems.append(
-                Problem(
-                    "options must be a mapping",
-                    dotted((*at, i, name)),
-                    file,
-                    line,
-                    col,
-                )
-            )
-            continue
-        spec = _component(
-            registry,
-            "postprocessor",
-            name,
-            opts,
-            (*at, i, name),
-            (),
-            None,
-            positions,
-            filename,
-            problems,
-            name_path=(*at, i),
-        )
-        if spec:
-            posts.append(spec)
-    return posts

@@ -18,7 +18,6 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -35,6 +34,7 @@ from ..values import Prompt, Usage
 from ..wire.retry import backoff_s, classify_transport
 from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
 from .journal import Journal, Part, checkpoint, has_running, make_durable
+from .parts import PartWriter, Planned
 from .status import progress_of
 
 if TYPE_CHECKING:
@@ -56,68 +56,6 @@ class Finished(IdSet):
 
     def __contains__(self, rid: object) -> bool:
         return rid in self._now or rid in self._before
-
-
-@dataclass
-class _Planned:
-    name: str
-    requests: int
-    size: int
-    recipe_step: str | None = None
-
-
-class _PartFile:
-    """A batch file being written: lines go straight to disk (a file can be 200 MB); ``close``
-    makes both files durable under their final names."""
-
-    def __init__(self, journal: Journal, name: str, recipe_step: str | None = None) -> None:
-        self.name = name
-        self.recipe_step = recipe_step
-        self.requests = 0
-        self.size = 0
-        self._paths = [journal.file(name, ""), journal.file(name, "records")]
-        self._tmps = [p.with_name(f".{p.name}.tmp") for p in self._paths]
-        self._files = [open(t, "wb") for t in self._tmps]  # noqa: SIM115 - closed in close()
-
-    def add(self, line: bytes, record: bytes) -> None:
-        self._files[0].write(line)
-        self._files[1].write(record)
-        self.requests += 1
-        self.size += len(line)
-
-    def close(self) -> _Planned:
-        for fh, tmp, path in zip(self._files, self._tmps, self._paths, strict=True):
-            fh.close()
-            make_durable(tmp, path)
-        return _Planned(self.name, self.requests, self.size, self.recipe_step)
-
-
-class _Writer:
-    """Part files being written, one open file per recipe step (a steps: recipe's parts each
-    hold one step's requests: a batch has one model), each within the provider's limits."""
-
-    def __init__(self, journal: Journal, max_requests: int, max_bytes: int) -> None:
-        self.journal = journal
-        self.max_requests, self.max_bytes = max_requests, max_bytes
-        self.files: dict[str | None, _PartFile] = {}
-        self.planned: list[_Planned] = []
-
-    def add(self, step: str | None, line: bytes, record: list[Any]) -> None:
-        current = self.files.get(step)
-        if current and (
-            current.requests >= self.max_requests or current.size + len(line) > self.max_bytes
-        ):
-            self.planned.append(current.close())
-            current = None
-        if current is None:
-            name = self.journal.new_part_name()
-            current = self.files[step] = _PartFile(self.journal, name, step)
-        current.add(line, (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode())
-
-    def close(self) -> list[_Planned]:
-        self.planned += [f.close() for f in self.files.values()]
-        self.files.clear()
-        return self.planned
 
 
 def batch_state_dir(engine: Engine) -> Any:
@@ -288,16 +226,16 @@ class BatchRunner:
             checkpoint("written")
         return "batch"
 
-    def _writer(self) -> _Writer:
+    def _writer(self) -> PartWriter:
         max_requests = min(
             self.api.max_requests, self.settings.batch_max_requests or self.api.max_requests
         )
         max_bytes = min(self.api.max_bytes, self.settings.batch_max_bytes or self.api.max_bytes)
-        return _Writer(self.journal, max_requests, max_bytes)
+        return PartWriter(self.journal, max_requests, max_bytes)
 
     def _queue(
         self,
-        writer: _Writer,
+        writer: PartWriter,
         work: Work,
         step: str | None,
         prompt: Prompt,
@@ -310,7 +248,7 @@ class BatchRunner:
         record: list[Any] = [cid, work.id, work.where, work.data]
         writer.add(step, line, record if step is None else [*record, finished])
 
-    def _add_parts(self, planned: list[_Planned]) -> None:
+    def _add_parts(self, planned: list[Planned]) -> None:
         for p in planned:
             tag = self.journal.tag(p.name)
             self.journal.parts.append(

@@ -147,3 +147,11 @@ def _mask(match: re.Match[str]) -> str:
         if match.group(lead):
             return match.group(lead) + "<redacted>"
     return "<redacted>"
+
+
+def endpoint_name(url: str) -> str:
+    """An endpoint as shown: its URL without any user or password in it."""
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else url

@@ -69,3 +69,30 @@ def test_an_endpoint_killed_mid_run_leaves_every_record_ok_on_the_other(tmp_path
     assert len(rows) == 600 and all(r["status"] == "ok" for r in rows.values())
     assert killed_at > 0 and on_b >= 600 - killed_at
     assert f"endpoint {a.url} set aside" in stderr
+
+
+def test_the_live_progress_shows_each_endpoint(tmp_path: Path) -> None:
+    with FakeOpenAI(latency_s=0.05) as a, FakeOpenAI(latency_s=0.05) as b:
+        recipe = setup_run(tmp_path, pool(a, b), 200, run={"concurrency": 4})
+        # Plain progress prints its status line at the start and at the end.
+        result = run_cli("run", str(recipe), "--progress", "plain", cwd=tmp_path)
+        counts = a.count(), b.count()
+    assert result.returncode == EXIT_OK, result.stderr
+    last = [line for line in result.stderr.splitlines() if "endpoints:" in line][-1]
+    for server, n in zip((a, b), counts, strict=True):
+        assert f"{server.url} {n:,} ok 0 failed" in last, last
+
+
+def test_an_endpoint_with_a_password_in_its_url_is_shown_without_it(tmp_path: Path) -> None:
+    with FakeOpenAI(latency_s=0.01) as a, FakeOpenAI(latency_s=0.01) as b:
+        urls = [s.url.replace("http://", "http://team:hunter2-Secret@") for s in (a, b)]
+        provider = {"name": "openai", "model": "gpt-test", "base_urls": urls}
+        recipe = setup_run(tmp_path, provider, 40, run={"concurrency": 4})
+        result = run_cli("run", str(recipe), "--progress", "plain", cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert "endpoints:" in result.stderr and a.url in result.stderr
+    assert "hunter2-Secret" not in result.stderr
+    log = (tmp_path / "out.jsonl.llmrun" / "run.log").read_text(encoding="utf-8")
+    manifest = (tmp_path / "out.jsonl.llmrun" / "manifest.json").read_text(encoding="utf-8")
+    assert "hunter2-Secret" not in log and "hunter2-Secret" not in manifest
+    assert a.url in manifest

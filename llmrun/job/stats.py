@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..redaction import endpoint_name
+
 
 @dataclass
 class BatchPart:
@@ -92,7 +94,11 @@ class RunStats:
         return max(0.0, (self.total - self.done) / rate)
 
     def endpoint_counts(self) -> dict[str, dict[str, int]]:
-        return {url: {"ok": ok, "failed": failed} for url, (ok, failed) in self.endpoints.items()}
+        """By endpoint (shown without a password its URL may hold): answered, failed."""
+        return {
+            endpoint_name(url): {"ok": ok, "failed": failed}
+            for url, (ok, failed) in self.endpoints.items()
+        }
 
     def count_row(self, row: dict[str, Any]) -> None:
         if row["status"] == "ok":

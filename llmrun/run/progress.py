@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..job.stats import BatchProgress, RunStats
-from ..redaction import printable
+from ..redaction import endpoint_name, printable
 from ..terminal import SafeConsole
 
 Mode = Literal["auto", "rich", "plain", "none"]
@@ -103,12 +103,24 @@ def status_line(stats: RunStats) -> str:
     pct = f" ({100 * stats.done / stats.total:.0f}%)" if stats.total else ""
     kinds = error_kinds(stats)
     return (
-        f"{stats.done:,}/{total}{pct} ok {stats.ok + stats.resumed_ok:,} "
-        f"errors {stats.error + stats.resumed_error:,}{f' ({kinds})' if kinds else ''} | "
-        f"{stats.rate():,.1f} req/s {stats.token_rate():,.0f} tok/s | "
-        f"${stats.cost_usd + stats.resumed_cost_usd:,.4f} | in flight {stats.in_flight} | "
-        f"elapsed {fmt_duration(stats.elapsed)} ETA {fmt_duration(stats.eta_s())}"
-    ) + ("" if stats.batch is None else " | " + batch_line(stats.batch))
+        (
+            f"{stats.done:,}/{total}{pct} ok {stats.ok + stats.resumed_ok:,} "
+            f"errors {stats.error + stats.resumed_error:,}{f' ({kinds})' if kinds else ''} | "
+            f"{stats.rate():,.1f} req/s {stats.token_rate():,.0f} tok/s | "
+            f"${stats.cost_usd + stats.resumed_cost_usd:,.4f} | in flight {stats.in_flight} | "
+            f"elapsed {fmt_duration(stats.elapsed)} ETA {fmt_duration(stats.eta_s())}"
+        )
+        + ("" if stats.batch is None else " | " + batch_line(stats.batch))
+        + (" | " + endpoints_line(stats) if len(stats.endpoints) > 1 else "")
+    )
+
+
+def endpoints_line(stats: RunStats) -> str:
+    """Each endpoint of ``provider.base_urls`` with its answered and failed attempts so far."""
+    return "endpoints: " + ", ".join(
+        f"{endpoint_name(url)} {ok:,} ok {failed:,} failed"
+        for url, (ok, failed) in stats.endpoints.items()
+    )
 
 
 class NoProgress:
@@ -211,8 +223,11 @@ class RichProgress:
             cost=f"${stats.cost_usd + stats.resumed_cost_usd:,.4f}",
             eta=f"in flight {stats.in_flight} ETA {fmt_duration(stats.eta_s())}",
         )
-        if stats.batch is not None:  # provider states: plain Text, no markup, no control
-            self._bar.extra = Text(printable(batch_line(stats.batch)))
+        extra = [] if stats.batch is None else [batch_line(stats.batch)]
+        if len(stats.endpoints) > 1:  # a pool of endpoints: how each is doing, live
+            extra.append(endpoints_line(stats))
+        if extra:  # provider states: plain Text, no markup, no control
+            self._bar.extra = Text("\n").join(Text(printable(line)) for line in extra)
 
     def log(self, message: str) -> None:
         self._bar.console.print(message, markup=False, highlight=False)
@@ -244,7 +259,7 @@ def summary_table(title: str, stats: RunStats, status: str, output: str) -> Tabl
         retried = ", ".join(f"{c} {n:,}" for c, n in stats.retries_by_code.most_common())
         table.add_row("retried", retried)
     for url, (ok, failed) in stats.endpoints.items():
-        table.add_row("endpoint", f"{url}: {ok:,} ok, {failed:,} failed attempts")
+        table.add_row("endpoint", f"{endpoint_name(url)}: {ok:,} ok, {failed:,} failed attempts")
     spend = f"${stats.cost_usd:,.4f} this run"
     if stats.resumed_cost_usd:
         spend += f", ${stats.cost_usd + stats.resumed_cost_usd:,.4f} in all"

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import _WORDS, SYSTEM, TEMPLATE  # noqa: E402
+from _common import _WORDS, SYSTEM, TEMPLATE
 
 SEED = 1000  # records the real run answers; the output repeats their rows
 TARGET_FIRST_CALL_S = 3.0
@@ -234,10 +234,11 @@ def main() -> int:
     rss = max(r["maxrss_mb"] for r in resumes + noops)
     noop_s = med([r["wall_s"] for r in noops])
     print(f"{'':24} {'first call s':>12} {'total s':>8} {'peak RSS MB':>12} {'CPU s':>6}")
-    for name, runs in (("resume (+%d new)" % args.new, resumes), ("no-op rerun", noops)):
+    for name, runs in ((f"resume (+{args.new} new)", resumes), ("no-op rerun", noops)):
         fc = [r["first_call_s"] for r in runs if r["first_call_s"] is not None]
+        first_text = f"{med(fc):.2f}" if fc else "-"
         print(
-            f"{name:24} {(f'{med(fc):.2f}' if fc else '-'):>12} {med([r['wall_s'] for r in runs]):8.2f}"
+            f"{name:24} {first_text:>12} {med([r['wall_s'] for r in runs]):8.2f}"
             f" {max(r['maxrss_mb'] for r in runs):12.1f} {med([r['cpu_s'] for r in runs]):6.2f}"
         )
     verdict = {

@@ -37,7 +37,7 @@ from ..job.records import Work, selected, selection
 from ..job.rerun import drop_error_rows
 from ..job.rows import RowMaker
 from ..job.stats import RunStats
-from ..job.store import IdSet, RunState, index_output, now_iso
+from ..job.store import IdSet, RunState, index_writer, now_iso
 from ..job.summary import RunSummary as RunSummary
 from ..job.summary import Status
 from ..plugins import Observers, Registry, build_component
@@ -273,13 +273,14 @@ class Engine:
         assert self._stages is not None, "the stages exist while the run runs"
         return self._stages
 
-    def records(self) -> Generator[Work, None, None]:
+    def records(self, *, dupes: bool = True) -> Generator[Work, None, None]:
         """The records the recipe covers (``job.records.selected``), for every mode; an id
-        seen twice in the run is warned about (job/dupes.py)."""
+        seen twice in the run is warned about (job/dupes.py), unless ``dupes`` is False
+        (the caller checks the records it does not skip itself)."""
         items = selected(self.recipe, self.loader, limit=self.limit)
         try:
             for work in items:
-                if work.error is None:
+                if dupes and work.error is None:
                     self._seen.add(work.id, work.where)
                 yield work
         finally:
@@ -297,7 +298,7 @@ class Engine:
 
     def _open_output(self) -> IdSet:
         """Open the writer, count what is already there, and index the finished ids."""
-        return index_output(self.writer.open(), self.stats)
+        return index_writer(self.writer, self.stats)
 
     async def _pipeline(self, done: IdSet, manifest: dict[str, Any]) -> None:
         if self.batch_phase is not None:
@@ -326,7 +327,7 @@ class Engine:
     async def _read(self, send: MemoryObjectSendStream[Work], done: IdSet) -> None:
         with anyio.CancelScope() as scope:
             self._reader_scope = scope
-            items = self.records()
+            items = self.records(dupes=False)
             try:
                 await self._read_records(items, send, done)
             finally:
@@ -357,9 +358,15 @@ class Engine:
                 if not checked:
                     checked = True
                     self._check_fields(chunk)
+                seen = self._seen
                 for work in chunk:
                     if work.id in done:
                         continue
+                    # Only records not done are checked for repeats: the Bloom filters cost
+                    # ~4 us a record, most of a resume's reading (issue 14). A repeat among
+                    # done records was warned about by the run that read it.
+                    if work.error is None:
+                        seen.add(work.id, work.where)
                     try:
                         # send() always yields to the loop first; skipping that when the buffer
                         # has room lets rows batch up (measured: -100 us/request, benchmarks/).

@@ -19,8 +19,8 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from hashlib import blake2b
+from pathlib import Path
 from typing import Any
 
 from ..errors import LockedError
@@ -52,16 +52,12 @@ class IdSet:
     every input record). Building it never holds a Python object per id (issue 14: a set of
     10^6 digests took 150 MB for a moment): see ``IdSetBuilder``."""
 
-    def __init__(self, ids: Iterable[str] = ()) -> None:
-        builder = IdSetBuilder()
-        builder.add_all(ids)
+    def __init__(self, ids: Iterable[str] = (), *, builder: IdSetBuilder | None = None) -> None:
+        """The set of ``ids``, or of what ``builder`` collected (which it empties)."""
+        if builder is None:
+            builder = IdSetBuilder()
+            builder.add_all(ids)
         self._buf, self._table, self._shift, self._n = builder.parts()
-
-    @classmethod
-    def built(cls, builder: IdSetBuilder) -> IdSet:
-        made = cls.__new__(cls)
-        made._buf, made._table, made._shift, made._n = builder.parts()
-        return made
 
     def __len__(self) -> int:
         return self._n
@@ -259,7 +255,7 @@ def index_output(rows: Iterable[Mapping[str, Any]], stats: Any) -> IdSet:
     for row in rows:
         count_row(row, stats)
         builder.add(str(row["id"]))
-    return IdSet.built(builder)
+    return IdSet(builder=builder)
 
 
 def count_row(row: Mapping[str, Any], stats: Any) -> None:
@@ -290,4 +286,4 @@ def index_writer(writer: Any, stats: Any) -> IdSet:
         stats.resumed_error += error
         for cost in costs:
             stats.resumed_cost_usd += cost
-    return IdSet.built(builder)
+    return IdSet(builder=builder)

@@ -273,11 +273,14 @@ class Engine:
         assert self._stages is not None, "the stages exist while the run runs"
         return self._stages
 
-    def records(self, *, dupes: bool = True) -> Generator[Work, None, None]:
+    def records(
+        self, *, dupes: bool = True, skip: IdSet | None = None
+    ) -> Generator[Work, None, None]:
         """The records the recipe covers (``job.records.selected``), for every mode; an id
         seen twice in the run is warned about (job/dupes.py), unless ``dupes`` is False
-        (the caller checks the records it does not skip itself)."""
-        items = selected(self.recipe, self.loader, limit=self.limit)
+        (the caller checks the records it does not skip itself). Records whose id is in
+        ``skip`` may come unparsed, with ``done`` set."""
+        items = selected(self.recipe, self.loader, limit=self.limit, skip=skip)
         try:
             for work in items:
                 if dupes and work.error is None:
@@ -327,7 +330,7 @@ class Engine:
     async def _read(self, send: MemoryObjectSendStream[Work], done: IdSet) -> None:
         with anyio.CancelScope() as scope:
             self._reader_scope = scope
-            items = self.records(dupes=False)
+            items = self.records(dupes=False, skip=done)
             try:
                 await self._read_records(items, send, done)
             finally:
@@ -356,11 +359,10 @@ class Engine:
                     break
                 selected += len(chunk)
                 if not checked:
-                    checked = True
-                    self._check_fields(chunk)
+                    checked = self._check_fields(chunk)
                 seen = self._seen
                 for work in chunk:
-                    if work.id in done:
+                    if work.done or work.id in done:
                         continue
                     # Only records not done are checked for repeats: the Bloom filters cost
                     # ~4 us a record, most of a resume's reading (issue 14). A repeat among
@@ -374,12 +376,17 @@ class Engine:
                     except anyio.WouldBlock:
                         await send.send(work)
 
-    def _check_fields(self, chunk: list[Work]) -> None:
-        """The run-start check of the template against the first records (as ``validate``)."""
+    def _check_fields(self, chunk: list[Work]) -> bool:
+        """The run-start check of the template against the first records (as ``validate``);
+        whether there were any to check (records skipped unparsed on resume have no fields:
+        the check waits for the first chunk that has some)."""
         sample = [w.data for w in chunk[:FIELD_CHECK] if w.data is not None and w.error is None]
+        if not sample:
+            return not any(w.done for w in chunk)
         report = self.template.field_report(sample)
         if report:
             self.warn(report)
+        return True
 
     async def _work(
         self,

@@ -16,12 +16,15 @@ real run's.
 
 Measured, each in a fresh process of the real CLI (``llmrun run recipe.yaml --quiet --json``):
 
-- *resume*: the output as made (``rows`` done) and the ``new`` records left: seconds from the
-  process's start to its first call (the earliest ``started_at`` of the new rows), to its end,
-  and its peak RSS (``os.wait4``'s ``ru_maxrss``);
-- *no-op rerun*: the same command again, now with every record done.
+- *resume*: the job as a completed run over the first ``rows`` records left it (its output,
+  manifest and resume checkpoint), the ``new`` records since appended to the input: seconds
+  from the process's start to its first call (the earliest ``started_at`` of the new rows), to
+  its end, and its peak RSS (``os.wait4``'s ``ru_maxrss``);
+- *resume, no checkpoint*: the same without the checkpoint, as after a killed run (or one
+  made before the checkpoint existed): the whole output and input are read;
+- *no-op rerun*: the command again after *resume*, every record done.
 
-Before each *resume* the output is cut back to its ``rows`` rows and the manifest put back.
+Before each resume the output is cut back to its ``rows`` rows and the state folder put back.
 Nothing is asserted: this is a measurement. Figures: benchmarks/README.md.
 """
 
@@ -139,19 +142,33 @@ def prepare(cache: Path, rows: int, new: int, log: Any) -> Path:
     seed_out.unlink()
     shutil.rmtree(state)
     (folder / "manifest.base.json").write_bytes(manifest)
-    write_data(folder / "data.jsonl", rows + new)
+    # The job as a completed run leaves it: the input then held the `rows` records; a no-op
+    # run over it writes the resume checkpoint (job/checkpoint.py), kept for reset(). Then the
+    # new records are appended to the same file.
+    write_data(folder / "data.jsonl", rows)
     (folder / "recipe.yaml").write_text(recipe_text("data.jsonl"), encoding="utf-8")
+    reset(folder, checkpoint=False)
+    run_once(folder)
+    checkpoint = state / "resume.idx"
+    if checkpoint.exists():
+        shutil.copyfile(checkpoint, folder / "resume.base.idx")
+    with open(folder / "data.jsonl", "a", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(record(i)) + "\n" for i in range(rows, rows + new))
     (folder / "ready").write_text("ok\n", encoding="utf-8")
     return folder
 
 
-def reset(folder: Path) -> None:
-    """The output as made: ``rows`` rows, the seed run's manifest, no other state."""
+def reset(folder: Path, checkpoint: bool) -> None:
+    """The output as made: ``rows`` rows, the seed run's manifest, and the resume checkpoint
+    of the completed run over the first ``rows`` records (if ``checkpoint`` and llmrun left
+    one) or none (as after a killed run)."""
     out = folder / "out" / "labels.jsonl"
     state = folder / "out" / "labels.jsonl.llmrun"
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     shutil.copyfile(folder / "manifest.base.json", state / "manifest.json")
+    if checkpoint and (folder / "resume.base.idx").exists():
+        shutil.copyfile(folder / "resume.base.idx", state / "resume.idx")
     base = folder / "out" / "labels.jsonl.base"
     # Runs only append: cutting the working copy back is enough once it has been copied.
     if out.exists() and out.stat().st_size >= base.stat().st_size:
@@ -218,27 +235,32 @@ def main() -> int:
         f"{args.rows:,} rows done ({size_mb:,.0f} MB of output), {args.new:,} new records; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    resumes, noops = [], []
+    cold, resumes, noops = [], [], []
     for n in range(args.runs):
-        reset(folder)
-        resume = run_once(folder)
-        noop = run_once(folder)
-        resumes.append(resume)
-        noops.append(noop)
-        log(f"round {n + 1}: resume {json.dumps(resume)}")
-        log(f"round {n + 1}: no-op  {json.dumps(noop)}")
-        if resume["written"] != args.new or noop["written"] != 0:
-            raise SystemExit("the runs did not write what was expected: see above")
+        reset(folder, checkpoint=False)
+        cold.append(run_once(folder))
+        reset(folder, checkpoint=True)
+        resumes.append(run_once(folder))
+        noops.append(run_once(folder))
+        for name, got in (("cold", cold), ("resume", resumes), ("no-op", noops)):
+            log(f"round {n + 1}: {name:6} {json.dumps(got[-1])}")
+            if got[-1]["written"] != (0 if name == "no-op" else args.new):
+                raise SystemExit("a run did not write what was expected: see above")
     med = statistics.median
     first = med([r["first_call_s"] for r in resumes])
-    rss = max(r["maxrss_mb"] for r in resumes + noops)
+    rss = max(r["maxrss_mb"] for r in cold + resumes + noops)
     noop_s = med([r["wall_s"] for r in noops])
-    print(f"{'':24} {'first call s':>12} {'total s':>8} {'peak RSS MB':>12} {'CPU s':>6}")
-    for name, runs in ((f"resume (+{args.new} new)", resumes), ("no-op rerun", noops)):
+    print(f"{'':34} {'first call s':>12} {'total s':>8} {'peak RSS MB':>12} {'CPU s':>6}")
+    scenarios = (
+        (f"resume (+{args.new} new)", resumes),
+        ("resume, no checkpoint", cold),
+        ("no-op rerun", noops),
+    )
+    for name, runs in scenarios:
         fc = [r["first_call_s"] for r in runs if r["first_call_s"] is not None]
         first_text = f"{med(fc):.2f}" if fc else "-"
         print(
-            f"{name:24} {first_text:>12} {med([r['wall_s'] for r in runs]):8.2f}"
+            f"{name:34} {first_text:>12} {med([r['wall_s'] for r in runs]):8.2f}"
             f" {max(r['maxrss_mb'] for r in runs):12.1f} {med([r['cpu_s'] for r in runs]):6.2f}"
         )
     verdict = {

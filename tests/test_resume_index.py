@@ -312,3 +312,127 @@ def test_other_writers_resume_through_their_whole_rows(tmp_path: Path) -> None:
     summary = json.loads(again.stdout)
     assert (summary["resumed_ok"], summary["ok"]) == (3, 2)
     assert (tmp_path / "out.csv").read_text().count("\n") == 1 + 5
+
+
+# -- the resume checkpoint (job/checkpoint.py) ------------------------------------------------
+
+
+def checkpoint_job(folder: Path, n: int) -> Path:
+    write_jsonl(folder / "data.jsonl", [{"id": f"r{i}", "text": f"t{i}"} for i in range(n)])
+    return write_recipe(folder, basic_recipe(MOCK))
+
+
+def append_records(folder: Path, start: int, stop: int) -> None:
+    with open(folder / "data.jsonl", "a", encoding="utf-8") as fh:
+        fh.writelines(
+            json.dumps({"id": f"r{i}", "text": f"t{i}"}) + "\n" for i in range(start, stop)
+        )
+
+
+def summary_of(recipe: Path, *args: str) -> dict[str, Any]:
+    result = run_cli("run", str(recipe), "--quiet", "--json", *args, cwd=recipe.parent)
+    assert result.returncode in (0, 1), result.stderr  # 1: the output holds error rows
+    summary: dict[str, Any] = json.loads(result.stdout)
+    return summary
+
+
+def checkpoint_path(folder: Path) -> Path:
+    return folder / "out.jsonl.llmrun" / "resume.idx"
+
+
+def assert_one_row_each(folder: Path, n: int) -> None:
+    ids = [r["id"] for r in read_jsonl(folder / "out.jsonl")]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(n))
+
+
+def tamper_counts(folder: Path, ok: int) -> None:
+    """Change the checkpoint's count of ok rows (its header line), so a run shows whether it
+    took its counts from the checkpoint."""
+    path = checkpoint_path(folder)
+    head, rest = path.read_bytes().split(b"\n", 1)
+    header = json.loads(head)
+    header["ok"] = ok
+    path.write_bytes(json.dumps(header).encode() + b"\n" + rest)
+
+
+def test_a_completed_run_leaves_a_checkpoint_the_next_run_trusts(tmp_path: Path) -> None:
+    recipe = checkpoint_job(tmp_path, 30)
+    assert summary_of(recipe)["ok"] == 30
+    assert checkpoint_path(tmp_path).exists()
+    append_records(tmp_path, 30, 40)  # new records at the end of the same file
+    summary = summary_of(recipe)
+    assert (summary["resumed_ok"], summary["ok"], summary["total"]) == (30, 10, 40)
+    assert_one_row_each(tmp_path, 40)
+    # The counts of the rows before it come from the checkpoint (changed here to show it).
+    tamper_counts(tmp_path, 1000)
+    assert summary_of(recipe)["resumed_ok"] == 1000
+    noop = summary_of(recipe)  # the run above saved a checkpoint again, from its counts
+    assert (noop["ok"], noop["total"]) == (0, 40)
+
+
+def test_rows_written_after_the_checkpoint_are_read_and_counted(tmp_path: Path) -> None:
+    """As after a run killed past the checkpoint: its rows are in the output, not in the
+    checkpoint, and their records must not run again."""
+    recipe = checkpoint_job(tmp_path, 20)
+    summary_of(recipe)
+    append_records(tmp_path, 20, 30)
+    rows = [row(f"r{i}", "error" if i == 21 else "ok", cost=0.5) for i in range(20, 25)]
+    with open(tmp_path / "out.jsonl", "ab") as fh:
+        fh.write(b"".join(row_line(r) for r in rows))
+        fh.write(b'{"id":"r25","status":"ok","te')  # and a torn last line
+    summary = summary_of(recipe)
+    assert (summary["resumed_ok"], summary["resumed_error"], summary["ok"]) == (24, 1, 5)
+    assert_one_row_each(tmp_path, 30)
+
+
+@pytest.mark.parametrize("change", ["output byte", "input id", "retry errors", "input replaced"])
+def test_a_checkpoint_that_no_longer_holds_is_not_used(tmp_path: Path, change: str) -> None:
+    recipe = checkpoint_job(tmp_path, 20)
+    summary_of(recipe)
+    tamper_counts(tmp_path, 1000)  # shows whether the next run used it
+    args: tuple[str, ...] = ()
+    if change == "output byte":  # edited in place: same file, same size
+        out = tmp_path / "out.jsonl"
+        with open(out, "r+b") as fh:
+            fh.seek(10)
+            byte = fh.read(1)
+            fh.seek(10)
+            fh.write(b"9" if byte != b"9" else b"8")
+    elif change == "input id":  # a record before the checkpoint's end now has a new id
+        data = tmp_path / "data.jsonl"
+        with open(data, "r+b") as fh:
+            content = fh.read()
+            fh.seek(0)
+            fh.write(content.replace(b'"r3"', b'"x3"', 1))
+    elif change == "retry errors":  # the output is replaced (the same rows here)
+        args = ("--retry-errors",)
+        with open(tmp_path / "out.jsonl", "ab") as fh:
+            fh.write(row_line(row("r-extra", "error")))
+    else:  # another file under the same name: the same records in another order
+        data = tmp_path / "data.jsonl"
+        lines = data.read_bytes().splitlines(keepends=True)
+        data.unlink()
+        data.write_bytes(b"".join(reversed(lines)))
+    summary = summary_of(recipe, *args)
+    assert summary["resumed_ok"] != 1000
+    if change == "input id":
+        assert summary["ok"] == 1  # x3 runs
+    elif change == "output byte":
+        assert summary["resumed_ok"] + summary["ok"] >= 20
+    else:
+        assert (summary["resumed_ok"], summary["ok"]) == (20, 0)
+
+
+def test_runs_that_cannot_use_a_checkpoint_leave_none(tmp_path: Path) -> None:
+    recipe = checkpoint_job(tmp_path, 10)
+    summary_of(recipe, "--limit", "5")  # a limit counts records: no checkpoint
+    assert not checkpoint_path(tmp_path).exists()
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(data.read_bytes().rstrip(b"\n"))  # a last line that may yet grow
+    assert summary_of(recipe)["ok"] == 5
+    assert not checkpoint_path(tmp_path).exists()
+    with open(data, "ab") as fh:
+        fh.write(b"\n" + json.dumps({"id": "r10", "text": "t10"}).encode() + b"\n")
+    assert summary_of(recipe)["ok"] == 1
+    assert checkpoint_path(tmp_path).exists()
+    assert_one_row_each(tmp_path, 11)

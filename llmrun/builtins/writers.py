@@ -50,10 +50,11 @@ class JsonlWriter:
         # in the input as the JSON escape it came from, so the row stays valid JSON).
         self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
 
-    def open_ids(self) -> Iterator[tuple[list[bytes], int, int, list[float]]]:
+    def open_ids(self, start: int = 0) -> Iterator[tuple[list[bytes], int, int, list[float]]]:
         """``open`` for resume (``job.store.index_writer``): block by block, the UTF-8 bytes of
         each row's id, the ok and error row counts and the numeric ``cost_usd`` values, in
-        file order, then the file is open for appending.
+        file order (from byte ``start``: see ``read_ids``), then the file is open for
+        appending.
 
         This writer owns the row format: every row it writes begins ``{"id":"<id>","status":
         "ok"|"error",`` and ends ``,"cost_usd":<n>,"cached":...,"recipe_hash":"..."}``
@@ -64,11 +65,23 @@ class JsonlWriter:
         same way."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._repair_tail()
-        if self.path.exists():
-            with open(self.path, "rb") as fh:
-                for lines in _line_blocks(fh):
-                    yield _index_lines(lines)
+        yield from self.read_ids(start)
         self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+
+    def read_ids(self, start: int = 0) -> Iterator[tuple[list[bytes], int, int, list[float]]]:
+        """What ``open_ids`` gives, read-only, from byte ``start`` (which must begin a line:
+        the end of rows indexed before; ValueError otherwise)."""
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return
+        with fh:
+            if start:
+                fh.seek(start - 1)
+                if fh.read(1) != b"\n":
+                    raise ValueError(f"{self.path.name}: byte {start} does not begin a line")
+            for lines in _line_blocks(fh):
+                yield _index_lines(lines)
 
     def read(self) -> Iterator[Mapping[str, Any]]:
         """The whole rows already written, read-only (``status``, ``plan``, the report)."""

@@ -59,6 +59,7 @@ def selected(
     limit: int | None = None,
     whole_sample: bool = True,
     skip: Container[str] | None = None,
+    start: tuple[int, int] | None = None,
 ) -> Generator[Work, None, None]:
     """The records the recipe covers, lazily, as Work items. Closing the generator closes the
     loader's stream (its files), whenever the caller stops.
@@ -70,7 +71,11 @@ def selected(
     parsing it (``ids_first``, the JSONL loader) and the selection reads no fields (no
     ``data.filter``), a record whose id is in ``skip`` is never parsed: it comes as a Work with
     ``done`` set and no data, so offset, limit and the count of selected records are what
-    they would be (issue 14: parsing 10^6 done records was a third of a resume)."""
+    they would be (issue 14: parsing 10^6 done records was a third of a resume).
+
+    ``start`` (byte offset, lines before it; with ``skip``): read the source from there, the
+    records before it being done (the resume checkpoint, job/checkpoint.py); ValueError when
+    the loader cannot."""
     chosen = selection(recipe, limit)
     if not whole_sample and chosen.sample_count is not None:
         chosen = dataclasses.replace(chosen, sample=None)
@@ -78,7 +83,9 @@ def selected(
     keyed = getattr(loader, "ids_first", None)
     fast = None
     if skip is not None and keyed is not None and id_field is not None and not chosen.filter:
-        fast = keyed(id_field)
+        fast = keyed(id_field) if start is None else keyed(id_field, start)
+    if start is not None and fast is None:
+        raise ValueError("this loader cannot start reading past the beginning")
     records: Iterator[Any]
     stream: Iterator[Work]
     if fast is None or id_field is None or skip is None:

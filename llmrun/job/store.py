@@ -42,6 +42,9 @@ def now_iso() -> str:
 _SECOND: list[Any] = [-1, ""]  # [whole second, its formatted date and time]
 
 
+Layer = tuple[bytes | bytearray, "array.array[int]", int, int]  # digests, table, shift, count
+
+
 class IdSet:
     """A read-only set of ids kept as digests: 16 bytes of blake2b an id, however long the ids
     are (a Python set of strings costs ~100 bytes each), grouped by their leading bits.
@@ -50,29 +53,47 @@ class IdSet:
     looks for the digest in that group with ``bytes.find``: no Python-level search (the sorted
     buffer with a bisected fence array this replaces took ~3 us a lookup, and resume looks up
     every input record). Building it never holds a Python object per id (issue 14: a set of
-    10^6 digests took 150 MB for a moment): see ``IdSetBuilder``."""
+    10^6 digests took 150 MB for a moment): see ``IdSetBuilder``. A set may hold several such
+    layers (the resume checkpoint's and the rows written since, job/checkpoint.py)."""
 
-    def __init__(self, ids: Iterable[str] = (), *, builder: IdSetBuilder | None = None) -> None:
-        """The set of ``ids``, or of what ``builder`` collected (which it empties)."""
+    def __init__(
+        self,
+        ids: Iterable[str] = (),
+        *,
+        builder: IdSetBuilder | None = None,
+        layers: Iterable[Layer] = (),
+    ) -> None:
+        """The set of ``ids``, or of what ``builder`` collected (which it empties), with
+        ``layers`` (of other sets) beside it."""
         if builder is None:
             builder = IdSetBuilder()
             builder.add_all(ids)
-        self._buf, self._table, self._shift, self._n = builder.parts()
+        own = builder.parts()
+        self._layers = [layer for layer in (*layers, own) if layer[3]]
+        self._n = sum(layer[3] for layer in self._layers)
+
+    def layers(self) -> list[Layer]:
+        return list(self._layers)
 
     def __len__(self) -> int:
+        """Digests held (an id in two layers counts twice)."""
         return self._n
 
     def __contains__(self, rid: object) -> bool:
         if not self._n or not isinstance(rid, str):
             return False
         key = blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=DIGEST).digest()
-        group = int.from_bytes(key, "big") >> self._shift
-        lo = self._table[group] * DIGEST
-        hi = self._table[group + 1] * DIGEST
-        pos = self._buf.find(key, lo, hi)
-        while pos >= 0 and (pos - lo) % DIGEST:  # a match straddling two digests: go on
-            pos = self._buf.find(key, pos + 1, hi)
-        return pos >= 0
+        number = int.from_bytes(key, "big")
+        for buf, table, shift, _n in self._layers:
+            group = number >> shift
+            lo = table[group] * DIGEST
+            hi = table[group + 1] * DIGEST
+            pos = buf.find(key, lo, hi)
+            while pos >= 0 and (pos - lo) % DIGEST:  # a match straddling two digests: go on
+                pos = buf.find(key, pos + 1, hi)
+            if pos >= 0:
+                return True
+        return False
 
 
 class IdSetBuilder:
@@ -102,7 +123,14 @@ class IdSetBuilder:
             key = blake2b(raw, digest_size=DIGEST).digest()
             parts[key[0]] += key
 
-    def parts(self) -> tuple[bytearray, array.array[int], int, int]:
+    def add_digests(self, digests: bytes | bytearray) -> None:
+        """Digests as a layer holds them (to merge layers)."""
+        parts = self._parts
+        view = memoryview(digests)
+        for i in range(0, len(digests), DIGEST):
+            parts[digests[i]] += view[i : i + DIGEST]
+
+    def parts(self) -> Layer:
         """(sorted unique digests, group start table, shift of a digest to its group, count).
         Empties the builder."""
         n = sum(len(p) for p in self._parts) // DIGEST
@@ -269,21 +297,25 @@ def count_row(row: Mapping[str, Any], stats: Any) -> None:
         stats.resumed_cost_usd += cost
 
 
-def index_writer(writer: Any, stats: Any) -> IdSet:
+def index_writer(writer: Any, stats: Any, *, start: int = 0, layers: Iterable[Layer] = ()) -> IdSet:
     """Open the writer for appending and index the rows already in its output, counted into
     ``stats``. A writer with ``open_ids`` (the JSONL writer) gives back only what resume needs,
     block by block: the UTF-8 bytes of each row's id, how many rows are ok and how many
     errors, and the numeric ``cost_usd`` values in file order (added one by one, so the sum is
     the very float ``index_output`` gives), without building a dict per row; any other writer
-    gives whole rows through ``open``."""
+    gives whole rows through ``open``.
+
+    ``start`` and ``layers`` (the resume checkpoint, job/checkpoint.py): the rows before byte
+    ``start`` are known already (their ids are ``layers``, their counts are in ``stats``)."""
     open_ids = getattr(writer, "open_ids", None)
     if open_ids is None:
+        assert not start, "only a writer with open_ids reads from an offset"
         return index_output(writer.open(), stats)
     builder = IdSetBuilder()
-    for ids, ok, error, costs in open_ids():
+    for ids, ok, error, costs in open_ids(start):
         builder.add_all_utf8(ids)
         stats.resumed_ok += ok
         stats.resumed_error += error
         for cost in costs:
             stats.resumed_cost_usd += cost
-    return IdSet(builder=builder)
+    return IdSet(builder=builder, layers=layers)

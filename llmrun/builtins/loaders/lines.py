@@ -17,6 +17,8 @@ class JsonlLoader(FileLoader):
     """One JSON object per line. Blank lines are skipped; a malformed line becomes an error
     row naming file and line."""
 
+    read_to: tuple[int, int] | None = None  # where ids_first's reading ended (see there)
+
     options_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
         "additionalProperties": False,
@@ -44,7 +46,9 @@ class JsonlLoader(FileLoader):
             )
         return SourceRecord(data, where)
 
-    def ids_first(self, id_field: str) -> Iterator[tuple[str | None, int, bytes]] | None:
+    def ids_first(
+        self, id_field: str, start: tuple[int, int] | None = None
+    ) -> Iterator[tuple[str | None, int, bytes]] | None:
         """For resume (``job.records.selected`` with ``skip``): each non-blank line as
         ``(id, line number, line)``, the id told without parsing the line when that is
         certain, else None; ``record_at`` makes the record of a line. None when this source
@@ -55,7 +59,11 @@ class JsonlLoader(FileLoader):
         the line (a repeated key would be read as its last value) nor can be (no ``\\u``
         escape anywhere). Otherwise the line is parsed whole, as ``records`` does. A line told
         this way whose id is done is skipped unparsed: a damaged rest of such a line is not
-        reported, as its row is already in the output."""
+        reported, as its row is already in the output.
+
+        ``start`` (byte offset, lines before it), for a ``seekable`` source: read from there
+        (the resume checkpoint, job/checkpoint.py). Once every line is read, ``read_to`` holds
+        the same pair for the end of the last whole line."""
         plain = id_field and not any(c in id_field for c in '."\\/') and id_field.isprintable()
         if self.encoding != "utf-8-sig" or not plain:
             return None  # (a key with " \\ / or a control character has two spellings)
@@ -64,12 +72,28 @@ class JsonlLoader(FileLoader):
             rb"[ \t\r]*\{[ \t\r]*" + re.escape(key) + rb"[ \t\r]*:[ \t\r]*"
             rb'(?:"([^"\\\x00-\x1f]+)"|(0|-?[1-9][0-9]{0,17}))[ \t\r]*[,}]'
         ).match
-        return self._ids_first(head, key)
+        if start is not None and not self.seekable():
+            return None
+        return self._ids_first(head, key, start or (0, 0))
+
+    def seekable(self) -> bool:
+        """Whether ``ids_first`` can start past the beginning (a plain local UTF-8 file)."""
+        return self.encoding == "utf-8-sig" and self.source.seekable()
 
     def _ids_first(
-        self, head: Callable[[bytes], re.Match[bytes] | None], key: bytes
+        self,
+        head: Callable[[bytes], re.Match[bytes] | None],
+        key: bytes,
+        start: tuple[int, int],
     ) -> Iterator[tuple[str | None, int, bytes]]:
-        for lineno, line in enumerate(self.source.utf8_lines(), 1):
+        self.read_to = None
+        offset, lineno = start
+        whole = start  # the end of the last line read whole (with its newline)
+        for line in self.source.utf8_lines(offset):
+            lineno += 1
+            offset += len(line)
+            if line.endswith(b"\n"):
+                whole = (offset, lineno)
             if line.isspace():
                 continue  # blank (records() skips more: record_at tells the rest)
             rid: str | None = None
@@ -87,6 +111,8 @@ class JsonlLoader(FileLoader):
                 except UnicodeDecodeError:
                     rid = None
             yield rid, lineno, line
+        # A last line without its newline may yet grow: no end to start from next time.
+        self.read_to = whole if whole == (offset, lineno) else None
 
     def record_at(self, lineno: int, line: bytes) -> SourceRecord | None:
         """The record of a line ``ids_first`` gave, as ``records`` makes it (None for a line

@@ -104,11 +104,14 @@ class Source:
         for chunk in self.utf8_lines():
             yield decode_line(chunk, errors)
 
-    def utf8_lines(self) -> Iterator[bytes]:
+    def utf8_lines(self, start: int = 0) -> Iterator[bytes]:
         """Each line as bytes, ending kept, the byte-order mark left out: what ``lines`` decodes
-        for a UTF-8 source."""
+        for a UTF-8 source; from byte ``start`` of a plain file (``seekable``)."""
         with self.binary() as raw:
-            first = True
+            first = not start
+            if start:
+                assert self.seekable(), "only a plain file starts past its beginning"
+                raw.seek(start)
             for chunk in raw:
                 if first:
                     chunk, first = chunk.removeprefix(codecs.BOM_UTF8), False
@@ -128,6 +131,10 @@ class Source:
                 yield wrapper
             finally:
                 wrapper.detach()  # the binary stream is closed (or, for stdin, kept) above
+
+    def seekable(self) -> bool:
+        """A plain local file: reading may start at a byte offset."""
+        return self.path is not None and self.compression is None
 
     def countable(self) -> bool:
         """Whether counting may read the source a second time (stdin can be read once)."""

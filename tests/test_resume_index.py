@@ -436,3 +436,15 @@ def test_runs_that_cannot_use_a_checkpoint_leave_none(tmp_path: Path) -> None:
     assert summary_of(recipe)["ok"] == 1
     assert checkpoint_path(tmp_path).exists()
     assert_one_row_each(tmp_path, 11)
+
+
+def test_another_shard_of_the_job_does_not_take_the_first_ones_records_for_done(
+    tmp_path: Path,
+) -> None:
+    """The job hash leaves the shard out; the checkpoint must not."""
+    recipe = checkpoint_job(tmp_path, 40)
+    first = summary_of(recipe, "--set", "data.shard=0/2")
+    assert checkpoint_path(tmp_path).exists()
+    second = summary_of(recipe, "--set", "data.shard=1/2")
+    assert first["ok"] + second["ok"] == 40 and second["ok"] > 0
+    assert_one_row_each(tmp_path, 40)

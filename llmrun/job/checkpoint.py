@@ -9,9 +9,10 @@ run that completes in direct mode leaves ``<output>.llmrun/resume.idx``:
 - the input's first X bytes (up to the last whole line read): every record the selection took
   from them (S of them, on L lines) has a row in those Y bytes.
 
-The next run trusts it only if both files are still the same files (device and inode: ``--fresh``,
-``--retry-errors`` and ``repost`` replace the output) and their first X and Y bytes are unchanged
-(a CRC-32 of each, read again: ~0.4 s for 600 MB), and the recipe's job hash is the same. Then
+The next run trusts it only if both files are still the same files (device and inode:
+``--fresh``, ``--retry-errors`` and ``repost`` replace the output), their first X and Y bytes
+are unchanged (a CRC-32 of each, read again: ~0.4 s for 600 MB), and the job hash and the
+selection's shard and sample are the same (``scope``). Then
 it indexes only the output rows past Y (rows an interrupted or killed run added since) and
 reads the input from X on. Anything else (no file, another version, a changed prefix, a
 truncated file) is no checkpoint: the run reads everything, as without one. Nothing is trusted
@@ -75,7 +76,7 @@ class Prefix:
 
 @dataclass
 class Checkpoint:
-    job_hash: str
+    scope: str  # the job and the selection it was made for (``scope``)
     input: Prefix
     lines: int  # input lines in the prefix
     selected: int  # records the selection took from them
@@ -102,15 +103,23 @@ def usable(recipe: Any, loader: Any, chosen: Selection, limit: int | None) -> bo
     )
 
 
-def read_checkpoint(state_dir: Path, job_hash: str, data: Path, output: Path) -> Checkpoint | None:
+def scope(recipe: Any, chosen: Selection) -> str:
+    """What a checkpoint holds for: the job (its hash) and which of its records the selection
+    takes, which the job hash leaves out (a shard, a sample and its seed): another shard of
+    the same job must not take the records before the checkpoint's end for done."""
+    taken = {"shard": chosen.shard, "sample": chosen.sample, "seed": chosen.seed}
+    return f"{recipe.job_hash} {json.dumps(taken, sort_keys=True)}"
+
+
+def read_checkpoint(state_dir: Path, scope: str, data: Path, output: Path) -> Checkpoint | None:
     """The checkpoint, if it still describes ``data`` and ``output``; else None."""
     try:
         with open(state_dir / NAME, "rb") as fh:
             head = json.loads(fh.readline())
-            if head.get("version") != VERSION or head.get("job_hash") != job_hash:
+            if head.get("version") != VERSION or head.get("scope") != scope:
                 return None
             point = Checkpoint(
-                job_hash,
+                scope,
                 Prefix(**head["input"]),
                 int(head["lines"]),
                 int(head["selected"]),
@@ -141,7 +150,7 @@ def write_checkpoint(state_dir: Path, point: Checkpoint) -> None:
     head = {
         "version": VERSION,
         "byteorder": sys.byteorder,
-        "job_hash": point.job_hash,
+        "scope": point.scope,
         "input": asdict(point.input),
         "lines": point.lines,
         "selected": point.selected,

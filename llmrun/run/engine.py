@@ -319,7 +319,7 @@ class Engine:
         if self._checkpoint_usable():
             point = checkpoint.read_checkpoint(
                 self.state.dir,
-                self.recipe.job_hash,
+                checkpoint.scope(self.recipe, self.selection),
                 self.loader.path,  # type: ignore[attr-defined]
                 self.recipe.output_path,
             )
@@ -377,7 +377,7 @@ class Engine:
             else:  # both files still begin with its prefixes (checked at start): extend them
                 data, written = old.input.extended(read_to[0]), old.output.extended(size)
             point = checkpoint.Checkpoint(
-                self.recipe.job_hash,
+                checkpoint.scope(self.recipe, self.selection),
                 data,
                 read_to[1],
                 self._read_all,

@@ -316,7 +316,8 @@ class Engine:
         """Open the writer, count what is already there, and index the finished ids: from the
         resume checkpoint and the rows written since, when it still holds."""
         point = None
-        if self._checkpoint_usable():
+        usable = self._checkpoint_usable()
+        if usable:
             point = checkpoint.read_checkpoint(
                 self.state.dir,
                 checkpoint.scope(self.recipe, self.selection),
@@ -332,8 +333,9 @@ class Engine:
                 self.writer, self.stats, start=point.output.size, layers=point.layers
             )
         self._checkpoint = point
-        self._done_at_start = done
-        self._size_at_start = self.recipe.output_path.stat().st_size
+        if usable:  # (another writer's output may be a folder, or not exist yet)
+            self._done_at_start = done
+            self._size_at_start = self.recipe.output_path.stat().st_size
         return done
 
     def _checkpoint_usable(self) -> bool:
@@ -388,7 +390,7 @@ class Engine:
                 layers,
             )
             checkpoint.write_checkpoint(self.state.dir, point)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: the output changed under the run
             self.warn(f"could not save the resume checkpoint: {exc}")
 
     async def _pipeline(self, done: IdSet, manifest: dict[str, Any]) -> None:

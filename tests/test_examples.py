@@ -135,3 +135,48 @@ def test_embeddings_against_a_local_server(copy: Path) -> None:
     for row in rows:
         vector = row["response"]["vector"]
         assert vector and all(isinstance(x, float) for x in vector)
+
+
+def test_judge_and_refine_with_the_mock(copy: Path) -> None:
+    replies = '["Thank you for telling us. Score: 5", "Glad you like it! Score: 2"]'
+    rows = run_example(copy, "judge-and-refine.yaml", f"{{name: mock, replies: {replies}}}")
+    assert len(rows) == 300 and all(r["status"] == "ok" for r in rows)
+    refined = [r for r in rows if r["steps"]["refine"]["status"] == "ok"]
+    assert refined and len(refined) < 300
+    for row in rows:
+        low = int(row["steps"]["judge"]["fields"]["score"]) < 4
+        assert (row["steps"]["refine"]["status"] == "ok") == low
+        assert row["text"] == row["steps"]["refine" if low else "judge"]["text"]
+
+
+def test_judge_and_refine_against_the_fake_openai_server(copy: Path) -> None:
+    from llmrun.testing.fake_openai import FakeOpenAI
+
+    def reply(body: Any) -> str:
+        system = str(body["messages"][0]["content"])
+        if system.startswith("You grade"):
+            assert body["model"] == "gpt-4o"  # the judge step's own model
+            return "Polite, but it does not answer the review.\nScore: 2"
+        return f"Thanks for your review ({len(body['messages'][-1]['content'])} chars)."
+
+    with FakeOpenAI(reply=reply) as server:
+        provider = f"{{name: openai, base_url: '{server.url}', model: gpt-4o-mini, api_keys: [k]}}"
+        rows = run_example(copy, "judge-and-refine.yaml", provider)
+        # A draft, a grade and a rewrite (all are graded below 4) for every review; reviews
+        # that are word for word the same send one request, the others come from the cache.
+        cached = sum(s["cached"] for row in rows for s in row["steps"].values())
+        assert server.count() + cached == 3 * 300 and server.count() > 2 * 300
+        sent = server.count()
+        again = run_cli(
+            "run",
+            str(copy / "judge-and-refine.yaml"),
+            "--quiet",
+            "--fresh",
+            f"--set=provider={provider}",
+        )
+        assert again.returncode == 0, again.stderr
+        assert server.count() == sent  # the recipe's call cache answered every request
+    assert len(rows) == 300
+    for row in rows:
+        assert row["status"] == "ok" and row["steps"]["judge"]["fields"] == {"score": "2"}
+        assert row["text"] == row["steps"]["refine"]["text"]

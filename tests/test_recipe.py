@@ -15,7 +15,7 @@ import pytest
 
 from llmrun.errors import Problem, RecipeError
 from llmrun.plugins import Registry, load_registry
-from llmrun.recipe.load import load_recipe
+from llmrun.recipe.load import PROMPT_REQUIRED, load_recipe
 from llmrun.recipe.model import Recipe
 
 from .conftest import basic_recipe, write_recipe
@@ -291,9 +291,9 @@ def test_two_documents_are_refused(tmp_path: Path, registry: Registry):
 
 def test_missing_required_sections_are_all_named(tmp_path: Path, registry: Registry):
     problems = problems_of(write(tmp_path, "name: x\n"), registry)
-    assert sorted(p.message for p in problems) == [
-        f"'{key}' is required" for key in sorted(["data", "prompt", "provider", "output"])
-    ]
+    assert sorted(p.message for p in problems) == sorted(
+        [f"'{key}' is required" for key in ["data", "provider", "output"]] + [PROMPT_REQUIRED]
+    )
 
 
 def test_every_problem_is_reported_at_once_in_file_order(tmp_path: Path, registry: Registry):

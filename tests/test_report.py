@@ -13,18 +13,22 @@ import re
 import subprocess
 import threading
 import urllib.parse
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from llmrun.redaction import fingerprint
+from llmrun.report.data import read_pace_events
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
 from .browser import Node, assert_inert, dump_dom
 from .conftest import basic_recipe, llmrun_command, read_jsonl, run_cli, write_jsonl, write_recipe
 
 HOSTILE = '<script>alert("x")</script></pre><img src=x onerror=alert(1)>'
+KEYS = ["sk-first-key-0123456789", "sk-second-key-0123456789"]
 N = 60
 
 
@@ -63,7 +67,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     write_jsonl(folder / "data.jsonl", records)
     with FakeOpenAI(fault=fault, reply=reply, latency_s=0.02) as server:
         recipe = basic_recipe(
-            {"name": "openai", "base_url": server.url, "model": "fake-model", "api_keys": ["k"]},
+            {"name": "openai", "base_url": server.url, "model": "fake-model", "api_keys": KEYS},
             prices={"fake-model": {"input": 1.0, "output": 2.0}},
         )
         recipe["run"] = {"concurrency": 4, "max_retries": 2}
@@ -77,6 +81,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             "status": "error",
             "text": None,
             "error": {"type": "$\\frac{1}{2}$ --> " + HOSTILE, "message": HOSTILE},
+            "key": "$\\frac{1}{2}$ --> " + HOSTILE,
         }
         fh.write(json.dumps(row) + "\n")
     yield path
@@ -93,7 +98,7 @@ def test_the_report_has_every_plot_drawn_and_the_rows_listed(job: Path, tmp_path
     dom = dump_dom(target.as_uri(), tmp_path / "profile")
     assert_inert(dom)
     rows = read_jsonl(job.parent / "out.jsonl")
-    for plot in ("throughput", "latency", "tokens", "cost", "errors"):
+    for plot in ("throughput", "latency", "tokens", "cost", "errors", "keys"):
         svg = dom.by_id(f"plot-{plot}").iter("svg")
         assert len(svg) == 1, plot
     # Drawn data, not empty axes: the lines have a point per time slot, the histograms bars.
@@ -104,6 +109,20 @@ def test_the_report_has_every_plot_drawn_and_the_rows_listed(job: Path, tmp_path
     assert len(latency_bars) == 50
     assert len(dom.ids("data-cost-row-")) == 40
     assert dom.ids("data-errors-0-")  # error rows by type, stacked
+    # Pace per key: a line for each key that answered, named by its fingerprint, never the key.
+    used = Counter(r["key"] for r in rows if r["key"])
+    assert {fingerprint(k) for k in KEYS} <= set(used) and len(used) == 3
+    keys_plot = dom.by_id("plot-keys")
+    for n in range(2):  # the two keys that made the calls; the third is the hostile row's
+        paths = dom.by_id(f"data-key-{n}").iter("path")
+        assert paths and paths[0].attrs["d"].count("L") >= 5, n
+    assert dom.by_id("data-key-2").iter("path")
+    # run.log's pace changes (the adaptive pace after each 429) as each key's dashed line.
+    events = read_pace_events(job.parent / "out.jsonl.llmrun/run.log")
+    assert {e.kind for e in events} == {"pace"} and {e.key for e in events} <= set(used)
+    assert dom.ids("data-key-pace-")
+    assert not any(k in html for k in KEYS)
+    assert len(keys_plot.iter("svg")) == 1
     # The summary counts match the output.
     summary = {
         " ".join(tr.iter("td")[0].text().split()): " ".join(tr.iter("td")[1].text().split())
@@ -312,3 +331,27 @@ def test_the_first_page_shows_while_the_index_is_built(job: Path, tmp_path: Path
     html = pages.list_page({"status": "error"})  # a filter waits for the index
     assert 'id="indexing"' not in html
     assert len(re.findall(r'<td class="rid">', html)) == sum(r["status"] == "error" for r in rows)
+
+
+def test_pace_events_are_read_from_the_run_log_and_nothing_else(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    log.write_bytes(
+        b"2026-12-03T10:00:00.000Z INFO pace of key#0123abcd: unpaced -> 1,200.5 requests/min "
+        b"after a 429\n"
+        b"2026-12-03T10:00:01.000Z INFO key#0123abcd at http://127.0.0.1:9/v1 paused 2.5 s "
+        b"(Retry-After)\n"
+        b"2026-12-03T10:00:02.000Z WARNING retired key#4567cdef: invalid key\n"
+        b"2026-12-03T10:00:03.000Z ERROR r00001: rate_limit: pace of key#0123abcd: 1 -> 2 "
+        b"requests/min\n"  # an error row's message quoting a pace line: not an event
+        b"not a log line pace of key#0123abcd: 1 -> 2 requests/min\n"
+        + b"x" * 100_000
+        + b"\n\xff\xfe garbage\n"
+    )
+    events = read_pace_events(log)
+    assert [(e.key, e.kind, e.value) for e in events] == [
+        ("key#0123abcd", "pace", 1200.5),
+        ("key#0123abcd", "paused", 2.5),
+        ("key#4567cdef", "retired", None),
+    ]
+    assert events[0].when == 1_796_292_000.0
+    assert read_pace_events(tmp_path / "missing.log") == []

@@ -41,6 +41,7 @@ ROW_KEYS = [
     "latency_s",
     "cost_usd",
     "cached",
+    "key",
     "started_at",
     "finished_at",
     "recipe_hash",

@@ -515,3 +515,16 @@ def test_a_provider_down_at_first_is_used_once_it_is_up(tmp_path: Path) -> None:
         with FakeOpenAI(port=port):
             up = http.post("/v1/records", json=body)
     assert up.status_code == 200 and up.json()["rows"][0]["status"] == "ok"
+
+
+def test_a_served_recipe_spreads_its_calls_over_its_base_urls(tmp_path: Path) -> None:
+    with FakeOpenAI(latency_s=0.05) as one, FakeOpenAI(latency_s=0.05) as two:
+        write_jsonl(tmp_path / "data.jsonl", make_records(1))
+        provider = {"name": "openai", "base_urls": [one.url, two.url], "model": "m"}
+        recipe = write_recipe(tmp_path, basic_recipe(provider, run={"concurrency": 4}))
+        with serving(recipe) as srv, srv.client() as http:
+            answer = http.post("/v1/records", json={"records": make_records(40, prefix="e")})
+            assert answer.status_code == 200, answer.text
+            assert all(r["status"] == "ok" for r in answer.json()["rows"])
+        # Both replicas answered (a served recipe paces and spreads them as a run does).
+        assert one.count() > 0 and two.count() > 0 and one.count() + two.count() == 40

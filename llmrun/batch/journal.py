@@ -43,6 +43,9 @@ class Part:
     info: dict[str, Any] | None = None  # the last BatchInfo seen (to_json)
     cancel_reason: str | None = None  # "user" (llmrun cancel) or "deadline" (auto mode)
     merged: dict[str, int] = field(default_factory=dict)  # ok / error / again counts
+    # A steps: recipe (docs/steps.md): the step whose requests this part holds; each record's
+    # line then carries the results of the steps it has finished (``Journal.carried``).
+    recipe_step: str | None = None
 
 
 class Journal:
@@ -101,10 +104,17 @@ class Journal:
 
     def records(self, part: Part) -> Iterator[tuple[str, str, str, dict[str, Any]]]:
         """(custom_id, record id, where, record) for each line of the part."""
+        for cid, rid, where, data, _ in self.carried(part):
+            yield cid, rid, where, data
+
+    def carried(self, part: Part) -> Iterator[tuple[str, str, str, dict[str, Any], dict[str, Any]]]:
+        """(custom_id, record id, where, record, finished steps) for each line of the part:
+        what a steps: record has finished before this part's step (empty otherwise)."""
         with open(self.file(part.name, "records"), encoding="utf-8") as fh:
             for line in fh:
-                cid, rid, where, data = json.loads(line)
-                yield str(cid), str(rid), str(where), data
+                cid, rid, where, data, *rest = json.loads(line)
+                finished = rest[0] if rest and isinstance(rest[0], dict) else {}
+                yield str(cid), str(rid), str(where), data, finished
 
 
 def has_running(folder: Path) -> bool:

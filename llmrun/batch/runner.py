@@ -26,10 +26,11 @@ import httpx
 
 from ..errors import CallError, RecordError, RunAborted
 from ..job.records import Work
-from ..job.store import IdSet
+from ..job.store import IdSet, now_iso
 from ..recipe.pricing import PriceTable
 from ..recipe.tokens import estimate
 from ..run.calls import Outcome
+from ..run.steps import StepStages
 from ..values import Prompt, Usage
 from ..wire.retry import backoff_s, classify_transport
 from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
@@ -62,14 +63,16 @@ class _Planned:
     name: str
     requests: int
     size: int
+    recipe_step: str | None = None
 
 
 class _PartFile:
     """A batch file being written: lines go straight to disk (a file can be 200 MB); ``close``
     makes both files durable under their final names."""
 
-    def __init__(self, journal: Journal, name: str) -> None:
+    def __init__(self, journal: Journal, name: str, recipe_step: str | None = None) -> None:
         self.name = name
+        self.recipe_step = recipe_step
         self.requests = 0
         self.size = 0
         self._paths = [journal.file(name, ""), journal.file(name, "records")]
@@ -86,7 +89,35 @@ class _PartFile:
         for fh, tmp, path in zip(self._files, self._tmps, self._paths, strict=True):
             fh.close()
             make_durable(tmp, path)
-        return _Planned(self.name, self.requests, self.size)
+        return _Planned(self.name, self.requests, self.size, self.recipe_step)
+
+
+class _Writer:
+    """Part files being written, one open file per recipe step (a steps: recipe's parts each
+    hold one step's requests: a batch has one model), each within the provider's limits."""
+
+    def __init__(self, journal: Journal, max_requests: int, max_bytes: int) -> None:
+        self.journal = journal
+        self.max_requests, self.max_bytes = max_requests, max_bytes
+        self.files: dict[str | None, _PartFile] = {}
+        self.planned: list[_Planned] = []
+
+    def add(self, step: str | None, line: bytes, record: list[Any]) -> None:
+        current = self.files.get(step)
+        if current and (
+            current.requests >= self.max_requests or current.size + len(line) > self.max_bytes
+        ):
+            self.planned.append(current.close())
+            current = None
+        if current is None:
+            name = self.journal.new_part_name()
+            current = self.files[step] = _PartFile(self.journal, name, step)
+        current.add(line, (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode())
+
+    def close(self) -> list[_Planned]:
+        self.planned += [f.close() for f in self.files.values()]
+        self.files.clear()
+        return self.planned
 
 
 def batch_state_dir(engine: Engine) -> Any:
@@ -123,6 +154,13 @@ class BatchRunner:
         self._cancelled = False  # a batch was cancelled by `llmrun cancel`
         self._price = PriceTable(self.recipe.prices).lookup(getattr(engine.provider, "model", None))
         engine.batch_pricing = True
+        # A steps: recipe runs each step as its own batches (docs/steps.md).
+        stages = engine.stages
+        self.steps: StepStages | None = stages if isinstance(stages, StepStages) else None
+        self._line_apis: dict[str | None, BatchAPI] = {None: self.api}
+        for step in self.steps.steps if self.steps is not None else []:
+            self._line_apis[step.spec.name] = batch_api_of(step.stages.provider) or self.api
+        self._parked: set[str] = set()  # continuation parts not to submit in this run
 
     # -- the rounds ------------------------------------------------------------------------
 
@@ -162,7 +200,9 @@ class BatchRunner:
     def _live(self) -> list[Part]:
         """The parts that can move on (over budget, those not submitted yet are parked)."""
         parked = ("written", "uploaded") if self._over_budget else ()
-        return [p for p in self.journal.active() if p.step not in parked]
+        return [
+            p for p in self.journal.active() if p.step not in parked and p.name not in self._parked
+        ]
 
     def _stopping(self) -> bool:
         return self.engine.flags.stopping
@@ -190,39 +230,32 @@ class BatchRunner:
         busy: set[str] = set()
         for part in self.journal.active():
             busy.update(rid for _, rid, _, _ in self.journal.records(part))
-        max_requests = min(
-            self.api.max_requests, self.settings.batch_max_requests or self.api.max_requests
-        )
-        max_bytes = min(self.api.max_bytes, self.settings.batch_max_bytes or self.api.max_bytes)
-        planned: list[_Planned] = []
-        current: _PartFile | None = None
+        writer = self._writer()
         pending = 0
         estimate_usd = 0.0
         for work in engine.records():
             if work.id in self.finished or work.id in busy:
                 continue
-            prompt = engine.stages.render(work)
-            if isinstance(prompt, dict):
-                error_rows.append(prompt)
-                continue
+            step: str | None = None
+            finished: dict[str, Any] = {}
+            if self.steps is not None:
+                finished = dict(self.steps.journal.pending.get(work.id, {}))
+                found = self._step_request(work, finished)
+                if isinstance(found, dict):
+                    error_rows.append(found)  # its row, without a call (an error, or skipped)
+                    continue
+                step, prompt = found
+            else:
+                rendered = engine.stages.render(work)
+                if isinstance(rendered, dict):
+                    error_rows.append(rendered)
+                    continue
+                prompt = rendered
             busy.add(work.id)
             pending += 1
-            cid = self._custom_id(work.id)
-            line = (json.dumps(self.api.line(cid, prompt), ensure_ascii=False) + "\n").encode(
-                "utf-8", "backslashreplace"
-            )
-            if current and (
-                current.requests >= max_requests or current.size + len(line) > max_bytes
-            ):
-                planned.append(current.close())
-                current = None
-            if current is None:
-                current = _PartFile(self.journal, self.journal.new_part_name())
-            rec = [cid, work.id, work.where, work.data]
-            current.add(line, (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode())
+            self._queue(writer, work, step, prompt, finished)
             estimate_usd += self._estimate(prompt)
-        if current is not None:
-            planned.append(current.close())
+        planned = writer.close()
         auto_direct = (
             self._mode() == "auto"
             and (pending < self.settings.auto_threshold or self._stragglers)
@@ -249,12 +282,56 @@ class BatchRunner:
                 )
                 return "budget"
             return "direct"
-        for p in planned:
-            self.journal.parts.append(Part(p.name, p.requests, p.size, self.journal.tag(p.name)))
+        self._add_parts(planned)
         if planned:
             self.journal.save()
             checkpoint("written")
         return "batch"
+
+    def _writer(self) -> _Writer:
+        max_requests = min(
+            self.api.max_requests, self.settings.batch_max_requests or self.api.max_requests
+        )
+        max_bytes = min(self.api.max_bytes, self.settings.batch_max_bytes or self.api.max_bytes)
+        return _Writer(self.journal, max_requests, max_bytes)
+
+    def _queue(
+        self,
+        writer: _Writer,
+        work: Work,
+        step: str | None,
+        prompt: Prompt,
+        finished: dict[str, Any],
+    ) -> None:
+        """The record's request into a part file of its step."""
+        cid = self._custom_id(work.id)
+        body = self._line_apis.get(step, self.api).line(cid, prompt)
+        line = (json.dumps(body, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+        record: list[Any] = [cid, work.id, work.where, work.data]
+        writer.add(step, line, record if step is None else [*record, finished])
+
+    def _add_parts(self, planned: list[_Planned]) -> None:
+        for p in planned:
+            tag = self.journal.tag(p.name)
+            self.journal.parts.append(
+                Part(p.name, p.requests, p.size, tag, recipe_step=p.recipe_step)
+            )
+
+    def _step_request(
+        self, work: Work, finished: dict[str, Any]
+    ) -> tuple[str, Prompt] | dict[str, Any]:
+        """A steps: record's next request (its step's name and prompt), or its row when it
+        needs no more calls; a step whose prompt cannot be rendered is that step's error."""
+        assert self.steps is not None
+        while True:
+            planned = self.steps.plan(work, finished)
+            if isinstance(planned, dict):
+                return planned
+            step, context = planned
+            prompt = step.stages.render(work, context)
+            if not isinstance(prompt, dict):
+                return step.spec.name, prompt
+            finished[step.spec.name] = self.steps.result(step, prompt)
 
     def _custom_id(self, rid: str) -> str:
         """The record id when the provider accepts it as a custom_id, else a stable hash."""
@@ -411,6 +488,9 @@ class BatchRunner:
     async def _merge(self, part: Part) -> None:
         results = await anyio.to_thread.run_sync(self._read_results, part)
         info = BatchInfo.from_json(part.info or {"id": "?", "state": "ended"})
+        if part.recipe_step is not None:
+            await self._merge_step(part, results, info)
+            return
         rows: list[dict[str, Any]] = []
         counts = {"ok": 0, "error": 0, "again": 0}
         tries = dict(self.journal.tries)
@@ -483,6 +563,128 @@ class BatchRunner:
                 self._cancelled = True
         await self._check_budget()
 
+    async def _merge_step(
+        self, part: Part, results: dict[str, LineResult], info: BatchInfo
+    ) -> None:
+        """A steps: part's results: each record's step result, then at once its next step's
+        request into a new part (carrying what it has finished), or its row when it is done.
+        The new parts are in the journal in the same save that marks this part merged."""
+        steps = self.steps
+        assert steps is not None and part.recipe_step is not None
+        step = next((s for s in steps.steps if s.spec.name == part.recipe_step), None)
+        if step is None:
+            raise RunAborted(
+                f"the batch part {part.name} holds requests of step {part.recipe_step!r}, which "
+                "the recipe no longer has: run with --fresh to start over"
+            )
+        name = step.spec.name
+        writer = self._writer()
+        rows: list[dict[str, Any]] = []
+        counts = {"ok": 0, "error": 0, "again": 0, "next": 0}
+        tries = dict(self.journal.tries)
+        spent = 0.0
+        ended = now_iso()
+        for cid, rid, where, data, finished in self.journal.carried(part):
+            if rid in self.finished:
+                continue
+            work = Work(rid, data, where, None)
+            result = results.get(cid)
+            if result is not None and result.reply is not None:
+                planned = steps.plan(work, finished)
+                context = planned[1] if isinstance(planned, tuple) else {"steps": {}}
+                prompt = step.stages.render(work, context)  # for a reask (a follow-up turn)
+                if isinstance(prompt, dict):
+                    prompt = Prompt(rid, [], {})
+                row = await step.stages.postprocess(work, prompt, Outcome(result.reply, 1, 0.0))
+                spent += float(row.get("cost_usd") or 0.0)
+                finished[name] = steps.result(step, row)
+                finished[name]["finished_at"] = ended
+            else:
+                if result is None and info.outcome == "cancelled":
+                    result = None  # never run: sent again (parked while collecting only)
+                elif result is None:
+                    code = "batch_failed" if info.outcome == "failed" else "batch_missing"
+                    reason = info.reason if info.outcome == "failed" else None
+                    result = LineResult(
+                        cid,
+                        code=code,
+                        message=f"batch {info.id} {info.outcome or 'ended'} without a result "
+                        f"for this request" + (f": {reason}" if reason else ""),
+                        retryable=True,
+                    )
+                if result is None or (
+                    result.retryable and tries.get(rid, 0) < self.settings.batch_resubmits
+                ):
+                    if result is not None:
+                        tries[rid] = tries.get(rid, 0) + 1
+                    counts["again"] += 1
+                    again = self._step_request(work, finished)
+                    assert not isinstance(again, dict)
+                    self._queue(writer, work, again[0], again[1], finished)
+                    continue
+                before = tries.pop(rid, 0)
+                failed = step.stages.error_row(
+                    work,
+                    result.code or "batch_error",
+                    result.message or "",
+                    attempts=before + 1,
+                    retryable=result.retryable,
+                    status=result.status,
+                )
+                finished[name] = steps.result(step, failed)
+            found = self._step_request(work, finished)
+            if isinstance(found, dict):
+                rows.append(found)
+            else:
+                counts["next"] += 1
+                self._queue(writer, work, found[0], found[1], finished)
+        for row in rows:
+            counts["ok" if row["status"] == "ok" else "error"] += 1
+        if rows:
+            self._write_rows(rows)
+            checkpoint("merge-written")
+        continued = writer.close()
+        self._add_parts(continued)
+        if self.drain_only:  # collecting only: the next steps wait for a run that submits
+            self._parked.update(p.name for p in continued)
+        self.journal.tries = tries
+        self.journal.spent_usd += spent
+        budget = self.engine.budget
+        if budget is not None:
+            budget.settle(0.0, spent)
+        part.merged = counts
+        self._set(part, "merged")
+        if info.outcome == "cancelled" and not self.drain_only:
+            self.drain_only = True  # cancelled by the user: submit nothing more in this run
+            self._parked.update(p.name for p in continued)
+            if not self.engine.batch_drain_only:
+                self.engine.progress.log(
+                    f"batch {info.id} was cancelled: collecting the running batches, then "
+                    "stopping (run again to send what it did not finish)"
+                )
+                self._cancelled = True
+        await self._check_budget()
+
+    def hand_to_direct(self) -> int:
+        """Direct mode after collecting a steps: recipe's batches: the parts never submitted
+        give their records' finished steps to the step journal, so the direct calls take each
+        record up at its next step. Returns how many records were handed over."""
+        if self.steps is None:
+            return 0
+        handed = 0
+        for part in self.journal.active():
+            if part.recipe_step is None or part.step not in ("written", "uploaded"):
+                continue
+            for _, rid, _, _, finished in self.journal.carried(part):
+                handed += 1
+                for name, result in finished.items():
+                    if isinstance(result, dict) and result.get("status") == "ok":
+                        self.steps.journal.add(rid, name, str(result.get("hash")), result)
+            part.merged = {"direct": part.requests}
+            part.step = "merged"
+        self.journal.save()
+        return handed
+
     def _read_results(self, part: Part) -> dict[str, LineResult]:
         results: dict[str, LineResult] = {}
         with open(self.journal.file(part.name, "results"), encoding="utf-8") as fh:
@@ -537,6 +739,9 @@ async def run_batches(engine: Engine, done: IdSet, manifest: dict[str, Any]) -> 
                 engine.progress.log("collecting the batches an earlier run left running")
                 runner = BatchRunner(engine, done, drain_only=True)
                 await runner.run()
+                handed = runner.hand_to_direct()
+                if handed:
+                    engine.progress.log(f"steps: {handed} record(s) go on as direct calls")
                 rest = runner.finished
             else:
                 rest = await BatchRunner(engine, done).run()

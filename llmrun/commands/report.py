@@ -52,7 +52,7 @@ def resolve_output(source: str, overrides: list[str]) -> tuple[Path, str, Any]:
 
 def run(args: argparse.Namespace, err: Any) -> int:
     from ..job.store import RunState
-    from ..report.data import gather
+    from ..report.data import gather, read_pace_events
     from ..report.page import write_report
     from .exits import EXIT_OK
 
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace, err: Any) -> int:
     data = gather(output)
     state = RunState(output)
     data.manifest = state.read_manifest() or {}
+    data.pace_events = read_pace_events(state.dir / "run.log")
     if (state.dir / "batch" / "journal.json").exists():
         from ..batch.status import describe_output
 

@@ -18,13 +18,18 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from .store import fsync_dir, link_or_copy
 
 
-def drop_error_rows(output: Path, state_dir: Path) -> tuple[int, Path | None]:
+def drop_error_rows(
+    output: Path, state_dir: Path, finished_steps: dict[str, dict[str, Any]] | None = None
+) -> tuple[int, Path | None]:
     """Rewrite ``output`` without its error rows: (how many were dropped, where the old
-    output is kept) or (0, None) when there was nothing to drop."""
+    output is kept) or (0, None) when there was nothing to drop. ``finished_steps`` (a
+    ``steps:`` recipe) gets, for each dropped row, the steps it had finished: only the failed
+    step runs again."""
     if not output.exists():
         return 0, None
     dropped = 0
@@ -39,6 +44,15 @@ def drop_error_rows(output: Path, state_dir: Path) -> tuple[int, Path | None]:
                 continue
             if isinstance(row, dict) and row.get("status") == "error":
                 dropped += 1
+                steps = row.get("steps")
+                if finished_steps is not None and isinstance(steps, dict):
+                    ok = {
+                        name: result
+                        for name, result in steps.items()
+                        if isinstance(result, dict) and result.get("status") == "ok"
+                    }
+                    if ok and isinstance(row.get("id"), str):
+                        finished_steps[row["id"]] = ok
                 continue
             dst.write(line)
         dst.flush()

@@ -16,6 +16,10 @@ from .store import now_iso
 _UNSET: Any = object()
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 class RowMaker:
     """Builds rows and error objects for one recipe, and prices replies."""
 
@@ -77,9 +81,14 @@ class RowMaker:
         response: dict[str, Any] | None = None,
         cost: float | None = None,
         cached: bool = False,
+        steps: dict[str, Any] | None = None,
+        redacted: bool = False,
+        key: str | None = None,
     ) -> dict[str, Any]:
-        """Every row has the same keys, in this order (see docs/output.md)."""
-        redact = self.redact.deep  # a server may echo the key back, even in a 200 answer
+        """Every row has the same keys, in this order (see docs/output.md). ``redacted``: the
+        text, fields and response come from rows made here (a steps: record's last step)."""
+        # A server may echo the key back, even in a 200 answer.
+        redact = _same if redacted else self.redact.deep
         row: dict[str, Any] = {
             "id": work.id,
             "status": "ok" if error is None else "error",
@@ -88,6 +97,8 @@ class RowMaker:
             "error": error,
             "response": redact(response),
         }
+        if steps is not None:  # a multi-step recipe: every step's result (run/steps.py)
+            row["steps"] = steps
         include, data = self.recipe.include, work.data
         if data is None or include == "none":
             row["record"] = None  # unreadable, or not wanted: the key stays, rows stay uniform
@@ -97,6 +108,7 @@ class RowMaker:
         row["latency_s"] = None if latency_s is None else round(latency_s, 4)
         row["cost_usd"] = None if cost is None else round(cost, 8)
         row["cached"] = cached  # answered from the call cache (run/cache.py): nothing was sent
+        row["key"] = key  # which key answered, by its fingerprint: the report's pace per key
         finished = now_iso()
         row["started_at"] = work.started_at or finished
         row["finished_at"] = finished

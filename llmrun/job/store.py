@@ -214,6 +214,11 @@ class RunState:
             target = _unused(lambda n: self.dir / f"manifest.old-{stamp}{n}.json")
             self.manifest_path.rename(target)
             moved.append(target)
+        journal = self.dir / "steps.jsonl"  # a steps: recipe's unfinished records start over too
+        if journal.exists():
+            target = _unused(lambda n: self.dir / f"steps.old-{stamp}{n}.jsonl")
+            journal.rename(target)
+            moved.append(target)
         return moved
 
 

@@ -25,10 +25,19 @@ from ..redaction import Redactor, looks_like_secret, url_password
 from .envvars import Environment, read_dotenv, variables_in
 from .guards import cache_problems, glob_root, key_routes, output_problems, read_problems
 from .keyenv import check_keys, default_key, env_options
-from .model import DEFAULT_CACHE_GB, CacheSettings, ComponentSpec, Recipe, RunSettings, freeze
+from .model import (
+    DEFAULT_CACHE_GB,
+    CacheSettings,
+    ComponentSpec,
+    Recipe,
+    RunSettings,
+    StepSpec,
+    freeze,
+)
 from .problems import locate, schema_problems, selection_problems, template_problems
 from .schema import CORE_KEYS, base_schema
 from .selection import parse_shard
+from .steps import build_steps, prompt_messages
 from .yamlsource import Positions, dotted, load_yaml
 
 SECRET_WORDS = ("key", "token", "secret", "password", "auth")
@@ -247,45 +256,80 @@ def build_recipe(
             filename,
             problems,
         )
-    posts: list[ComponentSpec] = []
-    post_items = data.get("postprocess")
-    for i, item in enumerate(post_items if isinstance(post_items, list) else []):
-        opts: Any
-        if isinstance(item, str):
-            name, opts = item, {}
-        elif isinstance(item, dict) and len(item) == 1:
-            name, opts = next(iter(item.items()))
-        else:
-            continue  # reported by the base schema
-        opts = {} if opts is None else opts
-        if not isinstance(opts, dict):
-            file, line, col = locate(("postprocess", i, name), positions, filename)
+
+    def posts_of(items: Any, at: tuple[Any, ...]) -> list[ComponentSpec]:
+        return _postprocessors(registry, items, at, positions, filename, problems)
+
+    posts = posts_of(data.get("postprocess"), ("postprocess",))
+    steps: tuple[StepSpec, ...] = ()
+    if "steps" in data and "prompt" in data:
+        file, line, col = locate(("steps",), positions, filename)
+        problems.append(
+            Problem(
+                "give `prompt` (one call per record) or `steps`, not both", "steps", file, line, col
+            )
+        )
+    elif "steps" not in data and "prompt" not in data:
+        file, line, col = locate((), positions, filename)
+        problems.append(Problem(PROMPT_REQUIRED, "prompt", file, line, col))
+    elif isinstance(data.get("steps"), list):
+        if data.get("postprocess"):
+            file, line, col = locate(("postprocess",), positions, filename)
             problems.append(
                 Problem(
-                    "options must be a mapping",
-                    dotted(("postprocess", i, name)),
+                    "with `steps`, each step has its own `postprocess`",
+                    "postprocess",
                     file,
                     line,
                     col,
                 )
             )
-            continue
-        spec = _component(
-            registry,
-            "postprocessor",
-            name,
-            opts,
-            ("postprocess", i, name),
-            (),
-            None,
-            positions,
-            filename,
-            problems,
-            name_path=("postprocess", i),
+        hashed_provider = {
+            k: v for k, v in (provider_section or {}).items() if k not in _NOT_HASHED
+        }
+        steps = build_steps(
+            data["steps"],
+            base_generation=data.get("generation") or {},
+            provider=_redacted(hashed_provider, set(secrets)),
+            base_dir=path.parent,
+            scope=scope,
+            positions=positions,
+            filename=filename,
+            posts_of=posts_of,
+            problems=problems,
         )
-        if spec:
-            posts.append(spec)
-    problems.extend(template_problems(data.get("prompt"), path.parent, positions, filename, scope))
+        mode = (data.get("run") or {}).get("mode", "direct")
+        if steps and mode == "auto":
+            file, line, col = locate(("run", "mode"), positions, filename)
+            problems.append(
+                Problem(
+                    "run.mode: auto is for one-call recipes; a steps: recipe runs direct or "
+                    "batch (docs/steps.md)",
+                    "run.mode",
+                    file,
+                    line,
+                    col,
+                )
+            )
+        if provider_section is not None and found.get("provider") is not None:
+            for i, step in enumerate(steps):
+                if step.provider_options:
+                    _component(
+                        registry,
+                        "provider",
+                        provider_section["name"],
+                        {**provider_section, **step.provider_options},
+                        ("steps", i, "provider"),
+                        CORE_KEYS["provider"][2],
+                        None,
+                        positions,
+                        filename,
+                        problems,
+                    )
+    if "prompt" in data:
+        problems.extend(
+            template_problems(data.get("prompt"), path.parent, positions, filename, scope)
+        )
     if data_section is not None:
         problems.extend(selection_problems(data_section, path.parent, positions, filename, scope))
     problems.extend(read_problems(data, scope, positions, filename))
@@ -302,17 +346,10 @@ def build_recipe(
     assert loader and provider and writer and data_section and provider_section and output_section
     assert output_path is not None
 
-    prompt = data["prompt"]
+    # With steps, the recipe's prompt is the first step's: what validate and plan look at.
+    prompt = data["prompt"] if not steps else data["steps"][0]["prompt"]
     request_prompt = isinstance(prompt, dict) and prompt.get("messages") == "record"
-    if isinstance(prompt, str):
-        messages: tuple[tuple[str, Any], ...] = (("user", prompt),)
-    elif request_prompt:
-        messages = ()  # the record's own (llmrun/recipe/request_prompt.py)
-    elif "messages" in prompt:
-        # A content is a template string, or (with images) a list of parts, kept frozen.
-        messages = tuple((m["role"], freeze(m["content"])) for m in prompt["messages"])
-    else:
-        messages = tuple((role, prompt[role]) for role in ("system", "user") if role in prompt)
+    messages = prompt_messages(prompt)
     run = {**RUN_DEFAULTS, **data.get("run", {})}
     include = output_section.get("include", "all")
     images = prompt.get("images", ()) if isinstance(prompt, dict) else ()
@@ -327,7 +364,7 @@ def build_recipe(
         provider=provider,
         api_keys=tuple(provider_section.get("api_keys", ())),
         endpoints=tuple(str(u) for u in provider_section.get("base_urls", ())),
-        generation=freeze(data.get("generation", {})),
+        generation=freeze(data.get("generation", {})) if not steps else steps[0].generation,
         run=RunSettings(
             concurrency=int(run["concurrency"]),
             max_retries=int(run["max_retries"]),
@@ -371,9 +408,18 @@ def build_recipe(
         examples=freeze(prompt.get("examples")) if isinstance(prompt, dict) else None,
         access=access,
         env_names=tuple(str(n) for n in data.get("env") or ()),
-        code=tuple(filter(None, (_code_of(registry, c) for c in (loader, provider, *posts)))),
+        code=tuple(
+            filter(
+                None,
+                (
+                    _code_of(registry, c)
+                    for c in (loader, provider, *posts, *(p for s in steps for p in s.postprocess))
+                ),
+            )
+        ),
         cache=cache,
         request_prompt=request_prompt,
+        steps=steps,
     )
 
 
@@ -400,17 +446,23 @@ def _per_minute(per_minute: float | None, per_second: float | None) -> float | N
     return min(rates) if rates else None
 
 
+PROMPT_REQUIRED = "'prompt' is required (or `steps`, for several calls per record)"
+# Provider options that decide no result: the keys, and which replica answers.
+_NOT_HASHED = ("api_keys", "base_urls")
+
+
 def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:
     """Hash what decides the results: data, prompt, provider (keys excluded), generation,
     postprocessing. Run settings and the output's own options are left out, so raising the
     concurrency does not count as a changed recipe."""
     secret_set = set(secrets)
-    relevant = {k: data.get(k) for k in ("data", "prompt", "provider", "generation", "postprocess")}
+    keys = ("data", "prompt", "steps", "provider", "generation", "postprocess")
+    relevant = {k: data.get(k) for k in keys if k in data or k != "steps"}
     relevant["provider"] = {
         # Which replica answers does not decide the results.
         k: v
         for k, v in (relevant["provider"] or {}).items()
-        if k not in ("api_keys", "base_urls")
+        if k not in _NOT_HASHED
     }
     # How many records to take decides no record's result, like --limit; nor does which part
     # (offset, shard) or which sample of them. `filter` stays: it defines the job's population.
@@ -696,3 +748,52 @@ def _component(
     found = schema_problems(options, schema, path, positions, filename, core_keys)
     problems.extend(found)
     return None if found else ComponentSpec(str(name), freeze(options), dotted(path))
+
+
+def _postprocessors(
+    registry: Registry,
+    post_items: Any,
+    at: tuple[Any, ...],
+    positions: Positions,
+    filename: str,
+    problems: list[Problem],
+) -> list[ComponentSpec]:
+    """The postprocessors of a ``postprocess:`` list at ``at`` (the recipe's or a step's)."""
+    posts: list[ComponentSpec] = []
+    for i, item in enumerate(post_items if isinstance(post_items, list) else []):
+        opts: Any
+        if isinstance(item, str):
+            name, opts = item, {}
+        elif isinstance(item, dict) and len(item) == 1:
+            name, opts = next(iter(item.items()))
+        else:
+            continue  # reported by the base schema
+        opts = {} if opts is None else opts
+        if not isinstance(opts, dict):
+            file, line, col = locate((*at, i, name), positions, filename)
+            problems.append(
+                Problem(
+                    "options must be a mapping",
+                    dotted((*at, i, name)),
+                    file,
+                    line,
+                    col,
+                )
+            )
+            continue
+        spec = _component(
+            registry,
+            "postprocessor",
+            name,
+            opts,
+            (*at, i, name),
+            (),
+            None,
+            positions,
+            filename,
+            problems,
+            name_path=(*at, i),
+        )
+        if spec:
+            posts.append(spec)
+    return posts

@@ -68,6 +68,25 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class StepSpec:
+    """One step of a multi-step recipe (``steps:``, docs/steps.md)."""
+
+    name: str
+    messages: tuple[tuple[str, Any], ...]  # as Recipe.messages
+    generation: Mapping[str, Any]  # the recipe's, with the step's merged over it
+    postprocess: tuple[ComponentSpec, ...]
+    provider_options: Mapping[str, Any]  # the step's changes to the provider's options
+    when: str | None = None  # a Jinja expression over the record and earlier steps
+    n: int = 1  # samples drawn
+    select: tuple[str, str | None] = ("first", None)  # ("first", None) | ("max"|"min", field)
+    reads: tuple[str, ...] = ()  # the earlier steps its templates and `when` name
+    images: tuple[str, ...] = ()
+    image_detail: str | None = None
+    examples: Mapping[str, Any] | None = None
+    hash: str = ""  # what decides its results, with the hashes of the steps before it
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A validated recipe. Paths are absolute; ``secrets`` must be redacted from any output."""
 
@@ -104,6 +123,9 @@ class Recipe:
     # provider.base_urls: replicas of one model, each request to the one that can start soonest
     endpoints: tuple[str, ...] = ()
     cache: CacheSettings | None = None  # the call cache; off when None
+    # steps: several calls per record, in order; empty for a one-call recipe. The recipe's
+    # messages, images and examples are then the first step's (validate and plan use them).
+    steps: tuple[StepSpec, ...] = ()
     # What the user allowed beyond the recipe (llmrun.access), and what the recipe reaches
     # (recipe.guards): where each key goes, the variables it declared, the code it names.
     access: Access = field(default_factory=Access)

@@ -120,35 +120,37 @@ def template_problems(
     positions: Positions,
     filename: str,
     scope: ReadScope | None = None,
+    *,
+    at: tuple[Any, ...] = ("prompt",),
 ) -> list[Problem]:
-    """Compile each prompt template, so a syntax error, a reach past the sandbox or a read
-    outside the recipe's folder is reported with the recipe's other faults and where it is,
-    not when the first record is rendered."""
+    """Compile each template of the ``prompt`` section at ``at``, so a syntax error, a reach
+    past the sandbox or a read outside the recipe's folder is reported with the recipe's other
+    faults and where it is, not when the first record is rendered."""
     sources: list[tuple[tuple[Any, ...], Any]] = []
     if isinstance(prompt, str):
-        sources.append((("prompt",), prompt))
+        sources.append((at, prompt))
     elif isinstance(prompt, dict):
-        sources += [(("prompt", k), prompt[k]) for k in ("system", "user") if k in prompt]
+        sources += [((*at, k), prompt[k]) for k in ("system", "user") if k in prompt]
         messages = prompt.get("messages")
         for i, msg in enumerate(messages if isinstance(messages, list) else []):
             if not isinstance(msg, dict):
                 continue
             content = msg.get("content")
             if not isinstance(content, list):
-                sources.append((("prompt", "messages", i, "content"), content))
+                sources.append(((*at, "messages", i, "content"), content))
                 continue
             for j, part in enumerate(content):
                 for key in ("text", "source"):
                     if isinstance(part, dict) and key in part:
-                        sources.append((("prompt", "messages", i, "content", j, key), part[key]))
+                        sources.append(((*at, "messages", i, "content", j, key), part[key]))
         examples = prompt.get("examples")
         if isinstance(examples, dict):
-            sources += [(("prompt", "examples", k), examples.get(k)) for k in ("user", "assistant")]
+            sources += [((*at, "examples", k), examples.get(k)) for k in ("user", "assistant")]
         images = prompt.get("images")
         if isinstance(images, str):
-            sources.append((("prompt", "images"), images))
+            sources.append(((*at, "images"), images))
         elif isinstance(images, list):
-            sources += [(("prompt", "images", i), src) for i, src in enumerate(images)]
+            sources += [((*at, "images", i), src) for i, src in enumerate(images)]
     scope = scope or ReadScope((base_dir.resolve(),))
     env = make_environment(base_dir, scope)
     problems: list[Problem] = []

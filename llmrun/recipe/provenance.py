@@ -20,6 +20,19 @@ def call_hash(recipe: Recipe) -> str:
         "provider": [recipe.provider.name, thaw(recipe.provider.options)],
         "generation": thaw(recipe.generation),
     }
+    if recipe.steps:  # each step's calls; their postprocessors are left out like the recipe's
+        relevant["steps"] = [
+            [
+                step.name,
+                [list(m) for m in step.messages],
+                thaw(step.generation),
+                thaw(step.provider_options),
+                step.when,
+                step.n,
+                list(step.select),
+            ]
+            for step in recipe.steps
+        ]
     text = json.dumps(_hide(relevant, recipe.secrets), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -32,7 +32,7 @@ from ..values import Prompt
 from .tokens import count_text
 
 if TYPE_CHECKING:
-    from .model import Recipe
+    from .model import Recipe, StepSpec
 
 ALWAYS_DEFINED = frozenset({"record"})
 URL_PREFIXES = ("http://", "https://", "data:")
@@ -216,6 +216,27 @@ class PromptTemplate:
             examples=recipe.examples,
             scope=recipe.access.scope(recipe.base_dir),
         )
+
+    @classmethod
+    def for_step(cls, recipe: Recipe, step: StepSpec) -> PromptTemplate:
+        """A step's prompt (``steps:``): its templates also see ``steps``, the earlier steps."""
+        template = cls(
+            step.messages,
+            step.generation,
+            recipe.base_dir,
+            str(recipe.path),
+            images=step.images,
+            image_detail=step.image_detail,
+            examples=step.examples,
+            scope=recipe.access.scope(recipe.base_dir),
+        )
+        template.variables = template.variables - {"steps"}  # given by the run, not the record
+        return template
+
+    def condition(self, source: str) -> Callable[[Mapping[str, Any]], Any]:
+        """A step's ``when``: a Jinja expression, compiled in this template's sandbox."""
+        expression = self.env.compile_expression(source)
+        return lambda context: expression(**context)
 
     def _renderer(self, template: jinja2.Template, source: str) -> _Render:
         """How to render ``template`` for a record: once and for all when it has no Jinja

@@ -12,6 +12,7 @@ import datetime as dt
 import heapq
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ MAX_BUCKETS = 4096  # time buckets kept before they are merged two by two
 POINTS = 80  # time slots drawn: buckets are merged in groups to about this many
 SAMPLE = 100_000  # latencies and costs kept for the distributions (a uniform sample)
 TOP = 15  # rows in each "slowest" / "most expensive" / "failed" table
+MAX_KEYS = 64  # keys told apart in the pace per key; the rest count as one
+OTHER_KEYS = "other keys"
 TEXT_CAP = 300  # characters of an id or message shown in a table
 ROW_CAP = 8_000  # characters of a row's JSON kept for the report's row section
 
@@ -56,6 +59,7 @@ class Bucket:
     output_tokens: int = 0
     cost: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
+    keys: Counter[str] = field(default_factory=Counter)  # calls answered, by key fingerprint
 
     def add(self, other: Bucket) -> None:
         self.started += other.started
@@ -66,6 +70,7 @@ class Bucket:
         self.output_tokens += other.output_tokens
         self.cost += other.cost
         self.errors.update(other.errors)
+        self.keys.update(other.keys)
 
 
 class Timeline:
@@ -184,6 +189,7 @@ class RunData:
     cost_usd: float = 0.0
     unpriced: int = 0  # rows with a reply but no cost_usd
     errors_by_type: Counter[str] = field(default_factory=Counter)
+    keys: Counter[str] = field(default_factory=Counter)  # rows by the key that answered
     first_time: float | None = None
     last_time: float | None = None
     timeline: Timeline = field(default_factory=Timeline)
@@ -194,6 +200,7 @@ class RunData:
     failed: list[RowRef] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
     batches: list[dict[str, Any]] = field(default_factory=list)
+    pace_events: list[PaceEvent] = field(default_factory=list)  # from run.log
 
     def percentiles(self) -> dict[str, float]:
         values = sorted(self.latencies.values)
@@ -205,6 +212,51 @@ class RunData:
         out["max"] = values[-1]
         out["mean"] = sum(values) / len(values)
         return out
+
+
+@dataclass(frozen=True)
+class PaceEvent:
+    """A change of a key's pace the run logged: its learnt limit, a pause or its retirement."""
+
+    when: float
+    key: str
+    kind: str  # "pace" (value: requests/min, None for unpaced), "paused" (seconds), "retired"
+    value: float | None
+
+
+_STAMP = r"(?P<when>\d{4}-\d\d-\d\dT[\d:.]+Z) \w+ "
+_KEY = r"(?P<key>key#[0-9a-f]{8}|no key)(?: at \S+)?"
+_PACE_LINES = (
+    ("pace", re.compile(_STAMP + r"pace of " + _KEY + r": \S+ -> (?P<value>[\d,.]+|unpaced) ")),
+    ("paused", re.compile(_STAMP + _KEY + r" paused (?P<value>[\d.]+) s")),
+    ("retired", re.compile(_STAMP + r"(?:warning: )?retired " + _KEY + r":")),
+)
+MAX_PACE_EVENTS = 100_000  # a run.log of 10^8 lines still makes a bounded report
+
+
+def read_pace_events(log: Path) -> list[PaceEvent]:
+    """The pace changes, pauses and retirements ``run.log`` holds (run/runlog.py), in order.
+    The log is read line by line (a line is capped); what does not parse is passed over."""
+    events: list[PaceEvent] = []
+    if not log.is_file():
+        return events
+    with open(log, "rb") as fh:
+        while len(events) < MAX_PACE_EVENTS:
+            raw = fh.readline(4096)
+            if not raw:
+                break
+            line = raw.decode("utf-8", "replace")
+            for kind, pattern in _PACE_LINES:
+                found = pattern.match(line)
+                if found is None:
+                    continue
+                when = parse_time(found["when"])
+                value = found.groupdict().get("value")
+                number = None if value in (None, "unpaced") else float(value.replace(",", ""))
+                if when is not None:
+                    events.append(PaceEvent(when, found["key"], kind, number))
+                break
+    return events
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None]]:
@@ -290,6 +342,15 @@ def _add(data: RunData, line: int, row: dict[str, Any]) -> None:
         bucket.cost += cost or 0.0
         if status == "error":
             bucket.errors[error_type] += 1
+        key = row.get("key")
+        if isinstance(key, str) and key and not row.get("cached"):
+            key = clip(key, 60)
+            if key in data.keys or len(data.keys) < MAX_KEYS:
+                data.keys[key] += 1
+                bucket.keys[key] += 1
+            else:  # a pool of thousands of keys (or a hostile file) stays a bounded report
+                data.keys[OTHER_KEYS] += 1
+                bucket.keys[OTHER_KEYS] += 1
         first = started if started is not None and started <= finished else finished
         data.first_time = first if data.first_time is None else min(data.first_time, first)
         data.last_time = finished if data.last_time is None else max(data.last_time, finished)

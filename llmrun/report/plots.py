@@ -16,6 +16,7 @@ from ..errors import LlmrunError
 from .data import RunData
 
 WIDTH, HEIGHT = 7.5, 2.8  # inches: fits an A4 page in print
+KEY_LINES = 8  # keys drawn as their own line; the rest as one
 COLORS = ["#4e79a7", "#e15759", "#f28e2b", "#76b7b2", "#59a14f", "#edc948", "#b07aa1"]
 
 
@@ -237,4 +238,83 @@ def draw_all(data: RunData) -> dict[str, str]:
     ax.set_title("retries and errors by type")
     out["errors"] = _svg(fig)
     plt.close(fig)
+
+    out["pace"] = _pace_per_key(plt, data, series, times, xlabel, width)
     return out
+
+
+def _pace_per_key(
+    plt: Any,
+    data: RunData,
+    series: list[tuple[float, Any]],
+    times: list[float],
+    xlabel: str,
+    width: float,
+) -> str:
+    """Calls answered per minute by each key over time: a key held back by its limit, paused
+    by a Retry-After or retired shows as its own line falling away from the others."""
+    fig, ax = plt.subplots(figsize=(WIDTH, HEIGHT))
+    shown = [k for k, _ in data.keys.most_common(KEY_LINES)]
+    if series and shown:
+        for n, (key, color) in enumerate(zip(shown, COLORS * 2, strict=False)):
+            ax.step(
+                times,
+                [b.keys.get(key, 0) / width * 60 for _, b in series],
+                where="post",
+                color=color,
+                label=f"{safe_label(key)} ({data.keys[key]:,} calls)",
+                gid=f"data-key-{n}",
+            )
+        _pace_events(ax, data, shown, xlabel)
+        rest = [k for k in data.keys if k not in shown]
+        if rest:
+            ax.step(
+                times,
+                [sum(b.keys.get(k, 0) for k in rest) / width * 60 for _, b in series],
+                where="post",
+                color="#999",
+                label=f"{len(rest)} other keys",
+            )
+        ax.legend(loc="upper right")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("calls answered / min")
+    else:
+        _empty(ax, "keys (rows made before llmrun recorded them, or all from the cache)")
+    ax.set_title(f"pace per API key ({len(data.keys)} key(s))")
+    svg = _svg(fig)
+    plt.close(fig)
+    return svg
+
+
+def _pace_events(ax: Any, data: RunData, shown: list[str], xlabel: str) -> None:
+    """What run.log says of each drawn key: its learnt pace (dashed), pauses and retirement."""
+    origin = data.timeline.origin
+    if origin is None or not data.pace_events:
+        return
+    scale = 3600 if xlabel.startswith("hours") else 60 if xlabel.startswith("minutes") else 1
+    colors = dict(zip(shown, COLORS * 2, strict=False))
+    for n, key in enumerate(shown):
+        mine = [e for e in data.pace_events if e.key == key]
+        paces = [e for e in mine if e.kind == "pace" and e.value is not None]
+        if paces:
+            ax.step(
+                [(e.when - origin) / scale for e in paces],
+                [e.value for e in paces],
+                where="post",
+                color=colors[key],
+                linestyle="--",
+                linewidth=1,
+                gid=f"data-key-pace-{n}",
+            )
+        for kind, marker in (("paused", "|"), ("retired", "x")):
+            marks = [(e.when - origin) / scale for e in mine if e.kind == kind]
+            if marks:
+                ax.plot(
+                    marks,
+                    [0.0] * len(marks),
+                    linestyle="none",
+                    marker=marker,
+                    markersize=9,
+                    color=colors[key],
+                    gid=f"data-key-{kind}-{n}",
+                )

@@ -14,6 +14,7 @@ for; a reply received is stored. The steps of ``Caller.call`` otherwise, each at
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ..components import Provider, Transport
 from ..errors import CallError, RunAborted
 from ..recipe.model import RunSettings
 from ..recipe.tokens import estimate
+from ..redaction import fingerprint
 from ..values import Prompt, Reply
 from ..wire.retry import backoff_s, classify_transport
 from .budget import Budget
@@ -44,6 +46,7 @@ class Outcome:
     attempts: int
     latency_s: float  # of the successful attempt (of the lookup, for a cached reply)
     cached: bool = False  # the reply came from the call cache: nothing was sent or paid
+    key: str | None = None  # the fingerprint of the key that made the call (redaction.py)
 
 
 @dataclass(frozen=True)
@@ -120,24 +123,33 @@ class Caller:
         WAITING_PER_SLOT times that waiting to retry."""
         return self._settings.concurrency * (1 + WAITING_PER_SLOT)
 
-    async def call(self, prompt: Prompt) -> Outcome:
+    async def call(
+        self, prompt: Prompt, *, provider: Provider | None = None, sample: int = 0
+    ) -> Outcome:
         """The reply; CallFailed when the record must become an error row; RunAborted when
-        nothing can succeed; NotSent when the run stops before the call went out."""
+        nothing can succeed; NotSent when the run stops before the call went out.
+
+        ``provider``: a step's own (the recipe's provider with other options, the model say),
+        sent with this run's keys, pace and budget. ``sample``: the how-many-th of several
+        samples of one request (a step's ``n``), each its own entry in the call cache."""
+        provider = provider or self._provider
         key: bytes | None = None
         if self._cache is not None:
             started = time.monotonic()
             # Built with a stand-in key: the lookup needs no lease, and no key reaches the cache.
-            key = self._cache.key(self._provider.build_request(prompt, STAND_IN_KEY))
+            key = self._cache.key(provider.build_request(prompt, STAND_IN_KEY))
+            if key is not None and sample:
+                key = hashlib.sha256(b"sample %d " % sample + key).digest()
             if key is not None:
                 found = await self._cache.get(key)
                 if found is not None:
                     return Outcome(found, 0, time.monotonic() - started, cached=True)
-        outcome = await self._paid(prompt)
+        outcome = await self._paid(prompt, provider)
         if key is not None and self._cache is not None:
             await self._cache.put(key, outcome.reply)
         return outcome
 
-    async def _paid(self, prompt: Prompt) -> Outcome:
+    async def _paid(self, prompt: Prompt, provider: Provider) -> Outcome:
         """The call sent, within the budget."""
         budget = self._budget
         reserved = 0.0
@@ -157,7 +169,7 @@ class Caller:
 
         cost: float | None = None
         try:
-            outcome = await self._attempts(prompt, None if budget is None else reserve)
+            outcome = await self._attempts(prompt, provider, None if budget is None else reserve)
             cost = self._cost_of(outcome.reply)
             if cost is None:
                 cost = reserved  # no usage reported: count the worst case
@@ -166,7 +178,9 @@ class Caller:
             if budget is not None:
                 budget.settle(reserved, cost)
 
-    async def _attempts(self, prompt: Prompt, reserve: Callable[[], None] | None = None) -> Outcome:
+    async def _attempts(
+        self, prompt: Prompt, provider: Provider, reserve: Callable[[], None] | None = None
+    ) -> Outcome:
         attempts = 0
         tokens = sum(estimate(prompt)) if self._count_tokens else 0
         if self._slots is None:
@@ -188,7 +202,7 @@ class Caller:
                 spent = False  # the answer says the key's budget is used up
                 headers: Mapping[str, str] = {}
                 try:
-                    request = self._provider.build_request(prompt, lease.key)
+                    request = provider.build_request(prompt, lease.key)
                     if lease.state.endpoint is not None:
                         request = _retarget(request, self._base_url, lease.state.endpoint)
                     if lease.probe and local_host(request.url.host):
@@ -202,7 +216,7 @@ class Caller:
                         headers = response.headers
                         if self._limit_headers is not None:
                             headers = self._limit_headers(response.headers)
-                        reply = self._provider.parse_response(response)
+                        reply = provider.parse_response(response)
                     except httpx.TransportError as exc:
                         error = classify_transport(exc)
                     except CallError as exc:
@@ -212,7 +226,8 @@ class Caller:
                         self._count_endpoint(lease, 0)
                         self._keys.on_success(lease, headers)
                         self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
-                        return Outcome(reply, attempts, time.monotonic() - started)
+                        key = None if lease.key is None else fingerprint(lease.key)
+                        return Outcome(reply, attempts, time.monotonic() - started, key=key)
                 finally:
                     # Any answer but a rejection of the key shows that the key works.
                     rejected = error is not None and error.kind == "key"

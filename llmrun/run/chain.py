@@ -67,6 +67,7 @@ async def postprocess(
                 response=response,
                 cost=cost,
                 cached=cached,
+                key=outcome.key,
             )
         reasks += 1
         prompt = Prompt(

@@ -38,6 +38,7 @@ from ..job.records import Work, selected, selection
 from ..job.rerun import drop_error_rows
 from ..job.rows import RowMaker
 from ..job.stats import RunStats
+from ..job.stepjournal import StepJournal
 from ..job.store import IdSet, IdSetBuilder, RunState, index_writer, now_iso
 from ..job.summary import RunSummary as RunSummary
 from ..job.summary import Status
@@ -57,6 +58,7 @@ from .limits import KeyPool
 from .progress import Progress
 from .runlog import RunLog
 from .stages import Row, Stages, describe
+from .steps import StepStages, step_parts
 
 # Batch mode plugs in here (llmrun/batch/runner.py: run_batches), so this module never imports
 # it: given the engine, the finished ids and the manifest, the ids finished before the direct
@@ -131,6 +133,11 @@ class Engine:
         self.selection = selection(recipe, self.limit)
         self.state = RunState(recipe.output_path)
         self.rows = RowMaker(recipe, self.redact, self.provider.model, self.warn)
+        # steps: (run/steps.py): each step's components, built now so a fault shows at once.
+        self._step_parts = (
+            step_parts(recipe, registry, context, self.provider, self.rows) if recipe.steps else []
+        )
+        self.journal = StepJournal(self.state.dir / "steps.jsonl")
         self.sink = RowSink(self.writer, self.stats, self.observers, also=self.runlog.row)
         self.batch_drain_only = False  # `llmrun cancel`: collect running batches, submit nothing
         self._workers_scope: CancelScope | None = None
@@ -164,12 +171,13 @@ class Engine:
 
     async def run(self) -> RunSummary:
         with self.state.locked():
+            finished_steps: dict[str, dict[str, Any]] = {}
             if self.fresh:
                 for moved in self.state.move_aside():
                     self.progress.log(f"--fresh: moved the previous output aside to {moved}")
             elif self.retry_errors:
                 kept, moved_to = await anyio.to_thread.run_sync(
-                    drop_error_rows, self.recipe.output_path, self.state.dir
+                    drop_error_rows, self.recipe.output_path, self.state.dir, finished_steps
                 )
                 if moved_to is not None:
                     self.progress.log(
@@ -177,6 +185,13 @@ class Engine:
                         f"(the previous output is kept as {moved_to})"
                     )
             done = await anyio.to_thread.run_sync(self._open_output)
+            if self._step_parts:
+                hashes = {step.name: step.hash for step in self.recipe.steps}
+                taken = await anyio.to_thread.run_sync(
+                    self.journal.open, hashes, done, finished_steps
+                )
+                if taken:
+                    self.progress.log(f"steps: {taken} finished step(s) taken up again")
             model = getattr(self.provider, "model", None)
             manifest = start_manifest(
                 self.recipe, self.registry, self.state, self.stats, model, self.warn
@@ -209,6 +224,8 @@ class Engine:
             self._stages = Stages(
                 self.recipe, self.provider, self.posts, self.template, self.rows, caller
             )
+            if self._step_parts:
+                self._stages = StepStages(self._step_parts, self.rows, caller, self.journal)
             self.stats.endpoints = caller.endpoint_counts  # provider.base_urls: live counts
             if self.backends.stages is not None:
                 self._stages = self.backends.stages(self, self._stages)
@@ -223,6 +240,7 @@ class Engine:
                         await self.cache.aclose()
                     self.writer.sync()
                     self.writer.close()
+                    self.journal.close()
                     if self.flags.abort is not None:
                         status, reason = "aborted", self.redact.message(str(self.flags.abort))
                     elif self.flags.budget:
@@ -249,14 +267,7 @@ class Engine:
         elif self.backends.key_pool is not None:
             keys = self.backends.key_pool(self.recipe)
         else:
-            keys = KeyPool(
-                self.recipe.api_keys,
-                requests_per_minute=run.requests_per_minute,
-                tokens_per_minute=run.tokens_per_minute,
-                adaptive=run.adaptive,
-                slow_start_local=run.slow_start_local,
-                endpoints=self.recipe.endpoints,
-            )
+            keys = KeyPool.for_recipe(self.recipe)
         if self.shared is None and run.budget_usd is not None and self._budget_price is not None:
             spent = self.stats.resumed_cost_usd
             make_budget = self.backends.budget or Budget
@@ -547,6 +558,8 @@ class Engine:
     @batch_pricing.setter
     def batch_pricing(self, value: bool) -> None:
         self.rows.batch_pricing = value
+        for part in self._step_parts:  # a step with its own model prices with its own rows
+            part.rows.batch_pricing = value
 
     async def _write(self, recv: MemoryObjectReceiveStream[Row]) -> None:
         async with recv:

@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from ..errors import RunAborted
+from ..recipe.model import Recipe
 from ..redaction import fingerprint
 
 # Adaptive pace, on the request rate of each key (see the module docstring):
@@ -322,6 +323,20 @@ class KeyPool:
                 raise
             return lease
 
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe) -> KeyPool:
+        """The recipe's keys with its limits and endpoints: what every mode paces with (the
+        engine, and ``llmrun serve`` for all its clients together)."""
+        run = recipe.run
+        return cls(
+            recipe.api_keys,
+            requests_per_minute=run.requests_per_minute,
+            tokens_per_minute=run.tokens_per_minute,
+            adaptive=run.adaptive,
+            slow_start_local=run.slow_start_local,
+            endpoints=recipe.endpoints,
+        )
     def release(self, lease: Lease, *, trusted: bool) -> None:
         """The lease's request is over; ``trusted`` when the server answered it for this key."""
         state = lease.state

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,14 @@ from ..errors import RecipeError, RecordError
 from ..job.output import rewritable
 from ..job.store import RunState, fsync_dir, link_or_copy, now_iso
 from ..plugins import Registry, build_component
-from ..recipe.model import Recipe
+from ..recipe.model import Recipe, StepSpec
 from ..recipe.provenance import call_hash
 from ..redaction import Redactor
 from ..values import ComponentContext, Reply, Result, Usage
 
 REDONE_ERRORS = ("postprocess", "internal")  # error types that a new chain may fix
+PENDING = "steps_pending"  # a steps: row whose later steps must be called again
+StepPosts = tuple[StepSpec, list[Postprocessor]]
 
 
 @dataclass
@@ -41,6 +43,7 @@ class RepostSummary:
     kept: int = 0  # rows left alone (no stored reply to work on)
     unreadable: int = 0  # damaged lines copied as they were
     errors_in_output: int = 0  # error rows in the new output, redone or not
+    pending: int = 0  # steps: records whose later steps must be called again (--retry-errors)
     previous: str = ""  # where the old output was kept
     warnings: list[str] = field(default_factory=list)
 
@@ -65,6 +68,10 @@ def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> Repost
     posts: list[Postprocessor] = [
         build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
     ]
+    steps = [
+        (step, [build_component(registry, "postprocessor", s, context) for s in step.postprocess])
+        for step in recipe.steps
+    ]
     state = RunState(output)
     with state.locked():
         made_by = (state.read_manifest() or {}).get("call_hash")
@@ -79,7 +86,7 @@ def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> Repost
         try:
             with open(output, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
                 for line in src:
-                    dst.write(_line(line, posts, recipe.job_hash, redact, summary))
+                    dst.write(_line(line, posts, recipe.job_hash, redact, summary, steps))
                 dst.flush()
                 os.fsync(dst.fileno())
             summary.previous = str(_keep_old(output, state.dir))
@@ -98,6 +105,7 @@ def _line(
     job_hash: str,
     redact: Callable[[str], str],
     summary: RepostSummary,
+    steps: Sequence[StepPosts] = (),
 ) -> str:
     try:
         row = json.loads(line)
@@ -106,7 +114,13 @@ def _line(
     if not isinstance(row, dict) or "id" not in row:
         summary.unreadable += 1
         return line if line.endswith("\n") else line + "\n"
-    new = redo_row(row, posts, job_hash, redact)
+    new = (
+        redo_row(row, posts, job_hash, redact)
+        if not steps
+        else redo_steps_row(row, steps, job_hash, redact)
+    )
+    if new is not None and new.get("error", {}) and new["error"].get("type") == PENDING:
+        summary.pending += 1
     if new is None:
         summary.kept += 1
         new = row
@@ -161,6 +175,77 @@ def redo_row(
         fields={} if error else result.fields,
         error=error,
         recipe_hash=job_hash,
+    )
+    return new
+
+
+def redo_steps_row(
+    row: Mapping[str, Any],
+    steps: Sequence[StepPosts],
+    job_hash: str,
+    redact: Callable[[str], str] = str,
+) -> dict[str, Any] | None:
+    """A ``steps:`` row with each step's chain run again on that step's stored reply, in
+    order. A later step asked with what an earlier step's chain gave cannot be redone without
+    a call: when an earlier result changes (or a failed step now passes) and a later step read
+    it, the row becomes a ``steps_pending`` error row that keeps the steps up to there, so
+    ``llmrun run --retry-errors`` calls only the steps from that one on."""
+    results = row.get("steps")
+    if not isinstance(results, dict):
+        return None
+    new_steps: dict[str, Any] = {}
+    changed: set[str] = set()
+    pending: str | None = None  # the first step that must be called again
+    why = ""
+    last: dict[str, Any] | None = None
+    for spec, posts in steps:
+        old = results.get(spec.name)
+        if not isinstance(old, dict):
+            if last is not None and last.get("status") == "ok":
+                # The record had ended at a failed step, which passes now.
+                pending, why = spec.name, "the step before it passes now"
+            break
+        stale = sorted(set(spec.reads) & changed)
+        if stale:
+            pending, why = spec.name, f"it reads steps.{stale[0]}, which changed under repost"
+            break
+        if old.get("status") == "skipped":
+            new_steps[spec.name] = {**old, "hash": spec.hash}
+            continue
+        redone = redo_row({**old, "record": row.get("record")}, posts, job_hash, redact)
+        result = dict(old, hash=spec.hash)
+        if redone is not None:
+            result.update({k: redone[k] for k in ("status", "text", "fields", "error")})
+            if any(result.get(k) != old.get(k) for k in ("status", "text", "fields")):
+                changed.add(spec.name)
+        new_steps[spec.name] = result
+        last = result
+        if result.get("status") != "ok":
+            break  # a failed step ends the record: the steps after it are not its result
+    new = dict(row)
+    new["steps"] = new_steps
+    new["recipe_hash"] = job_hash
+    if pending is not None:
+        message = (
+            f"step {pending} must be called again: {why}; run `llmrun run --retry-errors` "
+            "(the steps before it are kept, not called again)"
+        )
+        new.update(
+            status="error",
+            text=None,
+            fields={},
+            error={"type": PENDING, "message": message, "retryable": True},
+            response=(last or {}).get("response"),
+        )
+        return new
+    if last is None:
+        return None  # nothing ran that a chain could redo
+    new.update(
+        status=last.get("status"),
+        text=last.get("text"),
+        fields=last.get("fields") or {},
+        error=last.get("error"),
+        response=last.get("response"),
     )
     return new
 

@@ -7,7 +7,7 @@ error row. Writing rows is not a stage of a record: ``job.output.RowSink`` does 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -59,20 +59,22 @@ class Stages:
         error = self.rows.error(work, code, message, retryable, status)
         return self.rows.row(work, attempts, error=error)
 
-    def render(self, work: Work) -> Prompt | Row:
-        """The record's prompt, or its error row when it cannot be sent."""
+    def render(self, work: Work, extra: Mapping[str, Any] | None = None) -> Prompt | Row:
+        """The record's prompt, or its error row when it cannot be sent. ``extra``: more
+        variables for the templates than the record's own (a step's ``steps``)."""
         if work.error is not None:
             return self.error_row(work, "bad_input", work.error)
         assert work.data is not None
         try:
-            return self.template.render(work.id, work.data)
+            data = work.data if extra is None else {**work.data, **extra}
+            return self.template.render(work.id, data)
         except RecordError as exc:
             return self.error_row(work, exc.code, str(exc))
 
-    async def call(self, work: Work, prompt: Prompt) -> Outcome | Row:
+    async def call(self, work: Work, prompt: Prompt, sample: int = 0) -> Outcome | Row:
         """The call's outcome, or the record's error row (RunAborted and NotSent propagate)."""
         try:
-            return await self.caller.call(prompt)
+            return await self.caller.call(prompt, provider=self.provider, sample=sample)
         except CallFailed as failed:
             err = failed.error
             return self.error_row(
@@ -102,12 +104,14 @@ class Stages:
             keep_raw=self.recipe.keep_raw,
         )
 
-    async def process(self, work: Work) -> Row:
+    async def process(
+        self, work: Work, extra: Mapping[str, Any] | None = None, sample: int = 0
+    ) -> Row:
         """Always a row: ok, or error with a reason (RunAborted and NotSent propagate)."""
-        prompt = self.render(work)
+        prompt = self.render(work, extra)
         if isinstance(prompt, dict):
             return prompt
-        outcome = await self.call(work, prompt)
+        outcome = await self.call(work, prompt, sample)
         if isinstance(outcome, dict):
             return outcome
         return await self.postprocess(work, prompt, outcome)
@@ -152,7 +156,9 @@ class Stages:
                 rows.append(self.error_row(work, "internal", why, attempts=outcome.attempts))
             return rows
         for (work, prompt), reply in zip(members, replies, strict=True):
-            single = Outcome(reply, outcome.attempts, outcome.latency_s, outcome.cached)
+            single = Outcome(
+                reply, outcome.attempts, outcome.latency_s, outcome.cached, outcome.key
+            )
             rows.append(await self.postprocess(work, prompt, single))
         return rows
 

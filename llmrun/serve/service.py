@@ -100,13 +100,7 @@ class Service:
             connect_timeout_s=run.connect_timeout_s,
             limits=AnswerLimits(max_response_bytes=run.max_response_bytes),
         )
-        keys = KeyPool(
-            self.recipe.api_keys,
-            requests_per_minute=run.requests_per_minute,
-            tokens_per_minute=run.tokens_per_minute,
-            adaptive=run.adaptive,
-            slow_start_local=run.slow_start_local,
-        )
+        keys = KeyPool.for_recipe(self.recipe)  # its base_urls too, as a run's
         budget = None
         if run.budget_usd is not None and self.price is not None:
             budget = Budget(run.budget_usd, self.price)

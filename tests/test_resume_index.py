@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -448,3 +449,41 @@ def test_another_shard_of_the_job_does_not_take_the_first_ones_records_for_done(
     second = summary_of(recipe, "--set", "data.shard=1/2")
     assert first["ok"] + second["ok"] == 40 and second["ok"] > 0
     assert_one_row_each(tmp_path, 40)
+
+
+def test_a_run_killed_after_a_checkpoint_loses_and_repeats_nothing(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """Real signals: a completed run leaves a checkpoint, records are appended, the next run is
+    killed (SIGKILL) mid-way, and the one after it finishes the job from the checkpoint plus
+    the rows the killed run wrote: every record has one row, and no record that had a row when
+    the process died is called again."""
+    from .test_resume import Output, Run, make_run, requested, settle
+
+    fake_openai.latency_s = 0.01
+    recipe, out = make_run(tmp_path, fake_openai, 100, concurrency=4)
+    code, stderr = Run(recipe).finish()
+    assert code == 0, stderr
+    assert checkpoint_path(tmp_path).exists()
+    append = [{"id": f"r{i:05d}", "text": f"record number {i}"} for i in range(100, 400)]
+    with open(tmp_path / "data.jsonl", "a", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in append)
+    before = settle(fake_openai)
+    run = Run(recipe)
+    run.wait_until(lambda: out.lines() >= 150)
+    run.process.kill()
+    run.finish()
+    at_kill = settle(fake_openai)
+    done_at_kill = set(out.ids())
+    assert len(done_at_kill) < 400, "the kill came too late to test anything"
+    code, stderr = Run(recipe).finish()
+    assert code == 0, stderr
+    ids = [r["id"] for r in Output(out.path).rows()]
+    assert sorted(ids) == [f"r{i:05d}" for i in range(400)]
+    after = requested(fake_openai, at_kill)
+    assert not done_at_kill.intersection(after), "a finished record was called again"
+    in_flight = set(requested(fake_openai, before, at_kill)) - done_at_kill
+    assert set(after) == set(ids) - done_at_kill
+    assert all(c == 1 or i in in_flight for i, c in Counter(requested(fake_openai)).items())
+    noop = summary_of(recipe)
+    assert (noop["ok"], noop["resumed_ok"]) == (0, 400)

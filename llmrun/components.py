@@ -136,3 +136,21 @@ class ReadableWriter(Writer, Protocol):
         """The rows already in the output, lazily; nothing is repaired or moved (a torn or
         damaged row is skipped: resume sends its record again)."""
         ...
+
+
+@runtime_checkable
+class RunEngine(Protocol):
+    """Where a recipe's calls run when not in this process (``run.engine: NAME``).
+
+    A class registered with ``register_engines``; llmrun calls its ``build`` classmethod with
+    the recipe, the registry and the progress display, and these keywords: ``address`` (the
+    cluster ``--address`` named, or None), ``overrides`` (the ``--set`` values, so that workers
+    load the same recipe), ``limit``, ``fresh``, ``retry_errors`` and ``handle_signals``. It
+    returns the engine that runs the job (``llmrun.run.engine.Engine``, typically one made by
+    ``llmrun.api.make_engine`` with ``backends=``: see ``llmrun.run.backends``), so the output,
+    resume, progress and exit codes are those of any run. A class attribute ``runs_steps =
+    True`` says it runs ``steps:`` recipes too (else such a recipe is refused on it).
+    """
+
+    @classmethod
+    def build(cls, recipe: Any, registry: Any, progress: Any, **options: Any) -> Any: ...

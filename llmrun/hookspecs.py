@@ -71,6 +71,16 @@ def register_writers(register: Register) -> None:
 
 
 @hookspec
+def register_engines(register: Register) -> None:
+    """Register run engines (``llmrun.components.RunEngine``) by name: where a recipe's calls
+    run when not in this process (``llmrun-ray`` registers ``ray``).
+
+    A recipe picks one with ``run: {engine: NAME, workers: N}``; ``llmrun run --engine NAME
+    --address ADDR`` picks one and the cluster it joins.
+    """
+
+
+@hookspec
 def run_started(run: RunStart) -> None:
     """Called once before the first record is sent.
 

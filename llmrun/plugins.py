@@ -37,6 +37,7 @@ KIND_HOOKS: dict[str, str] = {
     "provider": "register_providers",
     "postprocessor": "register_postprocessors",
     "writer": "register_writers",
+    "engine": "register_engines",
 }
 BUILTIN_MODULES = (
     "llmrun.builtins.loaders",

@@ -28,7 +28,7 @@ EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 KEY = "sk-live-Cache7e5tSecretKey0123456789"
 PRICES = {"gpt-test": {"input": 1.0, "output": 2.0}}
 # What a cached row may differ in from the row that paid for the reply.
-PER_CALL = ("attempts", "latency_s", "cost_usd", "cached", "started_at", "finished_at")
+PER_CALL = ("attempts", "latency_s", "cost_usd", "cached", "key", "started_at", "finished_at")
 
 
 def recipe_for(

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from llmrun.job.planning import context_window, make_plan
 from llmrun.job.store import RunState
 from llmrun.plugins import load_registry
@@ -333,3 +335,38 @@ def test_plan_renders_images_and_warns_of_one_that_is_missing(tmp_path: Path):
     plan = make_plan(load_recipe(write_recipe(tmp_path, recipe), registry, environ={}), registry)
     assert plan.sampled == 2
     assert any("1 sampled record(s) fail to render" in w and "gone.png" in w for w in plan.warnings)
+
+
+def test_plan_of_a_steps_recipe_adds_up_every_step_at_its_own_price(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data.jsonl", make_records(40))
+    recipe = basic_recipe(
+        {"name": "openai", "model": "small", "api_keys": ["sk-plan-0123456789"]},
+        prices={"small": {"input": 1.0, "output": 1.0}, "big": {"input": 10.0, "output": 10.0}},
+    )
+    del recipe["prompt"]
+    recipe["generation"] = {"max_tokens": 100}
+    recipe["steps"] = [
+        {"name": "draft", "prompt": "Write about {{ text }}"},
+        {
+            "name": "judge",
+            "provider": {"model": "big"},
+            "prompt": "Judge this answer about {{ text }}: {{ steps.draft.text }}",
+        },
+    ]
+    plan = plan_json(write_recipe(tmp_path, recipe))
+    draft, judge = plan["steps"]
+    assert (draft["name"], draft["model"], judge["name"], judge["model"]) == (
+        "draft",
+        "small",
+        "judge",
+        "big",
+    )
+    assert draft["sampled"] == judge["sampled"] == 40
+    # The judge's prompt holds a draft-sized answer: 25 words (a quarter of max_tokens) more.
+    assert judge["input_tokens"] >= draft["input_tokens"] + 25 * 40
+    assert plan["input_tokens"] == draft["input_tokens"] + judge["input_tokens"]
+    assert plan["output_tokens_max"] == 2 * 100 * 40
+    assert plan["cost_usd_high"] == pytest.approx(draft["cost_usd_high"] + judge["cost_usd_high"])
+    # The judge at ten times the price: its share dominates.
+    assert judge["cost_usd_high"] > 5 * draft["cost_usd_high"]
+    assert any("steps:" in w for w in plan["warnings"])

@@ -23,7 +23,7 @@ from llmrun.errors import RecipeError
 from llmrun.plugins import load_registry
 from llmrun.recipe.load import load_recipe
 
-from .conftest import llmrun_command, run_cli, write_jsonl, write_recipe
+from .conftest import basic_recipe, llmrun_command, make_records, run_cli, write_jsonl, write_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "plugin_fixtures"
@@ -375,3 +375,86 @@ def test_schema_agrees_with_recipe_loading(
     else:
         loaded = True
     assert loaded is accepted
+
+
+def test_an_engine_no_plugin_registers_is_a_recipe_error_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    write_jsonl(tmp_path / "data.jsonl", make_records(2))
+    recipe = basic_recipe({"name": "mock"})
+    recipe["run"] = {"engine": "ray", "workers": 2}
+    path = write_recipe(tmp_path, recipe)
+    done = run_cli("run", str(path), cwd=tmp_path, env={"LLMRUN_PLUGINS": ""})
+    assert done.returncode == 2, done.stderr
+    assert "run.engine" in done.stderr and "pip install llmrun-ray" in done.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+    checked = run_cli("validate", str(path), cwd=tmp_path, env={"LLMRUN_PLUGINS": ""})
+    assert checked.returncode == 2 and "run.engine" in checked.stderr
+    local = run_cli("run", str(path), "--engine", "local", "--address", "auto", cwd=tmp_path)
+    assert local.returncode == 2 and "--address names a cluster" in local.stderr
+    zero = run_cli("run", str(path), "--engine", "local", "--workers", "0", cwd=tmp_path)
+    assert zero.returncode == 2 and "--workers must be 1 or more" in zero.stderr
+
+
+def test_a_registered_engine_builds_the_run_with_the_cluster_the_user_named(
+    tmp_path: Path,
+) -> None:
+    import argparse
+    import types
+
+    import anyio
+
+    from llmrun.api import make_engine
+    from llmrun.commands.run import engine_of
+    from llmrun.run.progress import make_progress
+
+    built: list[tuple[Any, ...]] = []
+
+    class InlineEngine:
+        """An engine plugin that runs the job here, noting what it was given."""
+
+        @classmethod
+        def build(
+            cls,
+            recipe: Any,
+            registry: Any,
+            progress: Any,
+            *,
+            address: Any,
+            overrides: Any,
+            **options: Any,
+        ) -> Any:
+            built.append((address, list(overrides), recipe.run.workers, sorted(options)))
+            return make_engine(recipe, registry, progress, **options)
+
+    def register_engines(register: Any) -> None:
+        register("inline", InlineEngine)
+
+    plugin = types.SimpleNamespace(register_engines=llmrun.hookimpl(register_engines))
+    registry = load_registry(entry_points=False, plugins={"inline": plugin})
+    assert registry.get("engine", "inline").cls is InlineEngine
+    write_jsonl(tmp_path / "data.jsonl", make_records(5))
+    recipe = basic_recipe({"name": "mock"})
+    recipe["run"] = {"engine": "inline", "workers": 3}
+    loaded = load_recipe(write_recipe(tmp_path, recipe), registry)
+    args = argparse.Namespace(address="10.0.0.1:6379", overrides=["run.concurrency=2"])
+    factory = engine_of(loaded, registry, args)
+    engine = factory(
+        loaded,
+        registry,
+        make_progress("none"),
+        limit=None,
+        fresh=False,
+        retry_errors=False,
+        handle_signals=False,
+    )
+    summary = anyio.run(engine.run)
+    assert summary.status == "completed" and summary.stats.ok == 5
+    assert built == [
+        (
+            "10.0.0.1:6379",
+            ["run.concurrency=2"],
+            3,
+            ["fresh", "handle_signals", "limit", "retry_errors"],
+        )
+    ]

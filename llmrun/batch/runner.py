@@ -515,15 +515,7 @@ class BatchRunner:
                 if info.outcome == "cancelled":
                     counts["again"] += 1  # never run: sent again by a later round or run
                     continue
-                code = "batch_failed" if info.outcome == "failed" else "batch_missing"
-                reason = info.reason if info.outcome == "failed" else None
-                result = LineResult(
-                    cid,
-                    code=code,
-                    message=f"batch {info.id} {info.outcome or 'ended'} without a result for "
-                    f"this request" + (f": {reason}" if reason else ""),
-                    retryable=True,
-                )
+                result = _missing(cid, info)
             if result.retryable and tries.get(rid, 0) < self.settings.batch_resubmits:
                 tries[rid] = tries.get(rid, 0) + 1
                 counts["again"] += 1
@@ -600,18 +592,9 @@ class BatchRunner:
                 finished[name] = steps.result(step, row)
                 finished[name]["finished_at"] = ended
             else:
-                if result is None and info.outcome == "cancelled":
-                    result = None  # never run: sent again (parked while collecting only)
-                elif result is None:
-                    code = "batch_failed" if info.outcome == "failed" else "batch_missing"
-                    reason = info.reason if info.outcome == "failed" else None
-                    result = LineResult(
-                        cid,
-                        code=code,
-                        message=f"batch {info.id} {info.outcome or 'ended'} without a result "
-                        f"for this request" + (f": {reason}" if reason else ""),
-                        retryable=True,
-                    )
+                if result is None and info.outcome != "cancelled":
+                    result = _missing(cid, info)
+                # (None: cancelled, never run: sent again, parked while collecting only)
                 if result is None or (
                     result.retryable and tries.get(rid, 0) < self.settings.batch_resubmits
                 ):
@@ -717,6 +700,19 @@ class BatchRunner:
                 part.cancel_reason = "budget"
                 self.journal.save()
                 await self._retry(self.api.cancel, self.client, self.api_key, part.batch_id)
+
+
+def _missing(cid: str, info: BatchInfo) -> LineResult:
+    """The result of a request an ended batch has no line for: retryable (sent again)."""
+    code = "batch_failed" if info.outcome == "failed" else "batch_missing"
+    reason = info.reason if info.outcome == "failed" else None
+    return LineResult(
+        cid,
+        code=code,
+        message=f"batch {info.id} {info.outcome or 'ended'} without a result for this request"
+        + (f": {reason}" if reason else ""),
+        retryable=True,
+    )
 
 
 async def run_batches(engine: Engine, done: IdSet, manifest: dict[str, Any]) -> IdSet | None:

@@ -54,6 +54,21 @@ def register(subparsers: Any) -> None:
         "--no-cache", action="store_true", help="send every call, ignoring the recipe's cache"
     )
     run.add_argument(
+        "--engine",
+        metavar="NAME",
+        help="where the calls run: local (this process) or a plugin's engine such as ray "
+        "(sets run.engine)",
+    )
+    run.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="the cluster an engine other than local joins (ray: auto or host:port; default: "
+        "one started on this machine)",
+    )
+    run.add_argument(
+        "--workers", type=int, metavar="N", help="an engine's worker processes (sets run.workers)"
+    )
+    run.add_argument(
         "--backend", choices=["asyncio", "trio"], default="asyncio", help=argparse.SUPPRESS
     )
     run.set_defaults(handler=handle)
@@ -64,7 +79,7 @@ def handle(args: argparse.Namespace, err: Any) -> int:
 
     import anyio
 
-    from ..api import make_engine, open_recipe
+    from ..api import open_recipe
     from ..errors import RecipeError
     from ..job.lockfile import check_lock
     from ..redaction import Redactor
@@ -76,6 +91,12 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         raise RecipeError(f"--limit must be 0 or more, got {args.limit}")
     if args.mode:
         args.overrides = [*args.overrides, f"run.mode={args.mode}"]
+    if args.engine:
+        args.overrides = [*args.overrides, f"run.engine={args.engine}"]
+    if args.workers is not None:
+        if args.workers < 1:
+            raise RecipeError(f"--workers must be 1 or more, got {args.workers}")
+        args.overrides = [*args.overrides, f"run.workers={args.workers}"]
     cache = cache_overrides(args.recipe, args.cache, off=args.no_cache)
     # The command that continues this run: the same one, without --fresh.
     again = shlex.join(
@@ -83,6 +104,7 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         + ([] if args.limit is None else ["--limit", str(args.limit)])
         + ([] if args.cache is None else ["--cache", args.cache])
         + (["--no-cache"] if args.no_cache else [])
+        + ([] if not args.address else ["--address", args.address])
     )
     recipe, registry = open_recipe(
         args.recipe, overrides=[*args.overrides, *cache], access=recipe_access(args)
@@ -91,13 +113,16 @@ def handle(args: argparse.Namespace, err: Any) -> int:
     again = Redactor({*recipe.secrets, *recipe.api_keys}).message(again)
     for line in reach_lines(recipe):
         err.print(line, markup=False)
+    if recipe.run.engine != "local":
+        where = f"the cluster at {args.address}" if args.address else "a cluster started here"
+        err.print(f"engine {recipe.run.engine}: the calls run on {where}", markup=False)
     for change in check_lock(recipe, registry, locked=args.locked):
         err.print("[yellow]warning[/]: differs from the lock: ", end="")
         err.print(change, markup=False)
     mode: Mode = "none" if args.quiet else args.progress
     progress = make_progress(mode, err)
     # A distribution's own `run` command (llmrun-ray) reuses this one with its own engine.
-    engine_for = getattr(args, "make_engine", None) or make_engine
+    engine_for = getattr(args, "make_engine", None) or engine_of(recipe, registry, args)
     engine = engine_for(
         recipe,
         registry,
@@ -132,6 +157,28 @@ def handle(args: argparse.Namespace, err: Any) -> int:
         err.print(f"interrupted: run `{again}` again to continue", markup=False)
         return EXIT_INTERRUPTED
     return EXIT_ERRORS if summary.stats.error + summary.stats.resumed_error else EXIT_OK
+
+
+def engine_of(recipe: Any, registry: Any, args: argparse.Namespace) -> Any:
+    """What builds the run's engine: llmrun's own, or the one ``run.engine`` names (a plugin's,
+    registered with ``register_engines``), given the cluster ``--address`` names."""
+    from ..api import make_engine
+    from ..errors import RecipeError
+
+    name = recipe.run.engine
+    if name == "local":
+        if args.address:
+            raise RecipeError("--address names a cluster for an engine: give --engine too")
+        return make_engine
+    build = registry.get("engine", name).cls.build  # the recipe's check found it
+    overrides = list(args.overrides)
+
+    def engine_for(recipe: Any, registry: Any, progress: Any, **options: Any) -> Any:
+        return build(
+            recipe, registry, progress, address=args.address, overrides=overrides, **options
+        )
+
+    return engine_for
 
 
 def reach_lines(recipe: Any) -> list[str]:

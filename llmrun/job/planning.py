@@ -82,6 +82,9 @@ class Plan:
     endpoints: list[str] = field(default_factory=list)
     env: list[str] = field(default_factory=list)
     code: list[str] = field(default_factory=list)
+    # A steps: recipe: each step's estimate (name, model, tokens, cost); the totals above
+    # add them up, as if every step ran for every record.
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +129,12 @@ def make_plan(
     done_ids, typical_seen = _read_done(recipe, registry, plan)
     template = PromptTemplate.for_recipe(recipe)
     ceiling = tokens.output_ceiling(recipe.generation)
+    # steps: each later step rendered for the sampled records too, the earlier answers stood
+    # in for by text of a typical answer's length (their real answers are not known yet).
+    later = [PromptTemplate.for_step(recipe, spec) for spec in recipe.steps[1:]]
+    ceilings = [tokens.output_ceiling(spec.generation) for spec in recipe.steps]
+    step_input = [0] * len(recipe.steps)
+    step_sampled = [0] * len(recipe.steps)
     window = context_window(plan.model)
     lacking: dict[tuple[str, ...], _Places] = {}
     failing: dict[str, int] = {}
@@ -169,6 +178,10 @@ def make_plan(
             plan.sampled += 1
             used = tokens.input_tokens(prompt.messages)
             sampled_input += used
+            if later:
+                step_input[0] += used
+                step_sampled[0] += 1
+                _sample_steps(recipe, later, ceilings, work.id, work.data, step_input, step_sampled)
             if window is not None and used + ceiling > window:
                 over_window += 1
             if len(plan.prompts) < SHOWN_PROMPTS:
@@ -199,6 +212,8 @@ def make_plan(
     plan.output_tokens_typical = round(min(typical, ceiling) * plan.to_send)
     plan.output_tokens_max = ceiling * plan.to_send
     _cost(plan, recipe)
+    if recipe.steps:
+        _steps_estimate(plan, recipe, ceilings, step_input, step_sampled, mean_input)
     _duration(plan, recipe, ceiling)
     _warnings(plan, recipe, lacking, failing, over_window, window)
     if no_id.count:
@@ -302,6 +317,86 @@ def _read_done(recipe: Recipe, registry: Registry, plan: Plan) -> tuple[IdSet, f
     return done, (outputs[1] / outputs[0] if outputs[0] else None)
 
 
+def _sample_steps(
+    recipe: Recipe,
+    later: list[PromptTemplate],
+    ceilings: list[int],
+    rid: str,
+    data: Mapping[str, Any],
+    step_input: list[int],
+    step_sampled: list[int],
+) -> None:
+    """Tokens of each later step's prompt for one record, the earlier steps' answers taken as
+    a typical answer's length (a quarter of the output ceiling) of plain words."""
+    seen: dict[str, Any] = {}
+    for k, spec in enumerate(recipe.steps):
+        if k:
+            try:
+                prompt = later[k - 1].render(rid, {**data, "steps": seen})
+            except RecordError:
+                pass  # it reads a field of an earlier answer: not known before the run
+            else:
+                step_input[k] += tokens.input_tokens(prompt.messages)
+                step_sampled[k] += 1
+        text = " ".join(["word"] * max(1, ceilings[k] // 4))
+        seen[spec.name] = {"status": "ok", "text": text, "fields": {}}
+
+
+def _steps_estimate(
+    plan: Plan,
+    recipe: Recipe,
+    ceilings: list[int],
+    step_input: list[int],
+    step_sampled: list[int],
+    mean_input: float,
+) -> None:
+    """Each step's estimate, and the plan's totals as their sums."""
+    table = PriceTable(recipe.prices)
+    batch = plan.mode == "batch"
+    totals = {"input": 0, "typical": 0, "max": 0}
+    low: float | None = 0.0
+    high: float | None = 0.0
+    for k, spec in enumerate(recipe.steps):
+        n = plan.to_send
+        mean = step_input[k] / step_sampled[k] if step_sampled[k] else mean_input
+        model = str(spec.provider_options.get("model") or plan.model or "")
+        entry: dict[str, Any] = {
+            "name": spec.name,
+            "model": model or None,
+            "input_tokens": round(mean * n),
+            "output_tokens_typical": max(1, ceilings[k] // 4) * n,
+            "output_tokens_max": ceilings[k] * n,
+            "sampled": step_sampled[k],
+        }
+        price = table.lookup(model or None)
+        cost_low = cost_high = None
+        if price is not None:
+            cost_low = price.cost(
+                Usage(entry["input_tokens"], entry["output_tokens_typical"]), batch=batch
+            )
+            cost_high = price.cost(
+                Usage(entry["input_tokens"], entry["output_tokens_max"]), batch=batch
+            )
+        entry["cost_usd_low"] = None if cost_low is None else round(cost_low, 6)
+        entry["cost_usd_high"] = None if cost_high is None else round(cost_high, 6)
+        low = None if low is None or cost_low is None else low + cost_low
+        high = None if high is None or cost_high is None else high + cost_high
+        totals["input"] += entry["input_tokens"]
+        totals["typical"] += entry["output_tokens_typical"]
+        totals["max"] += entry["output_tokens_max"]
+        plan.steps.append(entry)
+    plan.input_tokens = totals["input"]
+    plan.output_tokens_typical = totals["typical"]
+    plan.output_tokens_max = totals["max"]
+    plan.cost_usd_low = None if low is None else round(low, 6)
+    plan.cost_usd_high = None if high is None else round(high, 6)
+    plan.warnings.append(
+        f"steps: the estimates add up all {len(recipe.steps)} steps as if each ran for every "
+        "record (a `when:` may skip some), later prompts with earlier answers of a typical "
+        "length"
+    )
+
+
 def _cost(plan: Plan, recipe: Recipe) -> None:
     price = PriceTable(recipe.prices).lookup(plan.model)
     if price is None:
@@ -324,7 +419,9 @@ def _duration(plan: Plan, recipe: Recipe, ceiling: int) -> None:
         plan.duration_bound = "batch: the provider finishes a batch within its window (24 h)"
         return
     run = recipe.run
-    per_call = n and plan.output_tokens_typical / n
+    calls = n * max(1, len(recipe.steps))  # a steps: record makes a call per step
+    per_call = n and plan.output_tokens_typical / calls
+    n = calls
     latency = plan.call_latency_s
     if latency is None:
         latency = BASE_LATENCY_S + per_call / DECODE_TOKENS_PER_S
@@ -401,6 +498,13 @@ def format_plan(plan: Plan) -> str:
         for m in messages:
             content = m["content"] if isinstance(m["content"], str) else json.dumps(m["content"])
             lines.append(f"[{m['role']}] {content.rstrip()}")
+    for step in plan.steps:
+        lines.append(
+            f"step {step['name']}: ~{step['input_tokens']:,} input, "
+            f"{step['output_tokens_max']:,} output at most, "
+            f"{money(step['cost_usd_low'])} to {money(step['cost_usd_high'])} "
+            f"({step['model'] or 'unknown model'})"
+        )
     lines += [f"endpoint:  {e}" for e in plan.endpoints]
     if plan.env:
         lines.append(f"env:       {', '.join(plan.env)} (read into the recipe beyond its keys)")

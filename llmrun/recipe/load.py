@@ -72,6 +72,8 @@ RUN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "tokens_per_second": None,
         "adaptive": None,
         "budget_usd": None,
+        "engine": "local",
+        "workers": None,
     }
 )
 
@@ -299,6 +301,20 @@ def build_recipe(
             problems=problems,
         )
         mode = (data.get("run") or {}).get("mode", "direct")
+        engine = (data.get("run") or {}).get("engine", "local")
+        if steps and engine != "local" and not _engine_runs_steps(registry, engine, mode):
+            file, line, col = locate(("run", "engine"), positions, filename)
+            problems.append(
+                Problem(
+                    f"run.engine: {engine} does not run a steps: recipe"
+                    + (" in batch mode" if mode == "batch" else "")
+                    + "; use the local engine (docs/steps.md)",
+                    "run.engine",
+                    file,
+                    line,
+                    col,
+                )
+            )
         if steps and mode == "auto":
             file, line, col = locate(("run", "mode"), positions, filename)
             problems.append(
@@ -326,6 +342,14 @@ def build_recipe(
                         filename,
                         problems,
                     )
+    engine_name = (data.get("run") or {}).get("engine", "local")
+    if isinstance(engine_name, str) and engine_name != "local":
+        try:
+            registry.get("engine", engine_name)
+        except PluginError as exc:
+            file, line, col = locate(("run", "engine"), positions, filename)
+            hint = " (pip install llmrun-ray)" if engine_name == "ray" else ""
+            problems.append(Problem(f"{exc}{hint}", "run.engine", file, line, col))
     if "prompt" in data:
         problems.extend(
             template_problems(data.get("prompt"), path.parent, positions, filename, scope)
@@ -389,6 +413,8 @@ def build_recipe(
             slow_start_local=run["adaptive"] is True,
             budget_usd=None if run["budget_usd"] is None else float(run["budget_usd"]),
             max_response_bytes=int(run["max_response_bytes"]),
+            engine=str(run["engine"]),
+            workers=None if run["workers"] is None else int(run["workers"]),
         ),
         postprocess=tuple(posts),
         output_path=output_path,
@@ -748,6 +774,16 @@ def _component(
     found = schema_problems(options, schema, path, positions, filename, core_keys)
     problems.extend(found)
     return None if found else ComponentSpec(str(name), freeze(options), dotted(path))
+
+
+def _engine_runs_steps(registry: Registry, engine: Any, mode: Any) -> bool:
+    """Whether a plugin's engine runs steps: recipes (its class says ``runs_steps = True``); in
+    batch mode the local engine submits the batches, so only it runs steps there."""
+    try:
+        cls = registry.get("engine", str(engine)).cls
+    except PluginError:
+        return True  # reported as an unknown engine
+    return bool(getattr(cls, "runs_steps", False)) and mode != "batch"
 
 
 def _postprocessors(

@@ -19,7 +19,7 @@ import jinja2.nodes
 
 from ..access import ReadScope
 from ..errors import Problem
-from .model import ComponentSpec, StepSpec, freeze
+from .model import ComponentSpec, StepSpec, freeze, thaw
 from .problems import locate, sandbox_problems, template_problems
 from .templates import make_environment
 from .yamlsource import Positions, dotted
@@ -59,8 +59,8 @@ def build_steps(
     env = make_environment(base_dir, scope)
     steps: list[StepSpec] = []
     names: list[str] = []
-    chain = hashlib.sha256(json.dumps(_plain(provider), sort_keys=True, default=str).encode())
-    chain.update(json.dumps(_plain(base_generation), sort_keys=True, default=str).encode())
+    chain = hashlib.sha256(json.dumps(thaw(provider), sort_keys=True, default=str).encode())
+    chain.update(json.dumps(thaw(base_generation), sort_keys=True, default=str).encode())
 
     def problem(message: str, at: tuple[Any, ...]) -> None:
         file, line, col = locate(at, positions, filename)
@@ -135,7 +135,7 @@ def build_steps(
             )
         chain.update(
             json.dumps(
-                _plain({"step": item, "generation": generation}), sort_keys=True, default=str
+                thaw({"step": item, "generation": generation}), sort_keys=True, default=str
             ).encode()
         )
         images = prompt.get("images", ()) if isinstance(prompt, dict) else ()
@@ -193,11 +193,3 @@ def _steps_named(ast: jinja2.nodes.Template) -> set[str]:
         if named and isinstance(key, jinja2.nodes.Const) and isinstance(key.value, str):
             found.add(key.value)
     return found
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value

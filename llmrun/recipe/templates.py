@@ -206,32 +206,28 @@ class PromptTemplate:
             from .request_prompt import RequestPrompt
 
             return RequestPrompt(recipe.generation)  # type: ignore[return-value]
-        return cls(
-            recipe.messages,
-            recipe.generation,
-            recipe.base_dir,
-            str(recipe.path),
-            images=recipe.images,
-            image_detail=recipe.image_detail,
-            examples=recipe.examples,
-            scope=recipe.access.scope(recipe.base_dir),
-        )
+        return cls._of(recipe, recipe)
 
     @classmethod
     def for_step(cls, recipe: Recipe, step: StepSpec) -> PromptTemplate:
         """A step's prompt (``steps:``): its templates also see ``steps``, the earlier steps."""
-        template = cls(
-            step.messages,
-            step.generation,
-            recipe.base_dir,
-            str(recipe.path),
-            images=step.images,
-            image_detail=step.image_detail,
-            examples=step.examples,
-            scope=recipe.access.scope(recipe.base_dir),
-        )
+        template = cls._of(recipe, step)
         template.variables = template.variables - {"steps"}  # given by the run, not the record
         return template
+
+    @classmethod
+    def _of(cls, recipe: Recipe, prompt: Recipe | StepSpec) -> PromptTemplate:
+        """The recipe's or a step's prompt (both hold messages, generation, images, examples)."""
+        return cls(
+            prompt.messages,
+            prompt.generation,
+            recipe.base_dir,
+            str(recipe.path),
+            images=prompt.images,
+            image_detail=prompt.image_detail,
+            examples=prompt.examples,
+            scope=recipe.access.scope(recipe.base_dir),
+        )
 
     def condition(self, source: str) -> Callable[[Mapping[str, Any]], Any]:
         """A step's ``when``: a Jinja expression, compiled in this template's sandbox."""

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..recipe.model import Recipe
     from ..recipe.pricing import Price
     from .budget import Budget
-    from .engine import Engine
     from .limits import KeyPool
     from .stages import Stages
 
@@ -36,5 +35,6 @@ class Backends:
     key_pool: Callable[[Recipe], KeyPool] | None = None
     # (run.budget_usd, the model's price, spend already in the output) -> the run's Budget.
     budget: Callable[[float, Price, float], Budget] | None = None
-    # (the engine, its in-process stages) -> the stages its workers process records with.
-    stages: Callable[[Engine, Stages], Stages] | None = None
+    # (the engine, its in-process stages) -> the stages its workers process records with. The
+    # engine is ``run.engine.Engine``, which imports this module (so it is not named here).
+    stages: Callable[[Any, Stages], Stages] | None = None

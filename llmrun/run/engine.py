@@ -134,7 +134,7 @@ class Engine:
         self.state = RunState(recipe.output_path)
         self.rows = RowMaker(recipe, self.redact, self.provider.model, self.warn)
         # steps: (run/steps.py): each step's components, built now so a fault shows at once.
-        self._step_parts = (
+        self.step_parts = (
             step_parts(recipe, registry, context, self.provider, self.rows) if recipe.steps else []
         )
         self.journal = StepJournal(self.state.dir / "steps.jsonl")
@@ -185,7 +185,7 @@ class Engine:
                         f"(the previous output is kept as {moved_to})"
                     )
             done = await anyio.to_thread.run_sync(self._open_output)
-            if self._step_parts:
+            if self.step_parts:
                 hashes = {step.name: step.hash for step in self.recipe.steps}
                 taken = await anyio.to_thread.run_sync(
                     self.journal.open, hashes, done, finished_steps
@@ -224,8 +224,8 @@ class Engine:
             self._stages = Stages(
                 self.recipe, self.provider, self.posts, self.template, self.rows, caller
             )
-            if self._step_parts:
-                self._stages = StepStages(self._step_parts, self.rows, caller, self.journal)
+            if self.step_parts:
+                self._stages = StepStages(self.step_parts, self.rows, caller, self.journal)
             self.stats.endpoints = caller.endpoint_counts  # provider.base_urls: live counts
             if self.backends.stages is not None:
                 self._stages = self.backends.stages(self, self._stages)
@@ -558,7 +558,7 @@ class Engine:
     @batch_pricing.setter
     def batch_pricing(self, value: bool) -> None:
         self.rows.batch_pricing = value
-        for part in self._step_parts:  # a step with its own model prices with its own rows
+        for part in self.step_parts:  # a step with its own model prices with its own rows
             part.rows.batch_pricing = value
 
     async def _write(self, recv: MemoryObjectReceiveStream[Row]) -> None:

@@ -323,7 +323,6 @@ class KeyPool:
                 raise
             return lease
 
-
     @classmethod
     def for_recipe(cls, recipe: Recipe) -> KeyPool:
         """The recipe's keys with its limits and endpoints: what every mode paces with (the
@@ -337,6 +336,7 @@ class KeyPool:
             slow_start_local=run.slow_start_local,
             endpoints=recipe.endpoints,
         )
+
     def release(self, lease: Lease, *, trusted: bool) -> None:
         """The lease's request is over; ``trusted`` when the server answered it for this key."""
         state = lease.state

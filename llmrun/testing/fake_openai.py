@@ -138,7 +138,7 @@ class FakeOpenAI:
         self.stream_gap_s = stream_gap_s
         self.tls = tls  # serve HTTPS with this server context (the TLS benchmark)
         self.model = model
-        self._api_keys = None if api_keys is None else frozenset(api_keys)
+        self.api_keys_allowed = None if api_keys is None else frozenset(api_keys)
         self._reply = reply
         self._fault = fault
         self._port = port
@@ -382,8 +382,8 @@ class FakeOpenAI:
         if path.startswith("/openai/deployments/") or path in MORE_PATHS:
             request = RouteRequest(method, path, query, headers, body, bad_json, request_id)
             return more_routes(self, request)
-        if self._api_keys is not None:
-            denied = self._check_key(headers.get("authorization"))
+        if self.api_keys_allowed is not None:
+            denied = self.check_key(headers.get("authorization"))
             if denied is not None:
                 return denied
         if path == "/v1/chat/completions":
@@ -391,7 +391,7 @@ class FakeOpenAI:
                 return _method_not_allowed(method, path)
             if bad_json:
                 return _bad_json()
-            return self._chat(body, request_id)
+            return self.chat_answer(body, request_id)
         if path == "/v1/models" or path.startswith("/v1/models/"):
             if method != "GET":
                 return _method_not_allowed(method, path)
@@ -416,8 +416,8 @@ class FakeOpenAI:
             "owned_by": "system",
         }
 
-    def _check_key(self, authorization: str | None) -> tuple[int, Headers, bytes] | None:
-        assert self._api_keys is not None
+    def check_key(self, authorization: str | None) -> tuple[int, Headers, bytes] | None:
+        assert self.api_keys_allowed is not None
         if not authorization or not authorization.startswith("Bearer "):
             return error_json(
                 401,
@@ -426,7 +426,7 @@ class FakeOpenAI:
                 code="invalid_api_key",
             )
         key = authorization[len("Bearer ") :].strip()
-        if key in self._api_keys:
+        if key in self.api_keys_allowed:
             return None
         return error_json(
             401,
@@ -435,7 +435,7 @@ class FakeOpenAI:
             code="invalid_api_key",
         )
 
-    def _chat(self, body: Any, request_id: str) -> tuple[int, Headers, bytes]:
+    def chat_answer(self, body: Any, request_id: str) -> tuple[int, Headers, bytes]:
         if not isinstance(body, dict):
             return error_json(400, "The request body must be a JSON object.")
         messages = body.get("messages")

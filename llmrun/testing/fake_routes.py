@@ -7,14 +7,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .fake_images import images_answer
 from .http11 import Headers
 from .openai_bodies import azure_error, completion_answer, embeddings_answer, error_json
 
-if TYPE_CHECKING:
-    from .fake_openai import FakeOpenAI
+
+class FakeOpenAI(Protocol):
+    """What these routes need of the fake server (``fake_openai.FakeOpenAI``): named here, so
+    that this module does not import the one that imports it."""
+
+    model: str
+    api_keys_allowed: frozenset[str] | None
+
+    def check_key(self, authorization: str | None) -> tuple[int, Headers, bytes] | None: ...
+
+    def chat_answer(self, body: Any, request_id: str) -> tuple[int, Headers, bytes]: ...
+
 
 MORE_PATHS = frozenset({"/v1/completions", "/v1/embeddings", "/v1/images/generations"})
 _AZURE_PATH = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|completions|embeddings)")
@@ -41,8 +51,8 @@ def more_routes(server: FakeOpenAI, req: RouteRequest) -> tuple[int, Headers, by
     """The answer for a path in ``MORE_PATHS`` or under ``/openai/deployments/``."""
     if req.path.startswith("/openai/deployments/"):
         return _azure(server, req)
-    if server._api_keys is not None:
-        denied = server._check_key(req.headers.get("authorization"))
+    if server.api_keys_allowed is not None:
+        denied = server.check_key(req.headers.get("authorization"))
         if denied is not None:
             return denied
     early = _method_and_json(req)
@@ -68,12 +78,12 @@ def _azure(server: FakeOpenAI, req: RouteRequest) -> tuple[int, Headers, bytes]:
     # Azure answers an unknown path, or one without api-version, with 404 "Resource not found".
     if m is None or not _API_VERSION.search(req.query):
         return azure_error(404, "404", "Resource not found")
-    if server._api_keys is not None:
+    if server.api_keys_allowed is not None:
         key = req.headers.get("api-key")
         bearer = req.headers.get("authorization", "")
         if key is None and bearer.startswith("Bearer "):
             key = bearer[len("Bearer ") :].strip()
-        if key not in server._api_keys:
+        if key not in server.api_keys_allowed:
             return azure_error(401, "401", _AZURE_DENIED)
     early = _method_and_json(req)
     if early is not None:
@@ -84,4 +94,4 @@ def _azure(server: FakeOpenAI, req: RouteRequest) -> tuple[int, Headers, bytes]:
     if operation == "embeddings":
         return embeddings_answer(req.body, deployment)
     body = {**req.body, "model": deployment} if isinstance(req.body, dict) else req.body
-    return server._chat(body, req.request_id)
+    return server.chat_answer(body, req.request_id)

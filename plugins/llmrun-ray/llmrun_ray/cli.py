@@ -19,11 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
     run_command.register(commands)
-    run = commands.choices["run"]
-    run.add_argument(
-        "--address", help="the Ray cluster to join (auto, host:port); default: start one here"
-    )
-    run.add_argument("--workers", type=int, metavar="N", help="worker processes (default: CPUs)")
+    run = commands.choices["run"]  # it has --address and --workers (llmrun run --engine ray)
     run.add_argument("--cpus", type=int, metavar="N", help="CPUs of a cluster started here")
     return parser
 

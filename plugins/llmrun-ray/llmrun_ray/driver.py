@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -43,7 +43,7 @@ from llmrun.run.limits import KeyPool
 from llmrun.run.progress import Progress
 from llmrun.run.stages import Row, Stages
 
-from .limiter import ClusterBudget, RemoteKeyPool, get_limiter
+from .limiter import ClusterBudget, RemoteKeyPool, get_budget, get_limiter
 from .workers import Item, ShardWorker
 
 # Engine tasks (groups in flight) per worker: two, so a worker has its next group already
@@ -101,8 +101,9 @@ class Cluster:
 
     def budget(self, limit_usd: float, price: Price, spent_usd: float) -> Budget:
         # The output's spend so far counts once, for the whole cluster.
-        ray.get(self.limiter.set_budget.remote(limit_usd, spent_usd))
-        return ClusterBudget(self.limiter, limit_usd, price)
+        actor = get_budget(self.recipe)  # started only for a job with a budget
+        ray.get(actor.set_budget.remote(limit_usd, spent_usd))
+        return ClusterBudget(actor, limit_usd, price)
 
     def stages(self, engine: Engine, local: Stages) -> Stages:
         if not self.workers:
@@ -125,7 +126,10 @@ class RemoteStages(Stages):
         self.group_size = max(2, cluster.recipe.run.concurrency)
         self._warned: set[str] = set()
 
-    async def process(self, work: Work) -> Row:
+    async def process(
+        self, work: Work, extra: Mapping[str, Any] | None = None, sample: int = 0
+    ) -> Row:
+        # extra and sample are a steps: recipe's, which runs on the local engine only.
         rows = await self.process_group([work])
         if not rows:
             raise NotSent
@@ -134,7 +138,9 @@ class RemoteStages(Stages):
     async def process_group(self, batch: list[Work]) -> list[Row]:
         parts: dict[int, list[Item]] = {}
         for position, work in enumerate(batch):
-            item: Item = (position, work.id, work.data, work.where, work.error)
+            # A steps: record goes with the steps it has finished (the run's journal).
+            finished = self.engine.journal.pending.get(work.id, {})
+            item: Item = (position, work.id, work.data, work.where, work.error, finished)
             parts.setdefault(shard_of(work.id, self.cluster.size), []).append(item)
         got: dict[int, Row] = {}
         async with anyio.create_task_group() as group:
@@ -151,9 +157,14 @@ class RemoteStages(Stages):
             try:
                 async for ref in worker.process.remote(list(pending.values())):
                     message = await ref
+                    for rid, name, digest, result in message.get("steps", ()):
+                        # Durable here before anything depends on it: a worker that dies
+                        # next does not cost this step again.
+                        self.engine.journal.add(rid, name, digest, result)
                     for position, row in message["rows"]:
                         if pending.pop(position, None) is not None:
                             got[position] = row
+                            self.engine.journal.forget(row["id"])
                     self._news(message)
                     if "not_sent" in message:
                         self._ended(message)

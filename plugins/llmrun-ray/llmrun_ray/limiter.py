@@ -1,8 +1,11 @@
-"""One limiter for the cluster: a Ray actor holding the keys' paces, the key pool and the budget.
+"""One limiter for the cluster: a Ray actor holding the keys' paces and the key pool, and one
+holding the job's budget.
 
 Every worker process paces its requests through the same actor, so ``requests_per_minute``,
-``tokens_per_minute``, the adaptive pace, a retired key and ``run.budget_usd`` hold for the job
-as a whole, however many workers (or Ray Data tasks) it has.
+``tokens_per_minute``, the adaptive pace and a retired key hold for the job as a whole, however
+many workers (or Ray Data tasks) it has; the actor is named by the keys (their fingerprints),
+the endpoint and the limits, so concurrent jobs on the same keys share it too. ``run.budget_usd``
+is the job's: its own actor, named by the job hash.
 
 The actor runs llmrun's own ``KeyPool`` on its event loop: a worker's ``acquire`` waits *in the
 actor* until its start is due, so starts are spaced by one clock for the whole cluster, exactly
@@ -22,6 +25,10 @@ already cost; an unused allowance is given back when a worker goes idle or is re
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -30,6 +37,7 @@ import ray
 from llmrun.errors import RunAborted
 from llmrun.recipe.model import Recipe
 from llmrun.recipe.pricing import Price
+from llmrun.redaction import fingerprint
 from llmrun.run.budget import Budget
 from llmrun.run.limits import KeyPool, Lease
 
@@ -40,6 +48,17 @@ Ticket = tuple[int, int, bool, float, float]
 PROBE_GRACE_S = 10.0
 # A worker asks for this many worst-case calls' worth of budget at a time.
 ALLOWANCE_CALLS = 8
+# Limiter and budget actors live in this namespace, shared by every job on the cluster.
+NAMESPACE = "llmrun"
+# An actor nobody has asked anything for this long ends itself (LLMRUN_RAY_IDLE_S sets it).
+IDLE_EXIT_S = 300.0
+
+
+def idle_exit_s() -> float:
+    try:
+        return max(1.0, float(os.environ.get("LLMRUN_RAY_IDLE_S", IDLE_EXIT_S)))
+    except ValueError:
+        return IDLE_EXIT_S
 
 
 class Limiter:
@@ -60,13 +79,33 @@ class Limiter:
         self.reached = False
         self.acquired = 0  # load figures, for docs/scale.md and the benchmarks
         self.reports = 0
+        self.last_used = 0.0  # time.monotonic() of the latest call (watch_idle)
+        self._watching = False
 
     # -- keys ------------------------------------------------------------------------------
+
+    async def watch_idle(self, idle_s: float) -> None:
+        """End this actor once nothing has used it for ``idle_s`` (it outlives the job that
+        started it, so that concurrent jobs share it; it must not outlive them all for long:
+        a key retired today is tried again by tomorrow's job). Started once however often it
+        is asked."""
+        if self._watching:
+            return
+        self._watching = True
+        self.last_used = time.monotonic()
+        while True:
+            await asyncio.sleep(min(30.0, idle_s / 2))
+            busy = any(s.in_flight or s.probe is not None for s in self.pool.states)
+            if busy:
+                self.last_used = time.monotonic()
+            elif time.monotonic() - self.last_used > idle_s:
+                _exit_actor()
 
     async def acquire(self, tokens: int) -> Ticket | dict[int, str]:
         """A lease on the key that can start soonest, once its start is due; when every key is
         retired, why each one was (index -> reason)."""
         self.acquired += 1
+        self.last_used = time.monotonic()
         try:
             lease = await self.pool.acquire(tokens)
         except RunAborted:
@@ -110,6 +149,7 @@ class Limiter:
 
     def report(self, events: list[tuple[str, Ticket, Any]]) -> None:
         """A worker's reports since its last one, in order: (what, ticket, its argument)."""
+        self.last_used = time.monotonic()
         for what, ticket, arg in events:
             lease = self._lease(ticket)
             if what == "release":
@@ -121,7 +161,9 @@ class Limiter:
             elif what == "ok":
                 self.pool.on_success(lease, arg)
             elif what == "429":
-                self.pool.on_rate_limited(lease, arg)
+                # (Retry-After, the key's quota spent); a bare number from an older worker
+                retry_after, spent = arg if isinstance(arg, list | tuple) else (arg, False)
+                self.pool.on_rate_limited(lease, retry_after, spent=bool(spent))
             elif what == "retire":
                 self.pool.retire(lease, arg)
 
@@ -134,17 +176,20 @@ class Limiter:
 
     def set_budget(self, limit_usd: float, spent_before: float) -> None:
         """The job's budget and what its output already cost (the driver, at each start)."""
+        self.last_used = time.monotonic()
         self.limit_usd = limit_usd
         self.spent_before = spent_before
         self.held = 0.0  # a new driver: the workers of an earlier one are gone
 
     def default_budget(self, limit_usd: float) -> None:
         """The budget, unless a driver set it already (Ray Data's processors: no output)."""
+        self.last_used = time.monotonic()
         if self.limit_usd is None:
             self.limit_usd = limit_usd
 
     def grant(self, wanted: float, needed: float) -> float:
         """Up to ``wanted`` USD of allowance; 0 when not even ``needed`` is left."""
+        self.last_used = time.monotonic()
         if self.limit_usd is None:
             return wanted
         left = self.limit_usd - self.spent_before - self.held
@@ -156,6 +201,7 @@ class Limiter:
         return granted
 
     def give_back(self, unused: float) -> None:
+        self.last_used = time.monotonic()
         self.held = max(0.0, self.held - unused)
 
     def status(self) -> dict[str, Any]:
@@ -168,6 +214,8 @@ class Limiter:
             "retired": sorted(i for i, s in enumerate(self.pool.states) if s.retired),
         }
 
+
+_exit_actor: Any = ray.actor.exit_actor  # untyped in Ray's stubs
 
 # max_concurrency: every worker's every call may be waiting in acquire at once.
 _remote: Any = ray.remote  # Ray's stubs do not type an actor class made this way
@@ -186,18 +234,50 @@ def limiter_settings(recipe: Recipe) -> dict[str, Any]:
 
 
 def limiter_name(recipe: Recipe) -> str:
-    """One limiter per recipe job (its job hash) and key set: concurrent jobs on a cluster
-    that use the same recipe share it; the driver's and Ray Data's workers find it by name."""
-    return f"llmrun-limiter-{recipe.job_hash[:16]}"
+    """One limiter per key set, endpoint and limits, whatever the job: every concurrent job
+    on the cluster that sends with these keys to this endpoint paces through the same actor
+    (two recipes, or two outputs of one recipe, on one key together keep its limit). Named by
+    the keys' fingerprints, never the keys."""
+    what = {
+        "keys": sorted(fingerprint(k) for k in recipe.api_keys),
+        "endpoint": str(recipe.provider.options.get("base_url") or recipe.provider.name),
+        "endpoints": list(recipe.endpoints),
+        "limits": limiter_settings(recipe),
+    }
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return f"llmrun-limiter-{digest[:16]}"
 
 
-def get_limiter(recipe: Recipe, namespace: str | None = None) -> Any:
-    """The job's limiter actor, started when it is not running yet."""
-    return LimiterActor.options(
+def budget_name(recipe: Recipe) -> str:
+    """One budget per job (its job hash): ``run.budget_usd`` is the job's, not the key's."""
+    return f"llmrun-budget-{recipe.job_hash[:16]}"
+
+
+def get_limiter(recipe: Recipe, namespace: str = NAMESPACE) -> Any:
+    """The limiter actor of the recipe's keys, started when it is not running yet: in one
+    namespace for every job on the cluster, detached from the job that started it (another
+    job may still use it), ending itself once idle for IDLE_EXIT_S."""
+    actor = LimiterActor.options(
         name=limiter_name(recipe),
         namespace=namespace,
         get_if_exists=True,
+        lifetime="detached",
     ).remote(len(recipe.api_keys), limiter_settings(recipe))
+    actor.watch_idle.remote(idle_exit_s())
+    return actor
+
+
+def get_budget(recipe: Recipe, namespace: str = NAMESPACE) -> Any:
+    """The job's budget actor (a limiter whose keys are not used), started when needed; like
+    the limiter it outlives a driver (a restarted driver sets the budget again)."""
+    actor = LimiterActor.options(
+        name=budget_name(recipe),
+        namespace=namespace,
+        get_if_exists=True,
+        lifetime="detached",
+    ).remote(0, {})
+    actor.watch_idle.remote(idle_exit_s())
+    return actor
 
 
 class RemoteLease(Lease):
@@ -294,8 +374,10 @@ class RemoteKeyPool(KeyPool):
         wanted = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit")}
         self._report("ok", _ticket(lease), wanted)
 
-    def on_rate_limited(self, lease: Lease, retry_after: float | None) -> None:
-        self._report("429", _ticket(lease), retry_after)
+    def on_rate_limited(
+        self, lease: Lease, retry_after: float | None, *, spent: bool = False
+    ) -> None:
+        self._report("429", _ticket(lease), (retry_after, spent))
 
     def retire(self, lease: Lease, reason: str) -> bool:
         if lease.state.retired is None:

@@ -9,8 +9,9 @@ Each batch (columns -> values, Ray Data's default ``numpy`` or ``pandas`` format
 records) becomes one output row per record, in order, with the columns of llmrun's output row:
 ``id``, ``status``, ``text``, ``fields``, ``error``, ``usage`` (JSON text for the nested ones)
 and ``row`` (the whole row as JSON). Every processor of the job paces its calls through the same
-limiter actor as ``llmrun-ray run`` (found by the recipe's job hash), so the recipe's rate
-limits, key pool and ``run.budget_usd`` hold for all of them together.
+limiter actor as ``llmrun run --engine ray`` (found by the keys, endpoint and limits) and the
+same budget actor (found by the job hash), so the recipe's rate limits, key pool and
+``run.budget_usd`` hold for all of them together.
 
 The recipe's ``data`` and ``output`` sections are not used: Ray Data reads and writes.
 """

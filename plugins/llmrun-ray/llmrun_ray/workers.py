@@ -16,22 +16,45 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from llmrun.access import Access
 from llmrun.api import make_engine, open_recipe
 from llmrun.errors import CallError, RunAborted
 from llmrun.job.records import Work
+from llmrun.job.stepjournal import StepJournal
 from llmrun.run.calls import Caller, NotSent
 from llmrun.run.progress import make_progress
 from llmrun.run.stages import Stages
+from llmrun.run.steps import StepStages
 from llmrun.wire.transport import default_transport
 
-from .limiter import ClusterBudget, RemoteKeyPool, get_limiter
+from .limiter import ClusterBudget, RemoteKeyPool, get_budget, get_limiter
 
-# (position in the driver's batch, id, data, where, error): a record as the driver sends it.
-Item = tuple[int, str, "dict[str, Any] | None", str, "str | None"]
+# (position in the driver's batch, id, data, where, error, the steps it has finished): a
+# record as the driver sends it (the last is empty but for a steps: recipe).
+Item = tuple[int, str, "dict[str, Any] | None", str, "str | None", "dict[str, Any]"]
+
+
+NO_ROW = -1  # in a worker's queue of results: a step finished, no row yet
+
+
+class RelayedJournal(StepJournal):
+    """A worker's step journal: in memory, each finished step relayed to the driver with the
+    next message, where the run's own journal (beside the output) keeps it. A worker that dies
+    loses nothing the driver has heard of: its replacement gets those steps with the record."""
+
+    def __init__(self) -> None:
+        super().__init__(Path(os.devnull))
+        self.relayed: list[tuple[str, str, str, dict[str, Any]]] = []
+        self.notify: Callable[[], None] = lambda: None  # a message goes out at once
+
+    def add(self, rid: str, name: str, digest: str, result: dict[str, Any]) -> None:
+        super().add(rid, name, digest, result)
+        self.relayed.append((rid, name, digest, result))
+        self.notify()
 
 
 class RecipeStages:
@@ -48,10 +71,11 @@ class RecipeStages:
         # worker's recipe is the driver's, with nothing more allowed.
         recipe, registry = open_recipe(recipe_path, overrides=overrides, access=access)
         self.recipe = recipe
-        if limiter is None:  # every worker and processor finds the job's limiter by name
+        if limiter is None:  # every worker and processor finds the keys' limiter by name
             limiter = get_limiter(recipe)
-            if recipe.run.budget_usd is not None:
-                limiter.default_budget.remote(recipe.run.budget_usd)
+        self.budget_actor = get_budget(recipe) if recipe.run.budget_usd is not None else None
+        if self.budget_actor is not None:
+            self.budget_actor.default_budget.remote(recipe.run.budget_usd)
         # The engine is only the holder of the recipe's components (provider, postprocessors,
         # template, row maker, redaction): it never runs here.
         self.engine = make_engine(recipe, registry, make_progress("none"), handle_signals=False)
@@ -60,6 +84,7 @@ class RecipeStages:
         self.warnings: list[str] = []
         self.budget_reached = False
         self.budget: ClusterBudget | None = None
+        self.journal = RelayedJournal()
         self._stages: Stages | None = None
 
     def stages(self) -> Stages:
@@ -73,7 +98,7 @@ class RecipeStages:
             if run.budget_usd is not None:
                 price = engine.rows.price(engine.provider.model)
                 assert price is not None  # the engine refused a budget without a price
-                self.budget = ClusterBudget(self.limiter, run.budget_usd, price)
+                self.budget = ClusterBudget(self.budget_actor, run.budget_usd, price)
             caller = Caller(
                 engine.provider,
                 transport,
@@ -85,10 +110,16 @@ class RecipeStages:
                 cost_of=engine.rows.cost,
                 on_budget=self._on_budget,
                 count_tokens=run.tokens_per_minute is not None,
+                # The recipe's call cache, opened by each worker (SQLite in WAL mode: several
+                # processes share one file; the nodes of a cluster need it on shared storage).
+                cache=engine.cache,
             )
-            self._stages = Stages(
-                recipe, engine.provider, engine.posts, engine.template, engine.rows, caller
-            )
+            if engine.step_parts:  # a steps: recipe: each record through its steps here
+                self._stages = StepStages(engine.step_parts, engine.rows, caller, self.journal)
+            else:
+                self._stages = Stages(
+                    recipe, engine.provider, engine.posts, engine.template, engine.rows, caller
+                )
         return self._stages
 
     def warn(self, message: str) -> None:
@@ -102,9 +133,14 @@ class RecipeStages:
 
     def news(self) -> dict[str, Any]:
         """Retries and warnings since the last report (they travel with the rows)."""
-        news: dict[str, Any] = {"retries": dict(self.retries), "warnings": self.warnings}
+        news: dict[str, Any] = {
+            "retries": dict(self.retries),
+            "warnings": self.warnings,
+            "steps": self.journal.relayed,
+        }
         self.retries = Counter()
         self.warnings = []
+        self.journal.relayed = []
         return news
 
 
@@ -134,8 +170,10 @@ class ShardWorker:
         stages = self.own.stages()
         if self.slots is None:
             self.slots = asyncio.Semaphore(self.own.recipe.run.concurrency)
-        done: asyncio.Queue[tuple[int, dict[str, Any] | BaseException]] = asyncio.Queue()
+        done: asyncio.Queue[tuple[int, dict[str, Any] | BaseException | None]] = asyncio.Queue()
         self.active += 1
+        # A finished step goes to the driver with the next message, sent at once (NO_ROW).
+        self.own.journal.notify = lambda: done.put_nowait((NO_ROW, None))
         tasks = [asyncio.ensure_future(self._one(stages, item, done)) for item in items]
         not_sent: list[int] = []
         aborted: str | None = None
@@ -146,9 +184,11 @@ class ShardWorker:
                 got = [first]
                 while not done.empty():
                     got.append(done.get_nowait())
-                left -= len(got)
+                left -= sum(1 for position, _ in got if position != NO_ROW)
                 rows = []
                 for position, result in got:
+                    if position == NO_ROW:
+                        continue
                     if isinstance(result, dict):
                         rows.append((position, result))
                         self.processed += 1
@@ -156,7 +196,7 @@ class ShardWorker:
                         aborted = aborted or str(result)
                     else:
                         not_sent.append(position)
-                if rows:
+                if rows or self.own.journal.relayed:
                     yield {"rows": rows, **self.own.news()}
         finally:
             for task in tasks:
@@ -176,11 +216,13 @@ class ShardWorker:
         self,
         stages: Stages,
         item: Item,
-        done: asyncio.Queue[tuple[int, dict[str, Any] | BaseException]],
+        done: asyncio.Queue[tuple[int, dict[str, Any] | BaseException | None]],
     ) -> None:
-        position, rid, data, where, error = item
+        position, rid, data, where, error, finished = item
         assert self.slots is not None
         result: dict[str, Any] | BaseException
+        if finished:  # what an earlier worker (or run) finished of this record's steps
+            self.own.journal.pending[rid] = dict(finished)
         async with self.slots:
             try:
                 result = await stages.process(Work(rid, data, where, error))

@@ -86,6 +86,56 @@ def test_two_workers_write_every_id_once_into_the_one_output(cluster: str, tmp_p
     assert "llmrun run" not in proc.stderr or "Traceback" not in proc.stderr
 
 
+def test_run_engine_ray_in_the_recipe_runs_through_llmrun_itself(cluster: str, tmp_path: Path):
+    n = 120
+    with FakeOpenAI(latency_s=0.01) as server:
+        recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 8, engine: ray, workers: 2}")
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "llmrun", "run", str(recipe), "--address", cluster, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"engine ray: the calls run on the cluster at {cluster}" in proc.stderr
+        rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
+        ids_once(rows, n)
+        assert server.count() == n
+        # Both workers had records, and the output is the one any run writes.
+        assert {shard_of(r["id"], 2) for r in rows} == {0, 1}
+        assert json.loads(proc.stdout)["ok"] == n
+        # --engine on the command line does the same for a recipe that does not say it.
+        plain = recipe_file(tmp_path, server.url, n, "{concurrency: 8}")
+        again = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "llmrun",
+                "run",
+                str(plain),
+                "--engine",
+                "ray",
+                "--workers",
+                "2",
+                "--address",
+                cluster,
+                "--json",
+                "--fresh",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        ids_once(read_jsonl(tmp_path / "out" / "labels.jsonl"), n)
+        assert server.count() == 2 * n
+
+
 class Bucket:
     """The server's own limit: ``rate`` requests/s with a burst of ``burst`` (token bucket);
     a request past it gets a 429, as a provider answers."""
@@ -142,6 +192,147 @@ def test_requests_per_minute_holds_for_the_cluster_not_per_worker(cluster: str, 
     assert most_in_window(times, 5.0) <= 5.0 * rate * 1.02 + rate
     # And it ran at the limit, not far under it: 200 starts at 20/s take about 10 s.
     assert max(times) - min(times) >= (n - 1) / rate * 0.95
+
+
+def test_workers_answer_from_the_call_cache(cluster: str, tmp_path: Path):
+    n = 60
+    with FakeOpenAI(latency_s=0.01) as server:
+        recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 4, engine: ray, workers: 2}")
+        text = (
+            recipe.read_text(encoding="utf-8") + "cache: calls.db\ngeneration: {temperature: 0}\n"
+        )
+        recipe.write_text(text, encoding="utf-8")
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        command = [sys.executable, "-m", "llmrun", "run", str(recipe), "--address", cluster]
+        first = subprocess.run(
+            [*command, "--json"], capture_output=True, text=True, timeout=240, env=env, check=False
+        )
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert server.count() == n
+        again = subprocess.run(
+            [*command, "--json", "--fresh"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert server.count() == n  # every reply came from the cache the workers filled
+        assert json.loads(again.stdout)["cached"] == n
+    rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
+    ids_once(rows, n)
+    assert all(r["cached"] for r in rows)
+
+
+STEPS = """\
+name: ray-steps
+data: {{loader: jsonl, path: data.jsonl, id: id}}
+provider: {{name: openai, base_url: "{url}", model: fake-model, api_keys: [k1]}}
+steps:
+  - name: draft
+    prompt: "STEP draft of {{{{ id }}}}: {{{{ text }}}}"
+  - name: check
+    prompt: "STEP check of {{{{ id }}}}: [{{{{ steps.draft.text[:40] }}}}]"
+run: {{concurrency: 4, engine: ray, workers: 2}}
+output: {{path: out/steps.jsonl}}
+"""
+
+
+def step_of(request: RecordedRequest) -> tuple[str, str]:
+    text = str(request.body["messages"][-1]["content"])
+    step, rid = text.split()[1], text.split()[3].rstrip(":")
+    return step, rid
+
+
+def test_a_steps_recipe_runs_each_record_through_its_steps_on_a_worker(
+    cluster: str, tmp_path: Path
+):
+    n = 60
+    write_jsonl(tmp_path / "data.jsonl", reviews(n))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with FakeOpenAI(latency_s=0.05) as server:
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(STEPS.format(url=server.url), encoding="utf-8")
+        command = [sys.executable, "-m", "llmrun", "run", str(recipe), "--address", cluster]
+        # Killed once some records have rows: the steps the workers finished were relayed to
+        # the driver's journal, so the next run sends none of them again.
+        first = subprocess.Popen([*command, "-q"], env=env, stderr=subprocess.PIPE)
+        output = tmp_path / "out" / "steps.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if output.exists() and output.read_bytes().count(b"\n") >= 10:
+                break
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+        journal = tmp_path / "out" / "steps.jsonl.llmrun" / "steps.jsonl"
+        finished = set()
+        if journal.exists():
+            for line in journal.read_bytes().splitlines(keepends=True):
+                if line.endswith(b"\n"):
+                    entry = json.loads(line)
+                    finished.add((entry["step"], entry["id"]))
+        with_row = set()
+        for line in output.read_bytes().splitlines(keepends=True):
+            if line.endswith(b"\n"):
+                row = json.loads(line)
+                with_row.add(row["id"])
+                finished |= {(s, row["id"]) for s in row["steps"]}
+        # Drafts the workers had finished for records with no row yet reached the driver.
+        assert any(rid not in with_row for _, rid in finished)
+        sent_at_kill = collections.Counter(step_of(r) for r in server.requests)
+        again = subprocess.run(
+            [*command, "--json"], capture_output=True, text=True, timeout=240, env=env, check=False
+        )
+        assert again.returncode == 0, again.stderr[-3000:]
+        sent = collections.Counter(step_of(r) for r in server.requests)
+    rows = read_jsonl(output)
+    ids_once(rows, n)
+    for row in rows:
+        assert row["status"] == "ok", row
+        draft = row["steps"]["draft"]["text"]
+        assert f"of {row['id']}:" in draft  # the fake echoes: each record's own reply
+        assert row["text"] == row["steps"]["check"]["text"]
+        assert f"[{draft[:40]}]" in row["text"]  # the second step saw the first one's answer
+    resent = [k for k in finished if sent[k] != sent_at_kill[k]]
+    assert not resent, f"finished steps sent again: {resent[:5]}"
+
+
+def test_two_jobs_on_one_key_share_its_limit(cluster: str, tmp_path: Path):
+    # Two different recipes (two outputs, two job hashes) on the same key at 600/min = 10/s,
+    # run at the same time on the cluster: together they keep the key's 10/s, where two
+    # limiters (one per job, as before) would send 20/s and be refused.
+    n, rate = 60, 10.0
+    bucket = Bucket(rate, burst=rate)
+    with FakeOpenAI(latency_s=0.05, fault=bucket) as server:
+        runs = []
+        for name in ("a", "b"):
+            folder = tmp_path / name
+            folder.mkdir()
+            recipe = recipe_file(
+                folder, server.url, n, "{concurrency: 4, requests_per_minute: 600, max_retries: 0}"
+            )
+            text = recipe.read_text(encoding="utf-8").replace("one word", f"one word ({name})")
+            recipe.write_text(text, encoding="utf-8")
+            runs.append(
+                subprocess.Popen(
+                    [*CLI, "run", str(recipe), "--address", cluster, "--workers", "1", "-q"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+                )
+            )
+        errors = [run.communicate(timeout=240)[1] for run in runs]
+        times = sorted(r.received_at for r in server.requests)
+    assert [run.returncode for run in runs] == [0, 0], errors
+    assert bucket.refused == 0, f"{bucket.refused} refused: the two jobs passed the key's limit"
+    assert len(times) == 2 * n
+    # Both jobs ran at once (their requests interleave), and together at the key's pace.
+    assert most_in_window(times, 3.0) <= 3.0 * rate * 1.02 + rate
+    for name in ("a", "b"):
+        ids_once(read_jsonl(tmp_path / name / "out" / "labels.jsonl"), n)
 
 
 def test_a_retired_key_is_retired_on_every_worker(cluster: str, tmp_path: Path):

@@ -62,7 +62,8 @@ class JsonlWriter:
         ends and never parsed whole: parsing each row was most of the time a resume of 10^6
         rows took (issue 14). Any other line (an id that holds an escape, a row written by
         hand or another tool, a damaged line) is parsed as ``open`` parses it and counted the
-        same way."""
+        same way. (A line damaged only between its two ends, which only an edit can do since
+        rows are appended whole, counts as its id's row.)"""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._repair_tail()
         yield from self.read_ids(start)

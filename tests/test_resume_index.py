@@ -386,7 +386,9 @@ def test_rows_written_after_the_checkpoint_are_read_and_counted(tmp_path: Path) 
     assert_one_row_each(tmp_path, 30)
 
 
-@pytest.mark.parametrize("change", ["output byte", "input id", "retry errors", "input replaced"])
+@pytest.mark.parametrize(
+    "change", ["output byte", "input id", "retry errors", "input replaced", "checkpoint byte"]
+)
 def test_a_checkpoint_that_no_longer_holds_is_not_used(tmp_path: Path, change: str) -> None:
     recipe = checkpoint_job(tmp_path, 20)
     summary_of(recipe)
@@ -409,6 +411,11 @@ def test_a_checkpoint_that_no_longer_holds_is_not_used(tmp_path: Path, change: s
         args = ("--retry-errors",)
         with open(tmp_path / "out.jsonl", "ab") as fh:
             fh.write(row_line(row("r-extra", "error")))
+    elif change == "checkpoint byte":  # the checkpoint itself damaged on disk
+        path = checkpoint_path(tmp_path)
+        damaged = bytearray(path.read_bytes())
+        damaged[-5] ^= 0xFF
+        path.write_bytes(bytes(damaged))
     else:  # another file under the same name: the same records in another order
         data = tmp_path / "data.jsonl"
         lines = data.read_bytes().splitlines(keepends=True)

@@ -129,18 +129,26 @@ def read_checkpoint(state_dir: Path, scope: str, data: Path, output: Path) -> Ch
                 float(head["cost_usd"]),
                 [],
             )
+            crc = 0
             for n, shift, groups in head["layers"]:
+                # The shape IdSet's lookup relies on: an entry per group and one past the end.
+                if not (0 < 128 - shift <= 64 and groups == (1 << (128 - shift)) + 1):
+                    return None
+                raw = fh.read(8 * groups)
+                digests = fh.read(16 * n)
+                crc = zlib.crc32(digests, zlib.crc32(raw, crc))
                 table = array.array("Q")
-                table.frombytes(fh.read(8 * groups))
+                table.frombytes(raw)
                 if sys.byteorder != head["byteorder"]:
                     table.byteswap()
-                digests = fh.read(16 * n)
-                if len(table) != groups or len(digests) != 16 * n:
+                if len(table) != groups or len(digests) != 16 * n or table[0] or table[-1] != n:
                     return None
                 point.layers.append((digests, table, int(shift), int(n)))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not (point.input.unchanged(data) and point.output.unchanged(output)):
+            if crc != head["body_crc32"] or fh.read(1):
+                return None  # damaged on disk: its ids cannot be trusted
+        if not (point.input.unchanged(data) and point.output.unchanged(output)):
+            return None
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return None
     return point
 
@@ -159,7 +167,12 @@ def write_checkpoint(state_dir: Path, point: Checkpoint) -> None:
         "error": point.error,
         "cost_usd": point.cost_usd,
         "layers": [[n, shift, len(table)] for _d, table, shift, n in point.layers],
+        "body_crc32": 0,
     }
+    crc = 0
+    for digests, table, _shift, _n in point.layers:
+        crc = zlib.crc32(digests, zlib.crc32(table.tobytes(), crc))
+    head["body_crc32"] = crc
     path = state_dir / NAME
     tmp = state_dir / f".{NAME}.{os.getpid()}.tmp"
     with open(tmp, "wb") as fh:

@@ -12,7 +12,9 @@ The output is made once and kept in ``--cache``: the real ``llmrun run`` runs th
 records, then its rows are repeated with each record's id put in (ids are written with a fixed
 width, so every copy has the byte length of the row the real run would have written for that
 record: the input's record ``i`` is record ``i % 1000`` with id ``i``). The manifest is the
-real run's.
+real run's. At every start, a no-op run over the input cut back to its first ``rows`` records
+leaves the state a completed run leaves (with the resume checkpoint); the new records are then
+put back at the end of the same file.
 
 Measured, each in a fresh process of the real CLI (``llmrun run recipe.yaml --quiet --json``):
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import random
@@ -142,20 +145,34 @@ def prepare(cache: Path, rows: int, new: int, log: Any) -> Path:
     seed_out.unlink()
     shutil.rmtree(state)
     (folder / "manifest.base.json").write_bytes(manifest)
-    # The job as a completed run leaves it: the input then held the `rows` records; a no-op
-    # run over it writes the resume checkpoint (job/checkpoint.py), kept for reset(). Then the
-    # new records are appended to the same file.
-    write_data(folder / "data.jsonl", rows)
+    write_data(folder / "data.jsonl", rows + new)
     (folder / "recipe.yaml").write_text(recipe_text("data.jsonl"), encoding="utf-8")
-    reset(folder, checkpoint=False)
-    run_once(folder)
-    checkpoint = state / "resume.idx"
-    if checkpoint.exists():
-        shutil.copyfile(checkpoint, folder / "resume.base.idx")
-    with open(folder / "data.jsonl", "a", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(record(i)) + "\n" for i in range(rows, rows + new))
-    (folder / "ready").write_text("ok\n", encoding="utf-8")
+    (folder / "ready").write_text(f"{rows}\n", encoding="utf-8")
     return folder
+
+
+def make_checkpoint(folder: Path, rows: int) -> None:
+    """The state a completed run leaves when the input held only the first ``rows`` records:
+    the input is cut back to them (the same file), a no-op run over it writes the resume
+    checkpoint (job/checkpoint.py), kept for reset(), and the new records are put back. Made
+    by this llmrun at every start (a checkpoint of another version would not be used)."""
+    data = folder / "data.jsonl"
+    with open(data, "rb") as fh:
+        prefix = sum(len(line) for line in itertools.islice(fh, rows))
+        fh.seek(prefix)
+        tail = fh.read()
+    os.truncate(data, prefix)
+    try:
+        reset(folder, checkpoint=False)
+        run_once(folder)
+    finally:
+        with open(data, "ab") as fh:
+            fh.write(tail)
+    state = folder / "out" / "labels.jsonl.llmrun"
+    base = folder / "resume.base.idx"
+    base.unlink(missing_ok=True)
+    if (state / "resume.idx").exists():
+        shutil.copyfile(state / "resume.idx", base)
 
 
 def reset(folder: Path, checkpoint: bool) -> None:
@@ -230,6 +247,7 @@ def main() -> int:
         print(message, file=sys.stderr, flush=True)
 
     folder = prepare(args.cache, args.rows, args.new, log)
+    make_checkpoint(folder, args.rows)
     size_mb = (folder / "out" / "labels.jsonl.base").stat().st_size / 1e6
     log(
         f"{args.rows:,} rows done ({size_mb:,.0f} MB of output), {args.new:,} new records; "

@@ -129,8 +129,12 @@ def read_checkpoint(state_dir: Path, scope: str, data: Path, output: Path) -> Ch
                 float(head["cost_usd"]),
                 [],
             )
+            body_crc, layers = int(head["body_crc32"]), list(head["layers"])
+            # The files first: a checkpoint that no longer holds costs no memory for its ids.
+            if not (point.input.unchanged(data) and point.output.unchanged(output)):
+                return None
             crc = 0
-            for n, shift, groups in head["layers"]:
+            for n, shift, groups in layers:
                 # The shape IdSet's lookup relies on: an entry per group and one past the end.
                 if not (0 < 128 - shift <= 64 and groups == (1 << (128 - shift)) + 1):
                     return None
@@ -144,10 +148,8 @@ def read_checkpoint(state_dir: Path, scope: str, data: Path, output: Path) -> Ch
                 if len(table) != groups or len(digests) != 16 * n or table[0] or table[-1] != n:
                     return None
                 point.layers.append((digests, table, int(shift), int(n)))
-            if crc != head["body_crc32"] or fh.read(1):
+            if crc != body_crc or fh.read(1):
                 return None  # damaged on disk: its ids cannot be trusted
-        if not (point.input.unchanged(data) and point.output.unchanged(output)):
-            return None
     except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return None
     return point

@@ -50,6 +50,40 @@ class JsonlWriter:
         # in the input as the JSON escape it came from, so the row stays valid JSON).
         self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
 
+    def open_ids(self, start: int = 0) -> Iterator[tuple[list[bytes], int, int, list[float]]]:
+        """``open`` for resume (``job.store.index_writer``): block by block, the UTF-8 bytes of
+        each row's id, the ok and error row counts and the numeric ``cost_usd`` values, in
+        file order (from byte ``start``: see ``read_ids``), then the file is open for
+        appending.
+
+        This writer owns the row format: every row it writes begins ``{"id":"<id>","status":
+        "ok"|"error",`` and ends ``,"cost_usd":<n>,"cached":...,"recipe_hash":"..."}``
+        (``job.rows.RowMaker`` fixes the key order), so a line of that shape is read at its two
+        ends and never parsed whole: parsing each row was most of the time a resume of 10^6
+        rows took (issue 14). Any other line (an id that holds an escape, a row written by
+        hand or another tool, a damaged line) is parsed as ``open`` parses it and counted the
+        same way. (A line damaged only between its two ends, which only an edit can do since
+        rows are appended whole, counts as its id's row.)"""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair_tail()
+        yield from self.read_ids(start)
+        self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+
+    def read_ids(self, start: int = 0) -> Iterator[tuple[list[bytes], int, int, list[float]]]:
+        """What ``open_ids`` gives, read-only, from byte ``start`` (which must begin a line:
+        the end of rows indexed before; ValueError otherwise)."""
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return
+        with fh:
+            if start:
+                fh.seek(start - 1)
+                if fh.read(1) != b"\n":
+                    raise ValueError(f"{self.path.name}: byte {start} does not begin a line")
+            for lines in _line_blocks(fh):
+                yield _index_lines(lines)
+
     def read(self) -> Iterator[Mapping[str, Any]]:
         """The whole rows already written, read-only (``status``, ``plan``, the report)."""
         try:
@@ -118,6 +152,93 @@ class JsonlWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+_HEAD = b'{"id":"'
+_OK = b'","status":"ok",'
+_ERROR = b'","status":"error",'
+_COST = b',"cost_usd":'
+_CACHED = b',"cached":'
+BLOCK = 1 << 20  # bytes read at a time when indexing the output
+
+
+def _line_blocks(fh: IO[bytes]) -> Iterator[list[bytes]]:
+    """The file's lines (without their newline) a block at a time; the repaired file ends
+    with a newline, so every line is whole. A line longer than a block is read whole, as
+    iterating the file does."""
+    rest = b""
+    while True:
+        block = fh.read(BLOCK)
+        if not block:
+            if rest:
+                yield [rest]
+            return
+        lines = (rest + block if rest else block).split(b"\n")
+        rest = lines.pop()  # the start of a line the next block ends
+        if lines:
+            yield lines
+
+
+def _index_lines(lines: list[bytes]) -> tuple[list[bytes], int, int, list[float]]:
+    """The ids (UTF-8), ok and error counts and numeric costs of ``lines``: read at the two
+    ends of a row of this writer's shape, parsed whole otherwise (see ``open_ids``)."""
+    ids: list[bytes] = []
+    costs: list[float] = []
+    ok = error = 0
+    for line in lines:
+        # The shape: {"id":"<no quote, no backslash>","status":"ok|error", ... ,"cost_usd":
+        # <null|number>,"cached": ... "}
+        end = line.find(b'"', 7) if line.startswith(_HEAD) and line.endswith(b'"}') else -1
+        at = line.rfind(_COST) if end > 7 else -1
+        stop = line.find(b",", at + 12) if at > end else -1
+        if stop > 0 and line.startswith(_CACHED, stop) and b"\\" not in line[7:end]:
+            cost = _cost(line[at + 12 : stop])
+            if cost is not _NOT_MINE:
+                if line.startswith(_OK, end):
+                    ok += 1
+                elif line.startswith(_ERROR, end):
+                    error += 1
+                else:
+                    cost = _NOT_MINE
+            if cost is not _NOT_MINE:
+                ids.append(line[7:end])
+                if cost is not None:
+                    costs.append(cost)
+                continue
+        # Not this writer's shape: parsed whole and counted as ``open`` + index_output do.
+        try:
+            row = loads(line)
+        except ValueError:
+            continue  # a damaged line in the middle: its record runs again
+        if not isinstance(row, dict) or "id" not in row:
+            continue
+        ids.append(str(row["id"]).encode("utf-8", "surrogatepass"))
+        if row.get("status") == "ok":
+            ok += 1
+        else:
+            error += 1
+        value = row.get("cost_usd")
+        if isinstance(value, int | float):
+            costs.append(value)
+    return ids, ok, error, costs
+
+
+_NOT_MINE: Any = object()
+
+
+def _cost(token: bytes) -> Any:
+    """A row's ``cost_usd`` as this writer writes it (null or a JSON number), else _NOT_MINE
+    (float() alone would also read "inf", "1_0" or " 1")."""
+    if token == b"null":
+        return None
+    if not (token[-1:].isdigit() and (token[:1].isdigit() or token[:1] == b"-")):
+        return _NOT_MINE
+    if b"_" in token:
+        return _NOT_MINE
+    try:
+        return float(token)
+    except ValueError:
+        return _NOT_MINE
 
 
 def _is_row(data: bytes) -> bool:

@@ -12,7 +12,6 @@ import array
 import bisect
 import contextlib
 import datetime as dt
-import hashlib
 import itertools
 import json
 import os
@@ -20,12 +19,12 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
 from ..errors import LockedError
 
-FENCE = 64  # digests per block of the lookup index (IdSet._fence)
 DIGEST = 16  # bytes of blake2b per id: collisions are out of reach (~1e-20 at 10^9 ids)
 
 
@@ -43,41 +42,120 @@ def now_iso() -> str:
 _SECOND: list[Any] = [-1, ""]  # [whole second, its formatted date and time]
 
 
+Layer = tuple[bytes | bytearray, "array.array[int]", int, int]  # digests, table, shift, count
+
+
 class IdSet:
-    """A read-only set of ids kept as one sorted buffer of digests: 16 bytes an id, however
-    long the ids are (a Python set of strings costs ~100 bytes each)."""
+    """A read-only set of ids kept as digests: 16 bytes of blake2b an id, however long the ids
+    are (a Python set of strings costs ~100 bytes each), grouped by their leading bits.
 
-    def __init__(self, ids: Iterable[str] = ()) -> None:
-        digests = sorted({self._digest(i) for i in ids})
-        self._buf = b"".join(digests)
-        self._n = len(digests)
-        # The first 8 bytes of every FENCE-th digest, as integers: a lookup bisects them in C and
-        # then finds the digest with bytes.find inside one block (a Python binary search over
-        # the buffer took ~10 us a lookup, 20 slices deep; resume looks up every input record).
-        self._fence = array.array("Q", [int.from_bytes(d[:8], "big") for d in digests[::FENCE]])
+    A lookup hashes the id, reads where its group starts in a table (one entry per ~4 ids) and
+    looks for the digest in that group with ``bytes.find``: no Python-level search (the sorted
+    buffer with a bisected fence array this replaces took ~3 us a lookup, and resume looks up
+    every input record). Building it never holds a Python object per id (issue 14: a set of
+    10^6 digests took 150 MB for a moment): see ``IdSetBuilder``. A set may hold several such
+    layers (the resume checkpoint's and the rows written since, job/checkpoint.py)."""
 
-    @staticmethod
-    def _digest(rid: str) -> bytes:
-        return hashlib.blake2b(rid.encode(), digest_size=DIGEST).digest()
+    def __init__(
+        self,
+        ids: Iterable[str] = (),
+        *,
+        builder: IdSetBuilder | None = None,
+        layers: Iterable[Layer] = (),
+    ) -> None:
+        """The set of ``ids``, or of what ``builder`` collected (which it empties), with
+        ``layers`` (of other sets) beside it."""
+        if builder is None:
+            builder = IdSetBuilder()
+            builder.add_all(ids)
+        own = builder.parts()
+        self._layers = [layer for layer in (*layers, own) if layer[3]]
+        self._n = sum(layer[3] for layer in self._layers)
+
+    def layers(self) -> list[Layer]:
+        return list(self._layers)
 
     def __len__(self) -> int:
+        """Digests held (an id in two layers counts twice)."""
         return self._n
 
     def __contains__(self, rid: object) -> bool:
         if not self._n or not isinstance(rid, str):
             return False
-        key = self._digest(rid)
-        head = int.from_bytes(key[:8], "big")
-        # Blocks that can hold the key: from the last one starting below it to the first one
-        # starting above it (several only when digests share their first 8 bytes).
-        first = max(bisect.bisect_left(self._fence, head) - 1, 0)
-        last = bisect.bisect_right(self._fence, head)
-        block = FENCE * DIGEST
-        lo, hi = first * block, min(last * block, len(self._buf))
-        pos = self._buf.find(key, lo, hi)
-        while pos >= 0 and (pos - lo) % DIGEST:  # a match straddling two digests: go on
-            pos = self._buf.find(key, pos + 1, hi)
-        return pos >= 0
+        key = blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=DIGEST).digest()
+        number = int.from_bytes(key, "big")
+        for buf, table, shift, _n in self._layers:
+            group = number >> shift
+            lo = table[group] * DIGEST
+            hi = table[group + 1] * DIGEST
+            pos = buf.find(key, lo, hi)
+            while pos >= 0 and (pos - lo) % DIGEST:  # a match straddling two digests: go on
+                pos = buf.find(key, pos + 1, hi)
+            if pos >= 0:
+                return True
+        return False
+
+
+class IdSetBuilder:
+    """Collects ids (or their UTF-8 bytes, as a writer reads them from its output) into 256
+    byte buffers by their digest's first byte; ``parts`` sorts one buffer at a time, so at
+    most 1/256 of the ids are ever Python objects at once."""
+
+    def __init__(self) -> None:
+        self._parts = [bytearray() for _ in range(256)]
+
+    def add(self, rid: str) -> None:
+        self.add_utf8(rid.encode("utf-8", "surrogatepass"))
+
+    def add_all(self, ids: Iterable[str]) -> None:
+        parts = self._parts
+        for rid in ids:
+            key = blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=DIGEST).digest()
+            parts[key[0]] += key
+
+    def add_utf8(self, raw: bytes) -> None:
+        key = blake2b(raw, digest_size=DIGEST).digest()
+        self._parts[key[0]] += key
+
+    def add_all_utf8(self, raws: Iterable[bytes]) -> None:
+        parts = self._parts
+        for raw in raws:
+            key = blake2b(raw, digest_size=DIGEST).digest()
+            parts[key[0]] += key
+
+    def add_digests(self, digests: bytes | bytearray) -> None:
+        """Digests as a layer holds them (to merge layers)."""
+        parts = self._parts
+        view = memoryview(digests)
+        for i in range(0, len(digests), DIGEST):
+            parts[digests[i]] += view[i : i + DIGEST]
+
+    def parts(self) -> Layer:
+        """(sorted unique digests, group start table, shift of a digest to its group, count).
+        Empties the builder."""
+        n = sum(len(p) for p in self._parts) // DIGEST
+        # Groups of 2 to 4 digests: a lookup's find looks at ~64 bytes; the table costs 2 to 4
+        # bytes an id. At least one group per first byte, so each part fills whole groups.
+        bits = max(8, (max(n, 1) // 4).bit_length())
+        per_part = 1 << (bits - 8)
+        out = bytearray()
+        table = array.array("Q", [0]) * ((1 << bits) + 1)
+        count = 0
+        for first in range(256):
+            part = bytes(self._parts[first])
+            self._parts[first] = bytearray()
+            keys = sorted({part[i : i + DIGEST] for i in range(0, len(part), DIGEST)})
+            del part
+            out += b"".join(keys)
+            base = first * per_part
+            sub_shift = 128 - bits
+            for sub in range(per_part):
+                # The first digest of group ``base + sub``: bisect on the group's leading bytes.
+                edge = ((base + sub) << sub_shift).to_bytes(DIGEST, "big")
+                table[base + sub] = count + bisect.bisect_left(keys, edge)
+            count += len(keys)
+        table[1 << bits] = count
+        return out, table, 128 - bits, count
 
 
 class RunState:
@@ -206,16 +284,43 @@ def _try_lock(fh: Any) -> bool:
 def index_output(rows: Iterable[Mapping[str, Any]], stats: Any) -> IdSet:
     """The ids of the rows a writer gives back at start, counted into ``stats`` (a
     ``RunStats``) as resumed ok/error rows and resumed spend."""
+    builder = IdSetBuilder()
+    for row in rows:
+        count_row(row, stats)
+        builder.add(str(row["id"]))
+    return IdSet(builder=builder)
 
-    def ids() -> Iterator[str]:
-        for row in rows:
-            if row.get("status") == "ok":
-                stats.resumed_ok += 1
-            else:
-                stats.resumed_error += 1
-            cost = row.get("cost_usd")
-            if isinstance(cost, int | float):
-                stats.resumed_cost_usd += cost
-            yield str(row["id"])
 
-    return IdSet(ids())
+def count_row(row: Mapping[str, Any], stats: Any) -> None:
+    """One row already in the output, counted as resumed."""
+    if row.get("status") == "ok":
+        stats.resumed_ok += 1
+    else:
+        stats.resumed_error += 1
+    cost = row.get("cost_usd")
+    if isinstance(cost, int | float):
+        stats.resumed_cost_usd += cost
+
+
+def index_writer(writer: Any, stats: Any, *, start: int = 0, layers: Iterable[Layer] = ()) -> IdSet:
+    """Open the writer for appending and index the rows already in its output, counted into
+    ``stats``. A writer with ``open_ids`` (the JSONL writer) gives back only what resume needs,
+    block by block: the UTF-8 bytes of each row's id, how many rows are ok and how many
+    errors, and the numeric ``cost_usd`` values in file order (added one by one, so the sum is
+    the very float ``index_output`` gives), without building a dict per row; any other writer
+    gives whole rows through ``open``.
+
+    ``start`` and ``layers`` (the resume checkpoint, job/checkpoint.py): the rows before byte
+    ``start`` are known already (their ids are ``layers``, their counts are in ``stats``)."""
+    open_ids = getattr(writer, "open_ids", None)
+    if open_ids is None:
+        assert not start, "only a writer with open_ids reads from an offset"
+        return index_output(writer.open(), stats)
+    builder = IdSetBuilder()
+    for ids, ok, error, costs in open_ids(start):
+        builder.add_all_utf8(ids)
+        stats.resumed_ok += ok
+        stats.resumed_error += error
+        for cost in costs:
+            stats.resumed_cost_usd += cost
+    return IdSet(builder=builder, layers=layers)

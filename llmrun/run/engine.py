@@ -30,6 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..components import Loader, Postprocessor, Provider, Writer
 from ..errors import CallError, RunAborted
+from ..job import checkpoint
 from ..job.dupes import SeenIds
 from ..job.manifest import finish_manifest, start_manifest, update_manifest
 from ..job.output import RowSink, rewritable
@@ -38,7 +39,7 @@ from ..job.rerun import drop_error_rows
 from ..job.rows import RowMaker
 from ..job.stats import RunStats
 from ..job.stepjournal import StepJournal
-from ..job.store import IdSet, RunState, index_output, now_iso
+from ..job.store import IdSet, IdSetBuilder, RunState, index_writer, now_iso
 from ..job.summary import RunSummary as RunSummary
 from ..job.summary import Status
 from ..plugins import Observers, Registry, build_component
@@ -146,6 +147,12 @@ class Engine:
         self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
         self.budget: Budget | None = None
         self._budget_price: Price | None = self.rows.budget_price()
+        # The resume checkpoint (job/checkpoint.py): the one read at start, the ids and output
+        # size at start, and how many records the reader took once it read every line.
+        self._checkpoint: checkpoint.Checkpoint | None = None
+        self._done_at_start: IdSet | None = None
+        self._size_at_start = 0
+        self._read_all: int | None = None
         # Last: nothing after it can fail and leave the file open.
         self.cache = (
             None
@@ -240,6 +247,8 @@ class Engine:
                         status, reason = "budget", self.budget_reason()
                     elif self.flags.stopping:
                         status, reason = "interrupted", "stopped by a signal"
+                    else:
+                        self._save_checkpoint()
                     self.runlog.ended(status, reason)
                     self.progress.stop(self.stats)
                     finish_manifest(self.state, self.stats, manifest, status, reason)
@@ -284,13 +293,21 @@ class Engine:
         assert self._stages is not None, "the stages exist while the run runs"
         return self._stages
 
-    def records(self) -> Generator[Work, None, None]:
+    def records(
+        self,
+        *,
+        dupes: bool = True,
+        skip: IdSet | None = None,
+        start: tuple[int, int] | None = None,
+    ) -> Generator[Work, None, None]:
         """The records the recipe covers (``job.records.selected``), for every mode; an id
-        seen twice in the run is warned about (job/dupes.py)."""
-        items = selected(self.recipe, self.loader, limit=self.limit)
+        seen twice in the run is warned about (job/dupes.py), unless ``dupes`` is False
+        (the caller checks the records it does not skip itself). Records whose id is in
+        ``skip`` may come unparsed, with ``done`` set."""
+        items = selected(self.recipe, self.loader, limit=self.limit, skip=skip, start=start)
         try:
             for work in items:
-                if work.error is None:
+                if dupes and work.error is None:
                     self._seen.add(work.id, work.where)
                 yield work
         finally:
@@ -307,8 +324,85 @@ class Engine:
         return self.budget.reason(self.stats.cost_usd)
 
     def _open_output(self) -> IdSet:
-        """Open the writer, count what is already there, and index the finished ids."""
-        return index_output(self.writer.open(), self.stats)
+        """Open the writer, count what is already there, and index the finished ids: from the
+        resume checkpoint and the rows written since, when it still holds."""
+        point = None
+        usable = self._checkpoint_usable()
+        if usable:
+            point = checkpoint.read_checkpoint(
+                self.state.dir,
+                checkpoint.scope(self.recipe, self.selection),
+                self.loader.path,  # type: ignore[attr-defined]
+                self.recipe.output_path,
+            )
+        if point is None:
+            done = index_writer(self.writer, self.stats)
+        else:
+            self.stats.resumed_ok, self.stats.resumed_error = point.ok, point.error
+            self.stats.resumed_cost_usd = point.cost_usd
+            done = index_writer(
+                self.writer, self.stats, start=point.output.size, layers=point.layers
+            )
+        self._checkpoint = point
+        if usable:  # (another writer's output may be a folder, or not exist yet)
+            self._done_at_start = done
+            self._size_at_start = self.recipe.output_path.stat().st_size
+        return done
+
+    def _checkpoint_usable(self) -> bool:
+        return checkpoint.usable(self.recipe, self.loader, self.selection, self.limit)
+
+    def _save_checkpoint(self) -> None:
+        """After a completed run that read every line of its input: what the next run need
+        not read again (job/checkpoint.py). A failure costs the next run time, never a row."""
+        read_to = getattr(self.loader, "read_to", None)
+        done = self._done_at_start
+        if read_to is None or self._read_all is None or done is None:
+            return
+        if not self._checkpoint_usable():
+            return
+        try:
+            output = self.recipe.output_path
+            size = output.stat().st_size
+            old = self._checkpoint
+            if old is not None and (old.input.size, old.output.size) == (read_to[0], size):
+                return  # nothing read or written past it: it still says all there is
+            builder = IdSetBuilder()
+            ok, error = self.stats.resumed_ok, self.stats.resumed_error
+            cost = self.stats.resumed_cost_usd
+            for ids, n_ok, n_error, costs in self.writer.read_ids(self._size_at_start):  # type: ignore[attr-defined]
+                builder.add_all_utf8(ids)
+                ok, error = ok + n_ok, error + n_error
+                for one in costs:
+                    cost += one
+            layers = IdSet(builder=builder, layers=done.layers()).layers()
+            if len(layers) > checkpoint.MAX_LAYERS:
+                merged = IdSetBuilder()
+                for digests, _table, _shift, _n in layers:
+                    merged.add_digests(digests)
+                layers = IdSet(builder=merged).layers()
+            if old is None:
+                path = self.loader.path  # type: ignore[attr-defined]
+                data, written = (
+                    checkpoint.Prefix.of(path, read_to[0]),
+                    checkpoint.Prefix.of(output, size),
+                )
+            else:  # both files still begin with its prefixes (checked at start): extend them
+                data, written = old.input.extended(read_to[0]), old.output.extended(size)
+            point = checkpoint.Checkpoint(
+                checkpoint.scope(self.recipe, self.selection),
+                data,
+                read_to[1],
+                self._read_all,
+                written,
+                ok,
+                error,
+                cost,
+                layers,
+            )
+            checkpoint.write_checkpoint(self.state.dir, point)
+        except (OSError, ValueError) as exc:  # ValueError: the output changed under the run
+            self.warn(f"could not save the resume checkpoint: {exc}")
 
     async def _pipeline(self, done: IdSet, manifest: dict[str, Any]) -> None:
         if self.batch_phase is not None:
@@ -337,7 +431,9 @@ class Engine:
     async def _read(self, send: MemoryObjectSendStream[Work], done: IdSet) -> None:
         with anyio.CancelScope() as scope:
             self._reader_scope = scope
-            items = self.records()
+            point = self._checkpoint
+            start = None if point is None else (point.input.size, point.lines)
+            items = self.records(dupes=False, skip=done, start=start)
             try:
                 await self._read_records(items, send, done)
             finally:
@@ -350,7 +446,8 @@ class Engine:
         chunk, warn when those records lack fields the prompt uses."""
         async with send:
             checked = False
-            selected = 0
+            # Records before the checkpoint's end of the input were all taken and are done.
+            selected = 0 if self._checkpoint is None else self._checkpoint.selected
             while not self.flags.stopping:
                 try:
                     chunk = await anyio.to_thread.run_sync(_take, items, READ_CHUNK)
@@ -362,15 +459,20 @@ class Engine:
                 if not chunk:
                     # Every selected record has been seen: the total is known now, even when
                     # counting could not tell it in advance (a filter, a shard, a sample).
-                    self.stats.total = selected
+                    self.stats.total = self._read_all = selected
                     break
                 selected += len(chunk)
                 if not checked:
-                    checked = True
-                    self._check_fields(chunk)
+                    checked = self._check_fields(chunk)
+                seen = self._seen
                 for work in chunk:
-                    if work.id in done:
+                    if work.done or work.id in done:
                         continue
+                    # Only records not done are checked for repeats: the Bloom filters cost
+                    # ~4 us a record, most of a resume's reading (issue 14). A repeat among
+                    # done records was warned about by the run that read it.
+                    if work.error is None:
+                        seen.add(work.id, work.where)
                     try:
                         # send() always yields to the loop first; skipping that when the buffer
                         # has room lets rows batch up (measured: -100 us/request, benchmarks/).
@@ -378,12 +480,17 @@ class Engine:
                     except anyio.WouldBlock:
                         await send.send(work)
 
-    def _check_fields(self, chunk: list[Work]) -> None:
-        """The run-start check of the template against the first records (as ``validate``)."""
+    def _check_fields(self, chunk: list[Work]) -> bool:
+        """The run-start check of the template against the first records (as ``validate``);
+        whether there were any to check (records skipped unparsed on resume have no fields:
+        the check waits for the first chunk that has some)."""
         sample = [w.data for w in chunk[:FIELD_CHECK] if w.data is not None and w.error is None]
+        if not sample:
+            return not any(w.done for w in chunk)
         report = self.template.field_report(sample)
         if report:
             self.warn(report)
+        return True
 
     async def _work(
         self,

@@ -101,26 +101,21 @@ class Source:
                 for line in fh:
                     yield line, None
             return
+        for chunk in self.utf8_lines():
+            yield decode_line(chunk, errors)
+
+    def utf8_lines(self, start: int = 0) -> Iterator[bytes]:
+        """Each line as bytes, ending kept, the byte-order mark left out: what ``lines`` decodes
+        for a UTF-8 source; from byte ``start`` of a plain file (``seekable``)."""
         with self.binary() as raw:
-            first = True
+            first = not start
+            if start:
+                assert self.seekable(), "only a plain file starts past its beginning"
+                raw.seek(start)
             for chunk in raw:
                 if first:
                     chunk, first = chunk.removeprefix(codecs.BOM_UTF8), False
-                try:
-                    yield chunk.decode("utf-8"), None
-                except UnicodeDecodeError as exc:
-                    text = chunk.decode("utf-8", "replace")
-                    if errors == "replace":
-                        yield text, None
-                    else:
-                        yield (
-                            text,
-                            (
-                                f"not valid UTF-8 (byte 0x{chunk[exc.start]:02x} at byte "
-                                f"{exc.start + 1} of the line); fix the file, or set data.errors: "
-                                "replace to read such bytes as U+FFFD"
-                            ),
-                        )
+                yield chunk
 
     @contextmanager
     def text(self, newline: str | None = None) -> Iterator[IO[str]]:
@@ -137,9 +132,31 @@ class Source:
             finally:
                 wrapper.detach()  # the binary stream is closed (or, for stdin, kept) above
 
+    def seekable(self) -> bool:
+        """A plain local file: reading may start at a byte offset."""
+        return self.path is not None and self.compression is None
+
     def countable(self) -> bool:
         """Whether counting may read the source a second time (stdin can be read once)."""
         return self.path is not None
+
+
+def decode_line(chunk: bytes, errors: str = "strict") -> tuple[str, str | None]:
+    """One line of a UTF-8 source as text, and why it is not valid UTF-8 (None when it is)."""
+    try:
+        return chunk.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        text = chunk.decode("utf-8", "replace")
+        if errors == "replace":
+            return text, None
+        return (
+            text,
+            (
+                f"not valid UTF-8 (byte 0x{chunk[exc.start]:02x} at byte "
+                f"{exc.start + 1} of the line); fix the file, or set data.errors: "
+                "replace to read such bytes as U+FFFD"
+            ),
+        )
 
 
 class FileLoader:

@@ -538,3 +538,11 @@ def test_a_step_that_failed_its_chain_and_passes_after_repost_goes_on(tmp_path: 
         )
         refined = row["steps"]["refine"]["status"] == "ok"
         assert refined == (score_of(rid) < 3) == (("refine", rid) in again)
+
+
+def test_select_reads_numbers_and_nothing_that_would_win_unfairly() -> None:
+    from llmrun.run.steps import _number
+
+    assert [_number(v) for v in (3, 2.5, "4", " 7 ", "1e2")] == [3.0, 2.5, 4.0, 7.0, 100.0]
+    for bad in (True, None, "inf", "-inf", "nan", "NaN", "high", [5], {"x": 1}, float("inf")):
+        assert _number(bad) is None, bad

@@ -10,6 +10,7 @@ is between them: ``when``, ``n`` samples with ``select``, the journal of finishe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -285,14 +286,15 @@ async def _all(stages: Stages, work: Work, extra: Mapping[str, Any], n: int) -> 
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                return None
+    """A field's value as a number for ``select``: a number or a string that reads as one;
+    never a bool, NaN or infinity (a reply must not win a max by saying "inf")."""
+    if isinstance(value, bool):
         return None
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, int | float | str) else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _total(values: Any) -> float | None:

@@ -450,3 +450,21 @@ def test_a_cache_hit_waits_for_no_key_and_no_pace(tmp_path: Path) -> None:
         assert server.count() == 1
     assert not first_cached and all_hits
     assert CountingPool.acquired == 1
+
+
+def test_identical_requests_in_flight_at_once_are_sent_once(tmp_path: Path) -> None:
+    # 30 records, 3 distinct texts, all in flight together: one request a text reaches the
+    # server, the others wait for its reply and take it from the cache.
+    with FakeOpenAI(latency_s=0.3) as server:
+        records = [{"id": f"r{i:05d}", "text": f"the same text {i % 3}"} for i in range(30)]
+        write_jsonl(tmp_path / "data.jsonl", records)
+        recipe = recipe_for(
+            tmp_path, server, prompt={"user": "{{ text }}"}, run={"concurrency": 32}
+        )
+        summary = run(recipe)
+        assert server.count() == 3
+    assert summary["ok"] == 30 and summary["cached"] == 27
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    for rid, row in rows.items():
+        assert row["text"] == f"echo: the same text {int(rid[1:]) % 3}"
+    assert sum(not r["cached"] for r in rows.values()) == 3

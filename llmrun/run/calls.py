@@ -104,6 +104,8 @@ class Caller:
         self._on_budget = on_budget
         self._count_tokens = count_tokens  # a token limit is set: estimate each request
         self._cache = cache
+        # Cache keys of requests being sent: an identical one waits for that reply.
+        self._sending: dict[bytes, anyio.Event] = {}
         # The provider's rate-limit headers in the x-ratelimit-* names (see Provider).
         self._limit_headers: Callable[[httpx.Headers], Mapping[str, str]] | None = getattr(
             provider, "rate_limit_headers", None
@@ -142,12 +144,24 @@ class Caller:
                 key = hashlib.sha256(b"sample %d " % sample + key).digest()
             if key is not None:
                 found = await self._cache.get(key)
+                if found is None and key in self._sending:
+                    # The same request is on its way for another record: its reply, once in
+                    # the cache, answers this one too (two identical records, one call).
+                    await self._sending[key].wait()
+                    found = await self._cache.get(key)
                 if found is not None:
                     return Outcome(found, 0, time.monotonic() - started, cached=True)
-        outcome = await self._paid(prompt, provider)
-        if key is not None and self._cache is not None:
+        if key is None or self._cache is None or key in self._sending:
+            # No cache, or the first one sent failed (an error is not cached): send it here.
+            return await self._paid(prompt, provider)
+        self._sending[key] = sent = anyio.Event()
+        try:
+            outcome = await self._paid(prompt, provider)
             await self._cache.put(key, outcome.reply)
-        return outcome
+            return outcome
+        finally:
+            del self._sending[key]
+            sent.set()
 
     async def _paid(self, prompt: Prompt, provider: Provider) -> Outcome:
         """The call sent, within the budget."""

@@ -385,9 +385,15 @@ def test_a_damaged_or_stale_journal_costs_calls_at_worst_never_a_wrong_row(
         state = tmp_path / "out.jsonl.llmrun"
         state.mkdir()
         stale = {"id": "r00001", "step": "draft", "hash": "0" * 16, "result": {"text": "forged"}}
+        # The step's real hash, but a result not of the journal's shape (no status, fields
+        # not a mapping): not taken up, where it would have ended the record or crashed it.
+        digest = load_recipe(recipe, load_registry(entry_points=False)).steps[0].hash
+        shapeless = {"id": "r00003", "step": "draft", "hash": digest, "result": {"fields": 1}}
         (state / "steps.jsonl").write_bytes(
             b"not json\n"
             + json.dumps(stale).encode()
+            + b"\n"
+            + json.dumps(shapeless).encode()
             + b"\n"
             + b'{"id": ["x"], "step": 1, "hash": null, "result": 3}\n'
             + b"[]\n"

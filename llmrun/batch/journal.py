@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..job.stepjournal import is_result
 from ..job.store import atomic_write, fsync_dir
 
 STEPS = ("written", "uploaded", "creating", "created", "ended", "downloaded", "merged")
@@ -113,7 +114,8 @@ class Journal:
         with open(self.file(part.name, "records"), encoding="utf-8") as fh:
             for line in fh:
                 cid, rid, where, data, *rest = json.loads(line)
-                finished = rest[0] if rest and isinstance(rest[0], dict) else {}
+                carried = rest[0] if rest and isinstance(rest[0], dict) else {}
+                finished = {k: v for k, v in carried.items() if is_result(v)}
                 yield str(cid), str(rid), str(where), data, finished
 
 

@@ -13,6 +13,15 @@ def register(subparsers: Any) -> None:
         help="write an offline HTML report of a run (plots of throughput, latency, tokens, "
         "cost, errors; the slowest, costliest and failed rows)",
     )
+    add_source_args(parser)
+    parser.add_argument(
+        "-o", "--out", metavar="PATH", help="where to write (default: OUTPUT.report.html)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def add_source_args(parser: Any) -> None:
+    """RECIPE|OUTPUT and --set: what ``report`` and ``view`` read (``resolve_output``)."""
     parser.add_argument("source", metavar="RECIPE|OUTPUT", help="a recipe, or a run's JSONL output")
     parser.add_argument(
         "--set",
@@ -22,10 +31,6 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="override a recipe key (as given to `llmrun run`)",
     )
-    parser.add_argument(
-        "-o", "--out", metavar="PATH", help="where to write (default: OUTPUT.report.html)"
-    )
-    parser.set_defaults(handler=run)
 
 
 def resolve_output(source: str, overrides: list[str]) -> tuple[Path, str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .report import add_source_args
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -12,15 +14,7 @@ def register(subparsers: Any) -> None:
         help="browse a run's rows in the browser (on 127.0.0.1): filter, search, each row "
         "with its record, prompt, reply, fields and error",
     )
-    parser.add_argument("source", metavar="RECIPE|OUTPUT", help="a recipe, or a run's JSONL output")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key (as given to `llmrun run`)",
-    )
+    add_source_args(parser)
     parser.add_argument(
         "--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0: any free one)"
     )

@@ -47,7 +47,7 @@ class StepJournal:
         Returns how many steps are taken up again."""
         for rid, steps in (seeds or {}).items():
             for name, result in steps.items():
-                if hashes.get(name) is not None and result.get("hash") == hashes[name]:
+                if is_result(result) and result.get("hash") == hashes.get(name, object()):
                     self.pending.setdefault(rid, {})[name] = dict(result)
         if self.path.exists():
             for line in _lines(self.path):
@@ -63,7 +63,7 @@ class StepJournal:
                     continue
                 if not (isinstance(rid, str) and isinstance(name, str)):
                     continue
-                if not isinstance(result, dict) or hashes.get(name) != digest or rid in done:
+                if not is_result(result) or hashes.get(name) != digest or rid in done:
                     continue
                 result["hash"] = digest
                 self.pending.setdefault(rid, {})[name] = result
@@ -120,3 +120,16 @@ def _lines(path: Path) -> Iterator[bytes]:
                         line = src.readline(MAX_LINE)
                 continue  # a torn tail, or too long: not a line of ours
             yield line
+
+
+def is_result(value: Any) -> bool:
+    """A finished step's result as this module and the rows keep it: what a step taken up
+    again relies on (a hand-edited or damaged line, or row, is not taken up: its step runs)."""
+    return (
+        isinstance(value, dict)
+        and value.get("status") == "ok"
+        and isinstance(value.get("text"), str | None)
+        and isinstance(value.get("fields"), dict)
+        and isinstance(value.get("hash"), str)
+    )
+

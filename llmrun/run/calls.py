@@ -27,7 +27,6 @@ from ..components import Provider, Transport
 from ..errors import CallError, RunAborted
 from ..recipe.model import RunSettings
 from ..recipe.tokens import estimate
-from ..redaction import fingerprint
 from ..values import Prompt, Reply
 from ..wire.retry import backoff_s, classify_transport
 from .budget import Budget
@@ -240,8 +239,12 @@ class Caller:
                         self._count_endpoint(lease, 0)
                         self._keys.on_success(lease, headers)
                         self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
-                        key = None if lease.key is None else fingerprint(lease.key)
-                        return Outcome(reply, attempts, time.monotonic() - started, key=key)
+                        return Outcome(
+                            reply,
+                            attempts,
+                            time.monotonic() - started,
+                            key=lease.state.fingerprint,
+                        )
                 finally:
                     # Any answer but a rejection of the key shows that the key works.
                     rejected = error is not None and error.kind == "key"

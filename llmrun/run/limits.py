@@ -177,10 +177,15 @@ class KeyState:
     # (refused, answered) since a trial showed refusals the pace does not cause: their share
     noise_counts: tuple[int, int] = (0, 0)
     trial: Trial | None = None  # the latest cut, until its answers tell limit from noise
+    fingerprint: str | None = field(init=False, default=None)  # of the key (redaction.py)
+
+    def __post_init__(self) -> None:
+        # Once per key, not per call: every answered call's row names its key by it.
+        self.fingerprint = None if self.key is None else fingerprint(self.key)
 
     @property
     def name(self) -> str:
-        name = "no key" if self.key is None else fingerprint(self.key)
+        name = self.fingerprint or "no key"
         return name if self.endpoint is None else f"{name} at {self.endpoint}"
 
     def pause(self, now: float, seconds: float) -> None:

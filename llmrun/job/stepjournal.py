@@ -132,4 +132,3 @@ def is_result(value: Any) -> bool:
         and isinstance(value.get("fields"), dict)
         and isinstance(value.get("hash"), str)
     )
-

@@ -19,6 +19,9 @@ Three kinds of server:
   whatever the pace (an overloaded provider, a gateway), 3,000 records, C=64, 20 ms. Measured:
   the time against the same job without faults and against ``run.adaptive: false`` (no pace).
 
+*edge*: tests/test_limits.py's unannounced limit (1,800/min holding half a second, C=32, 300
+records, 20 ms), passed by a small margin once the budget has drained. Measured: refusals.
+
 A refused record waits its backoff without holding one of the ``concurrency`` slots (as the
 Caller does: ``WAITING_PER_SLOT``).
 
@@ -223,6 +226,20 @@ def noisy(share: float, local: bool) -> dict[str, object]:
     }
 
 
+def edge(retry_after: bool) -> dict[str, object]:
+    """tests/test_limits.py's unannounced limit: 1,800/min holding half a second, 20 ms, C=32,
+    300 records, passed by a small margin once the budget has drained (the trial's hard case:
+    refused at a share like noise's)."""
+    got = simulate(Bucket(1800, burst_s=0.5), 0.02, 32, 300, retry_after)
+    return {
+        "server": "limited 1800/min, half a second held, C=32, 300 records"
+        + (", Retry-After" if retry_after else ""),
+        "answered_429": got.refused,
+        "took_s": round(got.took_s, 3),
+        "ideal_s": round((300 - 15) / 30, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
@@ -235,6 +252,8 @@ def main() -> None:
     for retry_after in (False, True):
         for per_minute in (60, 300, 1200, 6000, 30000):
             print(json.dumps(limited(per_minute, retry_after)), flush=True)
+    for retry_after in (False, True):
+        print(json.dumps(edge(retry_after)), flush=True)
     for latency_s, concurrency, rounds in ((0.2, 256, 100), (0.2, 512, 100), (2.0, 128, 20)):
         print(json.dumps(unlimited(latency_s, concurrency, rounds)), flush=True)
     for local in (True, False):

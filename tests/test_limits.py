@@ -308,6 +308,31 @@ def test_refusals_that_stop_after_the_cut_were_a_limit() -> None:
     assert state.learnt.per_minute is not None and state.learnt.per_minute < 25 * 60
 
 
+def test_a_limit_passed_by_less_than_the_cut_is_not_taken_for_noise() -> None:
+    # A server's budget hid its limit of 30/s until 36/s were succeeding. The first cut, to
+    # 0.9 x 36, is still past the limit and is refused at a share like noise's (about 7%);
+    # taking that for noise put the pace back at 36/s, refused one request in six. A second
+    # cut under the first tells them apart: there the refusals stop, so it was a limit.
+    pool, clock = pacing(36, answers=60, spacing=1 / 36)
+    state = pool.states[0]
+    budget, refused = 0.0, 0  # the server's bucket: spent
+    for _ in range(1800):
+        pace = state.learnt.per_minute
+        assert pace is not None
+        clock.now += 60.0 / pace
+        budget = min(15.0, budget + 30.0 * 60.0 / pace)
+        lease = lease_at(pool, clock.now)
+        if budget >= 1.0:
+            budget -= 1.0
+            pool.on_success(lease, {})
+        else:
+            refused += 1
+            pool.on_rate_limited(lease, None)
+    assert state.noise_counts == (0, 0)
+    assert state.learnt.per_minute is not None and state.learnt.per_minute < 30.5 * 60
+    assert refused < 20, refused
+
+
 def test_a_random_429_does_not_end_the_slow_start_but_a_burst_does() -> None:
     pool, clock = adaptive_pool()
     state = pool.states[0]
@@ -494,18 +519,7 @@ def test_adaptive_mode_reads_announced_limits(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "retry_after",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                reason="known regression of issue 15's noise tolerance: an unannounced limit "
-                "passed by a small margin refuses a share the trial takes for noise (about 11% "
-                "of 300 records here, against 2 refusals before); see issue 15's note",
-                strict=False,
-            ),
-        ),
-    ],
+    [False, True],
     ids=["bare-429", "retry-after"],
 )
 def test_adaptive_mode_finds_an_unannounced_limit(tmp_path: Path, retry_after: bool) -> None:
@@ -521,8 +535,12 @@ def test_adaptive_mode_finds_an_unannounced_limit(tmp_path: Path, retry_after: b
         announce=False,
         retry_after=retry_after,
     )
-    # The pauses make the difference show over a longer run (about 10 s at 30/s).
-    records, most = (300, 10) if retry_after else (100, 50)
+    # The pauses make the difference show over a longer run (about 10 s at 30/s). Refusals
+    # it has to take: 3 or 4 as the slow start passes the hidden limit, one per cut, and the
+    # 3 a cut still past the limit gets before a second cut under it tells a limit from noise
+    # (about 7 in benchmarks/adaptive_sim.py's run of this case; 23-38 when the first cut's
+    # share was taken for noise).
+    records, most = (300, 15) if retry_after else (100, 50)
     with FakeOpenAI(fault=limit.check) as server:
         # adaptive: true written out: the slow start even on this loopback server, which
         # stands for a remote provider here.

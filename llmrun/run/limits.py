@@ -44,7 +44,11 @@ refused), spent ``x-ratelimit-remaining-*``, or more refusals at the current pac
 share learnt as noise explains. In the slow start only a burst counts (past a limit the
 doubling pace soon has most requests refused). A cut to under what succeeded is a trial: a
 limit stops refusing there, noise goes on at its share; then the pace comes back and the share
-is learnt (and refined by every answer after). ``Retry-After`` holds the key only when its
+is learnt. What succeeded while a server's budget drained overstates its limit, so a first
+trial refused at a share like noise's may still be past it: a second cut under the first
+decides (noise goes on refusing there, a limit stops). The share at the current pace is
+counted over every answer since the pace last changed, so a limit passed later, refusing more
+than the noise share, still shows. ``Retry-After`` holds the key only when its
 budget is shown spent (a burst, or the headers); otherwise the refused request alone waits.
 
 A local endpoint (``local_host``: loopback, a private network, an in-process transport) gets
@@ -106,6 +110,9 @@ TRIAL_ANSWERS = 4 * TRIAL_REFUSALS
 TRIAL_MAX_S = 60.0
 TRIAL_MIN_ANSWERS = 20  # a share measured on fewer answers is counted as if on this many
 NOISE_CAP = 0.1
+# A cut is a trial only with this many answers at the pace it cuts: a 429 just after another
+# cut measured a share on a handful, and the trial then took a limit for noise.
+TRIAL_MIN_BEFORE = 10
 # A pool of endpoints (provider.base_urls): failures in a row that set one aside, and for how
 # long before one request tries it again.
 ENDPOINT_FAILURES = 3
@@ -173,6 +180,10 @@ class KeyState:
     answers: deque[tuple[float, bool]] = field(default_factory=deque)
     answered: int = 0
     refused: int = 0
+    # The same since the pace was last cut or taken back, not only over the window: the share
+    # refused at this pace, told from the noise share on as many answers as it has had.
+    answered_here: int = 0
+    refused_here: int = 0
     latest: deque[bool] = field(default_factory=lambda: deque(maxlen=BURST_KEEP))  # refused?
     # (refused, answered) since a trial showed refusals the pace does not cause: their share
     noise_counts: tuple[int, int] = (0, 0)
@@ -215,6 +226,7 @@ class Trial:
     ceiling: float | None
     refused: int = 0
     answered: int = 0
+    deeper: bool = False  # a second cut, under a first that was refused at a share like noise's
 
 
 @dataclass(slots=True)
@@ -473,7 +485,7 @@ class KeyPool:
         ok_rate: float | None = recent / max(span, DECREASE_EVERY_S) if recent >= 3 else None
         current = state.learnt.per_minute
         trial: Trial | None = None
-        if not burst and ok_rate is not None:
+        if not burst and ok_rate is not None and state.answered >= TRIAL_MIN_BEFORE:
             # A cut to under what succeeded: a limit stops refusing there, noise does not. A
             # cut in the middle of a trial (refused too often for noise) keeps the pace from
             # before the first, to come back to if the refusals turn out to be noise after all.
@@ -485,6 +497,7 @@ class KeyPool:
         state.last_decrease = now
         state.answers.clear()  # the share is measured afresh at the new pace
         state.answered = state.refused = 0
+        state.answered_here = state.refused_here = 0
         ended_slow_start, state.slow_start = state.slow_start, False
         if ok_rate is not None and not ended_slow_start:
             state.ceiling = ok_rate
@@ -515,9 +528,8 @@ class KeyPool:
         answers.append((now, refused))
         state.answered += 1
         state.refused += refused
-        if state.noise_counts[1]:
-            # Once noise is known, every answer at a pace left alone refines its share.
-            state.noise_counts = (state.noise_counts[0] + refused, state.noise_counts[1] + 1)
+        state.answered_here += 1
+        state.refused_here += refused
         oldest = now - window
         while answers[0][0] < oldest:
             _, was_refused = answers.popleft()
@@ -533,6 +545,22 @@ class KeyPool:
             # Still refused often: past a limit, the cut was not deep enough; the next 429
             # cuts again.
             state.trial = None
+        elif trial.refused >= TRIAL_REFUSALS and trial.answered < TRIAL_MIN_ANSWERS:
+            pass  # too few answers yet to learn a share from
+        elif trial.refused >= TRIAL_REFUSALS and not trial.deeper and not state.noise_counts[1]:
+            # Refused at a share like noise's: or a limit passed by less than the cut (the
+            # share before it, measured while a server's budget drained, looked small). Below
+            # both, noise goes on refusing and a limit stops: cut once more to tell.
+            state.trial = Trial(
+                now, trial.rate, trial.slow_start, share, trial.ceiling, deeper=True
+            )
+            state.last_decrease = now
+            state.answers.clear()
+            state.answered = state.refused = 0
+            state.answered_here = state.refused_here = 0
+            pace = state.learnt.per_minute
+            if pace is not None:
+                state.learnt.set_rate(max(MIN_RATE * 60.0, DECREASE * pace))
         elif trial.refused >= TRIAL_REFUSALS:
             # Refused as often under what succeeded before the cut: the pace is not the
             # cause. Learn that share, and take the pace back.
@@ -542,6 +570,7 @@ class KeyPool:
                 state.noise_counts[1] + trial.answered,
             )
             state.learnt.set_rate(trial.rate)
+            state.answered_here = state.refused_here = 0
             state.slow_start = trial.slow_start
             state.ceiling = trial.ceiling
         elif trial.answered >= TRIAL_ANSWERS / trial.share or now - trial.at >= TRIAL_MAX_S:
@@ -624,11 +653,12 @@ def _trial_share(state: KeyState, trial: Trial) -> float:
 
 
 def _more_than_noise(state: KeyState) -> bool:
-    """More refusals at the current pace than the learnt noise share explains."""
+    """More refusals at the current pace than the learnt noise share explains, counted over
+    every answer at this pace (a window of a second holds too few to tell 16% from 7%)."""
     refused, answered = state.noise_counts
     p = min(NOISE_CAP, refused / answered) if answered else 0.0
-    n = state.answered
-    return state.refused >= n * p + NOISE_SIGMAS * math.sqrt(n * p * (1 - p)) + 1
+    n = state.answered_here
+    return state.refused_here >= n * p + NOISE_SIGMAS * math.sqrt(n * p * (1 - p)) + 1
 
 
 def _window(state: KeyState) -> float:

@@ -208,8 +208,10 @@ def test_a_job_killed_mid_way_is_resumed_exactly_once(tmp_path: Path) -> None:
         assert status["done"] == 300 and status["ok"] == 300
         ids = [json.loads(line)["id"] for line in lines]
         assert sorted(ids) == sorted(r["id"] for r in records)  # every record, exactly once
-        # Calls in flight at the kill are the only ones sent twice.
-        assert fake.count() <= 300 + 4
+        # Only calls whose rows had not reached the OS at the kill are sent twice: the 4 in
+        # flight, and answers waiting for the writer (the engine's row channel holds twice the
+        # concurrency: 8). Under load a few of those are there (305 seen in CI).
+        assert fake.count() <= 300 + 4 + 8
 
 
 def test_a_job_over_a_data_file_in_the_recipe_folder(tmp_path: Path) -> None:

@@ -22,8 +22,11 @@ Measured, each in a fresh process of the real CLI (``llmrun run recipe.yaml --qu
   manifest and resume checkpoint), the ``new`` records since appended to the input: seconds
   from the process's start to its first call (the earliest ``started_at`` of the new rows), to
   its end, and its peak RSS (``os.wait4``'s ``ru_maxrss``);
-- *resume, no checkpoint*: the same without the checkpoint, as after a killed run (or one
-  made before the checkpoint existed): the whole output and input are read;
+- *resume after kill -9*: the same as left by a run killed 30 s after its last checkpoint
+  (``--killed-after`` rows past it, written since; runs save one every 30 s as they go): the
+  checkpoint is read, and only those rows are indexed;
+- *resume, no checkpoint*: the same without any checkpoint (a run made before checkpoints
+  existed, or ``LLMRUN_CHECKPOINT_S=0`` and killed): the whole output and input are read;
 - *no-op rerun*: the command again after *resume*, every record done.
 
 Before each resume the output is cut back to its ``rows`` rows and the state folder put back.
@@ -151,41 +154,51 @@ def prepare(cache: Path, rows: int, new: int, log: Any) -> Path:
     return folder
 
 
-def make_checkpoint(folder: Path, rows: int) -> None:
+def make_checkpoint(folder: Path, rows: int, name: str = "base") -> None:
     """The state a completed run leaves when the input held only the first ``rows`` records:
-    the input is cut back to them (the same file), a no-op run over it writes the resume
-    checkpoint (job/checkpoint.py), kept for reset(), and the new records are put back. Made
-    by this llmrun at every start (a checkpoint of another version would not be used)."""
+    the input and the output are cut back to them (the same files), a no-op run over it
+    writes the resume checkpoint (job/checkpoint.py), kept as ``resume.NAME.idx`` for
+    reset(), and the rest of both files is put back. Made by this llmrun at every start (a
+    checkpoint of another version would not be used).
+
+    With ``rows`` short of the output's rows, it is the checkpoint a run saves as it goes
+    (every 30 s) as that run's killed later: it holds the first ``rows`` records and rows, and
+    the rows after it are those the killed run wrote since (its content is the same: an input
+    prefix whose every record has its row in an output prefix, their ids and counts)."""
     data = folder / "data.jsonl"
-    with open(data, "rb") as fh:
-        prefix = sum(len(line) for line in itertools.islice(fh, rows))
-        fh.seek(prefix)
-        tail = fh.read()
-    os.truncate(data, prefix)
+    out = folder / "out" / "labels.jsonl"
+    reset(folder, checkpoint=None)
+    tails = []
+    for path in (data, out):
+        with open(path, "rb") as fh:
+            prefix = sum(len(line) for line in itertools.islice(fh, rows))
+            fh.seek(prefix)
+            tails.append(fh.read())
+        os.truncate(path, prefix)
     try:
-        reset(folder, checkpoint=False)
         run_once(folder)
     finally:
-        with open(data, "ab") as fh:
-            fh.write(tail)
+        for path, tail in zip((data, out), tails, strict=True):
+            with open(path, "ab") as fh:
+                fh.write(tail)
     state = folder / "out" / "labels.jsonl.llmrun"
-    base = folder / "resume.base.idx"
-    base.unlink(missing_ok=True)
+    kept = folder / f"resume.{name}.idx"
+    kept.unlink(missing_ok=True)
     if (state / "resume.idx").exists():
-        shutil.copyfile(state / "resume.idx", base)
+        shutil.copyfile(state / "resume.idx", kept)
 
 
-def reset(folder: Path, checkpoint: bool) -> None:
+def reset(folder: Path, checkpoint: str | None) -> None:
     """The output as made: ``rows`` rows, the seed run's manifest, and the resume checkpoint
-    of the completed run over the first ``rows`` records (if ``checkpoint`` and llmrun left
-    one) or none (as after a killed run)."""
+    ``resume.CHECKPOINT.idx`` (``base``: of the completed run over the first ``rows`` records;
+    ``killed``: saved by a run as it went, then killed) or none."""
     out = folder / "out" / "labels.jsonl"
     state = folder / "out" / "labels.jsonl.llmrun"
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     shutil.copyfile(folder / "manifest.base.json", state / "manifest.json")
-    if checkpoint and (folder / "resume.base.idx").exists():
-        shutil.copyfile(folder / "resume.base.idx", state / "resume.idx")
+    if checkpoint and (folder / f"resume.{checkpoint}.idx").exists():
+        shutil.copyfile(folder / f"resume.{checkpoint}.idx", state / "resume.idx")
     base = folder / "out" / "labels.jsonl.base"
     # Runs only append: cutting the working copy back is enough once it has been copied.
     if out.exists() and out.stat().st_size >= base.stat().st_size:
@@ -236,6 +249,12 @@ def main() -> int:
     parser.add_argument("--new", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=1, help="measured resume + no-op pairs")
     parser.add_argument(
+        "--killed-after",
+        type=int,
+        default=30_000,
+        help="rows the killed run wrote after its last checkpoint (30 s at 1,000 rows/s)",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=Path(tempfile.gettempdir()) / "llmrun-resume-scale",
@@ -248,29 +267,35 @@ def main() -> int:
 
     folder = prepare(args.cache, args.rows, args.new, log)
     make_checkpoint(folder, args.rows)
+    make_checkpoint(folder, args.rows - args.killed_after, "killed")
     size_mb = (folder / "out" / "labels.jsonl.base").stat().st_size / 1e6
     log(
         f"{args.rows:,} rows done ({size_mb:,.0f} MB of output), {args.new:,} new records; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    cold, resumes, noops = [], [], []
+    cold, killed, resumes, noops = [], [], [], []
     for n in range(args.runs):
-        reset(folder, checkpoint=False)
+        reset(folder, checkpoint=None)
         cold.append(run_once(folder))
-        reset(folder, checkpoint=True)
+        reset(folder, checkpoint="killed")
+        killed.append(run_once(folder))
+        reset(folder, checkpoint="base")
         resumes.append(run_once(folder))
         noops.append(run_once(folder))
-        for name, got in (("cold", cold), ("resume", resumes), ("no-op", noops)):
+        rounds = (("cold", cold), ("killed", killed), ("resume", resumes), ("no-op", noops))
+        for name, got in rounds:
             log(f"round {n + 1}: {name:6} {json.dumps(got[-1])}")
             if got[-1]["written"] != (0 if name == "no-op" else args.new):
                 raise SystemExit("a run did not write what was expected: see above")
     med = statistics.median
     first = med([r["first_call_s"] for r in resumes])
-    rss = max(r["maxrss_mb"] for r in cold + resumes + noops)
+    first_killed = med([r["first_call_s"] for r in killed])
+    rss = max(r["maxrss_mb"] for r in cold + killed + resumes + noops)
     noop_s = med([r["wall_s"] for r in noops])
     print(f"{'':34} {'first call s':>12} {'total s':>8} {'peak RSS MB':>12} {'CPU s':>6}")
     scenarios = (
         (f"resume (+{args.new} new)", resumes),
+        (f"resume after kill -9 ({args.killed_after:,} rows past)", killed),
         ("resume, no checkpoint", cold),
         ("no-op rerun", noops),
     )
@@ -283,6 +308,8 @@ def main() -> int:
         )
     verdict = {
         f"first new call <= {TARGET_FIRST_CALL_S} s": first <= TARGET_FIRST_CALL_S,
+        f"after kill -9, first new call <= {TARGET_FIRST_CALL_S} s": first_killed
+        <= TARGET_FIRST_CALL_S,
         f"peak RSS <= {TARGET_RSS_MB:.0f} MB": rss <= TARGET_RSS_MB,
         f"no-op rerun < {TARGET_NOOP_S} s": noop_s < TARGET_NOOP_S,
     }

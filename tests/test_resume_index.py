@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from llmrun.builtins.writers import JsonlWriter
+from llmrun.job.checkpoint import Frontier
 from llmrun.job.stats import RunStats
 from llmrun.job.store import index_output, index_writer
 from llmrun.jsonio import loads, row_line
@@ -494,3 +495,61 @@ def test_a_run_killed_after_a_checkpoint_loses_and_repeats_nothing(
     assert all(c == 1 or i in in_flight for i, c in Counter(requested(fake_openai)).items())
     noop = summary_of(recipe)
     assert (noop["ok"], noop["resumed_ok"]) == (0, 400)
+
+
+def test_a_run_killed_mid_way_resumes_from_the_checkpoint_it_saved_as_it_went(
+    tmp_path: Path, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real signals, no completed run before: the run saves checkpoints as it goes (every
+    0.1 s here, 30 s by default) and is killed (SIGKILL) mid-way. The checkpoint it left
+    describes a prefix of the input whose every record has its row in the output's prefix,
+    and the next run starts from it (its counts, changed here, show it) and finishes the job:
+    one row per record, no finished record called again."""
+    from .test_resume import Output, Run, make_run, requested, settle
+
+    monkeypatch.setenv("LLMRUN_CHECKPOINT_S", "0.1")
+    fake_openai.latency_s = 0.02
+    recipe, out = make_run(tmp_path, fake_openai, 600, concurrency=4)
+    run = Run(recipe)
+    run.wait_until(lambda: checkpoint_path(tmp_path).exists() and out.lines() >= 150)
+    run.process.kill()
+    run.finish()
+    at_kill = settle(fake_openai)
+    done_at_kill = set(out.ids())
+    assert len(done_at_kill) < 600, "the kill came too late to test anything"
+    header = json.loads(checkpoint_path(tmp_path).read_bytes().split(b"\n", 1)[0])
+    data = (tmp_path / "data.jsonl").read_bytes()
+    prefix = data[: header["input"]["size"]]
+    assert 0 < header["selected"] == prefix.count(b"\n") == header["lines"] < 600
+    assert prefix.endswith(b"\n")
+    # Every record in the input's prefix has its row in the output's prefix.
+    written = (tmp_path / "out.jsonl").read_bytes()[: header["output"]["size"]]
+    rows = [json.loads(line) for line in written.splitlines()]
+    assert {json.loads(line)["id"] for line in prefix.splitlines()} <= {r["id"] for r in rows}
+    assert header["ok"] == sum(r["status"] == "ok" for r in rows)
+    tamper_counts(tmp_path, 1_000_000)
+    code, stderr = Run(recipe).finish()
+    assert code == 0, stderr
+    ids = [r["id"] for r in Output(out.path).rows()]
+    assert sorted(ids) == [f"r{i:05d}" for i in range(600)]
+    assert not done_at_kill.intersection(requested(fake_openai, at_kill))
+    noop = summary_of(recipe)
+    # The resumed run counted the rows before the checkpoint from it, not from the output.
+    assert noop["resumed_ok"] == 1_000_000 + 600 - header["ok"]
+
+
+def test_the_frontier_is_where_every_record_before_has_its_row() -> None:
+    frontier = Frontier()
+    frontier.read(["a", "b"], (10, 2), 2)
+    frontier.read(["c", "a"], (20, 4), 4)  # "a" again: a repeated record, in flight twice
+    frontier.read([], (25, 5), 5)  # a chunk of done records only
+    assert frontier.reached is None
+    for rid in ("c", "a", "b"):  # rows come in any order
+        frontier.written(rid)
+    assert frontier.reached == ((10, 2), 2)  # "a" of the second chunk has no row yet
+    frontier.written("x")  # a row this reader did not read (a batch phase's): ignored
+    frontier.written("a")
+    assert frontier.reached == ((25, 5), 5)
+    frontier.read(["d"], None, 6)  # a last line without its newline: no point to stop at
+    frontier.written("d")
+    assert frontier.reached == ((25, 5), 5)

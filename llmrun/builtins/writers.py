@@ -69,9 +69,12 @@ class JsonlWriter:
         yield from self.read_ids(start)
         self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
 
-    def read_ids(self, start: int = 0) -> Iterator[tuple[list[bytes], int, int, list[float]]]:
+    def read_ids(
+        self, start: int = 0, end: int | None = None
+    ) -> Iterator[tuple[list[bytes], int, int, list[float]]]:
         """What ``open_ids`` gives, read-only, from byte ``start`` (which must begin a line:
-        the end of rows indexed before; ValueError otherwise)."""
+        the end of rows indexed before; ValueError otherwise) to byte ``end`` (the end of a
+        line; the end of the file when None: a run may be appending past it)."""
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
@@ -81,7 +84,7 @@ class JsonlWriter:
                 fh.seek(start - 1)
                 if fh.read(1) != b"\n":
                     raise ValueError(f"{self.path.name}: byte {start} does not begin a line")
-            for lines in _line_blocks(fh):
+            for lines in _line_blocks(fh, None if end is None else end - start):
                 yield _index_lines(lines)
 
     def read(self) -> Iterator[Mapping[str, Any]]:
@@ -162,13 +165,17 @@ _CACHED = b',"cached":'
 BLOCK = 1 << 20  # bytes read at a time when indexing the output
 
 
-def _line_blocks(fh: IO[bytes]) -> Iterator[list[bytes]]:
-    """The file's lines (without their newline) a block at a time; the repaired file ends
-    with a newline, so every line is whole. A line longer than a block is read whole, as
-    iterating the file does."""
+def _line_blocks(fh: IO[bytes], size: int | None = None) -> Iterator[list[bytes]]:
+    """The file's lines (without their newline) a block at a time, up to ``size`` bytes from
+    where it is (all when None); the repaired file ends with a newline, so every line is
+    whole. A line longer than a block is read whole, as iterating the file does."""
     rest = b""
     while True:
-        block = fh.read(BLOCK)
+        if size is None:
+            block = fh.read(BLOCK)
+        else:
+            block = fh.read(min(BLOCK, size))
+            size -= len(block)
         if not block:
             if rest:
                 yield [rest]

@@ -16,8 +16,14 @@ selection's shard and sample are the same (``scope``). Then
 it indexes only the output rows past Y (rows an interrupted or killed run added since) and
 reads the input from X on. Anything else (no file, another version, a changed prefix, a
 truncated file) is no checkpoint: the run reads everything, as without one. Nothing is trusted
-that a kill -9 can leave half-done: the file is replaced atomically at the end of a completed
-run, and a run killed later leaves it describing a prefix the files still begin with.
+that a kill -9 can leave half-done: the file is replaced atomically, and a run killed later
+leaves it describing a prefix the files still begin with.
+
+It is saved at the end of a completed run, and every ``LLMRUN_CHECKPOINT_S`` seconds (30 by
+default) while a direct run goes on (``Frontier``): then the input prefix ends where every
+record before it has its row written, which trails what has been read by the records in
+flight. So a run killed with ``kill -9`` (out of memory, a preempted machine) resumes by
+indexing only the rows of its last half minute, not the whole output (issue 14).
 
 Only a selection that takes each record on its own (no ``offset``, ``limit`` or ``sample`` by
 count, which count records, and no ``filter``, which reads fields) and the JSONL loader and
@@ -31,16 +37,28 @@ import json
 import os
 import sys
 import zlib
-from dataclasses import asdict, dataclass
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..recipe.selection import Selection
-from .store import Layer, fsync_dir
+from .store import IdSet, IdSetBuilder, Layer, fsync_dir
 
 NAME = "resume.idx"
 VERSION = 1
 MAX_LAYERS = 4  # past this many, the layers are merged into one when the checkpoint is saved
+EVERY_S = 30.0  # between the checkpoints a direct run saves as it goes (LLMRUN_CHECKPOINT_S)
+
+
+def every_s() -> float:
+    """Seconds between checkpoints during a run: ``LLMRUN_CHECKPOINT_S`` (0 or less: only at
+    the end of a completed run, as before), else EVERY_S."""
+    try:
+        return float(os.environ.get("LLMRUN_CHECKPOINT_S", EVERY_S))
+    except ValueError:
+        return EVERY_S
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,123 @@ class Checkpoint:
     error: int
     cost_usd: float
     layers: list[Layer]
+
+
+class Frontier:
+    """How far into the input every record has its row written, while a run goes on.
+
+    The reader reports each chunk of records it hands to the workers (``read``: their ids,
+    where the input was read to, the records selected so far); the writer reports each row it
+    has handed to the OS (``written``). ``reached`` is the end of the latest chunk that, with
+    every chunk before it, has all its rows written: every record the selection took before
+    that point is finished, though records past it may be too (rows come in any order). Holds
+    one entry per record in flight, not per record of the run."""
+
+    def __init__(self) -> None:
+        # [input read to (None: not a whole line), selected so far, rows still to write]
+        self._chunks: deque[list[Any]] = deque()
+        self._first = 0  # the serial number of _chunks[0]
+        self._of: dict[str, int] = {}  # a record in flight: its chunk's serial number
+        self._again: dict[str, list[int]] = {}  # an id in flight twice (a repeated record)
+        self.reached: tuple[tuple[int, int], int] | None = None
+
+    def read(self, ids: list[str], end: tuple[int, int] | None, selected: int) -> None:
+        serial = self._first + len(self._chunks)
+        self._chunks.append([end, selected, len(ids)])
+        of = self._of
+        for rid in ids:
+            if rid in of:
+                self._again.setdefault(rid, []).append(serial)
+            else:
+                of[rid] = serial
+        self._advance()
+
+    def written(self, rid: str) -> None:
+        serial = self._of.pop(rid, None)
+        if serial is None:
+            return  # not read by this reader (a batch phase's row)
+        again = self._again.get(rid)
+        if again:  # a repeated id: its rows are told apart by nothing, so first read first
+            self._of[rid] = again.pop(0)
+            if not again:
+                del self._again[rid]
+        self._chunks[serial - self._first][2] -= 1
+        self._advance()
+
+    def _advance(self) -> None:
+        chunks = self._chunks
+        while chunks and chunks[0][2] == 0:
+            end, selected, _ = chunks.popleft()
+            self._first += 1
+            if end is not None:
+                self.reached = (end, selected)
+
+
+@dataclass
+class Saver:
+    """Saves checkpoints for one run, each from the last: the input and output prefixes are
+    extended (only the bytes past the last checkpoint are read for their CRC), and the rows
+    written since are indexed into one more layer of ids (merged past MAX_LAYERS).
+
+    ``read_ids(start, end)`` is the writer's (``JsonlWriter.read_ids``). A checkpoint is saved
+    from a worker thread, never two at once."""
+
+    state_dir: Path
+    scope: str
+    data: Path
+    output: Path
+    read_ids: Callable[[int, int], Iterator[tuple[list[bytes], int, int, list[float]]]]
+    start: Checkpoint | None  # the one this run began from (its prefixes are checked)
+    layers: list[Layer]  # the ids in the output when the run began
+    indexed_to: int  # the output's size when the run began: its rows are in ``layers``
+    ok: int
+    error: int
+    cost_usd: float
+    saved: Checkpoint | None = field(default=None, init=False)
+
+    def save(self, read_to: tuple[int, int], selected: int, size: int) -> None:
+        """A checkpoint: every record the selection took (``selected``) from the input's first
+        ``read_to`` bytes (and lines) has its row in the output's first ``size`` bytes."""
+        last = self.saved or self.start
+        if last is not None and (
+            read_to[0] < last.input.size
+            or size < last.output.size
+            or (read_to[0], size) == (last.input.size, last.output.size)
+        ):
+            return  # nothing read or written past it: it still says all there is
+        with open(self.output, "rb") as fh:
+            os.fsync(fh.fileno())  # the rows it counts on are on disk before it is
+        builder = IdSetBuilder()
+        for ids, n_ok, n_error, costs in self.read_ids(self.indexed_to, size):
+            builder.add_all_utf8(ids)
+            self.ok, self.error = self.ok + n_ok, self.error + n_error
+            for one in costs:
+                self.cost_usd += one
+        self.indexed_to = size
+        layers = IdSet(builder=builder, layers=self.layers).layers()
+        if len(layers) > MAX_LAYERS:
+            merged = IdSetBuilder()
+            for digests, _table, _shift, _n in layers:
+                merged.add_digests(digests)
+            layers = IdSet(builder=merged).layers()
+        self.layers = layers
+        if last is None:
+            data, written = Prefix.of(self.data, read_to[0]), Prefix.of(self.output, size)
+        else:  # both files still begin with its prefixes (checked at start): extend them
+            data, written = last.input.extended(read_to[0]), last.output.extended(size)
+        point = Checkpoint(
+            self.scope,
+            data,
+            read_to[1],
+            selected,
+            written,
+            self.ok,
+            self.error,
+            self.cost_usd,
+            layers,
+        )
+        write_checkpoint(self.state_dir, point)
+        self.saved = point
 
 
 def usable(recipe: Any, loader: Any, chosen: Selection, limit: int | None) -> bool:

@@ -39,7 +39,7 @@ from ..job.rerun import drop_error_rows
 from ..job.rows import RowMaker
 from ..job.stats import RunStats
 from ..job.stepjournal import StepJournal
-from ..job.store import IdSet, IdSetBuilder, RunState, index_writer, now_iso
+from ..job.store import IdSet, RunState, index_writer, now_iso
 from ..job.summary import RunSummary as RunSummary
 from ..job.summary import Status
 from ..plugins import Observers, Registry, build_component
@@ -147,11 +147,12 @@ class Engine:
         self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
         self.budget: Budget | None = None
         self._budget_price: Price | None = self.rows.budget_price()
-        # The resume checkpoint (job/checkpoint.py): the one read at start, the ids and output
-        # size at start, and how many records the reader took once it read every line.
+        # The resume checkpoint (job/checkpoint.py): the one read at start, what saves the
+        # next ones, how far every record has its row (direct mode), and how many records the
+        # reader took once it read every line.
         self._checkpoint: checkpoint.Checkpoint | None = None
-        self._done_at_start: IdSet | None = None
-        self._size_at_start = 0
+        self._saver: checkpoint.Saver | None = None
+        self._frontier: checkpoint.Frontier | None = None
         self._read_all: int | None = None
         # Last: nothing after it can fail and leave the file open.
         self.cache = (
@@ -345,8 +346,19 @@ class Engine:
             )
         self._checkpoint = point
         if usable:  # (another writer's output may be a folder, or not exist yet)
-            self._done_at_start = done
-            self._size_at_start = self.recipe.output_path.stat().st_size
+            self._saver = checkpoint.Saver(
+                self.state.dir,
+                checkpoint.scope(self.recipe, self.selection),
+                self.loader.path,  # type: ignore[attr-defined]
+                self.recipe.output_path,
+                self.writer.read_ids,  # type: ignore[attr-defined]
+                point,
+                done.layers(),
+                self.recipe.output_path.stat().st_size,
+                self.stats.resumed_ok,
+                self.stats.resumed_error,
+                self.stats.resumed_cost_usd,
+            )
         return done
 
     def _checkpoint_usable(self) -> bool:
@@ -356,53 +368,36 @@ class Engine:
         """After a completed run that read every line of its input: what the next run need
         not read again (job/checkpoint.py). A failure costs the next run time, never a row."""
         read_to = getattr(self.loader, "read_to", None)
-        done = self._done_at_start
-        if read_to is None or self._read_all is None or done is None:
+        if self._saver is None or read_to is None or self._read_all is None:
             return
         if not self._checkpoint_usable():
             return
         try:
-            output = self.recipe.output_path
-            size = output.stat().st_size
-            old = self._checkpoint
-            if old is not None and (old.input.size, old.output.size) == (read_to[0], size):
-                return  # nothing read or written past it: it still says all there is
-            builder = IdSetBuilder()
-            ok, error = self.stats.resumed_ok, self.stats.resumed_error
-            cost = self.stats.resumed_cost_usd
-            for ids, n_ok, n_error, costs in self.writer.read_ids(self._size_at_start):  # type: ignore[attr-defined]
-                builder.add_all_utf8(ids)
-                ok, error = ok + n_ok, error + n_error
-                for one in costs:
-                    cost += one
-            layers = IdSet(builder=builder, layers=done.layers()).layers()
-            if len(layers) > checkpoint.MAX_LAYERS:
-                merged = IdSetBuilder()
-                for digests, _table, _shift, _n in layers:
-                    merged.add_digests(digests)
-                layers = IdSet(builder=merged).layers()
-            if old is None:
-                path = self.loader.path  # type: ignore[attr-defined]
-                data, written = (
-                    checkpoint.Prefix.of(path, read_to[0]),
-                    checkpoint.Prefix.of(output, size),
-                )
-            else:  # both files still begin with its prefixes (checked at start): extend them
-                data, written = old.input.extended(read_to[0]), old.output.extended(size)
-            point = checkpoint.Checkpoint(
-                checkpoint.scope(self.recipe, self.selection),
-                data,
-                read_to[1],
-                self._read_all,
-                written,
-                ok,
-                error,
-                cost,
-                layers,
-            )
-            checkpoint.write_checkpoint(self.state.dir, point)
+            size = self.recipe.output_path.stat().st_size
+            self._saver.save(read_to, self._read_all, size)
         except (OSError, ValueError) as exc:  # ValueError: the output changed under the run
             self.warn(f"could not save the resume checkpoint: {exc}")
+
+    async def _save_checkpoints(self) -> None:
+        """While a direct run goes on: a checkpoint every ``checkpoint.every_s()`` up to where
+        every record has its row (``Frontier``), so a killed run resumes without reading the
+        whole output again. Saved in a thread: the workers go on meanwhile."""
+        saver, frontier, every = self._saver, self._frontier, checkpoint.every_s()
+        if saver is None or frontier is None or every <= 0:
+            return
+        saved = None
+        while True:
+            await anyio.sleep(every)
+            reached = frontier.reached
+            if reached is None or reached == saved:
+                continue
+            try:
+                size = self.recipe.output_path.stat().st_size  # every row before it written
+                await anyio.to_thread.run_sync(saver.save, reached[0], reached[1], size)
+            except (OSError, ValueError) as exc:
+                self.warn(f"could not save the resume checkpoint: {exc}")
+                return
+            saved = reached
 
     async def _pipeline(self, done: IdSet, manifest: dict[str, Any]) -> None:
         if self.batch_phase is not None:
@@ -415,8 +410,11 @@ class Engine:
         size = self.recipe.run.concurrency * 2
         work_send, work_recv = anyio.create_memory_object_stream[Work](size)
         row_send, row_recv = anyio.create_memory_object_stream[Row](size)
+        if self._saver is not None and hasattr(self.loader, "read_at"):
+            self._frontier = checkpoint.Frontier()
         async with anyio.create_task_group() as outer:
             self.watch(outer, manifest)
+            outer.start_soon(self._save_checkpoints)
             async with anyio.create_task_group() as pipeline:
                 pipeline.start_soon(self._read, work_send, done)
                 pipeline.start_soon(self._write, row_recv)
@@ -465,9 +463,14 @@ class Engine:
                 if not checked:
                     checked = self._check_fields(chunk)
                 seen = self._seen
-                for work in chunk:
-                    if work.done or work.id in done:
-                        continue
+                todo = [work for work in chunk if not (work.done or work.id in done)]
+                if self._frontier is not None:
+                    self._frontier.read(
+                        [work.id for work in todo],
+                        self.loader.read_at,  # type: ignore[attr-defined]
+                        selected,
+                    )
+                for work in todo:
                     # Only records not done are checked for repeats: the Bloom filters cost
                     # ~4 us a record, most of a resume's reading (issue 14). A repeat among
                     # done records was warned about by the run that read it.
@@ -575,6 +578,9 @@ class Engine:
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
                 self.sink.write(batch)
+                if self._frontier is not None:
+                    for written in batch:
+                        self._frontier.written(written["id"])
 
     # -- around the pipeline: every mode starts these --------------------------------------
 

@@ -18,6 +18,8 @@ class JsonlLoader(FileLoader):
     row naming file and line."""
 
     read_to: tuple[int, int] | None = None  # where ids_first's reading ended (see there)
+    # The end of the last line ids_first gave (None: that line had no newline yet).
+    read_at: tuple[int, int] | None = (0, 0)
 
     options_schema: ClassVar[Mapping[str, Any]] = {
         "type": "object",
@@ -63,7 +65,9 @@ class JsonlLoader(FileLoader):
 
         ``start`` (byte offset, lines before it), for a ``seekable`` source: read from there
         (the resume checkpoint, job/checkpoint.py). Once every line is read, ``read_to`` holds
-        the same pair for the end of the last whole line."""
+        the same pair for the end of the last whole line; while reading, ``read_at`` holds it
+        for the last line given, None when that line has no newline (the checkpoints a run
+        saves as it goes)."""
         plain = id_field and not any(c in id_field for c in '."\\/') and id_field.isprintable()
         if self.encoding != "utf-8-sig" or not plain:
             return None  # (a key with " \\ / or a control character has two spellings)
@@ -87,13 +91,16 @@ class JsonlLoader(FileLoader):
         start: tuple[int, int],
     ) -> Iterator[tuple[str | None, int, bytes]]:
         self.read_to = None
+        self.read_at = start
         offset, lineno = start
         whole = start  # the end of the last line read whole (with its newline)
         for line in self.source.utf8_lines(offset):
             lineno += 1
             offset += len(line)
             if line.endswith(b"\n"):
-                whole = (offset, lineno)
+                whole = self.read_at = (offset, lineno)
+            else:
+                self.read_at = None  # the last line, without its newline: it may yet grow
             if line.isspace():
                 continue  # blank (records() skips more: record_at tells the rest)
             rid: str | None = None

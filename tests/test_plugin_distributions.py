@@ -27,8 +27,10 @@ import pytest
 
 from .conftest import read_jsonl, write_jsonl
 
-# Slow (builds distributions in a fresh environment): `-m "not slow"` leaves them out.
-pytestmark = pytest.mark.slow
+# Slow (builds distributions in a fresh environment): `-m "not slow"` leaves them out. One
+# group: under pytest-xdist's --dist loadgroup they run in one process, so the environment is
+# built once, not once per process.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("plugin-dists")]
 
 ROOT = Path(__file__).resolve().parents[1]
 PARQUET = ROOT / "plugins" / "llmrun-parquet"

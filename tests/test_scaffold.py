@@ -15,7 +15,8 @@ import pytest
 from .conftest import run_cli
 
 # Slow (builds distributions in a fresh environment): `-m "not slow"` leaves them out.
-pytestmark = pytest.mark.slow
+# One group under --dist loadgroup: its session fixture builds a venv once, in one process.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scaffold")]
 
 # kind -> the component's name; one plugin of each kind is generated and installed.
 KINDS = {"postprocessor": "shout_it", "loader": "lines", "provider": "chatty"}

@@ -88,11 +88,12 @@ class Limiter:
         """End this actor once nothing has used it for ``idle_s`` (it outlives the job that
         started it, so that concurrent jobs share it; it must not outlive them all for long:
         a key retired today is tried again by tomorrow's job). Started once however often it
-        is asked."""
+        is asked; every ask counts as a use (a driver or worker that has just got this actor
+        by name must find it there when its first call comes)."""
+        self.last_used = time.monotonic()
         if self._watching:
             return
         self._watching = True
-        self.last_used = time.monotonic()
         while True:
             await asyncio.sleep(min(30.0, idle_s / 2))
             busy = any(s.in_flight or s.probe is not None for s in self.pool.states)

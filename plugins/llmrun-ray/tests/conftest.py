@@ -12,8 +12,10 @@ import pytest
 
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 # The limiter actors outlive the job that started them (other jobs on the same keys share
-# them) until idle this long: seconds here, so a test's actors are gone before the next few.
-os.environ["LLMRUN_RAY_IDLE_S"] = "3"
+# them) until idle this long: 20 s here, so a test's actors are gone a few tests later. 3 s was
+# shorter than a loaded machine takes to start a job's workers: a restarted driver's limiter
+# ended itself before the workers' first call (seen in CI).
+os.environ["LLMRUN_RAY_IDLE_S"] = "20"
 # A one-machine cluster: every Ray process binds and advertises 127.0.0.1 (Ray otherwise looks up
 # the address other machines would reach this one at).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

@@ -581,6 +581,9 @@ class KeyPool:
     def _read_headers(self, state: KeyState, headers: Mapping[str, str], now: float) -> None:
         """``x-ratelimit-*``: wait for the reset when a budget is spent; in adaptive mode,
         pace to the announced request limit."""
+        raw = getattr(headers, "raw", None)  # httpx's: one pass, not a lookup per name
+        if raw is not None and not any(k[:12].lower() == b"x-ratelimit-" for k, _ in raw):
+            return
         for kind in ("requests", "tokens"):
             remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
             if remaining is not None and remaining < 1:

@@ -116,6 +116,27 @@ def test_retry_after_holds_the_key_when_most_requests_in_flight_are_refused(
     assert not held, [record_id_of(r) for r in held]
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
     assert len(rows) == 40 and all(r["status"] == "ok" for r in rows.values())
+    log = (tmp_path / "out.jsonl.llmrun" / "run.log").read_text(encoding="utf-8")
+    assert "paused 0.8 s (Retry-After)" in log  # the report's pace per key shows the pause
+
+
+def test_a_lone_429_with_retry_after_is_logged_as_no_pause_of_the_key(tmp_path: Path) -> None:
+    # The run log (and the report's pace per key drawn from it) said "paused 1 s" for every
+    # Retry-After, though only a key shown spent is held: a lone 429 delays its own request.
+    def fault(request: RecordedRequest) -> Fault | None:
+        if record_id_of(request) == "r00005" and not fault.done:  # type: ignore[attr-defined]
+            fault.done = True  # type: ignore[attr-defined]
+            return Fault(429, {"retry-after": "1"})
+        return None
+
+    fault.done = False  # type: ignore[attr-defined]
+    with FakeOpenAI(fault=fault, latency_s=0.01) as server:
+        recipe = setup_run(tmp_path, openai(server), 40, run={"concurrency": 8})
+        result = run_cli("run", str(recipe), cwd=tmp_path)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert by_id(read_jsonl(tmp_path / "out.jsonl"))["r00005"]["attempts"] == 2
+    log = (tmp_path / "out.jsonl.llmrun" / "run.log").read_text(encoding="utf-8")
+    assert "paused" not in log, log
 
 
 def test_a_stall_past_the_read_timeout_is_retried(tmp_path: Path) -> None:

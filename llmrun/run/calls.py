@@ -314,16 +314,19 @@ class Caller:
         if error.kind == "record":
             raise CallFailed(error, attempts)
         if error.code == "rate_limit":
-            before = lease.state.learnt.per_minute
+            state = lease.state
+            before, held = state.learnt.per_minute, state.paused_until
             self._keys.on_rate_limited(lease, error.retry_after, spent=spent)
-            after = lease.state.learnt.per_minute
+            after = state.learnt.per_minute
             if after != before:
                 self._note(
-                    f"pace of {lease.state.name}: {_per_min(before)} -> {_per_min(after)} "
+                    f"pace of {state.name}: {_per_min(before)} -> {_per_min(after)} "
                     "requests/min after a 429"
                 )
-            if error.retry_after:
-                self._note(f"{lease.state.name} paused {error.retry_after:g} s (Retry-After)")
+            if error.retry_after and state.paused_until > held:
+                # Only a key shown spent is held (limits.py); a lone 429's Retry-After delays
+                # its own request, which is no pause of the key for the log and the report.
+                self._note(f"{state.name} paused {error.retry_after:g} s (Retry-After)")
         if attempts > self._settings.max_retries:
             if error.code == "connect" and not self._reached:
                 self._stop(

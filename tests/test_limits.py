@@ -333,6 +333,21 @@ def test_a_limit_passed_by_less_than_the_cut_is_not_taken_for_noise() -> None:
     assert refused < 20, refused
 
 
+def test_a_first_429_measures_from_the_first_success_not_the_first_request() -> None:
+    # An unpaced key (a local endpoint: no slow start) whose first answer took 2 s (a process
+    # starting, a connection), then 100 answers a second. Its first 429 cuts to just under
+    # those 100/s; measured from its first request it read 17/s, and a random 429 held the run
+    # at a sixth of its speed for the whole trial.
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    pool.local_endpoint(lease_at(pool, clock.now))  # unpaced, no slow start
+    assert state.learnt.per_minute is None and not state.slow_start
+    clock.now += 2.0
+    answer(pool, clock, 40, 0.01)
+    pool.on_rate_limited(lease_at(pool, clock.now - 0.005), None)
+    assert state.learnt.per_minute == pytest.approx(DECREASE * 100 * 60, rel=0.05)
+
+
 def test_a_random_429_does_not_end_the_slow_start_but_a_burst_does() -> None:
     pool, clock = adaptive_pool()
     state = pool.states[0]

@@ -173,6 +173,7 @@ class KeyState:
     ceiling: float | None = None  # requests/s that succeeded at the last measured limit
     oks: deque[float] = field(default_factory=deque)  # recent success times
     first_start: float | None = None  # of the key's first request (adaptive mode)
+    first_ok: float | None = None  # when it first answered with a success (adaptive mode)
     slow_start: bool = False  # adaptive: climbing from START_RATE until the first 429
     in_flight: int = 0
     # Answers to requests reserved since the last decrease, over the measuring window:
@@ -405,6 +406,8 @@ class KeyPool:
             self._failures[state.endpoint] = 0
         state.latest.append(False)
         if state.adaptive:
+            if state.first_ok is None:
+                state.first_ok = now
             state.oks.append(now)
             window = _window(state)
             oldest = now - window
@@ -470,6 +473,12 @@ class KeyPool:
         else:
             first = state.first_start if state.first_start is not None else now
             since = max(first, now - window)
+            if state.first_ok is not None and not state.slow_start:
+                # From the key's first success, not its first request: the time before (a
+                # process starting, a connection, the probe's round trip) is no measure of
+                # the server. Counted in, a run's first random 429 read an eighth of the
+                # real rate, and its trial held the pace there for seconds.
+                since = max(since, state.first_ok)
         # Time the key spent paused sent nothing: it is no part of what the server let through.
         paused = min(now, state.paused_until) - max(since, state.paused_from)
         span = now - since - max(0.0, paused)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 import pkgutil
 import re
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -181,3 +183,15 @@ def test_every_public_name_resolves_and_is_documented() -> None:
             if not re.search(rf"`{re.escape(name)}[`(]", section):  # `name` or `name(...)`
                 missing.append(f"{module.__name__}.{name}")
     assert missing == [], "docs/plugins.md's public API section does not list these"
+
+
+def test_the_engine_api_loads_only_the_names_asked_for() -> None:
+    """A Ray limiter process takes the key pool from it, and must not pay for the engine."""
+    code = (
+        "import sys; from llmrun.engine_api import KeyPool, Budget, fingerprint; "
+        "print(sorted(m for m in ('llmrun.run.engine', 'llmrun.api', 'llmrun.commands.main') "
+        "if m in sys.modules)); from llmrun.engine_api import Engine; "
+        "print('llmrun.run.engine' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[:2] == ["[]", "True"]

@@ -57,10 +57,10 @@ class Provider(Component, Protocol):
     """Turns a rendered prompt into one HTTP request and the response into a ``Reply``.
 
     ``parse_response`` raises ``CallError`` for every failure, classified by kind (see
-    ``llmrun.wire.retry.classify_http`` for the shared taxonomy).
+    ``llmrun.classify_http`` for the shared taxonomy).
 
     Batch mode: a provider with a batch API also has ``batch_api()`` returning an object
-    implementing ``llmrun.batch.contract.BatchAPI`` (upload, create, find, poll, download,
+    implementing ``llmrun.BatchAPI`` (upload, create, find, poll, download,
     parse a result line, cancel); it usually builds its lines with ``body(prompt)`` and parses
     results with ``reply_from_body(data)``. Without ``batch_api()``, ``run.mode: batch`` stops
     with a message.
@@ -146,9 +146,9 @@ class RunEngine(Protocol):
     the recipe, the registry and the progress display, and these keywords: ``address`` (the
     cluster ``--address`` named, or None), ``overrides`` (the ``--set`` values, so that workers
     load the same recipe), ``limit``, ``fresh``, ``retry_errors`` and ``handle_signals``. It
-    returns the engine that runs the job (``llmrun.run.engine.Engine``, typically one made by
-    ``llmrun.api.make_engine`` with ``backends=``: see ``llmrun.run.backends``), so the output,
-    resume, progress and exit codes are those of any run. A class attribute ``runs_steps =
+    returns the engine that runs the job (``llmrun.engine_api.Engine``, typically one made by
+    ``llmrun.engine_api.make_engine`` with ``backends=``: see ``engine_api.Backends``), so the
+    output, resume, progress and exit codes are those of any run. A class attribute ``runs_steps =
     True`` says it runs ``steps:`` recipes too (else such a recipe is refused on it).
     """
 

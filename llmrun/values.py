@@ -34,7 +34,7 @@ class Prompt:
     - ``{"type": "text", "text": "..."}``
     - ``{"type": "image", "source": "...", "detail": "auto" | "low" | "high" | None}`` where
       ``source`` is an absolute local path, an ``http(s)://`` URL, or a ``data:`` URL
-      (``llmrun.images`` reads and checks them).
+      (``llmrun.load_image`` reads and checks them).
 
     ``body`` is set for a request taken whole from the record (an OpenAI request file): an
     OpenAI-shaped provider sends it unchanged; others use ``messages`` and ``generation``.

@@ -185,6 +185,29 @@ def register_writers(register: Any) -> None:
     register("parquet", FolderWriter)
 
 
+class ReadableFolderWriter(FolderWriter):
+    """A third-party writer whose output is a folder of parts it can read back (``read()``, as
+    the parquet plugin's): a run's output that is no JSONL file."""
+
+    def __init__(self, options: Any, context: Any) -> None:
+        super().__init__(options, context)
+        self.path = context.base_dir / self.path
+
+    def open(self) -> Any:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self.read()
+
+    def read(self) -> Any:
+        parts = sorted(self.path.glob("part-*.json"), key=lambda p: int(p.stem[5:]))
+        for part in parts:
+            yield from json.loads(part.read_text(encoding="utf-8"))
+
+
+@hookimpl
+def register_readable_folder(register: Any) -> None:
+    register("folder", ReadableFolderWriter)
+
+
 def test_export_uses_a_plugin_writer_by_name(labelled: Path) -> None:
     plugin = SimpleNamespace(register_writers=register_writers)
     registry = load_registry(entry_points=False, plugins={"folder": plugin})
@@ -199,3 +222,77 @@ def test_export_uses_a_plugin_writer_by_name(labelled: Path) -> None:
     assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(labelled / "out.jsonl")]
     assert all(set(r) == {"id", "fields.label"} for r in rows)
     assert [p.name for p in labelled.iterdir() if p.name.startswith(".")] == []
+
+
+def _folder_run(tmp_path: Path) -> tuple[Path, Any]:
+    """A real run whose output is written by the folder writer, in a registry with it."""
+    from llmrun import open_recipe, run_recipe_sync
+
+    plugin = SimpleNamespace(register_writers=register_readable_folder)
+    registry = load_registry(entry_points=False, plugins={"folder": plugin})
+    write_jsonl(tmp_path / "data.jsonl", make_records(8))
+    recipe = basic_recipe(
+        {"name": "mock", "replies": ["positive", "negative"]},
+        postprocess=[{"choices": {"labels": ["positive", "negative"]}}],
+        output={"writer": "folder", "path": "out.folder"},
+    )
+    path = write_recipe(tmp_path, recipe)
+    summary = run_recipe_sync(path, registry=registry, progress="none")
+    assert (summary.status, summary.stats.ok) == ("completed", 8)
+    return path, open_recipe(path, registry=registry)
+
+
+def test_export_reads_a_folder_output_through_its_writer(tmp_path: Path) -> None:
+    """export reads the output with the writer that wrote it (its read()), never as JSONL."""
+    _, (recipe, registry) = _folder_run(tmp_path)
+    folder = tmp_path / "out.folder"
+    assert folder.is_dir() and len(list(folder.iterdir())) >= 1
+    written = list(
+        ReadableFolderWriter({"path": str(folder)}, SimpleNamespace(base_dir=tmp_path)).read()
+    )
+    assert sorted(r["id"] for r in written) == [f"r{i:05d}" for i in range(8)]
+
+    # Named with --from (the Python API's source_writer) ...
+    summary = export(
+        folder,
+        tmp_path / "a.json",
+        "json",
+        registry,
+        fields=["id", "fields.label"],
+        source_writer="folder",
+    )
+    assert summary.rows == 8 and summary.columns == ["id", "fields.label"]
+    exported = json.loads((tmp_path / "a.json").read_text(encoding="utf-8"))
+    assert exported == [{"id": r["id"], "fields.label": r["fields"]["label"]} for r in written]
+    # ... or the recipe's own writer, in the input's order: the parts in reverse order first.
+    for part in folder.iterdir():
+        rows = json.loads(part.read_text(encoding="utf-8"))
+        part.write_text(json.dumps(rows[::-1]), encoding="utf-8")
+    summary = export(
+        folder, tmp_path / "b.csv", "csv", registry, fields=["id"], order="input", recipe=recipe
+    )
+    with open(tmp_path / "b.csv", encoding="utf-8", newline="") as fh:
+        ids = [row[0] for row in csv.reader(fh)][1:]
+    assert ids == [f"r{i:05d}" for i in range(8)]
+    assert summary.missing == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no spool left
+
+
+def test_export_of_a_folder_needs_its_writer(tmp_path: Path) -> None:
+    _folder_run(tmp_path)
+    done = run_cli("export", "out.folder", "--to", "csv", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "is a folder, not a JSONL output" in done.stderr and "--from" in done.stderr
+    # A writer that cannot read its output back is refused by name.
+    done = run_cli("export", "out.folder", "--from", "csv", "--to", "json", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "the 'csv' writer cannot read its output back" in done.stderr
+
+
+def test_export_from_jsonl_by_name_through_the_cli(labelled: Path) -> None:
+    done = run_cli(
+        "export", "out.jsonl", "--from", "jsonl", "--to", "json", "--fields", "id", cwd=labelled
+    )
+    assert done.returncode == 0, done.stderr
+    ids = [r["id"] for r in json.loads((labelled / "out.json").read_text(encoding="utf-8"))]
+    assert ids == [r["id"] for r in read_jsonl(labelled / "out.jsonl")]

@@ -196,7 +196,7 @@ def test_a_recipe_reads_and_writes_parquet_through_the_cli(venv: Venv, tmp_path:
     assert json.loads(rows[0]["record"]).keys() == {"id", "text"}  # columns: [id, text]
 
 
-def test_status_and_plan_read_a_parquet_output_through_its_writer(
+def test_status_plan_and_export_read_a_parquet_output_through_its_writer(
     venv: Venv, tmp_path: Path
 ) -> None:
     assert venv.python(MAKE_DATA, str(tmp_path / "data.parquet")) == 40
@@ -212,6 +212,25 @@ def test_status_and_plan_read_a_parquet_output_through_its_writer(
     plan = venv.run("llmrun", "plan", str(recipe), "--json")
     assert plan.returncode == 0, plan.stderr
     assert (json.loads(plan.stdout)["done"], json.loads(plan.stdout)["to_send"]) == (25, 15)
+    # export reads the folder through the parquet writer too: the recipe's, or named.
+    for how in (["--recipe", str(recipe)], ["--from", "parquet"]):
+        target = tmp_path / "labels.json"
+        exported = venv.run(
+            "llmrun",
+            "export",
+            str(tmp_path / "out" / "labels.parquet"),
+            *how,
+            "--to",
+            "json",
+            "--fields",
+            "id,status",
+            "-o",
+            str(target),
+        )
+        assert exported.returncode == 0, exported.stderr
+        rows = json.loads(target.read_text(encoding="utf-8"))
+        assert sorted(r["id"] for r in rows) == [f"r{i:03d}" for i in range(25)]
+        assert {r["status"] for r in rows} == {"ok"}
     # Rewriting in place is for the JSONL output: refused before anything changes.
     again = venv.run("llmrun", "run", str(recipe), "--retry-errors", "--quiet")
     assert again.returncode == 2

@@ -83,7 +83,7 @@ class LineResult:
 class BatchAPI(Protocol):
     """A provider's batch API. ``client`` is an ``httpx.AsyncClient`` owned by the runner;
     ``api_key`` is the recipe's first key (or None). Failures raise ``CallError``, classified
-    as for direct calls (``llmrun.wire.retry.classify_http``)."""
+    as for direct calls (``llmrun.classify_http``)."""
 
     max_requests: int  # requests per batch, the provider's limit
     max_bytes: int  # bytes per batch input, the provider's limit

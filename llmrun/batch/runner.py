@@ -11,10 +11,10 @@ its writer, so a batch run's output is the same as a direct run's.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -27,20 +27,18 @@ from ..errors import CallError, RecordError, RunAborted
 from ..job.records import Work
 from ..job.store import IdSet, now_iso
 from ..recipe.pricing import PriceTable
-from ..recipe.tokens import estimate
 from ..run.calls import Outcome
 from ..run.steps import StepStages
-from ..values import Prompt, Usage
+from ..values import Prompt
 from ..wire.retry import backoff_s, classify_transport
 from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
 from .journal import Journal, Part, checkpoint, has_running, make_durable
-from .parts import PartWriter, Planned
+from .planner import PartPlanner
 from .status import progress_of
 
 if TYPE_CHECKING:
     from ..run.engine import Engine
 
-HASH_PREFIX = "k"
 T = TypeVar("T")
 
 
@@ -86,18 +84,20 @@ class BatchRunner:
         self.journal = Journal.load(folder)
         self.drain_only = drain_only or engine.batch_drain_only
         self.api_key = self.recipe.api_keys[0] if self.recipe.api_keys else None
-        self._id_ok = re.compile(self.api.custom_id_pattern)
         self._over_budget: str | None = None
         self._stragglers = False  # auto mode: a batch was cancelled at the deadline
         self._cancelled = False  # a batch was cancelled by `llmrun cancel`
-        self._price = PriceTable(self.recipe.prices).lookup(getattr(engine.provider, "model", None))
         engine.batch_pricing = True
         # A steps: recipe runs each step as its own batches (docs/steps.md).
         stages = engine.stages
         self.steps: StepStages | None = stages if isinstance(stages, StepStages) else None
-        self._line_apis: dict[str | None, BatchAPI] = {None: self.api}
+        line_apis: dict[str | None, BatchAPI] = {None: self.api}
         for step in self.steps.steps if self.steps is not None else []:
-            self._line_apis[step.spec.name] = batch_api_of(step.stages.provider) or self.api
+            line_apis[step.spec.name] = batch_api_of(step.stages.provider) or self.api
+        price = PriceTable(self.recipe.prices).lookup(getattr(engine.provider, "model", None))
+        self.planner = PartPlanner(
+            engine, self.journal, self.api, self.finished, self.steps, line_apis, price
+        )
         self._parked: set[str] = set()  # continuation parts not to submit in this run
 
     # -- the rounds ------------------------------------------------------------------------
@@ -148,142 +148,26 @@ class BatchRunner:
     def _mode(self) -> str:
         return str(getattr(self.settings, "mode", "batch"))
 
-    # -- planning: records -> part files -----------------------------------------------------
+    # -- planning: records -> part files (planner.py) ---------------------------------------
 
     async def _plan(self) -> str:
         """Write parts for the records still to do; "direct" when auto mode says to call them
         directly instead (few records), "budget" when their estimate is over run.budget_usd."""
         error_rows: list[dict[str, Any]] = []
         try:
-            chosen = await anyio.to_thread.run_sync(self._plan_sync, error_rows)
-            if chosen == "budget" and self._over_budget is not None:
-                self.engine.warn(self._over_budget)
+            chosen = await anyio.to_thread.run_sync(
+                functools.partial(
+                    self.planner.plan, error_rows, stragglers=self._stragglers, spent=self._spent
+                )
+            )
+            if chosen == "budget":
+                self._over_budget = self.planner.over_budget
+                if self._over_budget is not None:
+                    self.engine.warn(self._over_budget)
             return chosen
         finally:
             if error_rows:  # rendering failed: final, written now (here, not in the thread)
                 self._write_rows(error_rows)
-
-    def _plan_sync(self, error_rows: list[dict[str, Any]]) -> str:
-        engine = self.engine
-        busy: set[str] = set()
-        for part in self.journal.active():
-            busy.update(rid for _, rid, _, _ in self.journal.records(part))
-        writer = self._writer()
-        pending = 0
-        estimate_usd = 0.0
-        for work in engine.records():
-            if work.id in self.finished or work.id in busy:
-                continue
-            step: str | None = None
-            finished: dict[str, Any] = {}
-            if self.steps is not None:
-                finished = dict(self.steps.journal.pending.get(work.id, {}))
-                found = self._step_request(work, finished)
-                if isinstance(found, dict):
-                    error_rows.append(found)  # its row, without a call (an error, or skipped)
-                    continue
-                step, prompt = found
-            else:
-                rendered = engine.stages.render(work)
-                if isinstance(rendered, dict):
-                    error_rows.append(rendered)
-                    continue
-                prompt = rendered
-            busy.add(work.id)
-            pending += 1
-            self._queue(writer, work, step, prompt, finished)
-            estimate_usd += self._estimate(prompt)
-        planned = writer.close()
-        auto_direct = (
-            self._mode() == "auto"
-            and (pending < self.settings.auto_threshold or self._stragglers)
-            and not self.journal.active()
-        )
-        budget = self.settings.budget_usd
-        spent = self._spent()
-        over = bool(
-            budget is not None
-            and pending
-            and spent + estimate_usd > float(budget)
-            and not auto_direct
-        )
-        if auto_direct or over:
-            for p in planned:  # not in the journal: files never used
-                self.journal.file(p.name, "").unlink(missing_ok=True)
-                self.journal.file(p.name, "records").unlink(missing_ok=True)
-            self.journal.next_part -= len(planned)
-            if over:
-                self._over_budget = (
-                    f"the estimate for {pending} record(s) in batch is ${estimate_usd:.4f} "
-                    f"(${spent:.4f} spent), over run.budget_usd ${budget}: "
-                    "nothing was submitted"
-                )
-                return "budget"
-            return "direct"
-        self._add_parts(planned)
-        if planned:
-            self.journal.save()
-            checkpoint("written")
-        return "batch"
-
-    def _writer(self) -> PartWriter:
-        max_requests = min(
-            self.api.max_requests, self.settings.batch_max_requests or self.api.max_requests
-        )
-        max_bytes = min(self.api.max_bytes, self.settings.batch_max_bytes or self.api.max_bytes)
-        return PartWriter(self.journal, max_requests, max_bytes)
-
-    def _queue(
-        self,
-        writer: PartWriter,
-        work: Work,
-        step: str | None,
-        prompt: Prompt,
-        finished: dict[str, Any],
-    ) -> None:
-        """The record's request into a part file of its step."""
-        cid = self._custom_id(work.id)
-        body = self._line_apis.get(step, self.api).line(cid, prompt)
-        line = (json.dumps(body, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
-        record: list[Any] = [cid, work.id, work.where, work.data]
-        writer.add(step, line, record if step is None else [*record, finished])
-
-    def _add_parts(self, planned: list[Planned]) -> None:
-        for p in planned:
-            tag = self.journal.tag(p.name)
-            self.journal.parts.append(
-                Part(p.name, p.requests, p.size, tag, recipe_step=p.recipe_step)
-            )
-
-    def _step_request(
-        self, work: Work, finished: dict[str, Any]
-    ) -> tuple[str, Prompt] | dict[str, Any]:
-        """A steps: record's next request (its step's name and prompt), or its row when it
-        needs no more calls; a step whose prompt cannot be rendered is that step's error."""
-        assert self.steps is not None
-        while True:
-            planned = self.steps.plan(work, finished)
-            if isinstance(planned, dict):
-                return planned
-            step, context = planned
-            prompt = step.stages.render(work, context)
-            if not isinstance(prompt, dict):
-                return step.spec.name, prompt
-            finished[step.spec.name] = self.steps.result(step, prompt)
-
-    def _custom_id(self, rid: str) -> str:
-        """The record id when the provider accepts it as a custom_id, else a stable hash."""
-        if self._id_ok.match(rid) and not rid.startswith(HASH_PREFIX + "_"):
-            return rid
-        import hashlib
-
-        return HASH_PREFIX + "_" + hashlib.blake2b(rid.encode(), digest_size=16).hexdigest()
-
-    def _estimate(self, prompt: Prompt) -> float:
-        if self._price is None:
-            return 0.0
-        tokens_in, tokens_out = estimate(prompt)
-        return self._price.cost(Usage(tokens_in, tokens_out), batch=True) or 0.0
 
     # -- driving parts through their steps ---------------------------------------------------
 
@@ -508,7 +392,7 @@ class BatchRunner:
                 "the recipe no longer has: run with --fresh to start over"
             )
         name = step.spec.name
-        writer = self._writer()
+        writer = self.planner.writer()
         rows: list[dict[str, Any]] = []
         counts = {"ok": 0, "error": 0, "again": 0, "next": 0}
         tries = dict(self.journal.tries)
@@ -539,9 +423,9 @@ class BatchRunner:
                     if result is not None:
                         tries[rid] = tries.get(rid, 0) + 1
                     counts["again"] += 1
-                    again = self._step_request(work, finished)
+                    again = self.planner.step_request(work, finished)
                     assert not isinstance(again, dict)
-                    self._queue(writer, work, again[0], again[1], finished)
+                    self.planner.queue(writer, work, again[0], again[1], finished)
                     continue
                 before = tries.pop(rid, 0)
                 failed = step.stages.error_row(
@@ -553,19 +437,19 @@ class BatchRunner:
                     status=result.status,
                 )
                 finished[name] = steps.result(step, failed)
-            found = self._step_request(work, finished)
+            found = self.planner.step_request(work, finished)
             if isinstance(found, dict):
                 rows.append(found)
             else:
                 counts["next"] += 1
-                self._queue(writer, work, found[0], found[1], finished)
+                self.planner.queue(writer, work, found[0], found[1], finished)
         for row in rows:
             counts["ok" if row["status"] == "ok" else "error"] += 1
         if rows:
             self._write_rows(rows)
             checkpoint("merge-written")
         continued = writer.close()
-        self._add_parts(continued)
+        self.planner.add_parts(continued)
         if self.drain_only:  # collecting only: the next steps wait for a run that submits
             self._parked.update(p.name for p in continued)
         self.journal.tries = tries

@@ -18,14 +18,26 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ..components import Transport
-from ..errors import CallError
-from ..hookspecs import Register, hookimpl
-from ..images import load_image
-from ..recipe.model import thaw
-from ..values import ComponentContext, Prompt, Reply, Usage
-from ..wire.requests import Dropper, KeyedRequests, decode, encode, error_json, parts_of, text_of
-from ..wire.retry import classify_http
+from llmrun import (
+    CallError,
+    ComponentContext,
+    Dropper,
+    KeyedRequests,
+    Prompt,
+    Register,
+    Reply,
+    Transport,
+    Usage,
+    classify_http,
+    content_parts,
+    content_text,
+    error_json,
+    hookimpl,
+    json_dumps,
+    load_image,
+    response_json,
+    thaw,
+)
 
 STRUCTURED_TOOL = "structured_output"
 DEFAULT_VERSION = "2023-06-01"
@@ -134,7 +146,7 @@ class AnthropicMessages:
         for i, message in enumerate(prompt.messages):
             role, content = message.get("role"), message.get("content")
             if role in ("system", "developer"):
-                system.append(text_of(content))
+                system.append(content_text(content))
             elif role == "assistant" and i < last and content in ("", None, []):
                 # The API refuses empty turns (an empty reply being reasked); the user turns
                 # around it are merged by the API.
@@ -190,7 +202,7 @@ class AnthropicMessages:
         if isinstance(content, str):
             return content
         blocks: list[dict[str, Any]] = []
-        for part in parts_of(content):
+        for part in content_parts(content):
             if part.get("type") == "image":
                 image = load_image(str(part.get("source", "")))
                 if image.url is not None:
@@ -203,14 +215,14 @@ class AnthropicMessages:
         return blocks
 
     def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
-        return self._headers.post(encode(self.body(prompt)), api_key)
+        return self._headers.post(json_dumps(self.body(prompt)), api_key)
 
     # -- response -----------------------------------------------------------------
 
     def parse_response(self, response: httpx.Response) -> Reply:
         if response.status_code >= 300:
             raise error_from(response)
-        reply = self.reply_from_body(decode(response, "Anthropic message"))
+        reply = self.reply_from_body(response_json(response, "Anthropic message"))
         reply.request_id = response.headers.get("request-id") or reply.request_id
         return reply
 

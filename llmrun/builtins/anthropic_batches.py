@@ -16,10 +16,7 @@ from typing import Any
 import anyio
 import httpx
 
-from ..batch.contract import BatchInfo, LineResult
-from ..errors import CallError
-from ..values import Prompt, Reply
-from ..wire.requests import decode
+from llmrun import BatchInfo, CallError, LineResult, Prompt, Reply, response_json
 
 MAX_REQUESTS = 100_000  # per batch (Anthropic's documented limit)
 MAX_BYTES = 256 * 1024 * 1024
@@ -53,7 +50,7 @@ class AnthropicBatches:
         response = await client.send(request)
         if response.status_code >= 300:
             raise self._error_from(response)
-        return decode(response, "the batch API's answer")
+        return response_json(response, "the batch API's answer")
 
     def _h(self, api_key: str | None) -> dict[str, str]:
         return dict(self._headers(api_key))

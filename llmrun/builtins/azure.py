@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import httpx
 
-from ..hookspecs import Register, hookimpl
-from ..values import ComponentContext
+from llmrun import ComponentContext, Register, hookimpl
+
 from .openai import OpenAIChat
 from .openai_wire import COMMON_OPTIONS
 

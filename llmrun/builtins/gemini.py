@@ -18,23 +18,28 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ..components import Transport
-from ..errors import CallError
-from ..hookspecs import Register, hookimpl
-from ..images import ImageError, load_image
-from ..recipe.model import thaw
-from ..values import ComponentContext, Prompt, Reply, Usage
-from ..wire.requests import (
+from llmrun import (
+    CallError,
+    ComponentContext,
     Dropper,
+    ImageError,
     KeyedRequests,
-    decode,
-    encode,
+    Prompt,
+    Register,
+    Reply,
+    Transport,
+    Usage,
+    classify_http,
+    content_parts,
+    content_text,
     error_json,
+    hookimpl,
+    json_dumps,
+    load_image,
     parse_json,
-    parts_of,
-    text_of,
+    response_json,
+    thaw,
 )
-from ..wire.retry import classify_http
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 FINISH_REASONS = {
@@ -138,7 +143,7 @@ class GeminiGenerate:
         for message in prompt.messages:
             role = message.get("role")
             if role in ("system", "developer"):
-                system.append(text_of(message.get("content")))
+                system.append(content_text(message.get("content")))
             elif role == "assistant" and message.get("content") in ("", None, []):
                 continue  # the API refuses an empty text part (an empty reply being reasked)
             else:
@@ -194,7 +199,7 @@ class GeminiGenerate:
 
     def _parts(self, content: Any) -> list[dict[str, Any]]:
         parts: list[dict[str, Any]] = []
-        for part in parts_of(content):
+        for part in content_parts(content):
             if part.get("type") != "image":
                 parts.append({"text": str(part.get("text", ""))})
                 continue
@@ -212,14 +217,14 @@ class GeminiGenerate:
         return parts
 
     def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
-        return self._headers.post(encode(self.body(prompt)), api_key)
+        return self._headers.post(json_dumps(self.body(prompt)), api_key)
 
     # -- response -----------------------------------------------------------------
 
     def parse_response(self, response: httpx.Response) -> Reply:
         if response.status_code >= 300:
             raise error_from(response)
-        return self.reply_from_body(decode(response, "Gemini response"))
+        return self.reply_from_body(response_json(response, "Gemini response"))
 
     def reply_from_body(self, data: dict[str, Any]) -> Reply:
         """A successful generateContent body as a ``Reply``; a blocked prompt or a reply stopped

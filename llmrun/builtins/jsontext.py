@@ -9,9 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..access import OutsideError
-from ..errors import RecipeError
-from ..values import ComponentContext
+from llmrun import ComponentContext, OutsideError, RecipeError
 
 _FENCE = re.compile(r"```[ \t]*(?:json5?|JSON)?[ \t]*\n(.*?)```", re.S)
 _NOT_FOUND: Any = object()

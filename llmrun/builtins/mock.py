@@ -16,10 +16,8 @@ from typing import Any, ClassVar
 import anyio
 import httpx
 
-from ..components import Transport
-from ..hookspecs import Register, hookimpl
-from ..recipe.model import thaw
-from ..values import ComponentContext
+from llmrun import ComponentContext, Register, Transport, hookimpl, thaw
+
 from .jsontext import instance_of, read_schema, schema_path
 from .openai import OpenAIChat
 

@@ -12,12 +12,8 @@ from typing import Any
 
 import httpx
 
-from ..hookspecs import Register, hookimpl
-from ..images import load_image
-from ..recipe.model import thaw
-from ..values import Prompt, Reply
-from ..wire.bounds import FIRST_BYTE
-from ..wire.retry import bad_body
+from llmrun import FIRST_BYTE, Prompt, Register, Reply, bad_body, hookimpl, load_image, thaw
+
 from .openai_stream import assemble, is_event_stream
 from .openai_wire import FINISH_REASONS, OpenAIShaped, choices_reply, error_from
 

@@ -14,11 +14,16 @@ from typing import Any
 import anyio
 import httpx
 
-from ..batch.contract import BatchInfo, BatchState, LineResult
-from ..errors import CallError
-from ..values import Prompt, Reply
-from ..wire.requests import decode
-from ..wire.retry import classify_http
+from llmrun import (
+    BatchInfo,
+    BatchState,
+    CallError,
+    LineResult,
+    Prompt,
+    Reply,
+    classify_http,
+    response_json,
+)
 
 ENDPOINT = "/v1/chat/completions"
 MAX_REQUESTS = 50_000  # per batch file (OpenAI's documented limit)
@@ -63,7 +68,7 @@ class OpenAIBatches:
         return response
 
     async def _json(self, client: httpx.AsyncClient, request: httpx.Request) -> dict[str, Any]:
-        return decode(await self._send(client, request), "the batch API's answer")
+        return response_json(await self._send(client, request), "the batch API's answer")
 
     async def upload(
         self, client: httpx.AsyncClient, api_key: str | None, path: Path, tag: str

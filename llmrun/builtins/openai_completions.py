@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..hookspecs import Register, hookimpl
-from ..values import Prompt, Reply
+from llmrun import Prompt, Register, Reply, hookimpl
+
 from .openai_wire import CHAT_KEYS, OpenAIShaped, choices_reply
 
 # /completions knows neither tools, response formats nor reasoning; logprobs is a count there.

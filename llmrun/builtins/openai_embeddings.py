@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from ..hookspecs import Register, hookimpl
-from ..values import ComponentContext, Prompt, Reply, Usage
+from llmrun import ComponentContext, Prompt, Register, Reply, Usage, hookimpl
+
 from .openai_completions import has_images, message_text
 from .openai_wire import COMMON_OPTIONS, OpenAIShaped
 

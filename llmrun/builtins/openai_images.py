@@ -25,10 +25,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import CallError
-from ..hookspecs import Register, hookimpl
-from ..images import sniff
-from ..values import ComponentContext, Prompt, Reply, Usage
+from llmrun import (
+    CallError,
+    ComponentContext,
+    Prompt,
+    Register,
+    Reply,
+    Usage,
+    hookimpl,
+    image_media_type,
+)
+
 from .openai_completions import message_text
 from .openai_wire import COMMON_OPTIONS, OpenAIShaped
 
@@ -129,7 +136,7 @@ class OpenAIImages(OpenAIShaped):
             raw = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise _refused("an image that is not base64") from None
-        kind = sniff(raw)
+        kind = image_media_type(raw)
         if kind not in SUFFIX:
             raise _refused("an image that is not PNG, JPEG or WebP")
         name = hashlib.sha256(raw).hexdigest()[:32] + SUFFIX[kind]

@@ -19,8 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..errors import CallError
-from ..wire.retry import bad_body, classify_http
+from llmrun import CallError, bad_body, classify_http
 
 EVENT_STREAM = "text/event-stream"
 

@@ -10,14 +10,22 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ..components import Transport
-from ..errors import CallError
-from ..jsonio import dumps, loads
-from ..recipe.model import thaw
-from ..values import ComponentContext, Prompt, Reply, Usage
-from ..wire.bounds import IDLE_TIMEOUT
-from ..wire.requests import KeyedRequests
-from ..wire.retry import bad_body, classify_http
+from llmrun import (
+    IDLE_TIMEOUT,
+    CallError,
+    ComponentContext,
+    KeyedRequests,
+    Prompt,
+    Reply,
+    Transport,
+    Usage,
+    bad_body,
+    classify_http,
+    json_dumps,
+    json_loads,
+    thaw,
+)
+
 from .openai_presets import PRESETS, Preset
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -211,7 +219,7 @@ class OpenAIShaped:
     def build_request(self, prompt: Prompt, api_key: str | None) -> httpx.Request:
         # jsonio.dumps: a lone surrogate from the input goes out as its JSON escape.
         body = self.body(prompt)
-        request = self._headers.post(dumps(body), api_key)
+        request = self._headers.post(json_dumps(body), api_key)
         if body.get("stream") is True:
             request.extensions[IDLE_TIMEOUT] = True
         return request
@@ -221,7 +229,7 @@ class OpenAIShaped:
         if status >= 300:
             raise error_from(response)
         try:
-            data = loads(response.content)
+            data = json_loads(response.content)
             if not isinstance(data, dict):
                 raise TypeError("the body is not a JSON object")
             reply = self.reply_from_body(data)

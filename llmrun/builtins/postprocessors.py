@@ -16,10 +16,17 @@ from typing import Any, ClassVar
 
 import jsonschema
 
-from ..errors import PostprocessError, RecipeError, RecordError
-from ..hookspecs import Register, hookimpl
-from ..recipe.model import thaw
-from ..values import ComponentContext, Result
+from llmrun import (
+    ComponentContext,
+    PostprocessError,
+    RecipeError,
+    RecordError,
+    Register,
+    Result,
+    hookimpl,
+    thaw,
+)
+
 from .jsontext import find_json, read_schema, schema_path
 
 REASK: Mapping[str, Any] = {

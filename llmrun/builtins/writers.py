@@ -12,9 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from ..hookspecs import Register, hookimpl
-from ..jsonio import loads, row_line
-from ..values import ComponentContext, flatten
+from llmrun import ComponentContext, Register, flatten, hookimpl, json_loads, row_line
 
 
 class JsonlWriter:
@@ -41,7 +39,7 @@ class JsonlWriter:
             with open(self.path, encoding="utf-8") as fh:
                 for line in fh:
                     try:
-                        row = loads(line)
+                        row = json_loads(line)
                     except ValueError:
                         continue  # a damaged line in the middle: its record runs again
                     if isinstance(row, dict) and "id" in row:
@@ -98,7 +96,7 @@ class JsonlWriter:
                 if not line.endswith(b"\n"):
                     return  # a torn tail (a crash mid-write): not a row yet
                 try:
-                    row = loads(line)
+                    row = json_loads(line)
                 except ValueError:
                     continue
                 if isinstance(row, dict) and "id" in row:
@@ -214,7 +212,7 @@ def _index_lines(lines: list[bytes]) -> tuple[list[bytes], int, int, list[float]
                 continue
         # Not this writer's shape: parsed whole and counted as ``open`` + index_output do.
         try:
-            row = loads(line)
+            row = json_loads(line)
         except ValueError:
             continue  # a damaged line in the middle: its record runs again
         if not isinstance(row, dict) or "id" not in row:

@@ -1,4 +1,4 @@
-"""``llmrun export OUTPUT --to csv|json|parquet``: the JSONL output in another format."""
+"""``llmrun export OUTPUT --to csv|json|parquet``: a run's output in another format."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ from typing import Any
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="write a run's JSONL output as csv, json or parquet (nested values flattened)",
-        description="Convert llmrun JSONL output with a writer component (csv and json built "
-        "in; parquet from the llmrun-parquet plugin). Nested values become dotted columns "
-        "(fields.label). The JSONL file is left as it is.",
+        help="write a run's output as csv, json or parquet (nested values flattened)",
+        description="Convert a run's output with writer components: read with the writer that "
+        "wrote it (JSONL by default; --from, or the recipe's writer with --recipe), written with "
+        "--to (csv and json built in; parquet from the llmrun-parquet plugin). Nested values "
+        "become dotted columns (fields.label). The output is left as it is.",
     )
-    parser.add_argument("output", help="the JSONL output of a run")
+    parser.add_argument("output", help="the output of a run (a JSONL file by default)")
+    parser.add_argument(
+        "--from",
+        dest="source_writer",
+        metavar="WRITER",
+        help="the writer that wrote OUTPUT, to read it back (default: the recipe's writer "
+        "when OUTPUT is the recipe's output, else jsonl); e.g. parquet for a parquet folder",
+    )
     parser.add_argument("--to", required=True, metavar="FORMAT", help="csv, json, parquet, ...")
     parser.add_argument(
         "-o", "--out", metavar="PATH", help="where to write (default: OUTPUT with the new suffix)"
@@ -32,7 +40,11 @@ def register(subparsers: Any) -> None:
         default="output",
         help="row order: as written (default), or the input's order (needs --recipe)",
     )
-    parser.add_argument("--recipe", metavar="RECIPE", help="the recipe, to read the input order")
+    parser.add_argument(
+        "--recipe",
+        metavar="RECIPE",
+        help="the recipe: its input order, and the writer its output is read with",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -53,14 +65,19 @@ def run(args: argparse.Namespace, err: Any) -> int:
         registry = load_registry()
     fields = [f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None
     summary = export(
-        source, target, args.to, registry, fields=fields, order=args.order, recipe=recipe
+        source,
+        target,
+        args.to,
+        registry,
+        fields=fields,
+        order=args.order,
+        recipe=recipe,
+        source_writer=args.source_writer,
     )
     err.print(
         f"wrote {summary.rows} row(s), {len(summary.columns)} column(s) to {summary.target}",
         markup=False,
     )
-    if summary.skipped_lines:
-        err.print(f"skipped {summary.skipped_lines} damaged line(s)", markup=False)
     if summary.missing:
         err.print(f"{summary.missing} input record(s) have no row yet", markup=False)
     return EXIT_OK

@@ -1,24 +1,28 @@
-"""``llmrun export``: the JSONL output (the source of truth) to another format, through a
-registered writer component (``csv`` and ``json`` built in, ``parquet`` from the
-``llmrun-parquet`` plugin). Nested values become dotted columns (``fields.label``).
+"""``llmrun export``: a run's output in another format, through registered writer components:
+read with the writer that wrote it (its ``read()``: the JSONL output by default, a parquet
+folder, any writer that can read its output back), written with the one named ``to`` (``csv``
+and ``json`` built in, ``parquet`` from the ``llmrun-parquet`` plugin). Nested values become
+dotted columns (``fields.label``).
 
-Reading is streamed in two passes: the first finds the columns (and, for ``order="input"``,
-where each id's row starts); the second writes. With ``order="input"`` the memory held is one
-entry per row (its id and file offset), not the rows.
+Reading is streamed in two passes: the first finds the columns; the second writes. With
+``order="input"`` the first pass also copies the rows to a spool file beside the target (a
+writer's ``read()`` has no random access), and the memory held is one entry per row (its id and
+offset in the spool), not the rows.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import LlmrunError, PluginError
-from ..plugins import Registry
-from ..recipe.model import Recipe
+from ..jsonio import loads, row_line
+from ..plugins import Registry, build_component
+from ..recipe.model import ComponentSpec, Recipe
 from ..values import ComponentContext, flatten
 
 Order = Literal["output", "input"]
@@ -35,7 +39,6 @@ class ExportSummary:
     target: str
     rows: int = 0
     columns: list[str] = field(default_factory=list)
-    skipped_lines: int = 0  # damaged lines (a run writing right now, a torn tail)
     missing: int = 0  # with order="input": input records without a row yet
 
 
@@ -68,49 +71,104 @@ def export(
     fields: list[str] | None = None,
     order: Order = "output",
     recipe: Recipe | None = None,
+    source_writer: str | None = None,
 ) -> ExportSummary:
-    """Write ``source`` (llmrun JSONL output) to ``target`` with the writer named ``to``."""
+    """Write the output at ``source`` to ``target`` with the writer named ``to``. ``source`` is
+    read with the writer named ``source_writer``; without one, with the recipe's writer when
+    ``source`` is the recipe's output, else as JSONL."""
     writer_cls = _writer(registry, to)
-    if not source.is_file():
-        raise ExportError(f"no output file at {source}")
     if order == "input" and recipe is None:
         raise ExportError("--order input needs the recipe (--recipe) to read the input ids")
+    read = _reader(source, registry, recipe, source_writer)
     summary = ExportSummary(str(target))
-    columns: dict[str, None] = {}
-    offsets: dict[str, list[int]] = {}
-    for offset, row in _rows(source, summary):
-        for key in flatten(row):
-            columns.setdefault(key)
-        if order == "input":
-            offsets.setdefault(str(row["id"]), []).append(offset)
-    summary.columns = select_columns(columns, fields)
-    rows = _in_input_order(source, offsets, recipe, registry, summary) if recipe else None
-    if rows is None:
-        rows = (row for _, row in _rows(source, ExportSummary("")))
-    tmp = target.with_name(f".{target.stem}.export-{os.getpid()}{target.suffix}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    context = ComponentContext(target.parent, "export")
-    writer = writer_cls({"path": str(tmp.resolve())}, context)
+    tmp = target.with_name(f".{target.stem}.export-{os.getpid()}{target.suffix}")
+    spool = target.with_name(f".{target.name}.export-{os.getpid()}.spool")
     try:
-        for _ in writer.open():
-            pass  # a fresh file: nothing to read back
-        batch: list[dict[str, Any]] = []
-        for row in rows:
-            flat = flatten(row)
-            batch.append({c: flat.get(c) for c in summary.columns})
-            if len(batch) >= BATCH:
-                writer.write(batch)
-                summary.rows += len(batch)
-                batch = []
-        if batch:
-            writer.write(batch)
-            summary.rows += len(batch)
-        writer.sync()
-        writer.close()
+        columns: dict[str, None] = {}
+        offsets: dict[str, list[int]] = {}
+        with open(spool, "w+b") if order == "input" else _NoSpool() as keep:
+            for row in read():
+                for key in flatten(row):
+                    columns.setdefault(key)
+                if keep is not None:
+                    offsets.setdefault(str(row["id"]), []).append(keep.tell())
+                    keep.write(row_line(row))
+            summary.columns = select_columns(columns, fields)
+            if keep is not None and recipe is not None:
+                rows: Iterable[Mapping[str, Any]] = _in_input_order(
+                    keep, offsets, recipe, registry, summary
+                )
+            else:
+                rows = read()
+            _write(writer_cls, tmp, rows, summary)
         _replace(tmp, target)
     finally:
         _remove(tmp)
+        _remove(spool)
     return summary
+
+
+def _reader(
+    source: Path, registry: Registry, recipe: Recipe | None, name: str | None
+) -> Callable[[], Iterator[Mapping[str, Any]]]:
+    """``read()`` of the writer that reads ``source`` back (each call reads it from the start)."""
+    if not source.exists():
+        raise ExportError(f"no output at {source}")
+    own = recipe is not None and source.resolve() == recipe.output_path.resolve()
+    if recipe is not None and own and name in (None, recipe.writer.name):
+        # The recipe's own writer, with its options.
+        spec, context = recipe.writer, ComponentContext(recipe.base_dir, recipe.name)
+    else:
+        if name is None and source.is_dir():
+            raise ExportError(
+                f"{source} is a folder, not a JSONL output: name the writer that wrote it "
+                "(--from parquet, say)"
+            )
+        spec = ComponentSpec(name or "jsonl", {"path": str(source.resolve())}, "--from")
+        context = ComponentContext(source.parent, "export")
+    if recipe is not None:
+        context = dataclasses.replace(context, access=recipe.access)
+    writer = build_component(registry, "writer", spec, context)
+    read: Callable[[], Iterator[Mapping[str, Any]]] | None = getattr(writer, "read", None)
+    if read is None:
+        raise ExportError(
+            f"the {spec.name!r} writer cannot read its output back (it has no read()): "
+            "nothing can be exported from it"
+        )
+    return read
+
+
+def _write(
+    writer_cls: Any, tmp: Path, rows: Iterable[Mapping[str, Any]], summary: ExportSummary
+) -> None:
+    context = ComponentContext(tmp.parent, "export")
+    writer = writer_cls({"path": str(tmp.resolve())}, context)
+    for _ in writer.open():
+        pass  # a fresh file: nothing to read back
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        flat = flatten(row)
+        batch.append({c: flat.get(c) for c in summary.columns})
+        if len(batch) >= BATCH:
+            writer.write(batch)
+            summary.rows += len(batch)
+            batch = []
+    if batch:
+        writer.write(batch)
+        summary.rows += len(batch)
+    writer.sync()
+    writer.close()
+
+
+class _NoSpool:
+    """``with`` stand-in for the spool when the rows are written in the output's order."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _replace(tmp: Path, target: Path) -> None:
@@ -147,28 +205,8 @@ def _writer(registry: Registry, name: str) -> Any:
         ) from None
 
 
-def _rows(path: Path, summary: ExportSummary) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, "rb") as fh:
-        offset = 0
-        for line in fh:
-            start, offset = offset, offset + len(line)
-            row = _parse(line)
-            if row is None:
-                summary.skipped_lines += 1 if line.strip() else 0
-                continue
-            yield start, row
-
-
-def _parse(line: bytes) -> dict[str, Any] | None:
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    return row if isinstance(row, dict) and "id" in row else None
-
-
 def _in_input_order(
-    source: Path,
+    spool: Any,
     offsets: dict[str, list[int]],
     recipe: Recipe,
     registry: Registry,
@@ -176,26 +214,23 @@ def _in_input_order(
 ) -> Iterator[dict[str, Any]]:
     """The rows in the order of the recipe's input, then any row no input record names (ids
     the input no longer holds), in output order."""
-    from ..plugins import build_component
     from .ids import record_id
 
     context = ComponentContext(recipe.base_dir, recipe.name, access=recipe.access)
     loader = build_component(registry, "loader", recipe.data, context)
-    with open(source, "rb") as fh:
 
-        def at(offset: int) -> dict[str, Any]:
-            fh.seek(offset)
-            row = _parse(fh.readline())
-            assert row is not None
-            return row
+    def at(offset: int) -> dict[str, Any]:
+        spool.seek(offset)
+        row: dict[str, Any] = loads(spool.readline())
+        return row
 
-        for rec in loader.records():
-            rid = rec.where if rec.data is None else record_id(rec.data, recipe.id_field)
-            found = offsets.get(rid or rec.where)
-            if not found:
-                summary.missing += 1
-                continue
-            yield at(found.pop(0))
-        rest = sorted(o for left in offsets.values() for o in left)
-        for offset in rest:
-            yield at(offset)
+    for rec in loader.records():
+        rid = rec.where if rec.data is None else record_id(rec.data, recipe.id_field)
+        found = offsets.get(rid or rec.where)
+        if not found:
+            summary.missing += 1
+            continue
+        yield at(found.pop(0))
+    rest = sorted(o for left in offsets.values() for o in left)
+    for offset in rest:
+        yield at(offset)

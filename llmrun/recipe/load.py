@@ -7,23 +7,18 @@ option schema. Every fault found is reported at once, each with file, line, colu
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-
-import yaml
 
 from ..access import Access
 from ..errors import PluginError, Problem, RecipeError
 from ..plugins import Registry
 from ..redaction import Redactor
 from .envvars import Environment, read_dotenv
-from .guards import cache_problems, glob_root, key_routes, output_problems, read_problems
+from .guards import cache_problems, key_routes, output_problems, read_problems
 from .interpolation import Scoping, interpolate, literal_secrets
 from .keyenv import check_keys, default_key, env_options
 from .model import (
@@ -35,7 +30,9 @@ from .model import (
     StepSpec,
     freeze,
 )
+from .overrides import apply_override, override_hints, parse_override, user_data_folder
 from .problems import locate, schema_problems, selection_problems, template_problems
+from .provenance import NOT_HASHED, hide_secrets, job_hash
 from .schema import CORE_KEYS, base_schema
 from .sections import code_of, component_spec, engine_runs_steps, postprocessors
 from .selection import parse_shard
@@ -94,19 +91,6 @@ def cache_settings(value: Any, base: Path) -> CacheSettings | None:
     )
 
 
-def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
-    """``run.concurrency=8`` -> (("run", "concurrency"), 8); the value is read as YAML."""
-    key, sep, value = text.partition("=")
-    keys = tuple(p.strip() for p in key.split("."))
-    if not sep or not all(keys):
-        raise RecipeError([Problem(f"--set expects key.path=value, got {text!r}", file="--set")])
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    return keys, parsed
-
-
 def load_recipe(
     path: str | Path,
     registry: Registry,
@@ -141,9 +125,9 @@ def load_recipe(
         )
     for item in overrides:
         keys, value = parse_override(item)
-        _apply_override(data, keys, value, positions)
+        apply_override(data, keys, value, positions)
 
-    access = _user_data_folder(data, positions, path.parent, access)
+    access = user_data_folder(data, positions, path.parent, access)
     env = Environment(read_dotenv(path.parent / ".env"), environ)
     problems: list[Problem] = []
     secrets: set[str] = set()
@@ -172,7 +156,7 @@ def load_recipe(
         return _route_keys(from_env, registry, sources, positions, filename, user_url)
     except RecipeError as exc:  # schema messages quote values: keep keys out of them
         redact = Redactor(secrets)
-        hints = _override_hints(overrides)
+        hints = override_hints(overrides)
         raise RecipeError(
             [
                 Problem(
@@ -287,13 +271,11 @@ def build_recipe(
                     col,
                 )
             )
-        hashed_provider = {
-            k: v for k, v in (provider_section or {}).items() if k not in _NOT_HASHED
-        }
+        hashed_provider = {k: v for k, v in (provider_section or {}).items() if k not in NOT_HASHED}
         steps = build_steps(
             data["steps"],
             base_generation=data.get("generation") or {},
-            provider=_redacted(hashed_provider, set(secrets)),
+            provider=hide_secrets(hashed_provider, frozenset(secrets)),
             base_dir=path.parent,
             scope=scope,
             positions=positions,
@@ -474,87 +456,6 @@ def _per_minute(per_minute: float | None, per_second: float | None) -> float | N
 
 
 PROMPT_REQUIRED = "'prompt' is required (or `steps`, for several calls per record)"
-# Provider options that decide no result: the keys, and which replica answers.
-_NOT_HASHED = ("api_keys", "base_urls")
-
-
-def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:
-    """Hash what decides the results: data, prompt, provider (keys excluded), generation,
-    postprocessing. Run settings and the output's own options are left out, so raising the
-    concurrency does not count as a changed recipe."""
-    secret_set = set(secrets)
-    keys = ("data", "prompt", "steps", "provider", "generation", "postprocess")
-    relevant = {k: data.get(k) for k in keys if k in data or k != "steps"}
-    relevant["provider"] = {
-        # Which replica answers does not decide the results.
-        k: v
-        for k, v in (relevant["provider"] or {}).items()
-        if k not in _NOT_HASHED
-    }
-    # How many records to take decides no record's result, like --limit; nor does which part
-    # (offset, shard) or which sample of them. `filter` stays: it defines the job's population.
-    portion = ("limit", "offset", "shard", "sample", "seed")
-    relevant["data"] = {k: v for k, v in (relevant["data"] or {}).items() if k not in portion}
-    text = json.dumps(_redacted(relevant, secret_set), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _redacted(value: Any, secrets: set[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: _redacted(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redacted(v, secrets) for v in value]
-    if isinstance(value, str) and value in secrets:
-        return "<secret>"
-    return value
-
-
-def _override_hints(overrides: Sequence[str]) -> dict[str, str]:
-    """``--set concurrency=4`` names no top-level key: the hint says which section has a key of
-    that name (``run.concurrency``), or the nearest top-level key. By the unknown key."""
-    sections: Mapping[str, Any] = base_schema().get("properties", {})
-    hints: dict[str, str] = {}
-    for text in overrides:
-        top = text.partition("=")[0].split(".")[0].strip()
-        if not top or top in sections:
-            continue
-        within = [
-            f"{name}.{top}"
-            for name, sub in sections.items()
-            if isinstance(sub, Mapping) and top in (sub.get("properties") or {})
-        ]
-        guess = within or difflib.get_close_matches(top, list(sections), n=1)
-        if guess:
-            rest = text[text.index(top) + len(top) :]
-            hints[top] = f"; did you mean --set {' or '.join(g + rest for g in guess)}?"
-    return hints
-
-
-def _apply_override(
-    data: dict[str, Any], keys: tuple[str, ...], value: Any, positions: Positions
-) -> None:
-    node: Any = data
-    for i, key in enumerate(keys[:-1]):
-        nxt = node.get(key) if isinstance(node, dict) else None
-        if not isinstance(nxt, dict):
-            if nxt is not None:
-                raise RecipeError(
-                    [
-                        Problem(
-                            f"cannot set {'.'.join(keys)}: "
-                            f"{'.'.join(keys[: i + 1])} is not a mapping",
-                            file="--set",
-                        )
-                    ]
-                )
-            nxt = {}
-            node[key] = nxt
-            positions[keys[: i + 1]] = (0, 0)  # a section the override created
-        node = nxt
-    node[keys[-1]] = value
-    for path in [p for p in positions if p[: len(keys)] == keys]:
-        del positions[path]
-    positions[keys] = (0, 0)  # marks "came from --set"; _locate reports it as such
 
 
 def _route_keys(
@@ -594,19 +495,3 @@ def _route_keys(
     if problems:
         raise RecipeError(problems)
     return replace(recipe, key_routes=routes)
-
-
-def _user_data_folder(
-    data: dict[str, Any], positions: Positions, base: Path, access: Access
-) -> Access:
-    """A ``data.path`` the user gave with ``--set`` is theirs to name: its folder joins the
-    folders the recipe may read (the files of a folder, images beside the data)."""
-    section = data.get("data")
-    given = section.get("path") if isinstance(section, dict) else None
-    if not isinstance(given, str) or positions.get(("data", "path")) != (0, 0):
-        return access
-    if given == "-" or "://" in given or "$" in given:
-        return access
-    root = (base / glob_root(given)).resolve()
-    folder = root if root.is_dir() else root.parent
-    return replace(access, read_roots=(*access.read_roots, folder))

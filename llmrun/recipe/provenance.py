@@ -1,12 +1,38 @@
-"""What decides the replies themselves (not their postprocessing), as one short hash."""
+"""What decides a job's results (``job_hash``) and the replies themselves, not their
+postprocessing (``call_hash``), each as one short hash."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .model import Recipe, thaw
+
+# Provider options that decide no result: the keys, and which replica answers.
+NOT_HASHED = ("api_keys", "base_urls")
+
+
+def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:
+    """Hash what decides the results: data, prompt, provider (keys excluded), generation,
+    postprocessing. Run settings and the output's own options are left out, so raising the
+    concurrency does not count as a changed recipe."""
+    secret_set = frozenset(secrets)
+    keys = ("data", "prompt", "steps", "provider", "generation", "postprocess")
+    relevant = {k: data.get(k) for k in keys if k in data or k != "steps"}
+    relevant["provider"] = {
+        # Which replica answers does not decide the results.
+        k: v
+        for k, v in (relevant["provider"] or {}).items()
+        if k not in NOT_HASHED
+    }
+    # How many records to take decides no record's result, like --limit; nor does which part
+    # (offset, shard) or which sample of them. `filter` stays: it defines the job's population.
+    portion = ("limit", "offset", "shard", "sample", "seed")
+    relevant["data"] = {k: v for k, v in (relevant["data"] or {}).items() if k not in portion}
+    text = json.dumps(hide_secrets(relevant, secret_set), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def call_hash(recipe: Recipe) -> str:
@@ -33,7 +59,7 @@ def call_hash(recipe: Recipe) -> str:
             ]
             for step in recipe.steps
         ]
-    text = json.dumps(_hide(relevant, recipe.secrets), sort_keys=True, default=str)
+    text = json.dumps(hide_secrets(relevant, recipe.secrets), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -47,10 +73,10 @@ def _data_options(recipe: Recipe) -> Any:
     return options
 
 
-def _hide(value: Any, secrets: frozenset[str]) -> Any:
+def hide_secrets(value: Any, secrets: frozenset[str]) -> Any:
     """Secrets (a key in a header, say) do not go into the hash, like ``job_hash``."""
     if isinstance(value, dict):
-        return {k: _hide(v, secrets) for k, v in value.items()}
+        return {k: hide_secrets(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
-        return [_hide(v, secrets) for v in value]
+        return [hide_secrets(v, secrets) for v in value]
     return "<secret>" if isinstance(value, str) and value in secrets else value

@@ -35,7 +35,6 @@ import asyncio
 import itertools
 import json
 import os
-import re
 import signal
 import socket
 import ssl
@@ -48,6 +47,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from .fake_chat import chat_answer
 from .fake_routes import MORE_PATHS, RouteRequest, more_routes
 from .http11 import (
     Connection,
@@ -57,22 +57,16 @@ from .http11 import (
     wants_keep_alive,
 )
 from .openai_bodies import (
-    count_prompt_tokens,
     default_error_body,
     dumps,
-    echo_reply,
     error_json,
     mask_key,
-    positive_int,
 )
 
 __all__ = ["FakeOpenAI", "Fault", "RecordedRequest", "main"]
 
 HOST = "127.0.0.1"
-_MAX_N = 128
-_FINGERPRINT = "fp_fake"
 _MODEL_CREATED = 1_700_000_000
-_SSE_PIECES = re.compile(r"\S+\s*|\s+")
 
 
 @dataclass(frozen=True)
@@ -436,133 +430,8 @@ class FakeOpenAI:
         )
 
     def chat_answer(self, body: Any, request_id: str) -> tuple[int, Headers, bytes]:
-        if not isinstance(body, dict):
-            return error_json(400, "The request body must be a JSON object.")
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            return error_json(
-                400,
-                "Missing required parameter: 'messages'.",
-                code="missing_required_parameter",
-                param="messages",
-            )
-        if not messages:
-            return error_json(
-                400,
-                "Invalid 'messages': empty array. Expected an array with minimum length 1, "
-                "but got an empty array instead.",
-                code="empty_array",
-                param="messages",
-            )
-        n = body.get("n")
-        if n is None:
-            n = 1
-        elif not positive_int(n) or n > _MAX_N:
-            return error_json(
-                400,
-                f"Invalid 'n': expected an integer between 1 and {_MAX_N}.",
-                code="invalid_value",
-                param="n",
-            )
-        limit: int | None = None
-        for key in ("max_tokens", "max_completion_tokens"):
-            value = body.get(key)
-            if value is None:
-                continue
-            if not positive_int(value):
-                return error_json(
-                    400,
-                    f"Invalid '{key}': expected an integer >= 1, got {value!r}.",
-                    code="invalid_value",
-                    param=key,
-                )
-            limit = value if limit is None else min(limit, value)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            model = self.model
-        text = echo_reply(body) if self._reply is None else self._reply(body)
-        if not isinstance(text, str):
-            raise TypeError(f"reply callback returned {type(text).__name__}, not str")
-        words = text.split()
-        if limit is not None and limit < len(words):
-            content, finish, completion_tokens = " ".join(words[:limit]), "length", limit
-        else:
-            content, finish, completion_tokens = text, "stop", len(words)
-        prompt_tokens = count_prompt_tokens(messages)
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens * n,
-            "total_tokens": prompt_tokens + completion_tokens * n,
-        }
-        completion_id = "chatcmpl-" + request_id[4:]
-        created = int(time.time())
-        if body.get("stream") is True:
-            return self._chat_stream(body, completion_id, created, model, n, content, finish, usage)
-        choices: list[dict[str, Any]] = [
-            {
-                "index": i,
-                "message": {
-                    "role": "assistant",
-                    "content": content,
-                    "refusal": None,
-                    "annotations": [],
-                },
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-            for i in range(n)
-        ]
-        response = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": choices,
-            "usage": usage,
-            "service_tier": "default",
-            "system_fingerprint": _FINGERPRINT,
-        }
-        return 200, [("content-type", "application/json")], dumps(response)
-
-    @staticmethod
-    def _chat_stream(
-        body: dict[str, Any],
-        completion_id: str,
-        created: int,
-        model: str,
-        n: int,
-        content: str,
-        finish: str,
-        usage: dict[str, int],
-    ) -> tuple[int, Headers, bytes]:
-        """A whole ``stream: true`` answer as one SSE body."""
-        base = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": _FINGERPRINT,
-        }
-
-        def chunk(index: int, delta: dict[str, Any], finish_reason: str | None) -> bytes:
-            choice = {
-                "index": index,
-                "delta": delta,
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-            return b"data: " + dumps({**base, "choices": [choice]}) + b"\n\n"
-
-        events: list[bytes] = []
-        for i in range(n):
-            events.append(chunk(i, {"role": "assistant", "content": "", "refusal": None}, None))
-            events.extend(chunk(i, {"content": p}, None) for p in _SSE_PIECES.findall(content))
-            events.append(chunk(i, {}, finish))
-        options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
-            events.append(b"data: " + dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
-        events.append(b"data: [DONE]\n\n")
-        return 200, [("content-type", "text/event-stream; charset=utf-8")], b"".join(events)
+        """A ``/chat/completions`` answer (fake_chat.py): the reply callback's text, or an echo."""
+        return chat_answer(body, request_id, self.model, self._reply)
 
 
 def _method_not_allowed(method: str, path: str) -> tuple[int, Headers, bytes]:

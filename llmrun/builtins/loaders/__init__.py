@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from ...hookspecs import Register, hookimpl
+from llmrun import Register, hookimpl
+
 from .collections import FilesLoader, InlineLoader
 from .jsonarray import JsonLoader
 from .lines import JsonlLoader, TextLoader

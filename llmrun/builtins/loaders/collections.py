@@ -9,8 +9,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ...access import OutsideError
-from ...values import ComponentContext, SourceRecord
+from llmrun import ComponentContext, OutsideError, SourceRecord
+
 from .sources import ENCODING_SCHEMA
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp"})

@@ -14,7 +14,8 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import IO, Any, ClassVar
 
-from ...values import ComponentContext, SourceRecord
+from llmrun import ComponentContext, SourceRecord
+
 from .sources import ENCODING_SCHEMA, PATH_SCHEMA, FileLoader
 
 CHUNK = 1 << 16

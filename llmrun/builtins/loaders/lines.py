@@ -8,8 +8,8 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
-from ...jsonio import loads
-from ...values import ComponentContext, SourceRecord
+from llmrun import ComponentContext, SourceRecord, json_loads
+
 from .sources import ENCODING_SCHEMA, ERRORS_SCHEMA, PATH_SCHEMA, FileLoader, decode_line
 
 
@@ -39,7 +39,7 @@ class JsonlLoader(FileLoader):
         if bad:
             return SourceRecord(None, where, f"{where}: {bad}")
         try:
-            data = loads(line)  # orjson; json's own message when invalid
+            data = json_loads(line)  # orjson; json's own message when invalid
         except ValueError as exc:
             return SourceRecord(None, where, f"{where}: not valid JSON ({exc})")
         if not isinstance(data, dict):

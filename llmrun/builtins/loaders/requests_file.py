@@ -18,7 +18,8 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-from ...values import SourceRecord
+from llmrun import SourceRecord
+
 from .lines import _count_lines
 from .sources import ENCODING_SCHEMA, ERRORS_SCHEMA, PATH_SCHEMA, FileLoader
 

@@ -15,8 +15,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, cast
 
-from ...errors import Problem, RecipeError
-from ...values import ComponentContext
+from llmrun import ComponentContext, Problem, RecipeError
 
 STDIN = "-"
 PATH_SCHEMA = {

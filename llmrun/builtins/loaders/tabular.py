@@ -9,8 +9,8 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, ClassVar
 
-from ...errors import Problem, RecipeError
-from ...values import ComponentContext, SourceRecord
+from llmrun import ComponentContext, Problem, RecipeError, SourceRecord
+
 from .sources import ENCODING_SCHEMA, ERRORS_SCHEMA, PATH_SCHEMA, FileLoader
 
 MAX_CELL = 1 << 30  # characters in one CSV cell

@@ -6,8 +6,7 @@ read, so ``llmrun plugins`` and ``llmrun --help`` stay fast with this plugin ins
 
 from __future__ import annotations
 
-from llmrun import hookimpl
-from llmrun.hookspecs import Register
+from llmrun import Register, hookimpl
 
 from .loader import HfLoader
 

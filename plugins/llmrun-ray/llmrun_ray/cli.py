@@ -13,12 +13,12 @@ from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from llmrun.commands import run as run_command
+    from llmrun.engine_api import add_run_command
 
     parser = argparse.ArgumentParser(prog="llmrun-ray", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
-    run_command.register(commands)
+    add_run_command(commands)
     run = commands.choices["run"]  # it has --address and --workers (llmrun run --engine ray)
     run.add_argument("--cpus", type=int, metavar="N", help="CPUs of a cluster started here")
     return parser
@@ -27,13 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
-    from llmrun.commands.main import report_error
+    from llmrun.engine_api import report_error
 
     args = parser_args = build_parser().parse_args(argv)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         if args.workers is not None and args.workers < 1:
-            from llmrun.errors import RecipeError
+            from llmrun import RecipeError
 
             raise RecipeError(f"--workers must be 1 or more, got {args.workers}")
         from .driver import init_ray, ray_engine

@@ -27,21 +27,21 @@ import anyio
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from llmrun.api import make_engine
-from llmrun.errors import RunAborted
-from llmrun.job.records import Work
-from llmrun.job.summary import RunSummary
-from llmrun.plugins import Registry
-from llmrun.recipe.model import Recipe
-from llmrun.recipe.pricing import Price
-from llmrun.recipe.selection import id_hash
-from llmrun.run.backends import Backends
-from llmrun.run.budget import Budget
-from llmrun.run.calls import NotSent
-from llmrun.run.engine import Engine
-from llmrun.run.limits import KeyPool
-from llmrun.run.progress import Progress
-from llmrun.run.stages import Row, Stages
+from llmrun import Recipe, RunAborted, RunSummary
+from llmrun.engine_api import (
+    Backends,
+    Budget,
+    Engine,
+    KeyPool,
+    NotSent,
+    Price,
+    Progress,
+    Registry,
+    Stages,
+    Work,
+    id_hash,
+    make_engine,
+)
 
 from .limiter import ClusterBudget, RemoteKeyPool, get_budget, get_limiter
 from .workers import Item, ShardWorker
@@ -51,6 +51,7 @@ from .workers import Item, ShardWorker
 GROUPS_PER_WORKER = 2
 # A worker that dies this many times in a row on the same records stops the run.
 MAX_RESTARTS = 5
+Row = dict[str, Any]  # a row as the stages make it, before the writer
 DIED = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 _remote: Any = ray.remote  # Ray's stubs do not type an actor class made this way

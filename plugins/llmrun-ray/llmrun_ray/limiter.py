@@ -34,12 +34,8 @@ from typing import Any
 
 import ray
 
-from llmrun.errors import RunAborted
-from llmrun.recipe.model import Recipe
-from llmrun.recipe.pricing import Price
-from llmrun.redaction import fingerprint
-from llmrun.run.budget import Budget
-from llmrun.run.limits import KeyPool, Lease
+from llmrun import Recipe, RunAborted
+from llmrun.engine_api import Budget, KeyPool, Lease, Price, fingerprint
 
 # (key index, reserved tokens, probe, start, reserved-at), in the actor's clock.
 Ticket = tuple[int, int, bool, float, float]

@@ -23,9 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from llmrun.job.ids import record_id
-from llmrun.job.records import Work
-from llmrun.run.calls import NotSent
+from llmrun.engine_api import NotSent, Work, record_id
 
 from .workers import RecipeStages
 

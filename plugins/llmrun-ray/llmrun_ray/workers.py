@@ -20,16 +20,18 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llmrun.access import Access
-from llmrun.api import make_engine, open_recipe
-from llmrun.errors import CallError, RunAborted
-from llmrun.job.records import Work
-from llmrun.job.stepjournal import StepJournal
-from llmrun.run.calls import Caller, NotSent
-from llmrun.run.progress import make_progress
-from llmrun.run.stages import Stages
-from llmrun.run.steps import StepStages
-from llmrun.wire.transport import default_transport
+from llmrun import Access, CallError, RunAborted, open_recipe
+from llmrun.engine_api import (
+    Caller,
+    NotSent,
+    Stages,
+    StepJournal,
+    StepStages,
+    Work,
+    default_transport,
+    make_engine,
+    make_progress,
+)
 
 from .limiter import ClusterBudget, RemoteKeyPool, get_budget, get_limiter
 

@@ -14,8 +14,7 @@ Settings come from the environment, as wandb's own do: ``WANDB_PROJECT`` (defaul
 
 from __future__ import annotations
 
-from llmrun import hookimpl
-from llmrun.values import Row, RunEnd, RunStart
+from llmrun import Row, RunEnd, RunStart, hookimpl
 
 from .session import Session
 

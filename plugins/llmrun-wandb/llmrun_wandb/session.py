@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from llmrun.values import Row, RunEnd, RunStart
+from llmrun import Row, RunEnd, RunStart
 
 ROW_COLUMNS = ["line", "id", "status", "error_type", "message", "latency_s", "cost_usd", "attempts"]
 
@@ -112,9 +112,9 @@ class Session:
 
     def tables(self, output: Path) -> None:
         """The tables of ``llmrun report``, over the whole output (earlier runs' rows too)."""
-        from llmrun.report.data import gather
+        from llmrun import report_data
 
-        data = gather(output)
+        data = report_data(output)
         table = self.wandb.Table
         self.run.log(
             {

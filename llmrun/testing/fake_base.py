@@ -71,7 +71,7 @@ class Fault:
 
 class ThreadedServer:
     """An HTTP/1.1 server on 127.0.0.1 in a daemon thread with its own event loop; use as a
-    context manager. A subclass answers in ``_dispatch`` (on the server thread) and gives its
+    context manager. A subclass answers in ``dispatch`` (on the server thread) and gives its
     API's error JSON in ``error_body`` (``llmrun.testing.http11.App``)."""
 
     base_path = ""  # appended to http://127.0.0.1:PORT in ``url``
@@ -79,12 +79,12 @@ class ThreadedServer:
     def __init__(self, *, port: int = 0) -> None:
         self.port = port
         self._url: str | None = None
-        self._conns: set[Connection] = set()
+        self.conns: set[Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
 
-    def _dispatch(
+    def dispatch(
         self,
         conn: Connection,
         method: str,
@@ -159,7 +159,7 @@ class ThreadedServer:
             await self._stop_event.wait()
         finally:
             server.close()
-            for conn in list(self._conns):
+            for conn in list(self.conns):
                 conn.abort()
             await asyncio.sleep(0)
             await server.wait_closed()
@@ -212,7 +212,7 @@ class FakeServer(ThreadedServer):
 
     # -- request handling (server thread) ------------------------------------------
 
-    def _dispatch(
+    def dispatch(
         self,
         conn: Connection,
         method: str,

@@ -70,7 +70,7 @@ class FakeBatches(ThreadedServer):
     def error_body(self, status: int, message: str) -> tuple[Headers, bytes]:
         return [("content-type", "application/json")], _error(status, message, self.flavor)
 
-    def _dispatch(
+    def dispatch(
         self,
         conn: Connection,
         method: str,

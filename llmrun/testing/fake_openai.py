@@ -144,7 +144,7 @@ class FakeOpenAI:
         self._seq = itertools.count(1)
         self._run_id = os.urandom(6).hex()
         self._url: str | None = None
-        self._conns: set[Connection] = set()
+        self.conns: set[Connection] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -242,7 +242,7 @@ class FakeOpenAI:
             loop.close()
             ready.set()
 
-    def _run_until_signal(self, on_ready: Callable[[], None]) -> None:
+    def run_until_signal(self, on_ready: Callable[[], None]) -> None:
         """Serve in the calling thread until SIGTERM or SIGINT."""
         sock = self._bind()
         loop = new_event_loop()
@@ -271,7 +271,7 @@ class FakeOpenAI:
             await stop_event.wait()
         finally:
             server.close()
-            for conn in list(self._conns):
+            for conn in list(self.conns):
                 conn.abort()
             await asyncio.sleep(0)  # let connection_lost run
             await server.wait_closed()
@@ -281,7 +281,7 @@ class FakeOpenAI:
 
     # -- request handling (server thread) --------------------------------------
 
-    def _dispatch(
+    def dispatch(
         self,
         conn: Connection,
         method: str,
@@ -482,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(server.url + "\n")
         sys.stdout.flush()
 
-    server._run_until_signal(announce)
+    server.run_until_signal(announce)
     if args.stats_file:
         tmp = f"{args.stats_file}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -21,9 +21,9 @@ Headers = list[tuple[str, str]]
 class App(Protocol):
     """What a Connection needs from the server it belongs to."""
 
-    _conns: set[Connection]
+    conns: set[Connection]
 
-    def _dispatch(
+    def dispatch(
         self,
         conn: Connection,
         method: str,
@@ -69,10 +69,10 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._app._conns.add(self)
+        self._app.conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._app._conns.discard(self)
+        self._app.conns.discard(self)
         self._transport = None
         if self._timer is not None:
             self._timer.cancel()
@@ -128,7 +128,7 @@ class Connection(asyncio.Protocol):
             buf = buf[total:]
             self._continue_sent = False
             self._busy = True
-            self._app._dispatch(self, method, target, version, headers, body)
+            self._app.dispatch(self, method, target, version, headers, body)
             if self._busy:  # answer deferred: keep the rest until it is sent
                 self._keep(buf)
                 return

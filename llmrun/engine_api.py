@@ -26,7 +26,7 @@ _WHERE = {
     "Caller": "run.calls",
     "Engine": "run.engine",
     "KeyPool": "run.limits",
-    "Lease": "run.limits",
+    "Lease": "run.keystate",
     "NotSent": "run.calls",
     "Price": "recipe.pricing",
     "Progress": "run.progress",
@@ -96,7 +96,8 @@ if TYPE_CHECKING:
     from .run.budget import Budget
     from .run.calls import Caller, NotSent
     from .run.engine import Engine
-    from .run.limits import KeyPool, Lease
+    from .run.keystate import Lease
+    from .run.limits import KeyPool
     from .run.progress import Progress, make_progress
     from .run.stages import Stages
     from .run.steps import StepStages

@@ -8,6 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from llmrun.run.keystate import Lease, Pace
 from llmrun.run.limits import (
     BLIND_DECREASE,
     DECREASE,
@@ -16,8 +17,6 @@ from llmrun.run.limits import (
     SLOW_START_GAIN,
     START_RATE,
     KeyPool,
-    Lease,
-    Pace,
     _duration,
     local_host,
 )

@@ -31,7 +31,8 @@ from ..values import Prompt, Reply
 from ..wire.retry import backoff_s, classify_transport
 from .budget import Budget
 from .cache import STAND_IN_KEY, CallCache
-from .limits import KeyPool, Lease, local_host
+from .keystate import Lease
+from .limits import KeyPool, local_host
 
 # A record waiting out its backoff (a Retry-After of a second, say) holds no slot of
 # run.concurrency, so the engine runs this many more workers per slot for such records: at

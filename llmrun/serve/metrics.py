@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from ..job.stats import RunStats
-from ..run.limits import KeyState
+from ..run.keystate import KeyState
 from ..values import Reply
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

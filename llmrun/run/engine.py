@@ -30,7 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..components import Loader, Postprocessor, Provider, Writer
 from ..errors import CallError, RunAborted
-from ..job import checkpoint
+from ..job.checkpoint import Frontier
 from ..job.dupes import SeenIds
 from ..job.manifest import finish_manifest, start_manifest, update_manifest
 from ..job.output import RowSink, rewritable
@@ -39,7 +39,7 @@ from ..job.rerun import drop_error_rows
 from ..job.rows import RowMaker
 from ..job.stats import RunStats
 from ..job.stepjournal import StepJournal
-from ..job.store import IdSet, RunState, index_writer, now_iso
+from ..job.store import IdSet, RunState, now_iso
 from ..job.summary import RunSummary as RunSummary
 from ..job.summary import Status
 from ..plugins import Observers, Registry, build_component
@@ -56,6 +56,7 @@ from .cache import CallCache
 from .calls import Caller, NotSent, SharedCalls
 from .limits import KeyPool
 from .progress import Progress
+from .resume import Resume
 from .runlog import RunLog
 from .stages import Row, Stages, describe
 from .steps import StepStages, step_parts
@@ -147,12 +148,19 @@ class Engine:
         self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
         self.budget: Budget | None = None
         self._budget_price: Price | None = self.rows.budget_price()
-        # The resume checkpoint (job/checkpoint.py): the one read at start, what saves the
-        # next ones, how far every record has its row (direct mode), and how many records the
-        # reader took once it read every line.
-        self._checkpoint: checkpoint.Checkpoint | None = None
-        self._saver: checkpoint.Saver | None = None
-        self._frontier: checkpoint.Frontier | None = None
+        # What the run resumes from and the checkpoints it leaves (run/resume.py), and how
+        # many records the reader took once it read every line.
+        self.resume = Resume(
+            recipe,
+            self.loader,
+            self.writer,
+            self.selection,
+            self.limit,
+            self.state.dir,
+            self.stats,
+            self.warn,
+        )
+        self._frontier: Frontier | None = None
         self._read_all: int | None = None
         # Last: nothing after it can fail and leave the file open.
         self.cache = (
@@ -185,7 +193,7 @@ class Engine:
                         f"--retry-errors: {kept} error row(s) will be called again "
                         f"(the previous output is kept as {moved_to})"
                     )
-            done = await anyio.to_thread.run_sync(self._open_output)
+            done = await anyio.to_thread.run_sync(self.resume.open)
             if self.step_parts:
                 hashes = {step.name: step.hash for step in self.recipe.steps}
                 taken = await anyio.to_thread.run_sync(
@@ -249,7 +257,7 @@ class Engine:
                     elif self.flags.stopping:
                         status, reason = "interrupted", "stopped by a signal"
                     else:
-                        self._save_checkpoint()
+                        self.resume.save(self._read_all)
                     self.runlog.ended(status, reason)
                     self.progress.stop(self.stats)
                     finish_manifest(self.state, self.stats, manifest, status, reason)
@@ -324,81 +332,6 @@ class Engine:
         assert self.budget is not None
         return self.budget.reason(self.stats.cost_usd)
 
-    def _open_output(self) -> IdSet:
-        """Open the writer, count what is already there, and index the finished ids: from the
-        resume checkpoint and the rows written since, when it still holds."""
-        point = None
-        usable = self._checkpoint_usable()
-        if usable:
-            point = checkpoint.read_checkpoint(
-                self.state.dir,
-                checkpoint.scope(self.recipe, self.selection),
-                self.loader.path,  # type: ignore[attr-defined]
-                self.recipe.output_path,
-            )
-        if point is None:
-            done = index_writer(self.writer, self.stats)
-        else:
-            self.stats.resumed_ok, self.stats.resumed_error = point.ok, point.error
-            self.stats.resumed_cost_usd = point.cost_usd
-            done = index_writer(
-                self.writer, self.stats, start=point.output.size, layers=point.layers
-            )
-        self._checkpoint = point
-        if usable:  # (another writer's output may be a folder, or not exist yet)
-            self._saver = checkpoint.Saver(
-                self.state.dir,
-                checkpoint.scope(self.recipe, self.selection),
-                self.loader.path,  # type: ignore[attr-defined]
-                self.recipe.output_path,
-                self.writer.read_ids,  # type: ignore[attr-defined]
-                point,
-                done.layers(),
-                self.recipe.output_path.stat().st_size,
-                self.stats.resumed_ok,
-                self.stats.resumed_error,
-                self.stats.resumed_cost_usd,
-            )
-        return done
-
-    def _checkpoint_usable(self) -> bool:
-        return checkpoint.usable(self.recipe, self.loader, self.selection, self.limit)
-
-    def _save_checkpoint(self) -> None:
-        """After a completed run that read every line of its input: what the next run need
-        not read again (job/checkpoint.py). A failure costs the next run time, never a row."""
-        read_to = getattr(self.loader, "read_to", None)
-        if self._saver is None or read_to is None or self._read_all is None:
-            return
-        if not self._checkpoint_usable():
-            return
-        try:
-            size = self.recipe.output_path.stat().st_size
-            self._saver.save(read_to, self._read_all, size)
-        except (OSError, ValueError) as exc:  # ValueError: the output changed under the run
-            self.warn(f"could not save the resume checkpoint: {exc}")
-
-    async def _save_checkpoints(self) -> None:
-        """While a direct run goes on: a checkpoint every ``checkpoint.every_s()`` up to where
-        every record has its row (``Frontier``), so a killed run resumes without reading the
-        whole output again. Saved in a thread: the workers go on meanwhile."""
-        saver, frontier, every = self._saver, self._frontier, checkpoint.every_s()
-        if saver is None or frontier is None or every <= 0:
-            return
-        saved = None
-        while True:
-            await anyio.sleep(every)
-            reached = frontier.reached
-            if reached is None or reached == saved:
-                continue
-            try:
-                size = self.recipe.output_path.stat().st_size  # every row before it written
-                await anyio.to_thread.run_sync(saver.save, reached[0], reached[1], size)
-            except (OSError, ValueError) as exc:
-                self.warn(f"could not save the resume checkpoint: {exc}")
-                return
-            saved = reached
-
     async def _pipeline(self, done: IdSet, manifest: dict[str, Any]) -> None:
         if self.batch_phase is not None:
             # Batch and auto modes; direct mode too collects batches an earlier batch run left
@@ -410,11 +343,10 @@ class Engine:
         size = self.recipe.run.concurrency * 2
         work_send, work_recv = anyio.create_memory_object_stream[Work](size)
         row_send, row_recv = anyio.create_memory_object_stream[Row](size)
-        if self._saver is not None and hasattr(self.loader, "read_at"):
-            self._frontier = checkpoint.Frontier()
+        self._frontier = self.resume.track()
         async with anyio.create_task_group() as outer:
             self.watch(outer, manifest)
-            outer.start_soon(self._save_checkpoints)
+            outer.start_soon(self.resume.save_as_it_goes)
             async with anyio.create_task_group() as pipeline:
                 pipeline.start_soon(self._read, work_send, done)
                 pipeline.start_soon(self._write, row_recv)
@@ -429,9 +361,7 @@ class Engine:
     async def _read(self, send: MemoryObjectSendStream[Work], done: IdSet) -> None:
         with anyio.CancelScope() as scope:
             self._reader_scope = scope
-            point = self._checkpoint
-            start = None if point is None else (point.input.size, point.lines)
-            items = self.records(dupes=False, skip=done, start=start)
+            items = self.records(dupes=False, skip=done, start=self.resume.start)
             try:
                 await self._read_records(items, send, done)
             finally:
@@ -445,7 +375,7 @@ class Engine:
         async with send:
             checked = False
             # Records before the checkpoint's end of the input were all taken and are done.
-            selected = 0 if self._checkpoint is None else self._checkpoint.selected
+            selected = self.resume.selected_before
             while not self.flags.stopping:
                 try:
                     chunk = await anyio.to_thread.run_sync(_take, items, READ_CHUNK)

@@ -183,8 +183,8 @@ class RowError(TypedDict, total=False):
     where: str
 
 
-class Row(TypedDict):
-    """An output row, as written and as ``record_done`` receives it (docs/output.md)."""
+class _RowKeys(TypedDict):
+    """The keys every row has (``Row``)."""
 
     id: str
     status: Literal["ok", "error"]
@@ -197,9 +197,17 @@ class Row(TypedDict):
     latency_s: float | None
     cost_usd: float | None
     cached: bool  # answered from the call cache: nothing was sent
+    key: str | None  # the fingerprint of the key that answered (``key#1a2b3c4d``)
     started_at: str
     finished_at: str
     recipe_hash: str
+
+
+class Row(_RowKeys, total=False):
+    """An output row, as written and as ``record_done`` receives it (docs/output.md): the keys
+    of every row, and ``steps`` in a recipe with ``steps:``."""
+
+    steps: dict[str, Any]  # every step's result, by name (run/steps.py)
 
 
 class _Fields(Mapping[str, Any]):

@@ -16,7 +16,7 @@ from ..job.store import IdSet
 from ..recipe.pricing import Price
 from ..recipe.tokens import estimate
 from ..run.steps import StepStages
-from ..values import Prompt, Usage
+from ..values import Prompt, Row, Usage
 from .contract import BatchAPI
 from .journal import Journal, Part, checkpoint
 from .parts import PartWriter, Planned
@@ -53,7 +53,7 @@ class PartPlanner:
 
     def plan(
         self,
-        error_rows: list[dict[str, Any]],
+        error_rows: list[Row],
         *,
         stragglers: bool,
         spent: Callable[[], float],
@@ -153,9 +153,7 @@ class PartPlanner:
                 Part(p.name, p.requests, p.size, tag, recipe_step=p.recipe_step)
             )
 
-    def step_request(
-        self, work: Work, finished: dict[str, Any]
-    ) -> tuple[str, Prompt] | dict[str, Any]:
+    def step_request(self, work: Work, finished: dict[str, Any]) -> tuple[str, Prompt] | Row:
         """A steps: record's next request (its step's name and prompt), or its row when it
         needs no more calls; a step whose prompt cannot be rendered is that step's error."""
         assert self.steps is not None

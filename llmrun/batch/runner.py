@@ -29,7 +29,7 @@ from ..job.store import IdSet, now_iso
 from ..recipe.pricing import PriceTable
 from ..run.calls import Outcome
 from ..run.steps import StepStages
-from ..values import Prompt
+from ..values import Prompt, Row
 from ..wire.retry import backoff_s, classify_transport
 from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
 from .journal import Journal, Part, checkpoint, has_running, make_durable
@@ -153,7 +153,7 @@ class BatchRunner:
     async def _plan(self) -> str:
         """Write parts for the records still to do; "direct" when auto mode says to call them
         directly instead (few records), "budget" when their estimate is over run.budget_usd."""
-        error_rows: list[dict[str, Any]] = []
+        error_rows: list[Row] = []
         try:
             chosen = await anyio.to_thread.run_sync(
                 functools.partial(
@@ -313,7 +313,7 @@ class BatchRunner:
         if part.recipe_step is not None:
             await self._merge_step(part, results, info)
             return
-        rows: list[dict[str, Any]] = []
+        rows: list[Row] = []
         counts = {"ok": 0, "error": 0, "again": 0}
         tries = dict(self.journal.tries)
         spent = 0.0
@@ -393,7 +393,7 @@ class BatchRunner:
             )
         name = step.spec.name
         writer = self.planner.writer()
-        rows: list[dict[str, Any]] = []
+        rows: list[Row] = []
         counts = {"ok": 0, "error": 0, "again": 0, "next": 0}
         tries = dict(self.journal.tries)
         spent = 0.0
@@ -501,7 +501,7 @@ class BatchRunner:
                         results[found.custom_id] = found
         return results
 
-    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+    def _write_rows(self, rows: list[Row]) -> None:
         # Durable before the journal says the part is merged.
         self.engine.sink.write(rows, durable=True)
         self.written.update(str(row["id"]) for row in rows)

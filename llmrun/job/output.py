@@ -14,7 +14,7 @@ from ..components import Writer
 from ..errors import RecipeError
 from ..plugins import Observers, Registry, build_component
 from ..recipe.model import Recipe
-from ..values import ComponentContext
+from ..values import ComponentContext, Row
 from .stats import RunStats
 
 
@@ -24,14 +24,14 @@ class RowSink:
         writer: Writer,
         stats: RunStats,
         observers: Observers,
-        also: Callable[[dict[str, Any]], None] | None = None,
+        also: Callable[[Row], None] | None = None,
     ) -> None:
         self.writer = writer
         self.stats = stats
         self.observers = observers
         self.also = also  # one more look at each row written (the run log)
 
-    def write(self, rows: Sequence[dict[str, Any]], *, durable: bool = False) -> None:
+    def write(self, rows: Sequence[Row], *, durable: bool = False) -> None:
         """Append rows (handed to the OS); ``durable`` also fsyncs them, for a caller that
         records elsewhere that they are written (the batch journal)."""
         self.writer.write(rows)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ..errors import RecipeError
 from ..recipe.model import Recipe
 from ..recipe.pricing import Price, PriceTable
 from ..redaction import Redactor
-from ..values import Reply
+from ..values import Reply, Row, RowError
 from .records import Work
 from .store import now_iso
 
@@ -77,14 +77,14 @@ class RowMaker:
         *,
         text: str | None = None,
         fields: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
+        error: RowError | None = None,
         response: dict[str, Any] | None = None,
         cost: float | None = None,
         cached: bool = False,
         steps: dict[str, Any] | None = None,
         redacted: bool = False,
         key: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> Row:
         """Every row has the same keys, in this order (see docs/output.md). ``redacted``: the
         text, fields and response come from rows made here (a steps: record's last step)."""
         # A server may echo the key back, even in a 200 answer.
@@ -113,7 +113,9 @@ class RowMaker:
         row["started_at"] = work.started_at or finished
         row["finished_at"] = finished
         row["recipe_hash"] = self.recipe.job_hash
-        return row
+        # Built key by key for the order the rows are written in (``steps`` among them); the
+        # keys are Row's, checked against it by tests/test_docs.py and test_run.py.
+        return cast("Row", row)
 
     def error(
         self,
@@ -122,8 +124,8 @@ class RowMaker:
         message: str,
         retryable: bool = False,
         status: int | None = None,
-    ) -> dict[str, Any]:
-        error: dict[str, Any] = {
+    ) -> RowError:
+        error: RowError = {
             "type": code,
             "message": self.redact.message(message),
             "retryable": retryable,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +100,7 @@ class RunStats:
             for url, (ok, failed) in self.endpoints.items()
         }
 
-    def count_row(self, row: dict[str, Any]) -> None:
+    def count_row(self, row: Mapping[str, Any]) -> None:
         if row["status"] == "ok":
             self.ok += 1
         else:

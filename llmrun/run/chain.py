@@ -5,16 +5,15 @@ and the whole chain runs again on the new reply."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from ..components import Postprocessor
 from ..errors import RecordError
 from ..job.records import Work
 from ..job.rows import RowMaker
-from ..values import Prompt, Result, Usage
+from ..values import Prompt, Result, Row, RowError, Usage
 from .calls import Outcome
 
-Call = Callable[[Work, Prompt], Awaitable["Outcome | dict[str, Any]"]]
+Call = Callable[[Work, Prompt], Awaitable["Outcome | Row"]]
 
 
 async def postprocess(
@@ -26,7 +25,7 @@ async def postprocess(
     rows: RowMaker,
     call: Call,
     keep_raw: bool,
-) -> dict[str, Any]:
+) -> Row:
     """The record's row after the chain. ``call`` makes a follow-up call (the outcome, or the
     record's error row when it failed); extra calls add to the row's attempts, usage and cost."""
     assert work.data is not None
@@ -40,14 +39,15 @@ async def postprocess(
             response["usage"] = usage.to_json()  # every call made for this record
             response["reasks"] = reasks
         result = Result(reply.text, {}, reply, work.data)
-        error: dict[str, Any] | None = None
+        error: RowError | None = None
+        feedback: str | None = None  # a reask's
         for post in posts:
             try:
                 post(result)
             except RecordError as exc:
-                feedback = getattr(exc, "feedback", None)
-                if feedback and reasks < int(getattr(post, "reask", 0) or 0):
-                    error = {"reask": feedback}
+                asked = getattr(exc, "feedback", None)
+                if asked and reasks < int(getattr(post, "reask", 0) or 0):
+                    feedback = str(asked)
                 else:
                     error = rows.error(work, exc.code, str(exc))
             except Exception as exc:
@@ -55,7 +55,7 @@ async def postprocess(
             else:
                 continue
             break
-        if error is None or "reask" not in error:
+        if feedback is None:
             # On error the reply stays in the row so `repost` can try again without paying.
             return rows.row(
                 work,
@@ -75,7 +75,7 @@ async def postprocess(
             [
                 *prompt.messages,
                 {"role": "assistant", "content": reply.text or ""},
-                {"role": "user", "content": error["reask"]},
+                {"role": "user", "content": feedback},
             ],
             prompt.generation,
         )

@@ -47,7 +47,7 @@ from ..recipe.model import Recipe
 from ..recipe.pricing import Price
 from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor
-from ..values import ComponentContext, RunStart
+from ..values import ComponentContext, Row, RunStart
 from ..wire.bounds import AnswerLimits
 from ..wire.transport import default_transport
 from .backends import Backends
@@ -58,7 +58,7 @@ from .limits import KeyPool
 from .progress import Progress
 from .resume import Resume
 from .runlog import RunLog
-from .stages import Row, Stages, describe
+from .stages import Stages, describe
 from .steps import StepStages, step_parts
 
 # Batch mode plugs in here (llmrun/batch/runner.py: run_batches), so this module never imports

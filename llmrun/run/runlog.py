@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -88,7 +89,7 @@ class RunLog:
         """A line for the log alone (pace changes: too frequent for the terminal)."""
         self._write("INFO", message)
 
-    def row(self, row: dict[str, Any]) -> None:
+    def row(self, row: Mapping[str, Any]) -> None:
         """An error row, as ``id: type: message``."""
         if row.get("status") != "error":
             return

@@ -18,11 +18,9 @@ from ..job.records import Work
 from ..job.rows import RowMaker
 from ..recipe.model import Recipe
 from ..recipe.templates import PromptTemplate
-from ..values import Prompt
+from ..values import Prompt, Row
 from .calls import Caller, CallFailed, NotSent, Outcome
 from .chain import postprocess
-
-Row = dict[str, Any]
 
 
 class Stages:
@@ -133,15 +131,16 @@ class Stages:
         outcome = await self.call(members[0][0], group)
         if isinstance(outcome, dict):  # the group failed: each member gets the same error
             failed = outcome["error"]
+            assert failed is not None  # a row the call gave back is an error row
             for work, _ in members:
                 # each row says where its own record is, not the first member's
                 rows.append(
                     self.error_row(
                         work,
-                        failed["type"],
-                        failed["message"],
+                        failed.get("type", "internal"),
+                        failed.get("message", ""),
                         attempts=outcome["attempts"],
-                        retryable=failed["retryable"],
+                        retryable=failed.get("retryable", False),
                         status=failed.get("status"),
                     )
                 )

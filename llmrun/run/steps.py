@@ -25,9 +25,9 @@ from ..job.store import now_iso
 from ..plugins import Registry, build_component
 from ..recipe.model import ComponentSpec, Recipe, StepSpec, freeze
 from ..recipe.templates import PromptTemplate
-from ..values import ComponentContext
+from ..values import ComponentContext, Row
 from .calls import Caller, NotSent
-from .stages import Row, Stages, describe
+from .stages import Stages, describe
 
 # What a step's result keeps of its row (the row's own keys, per step).
 STEP_KEYS = (
@@ -215,6 +215,7 @@ class StepStages(Stages):
         ok = [i for i, row in enumerate(samples) if row["status"] == "ok"]
         chosen: int | None = ok[0] if ok else None
         if rule in ("max", "min") and ok:
+            assert field is not None  # recipe/steps.py: max and min name their field
             scored = [(i, _number(samples[i]["fields"].get(field))) for i in ok]
             valid = [(i, v) for i, v in scored if v is not None]
             if not valid:

@@ -28,8 +28,8 @@ from ..redaction import Redactor
 from ..run.budget import Budget
 from ..run.calls import Caller, NotSent, Outcome, SharedCalls
 from ..run.limits import KeyPool
-from ..run.stages import Row, Stages
-from ..values import ComponentContext, Prompt, Reply
+from ..run.stages import Stages
+from ..values import ComponentContext, Prompt, Reply, Row
 from ..wire.bounds import AnswerLimits
 from ..wire.transport import default_transport
 from .metrics import Metrics

@@ -27,7 +27,7 @@ import anyio
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from llmrun import Recipe, RunAborted, RunSummary
+from llmrun import Recipe, Row, RunAborted, RunSummary
 from llmrun.engine_api import (
     Backends,
     Budget,
@@ -51,7 +51,6 @@ from .workers import Item, ShardWorker
 GROUPS_PER_WORKER = 2
 # A worker that dies this many times in a row on the same records stops the run.
 MAX_RESTARTS = 5
-Row = dict[str, Any]  # a row as the stages make it, before the writer
 DIED = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 _remote: Any = ray.remote  # Ray's stubs do not type an actor class made this way

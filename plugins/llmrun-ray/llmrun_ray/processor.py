@@ -23,6 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from llmrun import Row
 from llmrun.engine_api import NotSent, Work, record_id
 
 from .workers import RecipeStages
@@ -64,14 +65,14 @@ class Processor:
             out["row"].append(json.dumps(row, ensure_ascii=False))
         return out
 
-    async def _process(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _process(self, records: list[dict[str, Any]]) -> list[Row]:
         assert self._own is not None
         own = self._own
         stages = own.stages()
         slots = asyncio.Semaphore(own.recipe.run.concurrency)
         id_field = own.recipe.id_field
 
-        async def one(n: int, data: dict[str, Any]) -> dict[str, Any]:
+        async def one(n: int, data: dict[str, Any]) -> Row:
             rid = record_id(data, id_field)
             where = f"batch:{n + 1}"
             error = None if rid is not None else f"record has no {id_field!r} field (data.id)"

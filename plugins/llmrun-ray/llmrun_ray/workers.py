@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llmrun import Access, CallError, RunAborted, open_recipe
+from llmrun import Access, CallError, Row, RunAborted, open_recipe
 from llmrun.engine_api import (
     Caller,
     NotSent,
@@ -172,7 +172,7 @@ class ShardWorker:
         stages = self.own.stages()
         if self.slots is None:
             self.slots = asyncio.Semaphore(self.own.recipe.run.concurrency)
-        done: asyncio.Queue[tuple[int, dict[str, Any] | BaseException | None]] = asyncio.Queue()
+        done: asyncio.Queue[tuple[int, Row | BaseException | None]] = asyncio.Queue()
         self.active += 1
         # A finished step goes to the driver with the next message, sent at once (NO_ROW).
         self.own.journal.notify = lambda: done.put_nowait((NO_ROW, None))
@@ -218,11 +218,11 @@ class ShardWorker:
         self,
         stages: Stages,
         item: Item,
-        done: asyncio.Queue[tuple[int, dict[str, Any] | BaseException | None]],
+        done: asyncio.Queue[tuple[int, Row | BaseException | None]],
     ) -> None:
         position, rid, data, where, error, finished = item
         assert self.slots is not None
-        result: dict[str, Any] | BaseException
+        result: Row | BaseException
         if finished:  # what an earlier worker (or run) finished of this record's steps
             self.own.journal.pending[rid] = dict(finished)
         async with self.slots:

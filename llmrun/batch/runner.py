@@ -24,6 +24,7 @@ import anyio
 import httpx
 
 from ..errors import CallError, RecordError, RunAborted
+from ..job.manifest import Manifest
 from ..job.records import Work
 from ..job.store import IdSet, now_iso
 from ..recipe.pricing import PriceTable
@@ -537,7 +538,7 @@ def _missing(cid: str, info: BatchInfo) -> LineResult:
     )
 
 
-async def run_batches(engine: Engine, done: IdSet, manifest: dict[str, Any]) -> IdSet | None:
+async def run_batches(engine: Engine, done: IdSet, manifest: Manifest) -> IdSet | None:
     """The engine's pipeline in batch (or auto) mode; the finished ids when the rest should go
     as direct calls."""
     if (

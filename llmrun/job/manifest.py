@@ -4,7 +4,7 @@ with, its counts, and each run's start, end and status (docs/output.md)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 from ..__about__ import __version__
 from ..plugins import Registry
@@ -16,6 +16,38 @@ from .store import RunState, now_iso
 KEEP_RUNS = 50
 
 
+class RunEntry(TypedDict, total=False):
+    """One run in the manifest's ``runs`` (docs/output.md)."""
+
+    started_at: str
+    status: str  # running, completed, interrupted, aborted, budget
+    finished_at: str
+    written: int
+    tokens: dict[str, int]
+    reason: str
+    endpoints: dict[str, Any]  # per endpoint of provider.base_urls: answered and failed
+
+
+class Manifest(TypedDict, total=False):
+    """The manifest a run writes (docs/output.md). One read back from disk is plain JSON,
+    checked where it is read (``status``, ``report``, ``repost``): it may be any shape."""
+
+    llmrun_version: str
+    recipe: str
+    name: str
+    recipe_hash: str
+    call_hash: str
+    provider: str
+    model: str | None
+    output: str
+    plugins: list[dict[str, str]]
+    created_at: str
+    runs: list[RunEntry]
+    counts: dict[str, int | None]
+    batch: dict[str, Any]  # batch mode's parts while it waits
+    updated_at: str
+
+
 def start_manifest(
     recipe: Recipe,
     registry: Registry,
@@ -23,7 +55,7 @@ def start_manifest(
     stats: RunStats,
     model: str | None,
     warn: Callable[[str], None],
-) -> dict[str, Any]:
+) -> Manifest:
     """The manifest for a run starting now (written at once); warns when the recipe changed
     since the output was started."""
     old = state.read_manifest() or {}
@@ -38,8 +70,11 @@ def start_manifest(
             "the new recipe, old rows stay; use --fresh to start over"
         )
     plugins = sorted({(c.package, c.version) for c in registry.all()})
-    runs = old.get("runs", [])[-(KEEP_RUNS - 1) :]
-    manifest: dict[str, Any] = {
+    kept = old.get("runs")
+    # Earlier runs as the file has them (kept, not checked: only this run's entry is ours).
+    runs: list[RunEntry] = kept[-(KEEP_RUNS - 1) :] if isinstance(kept, list) else []
+    created = old.get("created_at")
+    manifest: Manifest = {
         "llmrun_version": __version__,
         "recipe": str(recipe.path),
         "name": recipe.name,
@@ -49,14 +84,14 @@ def start_manifest(
         "model": model,
         "output": str(recipe.output_path),
         "plugins": [{"package": p, "version": v} for p, v in plugins],
-        "created_at": old.get("created_at") or now_iso(),
+        "created_at": created if isinstance(created, str) and created else now_iso(),
         "runs": [*runs, {"started_at": now_iso(), "status": "running"}],
     }
     update_manifest(state, stats, manifest)
     return manifest
 
 
-def update_manifest(state: RunState, stats: RunStats, manifest: dict[str, Any]) -> None:
+def update_manifest(state: RunState, stats: RunStats, manifest: Manifest) -> None:
     manifest["counts"] = {
         "ok": stats.ok + stats.resumed_ok,
         "error": stats.error + stats.resumed_error,
@@ -71,7 +106,7 @@ def update_manifest(state: RunState, stats: RunStats, manifest: dict[str, Any]) 
 
 
 def finish_manifest(
-    state: RunState, stats: RunStats, manifest: dict[str, Any], status: str, reason: str | None
+    state: RunState, stats: RunStats, manifest: Manifest, status: str, reason: str | None
 ) -> None:
     run = manifest["runs"][-1]
     run.update(

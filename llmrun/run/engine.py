@@ -32,7 +32,7 @@ from ..components import Loader, Postprocessor, Provider, Writer
 from ..errors import CallError, RunAborted
 from ..job.checkpoint import Frontier
 from ..job.dupes import SeenIds
-from ..job.manifest import finish_manifest, start_manifest, update_manifest
+from ..job.manifest import Manifest, finish_manifest, start_manifest, update_manifest
 from ..job.output import RowSink, rewritable
 from ..job.records import Work, selected, selection
 from ..job.rerun import drop_error_rows
@@ -64,7 +64,7 @@ from .steps import StepStages, step_parts
 # Batch mode plugs in here (llmrun/batch/runner.py: run_batches), so this module never imports
 # it: given the engine, the finished ids and the manifest, the ids finished before the direct
 # calls start, or None when the run ends with the batches.
-BatchPhase = Callable[["Engine", IdSet, dict[str, Any]], Awaitable[IdSet | None]]
+BatchPhase = Callable[["Engine", IdSet, Manifest], Awaitable[IdSet | None]]
 
 READ_CHUNK = 256
 FIELD_CHECK = 20  # records the run-start check of the template looks at
@@ -332,7 +332,7 @@ class Engine:
         assert self.budget is not None
         return self.budget.reason(self.stats.cost_usd)
 
-    async def _pipeline(self, done: IdSet, manifest: dict[str, Any]) -> None:
+    async def _pipeline(self, done: IdSet, manifest: Manifest) -> None:
         if self.batch_phase is not None:
             # Batch and auto modes; direct mode too collects batches an earlier batch run left
             # running (never paid twice). None: the run ends there.
@@ -514,7 +514,7 @@ class Engine:
 
     # -- around the pipeline: every mode starts these --------------------------------------
 
-    def watch(self, group: TaskGroup, manifest: dict[str, Any]) -> None:
+    def watch(self, group: TaskGroup, manifest: Manifest) -> None:
         """Start the tasks that run beside any mode's work in ``group``: counting the records,
         the progress and manifest tick, and (when asked) the signal handler. Cancel the group's
         scope when the work is done."""
@@ -532,7 +532,7 @@ class Engine:
         total = await anyio.to_thread.run_sync(count, abandon_on_cancel=True)
         self.stats.total = self.selection.total(total)
 
-    async def _tick(self, manifest: dict[str, Any]) -> None:
+    async def _tick(self, manifest: Manifest) -> None:
         last_sync = anyio.current_time()
         while True:
             await anyio.sleep(TICK_S)

@@ -296,3 +296,14 @@ def test_export_from_jsonl_by_name_through_the_cli(labelled: Path) -> None:
     assert done.returncode == 0, done.stderr
     ids = [r["id"] for r in json.loads((labelled / "out.json").read_text(encoding="utf-8"))]
     assert ids == [r["id"] for r in read_jsonl(labelled / "out.jsonl")]
+
+
+def test_export_says_how_many_damaged_lines_it_left_out(labelled: Path) -> None:
+    # A line broken by hand (or a disk) is not a row: it is left out, and said so.
+    out = labelled / "out.jsonl"
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    out.write_text("".join([lines[0], '{"id": "r9", "stat\n', "[1, 2]\n", *lines[1:]]), "utf-8")
+    done = run_cli("export", "out.jsonl", "--to", "json", cwd=labelled)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 8 row(s)" in done.stderr
+    assert "skipped 2 damaged line(s) of the output" in done.stderr

@@ -86,7 +86,9 @@ class JsonlWriter:
                 yield _index_lines(lines)
 
     def read(self) -> Iterator[Mapping[str, Any]]:
-        """The whole rows already written, read-only (``status``, ``plan``, the report)."""
+        """The whole rows already written, read-only (``status``, ``plan``, the report);
+        ``unreadable`` counts the damaged lines left out, once read to the end."""
+        self.unreadable = 0
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 - closed below
         except (FileNotFoundError, IsADirectoryError):
@@ -98,9 +100,12 @@ class JsonlWriter:
                 try:
                     row = json_loads(line)
                 except ValueError:
+                    self.unreadable += 1
                     continue
                 if isinstance(row, dict) and "id" in row:
                     yield row
+                else:
+                    self.unreadable += 1
 
     def _repair_tail(self) -> None:
         if not self.path.exists():

@@ -78,6 +78,8 @@ def run(args: argparse.Namespace, err: Any) -> int:
         f"wrote {summary.rows} row(s), {len(summary.columns)} column(s) to {summary.target}",
         markup=False,
     )
+    if summary.unreadable:
+        err.print(f"skipped {summary.unreadable} damaged line(s) of the output", markup=False)
     if summary.missing:
         err.print(f"{summary.missing} input record(s) have no row yet", markup=False)
     return EXIT_OK

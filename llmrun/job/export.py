@@ -40,6 +40,7 @@ class ExportSummary:
     rows: int = 0
     columns: list[str] = field(default_factory=list)
     missing: int = 0  # with order="input": input records without a row yet
+    unreadable: int = 0  # damaged lines the reading writer left out (when it counts them)
 
 
 def select_columns(found: Iterable[str], wanted: list[str] | None) -> list[str]:
@@ -79,7 +80,8 @@ def export(
     writer_cls = _writer(registry, to)
     if order == "input" and recipe is None:
         raise ExportError("--order input needs the recipe (--recipe) to read the input ids")
-    read = _reader(source, registry, recipe, source_writer)
+    reader = _reader(source, registry, recipe, source_writer)
+    read: Callable[[], Iterator[Mapping[str, Any]]] = reader.read
     summary = ExportSummary(str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.stem}.export-{os.getpid()}{target.suffix}")
@@ -95,6 +97,7 @@ def export(
                     offsets.setdefault(str(row["id"]), []).append(keep.tell())
                     keep.write(row_line(row))
             summary.columns = select_columns(columns, fields)
+            summary.unreadable = int(getattr(reader, "unreadable", 0) or 0)
             if keep is not None and recipe is not None:
                 rows: Iterable[Mapping[str, Any]] = _in_input_order(
                     keep, offsets, recipe, registry, summary
@@ -109,10 +112,8 @@ def export(
     return summary
 
 
-def _reader(
-    source: Path, registry: Registry, recipe: Recipe | None, name: str | None
-) -> Callable[[], Iterator[Mapping[str, Any]]]:
-    """``read()`` of the writer that reads ``source`` back (each call reads it from the start)."""
+def _reader(source: Path, registry: Registry, recipe: Recipe | None, name: str | None) -> Any:
+    """The writer that reads ``source`` back with ``read()`` (each call from the start)."""
     if not source.exists():
         raise ExportError(f"no output at {source}")
     own = recipe is not None and source.resolve() == recipe.output_path.resolve()
@@ -136,7 +137,7 @@ def _reader(
             f"the {spec.name!r} writer cannot read its output back (it has no read()): "
             "nothing can be exported from it"
         )
-    return read
+    return writer
 
 
 def _write(

@@ -61,9 +61,10 @@ class Resume:
         usable = self.usable()
         recipe, stats = self.recipe, self.stats
         scope = checkpoint.scope(recipe, self.selection)
-        data: Path = self.loader.path  # type: ignore[attr-defined]
         point = None
+        data: Path | None = None  # the input file: a loader a checkpoint is usable with has one
         if usable:
+            data = self.loader.path  # type: ignore[attr-defined]
             point = checkpoint.read_checkpoint(self.state_dir, scope, data, recipe.output_path)
         if point is None:
             done = index_writer(self.writer, stats)
@@ -72,7 +73,7 @@ class Resume:
             stats.resumed_cost_usd = point.cost_usd
             done = index_writer(self.writer, stats, start=point.output.size, layers=point.layers)
         self.point = point
-        if usable:  # (another writer's output may be a folder, or not exist yet)
+        if data is not None:  # (another writer's output may be a folder, or not exist yet)
             self.saver = checkpoint.Saver(
                 self.state_dir,
                 scope,

@@ -302,7 +302,8 @@ def test_export_says_how_many_damaged_lines_it_left_out(labelled: Path) -> None:
     # A line broken by hand (or a disk) is not a row: it is left out, and said so.
     out = labelled / "out.jsonl"
     lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
-    out.write_text("".join([lines[0], '{"id": "r9", "stat\n', "[1, 2]\n", *lines[1:]]), "utf-8")
+    damaged = ['{"id": "r9", "stat\n', "\n", "[1, 2]\n"]  # a blank line is no damage
+    out.write_text("".join([lines[0], *damaged, *lines[1:]]), "utf-8")
     done = run_cli("export", "out.jsonl", "--to", "json", cwd=labelled)
     assert done.returncode == 0, done.stderr
     assert "wrote 8 row(s)" in done.stderr

@@ -100,7 +100,7 @@ class JsonlWriter:
                 try:
                     row = json_loads(line)
                 except ValueError:
-                    self.unreadable += 1
+                    self.unreadable += bool(line.strip())  # a blank line is no damaged row
                     continue
                 if isinstance(row, dict) and "id" in row:
                     yield row

@@ -10,11 +10,11 @@ Names are imported on first use, so ``import llmrun`` (and the CLI's start-up) s
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .__about__ import __version__
 from .hookspecs import PLUGIN_API, hookimpl
+from .lazy import lazy_getattr
 
 # Public name -> "module" (the same name there) or "module:name" (a name that says more here
 # than in its module, where the context said it).
@@ -162,14 +162,7 @@ __all__ = [  # noqa: RUF022
 ]
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module 'llmrun' has no attribute {name!r}")
-    module, _, attr = where.partition(":")
-    value = getattr(importlib.import_module(f".{module}", __name__), attr or name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("llmrun", _WHERE, globals())
 
 
 if TYPE_CHECKING:

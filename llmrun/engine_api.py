@@ -16,8 +16,9 @@ Names are imported on first use, as ``llmrun``'s are: a module that takes ``KeyP
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_getattr
 
 # Public name -> "module" (the same name there) or "module:name", as in llmrun/__init__.py.
 _WHERE = {
@@ -71,14 +72,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    where = _WHERE.get(name)
-    if where is None:
-        raise AttributeError(f"module 'llmrun.engine_api' has no attribute {name!r}")
-    module, _, attr = where.partition(":")
-    value = getattr(importlib.import_module(f"llmrun.{module}"), attr or name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("llmrun.engine_api", _WHERE, globals())
 
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from llmrun.builtins.writers import JsonlWriter
-from llmrun.job.checkpoint import Frontier
+from llmrun.job.checkpoint import Frontier, every_s
 from llmrun.job.stats import RunStats
 from llmrun.job.store import index_output, index_writer
 from llmrun.jsonio import loads, row_line
@@ -553,3 +553,13 @@ def test_the_frontier_is_where_every_record_before_has_its_row() -> None:
     frontier.read(["d"], None, 6)  # a last line without its newline: no point to stop at
     frontier.written("d")
     assert frontier.reached == ((25, 5), 5)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("5", 5.0), ("0", 0.0), ("nan", 30.0), ("inf", 30.0), ("x", 30.0)]
+)
+def test_the_checkpoint_interval_is_a_finite_number_or_the_default(
+    monkeypatch: pytest.MonkeyPatch, value: str, seconds: float
+) -> None:
+    monkeypatch.setenv("LLMRUN_CHECKPOINT_S", value)
+    assert every_s() == seconds

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import array
 import json
+import math
 import os
 import sys
 import zlib
@@ -54,11 +55,13 @@ EVERY_S = 30.0  # between the checkpoints a direct run saves as it goes (LLMRUN_
 
 def every_s() -> float:
     """Seconds between checkpoints during a run: ``LLMRUN_CHECKPOINT_S`` (0 or less: only at
-    the end of a completed run, as before), else EVERY_S."""
+    the end of a completed run, as before), else EVERY_S (also for a value that is no finite
+    number: ``nan`` would reach the timer)."""
     try:
-        return float(os.environ.get("LLMRUN_CHECKPOINT_S", EVERY_S))
+        value = float(os.environ.get("LLMRUN_CHECKPOINT_S", EVERY_S))
     except ValueError:
         return EVERY_S
+    return value if math.isfinite(value) else EVERY_S
 
 
 @dataclass(frozen=True)

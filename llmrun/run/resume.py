@@ -99,8 +99,8 @@ class Resume:
         """After a completed run that read every line of its input (``read_all`` records
         selected): what the next run need not read again."""
         read_to = getattr(self.loader, "read_to", None)
-        if self.saver is None or read_to is None or read_all is None or not self.usable():
-            return
+        if self.saver is None or read_to is None or read_all is None:
+            return  # (a saver exists only for a run a checkpoint is usable with)
         try:
             size = self.recipe.output_path.stat().st_size
             self.saver.save(read_to, read_all, size)

@@ -4,6 +4,7 @@ server-side counts and timestamps."""
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 from llmrun.testing.limits import FAULT_KINDS, fault_mix
+from llmrun.wire.retry import backoff_s
 
 from .conftest import make_records, read_jsonl, run_cli
 from .test_run import by_id, calls_per_id, fingerprint_of, openai, record_id_of, setup_run
@@ -86,6 +88,18 @@ def test_no_request_arrives_before_its_retry_after(tmp_path: Path) -> None:
     assert [r for r in requests if sent < r.received_at < sent + wait]
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
     assert all(rows[rid]["attempts"] == 2 for rid in asked)
+
+
+def test_a_retry_after_is_the_wait_itself_at_every_attempt() -> None:
+    # Exponential backoff on top of it made a record refused a third or fourth time wait
+    # up to 2 or 4 s for a 1 s Retry-After, and a run waits for its unluckiest record.
+    random.seed(3)
+    for attempt in range(1, 11):
+        assert {backoff_s(attempt, 1.0) for _ in range(200)} == {1.0}
+        assert backoff_s(attempt, 0.35) == 0.35
+    # Without one: full jitter, within the exponential bound.
+    draws = [backoff_s(4, None) for _ in range(500)]
+    assert min(draws) >= 0.0 and max(draws) <= 4.0 and max(draws) > 2.0
 
 
 def test_retry_after_holds_the_key_when_most_requests_in_flight_are_refused(

@@ -103,7 +103,16 @@ BACKOFF_CAP_S = 60.0
 
 
 def backoff_s(attempt: int, retry_after: float | None) -> float:
-    """Full-jitter exponential backoff, never shorter than what the server asked for: direct
-    calls (run/calls.py) and batch API calls (batch/runner.py) both wait this long."""
-    jitter = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
-    return max(jitter, retry_after or 0.0)
+    """How long a failed call waits before its next try: direct calls (run/calls.py) and batch
+    API calls (batch/runner.py) both wait this long.
+
+    The server's ``Retry-After`` when it sent one, exactly: it said when to come back, and the
+    pace (run/limits.py) is what answers a real limit. Exponential backoff on top cost a
+    record refused three times at random a quarter of a second more on average, and one
+    refused four times a whole second: the end of a run waits for its unluckiest record
+    (benchmarks/adaptive_sim.py's noisy servers). The OpenAI and Anthropic SDKs do the same
+    (for waits up to a minute; a longer one is honoured here too).
+    Without it, full-jitter exponential backoff."""
+    if retry_after:
+        return retry_after
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))

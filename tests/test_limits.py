@@ -250,15 +250,32 @@ def test_a_lone_429_with_retry_after_delays_only_its_request() -> None:
 def test_retry_after_holds_the_key_when_most_requests_in_flight_are_refused() -> None:
     pool, clock = pacing(40, answers=20, spacing=0.05)
     state = pool.states[0]
-    state.in_flight = 4
-    for _ in range(2):
+    state.in_flight = 8
+    for _ in range(4):
         clock.now += 0.001
         pool.on_rate_limited(lease_at(pool, clock.now), 2.0)
-        assert state.paused_until == 0.0  # one or two of the latest four: not yet
+        assert state.paused_until == 0.0  # up to four of the latest eight: not yet
     clock.now += 0.001
     pool.on_rate_limited(lease_at(pool, clock.now), 2.0)
     assert state.paused_until == clock.now + 2.0  # not one request before the server's time
     assert state.learnt.per_minute is not None and state.learnt.per_minute < 40 * 60
+
+
+def test_a_few_retries_refused_at_random_at_the_end_of_a_run_do_not_hold_the_key() -> None:
+    # The end of a run: five retries in flight, three of the latest five answers refused at
+    # random (7.5% noise does that in one run of three). Holding the key would make every
+    # one of them wait the whole Retry-After again.
+    pool, clock = pacing(40, answers=20, spacing=0.05)
+    state = pool.states[0]
+    state.in_flight = 5
+    for refused in (True, False, True, False, True):
+        clock.now += 0.001
+        lease = lease_at(pool, clock.now)
+        if refused:
+            pool.on_rate_limited(lease, 1.0)
+        else:
+            pool.on_success(lease, {})
+    assert state.paused_until == 0.0
 
 
 def test_retry_after_holds_the_key_when_the_headers_show_its_budget_spent() -> None:

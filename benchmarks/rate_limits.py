@@ -22,7 +22,10 @@ buckets refilling continuously, starting full, holding 1 s of the limit):
   random with 429 ``Retry-After: 1`` whatever the pace (an overloaded provider, a gateway);
   3,000 records, concurrency 64, 20 ms latency, the recipe's defaults. Measured: records per
   second, first request to last answer (on the server), against the same job without faults
-  (run just before). Target: >= 50% (1%) and >= 30% (7.5%) of it.
+  (run just before); the median of five fault draws (seeds), each also against its bound: each
+  record first sent when the fault-free job sent it, each retry the moment its Retry-After
+  ends (a run ends with its unluckiest record). Target: >= 50% (1%) and >= 30% (7.5%) of
+  fault-free.
 
 - ``endpoints``: ``provider.base_urls`` with two fake servers against one, the same recipe
   (``run.requests_per_minute: 3000``, 2,000 records, concurrency 64, 20 ms): the limit applies
@@ -88,17 +91,21 @@ NOISE_RECORDS = 3000
 NOISE_LATENCY_S = 0.02
 
 
-def noise_job(share: float) -> tuple[float, int, int]:
-    """Records per second (first request to last answer, on the server), 429s, requests."""
-    rng = random.Random(15)
+def noise_job(
+    share: float, seed: int = 15, clean: dict[str, float] | None = None
+) -> tuple[float, float, int, int, dict[str, float]]:
+    """Records per second (first request to last answer, on the server); the records per
+    second of the bound for this run's faults: each record first sent when the fault-free run
+    (``clean``) sent it, each retry the moment its ``Retry-After`` ended; 429s; requests; when
+    each record was first sent (from the first request)."""
+    rng = random.Random(seed)
     lock = threading.Lock()
-    refused = 0
+    refused: set[int] = set()
 
     def fault(request: RecordedRequest) -> Fault | None:
-        nonlocal refused
         with lock:
             if rng.random() < share:
-                refused += 1
+                refused.add(id(request))
                 return Fault(429, {"retry-after": "1"})
         return None
 
@@ -112,17 +119,35 @@ def noise_job(share: float) -> tuple[float, int, int]:
         data["run"] = {"concurrency": CONCURRENCY}
         recipe.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         llmrun(recipe)
-        times = [r.received_at for r in fake.requests]
+        requests = list(fake.requests)
         rows = [json.loads(line) for line in (Path(tmp) / "out.jsonl").open(encoding="utf-8")]
     ok = sum(1 for r in rows if r["status"] == "ok")
-    span = max(times) + NOISE_LATENCY_S - min(times)
-    return ok / span, refused, len(times)
+    t0 = min(r.received_at for r in requests)
+    span = max(r.received_at for r in requests) + NOISE_LATENCY_S - t0
+    first: dict[str, float] = {}
+    refusals: dict[str, int] = {}
+    for r in requests:
+        text = r.body["messages"][-1]["content"]
+        first.setdefault(text, r.received_at - t0)
+        refusals[text] = refusals.get(text, 0) + (id(r) in refused)
+    # A 429 comes back at once: each refusal costs exactly the Retry-After, the last answer
+    # its latency.
+    start = clean if clean is not None else first
+    bound = max(start[k] + refusals[k] * 1.0 for k in first) + NOISE_LATENCY_S
+    return ok / span, ok / bound, len(refused), len(requests), first
+
+
+NOISE_SEEDS = 5
 
 
 def noise_scenario(name: str) -> dict[str, Any]:
+    """The median over NOISE_SEEDS fault draws: a run ends with its unluckiest record (one
+    refused three times at 7.5% ends a second later than one refused twice), so one draw says
+    more about the draw than about llmrun."""
     share = float(name.removeprefix("noise-")) / 100
-    clean, _, _ = noise_job(0.0)
-    rate, refused, requests = noise_job(share)
+    clean, _, _, _, sent = noise_job(0.0)
+    runs = [noise_job(share, seed, sent) for seed in range(15, 15 + NOISE_SEEDS)]
+    rate, _, refused, requests, _ = sorted(runs)[len(runs) // 2]
     target = 0.5 if share <= 0.01 else 0.3
     return {
         "scenario": name,
@@ -130,6 +155,9 @@ def noise_scenario(name: str) -> dict[str, Any]:
         "unit": "records/s",
         "achieved_per_min": round(rate * 60, 1),
         "ratio": round(rate / clean, 4),
+        "ratios": [round(r[0] / clean, 4) for r in runs],
+        "bound_ratios": [round(r[1] / clean, 4) for r in runs],
+        "of_bound": [round(r[0] / r[1], 4) for r in runs],
         "fault_free_per_s": round(clean, 1),
         "per_s": round(rate, 1),
         "requests": requests,
@@ -137,7 +165,7 @@ def noise_scenario(name: str) -> dict[str, Any]:
         "share_429": round(refused / requests, 5),
         "records": NOISE_RECORDS,
         "wall_s": None,
-        "target": f">= {100 * target:.0f}% of fault-free records/s",
+        "target": f">= {100 * target:.0f}% of fault-free records/s (median of {NOISE_SEEDS})",
         "met": rate / clean >= target,
     }
 
@@ -280,6 +308,13 @@ def main() -> int:
                 f"{r['per_s']:,.1f} records/s | {100 * r['ratio']:.1f}% | "
                 f"{r['answered_429']} ({100 * r['share_429']:.2f}%) | {r['requests']:,} | "
                 f"{r['target']} | {'yes' if r['met'] else 'NO'} |"
+            )
+            print(
+                f"|   {r['scenario']} per draw | | "
+                + ", ".join(f"{100 * x:.1f}%" for x in r["ratios"])
+                + " of fault-free; "
+                + ", ".join(f"{100 * x:.0f}%" for x in r["of_bound"])
+                + " of the bound | | | | | |"
             )
             continue
         print(

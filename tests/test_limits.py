@@ -310,6 +310,43 @@ def test_a_steady_share_of_refusals_leaves_the_pace_where_it_was() -> None:
     assert state.paused_until == 0.0  # a lone 429 never held the key
 
 
+def test_a_trial_that_is_refused_now_and_then_is_not_called_a_limit() -> None:
+    # 40/s, one refusal in the first 40 answers (the share before the cut: 2.5%): the trial
+    # cut waits 12 / 2.5% = 480 answers for refusals. One came, at 1% noise: 480 answers more
+    # are asked before a limit is believed, and a 429 meanwhile cuts nothing.
+    pool, clock = pacing(40, answers=40, spacing=0.025)
+    state = pool.states[0]
+    clock.now += 0.01
+    pool.on_rate_limited(lease_at(pool, clock.now - 0.005), 1.0)
+    cut = state.learnt.per_minute
+    assert state.trial is not None and cut is not None
+    answer(pool, clock, 200, 0.025)
+    clock.now += 0.025
+    pool.on_rate_limited(lease_at(pool, clock.now - 0.005), 1.0)
+    answer(pool, clock, 300, 0.025)
+    assert state.trial is not None  # 500 answers and a refusal: not yet a limit
+    climbed = state.learnt.per_minute
+    assert climbed is not None and climbed >= cut
+    clock.now += 0.025
+    pool.on_rate_limited(lease_at(pool, clock.now - 0.005), 1.0)
+    assert state.learnt.per_minute == climbed
+
+
+def test_an_unpaced_key_is_not_cut_by_a_lone_429_while_its_connections_open() -> None:
+    # A local endpoint, unpaced: 40 answers in its first 40 ms (its 64 connections opening)
+    # measure half of what it does a moment later; a lone 429 there leaves it unpaced.
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    pool.local_endpoint(lease_at(pool, clock.now))
+    answer(pool, clock, 40, 0.001)
+    clock.now += 0.001
+    pool.on_rate_limited(lease_at(pool, clock.now - 0.001), 1.0)
+    assert state.learnt.per_minute is None
+    # A limit passed unpaced refuses most requests in flight: that cuts at once.
+    burst(pool, clock)
+    assert state.learnt.per_minute is not None
+
+
 def test_refusals_that_stop_after_the_cut_were_a_limit() -> None:
     # 20/s succeeded, then 429s: the cut to 18/s stops them (a limit of 20/s): the cut stays.
     pool, clock = pacing(25, answers=40, spacing=0.05)

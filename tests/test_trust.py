@@ -227,6 +227,29 @@ def test_a_services_key_goes_only_to_its_host_unless_the_user_confirms(tmp_path:
             assert KEY not in plan.stdout + run.stderr
 
 
+def test_every_endpoint_of_a_pool_is_checked_before_a_services_key_goes_there(tmp_path: Path):
+    # The provider's own host first, another after it: each endpoint of provider.base_urls
+    # gets the key, so each is checked as a base_url is (the second used to get it unasked).
+    with FakeOpenAI() as server:
+        provider = openai(server, api_key_env="OPENAI_API_KEY")
+        del provider["base_url"]
+        provider["base_urls"] = ["https://api.openai.com/v1", server.url]
+        recipe = job(tmp_path, provider)
+        env = {"OPENAI_API_KEY": KEY}
+        for command in ("validate", "plan", "run"):
+            refused = run_cli(command, str(recipe), env=env)
+            assert refused.returncode == 2, (command, refused.stderr)
+            assert "provider.base_urls[1]" in refused.stderr
+            assert "--allow-host 127.0.0.1" in refused.stderr
+            assert KEY not in refused.stdout + refused.stderr
+        assert server.count("/v1/chat/completions") == 0
+        plan = run_cli("plan", str(recipe), "--allow-host", "127.0.0.1", env=env)
+        assert plan.returncode == 0, plan.stderr
+        host = server.url.split("//")[1].split("/")[0]
+        assert "endpoint:  api.openai.com <- key#" in plan.stdout
+        assert f"{host} <- key#" in plan.stdout
+
+
 # -- writes ------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from ..errors import PluginError, Problem, RecipeError
 from ..plugins import Registry
 from ..redaction import Redactor
 from .envvars import Environment, read_dotenv
-from .guards import cache_problems, key_routes, output_problems, read_problems
+from .guards import KeyRoute, cache_problems, key_routes, output_problems, read_problems
 from .interpolation import Scoping, interpolate, literal_secrets
 from .keyenv import check_keys, default_key, env_options
 from .model import (
@@ -482,16 +482,31 @@ def _route_keys(
     at = ("provider", "base_url") if ("provider", "base_url") in positions else ("provider",)
     if ("provider", "endpoint") in positions:
         at = ("provider", "endpoint")
-    file, line, col = locate(at, positions, filename)
-    given = positions.get(at) == (0, 0) or user_url
-    routes, problems = key_routes(
-        endpoint,
-        sources,
-        homes,
-        recipe.access,
-        given,
-        Problem("", dotted(at), file, line, col),
-    )
+    # Each endpoint of provider.base_urls gets every key: each is checked as the base URL is
+    # (a recipe listing the provider's own host first and another after it sent the key
+    # there unconfirmed).
+    targets = [(endpoint, at, positions.get(at) == (0, 0) or user_url)]
+    if recipe.endpoints:
+        targets = []
+        for i, url in enumerate(recipe.endpoints):
+            at_i = ("provider", "base_urls", i)
+            if at_i not in positions:
+                at_i = ("provider", "base_urls")
+            targets.append((url, at_i, positions.get(at_i) == (0, 0)))
+    routes: list[KeyRoute] = []
+    problems: list[Problem] = []
+    for url, where, given in targets:
+        file, line, col = locate(where, positions, filename)
+        found, trouble = key_routes(
+            url,
+            sources,
+            homes,
+            recipe.access,
+            given,
+            Problem("", dotted(where), file, line, col),
+        )
+        routes.extend(found)
+        problems.extend(trouble)
     if problems:
         raise RecipeError(problems)
-    return replace(recipe, key_routes=routes)
+    return replace(recipe, key_routes=tuple(routes))

@@ -485,11 +485,13 @@ def _route_keys(
     # Each endpoint of provider.base_urls gets every key: each is checked as the base URL is
     # (a recipe listing the provider's own host first and another after it sent the key
     # there unconfirmed).
-    targets = [(endpoint, at, positions.get(at) == (0, 0) or user_url)]
+    targets: list[tuple[str, tuple[str | int, ...], bool]] = [
+        (endpoint, at, positions.get(at) == (0, 0) or user_url)
+    ]
     if recipe.endpoints:
         targets = []
         for i, url in enumerate(recipe.endpoints):
-            at_i = ("provider", "base_urls", i)
+            at_i: tuple[str | int, ...] = ("provider", "base_urls", i)
             if at_i not in positions:
                 at_i = ("provider", "base_urls")
             targets.append((url, at_i, positions.get(at_i) == (0, 0)))

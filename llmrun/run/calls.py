@@ -33,6 +33,7 @@ from .budget import Budget
 from .cache import STAND_IN_KEY, CallCache
 from .keystate import Lease
 from .limits import KeyPool, local_host
+from .slots import Slots
 
 # A record waiting out its backoff (a Retry-After of a second, say) holds no slot of
 # run.concurrency, so the engine runs this many more workers per slot for such records: at
@@ -115,7 +116,7 @@ class Caller:
         # provider.base_urls: requests built for the provider's base_url go to each in turn.
         self._base_url = str(getattr(provider, "base_url", "") or "").rstrip("/")
         self.endpoint_counts: dict[str, list[int]] = {}  # endpoint -> [ok, failed attempts]
-        self._slots: anyio.CapacityLimiter | None = None  # calls in flight: run.concurrency
+        self._slots: Slots | None = None  # calls in flight: run.concurrency
         self._stopped: str | None = None  # set once a call raised RunAborted
         self._closing = False  # stopping: calls not sent yet never will be
 
@@ -198,7 +199,7 @@ class Caller:
         attempts = 0
         tokens = sum(estimate(prompt)) if self._count_tokens else 0
         if self._slots is None:
-            self._slots = anyio.CapacityLimiter(self._settings.concurrency)
+            self._slots = Slots(self._settings.concurrency)
         while True:
             if self._stopped is not None:
                 raise RunAborted(self._stopped)

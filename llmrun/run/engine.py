@@ -456,13 +456,15 @@ class Engine:
                     return
                 finally:
                     self.stats.in_flight -= len(batch)
-                # Shielded: a call that finished is paid for, so its row is written even when
-                # a second Ctrl-C or an abort cancels the workers (the writer is not cancelled).
-                with CancelScope(shield=True):
-                    for row in rows:
-                        try:
-                            send.send_nowait(row)
-                        except anyio.WouldBlock:
+                for row in rows:
+                    try:
+                        send.send_nowait(row)
+                    except anyio.WouldBlock:
+                        # Shielded: a call that finished is paid for, so its row is written
+                        # even when a second Ctrl-C or an abort cancels the workers (the writer
+                        # is not cancelled). Only a full channel awaits: a scope per row cost
+                        # 4% of a request's CPU.
+                        with CancelScope(shield=True):
                             await send.send(row)
 
     async def _take(self, recv: MemoryObjectReceiveStream[Work], size: int) -> list[Work]:
@@ -470,6 +472,14 @@ class Engine:
         at the end); empty when there are no more. Workers fill groups one at a time, waiting
         for the reader, so N records make ceil(N / size) requests, not one per idle worker."""
         if size == 1:
+            try:
+                # receive() passes through the loop even with a record waiting; the call
+                # that follows yields soon enough.
+                return [recv.receive_nowait()]
+            except anyio.WouldBlock:
+                pass
+            except anyio.EndOfStream:
+                return []
             try:
                 return [await recv.receive()]
             except anyio.EndOfStream:

@@ -84,6 +84,9 @@ _WHERE = {
     "classify_http": "wire.retry",
     "FIRST_BYTE": "wire.bounds",
     "IDLE_TIMEOUT": "wire.bounds",
+    # A writer's files: a rename made durable, an old output kept under a second name.
+    "fsync_dir": "durable",
+    "link_or_copy": "durable",
     # JSON as the hot path writes it (a writer's rows, a provider's bodies).
     "json_dumps": "jsonio:dumps",
     "json_loads": "jsonio:loads",
@@ -145,10 +148,12 @@ __all__ = [  # noqa: RUF022
     "content_text",
     "error_json",
     "flatten",
+    "fsync_dir",
     "hookimpl",
     "image_media_type",
     "json_dumps",
     "json_loads",
+    "link_or_copy",
     "load_image",
     "load_recipe",
     "open_recipe",
@@ -179,6 +184,7 @@ if TYPE_CHECKING:
         Transport,
         Writer,
     )
+    from .durable import fsync_dir, link_or_copy
     from .errors import (
         CallError,
         InputError,

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .store import fsync_dir, link_or_copy
+from ..durable import fsync_dir, link_or_copy
 
 
 def drop_error_rows(

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..components import Postprocessor
+from ..durable import fsync_dir, link_or_copy
 from ..errors import RecipeError, RecordError
 from ..job.output import rewritable
-from ..job.store import RunState, fsync_dir, link_or_copy, now_iso
+from ..job.store import RunState, now_iso
 from ..plugins import Registry, build_component
 from ..recipe.model import Recipe, StepSpec
 from ..recipe.provenance import call_hash

@@ -231,10 +231,10 @@ def test_status_plan_and_export_read_a_parquet_output_through_its_writer(
         rows = json.loads(target.read_text(encoding="utf-8"))
         assert sorted(r["id"] for r in rows) == [f"r{i:03d}" for i in range(25)]
         assert {r["status"] for r in rows} == {"ok"}
-    # Rewriting in place is for the JSONL output: refused before anything changes.
+    # A writer without rewrite(): rewriting in place is refused before anything changes.
     again = venv.run("llmrun", "run", str(recipe), "--retry-errors", "--quiet")
     assert again.returncode == 2
-    assert "only the jsonl writer's output allows" in again.stderr
+    assert "'parquet' writer cannot rewrite its output in place" in again.stderr
 
 
 def test_a_bad_plugin_option_is_located_by_validate(venv: Venv, tmp_path: Path) -> None:

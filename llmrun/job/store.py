@@ -221,6 +221,15 @@ class RunState:
             moved.append(target)
         return moved
 
+    def kept(self, kind: str) -> Path:
+        """Where a rewrite (``--retry-errors``: ``retried``, ``repost``: ``before-repost``)
+        keeps the output as it was: ``<kind>-<time><suffix>`` in this folder, a name not
+        taken yet (the folder is made)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+        suffix = self.output.suffix
+        return _unused(lambda n: self.dir / f"{kind}-{stamp}{n}{suffix}")
+
 
 def _unused(name: Callable[[str], Path]) -> Path:
     """The first of name(""), name("-2"), ... that does not exist: a rename onto an existing

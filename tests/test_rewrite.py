@@ -184,6 +184,20 @@ def test_a_rewrite_killed_part_way_leaves_the_old_output_and_the_next_one_comple
     assert kept and read_jsonl(kept[-1]) == [json.loads(x) for x in before.splitlines()]
 
 
+def test_a_repost_with_no_row_to_redo_leaves_the_output_as_it_is(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "data.jsonl", make_records(5))
+    every_call_fails = {**FAILING, "error_rate": 1.0}
+    recipe = write_recipe(tmp_path, basic_recipe(every_call_fails, run=NO_RETRY))
+    assert run_cli("run", str(recipe), "--quiet", cwd=tmp_path).returncode == 1
+    out = tmp_path / "out.jsonl"
+    before, inode = out.read_bytes(), out.stat().st_ino
+    done = run_cli("repost", str(recipe), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # the failed calls are still errors
+    assert "5 left as they were (no stored reply); the output is unchanged" in done.stderr
+    assert (out.read_bytes(), out.stat().st_ino) == (before, inode)
+    assert not list(RunState(out).dir.glob("before-repost-*"))
+
+
 # -- a third-party writer ----------------------------------------------------------------------
 
 

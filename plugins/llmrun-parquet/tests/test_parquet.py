@@ -426,6 +426,46 @@ def test_a_run_reads_and_writes_parquet_and_resumes(tmp_path: Path) -> None:
     assert json.loads(out[0]["record"]) == {"id": out[0]["id"], "n": int(out[0]["id"][1:])}
 
 
+STEPS_RECIPE = """\
+name: steps-roundtrip
+data: {loader: parquet, path: data.parquet, id: id}
+provider: {name: mock, replies: [pos, neg, dunno]}
+run: {max_retries: 0}
+steps:
+  - name: draft
+    prompt: "Number {{ n }}"
+  - name: judge
+    prompt: "Judge {{ steps.draft.text }}"
+    postprocess: [{choices: {labels: [pos, neg]CHOICES}}]
+output: {writer: parquet, path: out.parquet, row_group_size: 8}
+"""
+
+
+def test_retry_errors_on_a_steps_recipe_calls_only_the_failed_step(tmp_path: Path) -> None:
+    write_table(tmp_path / "data.parquet", 30, row_group_size=7)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(STEPS_RECIPE.replace("CHOICES", ""), encoding="utf-8")
+    registry = load_registry(entry_points=False, plugins={"parquet": llmrun_parquet})
+    first = llmrun.run_recipe_sync(path, registry=registry)
+    before = {r["id"]: r for r in ParquetWriter({"path": "out.parquet"}, context(tmp_path)).read()}
+    judged = {i for i, r in before.items() if r["status"] == "error"}
+    assert first.stats.error == len(judged) > 0  # "dunno" from the judge: its chain fails
+    assert all(before[i]["steps"]["draft"]["status"] == "ok" for i in judged)
+
+    path.write_text(STEPS_RECIPE.replace("CHOICES", ", aliases: {dunno: neg}"), encoding="utf-8")
+    again = llmrun.run_recipe_sync(path, registry=registry, retry_errors=True)
+    assert (again.stats.resumed_ok, again.stats.ok, again.stats.error) == (
+        30 - len(judged),
+        len(judged),
+        0,
+    )
+    after = {r["id"]: r for r in ParquetWriter({"path": "out.parquet"}, context(tmp_path)).read()}
+    assert sorted(after) == sorted(before)
+    for i in judged:  # the draft was read back from the dropped row, not called again
+        assert after[i]["steps"]["draft"] == before[i]["steps"]["draft"]
+        assert after[i]["steps"]["judge"]["fields"] == {"label": "neg"}
+
+
 def test_a_bad_option_is_located_in_the_recipe(tmp_path: Path) -> None:
     write_table(tmp_path / "data.parquet", 1, row_group_size=1)
     path = recipe(tmp_path, compression="lz5")

@@ -8,7 +8,8 @@ anything from llmrun.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import httpx
@@ -16,6 +17,9 @@ import httpx
 from .values import ComponentContext, Prompt, Reply, Result, SourceRecord
 
 JSONSchema = Mapping[str, Any]
+# What ``RewritableWriter.rewrite`` asks of each row: the row to keep (the very one it was given,
+# or a changed copy), or None to drop it.
+RowEdit = Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
 
 
 @runtime_checkable
@@ -135,6 +139,29 @@ class ReadableWriter(Writer, Protocol):
     def read(self) -> Iterator[Mapping[str, Any]]:
         """The rows already in the output, lazily; nothing is repaired or moved (a torn or
         damaged row is skipped: resume sends its record again)."""
+        ...
+
+
+class RewritableWriter(Writer, Protocol):
+    """A writer that can also rewrite its output in place: ``llmrun run --retry-errors`` drops
+    the error rows through ``rewrite``, ``llmrun repost`` replaces rows by what a changed
+    postprocess chain makes of them (JSONL and the parquet folder do). A writer without it
+    still runs; those two commands then refuse, naming the method, before anything changes."""
+
+    def rewrite(self, edit: RowEdit, keep: Path) -> bool:
+        """Replace the output by its rows as ``edit`` returns them, in the same order: the row
+        to keep (the very object it was given, or a changed copy) or None to drop it. True
+        when the output was replaced; False, with nothing changed and nothing kept, when
+        ``edit`` gave back every row it was given (or there is no output).
+
+        Nothing is ever lost, and a crash at any instant (an exception from ``edit``
+        included, which propagates) leaves the old output or the new one whole, never a mix:
+        the new output is made aside and made durable first. The old output is kept whole
+        at ``keep`` (a path in llmrun's state folder that does not exist yet; a file or a
+        folder, as the output is). A row that cannot be read (damaged, or torn by a crash
+        mid-write) is never handed to ``edit``: it is left out of the new output or copied
+        as it was, and the kept copy still has it. Called under the run's lock, before
+        ``open`` and never while rows are being written."""
         ...
 
 

@@ -66,7 +66,10 @@ def register_postprocessors(register: Register) -> None:
 def register_writers(register: Register) -> None:
     """Register writer classes (``llmrun.components.Writer``) by name.
 
-    A recipe picks one with ``output: {writer: NAME, path: ..., ...options}``.
+    A recipe picks one with ``output: {writer: NAME, path: ..., ...options}``. A writer may
+    also read its output back (``read``: ``llmrun.ReadableWriter``, for ``status``, ``plan``
+    and ``export``) and rewrite it in place (``rewrite``: ``llmrun.RewritableWriter``, for
+    ``run --retry-errors`` and ``repost``).
     """
 
 

@@ -231,10 +231,78 @@ def test_status_plan_and_export_read_a_parquet_output_through_its_writer(
         rows = json.loads(target.read_text(encoding="utf-8"))
         assert sorted(r["id"] for r in rows) == [f"r{i:03d}" for i in range(25)]
         assert {r["status"] for r in rows} == {"ok"}
-    # Rewriting in place is for the JSONL output: refused before anything changes.
-    again = venv.run("llmrun", "run", str(recipe), "--retry-errors", "--quiet")
-    assert again.returncode == 2
-    assert "only the jsonl writer's output allows" in again.stderr
+
+
+def read_folder(venv: Venv, folder: Path) -> dict[str, dict[str, Any]]:
+    """The rows of a parquet folder by id (each id once), with their objects parsed."""
+    rows = venv.python(READ_OUTPUT, str(folder))["rows"]
+    by_id = {r["id"]: r for r in rows}
+    assert len(by_id) == len(rows)
+    for row in rows:
+        for key in ("fields", "error"):
+            row[key] = json.loads(row[key]) if row.get(key) else row.get(key)
+    return by_id
+
+
+def test_repost_and_retry_errors_rewrite_a_parquet_output_through_its_writer(
+    venv: Venv, tmp_path: Path
+) -> None:
+    assert venv.python(MAKE_DATA, str(tmp_path / "data.parquet")) == 40
+    recipe = tmp_path / "recipe.yaml"
+    failing = PARQUET_RECIPE.replace(
+        "provider: {name: mock, replies: [positive, negative]}",
+        # A call in three fails, not retried (no stored reply: an error repost leaves alone);
+        # "maybe" fails the chain (an error repost redoes).
+        "provider: {name: mock, replies: [positive, negative, maybe], error_rate: 0.3, seed: 3}"
+        "\npostprocess: [{choices: {labels: [positive, negative]}}]",
+    ).replace("run: {concurrency: 4}", "run: {concurrency: 4, max_retries: 0}")
+    recipe.write_text(failing, encoding="utf-8")
+    first = venv.run("llmrun", "run", str(recipe), "--limit", "25", "--quiet")
+    assert first.returncode == 1, first.stderr
+    out = tmp_path / "out" / "labels.parquet"
+    state = tmp_path / "out" / "labels.parquet.llmrun"
+    old = read_folder(venv, out)
+    calls = {i for i, r in old.items() if r["status"] == "error" and not r["response"]}
+    chain = {i for i, r in old.items() if r["status"] == "error" and r["response"]}
+    assert len(old) == 25 and calls and chain
+
+    # repost: the rows the chain failed are redone from their stored reply, no call made.
+    recipe.write_text(failing.replace("negative]}}]", "negative], aliases: {maybe: negative}}}]"))
+    reposted = venv.run("llmrun", "repost", str(recipe), "--json")
+    assert reposted.returncode == 1, reposted.stderr  # the failed calls are still errors
+    summary = json.loads(reposted.stdout)
+    assert (summary["redone"], summary["kept"]) == (25 - len(calls), len(calls))
+    assert summary["ok"] == 25 - len(calls) and summary["changed"] == len(chain)
+    new = read_folder(venv, out)
+    assert {i for i, r in new.items() if r["status"] == "error"} == calls
+    assert all(new[i]["fields"] == {"label": "negative"} for i in chain)
+    (kept,) = state.glob("before-repost-*.parquet")
+    assert kept.is_dir() and read_folder(venv, kept) == old
+    assert summary["previous"] == str(kept)
+
+    # --retry-errors: the failed calls leave the output and are called again, with the 15
+    # records not run yet; the old output is kept.
+    retried = venv.run(
+        "llmrun", "run", str(recipe), "--retry-errors", "--set", "provider.error_rate=0", "--json"
+    )
+    assert retried.returncode == 0, retried.stderr
+    assert f"--retry-errors: {len(calls)} error row(s)" in retried.stderr
+    summary = json.loads(retried.stdout)
+    assert (summary["resumed_ok"], summary["resumed_error"]) == (25 - len(calls), 0)
+    assert (summary["ok"], summary["error"]) == (len(calls) + 15, 0)
+    (kept,) = state.glob("retried-*.parquet")
+    assert read_folder(venv, kept) == new
+    rows = read_folder(venv, out)
+    assert sorted(rows) == [f"r{i:03d}" for i in range(40)]
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert all(p.name.startswith("part-") for p in out.iterdir())
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+    # A run after it finds every record done, one row each.
+    after = venv.run("llmrun", "run", str(recipe), "--json", "--quiet")
+    assert after.returncode == 0, after.stderr
+    summary = json.loads(after.stdout)
+    assert (summary["resumed_ok"], summary["ok"], summary["error"]) == (40, 0, 0)
+    assert read_folder(venv, out) == rows
 
 
 def test_a_bad_plugin_option_is_located_by_validate(venv: Venv, tmp_path: Path) -> None:

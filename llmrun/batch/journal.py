@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..durable import fsync_dir
 from ..job.stepjournal import is_result
-from ..job.store import atomic_write, fsync_dir
+from ..job.store import atomic_write
 
 STEPS = ("written", "uploaded", "creating", "created", "ended", "downloaded", "merged")
 KILL_ENV = "LLMRUN_TEST_KILL_AFTER"  # test hook: SIGKILL this process right after a step

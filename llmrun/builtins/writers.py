@@ -1,6 +1,7 @@
 """Built-in writers: ``jsonl`` (the default output and the source of truth for resume), and
 ``csv`` and ``json``, which ``llmrun export`` uses and a recipe may pick too (rows flattened to
-dotted columns). All three read their rows back on ``open`` so a run resumes."""
+dotted columns). All three read their rows back on ``open`` so a run resumes; ``jsonl`` also
+reads them read-only (``read``) and rewrites them in place (``rewrite``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,17 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
-from llmrun import ComponentContext, Register, flatten, hookimpl, json_loads, row_line
+from llmrun import (
+    ComponentContext,
+    Register,
+    RowEdit,
+    flatten,
+    fsync_dir,
+    hookimpl,
+    json_loads,
+    link_or_copy,
+    row_line,
+)
 
 
 class JsonlWriter:
@@ -36,13 +47,10 @@ class JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._repair_tail()
         if self.path.exists():
-            with open(self.path, encoding="utf-8") as fh:
+            with open(self.path, "rb") as fh:
                 for line in fh:
-                    try:
-                        row = json_loads(line)
-                    except ValueError:
-                        continue  # a damaged line in the middle: its record runs again
-                    if isinstance(row, dict) and "id" in row:
+                    row = _row_of(line)
+                    if row is not None:  # (a damaged line in the middle: its record runs again)
                         yield row
         # Binary: rows arrive encoded (jsonio.row_line writes a lone surrogate from "\ud800"
         # in the input as the JSON escape it came from, so the row stays valid JSON).
@@ -97,15 +105,63 @@ class JsonlWriter:
             for line in fh:
                 if not line.endswith(b"\n"):
                     return  # a torn tail (a crash mid-write): not a row yet
-                try:
-                    row = json_loads(line)
-                except ValueError:
+                row = _row_of(line)
+                if row is None:
                     self.unreadable += bool(line.strip())  # a blank line is no damaged row
                     continue
-                if isinstance(row, dict) and "id" in row:
-                    yield row
-                else:
-                    self.unreadable += 1
+                yield row
+
+    def rewrite(self, edit: RowEdit, keep: Path) -> bool:
+        """The output with each row as ``edit`` returns it (``llmrun.RewritableWriter``: what
+        ``--retry-errors`` and ``repost`` do). A row given back as it was is copied byte for
+        byte, a changed one written as ``write`` writes rows, a damaged line copied as it was
+        (counted in ``unreadable``). Under the run's lock:
+
+        1. the new output is written to a temporary file beside the output, fsynced;
+        2. the old output is hard-linked (copied where links are impossible) to ``keep``;
+        3. the temporary file replaces the output in one atomic rename (a new file: the
+           resume checkpoint and the viewer's index, which know the old one by its inode,
+           see it is another), and both folders are fsynced.
+
+        A crash before step 3, or ``edit`` raising, leaves the old output in place; after it,
+        the new one. A torn last line (a crash mid-write) is not a row: it is left out of the
+        new output and stays in the kept copy (one that lacks only its newline is a whole
+        row, as ``open`` takes it)."""
+        self.unreadable = 0
+        tmp = self.path.with_name(f".{self.path.name}.rewrite.tmp")  # one rewrite at a time
+        changed = False
+        try:
+            src = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except (FileNotFoundError, IsADirectoryError):
+            return False
+        try:
+            with src, open(tmp, "wb") as dst:
+                for line in src:
+                    whole = line.endswith(b"\n")
+                    row = _row_of(line)
+                    if row is None:
+                        if whole:
+                            self.unreadable += bool(line.strip())
+                            dst.write(line)
+                        continue
+                    new = edit(row)
+                    if new is row:
+                        dst.write(line if whole else line + b"\n")
+                        continue
+                    changed = True
+                    if new is not None:
+                        dst.write(row_line(new))
+                dst.flush()
+                os.fsync(dst.fileno())
+            if changed:
+                link_or_copy(self.path, keep)
+                os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if changed:
+            fsync_dir(self.path.parent)
+            fsync_dir(keep.parent)
+        return changed
 
     def _repair_tail(self) -> None:
         if not self.path.exists():
@@ -130,7 +186,7 @@ class JsonlWriter:
                 pos -= step
             fh.seek(pos)
             fragment = fh.read()
-            if _is_row(fragment):  # only the newline was lost: the row is whole, keep it
+            if _row_of(fragment) is not None:  # only the newline was lost: the row is whole
                 fh.write(b"\n")
                 return
             aside = self.path.with_name(self.path.name + ".llmrun") / (
@@ -251,12 +307,14 @@ def _cost(token: bytes) -> Any:
         return _NOT_MINE
 
 
-def _is_row(data: bytes) -> bool:
+def _row_of(line: bytes) -> dict[str, Any] | None:
+    """The row a line of the output holds, or None for a damaged line (not JSON, not an object
+    with an id) or a blank one."""
     try:
-        row = json.loads(data)
+        row = json_loads(line)
     except ValueError:
-        return False
-    return isinstance(row, dict) and "id" in row
+        return None
+    return row if isinstance(row, dict) and "id" in row else None
 
 
 def _cell(value: Any) -> str:

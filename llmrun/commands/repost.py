@@ -14,8 +14,8 @@ def register(subparsers: Any) -> None:
         "repost",
         help="rerun the postprocessors on the replies already in the output (no API call)",
         description="Run the recipe's (changed) postprocess chain again on the replies stored "
-        "in its output and replace the output atomically; the old one is kept in the state "
-        "folder. Rows whose call failed are left as they are.",
+        "in its output and replace the output atomically, through its writer; the old one is "
+        "kept in the state folder. Rows whose call failed are left as they are.",
     )
     add_recipe_args(parser)
     parser.add_argument("--json", action="store_true", help="print the counts as JSON on stdout")
@@ -41,10 +41,15 @@ def run(args: argparse.Namespace, err: Any) -> int:
     if args.json:
         print(json.dumps(summary.to_json()))  # noqa: T201 - the command's output
     else:
+        kept = (
+            f"previous output kept at {summary.previous}"
+            if summary.previous
+            else "the output is unchanged"
+        )
         err.print(
             f"{summary.output}: reposted {summary.redone} row(s): {summary.ok} ok, "
             f"{summary.error} error, {summary.changed} changed; {summary.kept} left as they "
-            f"were (no stored reply); previous output kept at {summary.previous}",
+            f"were (no stored reply); {kept}",
             markup=False,
         )
         if summary.unreadable:

@@ -44,8 +44,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..durable import fsync_dir
 from ..recipe.selection import Selection
-from .store import IdSet, IdSetBuilder, Layer, fsync_dir
+from .store import IdSet, IdSetBuilder, Layer
 
 NAME = "resume.idx"
 VERSION = 1

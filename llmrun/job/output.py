@@ -1,21 +1,27 @@
-"""Where finished rows go: the writer plugin, the run's counts and the observers, in one step.
+"""The output, always through its writer plugin: where finished rows go (the writer, the run's
+counts and the observers, in one step), how commands read them back, and how the commands that
+rewrite it in place do so.
 
 Every mode writes through one ``RowSink`` (direct mode from its writer task, batch mode when it
 merges a batch's results), so a row is always counted and shown to observers exactly when it
-reaches the output.
+reaches the output. ``read_rows`` is the one reader (``status``, ``plan``) and
+``rewrite_output`` the one rewriter (``--retry-errors``, ``repost``): JSONL, the parquet folder
+and any writer with ``read`` / ``rewrite`` alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
-from ..components import Writer
+from ..components import RewritableWriter, RowEdit, Writer
 from ..errors import RecipeError
 from ..plugins import Observers, Registry, build_component
 from ..recipe.model import Recipe
 from ..values import ComponentContext, Row
 from .stats import RunStats
+from .store import RunState
 
 
 class RowSink:
@@ -66,13 +72,23 @@ def read_rows(recipe: Recipe, registry: Registry) -> Iterator[Mapping[str, Any]]
     return rows
 
 
-def rewritable(recipe: Recipe) -> None:
-    """Commands that rewrite the output in place (``--retry-errors``, ``repost``) work on the
-    JSONL output, the source of truth: RecipeError for any other writer, before anything
-    changes."""
-    if recipe.writer.name != "jsonl":
+def rewriter(writer: Writer, name: str) -> RewritableWriter:
+    """The writer ``--retry-errors`` and ``repost`` rewrite the output through; RecipeError,
+    before anything changes, for a writer that cannot (it has no ``rewrite``)."""
+    if not callable(getattr(writer, "rewrite", None)):
         raise RecipeError(
-            f"this rewrites the output in place, which only the jsonl writer's output allows; "
-            f"this recipe writes with {recipe.writer.name!r} (write jsonl and `llmrun export` "
-            "to other formats)"
+            f"the {name!r} writer cannot rewrite its output in place: it has no rewrite() "
+            "method, which `llmrun run --retry-errors` and `llmrun repost` need; nothing was "
+            "changed"
         )
+    return cast(RewritableWriter, writer)
+
+
+def rewrite_output(
+    writer: RewritableWriter, state: RunState, edit: RowEdit, kind: str
+) -> Path | None:
+    """Rewrite the output through its writer, each row as ``edit`` returns it; the caller
+    holds ``state``'s lock. Where the old output is kept (``RunState.kept(kind)``), or None
+    when ``edit`` changed no row (then nothing was replaced or kept)."""
+    keep = state.kept(kind)
+    return keep if writer.rewrite(edit, keep) else None

@@ -22,7 +22,7 @@ from collections.abc import Container, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .store import fsync_dir
+from ..durable import fsync_dir
 
 MAX_LINE = 64 * 1024 * 1024  # a longer line is not one this module wrote
 

@@ -15,7 +15,6 @@ import datetime as dt
 import itertools
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,6 +22,7 @@ from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
+from ..durable import fsync_dir
 from ..errors import LockedError
 
 DIGEST = 16  # bytes of blake2b per id: collisions are out of reach (~1e-20 at 10^9 ids)
@@ -221,6 +221,15 @@ class RunState:
             moved.append(target)
         return moved
 
+    def kept(self, kind: str) -> Path:
+        """Where a rewrite (``--retry-errors``: ``retried``, ``repost``: ``before-repost``)
+        keeps the output as it was: ``<kind>-<time><suffix>`` in this folder, a name not
+        taken yet (the folder is made)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+        suffix = self.output.suffix
+        return _unused(lambda n: self.dir / f"{kind}-{stamp}{n}{suffix}")
+
 
 def _unused(name: Callable[[str], Path]) -> Path:
     """The first of name(""), name("-2"), ... that does not exist: a rename onto an existing
@@ -242,25 +251,6 @@ def atomic_write(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (no directory fsync on Windows)."""
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """``target`` holds ``source``'s content: a hard link, or a copy where links fail."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def _try_lock(fh: Any) -> bool:

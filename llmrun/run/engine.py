@@ -33,9 +33,9 @@ from ..errors import CallError, RunAborted
 from ..job.checkpoint import Frontier
 from ..job.dupes import SeenIds
 from ..job.manifest import Manifest, finish_manifest, start_manifest, update_manifest
-from ..job.output import RowSink, rewritable
+from ..job.output import RowSink, rewrite_output, rewriter
 from ..job.records import Work, selected, selection
-from ..job.rerun import drop_error_rows
+from ..job.rerun import ErrorRows
 from ..job.rows import RowMaker
 from ..job.stats import RunStats
 from ..job.stepjournal import StepJournal
@@ -110,8 +110,6 @@ class Engine:
         self.limit = limit if limit is not None else recipe.limit
         self.fresh = fresh
         self.retry_errors = retry_errors
-        if retry_errors:
-            rewritable(recipe)  # before anything changes
         self.handle_signals = handle_signals and sys.platform != "win32"
         self.batch_phase = batch_phase
         self.shared = shared  # transport, keys and budget of a served recipe (llmrun serve)
@@ -127,6 +125,8 @@ class Engine:
         self.loader: Loader = build_component(registry, "loader", recipe.data, context)
         self.provider: Provider = build_component(registry, "provider", recipe.provider, context)
         self.writer: Writer = build_component(registry, "writer", recipe.writer, context)
+        if retry_errors:
+            rewriter(self.writer, recipe.writer.name)  # before anything changes
         self.posts: list[Postprocessor] = [
             build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
         ]
@@ -185,12 +185,15 @@ class Engine:
                 for moved in self.state.move_aside():
                     self.progress.log(f"--fresh: moved the previous output aside to {moved}")
             elif self.retry_errors:
-                kept, moved_to = await anyio.to_thread.run_sync(
-                    drop_error_rows, self.recipe.output_path, self.state.dir, finished_steps
+                errors = ErrorRows()
+                writer = rewriter(self.writer, self.recipe.writer.name)
+                moved_to = await anyio.to_thread.run_sync(
+                    rewrite_output, writer, self.state, errors, "retried"
                 )
+                finished_steps = errors.finished_steps
                 if moved_to is not None:
                     self.progress.log(
-                        f"--retry-errors: {kept} error row(s) will be called again "
+                        f"--retry-errors: {errors.dropped} error row(s) will be called again "
                         f"(the previous output is kept as {moved_to})"
                     )
             done = await anyio.to_thread.run_sync(self.resume.open)

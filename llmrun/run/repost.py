@@ -2,24 +2,22 @@
 output, without calling anything, and replace the output atomically.
 
 Rows that were ``ok`` or failed in a postprocessor are redone from their ``response``; rows
-without a stored reply (the call failed, the input was unreadable) are copied unchanged, so the
-next ``run`` still treats them as finished. The old output is kept in the state folder.
+without a stored reply (the call failed, the input was unreadable) are kept unchanged, so the
+next ``run`` still treats them as finished. The output is rewritten through its writer
+(``job.output.rewrite_output``: JSONL, the parquet folder, any writer with ``rewrite``); the
+old one is kept in the state folder as ``before-repost-<time><suffix>``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..components import Postprocessor
 from ..errors import RecipeError, RecordError
-from ..job.output import rewritable
-from ..job.store import RunState, fsync_dir, link_or_copy, now_iso
+from ..job.output import rewrite_output, rewriter
+from ..job.store import RunState, now_iso
 from ..plugins import Registry, build_component
 from ..recipe.model import Recipe, StepSpec
 from ..recipe.provenance import call_hash
@@ -41,10 +39,10 @@ class RepostSummary:
     error: int = 0  # of those, now errors
     changed: int = 0  # of those, rows whose status, text or fields changed
     kept: int = 0  # rows left alone (no stored reply to work on)
-    unreadable: int = 0  # damaged lines copied as they were
+    unreadable: int = 0  # damaged rows kept as they were (the writer's ``unreadable``)
     errors_in_output: int = 0  # error rows in the new output, redone or not
     pending: int = 0  # steps: records whose later steps must be called again (--retry-errors)
-    previous: str = ""  # where the old output was kept
+    previous: str = ""  # where the old output was kept ("": no row changed, none was kept)
     warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -54,10 +52,7 @@ class RepostSummary:
 def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> RepostSummary:
     """Rerun the recipe's postprocessors over its output; raise LockedError while a run writes,
     and RecipeError when the calls changed since the replies were made (unless ``force``)."""
-    rewritable(recipe)
     output = recipe.output_path
-    if not output.exists():
-        raise RecipeError(f"no output at {output}: run the recipe first")
     redact = Redactor({*recipe.secrets, *recipe.api_keys})
     summary = RepostSummary(str(output))
 
@@ -65,6 +60,11 @@ def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> Repost
         summary.warnings.append(redact(message))
 
     context = ComponentContext(recipe.base_dir, recipe.name, warn, recipe.access)
+    writer = rewriter(
+        build_component(registry, "writer", recipe.writer, context), recipe.writer.name
+    )
+    if not output.exists():
+        raise RecipeError(f"no output at {output}: run the recipe first")
     posts: list[Postprocessor] = [
         build_component(registry, "postprocessor", spec, context) for spec in recipe.postprocess
     ]
@@ -82,59 +82,48 @@ def repost(recipe: Recipe, registry: Registry, *, force: bool = False) -> Repost
                 "changed postprocess chain; use `llmrun run --fresh` to call again, or "
                 "`repost --force` if the change cannot alter the replies"
             )
-        tmp = output.with_name(f".{output.name}.repost-{os.getpid()}.tmp")
-        try:
-            with open(output, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
-                for line in src:
-                    dst.write(_line(line, posts, recipe.job_hash, redact, summary, steps))
-                dst.flush()
-                os.fsync(dst.fileno())
-            summary.previous = str(_keep_old(output, state.dir))
-            os.replace(tmp, output)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        fsync_dir(output.parent)
+
+        def edit(row: Mapping[str, Any]) -> Mapping[str, Any]:
+            return _redo(row, posts, recipe.job_hash, redact, summary, steps)
+
+        kept = rewrite_output(writer, state, edit, "before-repost")
+        summary.previous = "" if kept is None else str(kept)
+        summary.unreadable = int(getattr(writer, "unreadable", 0))
         _update_manifest(state, recipe, summary)
     return summary
 
 
-def _line(
-    line: str,
+def _redo(
+    row: Mapping[str, Any],
     posts: list[Postprocessor],
     job_hash: str,
     redact: Callable[[str], str],
     summary: RepostSummary,
     steps: Sequence[StepPosts] = (),
-) -> str:
-    try:
-        row = json.loads(line)
-    except ValueError:
-        row = None
-    if not isinstance(row, dict) or "id" not in row:
-        summary.unreadable += 1
-        return line if line.endswith("\n") else line + "\n"
+) -> Mapping[str, Any]:
+    """The row the new output holds for ``row`` (``row`` itself when there is nothing to
+    redo), counted into ``summary``."""
     new = (
         redo_row(row, posts, job_hash, redact)
         if not steps
         else redo_steps_row(row, steps, job_hash, redact)
     )
-    if new is not None and new.get("error", {}) and new["error"].get("type") == PENDING:
-        summary.pending += 1
     if new is None:
         summary.kept += 1
-        new = row
+        if row.get("status") != "ok":
+            summary.errors_in_output += 1
+        return row
+    if new.get("error", {}) and new["error"].get("type") == PENDING:
+        summary.pending += 1
+    summary.redone += 1
+    if new["status"] == "ok":
+        summary.ok += 1
     else:
-        summary.redone += 1
-        if new["status"] == "ok":
-            summary.ok += 1
-        else:
-            summary.error += 1
-        if any(new[k] != row.get(k) for k in ("status", "text", "fields")):
-            summary.changed += 1
-    if new.get("status") != "ok":
+        summary.error += 1
         summary.errors_in_output += 1
-    return json.dumps(new, ensure_ascii=False, default=str) + "\n"
+    if any(new[k] != row.get(k) for k in ("status", "text", "fields")):
+        summary.changed += 1
+    return new
 
 
 def redo_row(
@@ -266,21 +255,6 @@ def reply_from_json(response: Mapping[str, Any]) -> Reply:
         vector=response.get("vector"),
         raw=response.get("raw"),
     )
-
-
-def _keep_old(output: Path, state_dir: Path) -> Path:
-    """A hard link to the old output in the state folder (a copy where links fail), so the
-    output path always holds a whole file: the old one until the new one replaces it."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    n = 1
-    while True:
-        target = state_dir / f"before-repost-{stamp}{'' if n == 1 else f'-{n}'}{output.suffix}"
-        if not target.exists():
-            break
-        n += 1
-    link_or_copy(output, target)
-    return target
 
 
 def _update_manifest(state: RunState, recipe: Recipe, summary: RepostSummary) -> None:

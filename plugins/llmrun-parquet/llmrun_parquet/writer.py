@@ -14,6 +14,9 @@ next part (written to a temporary name, fsynced, renamed), and then deleted. A j
 exists was sealed already and is deleted; any other journal found by ``open`` had its writer
 die: its torn last line (if any) is set aside, and it is sealed then. Readers skip names
 starting with ``_`` and ``.``, so they never see a journal or a half-written part.
+
+``rewrite`` (``llmrun run --retry-errors``, ``llmrun repost``) writes a whole new folder beside
+the output and swaps the two folders (see its docstring).
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import shutil
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar
 
-from llmrun import ComponentContext, Problem, RecipeError
+from llmrun import ComponentContext, Problem, RecipeError, RowEdit, fsync_dir
 
 from .tables import conform, merge_schemas, rows_to_table
 
@@ -64,6 +68,7 @@ class ParquetWriter:
         self.path = (context.base_dir / str(options["path"])).resolve()
         self.rows_per_part = int(options.get("row_group_size", 10000))
         self.compression = str(options.get("compression", "zstd"))
+        self._options, self._context = options, context  # for the folder a rewrite builds
         self._warn = context.warn
         self._journal: IO[str] | None = None
         self._pending = 0  # rows in the open journal
@@ -74,6 +79,7 @@ class ParquetWriter:
 
     def open(self) -> Iterator[Mapping[str, Any]]:
         """Seal what a crashed writer left, then return the rows already written (lazily)."""
+        self._settle_rewrite()
         if self.path.exists() and not self.path.is_dir():
             raise RecipeError(
                 [
@@ -98,20 +104,25 @@ class ParquetWriter:
         self._schema = self._known_schema(parts.values())
         return self._existing(sorted(parts.values()))
 
-    def read(self) -> Iterator[Mapping[str, Any]]:
+    def read(self) -> Generator[Mapping[str, Any], None, None]:
         """The rows already written, read-only (``llmrun status``, ``plan``): the sealed parts,
-        then the whole lines of journals not sealed yet; nothing is sealed or moved."""
+        then the whole lines of journals not sealed yet; nothing is sealed or moved (the new
+        folder of a rewrite a crash stopped before it took the output's name is read as the
+        output: see ``rewrite``)."""
         import pyarrow.parquet as pq
 
-        if not self.path.is_dir():
-            return
-        for _, part in sorted(self._numbered(PART).items()):
+        folder = self.path
+        if not folder.is_dir():
+            folder = self._aside("rewritten")
+            if not folder.is_dir():
+                return
+        for _, part in sorted(self._numbered(PART, folder).items()):
             with pq.ParquetFile(part) as pf:
                 for batch in pf.iter_batches(batch_size=8192):
                     for row in batch.to_pylist():
                         yield _nested(row)
-        sealed = self._numbered(PART)
-        for number, journal in sorted(self._numbered(JOURNAL).items()):
+        sealed = self._numbered(PART, folder)
+        for number, journal in sorted(self._numbered(JOURNAL, folder).items()):
             if number in sealed:
                 continue  # sealed already: its rows were read from the part
             data = journal.read_bytes()
@@ -122,6 +133,59 @@ class ParquetWriter:
                     continue
                 if isinstance(row, dict) and "id" in row:
                     yield row
+
+    def rewrite(self, edit: RowEdit, keep: Path) -> bool:
+        """The output with each row as ``edit`` returns it (``llmrun.RewritableWriter``: what
+        ``--retry-errors`` and ``repost`` do), rows read as ``read`` reads them. A folder
+        cannot replace another in one rename, so:
+
+        1. a writer like this one writes the new rows to ``.<name>.rewriting`` beside the
+           output, in parts of ``row_group_size`` rows, each fsynced; the folder is renamed
+           ``.<name>.rewritten`` once whole;
+        2. the output folder (journals and all) is renamed to ``keep``;
+        3. ``.<name>.rewritten`` is renamed to the output's name.
+
+        A crash, or ``edit`` raising, before step 2 leaves the old output in place (the next
+        ``open`` or ``rewrite`` removes a folder left aside); after step 2 the new output is
+        whole, and the next ``open`` or ``rewrite`` ends step 3 if a crash stopped it
+        (``read`` reads it meanwhile). A torn journal line (a crash mid-write) is not a row: it
+        is left out of the new output and stays in the kept folder."""
+        self._settle_rewrite()
+        if not self.path.is_dir():
+            return False
+        building, built = self._aside("rewriting"), self._aside("rewritten")
+        new = ParquetWriter({**self._options, "path": str(building)}, self._context)
+        reading = self.read()
+        changed, rows = False, list[Mapping[str, Any]]()
+        try:
+            try:
+                new.open()
+                for row in reading:
+                    kept = edit(row)
+                    changed = changed or kept is not row
+                    if kept is not None:
+                        rows.append(kept)
+                    if len(rows) >= self.rows_per_part:
+                        new.write(rows)  # sealed at once: a part of row_group_size rows
+                        rows = []
+                new.write(rows)
+            finally:
+                reading.close()  # its part files now, when edit raised too
+                new.close()
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        if not changed:
+            shutil.rmtree(building)
+            return False
+        building.rename(built)
+        fsync_dir(self.path.parent)
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        self.path.rename(keep)
+        fsync_dir(keep.parent)
+        built.rename(self.path)
+        fsync_dir(self.path.parent)
+        return True
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
@@ -150,14 +214,35 @@ class ParquetWriter:
             self._journal = None
             self._journal_path(self._index).unlink(missing_ok=True)
 
+    # -- rewrites --------------------------------------------------------------------------
+
+    def _aside(self, stage: str) -> Path:
+        """A folder beside the output where ``rewrite`` builds the new one (hidden: a reader
+        of the output's parent folder never takes it for data)."""
+        return self.path.with_name(f".{self.path.name}.{stage}")
+
+    def _settle_rewrite(self) -> None:
+        """End what a crash left of a ``rewrite``: a folder it was still writing is removed; a
+        whole new folder takes the output's name if the old one was moved to its kept name
+        already, else it is removed (the rewrite did not happen)."""
+        shutil.rmtree(self._aside("rewriting"), ignore_errors=True)
+        built = self._aside("rewritten")
+        if not built.is_dir():
+            return
+        if self.path.exists():
+            shutil.rmtree(built)
+        else:
+            built.rename(self.path)
+            fsync_dir(self.path.parent)
+
     # -- parts -----------------------------------------------------------------------------
 
     def _journal_path(self, number: int) -> Path:
         return self.path / f"_pending-{number:05d}.jsonl"
 
-    def _numbered(self, pattern: re.Pattern[str]) -> dict[int, Path]:
+    def _numbered(self, pattern: re.Pattern[str], folder: Path | None = None) -> dict[int, Path]:
         found = {}
-        for entry in self.path.iterdir():
+        for entry in (folder or self.path).iterdir():
             match = pattern.fullmatch(entry.name)
             if match:
                 found[int(match.group(1))] = entry
@@ -172,7 +257,7 @@ class ParquetWriter:
         rows = self._read_journal(journal)
         self._write_part(self._index, rows, self._numbered(PART))
         journal.unlink()
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self._index += 1
         self._pending = 0
 
@@ -210,7 +295,7 @@ class ParquetWriter:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def _known_schema(self, parts: Any) -> pa.Schema | None:
         import pyarrow.parquet as pq
@@ -257,7 +342,7 @@ class ParquetWriter:
 
 
 # The row's objects, stored as JSON text in a part (tables.py): objects again when read back.
-NESTED = ("fields", "error", "response", "record")
+NESTED = ("fields", "error", "response", "record", "steps")
 
 
 def _nested(row: dict[str, Any]) -> dict[str, Any]:
@@ -269,13 +354,3 @@ def _nested(row: dict[str, Any]) -> dict[str, Any]:
             except ValueError:
                 pass  # a plain string the row really held
     return row
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name == "nt":  # pragma: no cover - directories cannot be opened on Windows
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

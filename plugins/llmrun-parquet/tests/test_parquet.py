@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,145 @@ def test_a_journal_whose_part_exists_is_not_read_twice(tmp_path: Path) -> None:
     assert not (folder / "_pending-00000.jsonl").exists()
 
 
+# -- rewrite (llmrun run --retry-errors, llmrun repost) -----------------------------------------
+
+
+def crashed_output(tmp_path: Path) -> Path:
+    """out.parquet as a killed writer leaves it: r0..r19 in two parts, r20..r24 in a journal,
+    then a torn line."""
+    proc = subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(tmp_path)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    folder = tmp_path / "out.parquet"
+    with open(folder / "_pending-00002.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"id": "r25", "sta')
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def ids_in(folder: Path) -> list[str]:
+    return [r["id"] for r in ParquetWriter({"path": str(folder)}, context(folder)).read()]
+
+
+def hidden(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+OLD = [f"r{i}" for i in range(25)]
+NEW = [f"r{i}" for i in range(25) if i % 5]  # what the edits below keep
+
+
+def test_rewrite_swaps_in_a_new_folder_and_keeps_the_old_one_whole(tmp_path: Path) -> None:
+    folder = crashed_output(tmp_path)
+    before = snapshot(folder)
+    writer = ParquetWriter({"path": "out.parquet", "row_group_size": 8}, context(tmp_path))
+    keep = tmp_path / "out.parquet.llmrun" / "retried-1.parquet"
+
+    def edit(row: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        if row["n"] % 5 == 0:
+            return None
+        if row["id"] == "r7":
+            return {**row, "status": "error", "error": {"type": "x"}, "steps": {"a": {"n": 1}}}
+        return row
+
+    assert writer.rewrite(edit, keep) is True
+    assert snapshot(keep) == before  # the old folder: its journal and torn line too
+    assert sorted(p.name for p in folder.iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+    new = list(writer.read())
+    assert [r["id"] for r in new] == NEW  # the journal's whole rows, not the torn one
+    r7 = next(r for r in new if r["id"] == "r7")
+    assert (r7["status"], r7["error"], r7["steps"]) == ("error", {"type": "x"}, {"a": {"n": 1}})
+    assert hidden(tmp_path) == []
+
+    # Every row given back as it was: nothing replaced, nothing kept.
+    state = snapshot(folder)
+    assert writer.rewrite(lambda row: row, tmp_path / "again.parquet") is False
+    assert snapshot(folder) == state and not (tmp_path / "again.parquet").exists()
+    assert hidden(tmp_path) == []
+    missing = ParquetWriter({"path": "none.parquet"}, context(tmp_path))
+    assert missing.rewrite(edit, tmp_path / "x") is False
+
+    # A run goes on after it: new parts follow the rewritten ones.
+    assert [r["id"] for r in writer.open()] == NEW
+    writer.write(rows(25, 1))
+    writer.close()
+    assert [r["id"] for r in pq.read_table(folder).to_pylist()] == [*NEW, "r25"]
+
+
+def test_an_edit_that_raises_leaves_the_parquet_output_as_it_was(tmp_path: Path) -> None:
+    folder = crashed_output(tmp_path)
+    before = snapshot(folder)
+    seen: list[str] = []
+
+    def edit(row: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        seen.append(row["id"])
+        if len(seen) == 12:  # past the first part of the folder being built
+            raise RuntimeError("the edit failed")
+        return None if row["n"] % 5 == 0 else row
+
+    writer = ParquetWriter({"path": "out.parquet", "row_group_size": 4}, context(tmp_path))
+    keep = tmp_path / "kept.parquet"
+    with pytest.raises(RuntimeError, match="the edit failed"):
+        writer.rewrite(edit, keep)
+    assert snapshot(folder) == before and not keep.exists() and hidden(tmp_path) == []
+
+
+KILLED_REWRITE = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from llmrun import ComponentContext
+    from llmrun_parquet import ParquetWriter
+
+    folder, kill_after = Path(sys.argv[1]), int(sys.argv[2])
+    renames, seen = [], []
+    rename = Path.rename
+
+    def renaming(self, target):
+        done = rename(self, target)
+        renames.append(target)
+        if len(renames) == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return done
+
+    def edit(row):
+        seen.append(row)
+        if not kill_after and len(seen) == 12:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return None if row["n"] % 5 == 0 else row
+
+    Path.rename = renaming
+    writer = ParquetWriter({"path": "out.parquet", "row_group_size": 4},
+                           ComponentContext(folder, "kill"))
+    writer.rewrite(edit, folder / "out.parquet.llmrun" / "kept.parquet")
+    """
+)
+
+
+# Killed while the new folder is written, once it is whole, and once the old one is kept.
+@pytest.mark.parametrize("renames", [0, 1, 2])
+def test_a_rewrite_killed_at_any_step_leaves_one_whole_output(tmp_path: Path, renames: int) -> None:
+    folder = crashed_output(tmp_path)
+    before = snapshot(folder)
+    command = [sys.executable, "-c", KILLED_REWRITE, str(tmp_path), str(renames)]
+    assert subprocess.run(command, check=False).returncode == -signal.SIGKILL
+    assert hidden(tmp_path)  # what the rewrite had built aside
+    expected = NEW if renames == 2 else OLD  # once the old output is kept, the new one is whole
+    writer = ParquetWriter({"path": "out.parquet"}, context(tmp_path))
+    assert [r["id"] for r in writer.read()] == expected  # read-only: nothing settled yet
+    assert [r["id"] for r in writer.open()] == expected  # open ends or undoes the rewrite
+    writer.close()
+    assert hidden(tmp_path) == []
+    kept = tmp_path / "out.parquet.llmrun" / "kept.parquet"
+    assert kept.exists() == (renames == 2)
+    if renames == 2:
+        assert snapshot(kept) == before
+    else:
+        assert ids_in(folder) == OLD and "_pending-00002.torn.txt" in snapshot(folder)
+
+
 # -- through llmrun ------------------------------------------------------------------------
 
 
@@ -284,6 +424,46 @@ def test_a_run_reads_and_writes_parquet_and_resumes(tmp_path: Path) -> None:
     assert sorted(r["id"] for r in out) == sorted(f"r{i}" for i in range(30))
     assert {r["status"] for r in out} == {"ok"} and {r["text"] for r in out} <= {"pos", "neg"}
     assert json.loads(out[0]["record"]) == {"id": out[0]["id"], "n": int(out[0]["id"][1:])}
+
+
+STEPS_RECIPE = """\
+name: steps-roundtrip
+data: {loader: parquet, path: data.parquet, id: id}
+provider: {name: mock, replies: [pos, neg, dunno]}
+run: {max_retries: 0}
+steps:
+  - name: draft
+    prompt: "Number {{ n }}"
+  - name: judge
+    prompt: "Judge {{ steps.draft.text }}"
+    postprocess: [{choices: {labels: [pos, neg]CHOICES}}]
+output: {writer: parquet, path: out.parquet, row_group_size: 8}
+"""
+
+
+def test_retry_errors_on_a_steps_recipe_calls_only_the_failed_step(tmp_path: Path) -> None:
+    write_table(tmp_path / "data.parquet", 30, row_group_size=7)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(STEPS_RECIPE.replace("CHOICES", ""), encoding="utf-8")
+    registry = load_registry(entry_points=False, plugins={"parquet": llmrun_parquet})
+    first = llmrun.run_recipe_sync(path, registry=registry)
+    before = {r["id"]: r for r in ParquetWriter({"path": "out.parquet"}, context(tmp_path)).read()}
+    judged = {i for i, r in before.items() if r["status"] == "error"}
+    assert first.stats.error == len(judged) > 0  # "dunno" from the judge: its chain fails
+    assert all(before[i]["steps"]["draft"]["status"] == "ok" for i in judged)
+
+    path.write_text(STEPS_RECIPE.replace("CHOICES", ", aliases: {dunno: neg}"), encoding="utf-8")
+    again = llmrun.run_recipe_sync(path, registry=registry, retry_errors=True)
+    assert (again.stats.resumed_ok, again.stats.ok, again.stats.error) == (
+        30 - len(judged),
+        len(judged),
+        0,
+    )
+    after = {r["id"]: r for r in ParquetWriter({"path": "out.parquet"}, context(tmp_path)).read()}
+    assert sorted(after) == sorted(before)
+    for i in judged:  # the draft was read back from the dropped row, not called again
+        assert after[i]["steps"]["draft"] == before[i]["steps"]["draft"]
+        assert after[i]["steps"]["judge"]["fields"] == {"label": "neg"}
 
 
 def test_a_bad_option_is_located_in_the_recipe(tmp_path: Path) -> None:

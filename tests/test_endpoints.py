@@ -96,3 +96,78 @@ def test_an_endpoint_with_a_password_in_its_url_is_shown_without_it(tmp_path: Pa
     manifest = (tmp_path / "out.jsonl.llmrun" / "manifest.json").read_text(encoding="utf-8")
     assert "hunter2-Secret" not in log and "hunter2-Secret" not in manifest
     assert a.url in manifest
+
+
+KEY_A, KEY_B = "sk-region-a-0123456789abcdef", "sk-region-b-0123456789abcdef"
+
+
+def regions(a: FakeOpenAI, b: FakeOpenAI, a_per_minute: float) -> dict[str, object]:
+    """provider.endpoints: two regions, each with its own key (from its own variable) and
+    the first with its own request limit."""
+    return {
+        "name": "openai",
+        "model": "gpt-test",
+        "endpoints": [
+            {
+                "base_url": a.url,
+                "api_keys": ["${REGION_A_KEY}"],
+                "requests_per_minute": a_per_minute,
+            },
+            {"base_url": b.url, "api_keys": ["${REGION_B_KEY}"]},
+        ],
+    }
+
+
+def test_each_endpoint_sends_its_own_keys_within_its_own_limit(tmp_path: Path) -> None:
+    env = {"REGION_A_KEY": KEY_A, "REGION_B_KEY": KEY_B}
+    # Each server takes only its own key (401 for any other, which would retire it).
+    with (
+        FakeOpenAI(latency_s=0.01, api_keys={KEY_A}) as a,
+        FakeOpenAI(latency_s=0.01, api_keys={KEY_B}) as b,
+    ):
+        recipe = setup_run(tmp_path, regions(a, b, 300), 120, run={"concurrency": 8})
+        plan = run_cli("plan", str(recipe), cwd=tmp_path, env=env)
+        result = run_cli("run", str(recipe), "--json", cwd=tmp_path, env=env)
+        on_a, on_b = list(a.requests), list(b.requests)
+    assert plan.returncode == 0, plan.stderr
+    host_a, host_b = (s.url.split("//")[1].split("/")[0] for s in (a, b))
+    assert f"{host_a} <- key#" in plan.stdout and f"{host_b} <- key#" in plan.stdout
+    assert "$REGION_A_KEY" in plan.stdout and "$REGION_B_KEY" in plan.stdout
+    assert result.returncode == EXIT_OK, result.stderr
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert len(rows) == 120 and all(r["status"] == "ok" for r in rows.values())
+    assert {r.headers["authorization"] for r in on_a} == {f"Bearer {KEY_A}"}
+    assert {r.headers["authorization"] for r in on_b} == {f"Bearer {KEY_B}"}
+    # 300 a minute on a (5 a second, evenly spaced), none on b: b takes most of the records,
+    # and a never more than its pace allows over the time it was used.
+    assert len(on_a) >= 1 and len(on_b) > len(on_a)
+    span = max(r.received_at for r in on_a) - min(r.received_at for r in on_a)
+    assert len(on_a) <= 2 + span * 5.0 * 1.05, (len(on_a), span)
+    for text in (result.stdout, result.stderr, plan.stdout, plan.stderr):
+        assert KEY_A not in text and KEY_B not in text
+    assert KEY_A not in (tmp_path / "out.jsonl").read_text(encoding="utf-8")
+
+
+def test_a_services_key_on_an_endpoint_of_another_host_is_refused(tmp_path: Path) -> None:
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        provider = regions(a, b, 600)
+        provider["endpoints"][1]["api_keys"] = ["${OPENAI_API_KEY}"]  # type: ignore[index]
+        recipe = setup_run(tmp_path, provider, 5)
+        env = {"REGION_A_KEY": KEY_A, "OPENAI_API_KEY": KEY_B}
+        refused = run_cli("run", str(recipe), cwd=tmp_path, env=env)
+        assert a.count() == 0 and b.count() == 0
+    assert refused.returncode == 2, refused.stderr
+    assert "provider.endpoints[1].base_url" in refused.stderr
+    assert "OPENAI_API_KEY belongs to api.openai.com" in refused.stderr
+    assert KEY_A not in refused.stderr and KEY_B not in refused.stderr
+
+
+def test_base_urls_and_endpoints_together_are_refused(tmp_path: Path) -> None:
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        provider = regions(a, b, 600)
+        provider["base_urls"] = [a.url]
+        recipe = setup_run(tmp_path, provider, 5)
+        env = {"REGION_A_KEY": KEY_A, "REGION_B_KEY": KEY_B}
+        result = run_cli("validate", str(recipe), cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert "give provider.base_urls or provider.endpoints, not both" in result.stderr

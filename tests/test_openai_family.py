@@ -203,7 +203,7 @@ def test_every_provider_snippet_in_the_docs_is_a_valid_recipe(tmp_path: Path):
         name: "k"
         for name in ("OPENAI", "DEEPSEEK", "AZURE_OPENAI", "ANTHROPIC", "GEMINI", "GOOGLE")
         for name in [f"{name}_API_KEY"]
-    }
+    } | {"EAST_KEY": "k", "WEST_KEY": "k"}  # provider.endpoints' region keys
     write_jsonl(tmp_path / "data.jsonl", [{"id": "a", "text": "x"}])
     for section, snippet in snippets:
         recipe = {

@@ -250,6 +250,24 @@ def test_every_endpoint_of_a_pool_is_checked_before_a_services_key_goes_there(tm
         assert f"{host} <- key#" in plan.stdout
 
 
+def test_a_password_in_an_endpoint_of_a_pool_is_redacted_like_one_in_base_url(tmp_path: Path):
+    # The schema's message quotes the value it refuses: the password in it is a secret.
+    provider = {
+        "name": "openai",
+        "model": "m",
+        "api_keys": ["k-1234567"],
+        "base_urls": [
+            "http://u:hunter2-secret@127.0.0.1:9/v1",
+            "ftp://u:hunter2-secret@127.0.0.1:9/v1",
+        ],
+    }
+    recipe = job(tmp_path, provider)
+    result = run_cli("validate", str(recipe))
+    assert result.returncode == 2
+    assert "provider.base_urls[1]" in result.stderr and "does not match" in result.stderr
+    assert "hunter2-secret" not in result.stdout + result.stderr
+
+
 # -- writes ------------------------------------------------------------------------------------
 
 

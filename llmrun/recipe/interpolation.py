@@ -39,7 +39,14 @@ class Scoping:
 
 
 # Provider options a secret may go into: sent only with the request, never in a prompt.
-SECRET_PLACES = ("api_keys", "base_url", "endpoint", "headers")
+SECRET_PLACES = ("api_keys", "base_url", "base_urls", "endpoints", "endpoint", "headers")
+
+
+def _is_key_path(path: tuple[Any, ...]) -> bool:
+    """provider.api_keys[i], or provider.endpoints[i].api_keys[j]: a key, however written."""
+    return path[:2] == ("provider", "api_keys") or (
+        path[:2] == ("provider", "endpoints") and len(path) == 5 and path[3] == "api_keys"
+    )
 
 
 def is_secret_place(path: tuple[Any, ...]) -> bool:
@@ -104,7 +111,7 @@ def interpolate(
             )
         )
     # A key written into the recipe itself is as secret as one read from the environment.
-    if (used and is_secret_path(path)) or (path[:2] == ("provider", "api_keys") and text):
+    if (used and is_secret_path(path)) or (_is_key_path(path) and text):
         secrets.add(text)
         names = variables_in(value)
         if used and len(names) == 1:
@@ -123,8 +130,11 @@ def literal_secrets(provider: Any) -> set[str]:
     found: set[str] = set()
     if not isinstance(provider, dict):
         return found
-    for key in ("base_url", "endpoint"):
-        url = provider.get(key)
+    urls = [provider.get("base_url"), provider.get("endpoint")]
+    for listed in (provider.get("base_urls"), provider.get("endpoints")):
+        if isinstance(listed, list):  # a pool's endpoints: each URL may hold a password too
+            urls += [e.get("base_url") if isinstance(e, dict) else e for e in listed]
+    for url in urls:
         if isinstance(url, str):
             password = url_password(url)
             if password:

@@ -56,14 +56,20 @@ def check_keys(recipe: Recipe) -> None:
     """Keys travel in HTTP headers, which take printable ASCII only: a key with another
     character (a pasted non-breaking space, a typographic quote) is the recipe's fault, told
     before anything is sent. The message names the key's place, never the key."""
+    places = [(f"provider.api_keys[{i}]", key) for i, key in enumerate(recipe.api_keys)]
+    places += [
+        (f"provider.endpoints[{i}].api_keys[{j}]", key)
+        for i, pooled in enumerate(recipe.endpoints)
+        for j, key in enumerate(pooled.api_keys)
+    ]
     problems = [
         Problem(
             "the key has a character an HTTP header cannot carry (only printable ASCII); "
             "check it for a stray space or quote",
-            f"provider.api_keys[{i}]",
+            place,
             str(recipe.path),
         )
-        for i, key in enumerate(recipe.api_keys)
+        for place, key in places
         if not all(" " <= ch <= "~" for ch in key)
     ]
     if problems:

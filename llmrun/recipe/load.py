@@ -25,6 +25,7 @@ from .model import (
     DEFAULT_CACHE_GB,
     CacheSettings,
     ComponentSpec,
+    Endpoint,
     Recipe,
     RunSettings,
     StepSpec,
@@ -141,11 +142,13 @@ def load_recipe(
         raise RecipeError(problems)
     try:
         recipe = build_recipe(data, positions, path, registry, frozenset(secrets), access)
-        sources = {key: scoping.sources.get(key, "the recipe") for key in recipe.api_keys}
-        if not recipe.api_keys:
+        own = [key for pooled in recipe.endpoints for key in pooled.api_keys]
+        sources = {key: scoping.sources.get(key, "the recipe") for key in (*recipe.api_keys, *own)}
+        # Every endpoint with keys of its own needs none from the provider's variable.
+        if not recipe.api_keys and not (own and all(e.api_keys for e in recipe.endpoints)):
             where = locate(("provider", "name"), positions, filename)
             recipe, variable = default_key(recipe, registry, env, where)
-            sources = {key: f"${variable}" for key in recipe.api_keys}
+            sources |= {key: f"${variable}" for key in recipe.api_keys}
         check_keys(recipe)
         # OPENAI_BASE_URL and the like are the user's own environment, not the recipe's: a
         # base URL set there is the user's choice of host for their key.
@@ -220,6 +223,21 @@ def build_recipe(
 
     if provider_section is not None:
         urls = provider_section.get("base_urls")
+        pool = provider_section.get("endpoints")
+        if isinstance(pool, list) and pool and isinstance(pool[0], dict):
+            if "base_urls" in provider_section:
+                file, line, col = locate(("provider", "endpoints"), positions, filename)
+                problems.append(
+                    Problem(
+                        "give provider.base_urls or provider.endpoints, not both (endpoints "
+                        "lists each base_url with its own keys and limits)",
+                        "provider.endpoints",
+                        file,
+                        line,
+                        col,
+                    )
+                )
+            urls = [e.get("base_url") for e in pool if isinstance(e, dict)]
         if isinstance(urls, list) and urls and "base_url" not in provider_section:
             provider_section["base_url"] = urls[0]  # the provider builds requests for the first
     found: dict[str, ComponentSpec | None] = {}
@@ -370,7 +388,7 @@ def build_recipe(
         messages=messages,
         provider=provider,
         api_keys=tuple(provider_section.get("api_keys", ())),
-        endpoints=tuple(str(u) for u in provider_section.get("base_urls", ())),
+        endpoints=_endpoints(provider_section),
         generation=freeze(data.get("generation", {})) if not steps else steps[0].generation,
         run=RunSettings(
             concurrency=int(run["concurrency"]),
@@ -455,6 +473,22 @@ def _per_minute(per_minute: float | None, per_second: float | None) -> float | N
     return min(rates) if rates else None
 
 
+def _endpoints(provider: Mapping[str, Any]) -> tuple[Endpoint, ...]:
+    """``provider.base_urls`` (each with the provider's keys and the run's limits), or
+    ``provider.endpoints`` (each with its own where given); already validated."""
+    if provider.get("endpoints"):
+        return tuple(
+            Endpoint(
+                str(e["base_url"]),
+                tuple(str(k) for k in e.get("api_keys", ())),
+                e.get("requests_per_minute"),
+                e.get("tokens_per_minute"),
+            )
+            for e in provider["endpoints"]
+        )
+    return tuple(Endpoint(str(u)) for u in provider.get("base_urls", ()))
+
+
 PROMPT_REQUIRED = "'prompt' is required (or `steps`, for several calls per record)"
 
 
@@ -490,18 +524,23 @@ def _route_keys(
     ]
     if recipe.endpoints:
         targets = []
-        for i, url in enumerate(recipe.endpoints):
+        for i, pooled in enumerate(recipe.endpoints):
             at_i: tuple[str | int, ...] = ("provider", "base_urls", i)
-            if at_i not in positions:
+            if ("provider", "endpoints", i, "base_url") in positions:
+                at_i = ("provider", "endpoints", i, "base_url")
+            elif at_i not in positions:
                 at_i = ("provider", "base_urls")
-            targets.append((url, at_i, positions.get(at_i) == (0, 0)))
+            targets.append((pooled.url, at_i, positions.get(at_i) == (0, 0)))
     routes: list[KeyRoute] = []
     problems: list[Problem] = []
-    for url, where, given in targets:
+    for i, (url, where, given) in enumerate(targets):
+        # An endpoint of provider.endpoints with its own keys sends those, and only those.
+        own = recipe.endpoints[i].api_keys if recipe.endpoints else ()
+        keys = {key: sources.get(key, "the recipe") for key in own} if own else sources
         file, line, col = locate(where, positions, filename)
         found, trouble = key_routes(
             url,
-            sources,
+            keys,
             homes,
             recipe.access,
             given,

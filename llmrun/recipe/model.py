@@ -61,6 +61,18 @@ DEFAULT_CACHE_GB = 10.0
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """One server of a pool (``provider.base_urls``, or ``provider.endpoints`` with its own keys
+    and limits): a replica or a region, each with its own capacity and quota."""
+
+    url: str
+    # Its own keys (a region's); empty: the provider's. Never in a repr, a log or a hash.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    requests_per_minute: float | None = None  # None: run.requests_per_minute
+    tokens_per_minute: float | None = None  # None: run.tokens_per_minute
+
+
+@dataclass(frozen=True)
 class CacheSettings:
     """The call cache (``cache:`` in a recipe, ``--cache`` on the command line)."""
 
@@ -122,8 +134,9 @@ class Recipe:
     image_detail: str | None = None
     examples: Mapping[str, Any] | None = None  # few-shot turns: {path, user, assistant}
     request_prompt: bool = False  # prompt: {messages: record}: each record is its request
-    # provider.base_urls: replicas of one model, each request to the one that can start soonest
-    endpoints: tuple[str, ...] = ()
+    # provider.base_urls / provider.endpoints: replicas of one model (or regions), each request
+    # to the one that can start soonest
+    endpoints: tuple[Endpoint, ...] = ()
     cache: CacheSettings | None = None  # the call cache; off when None
     # steps: several calls per record, in order; empty for a one-call recipe. The recipe's
     # messages, images and examples are then the first step's (validate and plan use them).

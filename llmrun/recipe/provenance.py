@@ -11,7 +11,7 @@ from typing import Any
 from .model import Recipe, thaw
 
 # Provider options that decide no result: the keys, and which replica answers.
-NOT_HASHED = ("api_keys", "base_urls")
+NOT_HASHED = ("api_keys", "base_urls", "endpoints")
 
 
 def job_hash(data: Mapping[str, Any], secrets: Iterable[str]) -> str:

@@ -18,7 +18,7 @@ CORE_KEYS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "loader",
         ("loader", "id", "limit", "offset", "sample", "seed", "filter", "shard"),
     ),
-    "provider": ("provider", "name", ("name", "api_keys", "base_urls")),
+    "provider": ("provider", "name", ("name", "api_keys", "base_urls", "endpoints")),
     "writer": ("output", "writer", ("writer", "include", "raw")),
 }
 

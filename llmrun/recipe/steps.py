@@ -25,7 +25,7 @@ from .templates import make_environment
 from .yamlsource import Positions, dotted
 
 FIXED_PROVIDER_KEYS = frozenset(
-    {"name", "api_keys", "api_key", "base_url", "base_urls", "endpoint", "headers"}
+    {"name", "api_keys", "api_key", "base_url", "base_urls", "endpoints", "endpoint", "headers"}
 )
 PostsOf = Callable[[Any, tuple[Any, ...]], list[ComponentSpec]]
 

@@ -50,6 +50,9 @@ class KeyState:
     tokens: Pace
     adaptive: bool
     endpoint: str | None = None  # one of provider.base_urls (None: the provider's own)
+    # The recipe set its request limit (run.requests_per_minute, or its endpoint's): headers
+    # announcing another do not replace it.
+    limit_given: bool = False
     down_until: float = 0.0  # the endpoint stopped answering: tried again from then
     trusted: bool = False  # answered once: any number of requests may use it
     probe: anyio.Event | None = None  # set while the first request is out

@@ -68,7 +68,7 @@ from collections.abc import Callable, Mapping
 import anyio
 
 from ..errors import RunAborted
-from ..recipe.model import Recipe
+from ..recipe.model import Endpoint, Recipe
 from .keystate import KeyState, Lease, Pace, Trial
 
 # Adaptive pace, on the request rate of each key (see the module docstring):
@@ -139,25 +139,26 @@ class KeyPool:
         tokens_per_minute: float | None = None,
         adaptive: bool = False,
         slow_start_local: bool = False,
-        endpoints: tuple[str, ...] = (),
+        endpoints: tuple[Endpoint, ...] = (),
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         # Each endpoint (a replica, a region) has its own capacity and quota: every limit and
-        # pace is per key and endpoint.
+        # pace is per key and endpoint; one of provider.endpoints may bring its own keys and
+        # limits.
         self.states = [
-            KeyState(k, Pace(requests_per_minute), Pace(tokens_per_minute), adaptive, endpoint)
+            _key_state(key, endpoint, requests_per_minute, tokens_per_minute, adaptive)
             for endpoint in (endpoints or (None,))
-            for k in (list(keys) if keys else [None])
+            for key in (endpoint.api_keys if endpoint and endpoint.api_keys else keys) or (None,)
         ]
         self.pooled = len(endpoints) > 1
         self._failures: dict[str | None, int] = {}  # endpoint -> failures since its last answer
-        self._explicit_rpm = requests_per_minute is not None
         self._slow_start_local = slow_start_local  # run.adaptive: true, written out
         self._clock = clock  # a test's own clock, to feed answers at chosen times
-        if adaptive and not self._explicit_rpm:
-            # Nothing known about the limit: probe upward from a modest rate rather than send
-            # `concurrency` requests at once (past a small limit, most would be refused).
-            for state in self.states:
+        for state in self.states:
+            if adaptive and not state.limit_given:
+                # Nothing known about the limit: probe upward from a modest rate rather than
+                # send `concurrency` requests at once (past a small limit, most would be
+                # refused).
                 state.learnt.set_rate(START_RATE * 60.0)
                 state.slow_start = True
 
@@ -492,7 +493,7 @@ class KeyPool:
                 reset = _duration(headers.get(f"x-ratelimit-reset-{kind}"))
                 if reset:
                     state.pause(now, reset)
-        if state.adaptive and not self._explicit_rpm:
+        if state.adaptive and not state.limit_given:
             limit = _number(headers.get("x-ratelimit-limit-requests"))
             if limit and state.requests.per_minute != limit:
                 state.requests.set_rate(limit)
@@ -540,6 +541,29 @@ def local_host(host: str) -> bool:
     except ValueError:
         return False
     return address.is_loopback or address.is_private or address.is_link_local
+
+
+def _key_state(
+    key: str | None,
+    endpoint: Endpoint | None,
+    requests_per_minute: float | None,
+    tokens_per_minute: float | None,
+    adaptive: bool,
+) -> KeyState:
+    """A key on an endpoint, with the endpoint's own limits where provider.endpoints gives
+    them, else the run's."""
+    if endpoint is not None and endpoint.requests_per_minute is not None:
+        requests_per_minute = endpoint.requests_per_minute
+    if endpoint is not None and endpoint.tokens_per_minute is not None:
+        tokens_per_minute = endpoint.tokens_per_minute
+    return KeyState(
+        key,
+        Pace(requests_per_minute),
+        Pace(tokens_per_minute),
+        adaptive,
+        None if endpoint is None else endpoint.url,
+        limit_given=requests_per_minute is not None,
+    )
 
 
 def _burst(state: KeyState, least: int) -> bool:

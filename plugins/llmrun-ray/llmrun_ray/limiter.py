@@ -238,7 +238,7 @@ def limiter_name(recipe: Recipe) -> str:
     what = {
         "keys": sorted(fingerprint(k) for k in recipe.api_keys),
         "endpoint": str(recipe.provider.options.get("base_url") or recipe.provider.name),
-        "endpoints": list(recipe.endpoints),
+        "endpoints": [e.url for e in recipe.endpoints],
         "limits": limiter_settings(recipe),
     }
     digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()

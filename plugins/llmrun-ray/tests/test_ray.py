@@ -532,3 +532,26 @@ def test_the_users_trust_reaches_the_workers_and_nothing_more(cluster: str, tmp_
     rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
     ids_once(rows, n)
     assert all(r["fields"] == {"loud": True} for r in rows)
+
+
+def test_a_pool_of_endpoints_is_refused_not_sent_to_the_first(tmp_path: Path):
+    # The cluster's limiter paces keys, not endpoints: every worker would send to the first
+    # URL. Refused before any Ray process starts, and nothing is sent.
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        recipe = recipe_file(tmp_path, a.url, 10, "{concurrency: 4, engine: ray, workers: 2}")
+        text = recipe.read_text(encoding="utf-8")
+        recipe.write_text(
+            text.replace(f'base_url: "{a.url}"', f'base_urls: ["{a.url}", "{b.url}"]'),
+            encoding="utf-8",
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "llmrun", "run", str(recipe)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            check=False,
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "run.engine: ray does not spread a job over provider.base_urls" in proc.stderr
+        assert a.count() == 0 and b.count() == 0

@@ -350,3 +350,27 @@ def test_cancel_while_a_run_polls_lets_that_run_record_what_finished(tmp_path: P
         rows = read_jsonl(tmp_path / "out.jsonl")
         assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
         assert len(fake.batches) == 1  # nothing submitted after the cancel
+
+
+def test_batch_mode_over_a_pool_of_endpoints_sends_to_the_first_with_its_own_key(
+    tmp_path: Path,
+) -> None:
+    # Batch mode sends to one endpoint, the provider's base_url: the first of
+    # provider.endpoints, with that endpoint's key (the provider has none of its own).
+    with FakeBatches() as fake:
+        write_jsonl(tmp_path / "data.jsonl", make_records(12))
+        recipe = batch_recipe(fake.url, batch_max_requests=10)
+        provider = recipe["provider"]
+        del provider["base_url"], provider["api_keys"]
+        provider["endpoints"] = [
+            {"base_url": fake.url, "api_keys": ["sk-east-secret-123"]},
+            {"base_url": "http://127.0.0.1:9/v1", "api_keys": ["sk-west-secret-456"]},
+        ]
+        path = write_recipe(tmp_path, recipe)
+        proc = run_cli("run", str(path), "--json", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        rows = read_jsonl(tmp_path / "out.jsonl")
+        assert len(rows) == 12 and all(r["status"] == "ok" for r in rows)
+        assert len(fake.submitted) == 12
+        for text in (proc.stdout, proc.stderr, (tmp_path / "out.jsonl").read_text()):
+            assert "sk-east-secret-123" not in text and "sk-west-secret-456" not in text

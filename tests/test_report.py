@@ -65,7 +65,9 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     records = [{"id": f"r{i:05d}", "text": f"record number {i}"} for i in range(N)]
     records.append({"id": HOSTILE, "text": "hostile id"})
     write_jsonl(folder / "data.jsonl", records)
-    with FakeOpenAI(fault=fault, reply=reply, latency_s=0.02) as server:
+    # 50 ms: the run lasts past its first quarter second, when a lone 429 on this local
+    # (unpaced) endpoint starts to count against the pace (run/limits.py).
+    with FakeOpenAI(fault=fault, reply=reply, latency_s=0.05) as server:
         recipe = basic_recipe(
             {"name": "openai", "base_url": server.url, "model": "fake-model", "api_keys": KEYS},
             prices={"fake-model": {"input": 1.0, "output": 2.0}},

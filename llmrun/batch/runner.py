@@ -84,7 +84,7 @@ class BatchRunner:
             engine.progress.log(f"--fresh: moved the previous batch state aside ({folder.name})")
         self.journal = Journal.load(folder)
         self.drain_only = drain_only or engine.batch_drain_only
-        self.api_key = self.recipe.api_keys[0] if self.recipe.api_keys else None
+        self.api_key = self.recipe.first_key  # batch mode sends to one endpoint: the first
         self._over_budget: str | None = None
         self._stragglers = False  # auto mode: a batch was cancelled at the deadline
         self._cancelled = False  # a batch was cancelled by `llmrun cancel`
@@ -579,7 +579,7 @@ async def cancel_all(engine: Engine, *, record: bool) -> list[dict[str, Any]]:
     journal = Journal.load(batch_state_dir(engine))
     if api is None or not journal.exists():
         return []
-    key = engine.recipe.api_keys[0] if engine.recipe.api_keys else None
+    key = engine.recipe.first_key
     out: list[dict[str, Any]] = []
     async with httpx.AsyncClient(timeout=engine.recipe.run.timeout_s, trust_env=True) as client:
         for part in journal.active():

@@ -152,6 +152,15 @@ class Recipe:
     def base_dir(self) -> Path:
         return self.path.parent
 
+    @property
+    def first_key(self) -> str | None:
+        """The key of the provider's own base_url, for what goes to one endpoint only (batch
+        mode): the first endpoint's own key when provider.endpoints gives it one (that
+        endpoint is the base_url), else the provider's first."""
+        own = self.endpoints[0].api_keys if self.endpoints else ()
+        keys = own or self.api_keys
+        return keys[0] if keys else None
+
 
 def freeze(value: Any) -> Any:
     """Deeply immutable copy: dicts become read-only mappings, lists tuples."""

@@ -250,6 +250,33 @@ def test_every_endpoint_of_a_pool_is_checked_before_a_services_key_goes_there(tm
         assert f"{host} <- key#" in plan.stdout
 
 
+def test_a_services_key_put_into_a_header_is_checked_as_a_key_is(tmp_path: Path):
+    # headers: is where ${VAR} may go (an auth header), so a shared recipe could carry the
+    # user's OpenAI key to any host in a header of its own, past the key check.
+    with FakeOpenAI() as server:
+        provider = openai(
+            server, api_keys=["k-local-123456"], headers={"X-Forward": "Bearer ${OPENAI_API_KEY}"}
+        )
+        recipe = job(tmp_path, provider)
+        env = {"OPENAI_API_KEY": KEY}
+        for command in ("validate", "plan", "run"):
+            refused = run_cli(command, str(recipe), env=env)
+            assert refused.returncode == 2, (command, refused.stderr)
+            assert "the key in $OPENAI_API_KEY belongs to api.openai.com" in refused.stderr
+            assert KEY not in refused.stdout + refused.stderr
+        assert server.count("/v1/chat/completions") == 0
+        # Confirmed, it goes (and plan says so); a variable that is no service's key in a
+        # header or URL is no key to route.
+        allowed = run_cli("run", str(recipe), "--allow-host", "127.0.0.1", "--json", env=env)
+        assert allowed.returncode == 0, allowed.stderr
+        assert "(from $OPENAI_API_KEY)" in allowed.stderr
+        assert all(r.headers["x-forward"] == f"Bearer {KEY}" for r in server.requests)
+        mine = job(tmp_path, openai(server, headers={"X-Team": "${TEAM_NAME}"}))
+        plan = run_cli("plan", str(mine), env={"TEAM_NAME": "blue-team"})
+        assert plan.returncode == 0, plan.stderr
+        assert "TEAM_NAME" not in plan.stdout
+
+
 def test_a_password_in_an_endpoint_of_a_pool_is_redacted_like_one_in_base_url(tmp_path: Path):
     # The schema's message quotes the value it refuses: the password in it is a secret.
     provider = {

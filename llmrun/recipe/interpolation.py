@@ -29,6 +29,10 @@ class Scoping:
 
     declared: frozenset[str]
     sources: dict[str, str] = field(default_factory=dict)
+    # Every variable expanded anywhere in the provider section (headers, URLs, keys): its value
+    # -> "$NAME". It travels with each request, so it is routed and checked as a key is: a
+    # service's key put into a header reached any host unasked.
+    sent: dict[str, str] = field(default_factory=dict)
 
     def allows(self, path: tuple[Any, ...], name: str, positions: Positions) -> bool:
         return (
@@ -110,6 +114,11 @@ def interpolate(
                 col,
             )
         )
+    if used and path[:1] == ("provider",):
+        for name in variables_in(value):
+            found = env.get(name)
+            if found:
+                scoping.sent.setdefault(found, f"${name}")
     # A key written into the recipe itself is as secret as one read from the environment.
     if (used and is_secret_path(path)) or (_is_key_path(path) and text):
         secrets.add(text)

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..access import Access
+from ..access import KNOWN_KEY_HOMES, Access
 from ..errors import PluginError, Problem, RecipeError
 from ..plugins import Registry
 from ..redaction import Redactor
@@ -156,7 +156,10 @@ def load_recipe(
         user_url = from_env.provider.options.get("base_url") != recipe.provider.options.get(
             "base_url"
         )
-        return _route_keys(from_env, registry, sources, positions, filename, user_url)
+        # A variable expanded elsewhere in the provider section (a header, a URL) goes with
+        # every request to every endpoint: checked as a key.
+        sent = {value: name for value, name in scoping.sent.items() if value not in sources}
+        return _route_keys(from_env, registry, sources, positions, filename, user_url, sent)
     except RecipeError as exc:  # schema messages quote values: keep keys out of them
         redact = Redactor(secrets)
         hints = override_hints(overrides)
@@ -499,10 +502,12 @@ def _route_keys(
     positions: Positions,
     filename: str,
     user_url: bool = False,
+    sent: Mapping[str, str] | None = None,
 ) -> Recipe:
     """The recipe with where each key goes; RecipeError when a key of a known service would
     go to another host the user has not confirmed. ``user_url``: the base URL came from the
-    user's environment (``OPENAI_BASE_URL``), not from the recipe."""
+    user's environment (``OPENAI_BASE_URL``), not from the recipe. ``sent``: other values of
+    variables every request carries (a header's), value -> "$NAME"."""
     cls = registry.get("provider", recipe.provider.name).cls
     options = recipe.provider.options
     endpoint_of = getattr(cls, "key_endpoint", None)
@@ -513,6 +518,10 @@ def _route_keys(
     )
     homes_of = getattr(cls, "key_homes", None)
     homes = dict(homes_of(options)) if callable(homes_of) else {}
+    # Of the other variables a request carries, those that are a known service's key (a
+    # header or URL holding $VLLM_HOST is no key to route).
+    known = {**KNOWN_KEY_HOMES, **homes}
+    extra = {value: name for value, name in (sent or {}).items() if name[1:] in known}
     at = ("provider", "base_url") if ("provider", "base_url") in positions else ("provider",)
     if ("provider", "endpoint") in positions:
         at = ("provider", "endpoint")
@@ -536,7 +545,8 @@ def _route_keys(
     for i, (url, where, given) in enumerate(targets):
         # An endpoint of provider.endpoints with its own keys sends those, and only those.
         own = recipe.endpoints[i].api_keys if recipe.endpoints else ()
-        keys = {key: sources.get(key, "the recipe") for key in own} if own else sources
+        keys = {key: sources.get(key, "the recipe") for key in own} if own else dict(sources)
+        keys |= extra
         file, line, col = locate(where, positions, filename)
         found, trouble = key_routes(
             url,

@@ -202,6 +202,27 @@ def test_environment_variables_do_not_reach_prompts_unless_declared(tmp_path: Pa
     assert "env:       TEAM" in plan.stdout and "blue" in plan.stdout
 
 
+def test_a_key_variable_never_reaches_a_prompt_even_declared(tmp_path: Path):
+    # Declaring it under env: made it expand in the prompt, and the prompt went (with the
+    # key) to whatever host the recipe named, past the key check, and into the rows.
+    with FakeOpenAI() as server:
+        for name in ("OPENAI_API_KEY", "MY_SERVICE_TOKEN"):
+            recipe = job(
+                tmp_path,
+                openai(server, api_keys=["k-local-123456"]),
+                prompt={"user": "{{ text }} ${" + name + "}"},
+                env=[name],
+            )
+            for command in ("validate", "plan", "run"):
+                refused = run_cli(command, str(recipe), env={name: KEY})
+                assert refused.returncode == 2, (command, refused.stderr)
+                assert (
+                    f"${{{name}}} holds a key" in refused.stderr and "prompt.user" in refused.stderr
+                )
+                assert KEY not in refused.stdout + refused.stderr
+        assert server.count("/v1/chat/completions") == 0
+
+
 def test_a_services_key_goes_only_to_its_host_unless_the_user_confirms(tmp_path: Path):
     with FakeOpenAI() as server:
         for provider in (

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..access import KNOWN_KEY_HOMES
 from ..errors import Problem
 from ..redaction import looks_like_secret, url_password
 from .envvars import Environment, variables_in
@@ -53,6 +54,14 @@ def _is_key_path(path: tuple[Any, ...]) -> bool:
     )
 
 
+KEY_NAME_ENDS = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD", "_ACCESS_KEY", "_SECRET_KEY")
+
+
+def is_key_variable(name: str) -> bool:
+    """A variable that holds a key: a known service's, or one named as keys are."""
+    return name in KNOWN_KEY_HOMES or name.upper().endswith(KEY_NAME_ENDS)
+
+
 def is_secret_place(path: tuple[Any, ...]) -> bool:
     if len(path) < 2 or path[0] != "provider":
         return False
@@ -85,6 +94,28 @@ def interpolate(
         return value
     if "$" in value:
         refused = [n for n in variables_in(value) if not scoping.allows(path, n, positions)]
+        # Declared or not, a key never leaves the provider section: in a prompt it goes to
+        # whatever host the recipe names, inside the body no key check sees, and into rows.
+        keys = [
+            n
+            for n in variables_in(value)
+            if is_key_variable(n) and n not in refused and not is_secret_place(path)
+        ]
+        if keys and positions.get(path) != (0, 0):  # the user's own --set may
+            file, line, col = locate(path, positions, filename)
+            for name in keys:
+                problems.append(
+                    Problem(
+                        f"${{{name}}} holds a key: a key goes only into provider.api_keys or a "
+                        f"provider header, never into {dotted(path)} (it would be sent in the "
+                        "request body to the recipe's endpoint and written into the rows)",
+                        dotted(path),
+                        file,
+                        line,
+                        col,
+                    )
+                )
+            return value
         if refused:
             file, line, col = locate(path, positions, filename)
             for name in refused:

@@ -292,6 +292,14 @@ def test_a_services_key_put_into_a_header_is_checked_as_a_key_is(tmp_path: Path)
         assert allowed.returncode == 0, allowed.stderr
         assert "(from $OPENAI_API_KEY)" in allowed.stderr
         assert all(r.headers["x-forward"] == f"Bearer {KEY}" for r in server.requests)
+        # In the URL's host name: refused, and the message that names the host shows the
+        # key's fingerprint, never the key.
+        in_url = openai(server, api_keys=["k-local-123456"])
+        in_url["base_url"] = "https://x${OPENAI_API_KEY}.invalid/v1"
+        refused = run_cli("validate", str(job(tmp_path, in_url)), env=env)
+        assert refused.returncode == 2, refused.stderr
+        assert "the key in $OPENAI_API_KEY belongs to api.openai.com" in refused.stderr
+        assert KEY.lower() not in (refused.stdout + refused.stderr).lower()  # a host is lowered
         mine = job(tmp_path, openai(server, headers={"X-Team": "${TEAM_NAME}"}))
         plan = run_cli("plan", str(mine), env={"TEAM_NAME": "blue-team"})
         assert plan.returncode == 0, plan.stderr

@@ -150,6 +150,8 @@ def interpolate(
             found = env.get(name)
             if found:
                 scoping.sent.setdefault(found, f"${name}")
+                if is_key_variable(name):  # wherever it went (a URL too), it is a secret
+                    secrets.add(found)
     # A key written into the recipe itself is as secret as one read from the environment.
     if (used and is_secret_path(path)) or (_is_key_path(path) and text):
         secrets.add(text)

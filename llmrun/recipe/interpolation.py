@@ -54,6 +54,8 @@ def _is_key_path(path: tuple[Any, ...]) -> bool:
     )
 
 
+# Sections whose values reach the request body or the rows.
+_TO_THE_MODEL = {("prompt",), ("generation",), ("steps",), ("examples",), ("provider",)}
 KEY_NAME_ENDS = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD", "_ACCESS_KEY", "_SECRET_KEY")
 
 
@@ -94,12 +96,17 @@ def interpolate(
         return value
     if "$" in value:
         refused = [n for n in variables_in(value) if not scoping.allows(path, n, positions)]
-        # Declared or not, a key never leaves the provider section: in a prompt it goes to
-        # whatever host the recipe names, inside the body no key check sees, and into rows.
+        # Declared or not, a key never goes where the request body or the rows take it (a
+        # prompt, generation, the model): to whatever host the recipe names, past the key
+        # check. A loader's or writer's own option may hold one (a database password): that
+        # goes to the plugin the user installed, declared under env:.
         keys = [
             n
             for n in variables_in(value)
-            if is_key_variable(n) and n not in refused and not is_secret_place(path)
+            if is_key_variable(n)
+            and n not in refused
+            and path[:1] in _TO_THE_MODEL
+            and not is_secret_place(path)
         ]
         if keys and positions.get(path) != (0, 0):  # the user's own --set may
             file, line, col = locate(path, positions, filename)

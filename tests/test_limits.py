@@ -17,11 +17,11 @@ from llmrun.run.limits import (
     SLOW_START_GAIN,
     START_RATE,
     KeyPool,
-    _duration,
     local_host,
 )
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.testing.limits import ServerLimit
+from llmrun.wire.ratelimit import reset_seconds
 
 from .conftest import read_jsonl, run_cli
 from .test_run import by_id, openai, setup_run
@@ -30,12 +30,12 @@ EXIT_OK = 0
 
 
 def test_reset_durations_in_every_form_providers_send() -> None:
-    assert _duration("1.5") == 1.5
-    assert _duration("6m0s") == 360.0
-    assert _duration("20ms") == pytest.approx(0.02)
-    assert _duration("1h2m3.5s") == pytest.approx(3723.5)
-    assert _duration("soon") is None
-    assert _duration(None) is None
+    assert reset_seconds("1.5") == 1.5
+    assert reset_seconds("6m0s") == 360.0
+    assert reset_seconds("20ms") == pytest.approx(0.02)
+    assert reset_seconds("1h2m3.5s") == pytest.approx(3723.5)
+    assert reset_seconds("soon") is None
+    assert reset_seconds(None) is None
 
 
 def test_a_pace_spaces_starts_and_takes_back_what_was_not_used() -> None:

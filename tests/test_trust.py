@@ -37,6 +37,17 @@ def openai(server: FakeOpenAI, **extra: Any) -> dict[str, Any]:
     return {"name": "openai", "model": "gpt-test", "base_url": server.url, **extra}
 
 
+def refused_by_every_command(recipe: Path, env: dict[str, str], *says: str) -> None:
+    """validate, plan and run each refuse the recipe (exit 2) saying each of ``says``, and
+    none shows the key."""
+    for command in ("validate", "plan", "run"):
+        refused = run_cli(command, str(recipe), env=env)
+        assert refused.returncode == 2, (command, refused.stderr)
+        for text in says:
+            assert text in refused.stderr, (command, text, refused.stderr)
+        assert KEY not in refused.stdout + refused.stderr
+
+
 # -- templates and data.filter run in a sandbox ------------------------------------------------
 
 
@@ -213,13 +224,7 @@ def test_a_key_variable_never_reaches_a_prompt_even_declared(tmp_path: Path):
                 prompt={"user": "{{ text }} ${" + name + "}"},
                 env=[name],
             )
-            for command in ("validate", "plan", "run"):
-                refused = run_cli(command, str(recipe), env={name: KEY})
-                assert refused.returncode == 2, (command, refused.stderr)
-                assert (
-                    f"${{{name}}} holds a key" in refused.stderr and "prompt.user" in refused.stderr
-                )
-                assert KEY not in refused.stdout + refused.stderr
+            refused_by_every_command(recipe, {name: KEY}, f"${{{name}}} holds a key", "prompt.user")
         assert server.count("/v1/chat/completions") == 0
 
 
@@ -257,12 +262,7 @@ def test_every_endpoint_of_a_pool_is_checked_before_a_services_key_goes_there(tm
         provider["base_urls"] = ["https://api.openai.com/v1", server.url]
         recipe = job(tmp_path, provider)
         env = {"OPENAI_API_KEY": KEY}
-        for command in ("validate", "plan", "run"):
-            refused = run_cli(command, str(recipe), env=env)
-            assert refused.returncode == 2, (command, refused.stderr)
-            assert "provider.base_urls[1]" in refused.stderr
-            assert "--allow-host 127.0.0.1" in refused.stderr
-            assert KEY not in refused.stdout + refused.stderr
+        refused_by_every_command(recipe, env, "provider.base_urls[1]", "--allow-host 127.0.0.1")
         assert server.count("/v1/chat/completions") == 0
         plan = run_cli("plan", str(recipe), "--allow-host", "127.0.0.1", env=env)
         assert plan.returncode == 0, plan.stderr
@@ -280,11 +280,9 @@ def test_a_services_key_put_into_a_header_is_checked_as_a_key_is(tmp_path: Path)
         )
         recipe = job(tmp_path, provider)
         env = {"OPENAI_API_KEY": KEY}
-        for command in ("validate", "plan", "run"):
-            refused = run_cli(command, str(recipe), env=env)
-            assert refused.returncode == 2, (command, refused.stderr)
-            assert "the key in $OPENAI_API_KEY belongs to api.openai.com" in refused.stderr
-            assert KEY not in refused.stdout + refused.stderr
+        refused_by_every_command(
+            recipe, env, "the key in $OPENAI_API_KEY belongs to api.openai.com"
+        )
         assert server.count("/v1/chat/completions") == 0
         # Confirmed, it goes (and plan says so); a variable that is no service's key in a
         # header or URL is no key to route.

@@ -21,7 +21,7 @@ import itertools
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Generator, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 from anyio import CancelScope
@@ -71,7 +71,6 @@ FIELD_CHECK = 20  # records the run-start check of the template looks at
 WRITE_BATCH = 512
 TICK_S = 0.25
 SYNC_EVERY_S = 5.0
-_T = TypeVar("_T")
 
 
 class RunFlags:
@@ -381,7 +380,9 @@ class Engine:
             selected = self.resume.selected_before
             while not self.flags.stopping:
                 try:
-                    chunk = await anyio.to_thread.run_sync(_take, items, READ_CHUNK)
+                    chunk = await anyio.to_thread.run_sync(
+                        list, itertools.islice(items, READ_CHUNK)
+                    )
                 except Exception as exc:  # a missing file, a loader plugin's bug
                     loader = self.recipe.data.name
                     message = f"cannot read the records ({loader} loader): {describe(exc)}"
@@ -597,7 +598,3 @@ class Engine:
     def _count_retry(self, error: CallError) -> None:
         self.stats.retries += 1
         self.stats.retries_by_code[error.code] += 1
-
-
-def _take(items: Iterator[_T], n: int) -> list[_T]:
-    return list(itertools.islice(items, n))

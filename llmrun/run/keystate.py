@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from ..recipe.model import Endpoint
 from ..redaction import fingerprint
 
 BURST_KEEP = 256  # the latest answers kept to tell a burst (in flight at most this many)
@@ -135,3 +136,26 @@ class Lease:
     @property
     def key(self) -> str | None:
         return self.state.key
+
+
+def key_state(
+    key: str | None,
+    endpoint: Endpoint | None,
+    requests_per_minute: float | None,
+    tokens_per_minute: float | None,
+    adaptive: bool,
+) -> KeyState:
+    """A key on an endpoint, with the endpoint's own limits where provider.endpoints gives
+    them, else the run's."""
+    if endpoint is not None and endpoint.requests_per_minute is not None:
+        requests_per_minute = endpoint.requests_per_minute
+    if endpoint is not None and endpoint.tokens_per_minute is not None:
+        tokens_per_minute = endpoint.tokens_per_minute
+    return KeyState(
+        key,
+        Pace(requests_per_minute),
+        Pace(tokens_per_minute),
+        adaptive,
+        None if endpoint is None else endpoint.url,
+        limit_given=requests_per_minute is not None,
+    )

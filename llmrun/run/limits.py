@@ -69,7 +69,8 @@ import anyio
 
 from ..errors import RunAborted
 from ..recipe.model import Endpoint, Recipe
-from .keystate import KeyState, Lease, Pace, Trial
+from ..wire.ratelimit import header_number, reset_seconds
+from .keystate import KeyState, Lease, Trial, key_state
 
 # Adaptive pace, on the request rate of each key (see the module docstring):
 # slow start: from one request per round trip of the key's first request (at least START_RATE
@@ -146,7 +147,7 @@ class KeyPool:
         # pace is per key and endpoint; one of provider.endpoints may bring its own keys and
         # limits.
         self.states = [
-            _key_state(key, endpoint, requests_per_minute, tokens_per_minute, adaptive)
+            key_state(key, endpoint, requests_per_minute, tokens_per_minute, adaptive)
             for endpoint in (endpoints or (None,))
             for key in (endpoint.api_keys if endpoint and endpoint.api_keys else keys) or (None,)
         ]
@@ -488,13 +489,13 @@ class KeyPool:
         if raw is not None and not any(k[:12].lower() == b"x-ratelimit-" for k, _ in raw):
             return
         for kind in ("requests", "tokens"):
-            remaining = _number(headers.get(f"x-ratelimit-remaining-{kind}"))
+            remaining = header_number(headers.get(f"x-ratelimit-remaining-{kind}"))
             if remaining is not None and remaining < 1:
-                reset = _duration(headers.get(f"x-ratelimit-reset-{kind}"))
+                reset = reset_seconds(headers.get(f"x-ratelimit-reset-{kind}"))
                 if reset:
                     state.pause(now, reset)
         if state.adaptive and not state.limit_given:
-            limit = _number(headers.get("x-ratelimit-limit-requests"))
+            limit = header_number(headers.get("x-ratelimit-limit-requests"))
             if limit and state.requests.per_minute != limit:
                 state.requests.set_rate(limit)
             if limit and state.slow_start:
@@ -543,29 +544,6 @@ def local_host(host: str) -> bool:
     return address.is_loopback or address.is_private or address.is_link_local
 
 
-def _key_state(
-    key: str | None,
-    endpoint: Endpoint | None,
-    requests_per_minute: float | None,
-    tokens_per_minute: float | None,
-    adaptive: bool,
-) -> KeyState:
-    """A key on an endpoint, with the endpoint's own limits where provider.endpoints gives
-    them, else the run's."""
-    if endpoint is not None and endpoint.requests_per_minute is not None:
-        requests_per_minute = endpoint.requests_per_minute
-    if endpoint is not None and endpoint.tokens_per_minute is not None:
-        tokens_per_minute = endpoint.tokens_per_minute
-    return KeyState(
-        key,
-        Pace(requests_per_minute),
-        Pace(tokens_per_minute),
-        adaptive,
-        None if endpoint is None else endpoint.url,
-        limit_given=requests_per_minute is not None,
-    )
-
-
 def _burst(state: KeyState, least: int) -> bool:
     """Most of the requests in flight refused: more than half of the latest
     max(least, in flight) answers, those not answered yet counted as not refused (a 429
@@ -595,42 +573,3 @@ def _window(state: KeyState) -> float:
     a slow pace (a second holds none at 0.5 requests/s, and every 429 would cut blind)."""
     pace = state.learnt.per_minute
     return OK_WINDOW_S if not pace else max(OK_WINDOW_S, MEASURE_OKS * 60.0 / pace)
-
-
-def _number(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
-def _duration(value: str | None) -> float | None:
-    """Seconds in a reset header: ``1.5``, ``6m0s``, ``20ms``, ``1h2m3.5s``."""
-    if not value:
-        return None
-    plain = _number(value)
-    if plain is not None:
-        return plain
-    total, number = 0.0, ""
-    text = value.strip()
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch.isdigit() or ch == ".":
-            number += ch
-            i += 1
-            continue
-        unit = "ms" if text.startswith("ms", i) else ch
-        i += len(unit)
-        try:
-            amount = float(number)
-        except ValueError:
-            return None
-        number = ""
-        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit)
-        if scale is None:
-            return None
-        total += amount * scale
-    return total if not number else None

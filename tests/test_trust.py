@@ -346,6 +346,32 @@ def test_output_refusals(tmp_path: Path):
     assert len(read_jsonl(onto_data.parent / "data.jsonl")) == 3
 
 
+def test_a_state_folder_shipped_with_links_is_refused_not_written_through(tmp_path: Path):
+    # A shared folder (a repository, an archive) may hold links: out.jsonl.llmrun/run.log ->
+    # ~/.bashrc had every run append its log to that file; the whole state folder as a link
+    # put the lock, manifest and log wherever it pointed.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "profile.sh"
+    victim.write_text("export SAFE=1\n", encoding="utf-8")
+    recipe = job(tmp_path, {"name": "mock"})
+    state = recipe.parent / "out.jsonl.llmrun"
+    state.mkdir()
+    (state / "run.log").symlink_to(victim)
+    result = run_cli("run", str(recipe))
+    assert result.returncode == 2, result.stderr
+    assert "run.log is a symbolic link" in result.stderr
+    assert victim.read_text(encoding="utf-8") == "export SAFE=1\n"
+    (state / "run.log").unlink()
+    state.rmdir()
+    state.symlink_to(outside, target_is_directory=True)
+    result = run_cli("run", str(recipe))
+    assert result.returncode == 2, result.stderr
+    assert "out.jsonl.llmrun is a symbolic link" in result.stderr
+    assert sorted(p.name for p in outside.iterdir()) == ["profile.sh"]
+    assert not (recipe.parent / "out.jsonl").exists()
+
+
 def test_outputs_llmrun_wrote_and_outputs_named_on_the_command_line_work(tmp_path: Path):
     with FakeOpenAI() as server:
         recipe = job(tmp_path, openai(server, api_keys=["k-123456"]))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..durable import fsync_dir
-from ..errors import LockedError
+from ..errors import LockedError, RecipeError
 
 DIGEST = 16  # bytes of blake2b per id: collisions are out of reach (~1e-20 at 10^9 ids)
 
@@ -158,6 +158,21 @@ class IdSetBuilder:
         return out, table, 128 - bits, count
 
 
+def refuse_links(folder: Path) -> None:
+    """RecipeError when ``folder`` is a symbolic link or holds one. llmrun writes its state
+    there by fixed names (run.log, manifest.json, ...): a shared folder that ships
+    ``out.jsonl.llmrun/run.log -> ~/.bashrc`` had every run append to that file."""
+    found = [folder] if folder.is_symlink() else []
+    if not found and folder.is_dir():
+        for root, dirs, files in os.walk(folder):  # links are not followed
+            found += [Path(root, n) for n in (*dirs, *files) if os.path.islink(Path(root, n))]
+    if found:
+        raise RecipeError(
+            f"{found[0]} is a symbolic link (to {os.readlink(found[0])}): llmrun keeps its "
+            "state in real files beside the output and writes through no link; remove it"
+        )
+
+
 class RunState:
     """The state folder of one output file."""
 
@@ -169,7 +184,9 @@ class RunState:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the output's lock, or raise LockedError naming the holder."""
+        """Hold the output's lock, or raise LockedError naming the holder; RecipeError when
+        the state folder is or holds a symbolic link."""
+        refuse_links(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / "lock"
         fh = open(path, "a+")  # noqa: SIM115 - held for the whole run

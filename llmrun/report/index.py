@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..job.store import RunState, atomic_write
+from ..errors import RecipeError
+from ..job.store import RunState, atomic_write, refuse_links
 
 VERSION = 1
 HEAD = 4096  # bytes of the output's start whose hash tells an appended file from a new one
@@ -85,6 +86,10 @@ class RowIndex:
             self.etype.fromfile(fh, rows)
 
     def _save(self, state: RunState, meta_path: Path, bin_path: Path) -> None:
+        try:
+            refuse_links(state.dir)
+        except RecipeError:
+            return  # a state folder that is or holds a link: no cache is written through it
         state.dir.mkdir(parents=True, exist_ok=True)
         tmp = bin_path.with_name(f".{bin_path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:

@@ -91,6 +91,7 @@ class ParquetWriter:
                 ]
             )
         self.path.mkdir(parents=True, exist_ok=True)
+        self._refuse_links()
         parts = self._numbered(PART)
         for number, journal in sorted(self._numbered(JOURNAL).items()):
             if number in parts:
@@ -103,6 +104,22 @@ class ParquetWriter:
         self._index = max(parts, default=-1) + 1
         self._schema = self._known_schema(parts.values())
         return self._existing(sorted(parts.values()))
+
+    def _refuse_links(self) -> None:
+        """The folder's files are opened by fixed names (a journal is appended to, read and
+        sealed): a shared folder shipping ``_pending-00000.jsonl -> ~/.bashrc`` had rows
+        appended to that file and its lines read into the output. RecipeError on any link."""
+        links = sorted(e.path for e in os.scandir(self.path) if e.is_symlink())
+        if links:
+            raise RecipeError(
+                [
+                    Problem(
+                        f"{links[0]} is a symbolic link (to {os.readlink(links[0])}): the "
+                        "parquet writer writes only real files in its folder; remove it",
+                        "output.path",
+                    )
+                ]
+            )
 
     def read(self) -> Generator[Mapping[str, Any], None, None]:
         """The rows already written, read-only (``llmrun status``, ``plan``): the sealed parts,

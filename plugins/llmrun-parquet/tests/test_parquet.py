@@ -198,6 +198,20 @@ def test_writer_refuses_a_file_path(tmp_path: Path) -> None:
         writer.open()
 
 
+def test_writer_refuses_a_folder_shipped_with_links(tmp_path: Path) -> None:
+    # A journal name linked elsewhere: rows were appended to that file and its lines read in.
+    victim = tmp_path / "profile.sh"
+    victim.write_text("export SAFE=1\n", encoding="utf-8")
+    folder = tmp_path / "job" / "out.parquet"
+    folder.mkdir(parents=True)
+    (folder / "_pending-00000.jsonl").symlink_to(victim)
+    writer = ParquetWriter({"path": "out.parquet"}, context(tmp_path / "job"))
+    with pytest.raises(RecipeError, match=r"_pending-00000\.jsonl is a symbolic link"):
+        writer.open()
+    assert victim.read_text(encoding="utf-8") == "export SAFE=1\n"
+    assert (folder / "_pending-00000.jsonl").is_symlink()  # nothing sealed or removed
+
+
 CRASHING_WRITER = textwrap.dedent(
     """
     import os, signal, sys

@@ -22,7 +22,6 @@ in under 2 s.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import shutil
@@ -32,6 +31,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from llmrun.jsonio import row_line
 
 TARGET_S = 2.0
 REVIEW = (
@@ -47,7 +48,7 @@ ERRORS = ["rate_limit", "timeout", "invalid_request", "postprocess"]
 def generate(path: Path, rows: int) -> None:
     rng = random.Random(1)
     start = time.time() - rows / 500
-    with open(path, "w", encoding="utf-8") as fh:
+    with open(path, "wb") as fh:
         for i in range(rows):
             text = " ".join(rng.choices(WORDS, k=rng.randint(40, 70)))
             record = {"review_id": f"r{i:07d}", "product": rng.choice(PRODUCTS), "text": text}
@@ -84,7 +85,7 @@ def generate(path: Path, rows: int) -> None:
                 "finished_at": _iso(t0 + latency),
                 "recipe_hash": "78d121bc726c9b14",
             }
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.write(row_line(row))  # exactly as the JSONL writer writes a row
 
 
 def _iso(t: float) -> str:

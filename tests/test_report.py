@@ -320,6 +320,34 @@ def test_the_index_follows_an_output_that_grows_or_is_rewritten(tmp_path: Path) 
     assert len(index) == 1 and list(index.select("error", "z")) == [0]
 
 
+def test_ok_rows_as_the_writer_writes_them_are_indexed_without_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer's rows are compact (orjson): the index's fast path looked only for the
+    # spaced form of json.dumps, so every row of a real output was parsed. Ok rows, compact
+    # or spaced, are classified from their first bytes; the others are parsed.
+    from llmrun.jsonio import row_line
+    from llmrun.report import index as index_module
+
+    out = tmp_path / "o.jsonl"
+    rows = [{"id": f"x{i}", "status": "ok", "text": "fine"} for i in range(6)]
+    rows.append({"id": "bad", "status": "error", "error": {"type": "t"}})
+    with open(out, "wb") as fh:
+        fh.writelines(row_line(row) for row in rows[:3])
+        fh.writelines((json.dumps(row) + "\n").encode() for row in rows[3:])
+    parsed: list[bytes] = []
+
+    def loads(data: bytes) -> Any:
+        parsed.append(data)
+        return json.loads(data)
+
+    monkeypatch.setattr(index_module, "json_loads", loads)
+    index = index_module.RowIndex.open(out)
+    assert len(index) == 7 and list(index.select("ok")) == list(range(6))
+    assert list(index.select("error", "t")) == [6]
+    assert len(parsed) == 1 and b'"bad"' in parsed[0]
+
+
 def test_the_first_page_shows_while_the_index_is_built(job: Path, tmp_path: Path) -> None:
     from llmrun.report.viewer import Viewer as Pages
 

@@ -20,12 +20,14 @@ from typing import Any
 
 from ..errors import RecipeError
 from ..job.store import RunState, atomic_write, refuse_links
+from ..jsonio import loads as json_loads
 
 VERSION = 1
 HEAD = 4096  # bytes of the output's start whose hash tells an appended file from a new one
 ROW_CAP = 4 << 20  # bytes of one row the viewer reads; a longer row shows as too long
 OK, ERROR, DAMAGED = 0, 1, 2
-_STATUS_AT = b', "status": "'  # rows start {"id": "...", "status": "...": see below
+# Rows start {"id":"...","status":"..." (or, written before orjson, with spaces): see below.
+_ROW_STARTS = ((b'{"id":"', b',"status":"'), (b'{"id": "', b', "status": "'))
 
 
 def _head(path: Path) -> str:
@@ -135,14 +137,17 @@ class RowIndex:
     @staticmethod
     def _classify(line: bytes) -> tuple[int, str]:
         # The writer puts "id" (a string) first and "status" second. Inside a JSON string a
-        # quote is always escaped, so the first `, "status": "` is the key itself: an ok row
-        # is known without parsing it. Anything else is parsed.
-        if line.startswith(b'{"id": "'):
-            at = line.find(_STATUS_AT)
-            if at > 0 and line.startswith(b'ok"', at + len(_STATUS_AT)):
-                return OK, ""
+        # quote is always escaped, so the first `,"status":"` is the key itself: an ok row is
+        # known without parsing it. Anything else is parsed. Rows are compact (orjson); those
+        # written before it had a space after each `:` and `,`.
+        for start, status_at in _ROW_STARTS:
+            if line.startswith(start):
+                at = line.find(status_at)
+                if at > 0 and line.startswith(b'ok"', at + len(status_at)):
+                    return OK, ""
+                break
         try:
-            row = json.loads(line)
+            row = json_loads(line)
         except ValueError:
             return DAMAGED, ""
         if not isinstance(row, dict):

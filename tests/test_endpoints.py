@@ -165,6 +165,25 @@ def test_a_services_key_on_an_endpoint_of_another_host_is_refused(tmp_path: Path
     assert KEY_A not in refused.stderr and KEY_B not in refused.stderr
 
 
+def test_an_endpoint_without_keys_of_its_own_sends_the_providers_only(tmp_path: Path) -> None:
+    # b has no api_keys: it gets the provider's, never a's (a's key is not routed to b, and a
+    # service's key on a is not refused for b's host).
+    with FakeOpenAI(api_keys={KEY_A}) as a, FakeOpenAI(api_keys={"k-local-123456"}) as b:
+        provider = regions(a, b, 600)
+        provider["api_keys"] = ["k-local-123456"]
+        del provider["endpoints"][1]["api_keys"]  # type: ignore[index]
+        recipe = setup_run(tmp_path, provider, 30, run={"concurrency": 4})
+        env = {"REGION_A_KEY": KEY_A}
+        plan = run_cli("plan", str(recipe), cwd=tmp_path, env=env)
+        result = run_cli("run", str(recipe), cwd=tmp_path, env=env)
+        on_b = list(b.requests)
+    assert plan.returncode == 0 and result.returncode == EXIT_OK, plan.stderr + result.stderr
+    host_b = b.url.split("//")[1].split("/")[0]
+    lines_b = [line for line in plan.stdout.splitlines() if host_b in line]
+    assert lines_b and not any("REGION_A_KEY" in line for line in lines_b), plan.stdout
+    assert {r.headers["authorization"] for r in on_b} == {"Bearer k-local-123456"}
+
+
 def test_base_urls_and_endpoints_together_are_refused(tmp_path: Path) -> None:
     with FakeOpenAI() as a, FakeOpenAI() as b:
         provider = regions(a, b, 600)
@@ -174,3 +193,9 @@ def test_base_urls_and_endpoints_together_are_refused(tmp_path: Path) -> None:
         result = run_cli("validate", str(recipe), cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert "give provider.base_urls or provider.endpoints, not both" in result.stderr
+    with FakeOpenAI() as a:
+        twice = regions(a, a, 600)
+        recipe = setup_run(tmp_path, twice, 5)
+        result = run_cli("validate", str(recipe), cwd=tmp_path, env=env)
+    assert result.returncode == 2
+    assert "provider.endpoints lists a base_url twice" in result.stderr

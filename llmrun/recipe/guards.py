@@ -217,6 +217,12 @@ def foreign_output(output: Path) -> str | None:
     return f"no state folder {output.name}.llmrun/ beside it, and its first line is not a row"
 
 
+def key_homes(homes: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    """Each key variable llmrun knows (its table, then the provider's ``key_homes``) -> the
+    hosts its key belongs to."""
+    return {**KNOWN_KEY_HOMES, **homes}
+
+
 def key_routes(
     endpoint: str,
     keys: Mapping[str, str],
@@ -232,7 +238,7 @@ def key_routes(
     host = host_of(endpoint)
     routes: list[KeyRoute] = []
     problems: list[Problem] = []
-    table = {**KNOWN_KEY_HOMES, **homes}
+    table = key_homes(homes)
     if not keys and host:
         routes.append(KeyRoute(host, "", ""))
     for key, source in keys.items():

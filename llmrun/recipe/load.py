@@ -13,12 +13,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..access import KNOWN_KEY_HOMES, Access
+from ..access import Access
 from ..errors import PluginError, Problem, RecipeError
 from ..plugins import Registry
 from ..redaction import Redactor
 from .envvars import Environment, read_dotenv
-from .guards import KeyRoute, cache_problems, key_routes, output_problems, read_problems
+from .guards import (
+    KeyRoute,
+    cache_problems,
+    key_homes,
+    key_routes,
+    output_problems,
+    read_problems,
+)
 from .interpolation import Scoping, interpolate, literal_secrets
 from .keyenv import check_keys, default_key, env_options
 from .model import (
@@ -241,6 +248,18 @@ def build_recipe(
                     )
                 )
             urls = [e.get("base_url") for e in pool if isinstance(e, dict)]
+            if len(set(map(str, urls))) < len(urls):  # as base_urls' uniqueItems
+                file, line, col = locate(("provider", "endpoints"), positions, filename)
+                problems.append(
+                    Problem(
+                        "provider.endpoints lists a base_url twice: each endpoint once, with "
+                        "all its keys under its api_keys",
+                        "provider.endpoints",
+                        file,
+                        line,
+                        col,
+                    )
+                )
         if isinstance(urls, list) and urls and "base_url" not in provider_section:
             provider_section["base_url"] = urls[0]  # the provider builds requests for the first
     found: dict[str, ComponentSpec | None] = {}
@@ -520,7 +539,7 @@ def _route_keys(
     homes = dict(homes_of(options)) if callable(homes_of) else {}
     # Of the other variables a request carries, those that are a known service's key (a
     # header or URL holding $VLLM_HOST is no key to route).
-    known = {**KNOWN_KEY_HOMES, **homes}
+    known = key_homes(homes)
     extra = {value: name for value, name in (sent or {}).items() if name[1:] in known}
     at = ("provider", "base_url") if ("provider", "base_url") in positions else ("provider",)
     if ("provider", "endpoint") in positions:
@@ -543,9 +562,10 @@ def _route_keys(
     routes: list[KeyRoute] = []
     problems: list[Problem] = []
     for i, (url, where, given) in enumerate(targets):
-        # An endpoint of provider.endpoints with its own keys sends those, and only those.
+        # An endpoint of provider.endpoints with keys of its own sends those, and only those;
+        # any other endpoint sends the provider's (never another endpoint's).
         own = recipe.endpoints[i].api_keys if recipe.endpoints else ()
-        keys = {key: sources.get(key, "the recipe") for key in own} if own else dict(sources)
+        keys = {key: sources.get(key, "the recipe") for key in own or recipe.api_keys}
         keys |= extra
         file, line, col = locate(where, positions, filename)
         found, trouble = key_routes(

@@ -15,7 +15,8 @@ import pytest
 
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 from llmrun.testing.limits import FAULT_KINDS, fault_mix
-from llmrun.wire.retry import backoff_s
+from llmrun.wire.ratelimit import MAX_SERVER_WAIT_S, reset_seconds
+from llmrun.wire.retry import backoff_s, retry_after_s
 
 from .conftest import make_records, read_jsonl, run_cli
 from .test_run import by_id, calls_per_id, fingerprint_of, openai, record_id_of, setup_run
@@ -100,6 +101,26 @@ def test_a_retry_after_is_the_wait_itself_at_every_attempt() -> None:
     # Without one: full jitter, within the exponential bound.
     draws = [backoff_s(4, None) for _ in range(500)]
     assert min(draws) >= 0.0 and max(draws) <= 4.0 and max(draws) > 2.0
+
+
+def test_a_hostile_wait_from_a_server_is_bounded() -> None:
+    # "inf", 1e12 or a date next century held a record (or, as a reset, a whole key) for
+    # ever: every wait a server asks for is at most MAX_SERVER_WAIT_S; no number, no wait.
+    cap = MAX_SERVER_WAIT_S
+    for headers in (
+        {"retry-after": "inf"},
+        {"retry-after": "1e12"},
+        {"retry-after-ms": "1e15"},
+        {"retry-after": "Fri, 31 Dec 2999 23:59:59 GMT"},
+    ):
+        assert retry_after_s(headers) == cap, headers
+        assert backoff_s(3, retry_after_s(headers)) == cap
+    assert retry_after_s({"retry-after": "nan"}) is None
+    assert retry_after_s({"retry-after": "-5"}) == 0.0
+    assert retry_after_s({"retry-after": "1.5"}) == 1.5
+    assert reset_seconds("inf") == cap and reset_seconds("99999h") == cap
+    assert reset_seconds("nan") is None and reset_seconds("6m0s") == 120.0
+    assert reset_seconds("20ms") == 0.02
 
 
 def test_retry_after_holds_the_key_when_most_requests_in_flight_are_refused(

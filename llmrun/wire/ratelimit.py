@@ -3,6 +3,22 @@ names once the provider maps them): what the key pool reads to pause or pace a k
 
 from __future__ import annotations
 
+import math
+
+# The longest wait llmrun takes from a server (Retry-After, a ratelimit reset): a per-minute
+# budget refills within it. A hostile or broken server's "inf", 1e12 or a date in the next
+# century held a record, or a whole key, for ever; past this a retry asks again, and
+# run.max_retries bounds how often.
+MAX_SERVER_WAIT_S = 120.0
+
+
+def bounded_wait(seconds: float | None) -> float | None:
+    """A wait a server asked for, as llmrun honours it: within [0, MAX_SERVER_WAIT_S]; None
+    for none, or for a value that is no number (nan)."""
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_SERVER_WAIT_S)
+
 
 def header_number(value: str | None) -> float | None:
     """A rate-limit header's number (``x-ratelimit-remaining-requests: 59``), None if none."""
@@ -15,7 +31,13 @@ def header_number(value: str | None) -> float | None:
 
 
 def reset_seconds(value: str | None) -> float | None:
-    """Seconds in a reset header: ``1.5``, ``6m0s``, ``20ms``, ``1h2m3.5s``."""
+    """Seconds in a reset header (``1.5``, ``6m0s``, ``20ms``, ``1h2m3.5s``), bounded as every
+    wait a server asks for is (``bounded_wait``)."""
+    return bounded_wait(_reset_seconds(value))
+
+
+def _reset_seconds(value: str | None) -> float | None:
+    """``reset_seconds`` before the bound."""
     if not value:
         return None
     plain = header_number(value)

@@ -19,27 +19,29 @@ import httpx
 
 from ..errors import CallError
 from .bounds import AnswerTooLarge
+from .ratelimit import bounded_wait
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
     """Seconds the server asked us to wait: ``retry-after-ms``, or ``Retry-After`` given as
-    seconds or as an HTTP date."""
+    seconds or as an HTTP date; bounded (``ratelimit.bounded_wait``): a hostile value never
+    holds a record for ever."""
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000)
+            return bounded_wait(float(ms) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return bounded_wait(float(value))
     except ValueError:
         parsed = email.utils.parsedate_tz(value)
         if parsed is None:
             return None
-        return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+        return bounded_wait(email.utils.mktime_tz(parsed) - time.time())
 
 
 def classify_http(

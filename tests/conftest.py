@@ -6,14 +6,16 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from llmrun.testing.fake_openai import FakeOpenAI
 
@@ -106,3 +108,26 @@ def read_cli(
         os.environ.clear()
         os.environ.update(saved_env)
     return subprocess.CompletedProcess(["llmrun", *args], code, out.getvalue(), err.getvalue())
+
+
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """A folder ``build`` fills once for the whole run, whichever pytest-xdist worker asks first;
+    the others wait for it, then share it.
+
+    An ``xdist_group`` mark would keep such tests in one worker instead, but pytest 9 ignores
+    the group pytest-xdist 3.8 writes into each test's id, so every worker built its own (two
+    venvs of Ray and pyarrow in CI), and one worker then ran every test of the group. Built once
+    here, the tests spread over the workers like any others."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # each worker's base is <run>/popen-gwN: <run> is shared
+    folder, done = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder

@@ -18,19 +18,17 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import read_jsonl, write_jsonl
+from .conftest import built_once, read_jsonl, write_jsonl
 
-# Slow (builds distributions in a fresh environment): `-m "not slow"` leaves them out. One
-# group: under pytest-xdist's --dist loadgroup they run in one process, so the environment is
-# built once, not once per process.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("plugin-dists")]
+# Slow (builds distributions in a fresh environment): `-m "not slow"` leaves them out. The
+# environment is built once for the run and shared by the xdist workers (conftest.built_once).
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 PARQUET = ROOT / "plugins" / "llmrun-parquet"
@@ -71,21 +69,32 @@ class Venv:
 
 
 @pytest.fixture(scope="session")
-def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
-    folder = tmp_path_factory.mktemp("plugin-dists") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=120)
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in {"LLMRUN_PLUGINS", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"}
     }
-    env["PATH"] = os.pathsep.join([str(folder / "bin"), env.get("PATH", "")])
     # The Hugging Face cache of these tests is their own; nothing reaches the Hub.
     env["HF_HOME"] = str(tmp_path_factory.mktemp("hf-home"))
     env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     # llmrun-wandb logs every run of this environment: nowhere, here (its own tests go offline).
     env["WANDB_MODE"] = "disabled"
-    made = Venv(folder, env)
+
+    def build(folder: Path) -> None:
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=120)
+        install(Venv(folder, with_path(env, folder)))
+
+    folder = built_once(tmp_path_factory, "plugin-dists-venv", build)
+    return Venv(folder, with_path(env, folder))
+
+
+def with_path(env: dict[str, str], folder: Path) -> dict[str, str]:
+    bin_folder = folder / ("Scripts" if os.name == "nt" else "bin")
+    return {**env, "PATH": os.pathsep.join([str(bin_folder), env.get("PATH", "")])}
+
+
+def install(made: Venv) -> None:
     proc = made.run(
         "python",
         "-m",
@@ -100,12 +109,11 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
         f"{HF}[test]",
         f"{WANDB}[test]",
         # Ray is the largest of them (about 240 MB installed): it is installed here, once per
-        # session with the others, and only its own tests (on a local cluster) import it.
+        # run with the others, and only its own tests (on a local cluster) import it.
         f"{RAY}[test]",
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    yield made
 
 
 def test_plugins_are_listed_from_their_entry_points(venv: Venv) -> None:

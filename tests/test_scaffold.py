@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import built_once, run_cli
 
-# Slow (builds distributions in a fresh environment): `-m "not slow"` leaves them out.
-# One group under --dist loadgroup: its session fixture builds a venv once, in one process.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scaffold")]
+# Slow (builds distributions in a fresh environment): `-m "not slow"` leaves them out. The venv
+# is built once for the run and shared by the xdist workers (conftest.built_once).
+pytestmark = pytest.mark.slow
 
 # kind -> the component's name; one plugin of each kind is generated and installed.
 KINDS = {"postprocessor": "shout_it", "loader": "lines", "provider": "chatty"}
@@ -27,13 +27,21 @@ TESTS = {"postprocessor": 4, "loader": 3, "provider": 4}
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(the folder holding one generated plugin of each kind, the python of a fresh venv they
     are installed in)."""
-    root = tmp_path_factory.mktemp("scaffold")
+    root = built_once(tmp_path_factory, "scaffold", generate_and_install)
+    return root, venv_python(root / "venv")
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def generate_and_install(root: Path) -> None:
     for kind, name in KINDS.items():
         made = run_cli("plugin", "new", name, "--kind", kind, cwd=root)
         assert made.returncode == 0, made.stderr
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    python = venv_python(venv)
     venv_site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
@@ -65,7 +73,6 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         timeout=120,
     )
     assert install.returncode == 0, install.stdout + install.stderr
-    return root, python
 
 
 @pytest.fixture(scope="session")

@@ -94,6 +94,14 @@ class Cluster:
         ]
         ray.get([w.ready.remote() for w in self.workers])
 
+    def stop(self) -> None:
+        """End the workers now. A driver process that exits ends them with it; one that goes on
+        (a notebook, a test) would otherwise hold their CPUs on the cluster until its garbage
+        collector drops the last handle, and the next job's workers wait for those CPUs."""
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []
+
     # -- the engine's backends ---------------------------------------------------------------
 
     def key_pool(self, recipe: Recipe) -> KeyPool:
@@ -265,5 +273,8 @@ async def run_on_ray(
     **options: Any,
 ) -> RunSummary:
     """Run ``recipe`` on the cluster (``init_ray`` first) and return how it ended."""
-    engine, _ = ray_engine(recipe, registry, progress, **options)
-    return await engine.run()
+    engine, cluster = ray_engine(recipe, registry, progress, **options)
+    try:
+        return await engine.run()
+    finally:
+        cluster.stop()

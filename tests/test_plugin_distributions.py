@@ -375,10 +375,19 @@ def test_export_to_parquet_uses_the_plugin_writer(venv: Venv, tmp_path: Path) ->
     assert sorted(r["id"] for r in table["rows"]) == [f"e{i}" for i in range(5)]
 
 
-# llmrun-ray's 14 tests start a local Ray cluster: about 2 min alone, over 5 on a loaded
-# 2-core machine (seen in CI), past the suite's default timeout.
+# llmrun-ray's 15 tests start a local Ray cluster: about 70 s alone, three times that beside
+# the rest of the suite on 2 cores, and more on a loaded machine: past the default timeout.
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("plugin", [PARQUET, HF, WANDB, RAY], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "plugin",
+    [
+        pytest.param(RAY, marks=pytest.mark.slow(seconds=180)),
+        pytest.param(PARQUET, marks=pytest.mark.slow(seconds=30)),
+        HF,
+        WANDB,
+    ],
+    ids=lambda p: p.name,
+)
 def test_each_plugins_own_tests_pass_in_the_installed_env(venv: Venv, plugin: Path) -> None:
     # pytest's script (not `python -m`) keeps the source folder off sys.path: the tests run
     # against the installed package.

@@ -370,7 +370,7 @@ def test_a_rejected_key_never_shows_in_answers_or_logs(tmp_path: Path) -> None:
         assert SECRET not in text
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:
     recipe = mock_recipe(tmp_path)
     env = {"SERVE_TOKEN": TOKEN}

@@ -320,6 +320,35 @@ def test_the_index_follows_an_output_that_grows_or_is_rewritten(tmp_path: Path) 
     assert len(index) == 1 and list(index.select("error", "z")) == [0]
 
 
+def test_an_output_rewritten_in_place_with_the_same_start_is_indexed_again(
+    tmp_path: Path,
+) -> None:
+    # Same inode, same first 4 KB, as long or longer: only the rows after the start changed
+    # (a rewrite by another tool, or a new file on a reused inode). The cached index of the
+    # old rows must not be taken for it.
+    from llmrun.report.index import RowIndex
+
+    out = tmp_path / "o.jsonl"
+    pad = "p" * 200
+    start = [{"id": f"s{i}", "status": "ok", "text": pad} for i in range(40)]  # over 4 KB
+    old = [{"id": f"old{i}", "status": "ok", "text": pad} for i in range(20)]
+    write_jsonl(out, start + old)
+    assert len(RowIndex.open(out)) == 60
+    inode = out.stat().st_ino
+    new = [
+        {"id": f"new{i}", "status": "error", "error": {"type": "gone"}, "text": pad + "q" * i}
+        for i in range(20)
+    ]
+    with open(out, "r+", encoding="utf-8") as fh:  # in place: the inode stays
+        fh.write("".join(json.dumps(r) + "\n" for r in start + new))
+        fh.truncate()
+    assert out.stat().st_ino == inode
+    index = RowIndex.open(out)
+    assert len(index) == 60
+    assert list(index.select("error", "gone")) == list(range(40, 60))
+    assert [r["id"] for _, r, _ in index.read([40]) if r] == ["new0"]
+
+
 def test_ok_rows_as_the_writer_writes_them_are_indexed_without_parsing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

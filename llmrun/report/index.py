@@ -22,7 +22,7 @@ from ..errors import RecipeError
 from ..job.store import RunState, atomic_write, refuse_links
 from ..jsonio import loads as json_loads
 
-VERSION = 1
+VERSION = 2  # 2: the tail's hash
 HEAD = 4096  # bytes of the output's start whose hash tells an appended file from a new one
 ROW_CAP = 4 << 20  # bytes of one row the viewer reads; a longer row shows as too long
 OK, ERROR, DAMAGED = 0, 1, 2
@@ -33,6 +33,15 @@ _ROW_STARTS = ((b'{"id":"', b',"status":"'), (b'{"id": "', b', "status": "'))
 def _head(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.blake2b(fh.read(HEAD), digest_size=16).hexdigest()
+
+
+def _tail(path: Path, end: int) -> str:
+    """The hash of the HEAD bytes before ``end``: an output only appended to keeps them. A file
+    rewritten in place (or a new one on a reused inode) with the same start but other rows
+    would otherwise reuse an index of rows that are gone."""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, end - HEAD))
+        return hashlib.blake2b(fh.read(min(end, HEAD)), digest_size=16).hexdigest()
 
 
 class RowIndex:
@@ -69,6 +78,7 @@ class RowIndex:
                 and meta.get("inode") == stat.st_ino
                 and int(meta["end"]) <= stat.st_size
                 and meta.get("head") == _head(output)
+                and meta.get("tail") == _tail(output, int(meta["end"]))
             ):
                 index._load(bin_path, int(meta["rows"]))
                 index.types = [str(t) for t in meta["types"]]
@@ -103,6 +113,7 @@ class RowIndex:
             "version": VERSION,
             "inode": self.output.stat().st_ino,
             "head": _head(self.output),
+            "tail": _tail(self.output, self.end),
             "end": self.end,
             "rows": len(self),
             "types": self.types,

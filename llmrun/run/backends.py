@@ -5,7 +5,8 @@ in-process ``Budget`` and processes each record with in-process ``Stages``. A di
 spreads one job over many processes or machines (``plugins/llmrun-ray``) hands the engine
 ``Backends`` instead: a key pool and a budget whose state lives in one shared place (so a limit,
 a retired key and the budget hold for the whole cluster), and stages that send records to remote
-workers. Every factory is optional; what is left out stays the in-process default.
+workers, and ``close`` ends them with the run. Every factory is optional; what is left out stays
+the in-process default.
 
 A replacement must keep the contracts of what it replaces (a subclass that overrides the
 methods the ``Caller`` and the engine use): ``KeyPool`` (acquire, release, settle_tokens,
@@ -38,3 +39,6 @@ class Backends:
     # (the engine, its in-process stages) -> the stages its workers process records with. The
     # engine is ``run.engine.Engine``, which imports this module (so it is not named here).
     stages: Callable[[Any, Stages], Stages] | None = None
+    # Called once when the run ends, however it ends: frees what the backends hold (the remote
+    # workers), which would otherwise outlive the run in a process that goes on.
+    close: Callable[[], None] | None = None

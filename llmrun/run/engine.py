@@ -178,6 +178,13 @@ class Engine:
     # -- the run ---------------------------------------------------------------------------
 
     async def run(self) -> RunSummary:
+        try:
+            return await self._run()
+        finally:
+            if self.backends.close is not None:  # however the run ended, or failed to start
+                self.backends.close()
+
+    async def _run(self) -> RunSummary:
         with self.state.locked():
             finished_steps: dict[str, dict[str, Any]] = {}
             if self.fresh:

@@ -18,6 +18,7 @@ again, it skips every id in the output and sends the rest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
@@ -95,12 +96,15 @@ class Cluster:
         ray.get([w.ready.remote() for w in self.workers])
 
     def stop(self) -> None:
-        """End the workers now. A driver process that exits ends them with it; one that goes on
-        (a notebook, a test) would otherwise hold their CPUs on the cluster until its garbage
-        collector drops the last handle, and the next job's workers wait for those CPUs."""
-        for worker in self.workers:
-            ray.kill(worker)
-        self.workers = []
+        """End the workers (the engine calls this as ``Backends.close`` when the run ends). A
+        driver process that exits ends them with it; one that goes on (a notebook, a test) held
+        their CPUs on the cluster until its garbage collector dropped the last handle, and the
+        next job's workers waited for those CPUs."""
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            # One already gone (killed, its node lost) has nothing left to end.
+            with contextlib.suppress(Exception):
+                ray.kill(worker)
 
     # -- the engine's backends ---------------------------------------------------------------
 
@@ -119,7 +123,9 @@ class Cluster:
         return RemoteStages(engine, local, self)
 
     def backends(self) -> Backends:
-        return Backends(key_pool=self.key_pool, budget=self.budget, stages=self.stages)
+        return Backends(
+            key_pool=self.key_pool, budget=self.budget, stages=self.stages, close=self.stop
+        )
 
 
 class RemoteStages(Stages):
@@ -273,8 +279,5 @@ async def run_on_ray(
     **options: Any,
 ) -> RunSummary:
     """Run ``recipe`` on the cluster (``init_ray`` first) and return how it ended."""
-    engine, cluster = ray_engine(recipe, registry, progress, **options)
-    try:
-        return await engine.run()
-    finally:
-        cluster.stop()
+    engine, _ = ray_engine(recipe, registry, progress, **options)
+    return await engine.run()  # its Backends.close ends the workers

@@ -45,16 +45,6 @@ class RayEngine:
         overrides: Sequence[str] = (),
         **options: Any,
     ) -> Any:
-        if recipe.endpoints:
-            from llmrun import RecipeError
-
-            # The cluster's limiter paces keys, not endpoints: the workers would all send to
-            # the first URL, silently.
-            raise RecipeError(
-                "run.engine: ray does not spread a job over provider.base_urls or "
-                "provider.endpoints yet; run it without run.engine: ray, or as one job per "
-                "endpoint (provider.base_url)"
-            )
         from .driver import init_ray, ray_engine
 
         init_ray(address)

@@ -109,7 +109,7 @@ class Cluster:
     # -- the engine's backends ---------------------------------------------------------------
 
     def key_pool(self, recipe: Recipe) -> KeyPool:
-        return RemoteKeyPool(self.limiter, recipe.api_keys)
+        return RemoteKeyPool(self.limiter, recipe.api_keys, recipe.endpoints)
 
     def budget(self, limit_usd: float, price: Price, spent_usd: float) -> Budget:
         # The output's spend so far counts once, for the whole cluster.
@@ -203,6 +203,10 @@ class RemoteStages(Stages):
         for code, n in message.get("retries", {}).items():
             stats.retries += n
             stats.retries_by_code[code] += n
+        for url, (ok, failed) in message.get("endpoints", {}).items():
+            counts = stats.endpoints.setdefault(url, [0, 0])
+            counts[0] += ok
+            counts[1] += failed
         for warning in message.get("warnings", ()):
             if warning not in self._warned:
                 self._warned.add(warning)

@@ -25,6 +25,7 @@ already cost; an unused allowance is given back when a worker goes idle or is re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -67,6 +68,10 @@ class Limiter:
             tokens_per_minute=settings.get("tokens_per_minute"),
             adaptive=bool(settings.get("adaptive")),
             slow_start_local=bool(settings.get("slow_start_local")),
+            # The endpoints with placeholders for their own keys: the pool's states come in
+            # the order of the workers' pools (endpoint by endpoint, key by key), so a state's
+            # index names the same (endpoint, key) on both sides.
+            endpoints=tuple(settings.get("endpoints") or ()),
         )
         self.probe_s = float(settings.get("timeout_s") or 600.0) + PROBE_GRACE_S
         self.limit_usd: float | None = None
@@ -163,6 +168,8 @@ class Limiter:
                 self.pool.on_rate_limited(lease, retry_after, spent=bool(spent))
             elif what == "retire":
                 self.pool.retire(lease, arg)
+            elif what == "down":
+                self.pool.endpoint_failed(lease)
 
     def _lease(self, ticket: Ticket) -> Lease:
         self.reports += 1
@@ -227,6 +234,12 @@ def limiter_settings(recipe: Recipe) -> dict[str, Any]:
         "adaptive": run.adaptive,
         "slow_start_local": run.slow_start_local,
         "timeout_s": run.timeout_s,
+        # provider.base_urls / provider.endpoints, each endpoint's own keys replaced by
+        # placeholders: the actor paces each (endpoint, key) and never holds a key.
+        "endpoints": [
+            dataclasses.replace(e, api_keys=tuple(f"{j}.{i}" for i in range(len(e.api_keys))))
+            for j, e in enumerate(recipe.endpoints)
+        ],
     }
 
 
@@ -235,11 +248,16 @@ def limiter_name(recipe: Recipe) -> str:
     on the cluster that sends with these keys to this endpoint paces through the same actor
     (two recipes, or two outputs of one recipe, on one key together keep its limit). Named by
     the keys' fingerprints, never the keys."""
+    settings = limiter_settings(recipe)
+    endpoints = settings.pop("endpoints")
     what = {
         "keys": sorted(fingerprint(k) for k in recipe.api_keys),
         "endpoint": str(recipe.provider.options.get("base_url") or recipe.provider.name),
-        "endpoints": [e.url for e in recipe.endpoints],
-        "limits": limiter_settings(recipe),
+        "endpoints": [
+            [e.url, e.requests_per_minute, e.tokens_per_minute, len(e.api_keys)] for e in endpoints
+        ],
+        "endpoint_keys": [sorted(fingerprint(k) for k in e.api_keys) for e in recipe.endpoints],
+        "limits": settings,
     }
     digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
     return f"llmrun-limiter-{digest[:16]}"
@@ -292,8 +310,10 @@ class RemoteKeyPool(KeyPool):
     made by the actor. Local key states only carry the keys (and, for messages, why they were
     retired); they pace nothing."""
 
-    def __init__(self, limiter: Any, keys: tuple[str, ...]) -> None:
-        super().__init__(keys)
+    def __init__(
+        self, limiter: Any, keys: tuple[str, ...], endpoints: tuple[Any, ...] = ()
+    ) -> None:
+        super().__init__(keys, endpoints=endpoints)  # the actor's states, with the keys
         self.limiter = limiter
         self._asking: list[tuple[int, asyncio.Future[Ticket | dict[int, str]]]] = []
         self._delivering: set[asyncio.Future[None]] = set()
@@ -375,6 +395,13 @@ class RemoteKeyPool(KeyPool):
         self, lease: Lease, retry_after: float | None, *, spent: bool = False
     ) -> None:
         self._report("429", _ticket(lease), (retry_after, spent))
+
+    def endpoint_failed(self, lease: Lease) -> bool:
+        # The actor counts the failures in a row and sets the endpoint aside for every worker;
+        # it says nothing back, so no worker warns of it (False).
+        if self.pooled:
+            self._report("down", _ticket(lease), None)
+        return False
 
     def retire(self, lease: Lease, reason: str) -> bool:
         if lease.state.retired is None:

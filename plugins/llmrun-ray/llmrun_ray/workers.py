@@ -88,6 +88,9 @@ class RecipeStages:
         self.budget: ClusterBudget | None = None
         self.journal = RelayedJournal()
         self._stages: Stages | None = None
+        self._caller: Caller | None = None
+        # provider.base_urls / endpoints: [ok, failed] per endpoint already in a report
+        self._reported: dict[str, tuple[int, int]] = {}
 
     def stages(self) -> Stages:
         """Built on the event loop that uses them (the transport belongs to one loop)."""
@@ -104,7 +107,7 @@ class RecipeStages:
             caller = Caller(
                 engine.provider,
                 transport,
-                RemoteKeyPool(self.limiter, recipe.api_keys),
+                RemoteKeyPool(self.limiter, recipe.api_keys, recipe.endpoints),
                 run,
                 warn=self.warn,
                 on_retry=self._count_retry,
@@ -116,6 +119,7 @@ class RecipeStages:
                 # processes share one file; the nodes of a cluster need it on shared storage).
                 cache=engine.cache,
             )
+            self._caller = caller
             if engine.step_parts:  # a steps: recipe: each record through its steps here
                 self._stages = StepStages(engine.step_parts, engine.rows, caller, self.journal)
             else:
@@ -123,6 +127,18 @@ class RecipeStages:
                     recipe, engine.provider, engine.posts, engine.template, engine.rows, caller
                 )
         return self._stages
+
+    def _endpoint_news(self) -> dict[str, tuple[int, int]]:
+        """Answered and failed attempts per endpoint since the last report: the driver adds
+        them up for its progress, summary and manifest."""
+        news: dict[str, tuple[int, int]] = {}
+        counts = self._caller.endpoint_counts if self._caller is not None else {}
+        for url, (ok, failed) in counts.items():
+            before = self._reported.get(url, (0, 0))
+            if (ok, failed) != before:
+                news[url] = (ok - before[0], failed - before[1])
+                self._reported[url] = (ok, failed)
+        return news
 
     def warn(self, message: str) -> None:
         self.warnings.append(self.engine.redact(message))
@@ -139,6 +155,7 @@ class RecipeStages:
             "retries": dict(self.retries),
             "warnings": self.warnings,
             "steps": self.journal.relayed,
+            "endpoints": self._endpoint_news(),
         }
         self.retries = Counter()
         self.warnings = []

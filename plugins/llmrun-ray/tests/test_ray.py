@@ -550,24 +550,90 @@ def test_the_users_trust_reaches_the_workers_and_nothing_more(cluster: str, tmp_
     assert all(r["fields"] == {"loud": True} for r in rows)
 
 
-def test_a_pool_of_endpoints_is_refused_not_sent_to_the_first(tmp_path: Path):
-    # The cluster's limiter paces keys, not endpoints: every worker would send to the first
-    # URL. Refused before any Ray process starts, and nothing is sent.
-    with FakeOpenAI() as a, FakeOpenAI() as b:
-        recipe = recipe_file(tmp_path, a.url, 10, "{concurrency: 4, engine: ray, workers: 2}")
-        text = recipe.read_text(encoding="utf-8")
-        recipe.write_text(
-            text.replace(f'base_url: "{a.url}"', f'base_urls: ["{a.url}", "{b.url}"]'),
-            encoding="utf-8",
-        )
+def regions_recipe(tmp_path: Path, a: FakeOpenAI, b: FakeOpenAI, n: int, run: str) -> Path:
+    """provider.endpoints: two regions, each with its own key; a at 300 a minute."""
+    recipe = recipe_file(tmp_path, a.url, n, run)
+    text = recipe.read_text(encoding="utf-8")
+    pool = (
+        f'endpoints: [{{base_url: "{a.url}", api_keys: [key-a], requests_per_minute: 300}}, '
+        f'{{base_url: "{b.url}", api_keys: [key-b]}}]'
+    )
+    recipe.write_text(text.replace(f'base_url: "{a.url}"', pool), encoding="utf-8")
+    return recipe
+
+
+def test_a_pool_of_endpoints_is_spread_over_the_workers_each_with_its_keys_and_limit(
+    tmp_path: Path,
+):
+    # The cluster's limiter paces each (endpoint, key), as one process does. Before, every
+    # worker sent everything to the first URL with the provider's keys.
+    n = 80
+    with (
+        FakeOpenAI(latency_s=0.02, api_keys={"key-a"}) as a,
+        FakeOpenAI(latency_s=0.02, api_keys={"key-b"}) as b,
+    ):
+        recipe = regions_recipe(tmp_path, a, b, n, "{concurrency: 4, engine: ray, workers: 2}")
         proc = subprocess.run(
-            [sys.executable, "-m", "llmrun", "run", str(recipe)],
+            [sys.executable, "-m", "llmrun", "run", str(recipe), "--json", "-q"],
             capture_output=True,
             text=True,
             timeout=240,
             env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
             check=False,
         )
-        assert proc.returncode == 2, proc.stderr[-3000:]
-        assert "run.engine: ray does not spread a job over provider.base_urls" in proc.stderr
-        assert a.count() == 0 and b.count() == 0
+        on_a, on_b = list(a.requests), list(b.requests)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["ok"] == n
+    rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
+    ids_once(rows, n)
+    assert all(r["status"] == "ok" for r in rows)
+    # The workers' counts per endpoint reach the driver's summary (and its manifest).
+    assert summary["endpoints"] == {
+        a.url: {"ok": len(on_a), "failed": 0},
+        b.url: {"ok": len(on_b), "failed": 0},
+    }
+    # Each region got its own key only (any other would be a 401 and retire it).
+    assert {r.headers["authorization"] for r in on_a} == {"Bearer key-a"}
+    assert {r.headers["authorization"] for r in on_b} == {"Bearer key-b"}
+    # a at 300 a minute (5 a second) for the whole cluster; b unpaced takes the rest.
+    assert len(on_a) >= 1 and len(on_b) > len(on_a)
+    span = max(r.received_at for r in on_a) - min(r.received_at for r in on_a)
+    assert len(on_a) <= 2 + span * 5.0 * 1.05, (len(on_a), span)
+
+
+def test_an_endpoint_killed_mid_run_is_set_aside_for_every_worker(cluster: str, tmp_path: Path):
+    n = 400
+    with FakeOpenAI(latency_s=0.02) as a, FakeOpenAI(latency_s=0.02) as b:
+        recipe = recipe_file(tmp_path, a.url, n, "{concurrency: 4}")
+        text = recipe.read_text(encoding="utf-8")
+        recipe.write_text(
+            text.replace(f'base_url: "{a.url}"', f'base_urls: ["{a.url}", "{b.url}"]'),
+            encoding="utf-8",
+        )
+        out = tmp_path / "out" / "labels.jsonl"
+        args = [*CLI, "run", str(recipe), "--address", cluster, "--workers", "2", "--json", "-q"]
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        driver = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while not out.exists() or len(out.read_bytes().splitlines()) < n // 4:
+                assert driver.poll() is None, driver.communicate()[1][-3000:]
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            a.stop()  # killed: its connections dropped, new ones refused
+            killed_at = a.count()
+            stdout, stderr = driver.communicate(timeout=240)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.communicate()
+        on_b = b.count()
+    assert driver.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout)["ok"] == n
+    rows = read_jsonl(out)
+    ids_once(rows, n)
+    assert all(r["status"] == "ok" for r in rows)
+    assert killed_at > 0 and on_b >= n - killed_at
+    counted = json.loads(stdout)["endpoints"]
+    assert counted[a.url]["failed"] > 0 and counted[b.url]["ok"] == on_b

@@ -234,10 +234,15 @@ def limiter_settings(recipe: Recipe) -> dict[str, Any]:
         "adaptive": run.adaptive,
         "slow_start_local": run.slow_start_local,
         "timeout_s": run.timeout_s,
-        # provider.base_urls / provider.endpoints, each endpoint's own keys replaced by
-        # placeholders: the actor paces each (endpoint, key) and never holds a key.
+        # provider.base_urls / provider.endpoints, with placeholders for each endpoint's URL
+        # (it may hold a password) and own keys: the actor paces each (endpoint, key), sends
+        # nothing, and never holds a secret (its arguments are visible in Ray's state API).
         "endpoints": [
-            dataclasses.replace(e, api_keys=tuple(f"{j}.{i}" for i in range(len(e.api_keys))))
+            dataclasses.replace(
+                e,
+                url=f"endpoint-{j}",
+                api_keys=tuple(f"{j}.{i}" for i in range(len(e.api_keys))),
+            )
             for j, e in enumerate(recipe.endpoints)
         ],
     }
@@ -249,12 +254,13 @@ def limiter_name(recipe: Recipe) -> str:
     (two recipes, or two outputs of one recipe, on one key together keep its limit). Named by
     the keys' fingerprints, never the keys."""
     settings = limiter_settings(recipe)
-    endpoints = settings.pop("endpoints")
+    del settings["endpoints"]  # named below by what they are, not by their placeholders
     what = {
         "keys": sorted(fingerprint(k) for k in recipe.api_keys),
         "endpoint": str(recipe.provider.options.get("base_url") or recipe.provider.name),
+        # Hashed into the name: a password in a URL does not show.
         "endpoints": [
-            [e.url, e.requests_per_minute, e.tokens_per_minute, len(e.api_keys)] for e in endpoints
+            [e.url, e.requests_per_minute, e.tokens_per_minute] for e in recipe.endpoints
         ],
         "endpoint_keys": [sorted(fingerprint(k) for k in e.api_keys) for e in recipe.endpoints],
         "limits": settings,

@@ -602,6 +602,27 @@ def test_a_pool_of_endpoints_is_spread_over_the_workers_each_with_its_keys_and_l
     assert len(on_a) <= 2 + span * 5.0 * 1.05, (len(on_a), span)
 
 
+def test_the_limiter_actor_is_given_no_key_and_no_url_password(tmp_path: Path):
+    # The actor's arguments are kept by Ray (its state API lists them): what it is given to
+    # pace a pool of endpoints holds placeholders, never an endpoint's keys or the password
+    # in its URL.
+    import pickle
+
+    from llmrun_ray.limiter import limiter_name, limiter_settings
+
+    with FakeOpenAI() as a, FakeOpenAI() as b:
+        recipe = regions_recipe(tmp_path, a, b, 4, "{concurrency: 4}")
+        text = recipe.read_text(encoding="utf-8")
+        with_password = a.url.replace("http://", "http://user:s3cret-pw@")
+        recipe.write_text(text.replace(a.url, with_password), encoding="utf-8")
+        loaded, _ = open_recipe(recipe)
+    settings = limiter_settings(loaded)
+    assert [e.url for e in settings["endpoints"]] == ["endpoint-0", "endpoint-1"]
+    blob = pickle.dumps(settings) + limiter_name(loaded).encode()
+    for secret in (b"s3cret-pw", b"key-a", b"key-b"):
+        assert secret not in blob
+
+
 def test_an_endpoint_killed_mid_run_is_set_aside_for_every_worker(cluster: str, tmp_path: Path):
     n = 400
     with FakeOpenAI(latency_s=0.02) as a, FakeOpenAI(latency_s=0.02) as b:

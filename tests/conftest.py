@@ -26,8 +26,10 @@ os.environ["LLMRUN_PLUGINS"] = ""
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The longest first: pytest-xdist hands tests out in collection order, so a 3-minute test
     # collected late (llmrun-ray's own suite) ran alone at the end while the other worker sat
-    # idle; started first, it runs beside the rest. A slow mark may say how long its test takes
-    # (``slow(seconds=...)``, on a loaded 2-core machine); the sort is stable otherwise.
+    # idle; started first, it runs beside the rest (with --dist worksteal, the README's: plain
+    # load scheduling gives the first worker the first quarter of the tests, every slow one). A
+    # slow mark may say how long its test takes (``slow(seconds=...)``, on a loaded 2-core
+    # machine); the sort is stable otherwise.
     def seconds(item: pytest.Item) -> float:
         mark = item.get_closest_marker("slow")
         return 0.0 if mark is None else float(mark.kwargs.get("seconds", 10))

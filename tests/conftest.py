@@ -130,10 +130,10 @@ def built_once(
     """A folder ``build`` fills once for the whole run, whichever pytest-xdist worker asks first;
     the others wait for it, then share it.
 
-    An ``xdist_group`` mark would keep such tests in one worker instead, but pytest 9 ignores
-    the group pytest-xdist 3.8 writes into each test's id, so every worker built its own (two
-    venvs of Ray and pyarrow in CI), and one worker then ran every test of the group. Built once
-    here, the tests spread over the workers like any others."""
+    An ``xdist_group`` mark was to keep such tests in one worker, but pytest 9 ignores the group
+    pytest-xdist 3.8 writes into each test's id: the tests spread anyway, and every worker built
+    its own folder (two venvs of Ray and pyarrow in CI). Built once here, the tests spread over
+    the workers like any others."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # each worker's base is <run>/popen-gwN: <run> is shared

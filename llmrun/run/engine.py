@@ -18,7 +18,6 @@ cancels calls in flight at once. Either way every finished row is written.
 from __future__ import annotations
 
 import itertools
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from typing import Any
@@ -32,7 +31,7 @@ from ..components import Loader, Postprocessor, Provider, Writer
 from ..errors import CallError, RunAborted
 from ..job.checkpoint import Frontier
 from ..job.dupes import SeenIds
-from ..job.manifest import Manifest, finish_manifest, start_manifest, update_manifest
+from ..job.manifest import Manifest, finish_manifest, start_manifest
 from ..job.output import RowSink, rewrite_output, rewriter
 from ..job.records import Work, selected, selection
 from ..job.rerun import ErrorRows
@@ -60,6 +59,7 @@ from .resume import Resume
 from .runlog import RunLog
 from .stages import Stages, describe
 from .steps import StepStages, step_parts
+from .watch import RunFlags, count_total, tick, watch_signals
 
 # Batch mode plugs in here (llmrun/batch/runner.py: run_batches), so this module never imports
 # it: given the engine, the finished ids and the manifest, the ids finished before the direct
@@ -69,18 +69,6 @@ BatchPhase = Callable[["Engine", IdSet, Manifest], Awaitable[IdSet | None]]
 READ_CHUNK = 256
 FIELD_CHECK = 20  # records the run-start check of the template looks at
 WRITE_BATCH = 512
-TICK_S = 0.25
-SYNC_EVERY_S = 5.0
-
-
-class RunFlags:
-    """How the run is ending, read by every mode's loop."""
-
-    def __init__(self) -> None:
-        self.stopping = False  # no new records
-        self.abort: RunAborted | None = None
-        self.budget = False  # the next call could have exceeded run.budget_usd
-        self.signals = 0
 
 
 class Engine:
@@ -536,48 +524,22 @@ class Engine:
     # -- around the pipeline: every mode starts these --------------------------------------
 
     def watch(self, group: TaskGroup, manifest: Manifest) -> None:
-        """Start the tasks that run beside any mode's work in ``group``: counting the records,
-        the progress and manifest tick, and (when asked) the signal handler. Cancel the group's
-        scope when the work is done."""
-        group.start_soon(self._count_total)
-        group.start_soon(self._tick, manifest)
+        """Start the tasks that run beside any mode's work in ``group`` (run/watch.py): counting
+        the records, the progress and manifest tick, and (when asked) the signal handler.
+        Cancel the group's scope when the work is done."""
+        group.start_soon(count_total, self.loader, self.selection, self.stats)
+        group.start_soon(tick, self.progress, self.stats, self.writer, self.state, manifest)
         if self.handle_signals:
-            group.start_soon(self._watch_signals)
-
-    async def _count_total(self) -> None:
-        """The number of records the run takes, when the loader can count cheaply and the
-        selection allows knowing it (a filter, shard or fractional sample makes it unknown)."""
-        count = getattr(self.loader, "count", None)
-        if count is None or not self.selection.needs_count():
-            return
-        total = await anyio.to_thread.run_sync(count, abandon_on_cancel=True)
-        self.stats.total = self.selection.total(total)
-
-    async def _tick(self, manifest: Manifest) -> None:
-        last_sync = anyio.current_time()
-        while True:
-            await anyio.sleep(TICK_S)
-            self.progress.update(self.stats)
-            if anyio.current_time() - last_sync >= SYNC_EVERY_S:
-                last_sync = anyio.current_time()
-                self.writer.sync()
-                update_manifest(self.state, self.stats, manifest)
-
-    async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                self.flags.signals += 1
-                if self.flags.signals == 1:
-                    name = signal.Signals(signum).name
-                    self.progress.log(
-                        f"{name}: finishing {self.stats.in_flight} call(s) in flight "
-                        f"(up to {self.recipe.run.drain_s:g} s); press Ctrl-C again to stop now"
-                    )
-                    self.stop()
-                else:
-                    self.progress.log("stopping now; calls in flight will be sent again next run")
-                    if self._workers_scope is not None:
-                        self._workers_scope.cancel()
+            drain_s = self.recipe.run.drain_s
+            group.start_soon(
+                watch_signals,
+                self.flags,
+                self.progress,
+                self.stats,
+                drain_s,
+                self.stop,
+                self._cancel_calls,
+            )
 
     def stop(self) -> None:
         """Stop as on a first Ctrl-C: read no more records, finish the calls in flight for up to
@@ -599,6 +561,9 @@ class Engine:
         if self.flags.abort is None:
             self.flags.abort = exc
         self.stop_reading()
+        self._cancel_calls()
+
+    def _cancel_calls(self) -> None:
         if self._workers_scope is not None:
             self._workers_scope.cancel()
 

@@ -375,7 +375,7 @@ def test_export_to_parquet_uses_the_plugin_writer(venv: Venv, tmp_path: Path) ->
     assert sorted(r["id"] for r in table["rows"]) == [f"e{i}" for i in range(5)]
 
 
-# llmrun-ray's 15 tests start a local Ray cluster: about 70 s alone, three times that beside
+# llmrun-ray's 17 tests start a local Ray cluster: about 80 s alone, three times that beside
 # the rest of the suite on 2 cores, and more on a loaded machine: past the default timeout.
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(

@@ -349,6 +349,37 @@ def test_an_output_rewritten_in_place_with_the_same_start_is_indexed_again(
     assert [r["id"] for _, r, _ in index.read([40]) if r] == ["new0"]
 
 
+def test_a_hostile_index_cache_shipped_with_an_output_is_not_trusted(tmp_path: Path) -> None:
+    # The state folder may come with a shared output. A cache claiming more rows than its
+    # file holds, a negative size, entries past the output or its types, or a description
+    # that never ends must each be ignored and the index built again from the output.
+    from llmrun.report.index import RowIndex
+
+    out = tmp_path / "o.jsonl"
+    rows = [{"id": f"x{i}", "status": "error", "error": {"type": "t"}} for i in range(5)]
+    write_jsonl(out, rows)
+    RowIndex.open(out)
+    meta_path = tmp_path / "o.jsonl.llmrun" / "view-index.json"
+    bin_path = meta_path.with_name("view-index.bin")
+    good_meta, good_bin = json.loads(meta_path.read_text()), bin_path.read_bytes()
+    hostile = [
+        ({"rows": 10**12}, good_bin),  # past the file: a read of terabytes
+        ({"end": -(10**12)}, good_bin),  # a tail read of the whole output
+        ({"types": [""]}, good_bin),  # error types the entries point past
+        ({}, good_bin[:40] + bytes([7]) + good_bin[41:]),  # a status that does not exist
+    ]
+    for change, data in hostile:
+        meta_path.write_text(json.dumps({**good_meta, **change}))
+        bin_path.write_bytes(data)
+        index = RowIndex.open(out)
+        assert len(index) == 5 and index.type_counts() == {"t": 5}, change
+        assert list(index.select("error", "t")) == [0, 1, 2, 3, 4]
+    meta_path.unlink()
+    meta_path.symlink_to("/dev/zero")  # endless
+    index = RowIndex.open(out)
+    assert len(index) == 5
+
+
 def test_ok_rows_as_the_writer_writes_them_are_indexed_without_parsing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,6 +25,8 @@ from ..jsonio import loads as json_loads
 VERSION = 2  # 2: the tail's hash
 HEAD = 4096  # bytes of the output's start whose hash tells an appended file from a new one
 ROW_CAP = 4 << 20  # bytes of one row the viewer reads; a longer row shows as too long
+ROW_BYTES = 8 + 1 + 2  # a row in view-index.bin: its offset, status and error type
+META_CAP = 4 << 20  # bytes of view-index.json read (its error types: 65,536 at most)
 OK, ERROR, DAMAGED = 0, 1, 2
 # Rows start {"id":"...","status":"..." (or, written before orjson, with spaces): see below.
 _ROW_STARTS = ((b'{"id":"', b',"status":"'), (b'{"id": "', b', "status": "'))
@@ -72,17 +74,33 @@ class RowIndex:
         index = cls(output)
         stat = output.stat()
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            # The state folder may come with a shared output: its cache is checked, never
+            # trusted (a size past the file, a row count past the index file, a link to an
+            # endless file would each make the viewer read without bound).
+            with open(meta_path, "rb") as fh:
+                raw = fh.read(META_CAP + 1)
+            if len(raw) > META_CAP:
+                raise ValueError("the index's description is too long")
+            meta = json.loads(raw)
+            end, rows = int(meta["end"]), int(meta["rows"])
             if (
                 meta.get("version") == VERSION
                 and meta.get("inode") == stat.st_ino
-                and int(meta["end"]) <= stat.st_size
+                and 0 <= end <= stat.st_size
+                and rows >= 0
+                and bin_path.stat().st_size == rows * ROW_BYTES
                 and meta.get("head") == _head(output)
-                and meta.get("tail") == _tail(output, int(meta["end"]))
+                and meta.get("tail") == _tail(output, end)
             ):
-                index._load(bin_path, int(meta["rows"]))
+                index._load(bin_path, rows)
                 index.types = [str(t) for t in meta["types"]]
-                index.end = int(meta["end"])
+                index.end = end
+                if rows and (
+                    max(index.status) > DAMAGED
+                    or max(index.etype) >= len(index.types)
+                    or max(index.offsets) >= end
+                ):
+                    raise ValueError("an index entry points past the output or its types")
         except (OSError, ValueError, KeyError, TypeError, EOFError):
             index = cls(output)
         before = index.end

@@ -81,9 +81,19 @@ output: {{path: out/labels.jsonl}}
 
 
 def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """The real `llmrun-ray` command."""
+    return run_command([*CLI, *args], timeout)
+
+
+def llmrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """The real `llmrun` command (with `run.engine: ray` or `--engine ray`)."""
+    return run_command([sys.executable, "-m", "llmrun", *args], timeout)
+
+
+def run_command(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+        argv, capture_output=True, text=True, timeout=timeout, env=env, check=False
     )
 
 

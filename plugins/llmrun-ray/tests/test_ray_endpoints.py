@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from conftest import (
     CLI,
     ids_once,
+    llmrun,
     read_jsonl,
     recipe_file,
 )
@@ -46,14 +46,7 @@ def test_a_pool_of_endpoints_is_spread_over_the_workers_each_with_its_keys_and_l
         FakeOpenAI(latency_s=0.02, api_keys={"key-b"}) as b,
     ):
         recipe = regions_recipe(tmp_path, a, b, n, "{concurrency: 4, engine: ray, workers: 2}")
-        proc = subprocess.run(
-            [sys.executable, "-m", "llmrun", "run", str(recipe), "--json", "-q"],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-            check=False,
-        )
+        proc = llmrun("run", str(recipe), "--json", "-q")
         on_a, on_b = list(a.requests), list(b.requests)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)

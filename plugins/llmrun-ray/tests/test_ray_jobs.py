@@ -18,6 +18,7 @@ import ray
 from conftest import (
     cli,
     ids_once,
+    llmrun,
     read_jsonl,
     recipe_file,
     reviews,
@@ -59,15 +60,7 @@ def test_run_engine_ray_in_the_recipe_runs_through_llmrun_itself(cluster: str, t
     n = 120
     with FakeOpenAI(latency_s=0.01) as server:
         recipe = recipe_file(tmp_path, server.url, n, "{concurrency: 8, engine: ray, workers: 2}")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        proc = subprocess.run(
-            [sys.executable, "-m", "llmrun", "run", str(recipe), "--address", cluster, "--json"],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env=env,
-            check=False,
-        )
+        proc = llmrun("run", str(recipe), "--address", cluster, "--json")
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"engine ray: the calls run on the cluster at {cluster}" in proc.stderr
         rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
@@ -78,27 +71,17 @@ def test_run_engine_ray_in_the_recipe_runs_through_llmrun_itself(cluster: str, t
         assert json.loads(proc.stdout)["ok"] == n
         # --engine on the command line does the same for a recipe that does not say it.
         plain = recipe_file(tmp_path, server.url, n, "{concurrency: 8}")
-        again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "llmrun",
-                "run",
-                str(plain),
-                "--engine",
-                "ray",
-                "--workers",
-                "2",
-                "--address",
-                cluster,
-                "--json",
-                "--fresh",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env=env,
-            check=False,
+        again = llmrun(
+            "run",
+            str(plain),
+            "--engine",
+            "ray",
+            "--workers",
+            "2",
+            "--address",
+            cluster,
+            "--json",
+            "--fresh",
         )
         assert again.returncode == 0, again.stderr[-3000:]
         ids_once(read_jsonl(tmp_path / "out" / "labels.jsonl"), n)
@@ -113,21 +96,11 @@ def test_workers_answer_from_the_call_cache(cluster: str, tmp_path: Path):
             recipe.read_text(encoding="utf-8") + "cache: calls.db\ngeneration: {temperature: 0}\n"
         )
         recipe.write_text(text, encoding="utf-8")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-        command = [sys.executable, "-m", "llmrun", "run", str(recipe), "--address", cluster]
-        first = subprocess.run(
-            [*command, "--json"], capture_output=True, text=True, timeout=240, env=env, check=False
-        )
+        command = ["run", str(recipe), "--address", cluster, "--json"]
+        first = llmrun(*command)
         assert first.returncode == 0, first.stderr[-3000:]
         assert server.count() == n
-        again = subprocess.run(
-            [*command, "--json", "--fresh"],
-            capture_output=True,
-            text=True,
-            timeout=240,
-            env=env,
-            check=False,
-        )
+        again = llmrun(*command, "--fresh")
         assert again.returncode == 0, again.stderr[-3000:]
         assert server.count() == n  # every reply came from the cache the workers filled
         assert json.loads(again.stdout)["cached"] == n
@@ -193,9 +166,7 @@ def test_a_steps_recipe_runs_each_record_through_its_steps_on_a_worker(
         # Drafts the workers had finished for records with no row yet reached the driver.
         assert any(rid not in with_row for _, rid in finished)
         sent_at_kill = collections.Counter(step_of(r) for r in server.requests)
-        again = subprocess.run(
-            [*command, "--json"], capture_output=True, text=True, timeout=240, env=env, check=False
-        )
+        again = llmrun(*command[3:], "--json")
         assert again.returncode == 0, again.stderr[-3000:]
         sent = collections.Counter(step_of(r) for r in server.requests)
     rows = read_jsonl(output)

@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import ray
@@ -149,9 +149,12 @@ class Limiter:
             for task in tasks:
                 task.cancel()
 
-    def report(self, events: list[tuple[str, Ticket, Any]]) -> None:
-        """A worker's reports since its last one, in order: (what, ticket, its argument)."""
+    def report(self, events: list[tuple[str, Ticket, Any]]) -> list[int]:
+        """A worker's reports since its last one, in order: (what, ticket, its argument).
+        Returns the index of a state of each endpoint these reports set aside (a worker that
+        reported a failed connection waits for this answer, to warn as one process does)."""
         self.last_used = time.monotonic()
+        set_aside: list[int] = []
         for what, ticket, arg in events:
             lease = self._lease(ticket)
             if what == "release":
@@ -168,8 +171,9 @@ class Limiter:
                 self.pool.on_rate_limited(lease, retry_after, spent=bool(spent))
             elif what == "retire":
                 self.pool.retire(lease, arg)
-            elif what == "down":
-                self.pool.endpoint_failed(lease)
+            elif what == "down" and self.pool.endpoint_failed(lease):
+                set_aside.append(ticket[0])
+        return set_aside
 
     def _lease(self, ticket: Ticket) -> Lease:
         self.reports += 1
@@ -317,10 +321,15 @@ class RemoteKeyPool(KeyPool):
     retired); they pace nothing."""
 
     def __init__(
-        self, limiter: Any, keys: tuple[str, ...], endpoints: tuple[Any, ...] = ()
+        self,
+        limiter: Any,
+        keys: tuple[str, ...],
+        endpoints: tuple[Any, ...] = (),
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(keys, endpoints=endpoints)  # the actor's states, with the keys
         self.limiter = limiter
+        self.warn = warn
         self._asking: list[tuple[int, asyncio.Future[Ticket | dict[int, str]]]] = []
         self._delivering: set[asyncio.Future[None]] = set()
         self._reports: list[tuple[str, Ticket, Any]] = []
@@ -380,7 +389,25 @@ class RemoteKeyPool(KeyPool):
 
     def _send_reports(self) -> None:
         reports, self._reports = self._reports, []
-        self.limiter.report.remote(reports)
+        answer = self.limiter.report.remote(reports)
+        if self.warn is not None and any(what == "down" for what, _, _ in reports):
+            # Rare (a request that got no answer): wait for the actor's verdict, beside the
+            # requests, to warn when it set the endpoint aside, as one process does.
+            task = asyncio.ensure_future(self._warn_set_aside(answer))
+            self._delivering.add(task)
+            task.add_done_callback(self._delivering.discard)
+
+    async def _warn_set_aside(self, answer: Any) -> None:
+        try:
+            set_aside = await answer
+        except Exception:  # the actor gone: the next acquire says so
+            return
+        for index in set_aside or ():
+            assert self.warn is not None
+            self.warn(
+                f"endpoint {self.states[index].endpoint} set aside: its last requests got no "
+                "answer; tried again in a while"
+            )
 
     def release(self, lease: Lease, *, trusted: bool) -> None:
         self._report("release", _ticket(lease), trusted)
@@ -404,7 +431,7 @@ class RemoteKeyPool(KeyPool):
 
     def endpoint_failed(self, lease: Lease) -> bool:
         # The actor counts the failures in a row and sets the endpoint aside for every worker;
-        # it says nothing back, so no worker warns of it (False).
+        # its answer comes later, so this worker's warning comes from _warn_set_aside (False).
         if self.pooled:
             self._report("down", _ticket(lease), None)
         return False

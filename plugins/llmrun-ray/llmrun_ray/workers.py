@@ -107,7 +107,7 @@ class RecipeStages:
             caller = Caller(
                 engine.provider,
                 transport,
-                RemoteKeyPool(self.limiter, recipe.api_keys, recipe.endpoints),
+                RemoteKeyPool(self.limiter, recipe.api_keys, recipe.endpoints, self.warn),
                 run,
                 warn=self.warn,
                 on_retry=self._count_retry,

@@ -124,3 +124,5 @@ def test_an_endpoint_killed_mid_run_is_set_aside_for_every_worker(cluster: str, 
     assert killed_at > 0 and on_b >= n - killed_at
     counted = json.loads(stdout)["endpoints"]
     assert counted[a.url]["failed"] > 0 and counted[b.url]["ok"] == on_b
+    # The worker whose report made the actor set it aside warns, as one process does.
+    assert stderr.decode().count(f"endpoint {a.url} set aside") == 1, stderr[-3000:]

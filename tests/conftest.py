@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import io
 import json
@@ -21,6 +22,18 @@ from llmrun.testing.fake_openai import FakeOpenAI
 
 # Tests never load plugins installed in the environment unless a test asks for them.
 os.environ["LLMRUN_PLUGINS"] = ""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return  # a pytest-xdist worker: the controller has done this
+    # The suite starts some hundreds of llmrun processes (the real command, plugins' workers).
+    # Where PYTHONDONTWRITEBYTECODE is set, as in many CI images, each one compiled llmrun's
+    # source anew: about 60 ms of CPU a process, a sixth of the CLI tests' CPU. Python still
+    # reads the bytecode it finds, so it is written here once, as an import would without it.
+    root = Path(__file__).resolve().parents[1]
+    for package in (root / "llmrun", *root.glob("plugins/*/llmrun_*")):
+        compileall.compile_dir(package, quiet=2)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

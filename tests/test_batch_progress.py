@@ -22,7 +22,7 @@ from llmrun.job.stats import BatchPart, BatchProgress, RunStats
 from llmrun.run.progress import make_progress, status_line
 from llmrun.testing.fake_batches import FakeBatches
 
-from .conftest import llmrun_command, make_records, run_cli, write_jsonl, write_recipe
+from .conftest import llmrun_command, make_records, read_cli, run_cli, write_jsonl, write_recipe
 from .test_batch_openai import batch_recipe
 
 
@@ -77,7 +77,7 @@ def test_a_waiting_batch_run_shows_its_batches_and_status_says_the_same(tmp_path
             # The manifest is written every few seconds: status then shows the same.
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
-                status = run_cli("status", str(recipe), "--json", cwd=tmp_path)
+                status = read_cli("status", str(recipe), "--json", cwd=tmp_path)
                 report = json.loads(status.stdout)
                 if report["next_poll_at"] is not None:
                     break
@@ -86,7 +86,7 @@ def test_a_waiting_batch_run_shows_its_batches_and_status_says_the_same(tmp_path
             assert report["batch_records"] == {"submitted": 15, "in_batches": 15, "merged": 0}
             assert report["next_poll_at"] > time.time() - 10
             assert [b["state"] for b in report["batches"]] == ["in_progress", "in_progress"]
-            text = run_cli("status", str(recipe), cwd=tmp_path).stdout
+            text = read_cli("status", str(recipe), cwd=tmp_path).stdout
             assert "records submitted 15, in batches 15, merged 0" in text
             assert "the running run polls next in" in text
             fake.hold = False
@@ -99,7 +99,7 @@ def test_a_waiting_batch_run_shows_its_batches_and_status_says_the_same(tmp_path
                 proc.wait()
             assert proc.stderr is not None
             proc.stderr.close()
-    report = json.loads(run_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
+    report = json.loads(read_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
     assert report["batch_records"] == {"submitted": 15, "in_batches": 0, "merged": 15}
     assert report["running"] is False and report["next_poll_at"] is None
     # The report lists the batches and their states.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llmrun.testing.fake_openai import FakeOpenAI
 
-from .conftest import llmrun_command, read_jsonl, run_cli
+from .conftest import llmrun_command, read_cli, read_jsonl, run_cli
 from .test_run import by_id, setup_run
 
 EXIT_OK = 0
@@ -31,7 +31,7 @@ def test_records_are_spread_over_every_endpoint(tmp_path: Path) -> None:
     assert len(rows) == 200 and all(r["status"] == "ok" for r in rows.values())
     assert sum(counts) == 200
     assert min(counts) >= 40, counts  # both did a fair share (the soonest start wins)
-    status = json.loads(run_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
+    status = json.loads(read_cli("status", str(recipe), "--json", cwd=tmp_path).stdout)
     assert status["last_run"]["endpoints"] == {
         a.url: {"ok": counts[0], "failed": 0},
         b.url: {"ok": counts[1], "failed": 0},
@@ -126,7 +126,7 @@ def test_each_endpoint_sends_its_own_keys_within_its_own_limit(tmp_path: Path) -
         FakeOpenAI(latency_s=0.01, api_keys={KEY_B}) as b,
     ):
         recipe = setup_run(tmp_path, regions(a, b, 300), 120, run={"concurrency": 8})
-        plan = run_cli("plan", str(recipe), cwd=tmp_path, env=env)
+        plan = read_cli("plan", str(recipe), cwd=tmp_path, env=env)
         result = run_cli("run", str(recipe), "--json", cwd=tmp_path, env=env)
         on_a, on_b = list(a.requests), list(b.requests)
     assert plan.returncode == 0, plan.stderr
@@ -174,7 +174,7 @@ def test_an_endpoint_without_keys_of_its_own_sends_the_providers_only(tmp_path: 
         del provider["endpoints"][1]["api_keys"]  # type: ignore[index]
         recipe = setup_run(tmp_path, provider, 30, run={"concurrency": 4})
         env = {"REGION_A_KEY": KEY_A}
-        plan = run_cli("plan", str(recipe), cwd=tmp_path, env=env)
+        plan = read_cli("plan", str(recipe), cwd=tmp_path, env=env)
         result = run_cli("run", str(recipe), cwd=tmp_path, env=env)
         on_b = list(b.requests)
     assert plan.returncode == 0 and result.returncode == EXIT_OK, plan.stderr + result.stderr
@@ -190,12 +190,12 @@ def test_base_urls_and_endpoints_together_are_refused(tmp_path: Path) -> None:
         provider["base_urls"] = [a.url]
         recipe = setup_run(tmp_path, provider, 5)
         env = {"REGION_A_KEY": KEY_A, "REGION_B_KEY": KEY_B}
-        result = run_cli("validate", str(recipe), cwd=tmp_path, env=env)
+        result = read_cli("validate", str(recipe), cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert "give provider.base_urls or provider.endpoints, not both" in result.stderr
     with FakeOpenAI() as a:
         twice = regions(a, a, 600)
         recipe = setup_run(tmp_path, twice, 5)
-        result = run_cli("validate", str(recipe), cwd=tmp_path, env=env)
+        result = read_cli("validate", str(recipe), cwd=tmp_path, env=env)
     assert result.returncode == 2
     assert "provider.endpoints lists a base_url twice" in result.stderr

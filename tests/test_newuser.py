@@ -16,6 +16,7 @@ from .conftest import (
     basic_recipe,
     llmrun_command,
     make_records,
+    read_cli,
     read_jsonl,
     run_cli,
     write_jsonl,
@@ -68,7 +69,7 @@ def test_status_suggests_what_fixes_template_and_postprocess_errors(tmp_path: Pa
     )
     run = run_cli("run", str(recipe), "-q", cwd=tmp_path)
     assert run.returncode == EXIT_ERRORS, run.stderr
-    status = run_cli("status", str(recipe), cwd=tmp_path)
+    status = read_cli("status", str(recipe), cwd=tmp_path)
     assert status.returncode == EXIT_OK, status.stderr
     assert "0 retryable" in status.stdout
     assert "4 postprocess error(s)" in status.stderr and "llmrun repost" in status.stderr
@@ -91,7 +92,7 @@ def test_set_with_a_key_of_a_section_says_which(tmp_path: Path) -> None:
     result = run_cli("run", str(recipe), "--set", "concurrency=4", cwd=tmp_path)
     assert result.returncode == EXIT_USAGE
     assert "did you mean --set run.concurrency=4?" in result.stderr
-    typo = run_cli("validate", str(recipe), "--set", "promt=hi", cwd=tmp_path)
+    typo = read_cli("validate", str(recipe), "--set", "promt=hi", cwd=tmp_path)
     assert typo.returncode == EXIT_USAGE and "did you mean --set prompt=hi?" in typo.stderr
 
 
@@ -109,7 +110,7 @@ def test_validate_names_the_line_of_a_missing_variable(tmp_path: Path) -> None:
         "output: {path: out.jsonl}\n",
         encoding="utf-8",
     )
-    result = run_cli("validate", str(tmp_path / "recipe.yaml"))
+    result = read_cli("validate", str(tmp_path / "recipe.yaml"))
     assert result.returncode == EXIT_USAGE
     assert "recipe.yaml:7: prompt.user: the prompt uses txt" in result.stderr
 
@@ -133,11 +134,11 @@ def test_bad_base_url_and_non_ascii_key_are_recipe_errors(tmp_path: Path) -> Non
 
 def test_plan_on_the_mock_uses_its_latency(tmp_path: Path) -> None:
     recipe = setup(tmp_path, n=40)
-    quick = run_cli("plan", str(recipe), "--json", cwd=tmp_path)
+    quick = read_cli("plan", str(recipe), "--json", cwd=tmp_path)
     assert quick.returncode == EXIT_OK, quick.stderr
     plan = json.loads(quick.stdout)
     assert plan["call_latency_s"] == 0 and plan["duration_s"] == 0
-    slow = run_cli("plan", str(recipe), "--json", "--set", "provider.latency_s=0.5", cwd=tmp_path)
+    slow = read_cli("plan", str(recipe), "--json", "--set", "provider.latency_s=0.5", cwd=tmp_path)
     plan = json.loads(slow.stdout)
     # 40 calls, 8 at a time, 0.5 s each: 5 waves
     assert plan["call_latency_s"] == 0.5 and plan["duration_s"] == 2.5
@@ -184,7 +185,7 @@ def test_openai_environment_variables_as_the_official_client(
     assert again.returncode == EXIT_OK, again.stderr
     assert len(fake_openai.requests) == 6
     # A base URL that is not one is a recipe error naming the variable.
-    bad = run_cli("validate", str(recipe), cwd=tmp_path, env={**env, "OPENAI_BASE_URL": "nope"})
+    bad = read_cli("validate", str(recipe), cwd=tmp_path, env={**env, "OPENAI_BASE_URL": "nope"})
     assert bad.returncode == EXIT_USAGE and "OPENAI_BASE_URL" in bad.stderr
     # The mock is not OpenAI: the variables leave it alone.
     (tmp_path / "m").mkdir()
@@ -217,7 +218,7 @@ def test_nested_ids_by_dotted_path(tmp_path: Path) -> None:
     assert rows["data.jsonl:6"]["error"]["message"].startswith(
         "record has no 'metadata.row_id' (data.id): the record has no 'metadata'"
     )
-    validate = run_cli("validate", str(recipe), cwd=tmp_path)
+    validate = read_cli("validate", str(recipe), cwd=tmp_path)
     assert validate.returncode == EXIT_USAGE
     assert "data.jsonl:5: data.id: record has no 'metadata.row_id'" in validate.stderr
     # A list index, and a field named with the dots taken before the path.
@@ -276,7 +277,7 @@ def test_invalid_utf8_is_an_error_row_naming_the_line(tmp_path: Path) -> None:
     assert error["id"] == "data.jsonl:3"
     assert "not valid UTF-8 (byte 0xe9" in error["error"]["message"]
     assert "data.errors: replace" in error["error"]["message"]
-    validate = run_cli("validate", str(recipe), cwd=tmp_path)
+    validate = read_cli("validate", str(recipe), cwd=tmp_path)
     assert (
         validate.returncode == EXIT_USAGE
         and "data.jsonl:3: data: not valid UTF-8" in validate.stderr
@@ -358,13 +359,13 @@ def test_run_log_in_the_state_folder(tmp_path: Path) -> None:
 
 def test_validate_shows_record_ids(tmp_path: Path) -> None:
     recipe = setup(tmp_path, n=8)
-    result = run_cli("validate", str(recipe), cwd=tmp_path)
+    result = read_cli("validate", str(recipe), cwd=tmp_path)
     assert result.returncode == EXIT_OK, result.stderr
     assert "record ids (data.id id): r00000, r00001, r00002, r00003, r00004, ... (8 checked)" in (
         result.stderr
     )
     no_id = write_recipe(tmp_path, basic_recipe(MOCK, data={"path": "data.jsonl"}), "hashed.yaml")
-    hashed = run_cli("validate", str(no_id), "--records", "2", cwd=tmp_path)
+    hashed = read_cli("validate", str(no_id), "--records", "2", cwd=tmp_path)
     assert hashed.returncode == EXIT_OK, hashed.stderr
     assert "record ids (content hashes: no data.id): h" in hashed.stderr
 
@@ -381,7 +382,7 @@ def test_init_prompt_with_backslash_n_as_docs_sharing_writes_it(tmp_path: Path) 
         cwd=tmp_path,
     )
     assert result.returncode == EXIT_OK, result.stderr
-    plan = run_cli("plan", "labels.yaml", "--json", cwd=tmp_path)
+    plan = read_cli("plan", "labels.yaml", "--json", cwd=tmp_path)
     assert plan.returncode == EXIT_OK, plan.stderr
     system, user = json.loads(plan.stdout)["prompts"][0]
     assert system["content"] == "Be terse.\nOne word."
@@ -488,7 +489,7 @@ def test_request_files_run_as_they_are(tmp_path: Path, fake_openai: FakeOpenAI) 
         },
         "cookbook.yaml",
     )
-    assert run_cli("validate", str(cookbook)).returncode == EXIT_OK
+    assert read_cli("validate", str(cookbook)).returncode == EXIT_OK
     result = run_cli("run", str(cookbook), "-q")
     assert result.returncode == EXIT_OK, result.stderr
     sent = sorted(fake_openai.requests, key=lambda r: r.body["max_tokens"])

@@ -19,7 +19,7 @@ from llmrun.plugins import load_registry
 from llmrun.recipe.load import load_recipe
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
-from .conftest import make_records, read_jsonl, run_cli, write_jsonl, write_recipe
+from .conftest import make_records, read_cli, read_jsonl, run_cli, write_jsonl, write_recipe
 from .test_resume import Output, Run
 from .test_run import by_id
 
@@ -462,7 +462,7 @@ def test_a_faulty_steps_recipe_is_refused_before_any_call(
     assert any(expected in p.message for p in info.value.problems), [
         str(p) for p in info.value.problems
     ]
-    done = run_cli("validate", str(path), cwd=tmp_path)
+    done = read_cli("validate", str(path), cwd=tmp_path)
     assert done.returncode == EXIT_USAGE and expected in done.stderr, done.stderr
     assert not (tmp_path / "out.jsonl").exists()
 

@@ -70,11 +70,12 @@ class Venv:
 
 @pytest.fixture(scope="session")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"LLMRUN_PLUGINS", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"}
-    }
+    # Without PYTHONDONTWRITEBYTECODE (set in many CI images, and here): the big packages are
+    # installed without bytecode (below), so under it every process compiled what it imported
+    # anew: ray alone is a second of CPU a process, and each Ray job starts several (driver,
+    # workers, actors). Now the first import of a module writes its bytecode for the others.
+    dropped = {"LLMRUN_PLUGINS", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"}
+    env = {k: v for k, v in os.environ.items() if k not in {*dropped, "PYTHONDONTWRITEBYTECODE"}}
     # The Hugging Face cache of these tests is their own; nothing reaches the Hub.
     env["HF_HOME"] = str(tmp_path_factory.mktemp("hf-home"))
     env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"

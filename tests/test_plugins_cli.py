@@ -245,6 +245,23 @@ def test_duplicate_name_is_reported_and_the_first_kept(site: Path, tmp_path: Pat
     assert result.returncode == 0, result.stderr
 
 
+def test_every_builtin_options_schema_is_a_json_schema() -> None:
+    # The registry checks a plugin's options_schema as it registers, not the built-ins' (40 ms
+    # at every start): this is that check for them.
+    registry = load_registry(entry_points=False)
+    schemas = {
+        (info.kind, info.name): info.cls.options_schema
+        for info in registry.all()
+        if getattr(info.cls, "options_schema", None) is not None
+    }
+    assert len(schemas) >= 20, sorted(schemas)
+    for where, schema in schemas.items():
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise AssertionError(f"{where}: {exc.message}") from None
+
+
 def test_plugin_that_raises_while_registering_is_skipped_whole(site: Path, tmp_path: Path):
     env = env_for(site, "halfway")
     data = plugins_json(env)

@@ -16,6 +16,10 @@ from typing import Any
 import pytest
 
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+# Only this plugin loads, in every process of a job (driver, workers, actors), as the other
+# plugins' suites do: with llmrun-wandb installed beside it, each driver also started W&B's
+# observer (half a second of CPU), which is not what these tests are about.
+os.environ["LLMRUN_PLUGINS"] = "ray"
 # The limiter actors outlive the job that started them (other jobs on the same keys share
 # them) until idle this long: 20 s here, so a test's actors are gone a few tests later. 3 s was
 # shorter than a loaded machine takes to start a job's workers: a restarted driver's limiter

@@ -16,6 +16,9 @@ Scenarios (figures in benchmarks/README.md, "Ray"):
 - limits: ``requests_per_minute: 600`` over 4 workers against a server that refuses past 600
   a minute (a token bucket holding 1 s, llmrun.testing.limits.ServerLimit) for 2.5 minutes:
   the most requests the server admitted in any 60 s window, and the 429s;
+- endpoints: ``provider.base_urls`` with two servers, each refusing past 3,000 requests a
+  minute, and ``run.requests_per_minute: 3000`` (per endpoint), over 2 workers, against the
+  same recipe with one server: records/s, what each server admitted, and the 429s;
 - limiter: the limiter actor alone: leases (acquire + release) per second it grants to
   tasks on both cores, with no limit set.
 """
@@ -156,6 +159,44 @@ def limits(address: str, minutes: float) -> None:
     print(f"ok {summary['ok']}, elapsed {summary['elapsed_s']:.1f} s")
 
 
+def endpoints(address: str, seconds: float) -> None:
+    """``provider.base_urls`` over 2 workers: two servers, each refusing past 3,000 requests a
+    minute (its own bucket), and ``run.requests_per_minute: 3000``, which applies to each
+    endpoint; the same recipe with the first server alone for comparison."""
+    n = int(50 * seconds)  # what one endpoint takes in `seconds` at 3,000 a minute
+    run = "{concurrency: 16, requests_per_minute: 3000}"
+    rows = []
+    for label, pool in (("one endpoint", 1), ("base_urls: two endpoints", 2)):
+        limits = [ServerLimit(requests_per_minute=3000, burst_s=1.0, latency_s=0.02) for _ in "ab"]
+        with (
+            FakeOpenAI(fault=limits[0].check, record=False) as a,
+            FakeOpenAI(fault=limits[1].check, record=False) as b,
+            tempfile.TemporaryDirectory() as tmp,
+        ):
+            recipe = write_recipe(Path(tmp), a.url, n, run)
+            if pool == 2:
+                text = recipe.read_text(encoding="utf-8")
+                recipe.write_text(
+                    text.replace(f'base_url: "{a.url}"', f'base_urls: ["{a.url}", "{b.url}"]'),
+                    encoding="utf-8",
+                )
+            command = [str(BIN / "llmrun-ray"), "run", "--address", address, "--workers", "2"]
+            summary = run_cli([*command, str(recipe), "--quiet", "--json"])
+        admitted = [limit.allowed for limit in limits[:pool]]
+        refused = sum(limit.limited for limit in limits)
+        rows.append((label, summary, admitted, refused, summary["ok"] / summary["elapsed_s"]))
+    print(f"\nendpoints: {n} records, 2 workers, requests_per_minute 3000 per endpoint")
+    print("| run | ok | elapsed s | wall s | records/s | admitted per endpoint | 429s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, summary, admitted, refused, rate in rows:
+        each = " / ".join(f"{x:,}" for x in admitted)
+        print(
+            f"| {label} | {summary['ok']} | {summary['elapsed_s']:.1f} | {summary['wall_s']:.1f}"
+            f" | {rate:,.1f} | {each} | {refused} |"
+        )
+    print(f"two endpoints / one: {rows[1][4] / rows[0][4]:.2f}x")
+
+
 def limiter_load(seconds: float) -> None:
     from llmrun_ray.limiter import LimiterActor
 
@@ -195,12 +236,20 @@ def limiter_load(seconds: float) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", action="append", choices=["latency", "cpu", "limits", "limiter"])
+    p.add_argument(
+        "--only", action="append", choices=["latency", "cpu", "limits", "endpoints", "limiter"]
+    )
     p.add_argument("--records", type=int, default=8000)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--minutes", type=float, default=2.5, help="length of the limits scenario")
+    p.add_argument(
+        "--endpoint-seconds",
+        type=float,
+        default=40.0,
+        help="the endpoints scenario's length at one endpoint",
+    )
     args = p.parse_args()
-    only = set(args.only or ["latency", "cpu", "limits", "limiter"])
+    only = set(args.only or ["latency", "cpu", "limits", "endpoints", "limiter"])
     context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     address = str(context.address_info["gcs_address"])
     print(f"ray {ray.__version__} at {address}")
@@ -211,6 +260,8 @@ def main() -> None:
             throughput("cpu", 0.0, args.records * 2, args.concurrency, address)
         if "limits" in only:
             limits(address, args.minutes)
+        if "endpoints" in only:
+            endpoints(address, args.endpoint_seconds)
         if "limiter" in only:
             limiter_load(10.0)
     finally:

@@ -207,24 +207,13 @@ def test_batch_mode_runs_at_the_driver_one_submitter(cluster: str, tmp_path: Pat
 
     n = 25
     with FakeBatches() as fake:
-        write_jsonl(tmp_path / "data.jsonl", reviews(n))
-        recipe = tmp_path / "recipe.yaml"
-        recipe.write_text(
-            f"""\
-name: ray-batch
-data: {{loader: jsonl, path: data.jsonl, id: id}}
-prompt: "Label: {{{{ text }}}}"
-provider: {{name: openai, base_url: "{fake.url}", model: gpt-4o-mini, api_keys: [sk-b-1]}}
-run: {{mode: batch, batch_poll_s: 0.01, batch_poll_max_s: 0.05, batch_max_requests: 10}}
-output: {{path: out.jsonl}}
-""",
-            encoding="utf-8",
-        )
+        run = "{mode: batch, batch_poll_s: 0.01, batch_poll_max_s: 0.05, batch_max_requests: 10}"
+        recipe = recipe_file(tmp_path, fake.url, n, run)
         proc = cli("run", str(recipe), "--address", cluster, "--workers", "2", "--json", "-q")
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert len(fake.batches) == 3  # 25 records, 10 a file, submitted once
         assert len(fake.submitted) == n and max(fake.submitted.values()) == 1
-    rows = read_jsonl(tmp_path / "out.jsonl")
+    rows = read_jsonl(tmp_path / "out" / "labels.jsonl")
     ids_once(rows, n)
     assert {r["status"] for r in rows} == {"ok"}
 

@@ -388,7 +388,19 @@ def test_rows_written_after_the_checkpoint_are_read_and_counted(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    "change", ["output byte", "input id", "retry errors", "input replaced", "checkpoint byte"]
+    "change",
+    [
+        "output byte",
+        "input id",
+        "retry errors",
+        "input replaced",
+        "checkpoint byte",
+        # A state folder may come with a shared output: layer sizes past the file are refused
+        # before anything is read (a read of 8 TB, then of 16 PB, ended the run with a
+        # MemoryError).
+        "layer table past the file",
+        "layer ids past the file",
+    ],
 )
 def test_a_checkpoint_that_no_longer_holds_is_not_used(tmp_path: Path, change: str) -> None:
     recipe = checkpoint_job(tmp_path, 20)
@@ -417,6 +429,16 @@ def test_a_checkpoint_that_no_longer_holds_is_not_used(tmp_path: Path, change: s
         damaged = bytearray(path.read_bytes())
         damaged[-5] ^= 0xFF
         path.write_bytes(bytes(damaged))
+    elif change.startswith("layer"):
+        path = checkpoint_path(tmp_path)
+        head, rest = path.read_bytes().split(b"\n", 1)
+        header = json.loads(head)
+        n, shift, groups = header["layers"][0]
+        if change == "layer table past the file":
+            header["layers"][0] = [n, 88, (1 << 40) + 1]
+        else:
+            header["layers"][0] = [10**15, shift, groups]
+        path.write_bytes(json.dumps(header).encode() + b"\n" + rest)
     else:  # another file under the same name: the same records in another order
         data = tmp_path / "data.jsonl"
         lines = data.read_bytes().splitlines(keepends=True)

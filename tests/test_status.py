@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 from .conftest import make_records, read_cli, read_jsonl, run_cli
 from .test_run import calls_per_id, openai, record_id_of, setup_run
 
-EXIT_OK, EXIT_ERRORS = 0, 1
+EXIT_OK, EXIT_ERRORS, EXIT_ABORTED = 0, 1, 3
 PRICES = {"gpt-test": {"input": 1000.0, "output": 2000.0}}
 BAD = {"r00003", "r00007", "r00011"}
 
@@ -82,6 +83,34 @@ def test_status_of_a_job_not_started(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["rows"] == 0 and report["total"] == 7 and report["remaining"] == 7
     assert report["last_run"] is None
+
+
+def test_a_hostile_state_folder_is_read_with_bounds_and_a_clear_error(tmp_path: Path) -> None:
+    # A state folder may come with a shared output. A FIFO made status wait for a writer
+    # forever; /dev/zero made it read until memory ran out; a damaged batch journal was an
+    # internal error. Now a manifest that is not a file is no manifest, and a batch journal
+    # that cannot be read stops the command with a message that names it.
+    recipe = setup_run(tmp_path, {"name": "mock"}, 5)
+    assert run_cli("run", str(recipe), "-q", cwd=tmp_path).returncode == EXIT_OK
+    state = tmp_path / "out.jsonl.llmrun"
+    (state / "manifest.json").unlink()
+    os.mkfifo(state / "manifest.json")
+    result = run_cli("status", str(recipe), "--json", cwd=tmp_path, timeout=60)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert json.loads(result.stdout)["rows"] == 5  # the output itself still says what is done
+    (state / "batch").mkdir()
+    journal = state / "batch" / "journal.json"
+    for damage in ("fifo", "text"):
+        journal.unlink(missing_ok=True)
+        if damage == "fifo":
+            os.mkfifo(journal)
+        else:
+            journal.write_text('{"key": "k", "parts": [1]}')
+        for command in (("status",), ("run", "-q")):
+            result = run_cli(command[0], str(recipe), *command[1:], cwd=tmp_path, timeout=60)
+            assert result.returncode == EXIT_ABORTED, result.stderr
+            assert f"the batch journal {journal} cannot be read" in result.stderr
+            assert "internal error" not in result.stderr
 
 
 def test_status_shows_the_batches_of_a_batch_run_left_running(tmp_path: Path) -> None:

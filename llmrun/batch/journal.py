@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from ..durable import fsync_dir
+from ..errors import RunAborted
 from ..job.stepjournal import is_result
-from ..job.store import atomic_write
+from ..job.store import atomic_write, read_state_file
 
 STEPS = ("written", "uploaded", "creating", "created", "ended", "downloaded", "merged")
+# Bytes of journal.json read: a 10^8-record job's thousands of parts stay well under 1 MiB.
+JOURNAL_CAP = 64 << 20
 KILL_ENV = "LLMRUN_TEST_KILL_AFTER"  # test hook: SIGKILL this process right after a step
 
 
@@ -66,14 +69,21 @@ class Journal:
     def load(cls, folder: Path) -> Journal:
         journal = cls(folder)
         try:
-            data = json.loads(journal.path.read_text(encoding="utf-8"))
+            data = json.loads(read_state_file(journal.path, JOURNAL_CAP))
+            journal.key = str(data["key"])
+            journal.next_part = int(data["next_part"])
+            journal.parts = [Part(**p) for p in data["parts"]]
+            journal.tries = {str(k): int(v) for k, v in data.get("tries", {}).items()}
+            journal.spent_usd = float(data.get("spent_usd", 0.0))
         except FileNotFoundError:
-            return journal
-        journal.key = str(data["key"])
-        journal.next_part = int(data["next_part"])
-        journal.parts = [Part(**p) for p in data["parts"]]
-        journal.tries = {str(k): int(v) for k, v in data.get("tries", {}).items()}
-        journal.spent_usd = float(data.get("spent_usd", 0.0))
+            return cls(folder)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # It says which batches were submitted and paid: nothing is guessed past it.
+            raise RunAborted(
+                f"the batch journal {journal.path} cannot be read ({type(exc).__name__}: "
+                f"{exc}); it records the batches already submitted and paid: restore it, or "
+                f"move {folder} aside to submit them again"
+            ) from None
         return journal
 
     def exists(self) -> bool:

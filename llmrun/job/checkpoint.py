@@ -46,10 +46,11 @@ from typing import Any
 
 from ..durable import fsync_dir
 from ..recipe.selection import Selection
-from .store import IdSet, IdSetBuilder, Layer
+from .store import IdSet, IdSetBuilder, Layer, open_state_file
 
 NAME = "resume.idx"
 VERSION = 1
+HEAD_CAP = 1 << 20  # bytes of the first line read: a head holds a few numbers per layer
 MAX_LAYERS = 4  # past this many, the layers are merged into one when the checkpoint is saved
 EVERY_S = 30.0  # between the checkpoints a direct run saves as it goes (LLMRUN_CHECKPOINT_S)
 
@@ -253,8 +254,8 @@ def scope(recipe: Any, chosen: Selection) -> str:
 def read_checkpoint(state_dir: Path, scope: str, data: Path, output: Path) -> Checkpoint | None:
     """The checkpoint, if it still describes ``data`` and ``output``; else None."""
     try:
-        with open(state_dir / NAME, "rb") as fh:
-            head = json.loads(fh.readline())
+        with open_state_file(state_dir / NAME) as fh:
+            head = json.loads(fh.readline(HEAD_CAP))
             if head.get("version") != VERSION or head.get("scope") != scope:
                 return None
             point = Checkpoint(
@@ -273,9 +274,13 @@ def read_checkpoint(state_dir: Path, scope: str, data: Path, output: Path) -> Ch
             if not (point.input.unchanged(data) and point.output.unchanged(output)):
                 return None
             crc = 0
+            left = os.fstat(fh.fileno()).st_size - fh.tell()
             for n, shift, groups in layers:
                 # The shape IdSet's lookup relies on: an entry per group and one past the end.
                 if not (0 < 128 - shift <= 64 and groups == (1 << (128 - shift)) + 1):
+                    return None
+                left -= 8 * groups + 16 * n
+                if n < 0 or left < 0:  # sizes past the file: read nothing that is not there
                     return None
                 raw = fh.read(8 * groups)
                 digests = fh.read(16 * n)

@@ -15,17 +15,19 @@ import datetime as dt
 import itertools
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from hashlib import blake2b
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..durable import fsync_dir
 from ..errors import LockedError, RecipeError
 
 DIGEST = 16  # bytes of blake2b per id: collisions are out of reach (~1e-20 at 10^9 ids)
+MANIFEST_CAP = 64 << 20  # bytes of manifest.json read (a long batch job's is well under 1 MiB)
 
 
 def now_iso() -> str:
@@ -210,7 +212,7 @@ class RunState:
 
     def read_manifest(self) -> dict[str, Any] | None:
         try:
-            data = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            data = json.loads(read_state_file(self.manifest_path, MANIFEST_CAP))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -256,6 +258,29 @@ def _unused(name: Callable[[str], Path]) -> Path:
         if not path.exists():
             return path
     raise AssertionError("unreachable")
+
+
+def open_state_file(path: Path) -> BinaryIO:
+    """``path`` opened for reading as the untrusted file it may be (a state folder can come with
+    a shared output): a regular file, whatever a link points at. Opening a FIFO does not wait
+    for a writer, and a FIFO or a device (``/dev/zero``: endless) is refused with ValueError."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_state_file(path: Path, cap: int) -> bytes:
+    """A state file's bytes (see ``open_state_file``); ValueError past ``cap`` bytes."""
+    with open_state_file(path) as fh:
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise ValueError(f"{path} is longer than {cap} bytes")
+    return data
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RecipeError
-from ..job.store import RunState, atomic_write, refuse_links
+from ..job.store import RunState, atomic_write, open_state_file, read_state_file, refuse_links
 from ..jsonio import loads as json_loads
 
 VERSION = 2  # 2: the tail's hash
@@ -75,13 +75,9 @@ class RowIndex:
         stat = output.stat()
         try:
             # The state folder may come with a shared output: its cache is checked, never
-            # trusted (a size past the file, a row count past the index file, a link to an
-            # endless file would each make the viewer read without bound).
-            with open(meta_path, "rb") as fh:
-                raw = fh.read(META_CAP + 1)
-            if len(raw) > META_CAP:
-                raise ValueError("the index's description is too long")
-            meta = json.loads(raw)
+            # trusted (a size past the file or a row count past the index file would each make
+            # the viewer read without bound; read_state_file refuses what is not a file).
+            meta = json.loads(read_state_file(meta_path, META_CAP))
             end, rows = int(meta["end"]), int(meta["rows"])
             if (
                 meta.get("version") == VERSION
@@ -110,7 +106,7 @@ class RowIndex:
         return index
 
     def _load(self, path: Path, rows: int) -> None:
-        with open(path, "rb") as fh:
+        with open_state_file(path) as fh:
             self.offsets.fromfile(fh, rows)
             self.status.fromfile(fh, rows)
             self.etype.fromfile(fh, rows)

@@ -4,6 +4,7 @@ server, which counts every request by record and step: a finished step is never 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import threading
@@ -404,6 +405,21 @@ def test_a_damaged_or_stale_journal_costs_calls_at_worst_never_a_wrong_row(
     assert len(rows) == 5
     for row in rows.values():
         check_row(row)  # the forged draft of a changed step was not taken up
+
+
+def test_a_steps_journal_that_is_not_a_file_is_not_read(tmp_path: Path) -> None:
+    # A state folder shipped with a FIFO for a journal: the run waited for a writer forever.
+    fake = Steps()
+    with FakeOpenAI(reply=fake.reply) as server:
+        recipe = steps_recipe(tmp_path, server, 3)
+        state = tmp_path / "out.jsonl.llmrun"
+        state.mkdir()
+        os.mkfifo(state / "steps.jsonl")
+        assert run(recipe)["ok"] == 3
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert len(rows) == 3
+    for row in rows.values():
+        check_row(row)
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..durable import fsync_dir
+from .store import open_state_file
 
 MAX_LINE = 64 * 1024 * 1024  # a longer line is not one this module wrote
 
@@ -109,7 +110,11 @@ class StepJournal:
 
 
 def _lines(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as src:
+    try:
+        src = open_state_file(path)
+    except ValueError:  # not a regular file (a FIFO would wait for a writer): nothing of ours
+        return
+    with src:
         while True:
             line = src.readline(MAX_LINE)
             if not line:

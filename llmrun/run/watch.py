@@ -49,13 +49,17 @@ async def tick(
     progress: Progress, stats: RunStats, writer: Writer, state: RunState, manifest: Manifest
 ) -> None:
     """The progress every TICK_S; the output handed to the disk and the manifest rewritten
-    every SYNC_EVERY_S."""
+    every SYNC_EVERY_S, and at the next tick after the batches' state changes (a batch created,
+    polled or merged), so `llmrun status` shows a waiting run's batches as the display does.
+    Batch state changes at most once a poll (seconds to minutes apart), so this adds few writes."""
     last_sync = anyio.current_time()
+    last_batch = stats.batch
     while True:
         await anyio.sleep(TICK_S)
         progress.update(stats)
-        if anyio.current_time() - last_sync >= SYNC_EVERY_S:
+        if anyio.current_time() - last_sync >= SYNC_EVERY_S or stats.batch is not last_batch:
             last_sync = anyio.current_time()
+            last_batch = stats.batch
             writer.sync()
             update_manifest(state, stats, manifest)
 

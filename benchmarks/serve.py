@@ -170,7 +170,9 @@ def floor_server() -> None:
         return JSONResponse({"rows": [{"status": "ok"}]})
 
     app = Starlette(routes=[Route("/v1/records", records, methods=["POST"])])
-    sock = socket.socket()
+    # IPPROTO_TCP named, as llmrun serve's own socket is: asyncio sets TCP_NODELAY on the
+    # connections it accepts only then (else each answer's body waits for a delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
     print(f"floor on http://127.0.0.1:{sock.getsockname()[1]}", file=sys.stderr, flush=True)

@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from rich.console import Console
 
 from llmrun.job.stats import BatchPart, BatchProgress, RunStats
@@ -51,7 +50,6 @@ def _wait_for(lines: queue.Queue[str], text: str, seen: list[str]) -> str:
     raise AssertionError(f"{text!r} never shown; shown:\n{''.join(seen)}")
 
 
-@pytest.mark.slow
 def test_a_waiting_batch_run_shows_its_batches_and_status_says_the_same(tmp_path: Path) -> None:
     with FakeBatches() as fake:
         fake.hold = True

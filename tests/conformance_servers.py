@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
@@ -125,8 +126,6 @@ class ServerThread:
             await self._aiohttp()
 
     async def _uvicorn(self) -> None:
-        import socket
-
         import uvicorn
 
         sock = socket.create_server(("127.0.0.1", 0))
@@ -153,9 +152,10 @@ class ServerThread:
         if self.tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.tls)
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        sock = socket.create_server(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        site = web.SockSite(runner, sock, ssl_context=context)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._ready.set()
         assert self._stop is not None
         await self._stop.wait()

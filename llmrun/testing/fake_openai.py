@@ -133,7 +133,7 @@ class FakeOpenAI:
         self.tls = tls  # serve HTTPS with this server context (the TLS benchmark)
         self.model = model
         self.api_keys_allowed = None if api_keys is None else frozenset(api_keys)
-        self._reply = reply
+        self.reply = reply  # tests may replace it while the server runs
         self._fault = fault
         self._port = port
         self._record = record
@@ -432,7 +432,7 @@ class FakeOpenAI:
 
     def chat_answer(self, body: Any, request_id: str) -> tuple[int, Headers, bytes]:
         """A ``/chat/completions`` answer (fake_chat.py): the reply callback's text, or an echo."""
-        return chat_answer(body, request_id, self.model, self._reply)
+        return chat_answer(body, request_id, self.model, self.reply)
 
 
 def _method_not_allowed(method: str, path: str) -> tuple[int, Headers, bytes]:

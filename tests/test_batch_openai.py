@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -374,3 +375,44 @@ def test_batch_mode_over_a_pool_of_endpoints_sends_to_the_first_with_its_own_key
         assert len(fake.submitted) == 12
         for text in (proc.stdout, proc.stderr, (tmp_path / "out.jsonl").read_text()):
             assert "sk-east-secret-123" not in text and "sk-west-secret-456" not in text
+
+
+def test_hostile_part_files_stop_with_a_clear_error_and_bad_result_lines_go_again(
+    tmp_path: Path,
+) -> None:
+    # The part files beside the journal may come with a shared output. A FIFO made the merge
+    # wait for a writer forever; a result line its batch API could not read ended the run with
+    # an internal error. Now a part file that is not a regular file stops the run naming it
+    # (exit 3: the journal records batches already paid), and a result line that cannot be read
+    # is no result: its record goes in the next batch.
+    from llmrun.batch.journal import KILL_ENV
+
+    with FakeBatches() as fake:
+        for case in ("results-fifo", "records-fifo", "bad-lines"):
+            folder = tmp_path / case
+            folder.mkdir()
+            recipe = setup(folder, fake.url, n=10)
+            killed = run_cli("run", str(recipe), cwd=folder, env={KILL_ENV: "downloaded"})
+            assert killed.returncode != 0
+            part = folder / "out.jsonl.llmrun" / "batch" / "p0001.results.jsonl"
+            if case == "records-fifo":
+                part = part.with_name("p0001.records.jsonl")
+            lines = part.read_bytes().splitlines(keepends=True)
+            part.unlink()
+            if case != "bad-lines":
+                os.mkfifo(part)
+                result = run_cli("run", str(recipe), cwd=folder, timeout=60)
+                assert result.returncode == 3, result.stderr
+                assert f"the batch file {part} cannot be read" in result.stderr
+                assert "internal error" not in result.stderr
+                continue
+            before = sum(fake.submitted.values())
+            bad = [b"[1]\n", b'{"custom_id": "x", "response": "up"}\n', b"not json\n"]
+            part.write_bytes(b"".join(bad + lines[3:]))
+            result = run_cli("run", str(recipe), cwd=folder)
+            assert result.returncode == 0, result.stderr
+            assert "3 result line(s) of p0001 could not be read" in result.stderr
+            rows = read_jsonl(folder / "out.jsonl")
+            assert sorted(r["id"] for r in rows) == [f"r{i:05d}" for i in range(10)]
+            assert all(r["status"] == "ok" for r in rows)
+            assert sum(fake.submitted.values()) - before == 3  # only those went again

@@ -24,11 +24,15 @@ from typing import Any
 from ..durable import fsync_dir
 from ..errors import RunAborted
 from ..job.stepjournal import is_result
-from ..job.store import atomic_write, read_state_file
+from ..job.store import atomic_write, open_state_file, read_state_file
 
 STEPS = ("written", "uploaded", "creating", "created", "ended", "downloaded", "merged")
 # Bytes of journal.json read: a 10^8-record job's thousands of parts stay well under 1 MiB.
 JOURNAL_CAP = 64 << 20
+# Bytes of one line of a part file: a record as sent (with its finished steps' results) or one
+# result line from the provider; far past any real one, it keeps a damaged file from filling
+# memory (a line without end).
+LINE_CAP = 64 << 20
 KILL_ENV = "LLMRUN_TEST_KILL_AFTER"  # test hook: SIGKILL this process right after a step
 
 
@@ -122,12 +126,42 @@ class Journal:
     def carried(self, part: Part) -> Iterator[tuple[str, str, str, dict[str, Any], dict[str, Any]]]:
         """(custom_id, record id, where, record, finished steps) for each line of the part:
         what a steps: record has finished before this part's step (empty otherwise)."""
-        with open(self.file(part.name, "records"), encoding="utf-8") as fh:
-            for line in fh:
-                cid, rid, where, data, *rest = json.loads(line)
-                carried = rest[0] if rest and isinstance(rest[0], dict) else {}
-                finished = {k: v for k, v in carried.items() if is_result(v)}
-                yield str(cid), str(rid), str(where), data, finished
+        path = self.file(part.name, "records")
+        for raw in part_lines(path):
+            try:
+                cid, rid, where, data, *rest = json.loads(raw)
+                if not isinstance(data, dict):
+                    raise ValueError("a record that is not an object")
+            except (ValueError, TypeError) as exc:
+                # Written by llmrun: a line it cannot read means the file was damaged, and which
+                # records it held is not known: nothing is guessed.
+                raise unreadable(path, exc) from None
+            carried = rest[0] if rest and isinstance(rest[0], dict) else {}
+            finished = {k: v for k, v in carried.items() if is_result(v)}
+            yield str(cid), str(rid), str(where), data, finished
+
+
+def part_lines(path: Path) -> Iterator[bytes]:
+    """The lines of a part file, read as the untrusted file it may be (a state folder can come
+    with a shared output): only a regular file, each line within ``LINE_CAP``; else RunAborted
+    naming the file (a FIFO made the merge wait forever)."""
+    try:
+        with open_state_file(path) as fh:
+            while raw := fh.readline(LINE_CAP + 1):
+                if len(raw) > LINE_CAP:
+                    raise ValueError(f"a line longer than {LINE_CAP} bytes")
+                if raw.strip():
+                    yield raw
+    except (OSError, ValueError) as exc:
+        raise unreadable(path, exc) from None
+
+
+def unreadable(path: Path, exc: Exception) -> RunAborted:
+    return RunAborted(
+        f"the batch file {path} cannot be read ({type(exc).__name__}: {exc}); the journal "
+        f"beside it records the batches already submitted and paid: restore the file, or move "
+        f"{path.parent} aside to submit them again"
+    )
 
 
 def has_running(folder: Path) -> bool:

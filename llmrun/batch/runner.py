@@ -33,7 +33,7 @@ from ..run.steps import StepStages
 from ..values import Prompt, Row
 from ..wire.retry import backoff_s, classify_transport
 from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
-from .journal import Journal, Part, checkpoint, has_running, make_durable
+from .journal import Journal, Part, checkpoint, has_running, make_durable, part_lines
 from .planner import PartPlanner
 from .status import progress_of
 
@@ -309,7 +309,12 @@ class BatchRunner:
     # -- merging results into the output -----------------------------------------------------
 
     async def _merge(self, part: Part) -> None:
-        results = await anyio.to_thread.run_sync(self._read_results, part)
+        results, unread = await anyio.to_thread.run_sync(self._read_results, part)
+        if unread:
+            self.engine.warn(
+                f"{unread} result line(s) of {part.name} could not be read; their records are "
+                "treated as having no result"
+            )
         info = BatchInfo.from_json(part.info or {"id": "?", "state": "ended"})
         if part.recipe_step is not None:
             await self._merge_step(part, results, info)
@@ -491,16 +496,25 @@ class BatchRunner:
         self.journal.save()
         return handed
 
-    def _read_results(self, part: Part) -> dict[str, LineResult]:
+    def _read_results(self, part: Part) -> tuple[dict[str, LineResult], int]:
+        """The part's results by custom id, and how many lines could not be read. The lines
+        are the provider's bytes: one that is not a JSON object, or that its batch API cannot
+        read, is no result (its record goes again, as for a missing line)."""
         results: dict[str, LineResult] = {}
-        with open(self.journal.file(part.name, "results"), encoding="utf-8") as fh:
-            for raw in fh:
-                if raw.strip():
-                    found = self.api.parse_result(json.loads(raw))
-                    # A success wins over an error line for the same id (never both, in theory).
-                    if found.custom_id not in results or found.reply is not None:
-                        results[found.custom_id] = found
-        return results
+        unread = 0
+        for raw in part_lines(self.journal.file(part.name, "results")):
+            try:
+                line = json.loads(raw)
+                if not isinstance(line, dict):
+                    raise TypeError("not an object")
+                found = self.api.parse_result(line)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                unread += 1
+                continue
+            # A success wins over an error line for the same id (never both, in theory).
+            if found.custom_id not in results or found.reply is not None:
+                results[found.custom_id] = found
+        return results, unread
 
     def _write_rows(self, rows: list[Row]) -> None:
         # Durable before the journal says the part is merged.

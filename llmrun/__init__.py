@@ -63,6 +63,7 @@ _WHERE = {
     "Register": "hookspecs",
     # A provider's batch API (run.mode: batch).
     "BatchAPI": "batch.contract",
+    "BATCH_RESULTS": "batch.contract",
     "BatchInfo": "batch.contract",
     "BatchState": "batch.contract",
     "LineResult": "batch.contract",
@@ -100,6 +101,7 @@ _WHERE = {
 # Plain sorted order (tests/test_docs.py), not ruff's constants-first order.
 __all__ = [  # noqa: RUF022
     "Access",
+    "BATCH_RESULTS",
     "BatchAPI",
     "BatchInfo",
     "BatchState",
@@ -177,7 +179,7 @@ __getattr__ = lazy_getattr("llmrun", _WHERE, globals())
 if TYPE_CHECKING:
     from .access import Access, OutsideError
     from .api import open_recipe, run_recipe, run_recipe_sync
-    from .batch.contract import BatchAPI, BatchInfo, BatchState, LineResult
+    from .batch.contract import BATCH_RESULTS, BatchAPI, BatchInfo, BatchState, LineResult
     from .components import (
         GroupingProvider,
         Loader,

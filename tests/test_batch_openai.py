@@ -37,6 +37,7 @@ def run_here(recipe: Path, **kwargs: Any) -> RunSummary:
 
 
 def setup(tmp_path: Path, url: str, n: int = 10, **run: Any) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     write_jsonl(tmp_path / "data.jsonl", make_records(n))
     return write_recipe(tmp_path, batch_recipe(url, **run))
 
@@ -416,3 +417,35 @@ def test_hostile_part_files_stop_with_a_clear_error_and_bad_result_lines_go_agai
             assert sorted(r["id"] for r in rows) == [f"r{i:05d}" for i in range(10)]
             assert all(r["status"] == "ok" for r in rows)
             assert sum(fake.submitted.values()) - before == 3  # only those went again
+
+
+def test_the_batch_apis_answers_are_bounded_and_results_files_by_their_own_cap(
+    tmp_path: Path,
+) -> None:
+    # httpx's client read a batch API's answers whole, whatever their size: a hostile or broken
+    # server could exhaust memory. Each answer is now read within run.max_response_bytes, and a
+    # results download within run.batch_max_results_bytes; past a cap the run stops (exit 3),
+    # naming the setting, without retrying.
+    with FakeBatches() as fake:
+        caps = {"max_response_bytes": 4096}
+        recipe = setup(tmp_path / "ok", fake.url, n=20, **caps)
+        results = tmp_path / "ok" / "out.jsonl.llmrun" / "batch" / "p0001.results.jsonl"
+        proc = run_cli("run", str(recipe), "--json", cwd=recipe.parent)
+        assert proc.returncode == 0, proc.stderr
+        # The results file is past the answers' cap: it went through its own.
+        assert results.stat().st_size > 4096
+        assert json.loads(proc.stdout)["ok"] == 20
+
+        small = {**caps, "batch_max_results_bytes": 4096}
+        recipe = setup(tmp_path / "results", fake.url, n=20, **small)
+        proc = run_cli("run", str(recipe), cwd=recipe.parent)
+        assert proc.returncode == 3, proc.stderr
+        assert "over 4 KiB (run.batch_max_results_bytes)" in proc.stderr
+        assert fake.count("GET", "/v1/files/") == 2  # one download each, none retried
+
+        fake.pad = 8192  # every answer now floods past 4 KiB
+        recipe = setup(tmp_path / "flood", fake.url, n=5, **caps)
+        proc = run_cli("run", str(recipe), cwd=recipe.parent)
+        assert proc.returncode == 3, proc.stderr
+        assert "over 4 KiB (run.max_response_bytes)" in proc.stderr
+        assert "internal error" not in proc.stderr

@@ -23,6 +23,11 @@ import httpx
 
 from ..values import Prompt, Reply
 
+# A request extension (``extensions={BATCH_RESULTS: True}``) for ``download()``'s requests: the
+# answer is a results file, bounded by ``run.batch_max_results_bytes`` rather than by
+# ``run.max_response_bytes`` as every other batch API answer is.
+BATCH_RESULTS = "llmrun.batch_results"
+
 # Normalized batch states. "ended" covers every terminal state: see ``BatchInfo.outcome``.
 BatchState = Literal["validating", "in_progress", "finalizing", "cancelling", "ended"]
 BatchOutcome = Literal["completed", "failed", "expired", "cancelled"]

@@ -32,6 +32,7 @@ from ..run.calls import Outcome
 from ..run.steps import StepStages
 from ..values import Prompt, Row
 from ..wire.retry import backoff_s, classify_transport
+from .client import BatchClient
 from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
 from .journal import Journal, Part, checkpoint, has_running, make_durable, part_lines
 from .planner import PartPlanner
@@ -108,8 +109,9 @@ class BatchRunner:
         go as direct calls (auto mode), else None."""
         self.journal.dir.mkdir(parents=True, exist_ok=True)
         timeout = httpx.Timeout(self.settings.timeout_s, connect=self.settings.connect_timeout_s)
-        # trust_env: the proxy variables (and NO_PROXY) and SSL_CERT_FILE, as in direct mode.
-        async with httpx.AsyncClient(timeout=timeout, trust_env=True) as client:
+        # trust_env: the proxy variables (and NO_PROXY) and SSL_CERT_FILE, as in direct mode;
+        # every answer read within the bounds of a call's (batch/client.py).
+        async with BatchClient(self.settings, timeout=timeout, trust_env=True) as client:
             self.client = client
             while not self._stopping():
                 plan = not self.drain_only and self._over_budget is None
@@ -595,7 +597,8 @@ async def cancel_all(engine: Engine, *, record: bool) -> list[dict[str, Any]]:
         return []
     key = engine.recipe.first_key
     out: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(timeout=engine.recipe.run.timeout_s, trust_env=True) as client:
+    run = engine.recipe.run
+    async with BatchClient(run, timeout=run.timeout_s, trust_env=True) as client:
         for part in journal.active():
             if part.step not in ("created", "creating") or not part.batch_id:
                 continue

@@ -16,7 +16,15 @@ from typing import Any
 import anyio
 import httpx
 
-from llmrun import BatchInfo, CallError, LineResult, Prompt, Reply, response_json
+from llmrun import (
+    BATCH_RESULTS,
+    BatchInfo,
+    CallError,
+    LineResult,
+    Prompt,
+    Reply,
+    response_json,
+)
 
 MAX_REQUESTS = 100_000  # per batch (Anthropic's documented limit)
 MAX_BYTES = 256 * 1024 * 1024
@@ -115,7 +123,9 @@ class AnthropicBatches:
         url = info.downloads.get("results_url")
         content = b""
         if url:
-            request = client.build_request("GET", url, headers=self._h(api_key))
+            request = client.build_request(
+                "GET", url, headers=self._h(api_key), extensions={BATCH_RESULTS: True}
+            )
             response = await client.send(request)
             if response.status_code >= 300:
                 raise self._error_from(response)

@@ -15,6 +15,7 @@ import anyio
 import httpx
 
 from llmrun import (
+    BATCH_RESULTS,
     BatchInfo,
     BatchState,
     CallError,
@@ -148,6 +149,7 @@ class OpenAIBatches:
                 "GET",
                 f"{self._base}/files/{file_id}/content",
                 headers=self._h(api_key, json_body=False),
+                extensions={BATCH_RESULTS: True},
             )
             content = (await self._send(client, request)).content
             chunks.append(content if not content or content.endswith(b"\n") else content + b"\n")

@@ -49,6 +49,8 @@ class RunSettings:
     budget_usd: float | None = None
     # The largest answer body, as received and once decoded (llmrun.wire.bounds).
     max_response_bytes: int = 64 * 1024 * 1024
+    # Batch mode: the largest results file downloaded (read whole, as received and decoded).
+    batch_max_results_bytes: int = 1024 * 1024 * 1024
     engine: str = "local"  # run.engine: this process, or a plugin's engine (ray)
     workers: int | None = None  # run.workers: an engine's worker processes (None: its default)
 

@@ -10,7 +10,8 @@ finalizing -> completed (OpenAI; Anthropic: in_progress -> ended). Tests steer i
 - ``hold = True``: batches stay in_progress (to cancel them, or look at them); ``holds``: the
   indexes of the batches held, when only some are;
 - ``usage``: the (input, output) tokens each reply reports;
-- ``advance(seconds)``: moves the fake clock (a batch older than 24 h expires when polled).
+- ``advance(seconds)``: moves the fake clock (a batch older than 24 h expires when polled);
+- ``pad``: bytes added to every JSON object answered (a server that floods its answers).
 
 ``submitted`` counts every custom_id in every batch created, so a test can show nothing was
 submitted twice. Results are written in the reverse order of the input.
@@ -45,6 +46,7 @@ class FakeBatches(ThreadedServer):
         self.hold = False
         self.holds: set[int] = set()
         self.usage = (10, 5)
+        self.pad = 0  # > 0: every JSON object answered grows by this many bytes (a flood)
         self.offset = 0.0
         self.submitted: Counter[str] = Counter()
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, JSON body or None)
@@ -97,6 +99,8 @@ class FakeBatches(ThreadedServer):
                     _error(fail.status, fail.message, self.flavor),
                     "application/json",
                 )
+        if self.pad and ctype == "application/json" and payload.endswith(b"}"):
+            payload = payload[:-1] + b', "pad": "' + b"x" * self.pad + b'"}'
         out: Headers = [("content-type", ctype), ("request-id", f"req_{next(self._seq)}")]
         close = not wants_keep_alive(version, headers)
         conn.reply(response_bytes(status, out, payload, close=close), close=close, delay=0.0)

@@ -38,6 +38,7 @@ class AnswerLimits:
 
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    setting: str = "run.max_response_bytes"  # what to raise, named when the body is refused
 
 
 class AnswerTooLarge(httpx.RemoteProtocolError):
@@ -102,7 +103,7 @@ def read_response(
     for name, value in raw_headers.raw if isinstance(raw_headers, httpx.Headers) else raw_headers:
         if len(name) == 16 and name.lower() == b"content-encoding":
             if value.strip().lower() != b"identity":
-                body = _decode(status, raw_headers, body, request, limits.max_response_bytes)
+                body = _decode(status, raw_headers, body, request, limits)
             break
     return ReadResponse(status, raw_headers, body, request)
 
@@ -112,18 +113,19 @@ def _decode(
     raw_headers: Sequence[tuple[bytes, bytes]] | httpx.Headers,
     body: bytes,
     request: httpx.Request,
-    limit: int,
+    limits: AnswerLimits,
 ) -> bytes:
     """The body through httpx's own decoders (public streaming API), fed a few hundred bytes
     at a time so that a decompression bomb is stopped at the limit, not after inflating."""
     encoded = httpx.Response(status, headers=raw_headers, stream=_Slices(body), request=request)
     parts: list[bytes] = []
     total = 0
+    limit = limits.max_response_bytes
     try:
         for part in encoded.iter_bytes():
             total += len(part)
             if total > limit:
-                raise too_large("decoded body", limit, "run.max_response_bytes")
+                raise too_large("decoded body", limit, limits.setting)
             parts.append(part)
     except httpx.DecodingError as exc:
         raise httpx.RemoteProtocolError(f"cannot decode the answer: {exc}") from exc

@@ -160,7 +160,7 @@ async def read_capped(response: httpx.Response, limits: AnswerLimits) -> bytes:
     limit = limits.max_response_bytes
     declared = response.headers.get("content-length", "")
     if declared.strip().isdigit() and int(declared) > limit:
-        raise too_large("declared body", limit, "run.max_response_bytes")
+        raise too_large("declared body", limit, limits.setting)
     parts: list[bytes] = []
     total = 0
     # aclosing: a refused body leaves the stream at once, not when the collector finds it.
@@ -169,6 +169,6 @@ async def read_capped(response: httpx.Response, limits: AnswerLimits) -> bytes:
         async for part in stream:
             total += len(part)
             if total > limit:
-                raise too_large("body", limit, "run.max_response_bytes")
+                raise too_large("body", limit, limits.setting)
             parts.append(part)
     return b"".join(parts)

@@ -449,3 +449,21 @@ def test_the_batch_apis_answers_are_bounded_and_results_files_by_their_own_cap(
         assert proc.returncode == 3, proc.stderr
         assert "over 4 KiB (run.max_response_bytes)" in proc.stderr
         assert "internal error" not in proc.stderr
+
+
+def test_batch_mode_warns_about_repeated_ids_once_not_at_every_round(tmp_path: Path) -> None:
+    # Each round of batches plans over the whole input again, and the second reading met
+    # every id a second time: every batch run warned "duplicate id" about its first records.
+    with FakeBatches() as fake:
+        recipe = setup(tmp_path / "distinct", fake.url, n=20, batch_max_requests=8)
+        proc = run_cli("run", str(recipe), cwd=recipe.parent)
+        assert proc.returncode == 0, proc.stderr
+        assert "duplicate id" not in proc.stderr and "repeat an earlier" not in proc.stderr
+        recipe = setup(tmp_path / "repeated", fake.url, n=20, batch_max_requests=8)
+        records = make_records(20)
+        records[7]["id"] = records[3]["id"]  # one real repeat
+        write_jsonl(recipe.parent / "data.jsonl", records)
+        proc = run_cli("run", str(recipe), cwd=recipe.parent)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stderr.count("duplicate id") == 1, proc.stderr
+        assert "duplicate id 'r00003' at data.jsonl:8" in proc.stderr

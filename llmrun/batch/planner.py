@@ -50,6 +50,9 @@ class PartPlanner:
         self._id_ok = re.compile(api.custom_id_pattern)
         self._price = price
         self.over_budget: str | None = None  # why the last plan was over run.budget_usd
+        # Each round of batches plans again over the whole input: only the first reading
+        # looks for repeated ids (a later one met every id again and warned about each).
+        self._read_once = False
 
     def plan(
         self,
@@ -69,7 +72,7 @@ class PartPlanner:
         writer = self.writer()
         pending = 0
         estimate_usd = 0.0
-        for work in engine.records():
+        for work in engine.records(dupes=not self._read_once):
             if work.id in self.finished or work.id in busy:
                 continue
             step: str | None = None
@@ -92,6 +95,7 @@ class PartPlanner:
             self.queue(writer, work, step, prompt, finished)
             estimate_usd += self._estimate(prompt)
         planned = writer.close()
+        self._read_once = True
         auto_direct = (
             self.settings.mode == "auto"
             and (pending < self.settings.auto_threshold or stragglers)

@@ -68,7 +68,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
 def main(argv: Sequence[str] | None = None) -> int:
     # httpx imports its own command-line client whenever click and pygments are installed
     # (llmrun[serve] brings click, rich brings pygments): rich.syntax, pygments' lexers and click,
-    # 30 ms and more of every start, for a CLI this process never runs. Marked as absent, httpx
+    # about 26 ms of every start, for a CLI this process never runs. Marked as absent, httpx
     # falls back to its stub (its documented behaviour without those packages). Only in the
     # command's own process: a program importing llmrun keeps its httpx as it is.
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]

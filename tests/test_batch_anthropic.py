@@ -11,6 +11,7 @@ import pytest
 from llmrun.api import run_recipe_sync
 from llmrun.batch.journal import KILL_ENV
 from llmrun.testing.fake_batches import FakeBatches
+from llmrun.testing.fake_openai import FakeOpenAI
 
 from .conftest import basic_recipe, make_records, read_jsonl, run_cli, write_jsonl, write_recipe
 
@@ -63,3 +64,18 @@ def test_anthropic_kill_and_resume(tmp_path: Path, step: str) -> None:
         assert set(fake.submitted.values()) == {1} and len(fake.batches) == 2
         if step == "create-sent":
             assert "adopted batch" in again.stderr
+
+
+def test_a_results_url_at_another_origin_is_not_sent_the_key(tmp_path: Path) -> None:
+    # The results URL is the server's word and the key goes with the download: a batch API (or
+    # a gateway the user allowed) naming results elsewhere had the key sent there, even over
+    # plain HTTP. Only the batch API's own origin is followed; else the run stops (exit 3).
+    with FakeBatches("anthropic") as fake, FakeOpenAI() as elsewhere:
+        fake.results_base = elsewhere.url
+        recipe = setup(tmp_path, fake.url, n=3)
+        proc = run_cli("run", str(recipe), cwd=tmp_path)
+        assert proc.returncode == 3, proc.stderr
+        origin = elsewhere.url.removesuffix("/v1")
+        assert f"results_url is at {origin}, not at the batch API's" in proc.stderr
+        assert elsewhere.total_requests == 0
+        assert "sk-ant-secret-456" not in proc.stderr

@@ -63,6 +63,21 @@ class AnthropicBatches:
     def _h(self, api_key: str | None) -> dict[str, str]:
         return dict(self._headers(api_key))
 
+    def _check_origin(self, url: str) -> None:
+        """The results URL is the server's word, and the key goes with the request: it is
+        followed only to the origin (scheme, host, port) of the batch API itself, which the
+        user's key is allowed to reach. Anthropic's own is always there."""
+        base, there = httpx.URL(self._url), httpx.URL(url)
+        if (there.scheme, there.host, there.port) != (base.scheme, base.host, base.port):
+            raise CallError(
+                f"the batch's results_url is at {there.scheme}://{there.host}"
+                f"{'' if there.port is None else f':{there.port}'}, not at the batch API's "
+                f"{base.scheme}://{base.host}{'' if base.port is None else f':{base.port}'}: "
+                "the key is not sent there",
+                kind="record",
+                code="bad_response",
+            )
+
     async def upload(
         self, client: httpx.AsyncClient, api_key: str | None, path: Path, tag: str
     ) -> str | None:
@@ -123,6 +138,7 @@ class AnthropicBatches:
         url = info.downloads.get("results_url")
         content = b""
         if url:
+            self._check_origin(url)
             request = client.build_request(
                 "GET", url, headers=self._h(api_key), extensions={BATCH_RESULTS: True}
             )

@@ -11,7 +11,8 @@ finalizing -> completed (OpenAI; Anthropic: in_progress -> ended). Tests steer i
   indexes of the batches held, when only some are;
 - ``usage``: the (input, output) tokens each reply reports;
 - ``advance(seconds)``: moves the fake clock (a batch older than 24 h expires when polled);
-- ``pad``: bytes added to every JSON object answered (a server that floods its answers).
+- ``pad``: bytes added to every JSON object answered (a server that floods its answers);
+- ``results_base``: Anthropic's ``results_url`` points there instead of at this server.
 
 ``submitted`` counts every custom_id in every batch created, so a test can show nothing was
 submitted twice. Results are written in the reverse order of the input.
@@ -47,6 +48,7 @@ class FakeBatches(ThreadedServer):
         self.holds: set[int] = set()
         self.usage = (10, 5)
         self.pad = 0  # > 0: every JSON object answered grows by this many bytes (a flood)
+        self.results_base: str | None = None  # another origin for Anthropic's results_url
         self.offset = 0.0
         self.submitted: Counter[str] = Counter()
         self.requests: list[tuple[str, str, Any]] = []  # (method, path, JSON body or None)
@@ -310,7 +312,11 @@ class FakeBatches(ThreadedServer):
             "expires_at": _rfc3339(b["created_at"] + WINDOW_S),
             "ended_at": _rfc3339(self.now()) if ended else None,
             "cancel_initiated_at": _rfc3339(b["cancel_at"]) if b.get("cancel_at") else None,
-            "results_url": f"{self.url}/messages/batches/{b['id']}/results" if ended else None,
+            "results_url": (
+                f"{self.results_base or self.url}/messages/batches/{b['id']}/results"
+                if ended
+                else None
+            ),
         }
 
     def _anthropic_results(self, b: dict[str, Any]) -> bytes:

@@ -5,15 +5,16 @@ into parts within the provider's limits, then drive every part through its steps
 ``journal``). Parts whose requests failed in a retryable way (expired, server errors) are
 followed by another round for those records only, up to ``run.batch_resubmits`` times.
 
-Rows are made by the engine (``_render``, ``_postprocess``, ``_row``, ``_error``) and written by
-its writer, so a batch run's output is the same as a direct run's.
+Planning records into part files is ``planner.py``; merging an ended part's results into rows
+is ``merge.py``, through the engine's public stages (render, post-process, error row) and its
+row sink, so a batch run's output is the same as a direct run's. This module drives the rounds
+and each part's steps, with the batch API's calls retried here.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
 import secrets
 import time
@@ -23,18 +24,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import httpx
 
-from ..errors import CallError, RecordError, RunAborted
+from ..errors import CallError, RunAborted
 from ..job.manifest import Manifest
-from ..job.records import Work
-from ..job.store import IdSet, now_iso
+from ..job.store import IdSet
 from ..recipe.pricing import PriceTable
-from ..run.calls import Outcome
 from ..run.steps import StepStages
-from ..values import Prompt, Row
+from ..values import Row
 from ..wire.retry import backoff_s, classify_transport
 from .client import BatchClient
-from .contract import BatchAPI, BatchInfo, LineResult, batch_api_of
-from .journal import Journal, Part, checkpoint, has_running, make_durable, part_lines
+from .contract import BatchAPI, BatchInfo, batch_api_of
+from .journal import Journal, Part, checkpoint, has_running, make_durable
+from .merge import Merger
 from .planner import PartPlanner
 from .status import progress_of
 
@@ -101,6 +101,15 @@ class BatchRunner:
             engine, self.journal, self.api, self.finished, self.steps, line_apis, price
         )
         self._parked: set[str] = set()  # continuation parts not to submit in this run
+        self.merger = Merger(
+            engine,
+            self.journal,
+            self.api,
+            self.finished,
+            self.steps,
+            self.planner,
+            self._write_rows,
+        )
 
     # -- the rounds ------------------------------------------------------------------------
 
@@ -311,165 +320,16 @@ class BatchRunner:
     # -- merging results into the output -----------------------------------------------------
 
     async def _merge(self, part: Part) -> None:
-        results, unread = await anyio.to_thread.run_sync(self._read_results, part)
-        if unread:
-            self.engine.warn(
-                f"{unread} result line(s) of {part.name} could not be read; their records are "
-                "treated as having no result"
-            )
-        info = BatchInfo.from_json(part.info or {"id": "?", "state": "ended"})
-        if part.recipe_step is not None:
-            await self._merge_step(part, results, info)
-            return
-        rows: list[Row] = []
-        counts = {"ok": 0, "error": 0, "again": 0}
-        tries = dict(self.journal.tries)
-        spent = 0.0
-
-        for cid, rid, where, data in self.journal.records(part):
-            if rid in self.finished:
-                continue
-            work = Work(rid, data, where, None)
-            result = results.get(cid)
-            if result is not None and result.reply is not None:
-                try:  # the prompt only matters for a reask (a follow-up turn)
-                    prompt = self.engine.template.render(rid, data)
-                except RecordError:  # the recipe changed since: no follow-up possible
-                    prompt = Prompt(rid, [], {})
-                outcome = Outcome(result.reply, 1, 0.0)
-                row = await self.engine.stages.postprocess(work, prompt, outcome)
-                spent += float(row.get("cost_usd") or 0.0)
-                rows.append(row)
-                continue
-            if result is None:
-                if info.outcome == "cancelled":
-                    counts["again"] += 1  # never run: sent again by a later round or run
-                    continue
-                result = _missing(cid, info)
-            if result.retryable and tries.get(rid, 0) < self.settings.batch_resubmits:
-                tries[rid] = tries.get(rid, 0) + 1
-                counts["again"] += 1
-                continue
-            before = tries.pop(rid, 0)
-            rows.append(
-                self.engine.stages.error_row(
-                    work,
-                    result.code or "batch_error",
-                    result.message or "",
-                    attempts=before + 1,
-                    retryable=result.retryable,
-                    status=result.status,
-                )
-            )
-        for row in rows:
-            counts["ok" if row["status"] == "ok" else "error"] += 1
-        if rows:
-            self._write_rows(rows)
-            checkpoint("merge-written")
-        self.journal.tries = tries
-        self.journal.spent_usd += spent
-        budget = self.engine.budget
-        if budget is not None:  # direct calls after these (auto mode) count them too
-            budget.settle(0.0, spent)
-        part.merged = counts
-        self._set(part, "merged")
-        if info.outcome == "cancelled" and part.cancel_reason == "deadline":
-            self._stragglers = True  # auto mode: what is left goes direct
-        elif info.outcome == "cancelled":
-            self.drain_only = True  # cancelled by the user: submit nothing more in this run
-            if not self.engine.batch_drain_only:
-                self.engine.progress.log(
-                    f"batch {info.id} was cancelled: collecting the running batches, then "
-                    "stopping (run again to send what it did not finish)"
-                )
-                self._cancelled = True
-        await self._check_budget()
-
-    async def _merge_step(
-        self, part: Part, results: dict[str, LineResult], info: BatchInfo
-    ) -> None:
-        """A steps: part's results: each record's step result, then at once its next step's
-        request into a new part (carrying what it has finished), or its row when it is done.
-        The new parts are in the journal in the same save that marks this part merged."""
-        steps = self.steps
-        assert steps is not None and part.recipe_step is not None
-        step = next((s for s in steps.steps if s.spec.name == part.recipe_step), None)
-        if step is None:
-            raise RunAborted(
-                f"the batch part {part.name} holds requests of step {part.recipe_step!r}, which "
-                "the recipe no longer has: run with --fresh to start over"
-            )
-        name = step.spec.name
-        writer = self.planner.writer()
-        rows: list[Row] = []
-        counts = {"ok": 0, "error": 0, "again": 0, "next": 0}
-        tries = dict(self.journal.tries)
-        spent = 0.0
-        ended = now_iso()
-        for cid, rid, where, data, finished in self.journal.carried(part):
-            if rid in self.finished:
-                continue
-            work = Work(rid, data, where, None)
-            result = results.get(cid)
-            if result is not None and result.reply is not None:
-                planned = steps.plan(work, finished)
-                context = planned[1] if isinstance(planned, tuple) else {"steps": {}}
-                prompt = step.stages.render(work, context)  # for a reask (a follow-up turn)
-                if isinstance(prompt, dict):
-                    prompt = Prompt(rid, [], {})
-                row = await step.stages.postprocess(work, prompt, Outcome(result.reply, 1, 0.0))
-                spent += float(row.get("cost_usd") or 0.0)
-                finished[name] = steps.result(step, row)
-                finished[name]["finished_at"] = ended
-            else:
-                if result is None and info.outcome != "cancelled":
-                    result = _missing(cid, info)
-                # (None: cancelled, never run: sent again, parked while collecting only)
-                if result is None or (
-                    result.retryable and tries.get(rid, 0) < self.settings.batch_resubmits
-                ):
-                    if result is not None:
-                        tries[rid] = tries.get(rid, 0) + 1
-                    counts["again"] += 1
-                    again = self.planner.step_request(work, finished)
-                    assert not isinstance(again, dict)
-                    self.planner.queue(writer, work, again[0], again[1], finished)
-                    continue
-                before = tries.pop(rid, 0)
-                failed = step.stages.error_row(
-                    work,
-                    result.code or "batch_error",
-                    result.message or "",
-                    attempts=before + 1,
-                    retryable=result.retryable,
-                    status=result.status,
-                )
-                finished[name] = steps.result(step, failed)
-            found = self.planner.step_request(work, finished)
-            if isinstance(found, dict):
-                rows.append(found)
-            else:
-                counts["next"] += 1
-                self.planner.queue(writer, work, found[0], found[1], finished)
-        for row in rows:
-            counts["ok" if row["status"] == "ok" else "error"] += 1
-        if rows:
-            self._write_rows(rows)
-            checkpoint("merge-written")
-        continued = writer.close()
-        self.planner.add_parts(continued)
+        merged = await self.merger.merge(part)
         if self.drain_only:  # collecting only: the next steps wait for a run that submits
-            self._parked.update(p.name for p in continued)
-        self.journal.tries = tries
-        self.journal.spent_usd += spent
-        budget = self.engine.budget
-        if budget is not None:
-            budget.settle(0.0, spent)
-        part.merged = counts
+            self._parked.update(p.name for p in merged.continued)
         self._set(part, "merged")
-        if info.outcome == "cancelled" and not self.drain_only:
+        info, steps = merged.info, part.recipe_step is not None
+        if info.outcome == "cancelled" and part.cancel_reason == "deadline" and not steps:
+            self._stragglers = True  # auto mode: what is left goes direct
+        elif info.outcome == "cancelled" and not (steps and self.drain_only):
             self.drain_only = True  # cancelled by the user: submit nothing more in this run
-            self._parked.update(p.name for p in continued)
+            self._parked.update(p.name for p in merged.continued)
             if not self.engine.batch_drain_only:
                 self.engine.progress.log(
                     f"batch {info.id} was cancelled: collecting the running batches, then "
@@ -498,26 +358,6 @@ class BatchRunner:
         self.journal.save()
         return handed
 
-    def _read_results(self, part: Part) -> tuple[dict[str, LineResult], int]:
-        """The part's results by custom id, and how many lines could not be read. The lines
-        are the provider's bytes: one that is not a JSON object, or that its batch API cannot
-        read, is no result (its record goes again, as for a missing line)."""
-        results: dict[str, LineResult] = {}
-        unread = 0
-        for raw in part_lines(self.journal.file(part.name, "results")):
-            try:
-                line = json.loads(raw)
-                if not isinstance(line, dict):
-                    raise TypeError("not an object")
-                found = self.api.parse_result(line)
-            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-                unread += 1
-                continue
-            # A success wins over an error line for the same id (never both, in theory).
-            if found.custom_id not in results or found.reply is not None:
-                results[found.custom_id] = found
-        return results, unread
-
     def _write_rows(self, rows: list[Row]) -> None:
         # Durable before the journal says the part is merged.
         self.engine.sink.write(rows, durable=True)
@@ -539,19 +379,6 @@ class BatchRunner:
                 part.cancel_reason = "budget"
                 self.journal.save()
                 await self._retry(self.api.cancel, self.client, self.api_key, part.batch_id)
-
-
-def _missing(cid: str, info: BatchInfo) -> LineResult:
-    """The result of a request an ended batch has no line for: retryable (sent again)."""
-    code = "batch_failed" if info.outcome == "failed" else "batch_missing"
-    reason = info.reason if info.outcome == "failed" else None
-    return LineResult(
-        cid,
-        code=code,
-        message=f"batch {info.id} {info.outcome or 'ended'} without a result for this request"
-        + (f": {reason}" if reason else ""),
-        retryable=True,
-    )
 
 
 async def run_batches(engine: Engine, done: IdSet, manifest: Manifest) -> IdSet | None:

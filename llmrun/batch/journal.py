@@ -82,12 +82,7 @@ class Journal:
         except FileNotFoundError:
             return cls(folder)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            # It says which batches were submitted and paid: nothing is guessed past it.
-            raise RunAborted(
-                f"the batch journal {journal.path} cannot be read ({type(exc).__name__}: "
-                f"{exc}); it records the batches already submitted and paid: restore it, or "
-                f"move {folder} aside to submit them again"
-            ) from None
+            raise unreadable(journal.path, exc) from None
         return journal
 
     def exists(self) -> bool:
@@ -157,9 +152,12 @@ def part_lines(path: Path) -> Iterator[bytes]:
 
 
 def unreadable(path: Path, exc: Exception) -> RunAborted:
+    """The batch state (the journal, or a part's file beside it) cannot be read: the journal
+    says which batches were submitted and paid, so nothing is guessed past it."""
+    what = "journal" if path.name == "journal.json" else "file"
     return RunAborted(
-        f"the batch file {path} cannot be read ({type(exc).__name__}: {exc}); the journal "
-        f"beside it records the batches already submitted and paid: restore the file, or move "
+        f"the batch {what} {path} cannot be read ({type(exc).__name__}: {exc}); the journal "
+        f"records the batches already submitted and paid: restore the file, or move "
         f"{path.parent} aside to submit them again"
     )
 

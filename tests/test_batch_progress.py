@@ -14,10 +14,14 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import anyio
+import pytest
 from rich.console import Console
 
 from llmrun.job.stats import BatchPart, BatchProgress, RunStats
+from llmrun.run import watch
 from llmrun.run.progress import make_progress, status_line
 from llmrun.testing.fake_batches import FakeBatches
 
@@ -145,3 +149,41 @@ def test_the_rich_display_adds_a_line_for_the_batches() -> None:
     assert "records submitted 30, in batches 20, merged 10" in text
     assert "next poll in 1:0" in text  # 1:04 or 1:05
     assert "batches:" in status_line(stats)
+
+
+def test_the_manifest_follows_a_change_of_the_batches_without_waiting_for_the_sync(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The run's tick rewrote the manifest only every SYNC_EVERY_S (5 s), so `status` showed a
+    # waiting batch run's batches late. With the periodic sync pushed out of reach, only the
+    # change of the batches' state can write it here.
+    monkeypatch.setattr(watch, "SYNC_EVERY_S", 1e9)
+    written: list[Any] = []
+    wrote: list[anyio.Event] = []  # made in the event loop
+
+    class State:
+        def write_manifest(self, manifest: Any) -> None:
+            written.append(manifest.get("batch"))
+            wrote[0].set()
+
+    class Writer:
+        def sync(self) -> None:
+            pass
+
+    stats = RunStats(total=10)
+    manifest: Any = {"runs": [{}]}
+    progress = make_progress("none", Console(file=io.StringIO()))
+
+    async def main() -> None:
+        wrote.append(anyio.Event())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch.tick, progress, stats, Writer(), State(), manifest)
+            await anyio.sleep(3 * watch.TICK_S)
+            assert written == []  # nothing changed: nothing written
+            stats.batch = BatchProgress(parts=[], submitted=10, in_batches=10, merged=0)
+            with anyio.fail_after(30):
+                await wrote[0].wait()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert written[0]["submitted"] == 10 and written[0]["in_batches"] == 10

@@ -25,6 +25,7 @@ def setup(tmp_path: Path, url: str, n: int, **run: Any) -> Path:
     }
     recipe = basic_recipe(provider)
     recipe["run"] = {"mode": "batch", "batch_poll_s": 0.01, "batch_poll_max_s": 0.05, **run}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     write_jsonl(tmp_path / "data.jsonl", make_records(n))
     return write_recipe(tmp_path, recipe)
 
@@ -79,3 +80,9 @@ def test_a_results_url_at_another_origin_is_not_sent_the_key(tmp_path: Path) -> 
         assert f"results_url is at {origin}, not at the batch API's" in proc.stderr
         assert elsewhere.total_requests == 0
         assert "sk-ant-secret-456" not in proc.stderr
+        # Not a URL at all (a NUL in the host): the same clear stop, not an internal error.
+        fake.results_base = "http://a\x00b"
+        again = setup(tmp_path / "nul", fake.url, n=3)
+        proc = run_cli("run", str(again), cwd=again.parent)
+        assert proc.returncode == 3, proc.stderr
+        assert "results_url is not a URL" in proc.stderr

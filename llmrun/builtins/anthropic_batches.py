@@ -67,7 +67,13 @@ class AnthropicBatches:
         """The results URL is the server's word, and the key goes with the request: it is
         followed only to the origin (scheme, host, port) of the batch API itself, which the
         user's key is allowed to reach. Anthropic's own is always there."""
-        base, there = httpx.URL(self._url), httpx.URL(url)
+        base = httpx.URL(self._url)
+        try:
+            there = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise CallError(
+                f"the batch's results_url is not a URL ({exc})", kind="record", code="bad_response"
+            ) from None
         if (there.scheme, there.host, there.port) != (base.scheme, base.host, base.port):
             raise CallError(
                 f"the batch's results_url is at {there.scheme}://{there.host}"

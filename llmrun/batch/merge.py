@@ -19,6 +19,7 @@ from ..errors import RecordError, RunAborted
 from ..job.records import Work
 from ..job.store import IdSet, now_iso
 from ..run.calls import Outcome
+from ..run.stages import Stages
 from ..run.steps import StepStages
 from ..values import Prompt, Row
 from .contract import BatchAPI, BatchInfo, LineResult
@@ -106,17 +107,7 @@ class Merger:
                 tries[rid] = tries.get(rid, 0) + 1
                 counts["again"] += 1
                 continue
-            before = tries.pop(rid, 0)
-            rows.append(
-                self.engine.stages.error_row(
-                    work,
-                    result.code or "batch_error",
-                    result.message or "",
-                    attempts=before + 1,
-                    retryable=result.retryable,
-                    status=result.status,
-                )
-            )
+            rows.append(failed_row(self.engine.stages, work, result, tries.pop(rid, 0) + 1))
         self._write(rows, counts)
         self._keep(part, counts, tries, spent)
 
@@ -168,15 +159,7 @@ class Merger:
                     assert not isinstance(again, dict)
                     self.planner.queue(writer, work, again[0], again[1], finished)
                     continue
-                before = tries.pop(rid, 0)
-                failed = step.stages.error_row(
-                    work,
-                    result.code or "batch_error",
-                    result.message or "",
-                    attempts=before + 1,
-                    retryable=result.retryable,
-                    status=result.status,
-                )
+                failed = failed_row(step.stages, work, result, tries.pop(rid, 0) + 1)
                 finished[name] = steps.result(step, failed)
             found = self.planner.step_request(work, finished)
             if isinstance(found, dict):
@@ -228,6 +211,18 @@ class Merger:
             if found.custom_id not in results or found.reply is not None:
                 results[found.custom_id] = found
         return results, unread
+
+
+def failed_row(stages: Stages, work: Work, result: LineResult, attempts: int) -> Row:
+    """The error row of a request the batch failed, after ``attempts`` submissions."""
+    return stages.error_row(
+        work,
+        result.code or "batch_error",
+        result.message or "",
+        attempts=attempts,
+        retryable=result.retryable,
+        status=result.status,
+    )
 
 
 def missing(cid: str, info: BatchInfo) -> LineResult:

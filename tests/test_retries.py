@@ -55,6 +55,35 @@ def test_every_record_ends_ok_under_a_15_percent_fault_mix(tmp_path: Path) -> No
     assert "retries" in result.stderr and "rate_limit" in result.stderr  # progress/summary
 
 
+def test_a_record_backing_off_leaves_its_slot_to_a_new_record(tmp_path: Path) -> None:
+    # r0 is refused once for 2 s; the server answers the others after 0.3 s. With
+    # run.concurrency 4, four other records are in flight while r0 waits, never more.
+    latency = 0.3
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def fault(request: RecordedRequest) -> Fault | None:
+        with lock:
+            if record_id_of(request) == "r00000" and not refused:
+                refused.append("r00000")
+                return Fault(429, {"retry-after": "2"})
+        return None
+
+    with FakeOpenAI(fault=fault, latency_s=latency) as server:
+        recipe = setup_run(tmp_path, openai(server), 13, run={"concurrency": 4, "adaptive": False})
+        result = run_cli("run", str(recipe), cwd=tmp_path)
+        requests = list(server.requests)
+    assert result.returncode == EXIT_OK, result.stderr
+    retried_at = [r.received_at for r in requests if record_id_of(r) == "r00000"][1]
+    others = sorted(r.received_at for r in requests if record_id_of(r) != "r00000")
+    assert len(others) == 12 and others[-1] < retried_at  # all sent while r0 waited
+
+    def in_flight(at: float) -> int:  # sent less than the server's latency before `at`
+        return sum(1 for sent in others if at - latency * 0.8 < sent <= at)
+
+    assert max(in_flight(at) for at in others) == 4
+
+
 @pytest.mark.slow
 def test_no_request_arrives_before_its_retry_after(tmp_path: Path) -> None:
     asked: dict[str, tuple[float, float]] = {}  # id -> (sent at, wait asked)

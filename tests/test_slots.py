@@ -1,12 +1,13 @@
 """The Caller's slots (run.concurrency): never more holders than slots, first come first
-served, and a waiter cancelled at any moment neither loses a slot nor takes one for good."""
+served, and a waiter cancelled at any moment neither loses a slot nor takes one for good. The
+engine's gate: as many records held as slots, plus one per record waiting without a slot."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
 
-from llmrun.run.slots import Slots
+from llmrun.run.slots import Gate, Slots
 
 
 @pytest.mark.anyio
@@ -72,3 +73,60 @@ async def test_a_cancelled_waiter_neither_loses_a_slot_nor_keeps_one(handed: boo
     with anyio.fail_after(1):  # every slot is back: one holder enters at once
         async with slots:
             pass
+
+
+@pytest.mark.anyio
+async def test_the_gate_lets_in_one_more_record_for_each_that_waits_without_a_slot() -> None:
+    gate = Gate(2)
+    inside: list[int] = []
+
+    async def enter(i: int) -> None:
+        await gate.enter()
+        inside.append(i)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(enter, i)
+                await anyio.sleep(0.01)
+            assert inside == [0, 1]  # as many as the size
+            gate.resize(1)  # a record inside starts backing off: one more comes in
+            await anyio.sleep(0.01)
+            assert inside == [0, 1, 2]
+            gate.resize(-1)  # its backoff ended: one too many inside, none comes in
+            assert gate.over()
+            gate.leave()  # the worker that saw `over` steps out; still full
+            assert not gate.over()
+            await anyio.sleep(0.01)
+            assert inside == [0, 1, 2]
+            gate.leave()  # a place frees: the longest waiter comes in
+            await anyio.sleep(0.01)
+            assert inside == [0, 1, 2, 3]
+
+
+@pytest.mark.anyio
+async def test_a_waiter_cancelled_as_the_gate_lets_it_in_passes_its_place_on() -> None:
+    gate = Gate(1)
+    got: list[str] = []
+    scope = anyio.CancelScope()
+
+    async def cancelled() -> None:
+        with scope:
+            await gate.enter()
+            got.append("cancelled")
+
+    async def later() -> None:
+        await gate.enter()
+        got.append("later")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await gate.enter()
+            tg.start_soon(cancelled)
+            await anyio.sleep(0.01)
+            tg.start_soon(later)
+            await anyio.sleep(0.01)
+            scope.cancel()
+            gate.leave()  # handed to `cancelled` in the same step as its cancellation
+    assert got == ["later"]
+    assert not gate.over()

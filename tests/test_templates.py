@@ -257,3 +257,46 @@ def test_few_shot_turns_from_a_file(tmp_path: Path):
         PromptTemplate(loaded.messages, {}, tmp_path, examples=bad)
     with pytest.raises(RecipeError, match=r"cannot read none.jsonl"):
         PromptTemplate(loaded.messages, {}, tmp_path, examples={**bad, "path": "none.jsonl"})
+
+
+VALUES: dict[str, Any] = {
+    "s": "caf\u00e9 \u2603",
+    "none": None,
+    "yes": True,
+    "f": 0.1,
+    "big": 10**20,
+    "d": {"k": [1, "\u00e9"]},
+    "l": [1, 2.5],
+    "crlf": "a\r\nb",
+    "empty": "",
+    "loop": "a field named loop",
+}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ s }}",
+        "Review {{ s }} ({{ f }}/{{big}}, {{ yes }}, {{ none }}):\n{{ d }} {{ l }}{{ empty }}\n",
+        "{{- s -}}  x\r\n y {{ record }}\n\n",  # whitespace control, CR LF, the whole record
+        "{# a comment #}{{ s }}{% raw %}{{ not a variable }}{% endraw %}",
+        "{{ loop }} {{ range }}",  # a field named as a Jinja name; a sandbox global
+        "{{ self }}",  # Jinja's own binding: left to Jinja
+        "{{ s | upper }} {{ d.k }} {{ l[0] }} {% if yes %}y{% endif %} {{ 'lit' }}",
+    ],
+)
+def test_text_and_variables_render_exactly_as_jinja_renders_them(
+    tmp_path: Path, source: str
+) -> None:
+    # Templates of text and {{ name }} alone skip Jinja's render function (templates.py):
+    # what they give must be byte for byte what the sandbox's Jinja gives.
+    from llmrun.recipe.templates import make_environment
+
+    want = make_environment(tmp_path).from_string(source).render({**VALUES, "record": VALUES})
+    assert user_content(tmp_path, source, VALUES) == want
+
+
+def test_a_missing_variable_is_named_by_either_route(tmp_path: Path) -> None:
+    for source in ("{{ text }} and {{ missing }}", "{{ text | upper }} and {{ missing }}"):
+        with pytest.raises(TemplateError, match=r"lacks field.*missing.*it has: text"):
+            user_content(tmp_path, source, {"text": "x"})

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 import jinja2.meta
+import jinja2.nodes
 import jinja2.sandbox
 import yaml
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 ALWAYS_DEFINED = frozenset({"record"})
 URL_PREFIXES = ("http://", "https://", "data:")
+# Names Jinja's compiled code may bind itself (``self`` is the template): left to Jinja.
+_JINJA_NAMES = frozenset({"self", "loop", "caller", "varargs", "kwargs", "super"})
 MessageSource = tuple[str, Any]  # (role, template string or a sequence of parts)
 
 
@@ -77,17 +80,39 @@ def read_data_file(path: Path) -> Any:
 
 
 class _Render:
-    """A message template ready to render: a fixed text, or a compiled template whose
-    context (globals included) the caller has built."""
+    """A message template ready to render: a fixed text; text and variables alone (``parts``:
+    literal text, or the name of a variable); or a compiled template whose context (globals
+    included) the caller has built."""
 
-    __slots__ = ("fixed", "template")
+    __slots__ = ("fixed", "parts", "template")
 
-    def __init__(self, template: jinja2.Template | None, fixed: str | None) -> None:
-        self.template, self.fixed = template, fixed
+    def __init__(
+        self,
+        template: jinja2.Template | None,
+        fixed: str | None,
+        parts: tuple[tuple[str, bool], ...] | None = None,
+    ) -> None:
+        self.template, self.fixed, self.parts = template, fixed, parts
 
     def __call__(self, context: dict[str, Any]) -> str:
         if self.fixed is not None:
             return self.fixed
+        if self.parts is not None:
+            # What Jinja's compiled code does for text and `{{ name }}` without autoescape:
+            # str() of the value, and a missing name is an error (StrictUndefined); here
+            # without building a Jinja context and a generator per record (a third of a
+            # realistic record's rendering, benchmarks/README.md).
+            out: list[str] = []
+            for text, variable in self.parts:
+                if not variable:
+                    out.append(text)
+                    continue
+                try:
+                    value = context[text]
+                except KeyError:
+                    raise jinja2.UndefinedError(f"{text!r} is undefined") from None
+                out.append(value if type(value) is str else str(value))
+            return "".join(out)
         assert self.template is not None
         template = self.template
         return template.environment.concat(
@@ -241,7 +266,7 @@ class PromptTemplate:
         half the cost per record, measured in benchmarks/."""
         if "{" not in source and self.env.line_statement_prefix is None:
             return _Render(None, template.render())
-        return _Render(template, None)
+        return _Render(template, None, _plain_parts(self.env.parse(source)))
 
     def _compile(self, source: str, where: str) -> jinja2.Template:
         try:
@@ -372,6 +397,29 @@ class PromptTemplate:
             f"the prompt uses fields that the first {total} record(s) lack: {uses}; "
             f"fields they have: {', '.join(sorted(seen)) or 'none'}"
         )
+
+
+def _plain_parts(ast: jinja2.nodes.Template) -> tuple[tuple[str, bool], ...] | None:
+    """A template made of text and plain ``{{ name }}`` alone, as (literal text, False) and
+    (variable name, True) parts; None when it uses anything else (a filter, an attribute, a
+    statement, a literal expression), which Jinja then renders. The text is the parser's, so
+    whitespace control and newline handling are already applied."""
+    parts: list[tuple[str, bool]] = []
+    for node in ast.body:
+        if type(node) is not jinja2.nodes.Output:
+            return None
+        for child in node.nodes:
+            if type(child) is jinja2.nodes.TemplateData:
+                parts.append((child.data, False))
+            elif (
+                type(child) is jinja2.nodes.Name
+                and child.ctx == "load"
+                and child.name not in _JINJA_NAMES
+            ):
+                parts.append((child.name, True))
+            else:
+                return None
+    return tuple(parts)
 
 
 def _sources(rendered: str) -> list[str]:

@@ -92,6 +92,7 @@ class Caller:
         on_budget: Callable[[], None] = lambda: None,
         count_tokens: bool = False,
         cache: CallCache | None = None,
+        on_waiting: Callable[[int], None] = lambda change: None,
     ) -> None:
         self._provider = provider
         self._transport = transport
@@ -105,6 +106,9 @@ class Caller:
         self._on_budget = on_budget
         self._count_tokens = count_tokens  # a token limit is set: estimate each request
         self._cache = cache
+        # +1 when a call starts waiting without a slot (a backoff, an identical request's
+        # reply), -1 when it stops: the engine lets another record in meanwhile.
+        self._on_waiting = on_waiting
         # Cache keys of requests being sent: an identical one waits for that reply.
         self._sending: dict[bytes, anyio.Event] = {}
         # The provider's rate-limit headers in the x-ratelimit-* names (see Provider).
@@ -148,7 +152,11 @@ class Caller:
                 if found is None and key in self._sending:
                     # The same request is on its way for another record: its reply, once in
                     # the cache, answers this one too (two identical records, one call).
-                    await self._sending[key].wait()
+                    self._on_waiting(1)
+                    try:
+                        await self._sending[key].wait()
+                    finally:
+                        self._on_waiting(-1)
                     found = await self._cache.get(key)
                 if found is not None:
                     return Outcome(found, 0, time.monotonic() - started, cached=True)
@@ -267,7 +275,11 @@ class Caller:
                 continue  # a first timeout with nothing answered yet: once more, at once
             self._handle(error, request, lease, attempts, spent)
             self._on_retry(error)
-            await anyio.sleep(backoff_s(attempts, error.retry_after))
+            self._on_waiting(1)
+            try:
+                await anyio.sleep(backoff_s(attempts, error.retry_after))
+            finally:
+                self._on_waiting(-1)
 
     def _count_endpoint(self, lease: Lease, which: int) -> None:
         endpoint = lease.state.endpoint

@@ -57,6 +57,7 @@ from .limits import KeyPool
 from .progress import Progress
 from .resume import Resume
 from .runlog import RunLog
+from .slots import Gate
 from .stages import Stages, describe
 from .steps import StepStages, step_parts
 from .watch import RunFlags, count_total, tick, watch_signals
@@ -133,6 +134,7 @@ class Engine:
         self._stages: Stages | None = None
         self._seen = SeenIds(self.warn)  # duplicate ids in this run (job/dupes.py)
         self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
+        self._gate = Gate(recipe.run.concurrency)  # replaced by the run's (_make_caller)
         self.budget: Budget | None = None
         self._budget_price: Price | None = self.rows.budget_price()
         # What the run resumes from and the checkpoints it leaves (run/resume.py), and how
@@ -278,6 +280,9 @@ class Engine:
             spent = self.stats.resumed_cost_usd
             make_budget = self.backends.budget or Budget
             self.budget = make_budget(run.budget_usd, self._budget_price, spent)
+        # run.concurrency records held by the workers, and one more for each that waits
+        # without a slot (run/slots.py).
+        self._gate = Gate(run.concurrency)
         return Caller(
             self.provider,
             transport,
@@ -291,6 +296,7 @@ class Engine:
             on_budget=self._budget_reached,
             count_tokens=run.tokens_per_minute is not None,
             cache=self.cache,
+            on_waiting=self._gate.resize,
         )
 
     @property
@@ -431,40 +437,52 @@ class Engine:
     ) -> None:
         stages = self.stages
         group_size = stages.group_size
+        gate = self._gate
+        inside = False  # this worker's place at the gate, kept from one record to the next
         async with recv, send:
-            while True:
-                batch = await self._take(recv, group_size)
-                if not batch:
-                    return
-                if self.flags.stopping:
-                    continue  # not started: the next run does it
-                first = batch[0]
-                self.stats.in_flight += len(batch)
-                started = now_iso()
-                for work in batch:
-                    work.started_at = started
-                try:
-                    if group_size > 1:
-                        rows = await stages.process_group(batch)
-                    else:
-                        rows = [await stages.process(first)]
-                except NotSent:
-                    continue  # not started: the next run does it
-                except RunAborted as exc:
-                    self.abort(exc)
-                    return
-                finally:
-                    self.stats.in_flight -= len(batch)
-                for row in rows:
+            try:
+                while True:
+                    if inside and gate.over():
+                        gate.leave()
+                        inside = False
+                    if not inside:
+                        await gate.enter()
+                        inside = True
+                    batch = await self._take(recv, group_size)
+                    if not batch:
+                        return
+                    if self.flags.stopping:
+                        continue  # not started: the next run does it
+                    first = batch[0]
+                    self.stats.in_flight += len(batch)
+                    started = now_iso()
+                    for work in batch:
+                        work.started_at = started
                     try:
-                        send.send_nowait(row)
-                    except anyio.WouldBlock:
-                        # Shielded: a call that finished is paid for, so its row is written
-                        # even when a second Ctrl-C or an abort cancels the workers (the writer
-                        # is not cancelled). Only a full channel awaits: a scope per row cost
-                        # 4% of a request's CPU.
-                        with CancelScope(shield=True):
-                            await send.send(row)
+                        if group_size > 1:
+                            rows = await stages.process_group(batch)
+                        else:
+                            rows = [await stages.process(first)]
+                    except NotSent:
+                        continue  # not started: the next run does it
+                    except RunAborted as exc:
+                        self.abort(exc)
+                        return
+                    finally:
+                        self.stats.in_flight -= len(batch)
+                    for row in rows:
+                        try:
+                            send.send_nowait(row)
+                        except anyio.WouldBlock:
+                            # Shielded: a call that finished is paid for, so its row is written
+                            # even when a second Ctrl-C or an abort cancels the workers (the
+                            # writer is not cancelled). Only a full channel awaits: a scope per
+                            # row cost 4% of a request's CPU.
+                            with CancelScope(shield=True):
+                                await send.send(row)
+            finally:
+                if inside:
+                    gate.leave()
 
     async def _take(self, recv: MemoryObjectReceiveStream[Work], size: int) -> list[Work]:
         """The next record, or for a grouping provider the next ``size`` records (fewer only

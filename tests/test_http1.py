@@ -150,3 +150,48 @@ def test_chunked_bodies_are_joined(server_factory) -> None:
     [response] = send_all(server.port, 1)
     assert response.content == b"abcdefg"
     assert response.headers["transfer-encoding"] == "chunked"
+
+
+def test_each_answer_times_out_at_its_own_deadline_whatever_order_they_were_sent() -> None:
+    # One timer watches every answer awaited (http1.py _watch): a request sent later with a
+    # shorter timeout must still expire first, and none before its own deadline.
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(silent.accept()[0])  # read nothing, answer nothing
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/x"
+    timeouts = {"long": 1.5, "short": 0.2}
+    ended: list[tuple[str, float]] = []
+
+    async def main() -> None:
+        transport = Http1Transport(max_connections=4, connect_timeout_s=5)
+
+        async def one(name: str) -> None:
+            started = anyio.current_time()
+            with pytest.raises(httpx.ReadTimeout, match="within"):
+                await transport.send(httpx.Request("POST", url, content=b"{}"), timeouts[name])
+            ended.append((name, anyio.current_time() - started))
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, "long")
+                await anyio.sleep(0.05)
+                tg.start_soon(one, "short")
+        finally:
+            await transport.aclose()
+
+    try:
+        anyio.run(main)
+    finally:
+        silent.close()
+        for conn in held:
+            conn.close()
+    assert [name for name, _ in ended] == ["short", "long"]
+    assert all(waited >= timeouts[name] for name, waited in ended)

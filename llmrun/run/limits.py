@@ -167,6 +167,21 @@ class KeyPool:
 
     async def acquire(self, tokens: int) -> Lease:
         """Reserve the next start on the key that can start soonest, and wait for it."""
+        states = self.states
+        if len(states) == 1 and states[0].trusted and states[0].retired is None:
+            # One key that has answered, free to start now: what the loop below decides for
+            # it, without building its lists (most runs; ~2% of a request's CPU).
+            state = states[0]
+            now = anyio.current_time()
+            start = state.ready_at(now)  # paused_until included
+            if start <= now and state.down_until <= now:
+                if state.first_start is None:
+                    state.first_start = start
+                state.requests.take(start, 1)
+                state.tokens.take(start, tokens)
+                state.learnt.take(start, 1)
+                state.in_flight += 1
+                return Lease(state, tokens, False, start, now)
         while True:
             # No lock: nothing below awaits, so on one event loop this choice is atomic (a
             # lock would cost every request two passes of the loop).

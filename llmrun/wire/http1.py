@@ -213,6 +213,11 @@ class Http1Transport:
         self._idle: dict[Origin, deque[_Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._origins: dict[int, tuple[httpx.URL, Origin, bytes]] = {}
+        # Answers awaited, with their deadlines, and one timer for the earliest (_watch).
+        self._deadlines: dict[asyncio.Future[Answer], float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def _target(self, url: httpx.URL) -> tuple[Origin, bytes]:
         """(origin, request-target) for a URL; providers reuse a few URL objects."""
@@ -311,11 +316,14 @@ class Http1Transport:
     ) -> Answer:
         waiter = conn.start(loop, data, watch=idle is not None)
         if idle is None:
-            timer = loop.call_at(deadline, _expire, waiter)
+            deadlines = self._deadlines
+            deadlines[waiter] = deadline
+            if self._timer is None or deadline < self._timer_at or self._timer_loop is not loop:
+                self._watch(loop, deadline)
             try:
                 return await waiter
             finally:
-                timer.cancel()
+                del deadlines[waiter]
         timers: list[asyncio.TimerHandle] = []
 
         def check() -> None:
@@ -331,6 +339,30 @@ class Http1Transport:
             return await waiter
         finally:
             timers[0].cancel()
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        """Expire the answers past their deadline at ``at``. One timer for every answer
+        awaited rather than one each: a timer per request (scheduled, then cancelled and left
+        in the loop's heap) was about 3% of a request's CPU. Deadlines grow with time, so the
+        timer set for the earliest rarely moves; it fires about once per run.timeout_s."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = loop.call_at(at, self._expire_due, loop), at
+        self._timer_loop = loop
+
+    def _expire_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        later: float | None = None
+        for waiter, deadline in self._deadlines.items():
+            if waiter.get_loop() is not loop:
+                continue  # awaited on another loop: that loop's timer watches it
+            if deadline <= now:
+                _expire(waiter)
+            elif later is None or deadline < later:
+                later = deadline
+        if later is not None:
+            self._watch(loop, later)
 
     def _idle_connection(self, origin: Origin, now: float) -> _Connection | None:
         idle = self._idle.get(origin)
@@ -388,6 +420,9 @@ class Http1Transport:
         return self._ssl
 
     async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

@@ -253,3 +253,27 @@ def test_build_request_is_the_request_httpx_builds_from_content(tmp_path: Path) 
         expected = httpx.Request("POST", built.url, headers=given, content=built.content)
         assert built.headers.multi_items() == expected.headers.multi_items()
         assert built.content == expected.content and built.method == "POST"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [(b"Content-Type", b"application/json"), (b"X-Request-Id", b"req_1")],
+        [(b"x-request-id", b"a"), (b"X-REQUEST-ID", b"b")],  # several: joined as httpx joins
+        [(b"x-request-id", "caf\u00e9".encode()), (b"server", b"\xff\xfe")],  # not ASCII
+        [(b"content-type", "text/event-stream; charset=\u00e9".encode("latin-1"))],
+        [],
+    ],
+)
+def test_the_headers_the_provider_reads_are_what_httpx_gives(
+    raw: list[tuple[bytes, bytes]],
+) -> None:
+    # One pass over the raw headers (openai_wire.header_values) instead of httpx's lookups:
+    # the same strings, whatever the case, repeats and encoding.
+    import httpx
+
+    from llmrun.builtins.openai_wire import header_values
+
+    headers = httpx.Headers(raw)
+    names = (b"content-type", b"x-request-id", b"absent")
+    assert header_values(headers, names) == [headers.get(n.decode()) for n in names]

@@ -15,7 +15,9 @@ import httpx
 from llmrun import FIRST_BYTE, Prompt, Register, Reply, bad_body, hookimpl, load_image, thaw
 
 from .openai_stream import assemble, is_event_stream
-from .openai_wire import FINISH_REASONS, OpenAIShaped, choices_reply, error_from
+from .openai_wire import FINISH_REASONS, OpenAIShaped, choices_reply, error_from, header_values
+
+STREAM_HEADERS = (b"content-type", b"x-request-id")
 
 __all__ = ["FINISH_REASONS", "OpenAIChat", "chat_messages", "error_from", "register_providers"]
 
@@ -81,14 +83,15 @@ class OpenAIChat(OpenAIShaped):
     def parse_response(self, response: httpx.Response) -> Reply:
         """As the base class, and a streamed answer (server-sent events) put back together
         first (openai_stream.py)."""
-        if response.status_code >= 300 or not is_event_stream(response.headers.get("content-type")):
-            return super().parse_response(response)
+        content_type, request_id = header_values(response.headers, STREAM_HEADERS)
+        if response.status_code >= 300 or not is_event_stream(content_type):
+            return self._reply(response, request_id)
         data = assemble(response.content, response.status_code)
         try:
             reply = self.reply_from_body(data)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise bad_body(f"{type(exc).__name__} reading a streamed {self.what}", 200) from None
-        reply.request_id = response.headers.get("x-request-id") or reply.request_id
+        reply.request_id = request_id or reply.request_id
         first = response.extensions.get(FIRST_BYTE)
         reply.first_token_s = float(first) if isinstance(first, int | float) else None
         return reply

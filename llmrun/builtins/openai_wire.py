@@ -225,6 +225,10 @@ class OpenAIShaped:
         return request
 
     def parse_response(self, response: httpx.Response) -> Reply:
+        return self._reply(response, header_values(response.headers, REQUEST_ID)[0])
+
+    def _reply(self, response: httpx.Response, request_id: str | None) -> Reply:
+        """The reply of a whole (not streamed) answer, ``request_id`` its header."""
         status = response.status_code
         if status >= 300:
             raise error_from(response)
@@ -238,11 +242,36 @@ class OpenAIShaped:
                 f"{type(exc).__name__} reading {self.what} ({len(response.content)} bytes)",
                 status,
             ) from None
-        reply.request_id = response.headers.get("x-request-id") or reply.request_id
+        reply.request_id = request_id or reply.request_id
         return reply
 
     def transport(self) -> Transport | None:
         return None
+
+
+REQUEST_ID = (b"x-request-id",)
+
+
+def header_values(headers: httpx.Headers, names: tuple[bytes, ...]) -> list[str | None]:
+    """``headers.get(name)`` for each of ``names`` (lower case), in one pass over the raw
+    headers: httpx's lookups (each a pass, and a guess of the encoding first) were 2% of a
+    request's CPU. Values of several headers of one name are joined by ", " as httpx does; a
+    value that is not ASCII is left to httpx to decode."""
+    found: dict[bytes, list[bytes]] = {}
+    for key, value in headers.raw:
+        lowered = key.lower()
+        if lowered in names:
+            found.setdefault(lowered, []).append(value)
+    out: list[str | None] = []
+    for name in names:
+        values = found.get(name)
+        if values is None:
+            out.append(None)
+        elif all(value.isascii() for value in values):
+            out.append(", ".join(value.decode("ascii") for value in values))
+        else:
+            out.append(headers.get(name.decode("ascii")))
+    return out
 
 
 FINISH_REASONS = {

@@ -138,4 +138,7 @@ class KeyedRequests:
             self._sized[sized] = headers
         request = httpx.Request("POST", self.url, headers=headers, stream=httpx.ByteStream(content))
         request.read()
+        # The same (immutable) URL object on every request, rather than httpx's copy: the
+        # transport keeps what it works out of a URL by the object (http1.py _target).
+        request.url = self.url
         return request

@@ -18,11 +18,13 @@ file of equal ids does not flood the terminal or the run log.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable
 
 TIERS = (1 << 23, 1 << 25, 1 << 27, 1 << 29)  # bits: 1, 4, 16, 64 MiB
 BITS_PER_ID = 48  # a full tier, with 7 hashes: ~1e-6 false alarms
 HASHES = 7
+_WORDS = struct.Struct(f"<{HASHES}I").unpack
 NAMED = 5  # repeats warned about one by one; then counts at 10, 100, 1000, ...
 
 
@@ -33,19 +35,19 @@ class _Filter:
         self.capacity = bits // BITS_PER_ID
         self.count = 0
 
-    def test_and_set(self, h: int, add: bool) -> bool:
-        """Whether every bit of ``h`` (7 x 32 bits of a digest) is set; sets them with
-        ``add``."""
+    def test_and_set(self, positions: tuple[int, ...], add: bool) -> bool:
+        """Whether every bit at ``positions`` (HASHES 32-bit words of a digest, cut to this
+        filter's size) is set; sets them with ``add``."""
         bits, mask, found = self.bits, self.mask, True
-        for _ in range(HASHES):
-            n = h & mask
-            h >>= 32
+        for n in positions:
+            n &= mask
             byte, bit = n >> 3, 1 << (n & 7)
-            if not bits[byte] & bit:
+            old = bits[byte]
+            if not old & bit:
                 if not add:
                     return False
                 found = False
-                bits[byte] |= bit
+                bits[byte] = old | bit
         return found
 
 
@@ -61,7 +63,7 @@ class SeenIds:
     def add(self, rid: str, where: str) -> bool:
         """Record ``rid``; True (and a warning) when it was, very probably, seen before."""
         digest = hashlib.blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=28).digest()
-        h = int.from_bytes(digest, "little")
+        h = _WORDS(digest)  # the same positions as 32-bit slices of the digest as an integer
         filters = self._filters
         last = filters[-1]
         seen = last.test_and_set(h, add=True)

@@ -162,6 +162,10 @@ class Caller:
                     return Outcome(found, 0, time.monotonic() - started, cached=True)
         if key is None or self._cache is None or key in self._sending:
             # No cache, or the first one sent failed (an error is not cached): send it here.
+            if self._budget is None:  # nothing to reserve: one coroutine fewer a call
+                outcome = await self._attempts(prompt, provider)
+                self._cost_of(outcome.reply)  # sees every reply (llmrun serve counts them)
+                return outcome
             return await self._paid(prompt, provider)
         self._sending[key] = sent = anyio.Event()
         try:

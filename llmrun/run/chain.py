@@ -30,7 +30,7 @@ async def postprocess(
     record's error row when it failed); extra calls add to the row's attempts, usage and cost."""
     assert work.data is not None
     reply, attempts, reasks = outcome.reply, outcome.attempts, 0
-    usage = Usage(**{k: getattr(reply.usage, k) for k in Usage.__slots__})
+    usage = reply.usage  # copied before the first reask adds to it
     cost = 0.0 if outcome.cached else rows.cost(reply)  # a cached reply was paid for before
     cached = outcome.cached  # every call of the row answered from the call cache
     while True:
@@ -84,6 +84,8 @@ async def postprocess(
             again["attempts"] += attempts
             again["response"], again["cost_usd"] = response, cost
             return again
+        if reasks == 1:
+            usage = Usage(**{k: getattr(usage, k) for k in Usage.__slots__})
         outcome, reply = again, again.reply
         attempts += again.attempts
         for k in Usage.__slots__:

@@ -112,7 +112,16 @@ class Stages:
         outcome = await self.call(work, prompt, sample)
         if isinstance(outcome, dict):
             return outcome
-        return await self.postprocess(work, prompt, outcome)
+        # self.postprocess's body, without its coroutine: this runs for every record.
+        return await postprocess(
+            work,
+            prompt,
+            outcome,
+            posts=self.posts,
+            rows=self.rows,
+            call=self.call,
+            keep_raw=self.recipe.keep_raw,
+        )
 
     async def process_group(self, batch: list[Work]) -> list[Row]:
         """One request for several records (a grouping provider); a row for each."""

@@ -1,0 +1,24 @@
+"""Duplicate ids in bounded memory (job/dupes.py): every repeat found, in whichever tier of
+filters its first sighting went, and distinct ids within the tiers' capacity not taken for
+repeats."""
+
+from __future__ import annotations
+
+from llmrun.job.dupes import BITS_PER_ID, SeenIds
+
+
+def test_every_repeat_is_found_whichever_tier_holds_it_and_distinct_ids_are_not() -> None:
+    tiers = (1 << 14, 1 << 16, 1 << 18)
+    capacity = sum(tiers) // BITS_PER_ID  # 7,167 ids before the last tier overfills
+    warned: list[str] = []
+    seen = SeenIds(warned.append, tiers=tiers)
+    ids = [f"rec-{i:06d}" for i in range(7_000)]
+    assert 7_000 < capacity
+    alarms = sum(seen.add(rid, f"line {i + 1}") for i, rid in enumerate(ids))
+    assert alarms == 0 and warned == []  # ~1e-6 false alarms an id at this fill
+    # Repeats of ids from the first tier (the first 341), the second and the last.
+    again = ids[:50] + ids[1_000:1_050] + ids[-50:]
+    assert all(seen.add(rid, "again") for rid in again)
+    assert seen.repeats == 150
+    assert len(warned) == 5 + 2  # five named one by one, then the counts at 10 and 100
+    assert "duplicate id 'rec-000000'" in warned[0] and "150" not in warned[-1]

@@ -627,3 +627,21 @@ def test_adaptive_mode_finds_an_unannounced_limit(tmp_path: Path, retry_after: b
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
     assert len(rows) == records and all(r["status"] == "ok" for r in rows.values())
     assert limit.limited < most, limit.limited
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_loop_clock_reads_what_anyio_reads_on_either_backend(backend: str) -> None:
+    # The engine paces with the running loop's own clock (limits.loop_clock): the same time
+    # as anyio.current_time, under asyncio without anyio's dispatch.
+    import anyio
+
+    from llmrun.run.limits import loop_clock
+
+    async def main() -> tuple[float, float, float]:
+        clock = loop_clock()
+        before = anyio.current_time()
+        now = clock()
+        return before, now, anyio.current_time()
+
+    before, now, after = anyio.run(main, backend=backend)
+    assert before <= now <= after

@@ -53,7 +53,7 @@ from .backends import Backends
 from .budget import Budget
 from .cache import CallCache
 from .calls import Caller, NotSent, SharedCalls
-from .limits import KeyPool
+from .limits import KeyPool, loop_clock
 from .progress import Progress
 from .resume import Resume
 from .runlog import RunLog
@@ -275,7 +275,7 @@ class Engine:
         elif self.backends.key_pool is not None:
             keys = self.backends.key_pool(self.recipe)
         else:
-            keys = KeyPool.for_recipe(self.recipe)
+            keys = KeyPool.for_recipe(self.recipe, clock=loop_clock())
         if self.shared is None and run.budget_usd is not None and self._budget_price is not None:
             spent = self.stats.resumed_cost_usd
             make_budget = self.backends.budget or Budget

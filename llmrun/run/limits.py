@@ -60,6 +60,7 @@ seconds; a 429 from it still slows the key down. The simulation in
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import itertools
 import math
@@ -172,7 +173,7 @@ class KeyPool:
             # One key that has answered, free to start now: what the loop below decides for
             # it, without building its lists (most runs; ~2% of a request's CPU).
             state = states[0]
-            now = anyio.current_time()
+            now = self._clock()
             start = state.ready_at(now)  # paused_until included
             if start <= now and state.down_until <= now:
                 if state.first_start is None:
@@ -188,7 +189,7 @@ class KeyPool:
             live = [s for s in self.states if s.retired is None]
             if not live:
                 raise RunAborted(self.exhausted_message())
-            now = anyio.current_time()
+            now = self._clock()
             up = [s for s in live if s.down_until <= now]
             if not up:  # every endpoint set aside: wait for the first to be tried again
                 await anyio.sleep(min(s.down_until for s in live) - now)
@@ -232,7 +233,7 @@ class KeyPool:
                     await anyio.sleep(start - now)
                 # A pause may have begun meanwhile (a 429 with Retry-After on this key).
                 for _ in range(100):  # each pause is a server's request: honour each one
-                    pause = state.paused_until - anyio.current_time()
+                    pause = state.paused_until - self._clock()
                     if pause <= 0:
                         break
                     await anyio.sleep(pause)
@@ -242,9 +243,10 @@ class KeyPool:
             return lease
 
     @classmethod
-    def for_recipe(cls, recipe: Recipe) -> KeyPool:
+    def for_recipe(cls, recipe: Recipe, clock: Callable[[], float] | None = None) -> KeyPool:
         """The recipe's keys with its limits and endpoints: what every mode paces with (the
-        engine, and ``llmrun serve`` for all its clients together)."""
+        engine, and ``llmrun serve`` for all its clients together). ``clock``: the event
+        loop's (``loop_clock``), else anyio's."""
         run = recipe.run
         return cls(
             recipe.api_keys,
@@ -253,6 +255,7 @@ class KeyPool:
             adaptive=run.adaptive,
             slow_start_local=run.slow_start_local,
             endpoints=recipe.endpoints,
+            clock=clock or anyio.current_time,
         )
 
     def release(self, lease: Lease, *, trusted: bool) -> None:
@@ -544,6 +547,16 @@ class KeyPool:
 # Names that never leave this machine or its network: RFC 6761's localhost and invalid (an
 # in-process transport such as the mock's), mDNS's local, ICANN's internal, home.arpa, lan.
 _LOCAL_SUFFIXES = (".localhost", ".invalid", ".local", ".internal", ".home.arpa", ".lan")
+
+
+def loop_clock() -> Callable[[], float]:
+    """The running loop's clock, what ``anyio.current_time`` reads. Under asyncio, the loop's
+    own ``time``: anyio's goes through its backend and the running loop each call, about 1 us
+    and a system call (getpid), twice a request."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # another backend (trio): anyio knows its clock
+        return anyio.current_time
 
 
 def local_host(host: str) -> bool:

@@ -195,3 +195,25 @@ def test_each_answer_times_out_at_its_own_deadline_whatever_order_they_were_sent
             conn.close()
     assert [name for name, _ in ended] == ["short", "long"]
     assert all(waited >= timeouts[name] for name, waited in ended)
+
+
+def test_the_client_runs_on_uvloop_as_on_asyncios_own_loop(server_factory) -> None:
+    # uvicorn runs `llmrun serve` on uvloop wherever uvloop is installed, and its transports
+    # are not asyncio.Transport subclasses: every call of a served recipe failed there.
+    pytest.importorskip("uvloop")  # in the test extra, except on Windows
+    server = server_factory({(0, 2): None})  # the third request: closed unanswered
+
+    async def main() -> list[str]:
+        transport = Http1Transport(max_connections=2, connect_timeout_s=5)
+        url = f"http://127.0.0.1:{server.port}/x"
+        try:
+            texts = []
+            for i in range(3):
+                request = httpx.Request("GET", url)  # idempotent: sent again on a new one
+                texts.append((await transport.send(request, 5 + i)).text)
+            return texts
+        finally:
+            await transport.aclose()
+
+    assert anyio.run(main, backend_options={"use_uvloop": True}) == ["ok"] * 3
+    assert server.connections == 2

@@ -32,7 +32,7 @@ import asyncio
 import os
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import httptools
 import httpx
@@ -76,8 +76,10 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's transports (uvicorn runs `llmrun serve` on uvloop
+        # wherever it is installed) do not subclass asyncio.Transport, and write and abort,
+        # all that is used here, are all that is needed.
+        self.transport = cast("asyncio.Transport", transport)
 
     def data_received(self, data: bytes) -> None:
         if self.waiter is None:  # nobody asked: never let it answer the next request

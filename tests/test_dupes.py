@@ -13,7 +13,7 @@ def test_every_repeat_is_found_whichever_tier_holds_it_and_distinct_ids_are_not(
     warned: list[str] = []
     seen = SeenIds(warned.append, tiers=tiers)
     ids = [f"rec-{i:06d}" for i in range(7_000)]
-    assert 7_000 < capacity
+    assert capacity > 7_000
     alarms = sum(seen.add(rid, f"line {i + 1}") for i, rid in enumerate(ids))
     assert alarms == 0 and warned == []  # ~1e-6 false alarms an id at this fill
     # Repeats of ids from the first tier (the first 341), the second and the last.

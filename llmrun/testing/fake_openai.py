@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from .. import jsonio
 from .fake_chat import chat_answer
 from .fake_routes import MORE_PATHS, RouteRequest, more_routes
 from .http11 import (
@@ -298,7 +299,7 @@ class FakeOpenAI:
         bad_json = False
         if raw_body:
             try:
-                body = json.loads(raw_body)
+                body = jsonio.loads(raw_body)
             except (ValueError, RecursionError):
                 bad_json = True
         keep_alive = wants_keep_alive(version, headers)

@@ -4,14 +4,16 @@ deterministic reply and token counts derived from a request."""
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
+from .. import jsonio
 from .http11 import Headers, reason
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """Compact JSON, through orjson: the stdlib's encoder was a tenth of the fake server's CPU
+    on realistic prompts, where the server must stay far faster than any client it measures."""
+    return jsonio.dumps(obj)
 
 
 def error_json(

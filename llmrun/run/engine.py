@@ -137,7 +137,9 @@ class Engine:
         self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
         self._pending: deque[Work] = deque()  # the chunk of records the workers take from
         self._fetching = anyio.Lock()  # one worker at a time waits for the reader's next chunk
-        self._gate = Gate(recipe.run.concurrency)  # replaced by the run's (_make_caller)
+        # run.concurrency records held by the workers, and one more for each that waits
+        # without a slot (run/slots.py; the Caller says when).
+        self._gate = Gate(recipe.run.concurrency)
         self.budget: Budget | None = None
         self._budget_price: Price | None = self.rows.budget_price()
         # What the run resumes from and the checkpoints it leaves (run/resume.py), and how
@@ -283,9 +285,6 @@ class Engine:
             spent = self.stats.resumed_cost_usd
             make_budget = self.backends.budget or Budget
             self.budget = make_budget(run.budget_usd, self._budget_price, spent)
-        # run.concurrency records held by the workers, and one more for each that waits
-        # without a slot (run/slots.py).
-        self._gate = Gate(run.concurrency)
         return Caller(
             self.provider,
             transport,

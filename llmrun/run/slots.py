@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 
 import anyio
@@ -25,16 +26,7 @@ class Slots:
         if self._free and not self._waiting:
             self._free -= 1
             return
-        handed = anyio.Event()
-        self._waiting.append(handed)
-        try:
-            await handed.wait()
-        except BaseException:
-            if handed.is_set():
-                self._release()  # handed a slot as it was cancelled: pass it on
-            else:
-                self._waiting.remove(handed)
-            raise
+        await _queue_up(self._waiting, self._release)
 
     async def __aexit__(
         self,
@@ -72,16 +64,7 @@ class Gate:
         if self._held < self._size and not self._waiting:
             self._held += 1
             return
-        handed = anyio.Event()
-        self._waiting.append(handed)
-        try:
-            await handed.wait()
-        except BaseException:
-            if handed.is_set():
-                self.leave()  # let in as it was cancelled: pass the place on
-            else:
-                self._waiting.remove(handed)
-            raise
+        await _queue_up(self._waiting, self.leave)
 
     def over(self) -> bool:
         """More records held than the gate lets in now: a worker should step out."""
@@ -100,3 +83,19 @@ class Gate:
         while self._waiting and self._held < self._size:
             self._held += 1
             self._waiting.popleft().set()
+
+
+async def _queue_up(waiting: deque[anyio.Event], pass_on: Callable[[], None]) -> None:
+    """Wait at the back of ``waiting`` until handed a place (the event set). Cancelled: out
+    of the queue, or, when the place was handed over in the same step, ``pass_on`` gives it
+    to the next."""
+    handed = anyio.Event()
+    waiting.append(handed)
+    try:
+        await handed.wait()
+    except BaseException:
+        if handed.is_set():
+            pass_on()
+        else:
+            waiting.remove(handed)
+        raise

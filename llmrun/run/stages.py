@@ -7,7 +7,7 @@ error row. Writing rows is not a stage of a record: ``job.output.RowSink`` does 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -90,9 +90,10 @@ class Stages:
         except Exception as exc:  # a provider plugin's bug must not take the run down
             return self.error_row(work, "internal", describe(exc), attempts=1)
 
-    async def postprocess(self, work: Work, prompt: Prompt, outcome: Outcome) -> Row:
-        """Run the chain on the reply (with reasks, see chain.py): the record's row."""
-        return await postprocess(
+    def postprocess(self, work: Work, prompt: Prompt, outcome: Outcome) -> Awaitable[Row]:
+        """Run the chain on the reply (with reasks, see chain.py): the record's row, to await.
+        Not a coroutine of its own: this runs for every record, and a layer costs."""
+        return postprocess(
             work,
             prompt,
             outcome,
@@ -112,16 +113,7 @@ class Stages:
         outcome = await self.call(work, prompt, sample)
         if isinstance(outcome, dict):
             return outcome
-        # self.postprocess's body, without its coroutine: this runs for every record.
-        return await postprocess(
-            work,
-            prompt,
-            outcome,
-            posts=self.posts,
-            rows=self.rows,
-            call=self.call,
-            keep_raw=self.recipe.keep_raw,
-        )
+        return await self.postprocess(work, prompt, outcome)
 
     async def process_group(self, batch: list[Work]) -> list[Row]:
         """One request for several records (a grouping provider); a row for each."""

@@ -175,8 +175,9 @@ class _Connection(asyncio.Protocol):
     # -- use ------------------------------------------------------------------------------
 
     def start(
-        self, loop: asyncio.AbstractEventLoop, data: bytes, *, watch: bool = False
+        self, loop: asyncio.AbstractEventLoop, *, watch: bool = False
     ) -> asyncio.Future[Answer]:
+        """Ready for the next answer (the request is written by the pool, ``_post``)."""
         assert self.transport is not None
         self.headers, self.body, self.received = [], [], 0
         self.clock = loop.time if watch else None
@@ -184,7 +185,6 @@ class _Connection(asyncio.Protocol):
         self.head_bytes = self.body_bytes = 0
         self.in_head, self.until_close, self.error = True, False, None
         self.waiter = loop.create_future()
-        self.transport.write(data)
         return self.waiter
 
     def _fail(self, error: Exception) -> None:
@@ -220,6 +220,9 @@ class Http1Transport:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._timer_loop: asyncio.AbstractEventLoop | None = None
+        # Requests of this pass of the loop, written together at the start of the next (_post).
+        self._outbox: list[tuple[_Connection, bytes]] = []
+        self._posting = False
 
     def _target(self, url: httpx.URL) -> tuple[Origin, bytes]:
         """(origin, request-target) for a URL; providers reuse a few URL objects."""
@@ -316,7 +319,8 @@ class Http1Transport:
         *,
         idle: float | None = None,
     ) -> Answer:
-        waiter = conn.start(loop, data, watch=idle is not None)
+        waiter = conn.start(loop, watch=idle is not None)
+        self._post(loop, conn, data)
         if idle is None:
             deadlines = self._deadlines
             deadlines[waiter] = deadline
@@ -341,6 +345,25 @@ class Http1Transport:
             return await waiter
         finally:
             timers[0].cancel()
+
+    def _post(self, loop: asyncio.AbstractEventLoop, conn: _Connection, data: bytes) -> None:
+        """Write ``data`` on ``conn`` with the others of this pass of the event loop, at the
+        start of the next. Written at once, each request went out between the handling of
+        two answers, ~100 us apart: the server had gone back to sleep by then, so every
+        request woke it (measured: 6,500 to 8,000 wake-ups of the server for 20,000 requests,
+        against ~950 for an aiohttp loop; a wake-up on another core is a costly system call
+        here). Sent together, one wakes it for all."""
+        self._outbox.append((conn, data))
+        if not self._posting:
+            self._posting = True
+            loop.call_soon(self._send_posted)
+
+    def _send_posted(self) -> None:
+        self._posting = False
+        outbox, self._outbox = self._outbox, []
+        for conn, data in outbox:
+            if not conn.closed and conn.transport is not None:
+                conn.transport.write(data)
 
     def _watch(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
         """Expire the answers past their deadline at ``at``. One timer for every answer

@@ -71,6 +71,7 @@ class Redactor:
         # Whatever of a secret is replaced (whole, a head or tail piece, a cut edge of 4 or
         # more characters) holds its first or last 4: a text with none is left as it is.
         self._edges = tuple({s[:4] for s in self._secrets} | {s[-4:] for s in self._secrets})
+        self._clean: str | None = None  # the last string found to hold none of them
 
     def __bool__(self) -> bool:
         return bool(self._secrets)
@@ -99,9 +100,12 @@ class Redactor:
 
     def _deep(self, value: Any) -> Any:
         if isinstance(value, str):
+            if value is self._clean:
+                return value  # a row's text is also its response's: searched once
             for edge in self._edges:  # a loop, not any(): no generator per string
                 if edge in value:
                     return self(value)
+            self._clean = value  # held, so no other string can take its place in memory
             return value
         if isinstance(value, dict):
             out: dict[Any, Any] | None = None

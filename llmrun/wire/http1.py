@@ -222,7 +222,7 @@ class Http1Transport:
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         # Requests of this pass of the loop, written together at the start of the next (_post).
         self._outbox: list[tuple[_Connection, bytes]] = []
-        self._posting = False
+        self._posting: asyncio.AbstractEventLoop | None = None  # the loop a write is due on
 
     def _target(self, url: httpx.URL) -> tuple[Origin, bytes]:
         """(origin, request-target) for a URL; providers reuse a few URL objects."""
@@ -354,12 +354,12 @@ class Http1Transport:
         against ~950 for an aiohttp loop; a wake-up on another core is a costly system call
         here). Sent together, one wakes it for all."""
         self._outbox.append((conn, data))
-        if not self._posting:
-            self._posting = True
+        if self._posting is not loop:  # (a loop that ended with a write pending: not waited for)
+            self._posting = loop
             loop.call_soon(self._send_posted)
 
     def _send_posted(self) -> None:
-        self._posting = False
+        self._posting = None
         outbox, self._outbox = self._outbox, []
         for conn, data in outbox:
             if not conn.closed and conn.transport is not None:

@@ -14,7 +14,7 @@ Three kinds of server:
   ``rate_limits.py``: >= 90%, < 1%).
 - *unlimited*: no limit at all, latency L, concurrency C, rounds x C records. Measured: the
   ideal time (rounds x L) over the time taken: what the slow start costs a remote endpoint
-  without a limit (a local one skips it; see ``llmrun/run/limits.py``).
+  without a limit (a local one skips it; see ``llmrun/run/adaptive.py``).
 - *noisy*: no limit, but a random share of requests (1%, 7.5%) refused with ``Retry-After: 1``
   whatever the pace (an overloaded provider, a gateway), 3,000 records, C=64, 20 ms. Measured:
   the time against the same job without faults and against ``run.adaptive: false`` (no pace).
@@ -26,7 +26,7 @@ A refused record waits its backoff without holding one of the ``concurrency`` sl
 Caller does: ``WAITING_PER_SLOT``).
 
 Usage: ``python benchmarks/adaptive_sim.py [--set NAME=VALUE ...]``; ``--set`` overrides a
-constant of ``llmrun.run.limits`` (``SLOW_START_GAIN=2``) to compare designs. Needs trio (the
+constant of ``llmrun.run.adaptive`` (``SLOW_START_GAIN=2``) to compare designs. Needs trio (the
 ``bench`` or ``test`` extra). Prints one JSON line per scenario.
 """
 
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import anyio
 import trio.testing
 
-from llmrun.run import limits
+from llmrun.run import adaptive, limits
 from llmrun.run.calls import WAITING_PER_SLOT
 from llmrun.wire.retry import backoff_s
 
@@ -246,9 +246,9 @@ def main() -> None:
     args = parser.parse_args()
     for item in args.set:
         name, _, value = item.partition("=")
-        if not hasattr(limits, name):
-            parser.error(f"llmrun.run.limits has no {name}")
-        setattr(limits, name, float(value))
+        if not hasattr(adaptive, name):
+            parser.error(f"llmrun.run.adaptive has no {name}")
+        setattr(adaptive, name, float(value))
     for retry_after in (False, True):
         for per_minute in (60, 300, 1200, 6000, 30000):
             print(json.dumps(limited(per_minute, retry_after)), flush=True)

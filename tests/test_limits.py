@@ -8,17 +8,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-from llmrun.run.keystate import Lease, Pace
-from llmrun.run.limits import (
+from llmrun.run.adaptive import (
     BLIND_DECREASE,
     DECREASE,
     INCREASE_PER_OK,
     NEAR_CEILING,
     SLOW_START_GAIN,
     START_RATE,
-    KeyPool,
-    local_host,
 )
+from llmrun.run.keystate import Lease, Pace
+from llmrun.run.limits import KeyPool, local_host
 from llmrun.testing.fake_openai import FakeOpenAI
 from llmrun.testing.limits import ServerLimit
 from llmrun.wire.ratelimit import reset_seconds

@@ -109,7 +109,7 @@ def backoff_s(attempt: int, retry_after: float | None) -> float:
     API calls (batch/runner.py) both wait this long.
 
     The server's ``Retry-After`` when it sent one, exactly: it said when to come back, and the
-    pace (run/limits.py) is what answers a real limit. Exponential backoff on top cost a
+    pace (run/adaptive.py) is what answers a real limit. Exponential backoff on top cost a
     record refused three times at random a quarter of a second more on average, and one
     refused four times a whole second: the end of a run waits for its unluckiest record
     (benchmarks/adaptive_sim.py's noisy servers). The OpenAI and Anthropic SDKs do the same

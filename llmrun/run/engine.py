@@ -1,13 +1,9 @@
-"""The run: one anyio task group streaming read -> render -> call -> post -> write.
+"""The run: its components, what it resumes from, the batch phase, the direct calls (streamed
+record by record in ``flow.RecordFlow``: one reader, the workers, one writer), the tasks beside
+them (progress, checkpoints, signals) and the summary.
 
-    reader --(records)--> N workers (N = run.concurrency) --(rows)--> writer
-                              |                                          |
-                    render, call with retries,                 append + hand to the OS,
-                    postprocess: always a row                  count, observers, progress
-
-Streams between the stages are bounded, so memory stays flat whatever the input size. The writer
-is the only task that touches the output; a row reaches the OS as soon as the writer sees it, so
-a kill at any instant loses at most the calls in flight, which the next run sends again.
+A row reaches the OS as soon as the writer sees it, so a kill at any instant loses at most the
+calls in flight, which the next run sends again.
 
 Stopping: the first SIGINT/SIGTERM stops reading and lets calls in flight finish for up to
 ``run.drain_s`` seconds (calls not sent yet, e.g. waiting for a key's first answer, are not sent
@@ -17,20 +13,15 @@ cancels calls in flight at once. Either way every finished row is written.
 
 from __future__ import annotations
 
-import itertools
 import sys
-from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import anyio
-from anyio import CancelScope
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..components import Loader, Postprocessor, Provider, Writer
 from ..errors import CallError, RunAborted
-from ..job.checkpoint import Frontier
 from ..job.dupes import SeenIds
 from ..job.manifest import Manifest, finish_manifest, start_manifest
 from ..job.output import RowSink, rewrite_output, rewriter
@@ -39,7 +30,7 @@ from ..job.rerun import ErrorRows
 from ..job.rows import RowMaker
 from ..job.stats import RunStats
 from ..job.stepjournal import StepJournal
-from ..job.store import IdSet, RunState, now_iso
+from ..job.store import IdSet, RunState
 from ..job.summary import RunSummary as RunSummary
 from ..job.summary import Status
 from ..plugins import Observers, Registry, build_component
@@ -47,19 +38,19 @@ from ..recipe.model import Recipe
 from ..recipe.pricing import Price
 from ..recipe.templates import PromptTemplate
 from ..redaction import Redactor
-from ..values import ComponentContext, Row, RunStart
+from ..values import ComponentContext, RunStart
 from ..wire.bounds import AnswerLimits
 from ..wire.transport import default_transport
 from .backends import Backends
 from .budget import Budget
 from .cache import CallCache
-from .calls import Caller, NotSent, SharedCalls
+from .calls import Caller, SharedCalls
+from .flow import RecordFlow
 from .limits import KeyPool, loop_clock
 from .progress import Progress
 from .resume import Resume
 from .runlog import RunLog
-from .slots import Gate
-from .stages import Stages, describe
+from .stages import Stages
 from .steps import StepStages, step_parts
 from .watch import RunFlags, count_total, tick, watch_signals
 
@@ -67,10 +58,6 @@ from .watch import RunFlags, count_total, tick, watch_signals
 # it: given the engine, the finished ids and the manifest, the ids finished before the direct
 # calls start, or None when the run ends with the batches.
 BatchPhase = Callable[["Engine", IdSet, Manifest], Awaitable[IdSet | None]]
-
-READ_CHUNK = 256
-FIELD_CHECK = 20  # records the run-start check of the template looks at
-WRITE_BATCH = 512
 
 
 class Engine:
@@ -130,16 +117,10 @@ class Engine:
         self.journal = StepJournal(self.state.dir / "steps.jsonl")
         self.sink = RowSink(self.writer, self.stats, self.observers, also=self.runlog.row)
         self.batch_drain_only = False  # `llmrun cancel`: collect running batches, submit nothing
-        self._workers_scope: CancelScope | None = None
-        self._reader_scope: CancelScope | None = None
         self._stages: Stages | None = None
-        self._seen = SeenIds(self.warn)  # duplicate ids in this run (job/dupes.py)
-        self._gathering = anyio.Lock()  # a grouping provider's workers fill groups in turn
-        self._pending: deque[Work] = deque()  # the chunk of records the workers take from
-        self._fetching = anyio.Lock()  # one worker at a time waits for the reader's next chunk
-        # run.concurrency records held by the workers, and one more for each that waits
-        # without a slot (run/slots.py; the Caller says when).
-        self._gate = Gate(recipe.run.concurrency)
+        self.seen = SeenIds(self.warn)  # duplicate ids in this run (job/dupes.py)
+        # Direct calls: the records' reader, workers and writer (run/flow.py).
+        self.flow = RecordFlow(self)
         self.budget: Budget | None = None
         self._budget_price: Price | None = self.rows.budget_price()
         # What the run resumes from and the checkpoints it leaves (run/resume.py), and how
@@ -154,8 +135,6 @@ class Engine:
             self.stats,
             self.warn,
         )
-        self._frontier: Frontier | None = None
-        self._read_all: int | None = None
         # Last: nothing after it can fail and leave the file open.
         self.cache = (
             None
@@ -261,7 +240,7 @@ class Engine:
                     elif self.flags.stopping:
                         status, reason = "interrupted", "stopped by a signal"
                     else:
-                        self.resume.save(self._read_all)
+                        self.resume.save(self.flow.read_all)
                     self.runlog.ended(status, reason)
                     self.progress.stop(self.stats)
                     finish_manifest(self.state, self.stats, manifest, status, reason)
@@ -298,7 +277,7 @@ class Engine:
             on_budget=self._budget_reached,
             count_tokens=run.tokens_per_minute is not None,
             cache=self.cache,
-            on_waiting=self._gate.resize,
+            on_waiting=self.flow.gate.resize,
         )
 
     @property
@@ -322,7 +301,7 @@ class Engine:
         try:
             for work in items:
                 if dupes and work.error is None:
-                    self._seen.add(work.id, work.where)
+                    self.seen.add(work.id, work.where)
                 yield work
         finally:
             items.close()
@@ -345,184 +324,11 @@ class Engine:
             if rest is None:
                 return
             done = rest  # what is left goes as direct calls
-        size = self.recipe.run.concurrency * 2
-        # Records go to the workers a chunk at a time (see _next): one chunk ahead.
-        work_send, work_recv = anyio.create_memory_object_stream[list[Work]](1)
-        row_send, row_recv = anyio.create_memory_object_stream[Row](size)
-        self._frontier = self.resume.track()
         async with anyio.create_task_group() as outer:
             self.watch(outer, manifest)
             outer.start_soon(self.resume.save_as_it_goes)
-            async with anyio.create_task_group() as pipeline:
-                pipeline.start_soon(self._read, work_send, done)
-                pipeline.start_soon(self._write, row_recv)
-                async with anyio.create_task_group() as workers:
-                    self._workers_scope = workers.cancel_scope
-                    async with work_recv, row_send:
-                        # Records backing off hold no slot (calls.py): more workers than slots.
-                        for _ in range(self.stages.caller.workers):
-                            workers.start_soon(self._work, work_recv.clone(), row_send.clone())
+            await self.flow.run(done)
             outer.cancel_scope.cancel()
-
-    async def _read(self, send: MemoryObjectSendStream[list[Work]], done: IdSet) -> None:
-        with anyio.CancelScope() as scope:
-            self._reader_scope = scope
-            items = self.records(dupes=False, skip=done, start=self.resume.start)
-            try:
-                await self._read_records(items, send, done)
-            finally:
-                items.close()
-
-    async def _read_records(
-        self, items: Iterator[Work], send: MemoryObjectSendStream[list[Work]], done: IdSet
-    ) -> None:
-        """Send the selected records that are not done yet to the workers; after the first
-        chunk, warn when those records lack fields the prompt uses."""
-        async with send:
-            checked = False
-            # Records before the checkpoint's end of the input were all taken and are done.
-            selected = self.resume.selected_before
-            while not self.flags.stopping:
-                try:
-                    chunk = await anyio.to_thread.run_sync(
-                        list, itertools.islice(items, READ_CHUNK)
-                    )
-                except Exception as exc:  # a missing file, a loader plugin's bug
-                    loader = self.recipe.data.name
-                    message = f"cannot read the records ({loader} loader): {describe(exc)}"
-                    self.abort(RunAborted(message))
-                    return
-                if not chunk:
-                    # Every selected record has been seen: the total is known now, even when
-                    # counting could not tell it in advance (a filter, a shard, a sample).
-                    self.stats.total = self._read_all = selected
-                    break
-                selected += len(chunk)
-                if not checked:
-                    checked = self._check_fields(chunk)
-                seen = self._seen
-                todo = [work for work in chunk if not (work.done or work.id in done)]
-                if self._frontier is not None:
-                    self._frontier.read(
-                        [work.id for work in todo],
-                        self.loader.read_at,  # type: ignore[attr-defined]
-                        selected,
-                    )
-                for work in todo:
-                    # Only records not done are checked for repeats: the Bloom filters cost
-                    # ~4 us a record, most of a resume's reading (issue 14). A repeat among
-                    # done records was warned about by the run that read it.
-                    if work.error is None:
-                        seen.add(work.id, work.where)
-                if todo:
-                    # The whole chunk at once: sent record by record, the reader woke for every
-                    # record a worker took from a full channel (an event and a pass of the
-                    # loop each). send() always yields first; not when there is room.
-                    try:
-                        send.send_nowait(todo)
-                    except anyio.WouldBlock:
-                        await send.send(todo)
-
-    def _check_fields(self, chunk: list[Work]) -> bool:
-        """The run-start check of the template against the first records (as ``validate``);
-        whether there were any to check (records skipped unparsed on resume have no fields:
-        the check waits for the first chunk that has some)."""
-        sample = [w.data for w in chunk[:FIELD_CHECK] if w.data is not None and w.error is None]
-        if not sample:
-            return not any(w.done for w in chunk)
-        report = self.template.field_report(sample)
-        if report:
-            self.warn(report)
-        return True
-
-    async def _work(
-        self,
-        recv: MemoryObjectReceiveStream[list[Work]],
-        send: MemoryObjectSendStream[Row],
-    ) -> None:
-        stages = self.stages
-        group_size = stages.group_size
-        gate = self._gate
-        inside = False  # this worker's place at the gate, kept from one record to the next
-        async with recv, send:
-            try:
-                while True:
-                    if inside and gate.over():
-                        gate.leave()
-                        inside = False
-                    if not inside:
-                        await gate.enter()
-                        inside = True
-                    batch = await self._take(recv, group_size)
-                    if not batch:
-                        return
-                    if self.flags.stopping:
-                        continue  # not started: the next run does it
-                    first = batch[0]
-                    self.stats.in_flight += len(batch)
-                    started = now_iso()
-                    for work in batch:
-                        work.started_at = started
-                    try:
-                        if group_size > 1:
-                            rows = await stages.process_group(batch)
-                        else:
-                            rows = [await stages.process(first)]
-                    except NotSent:
-                        continue  # not started: the next run does it
-                    except RunAborted as exc:
-                        self.abort(exc)
-                        return
-                    finally:
-                        self.stats.in_flight -= len(batch)
-                    for row in rows:
-                        try:
-                            send.send_nowait(row)
-                        except anyio.WouldBlock:
-                            # Shielded: a call that finished is paid for, so its row is written
-                            # even when a second Ctrl-C or an abort cancels the workers (the
-                            # writer is not cancelled). Only a full channel awaits: a scope per
-                            # row cost 4% of a request's CPU.
-                            with CancelScope(shield=True):
-                                await send.send(row)
-            finally:
-                if inside:
-                    gate.leave()
-
-    async def _take(self, recv: MemoryObjectReceiveStream[list[Work]], size: int) -> list[Work]:
-        """The next record, or for a grouping provider the next ``size`` records (fewer only
-        at the end); empty when there are no more. Workers fill groups one at a time, waiting
-        for the reader, so N records make ceil(N / size) requests, not one per idle worker."""
-        if size == 1:
-            work = self._pending.popleft() if self._pending else await self._next(recv)
-            return [] if work is None else [work]
-        batch: list[Work] = []
-        async with self._gathering:
-            while len(batch) < size:
-                work = await self._next(recv)
-                if work is None:
-                    break
-                batch.append(work)
-        return batch
-
-    async def _next(self, recv: MemoryObjectReceiveStream[list[Work]]) -> Work | None:
-        """The next record the reader sent (None after the last): taken from the chunk under
-        way, the next chunk fetched by one worker at a time (the others wait behind it, so
-        records are taken in their order and at most one chunk more is held)."""
-        pending = self._pending
-        while not pending:
-            try:
-                pending.extend(recv.receive_nowait())
-            except anyio.WouldBlock:
-                async with self._fetching:
-                    if not pending:
-                        try:
-                            pending.extend(await recv.receive())
-                        except anyio.EndOfStream:
-                            return None
-            except anyio.EndOfStream:
-                return None
-        return pending.popleft()
 
     @property
     def batch_pricing(self) -> bool:
@@ -534,24 +340,6 @@ class Engine:
         self.rows.batch_pricing = value
         for part in self.step_parts:  # a step with its own model prices with its own rows
             part.rows.batch_pricing = value
-
-    async def _write(self, recv: MemoryObjectReceiveStream[Row]) -> None:
-        async with recv:
-            async for row in recv:
-                # One pass of the loop first: rows finishing in it join this batch, so the
-                # output is flushed once per batch rather than once per row. Shielded: a row in
-                # hand is always written.
-                await anyio.lowlevel.cancel_shielded_checkpoint()
-                batch = [row]
-                while len(batch) < WRITE_BATCH:
-                    try:
-                        batch.append(recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                self.sink.write(batch)
-                if self._frontier is not None:
-                    for written in batch:
-                        self._frontier.written(written["id"])
 
     # -- around the pipeline: every mode starts these --------------------------------------
 
@@ -577,14 +365,14 @@ class Engine:
         """Stop as on a first Ctrl-C: read no more records, finish the calls in flight for up to
         ``run.drain_s`` seconds; the run then ends "interrupted" (a later run continues it)."""
         self.stop_reading()
-        if self._workers_scope is not None:
-            self._workers_scope.deadline = anyio.current_time() + self.recipe.run.drain_s
+        if self.flow.workers_scope is not None:
+            self.flow.workers_scope.deadline = anyio.current_time() + self.recipe.run.drain_s
 
     def stop_reading(self) -> None:
         """No new records: what is in flight finishes (the run ends interrupted)."""
         self.flags.stopping = True
-        if self._reader_scope is not None:
-            self._reader_scope.cancel()
+        if self.flow.reader_scope is not None:
+            self.flow.reader_scope.cancel()
         if self._stages is not None:
             self._stages.caller.close()
 
@@ -596,8 +384,8 @@ class Engine:
         self._cancel_calls()
 
     def _cancel_calls(self) -> None:
-        if self._workers_scope is not None:
-            self._workers_scope.cancel()
+        if self.flow.workers_scope is not None:
+            self.flow.workers_scope.cancel()
 
     def _count_retry(self, error: CallError) -> None:
         self.stats.retries += 1

@@ -636,11 +636,19 @@ def test_the_loop_clock_reads_what_anyio_reads_on_either_backend(backend: str) -
 
     from llmrun.run.limits import loop_clock
 
-    async def main() -> tuple[float, float, float]:
+    async def main() -> tuple[float, float, float, bool]:
         clock = loop_clock()
         before = anyio.current_time()
         now = clock()
-        return before, now, anyio.current_time()
+        # Under asyncio, the loop's own method (no anyio dispatch); else anyio's clock.
+        import asyncio
 
-    before, now, after = anyio.run(main, backend=backend)
+        if backend == "asyncio":
+            direct = clock == asyncio.get_running_loop().time
+        else:
+            direct = clock is anyio.current_time
+        return before, now, anyio.current_time(), direct
+
+    before, now, after, direct = anyio.run(main, backend=backend)
     assert before <= now <= after
+    assert direct

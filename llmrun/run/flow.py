@@ -195,7 +195,7 @@ class RecordFlow:
         send: MemoryObjectSendStream[Row],
     ) -> None:
         engine = self.engine
-        stages = engine.stages
+        stages, flags, stats = engine.stages, engine.flags, engine.stats  # per record: locals
         group_size = stages.group_size
         gate = self.gate
         inside = False  # this worker's place at the gate, kept from one record to the next
@@ -211,10 +211,10 @@ class RecordFlow:
                     batch = await self._take(recv, group_size)
                     if not batch:
                         return
-                    if engine.flags.stopping:
+                    if flags.stopping:
                         continue  # not started: the next run does it
                     first = batch[0]
-                    engine.stats.in_flight += len(batch)
+                    stats.in_flight += len(batch)
                     started = now_iso()
                     for work in batch:
                         work.started_at = started
@@ -229,7 +229,7 @@ class RecordFlow:
                         engine.abort(exc)
                         return
                     finally:
-                        engine.stats.in_flight -= len(batch)
+                        stats.in_flight -= len(batch)
                     for row in rows:
                         try:
                             send.send_nowait(row)

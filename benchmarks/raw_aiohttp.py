@@ -1,14 +1,17 @@
 """The baseline: a raw aiohttp loop, ``concurrency`` workers over one session.
 
 Each request: build the body, ``json.dumps`` it, POST it, read the reply and ``json.loads`` it,
-take the first choice's text. Nothing else: no retries, no output file.
+take the first choice's text. Nothing else: no retries, no output file. On asyncio's loop, as
+such loops are written; ``--uvloop`` runs it on uvloop.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import ssl
+import sys
 import time
 
 import aiohttp
@@ -16,7 +19,7 @@ from _common import API_KEY, body, parse_args, records, report
 
 
 async def main() -> None:
-    args = parse_args(__doc__ or "")
+    args = parse_args(__doc__ or "", with_uvloop)
     url = args.url.rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     tls = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
@@ -47,8 +50,17 @@ async def main() -> None:
             deadline = started + args.time_limit
         await asyncio.gather(*(worker(session) for _ in range(args.concurrency)))
         elapsed = time.monotonic() - started
-    report("raw-aiohttp", ok, errors, elapsed)
+    report("raw-aiohttp-uvloop" if args.uvloop else "raw-aiohttp", ok, errors, elapsed)
+
+
+def with_uvloop(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if "--uvloop" in sys.argv:
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

@@ -50,7 +50,9 @@ CLIENTS = (
     "llmrun",
     "llmrun-default",
     "llmrun-adaptive",
+    "llmrun-asyncio",
     "raw-aiohttp",
+    "raw-aiohttp-uvloop",
     "openai-sdk",
     "httpx-client",
     "httpx-transport",
@@ -62,9 +64,14 @@ LLMRUN_RECIPES: dict[str, bool | None] = {
     "llmrun": False,
     "llmrun-default": None,
     "llmrun-adaptive": True,
+    "llmrun-asyncio": False,
 }
+# llmrun runs on uvloop where it is installed (llmrun/eventloop.py); this one on asyncio's loop,
+# to show what the loop alone is worth. raw-aiohttp-uvloop is the hand-written loop on uvloop.
+LLMRUN_LOOPS = {"llmrun-asyncio": "asyncio"}
 SCRIPTS = {
     "raw-aiohttp": ["raw_aiohttp.py"],
+    "raw-aiohttp-uvloop": ["raw_aiohttp.py", "--uvloop"],
     "openai-sdk": ["openai_sdk.py"],
     "httpx-client": ["httpx_client.py"],
     "httpx-transport": ["llmrun_transport.py", "--transport", "httpx"],
@@ -232,14 +239,16 @@ class Workspace:
         path.write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")  # JSON is YAML
         return path
 
-    def llmrun(self, recipe: Path, limit: int | None, rows_window: bool = True) -> dict[str, Any]:
+    def llmrun(
+        self, recipe: Path, limit: int | None, rows_window: bool = True, loop: str = "auto"
+    ) -> dict[str, Any]:
         """Run llmrun's CLI on a fresh output; the report and measurements. Its loop time is
         read from the output rows (first request sent to last reply), like the other clients'
         loops; its summary's ``elapsed_s`` also counts opening and closing the run."""
         self.runs += 1
         out_dir = self.root / "out"
         argv = [sys.executable, "-m", "llmrun", "run", str(recipe), "--quiet", "--json"]
-        argv += ["--set", f"output.path=out/run-{self.runs}.jsonl"]
+        argv += ["--set", f"output.path=out/run-{self.runs}.jsonl", "--loop", loop]
         if limit is not None:
             argv += ["--limit", str(limit)]
         try:
@@ -316,7 +325,9 @@ def measure(
     ws: Workspace, sc: Scenario, client: str, url: str, recipe: Path, rnd: int, n: int
 ) -> Measurement:
     if client in LLMRUN_RECIPES:
-        got = ws.llmrun(recipe, n if n != sc.records else None)
+        got = ws.llmrun(
+            recipe, n if n != sc.records else None, loop=LLMRUN_LOOPS.get(client, "auto")
+        )
     else:
         limit = sc.slow_time_limit_s if client in SLOW and n > 1 else 0.0
         got = ws.script(client, url, n, sc.concurrency, limit, sc.realistic)

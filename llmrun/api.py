@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from .access import Access
 from .plugins import Registry, load_registry
@@ -15,6 +15,7 @@ from .recipe.model import Recipe
 if TYPE_CHECKING:  # the engine (and the HTTP stack) load only when a run starts
     from rich.console import Console
 
+    from .eventloop import Loop
     from .job.summary import RunSummary
     from .run.backends import Backends
     from .run.engine import Engine
@@ -130,13 +131,14 @@ def make_engine(
 def run_recipe_sync(
     recipe: str | Path | Recipe,
     *,
-    backend: Literal["asyncio", "trio"] = "asyncio",
+    backend: Loop = "auto",
     **kwargs: object,
 ) -> RunSummary:
-    """``run_recipe`` for callers without an event loop."""
-    import anyio
+    """``run_recipe`` for callers without an event loop, on the loop ``backend`` names
+    (``llmrun.eventloop``: uvloop where installed, by default)."""
+    from .eventloop import run_sync
 
-    return anyio.run(
+    return run_sync(
         functools.partial(run_recipe, recipe, **kwargs),  # type: ignore[arg-type]
-        backend=backend,
+        backend,
     )

@@ -543,7 +543,7 @@ def test_mock_provider_error_rate(tmp_path: Path) -> None:
 def test_trio_backend_completes_a_run(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
     fake_openai.latency_s = 0.01
     recipe = setup_run(tmp_path, openai(fake_openai), 30)
-    result = run_cli("run", str(recipe), "--backend", "trio", "--json", cwd=tmp_path)
+    result = run_cli("run", str(recipe), "--loop", "trio", "--json", cwd=tmp_path)
     assert result.returncode == EXIT_OK, result.stderr
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
     assert len(rows) == 30

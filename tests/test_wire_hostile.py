@@ -10,17 +10,20 @@ server managed to write before the client gave up, and the peak RSS of the `llmr
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import httpx
 import pytest
 
+from llmrun.eventloop import Loop, run_sync
 from llmrun.wire.http1 import Http1Transport
 
 from .conftest import (
@@ -37,13 +40,22 @@ MiB = 1024 * 1024
 RECORDS = 60
 CAP = 2 * MiB  # run.max_response_bytes in these runs: sizes read are checked against it
 RSS_LIMIT = 300 * MiB
+LOOP = "auto"  # the event loop of the runs below (the fixture sets it per test)
+
+
+@pytest.fixture(autouse=True, params=["auto", "asyncio"])
+def loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Loop:
+    """Each case on both loops a run gets: uvloop (the default where installed) and asyncio's,
+    whose transports differ in how they deliver bytes, end of stream and closes."""
+    monkeypatch.setattr(sys.modules[__name__], "LOOP", request.param)
+    return cast(Loop, request.param)
 
 
 def run_measured(recipe: Path, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, int]:
     """(exit code, peak RSS in bytes) of one real `llmrun run`, measured for that process."""
     with open(cwd / "stdout.txt", "wb") as out, open(cwd / "stderr.txt", "wb") as err:
         process = subprocess.Popen(
-            [*llmrun_command(), "run", str(recipe), "--json"],
+            [*llmrun_command(), "run", str(recipe), "--json", "--loop", LOOP],
             cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=out,
@@ -299,7 +311,7 @@ def test_cr_lf_in_a_request_header_from_the_recipe_is_refused_before_sending(
         assert "'x-note' contains CR, LF or NUL" in row["error"]["message"]
 
 
-def test_bytes_arriving_on_an_idle_connection_close_it(tmp_path: Path) -> None:
+def test_bytes_arriving_on_an_idle_connection_close_it(tmp_path: Path, loop: Loop) -> None:
     # Half a stray answer comes while the connection sits idle in the pool; read as the start
     # of the next answer, it would swallow the real one. The next request must go out on a new
     # connection and get its own answer.
@@ -327,6 +339,6 @@ def test_bytes_arriving_on_an_idle_connection_close_it(tmp_path: Path) -> None:
         return texts
 
     with HostileServer(late_extra) as server:
-        texts = anyio.run(two_calls, server.url)
+        texts = run_sync(functools.partial(two_calls, server.url), loop)
     assert texts == ["answer for r00001", "answer for r00002"]
     assert server.connections == 2

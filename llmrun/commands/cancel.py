@@ -19,11 +19,10 @@ def register(subparsers: Any) -> None:
 def cmd_cancel(args: argparse.Namespace, err: Any) -> int:
     import functools
 
-    import anyio
-
     from ..api import make_engine, open_recipe
     from ..batch.runner import cancel_all
     from ..errors import LockedError
+    from ..eventloop import run_sync
     from ..run.progress import make_progress
     from .exits import EXIT_ABORTED, EXIT_OK
 
@@ -33,10 +32,10 @@ def cmd_cancel(args: argparse.Namespace, err: Any) -> int:
     engine = make_engine(recipe, registry, make_progress("none", err), handle_signals=False)
     try:
         with engine.state.locked():
-            cancelled = anyio.run(functools.partial(cancel_all, engine, record=True))
+            cancelled = run_sync(functools.partial(cancel_all, engine, record=True))
         running = False
     except LockedError:  # a run is polling them: it records what they finished
-        cancelled = anyio.run(functools.partial(cancel_all, engine, record=False))
+        cancelled = run_sync(functools.partial(cancel_all, engine, record=False))
         running = True
     failed = [c for c in cancelled if "error" in c]
     for item in cancelled:
@@ -50,7 +49,7 @@ def cmd_cancel(args: argparse.Namespace, err: Any) -> int:
         return EXIT_ABORTED if failed else EXIT_OK
     # Collect what the cancelled batches finished (polling until they have ended).
     engine.batch_drain_only = True
-    summary = anyio.run(engine.run)
+    summary = run_sync(engine.run)
     err.print(
         f"recorded {summary.stats.ok} ok and {summary.stats.error} error row(s) from the "
         "cancelled batches; `llmrun run` sends the rest again",

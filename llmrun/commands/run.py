@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from ..eventloop import LOOPS
 from . import add_recipe_args, recipe_access
 from .exits import EXIT_ABORTED, EXIT_BUDGET, EXIT_ERRORS, EXIT_INTERRUPTED, EXIT_OK
 
@@ -69,7 +70,11 @@ def register(subparsers: Any) -> None:
         "--workers", type=int, metavar="N", help="an engine's worker processes (sets run.workers)"
     )
     run.add_argument(
-        "--backend", choices=["asyncio", "trio"], default="asyncio", help=argparse.SUPPRESS
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="the event loop: auto (uvloop where installed, else asyncio's; the default), "
+        "asyncio, uvloop or trio",
     )
     run.set_defaults(handler=handle)
 
@@ -77,10 +82,9 @@ def register(subparsers: Any) -> None:
 def handle(args: argparse.Namespace, err: Any) -> int:
     import shlex
 
-    import anyio
-
     from ..api import open_recipe
     from ..errors import RecipeError
+    from ..eventloop import run_sync
     from ..job.lockfile import check_lock
     from ..redaction import Redactor
     from ..run.progress import Mode, make_progress, summary_table
@@ -133,7 +137,7 @@ def handle(args: argparse.Namespace, err: Any) -> int:
     )
     check_before_run(recipe, registry, engine)
     try:
-        summary = anyio.run(engine.run, backend=args.backend)
+        summary = run_sync(engine.run, args.loop)
     except KeyboardInterrupt:  # Ctrl-C before the run watched for it (start-up)
         err.print(f"interrupted: run `{again}` again to continue", markup=False)
         return EXIT_INTERRUPTED

@@ -1,10 +1,10 @@
 """Which event loop a run gets, and the one sync entry point that starts it.
 
 ``auto`` (the default) runs on uvloop wherever it is installed (it is a dependency on every
-platform but Windows), else on asyncio's own loop. On realistic rows uvloop takes a fifth to a
-third off llmrun's CPU per request, most of it over TLS, where asyncio's TLS layer is pure
-Python and uvloop's is compiled (benchmarks/README.md, "Session 12"). ``asyncio`` and ``trio``
-choose those loops whatever is installed; ``uvloop`` requires it.
+platform but Windows), else on asyncio's own loop. On realistic rows uvloop takes 5% off
+llmrun's CPU per request over HTTP and 15% over TLS, where asyncio's TLS layer is pure Python
+and uvloop's is compiled (benchmarks/README.md, "Session 12"). ``asyncio`` and ``trio`` choose
+those loops whatever is installed; ``uvloop`` requires it.
 """
 
 from __future__ import annotations

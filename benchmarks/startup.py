@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -107,8 +108,11 @@ def main() -> int:
         env["PYTHONPATH"] = str(site)
         quick = str(repo / "recipes" / "quickstart.yaml")
         uses_one = Path(tmp) / "uses_plugin.yaml"
+        # The data beside the recipe: a recipe reads only inside its own folder unless allowed
+        # (docs/sharing.md), and this one is in the temporary folder.
+        shutil.copyfile(repo / "recipes" / "reviews.jsonl", Path(tmp) / "reviews.jsonl")
         uses_one.write_text(
-            f"data: {{path: {repo / 'recipes' / 'reviews.jsonl'}, id: review_id}}\n"
+            "data: {path: reviews.jsonl, id: review_id}\n"
             "prompt: '{{ text }}'\nprovider: {name: mock}\npostprocess: [strip, tag3]\n"
             "output: {path: out.jsonl}\n",
             encoding="utf-8",

@@ -9,7 +9,7 @@ those loops whatever is installed; ``uvloop`` requires it.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar, get_args
 
@@ -24,7 +24,13 @@ T = TypeVar("T")
 
 
 def uvloop_installed() -> bool:
-    return importlib.util.find_spec("uvloop") is not None
+    """Whether uvloop imports (found but broken, say built for another Python, counts as not
+    installed: ``auto`` then runs on asyncio's loop rather than failing)."""
+    try:
+        importlib.import_module("uvloop")
+    except ImportError:
+        return False
+    return True
 
 
 def run_sync(fn: Callable[[], Awaitable[T]], loop: Loop = "auto") -> T:

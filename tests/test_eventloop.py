@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import pytest
 import sniffio
@@ -41,3 +42,18 @@ def test_without_uvloop_auto_runs_on_asyncio_and_uvloop_is_a_clear_error(
     assert run_sync(which_loop) == "asyncio"
     with pytest.raises(LlmrunError, match="uvloop is not installed"):
         run_sync(which_loop, "uvloop")
+
+
+def test_a_uvloop_that_fails_to_import_leaves_auto_on_asyncio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found but broken (built for another Python, say): a run must not fail for its loop.
+    broken = tmp_path / "uvloop"
+    broken.mkdir()
+    (broken / "__init__.py").write_text(
+        "raise ImportError('built for another Python')\n", encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "uvloop", raising=False)
+    assert not uvloop_installed()
+    assert run_sync(which_loop) == "asyncio"

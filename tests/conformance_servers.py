@@ -1,5 +1,6 @@
 """A tiny OpenAI-compatible chat endpoint served by HTTP servers nobody here wrote: uvicorn (its
-h11 protocol) and aiohttp's web server, over HTTP or HTTPS, each on its own thread and loop.
+h11 protocol), hypercorn and aiohttp's web server, over HTTP or HTTPS, each on its own thread and
+loop.
 
 The answer names the record (``answer for <id>``) so a test can check that every row holds its
 own reply. The framing varies with the record number so that each server's ways of sending a
@@ -122,6 +123,8 @@ class ServerThread:
         self._stop = asyncio.Event()
         if self.kind == "uvicorn":
             await self._uvicorn()
+        elif self.kind == "hypercorn":
+            await self._hypercorn()
         else:
             await self._aiohttp()
 
@@ -142,6 +145,25 @@ class ServerThread:
         server.should_exit = True
         await task
         sock.close()
+
+    async def _hypercorn(self) -> None:
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        sock = socket.create_server(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = Config()
+        # The socket bound here (its port is known), handed over: hypercorn closes it.
+        config.bind = [f"fd://{sock.detach()}"]
+        config.accesslog = config.errorlog = None
+        if self.tls is not None:
+            config.certfile = config.keyfile = str(self.tls)
+        assert self._stop is not None
+        task = asyncio.ensure_future(
+            serve(asgi_app, config, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
+        )
+        self._ready.set()
+        await task
 
     async def _aiohttp(self) -> None:
         app = web.Application()

@@ -1,7 +1,7 @@
-"""The default client against HTTP servers nobody here wrote: uvicorn (h11) and aiohttp's web
-server, over HTTP and HTTPS (a throwaway CA from trustme, trusted through SSL_CERT_FILE), through
-the real `llmrun run`. Bodies arrive with Content-Length, chunked, and gzip-encoded; every row
-must hold its own record's answer, each paid once."""
+"""The default client against HTTP servers nobody here wrote: uvicorn (h11), hypercorn and
+aiohttp's web server, over HTTP and HTTPS (a throwaway CA from trustme, trusted through
+SSL_CERT_FILE), through the real `llmrun run`. Bodies arrive with Content-Length, chunked, and
+gzip-encoded; every row must hold its own record's answer, each paid once."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return ca, server
 
 
-@pytest.mark.parametrize("kind", ["uvicorn", "aiohttp"])
+@pytest.mark.parametrize("kind", ["uvicorn", "hypercorn", "aiohttp"])
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_every_answer_reaches_its_record(
     tmp_path: Path, pki: tuple[Path, Path], kind: str, scheme: str

@@ -37,10 +37,15 @@ def run_sync(fn: Callable[[], Awaitable[T]], loop: Loop = "auto") -> T:
     """Run ``fn`` to completion on a new event loop of the kind ``loop`` names."""
     import anyio
 
+    if loop not in LOOPS:
+        raise LlmrunError(f"unknown event loop {loop!r}: one of {', '.join(LOOPS)}")
     if loop == "trio":
         return anyio.run(fn, backend="trio")
     if loop == "uvloop" and not uvloop_installed():
-        raise LlmrunError("the uvloop event loop was asked for, but uvloop is not installed")
+        raise LlmrunError(
+            "the uvloop event loop was asked for, but uvloop is not installed (or does not "
+            "import); `--loop auto` runs on asyncio's loop without it"
+        )
     options: dict[str, Any] = {}
     if loop == "uvloop" or (loop == "auto" and uvloop_installed()):
         options["use_uvloop"] = True

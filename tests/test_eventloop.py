@@ -58,3 +58,8 @@ def test_a_uvloop_that_fails_to_import_leaves_auto_on_asyncio(
     monkeypatch.delitem(sys.modules, "uvloop", raising=False)
     assert not uvloop_installed()
     assert run_sync(which_loop) == "asyncio"
+
+
+def test_an_unknown_loop_is_a_clear_error() -> None:
+    with pytest.raises(LlmrunError, match="unknown event loop 'uv'"):
+        run_sync(which_loop, "uv")  # type: ignore[arg-type]

@@ -552,6 +552,23 @@ def test_trio_backend_completes_a_run(tmp_path: Path, fake_openai: FakeOpenAI) -
     assert json.loads(result.stdout)["ok"] == 30
 
 
+def test_the_loop_flag_reaches_the_run(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    # A uvloop that does not import (first on the path): `--loop uvloop` must refuse before
+    # any call, and the default must run the job on asyncio's loop instead.
+    broken = tmp_path / "site" / "uvloop"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('built for another Python')\n")
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+    recipe = setup_run(tmp_path, openai(fake_openai), 5)
+    refused = run_cli("run", str(recipe), "--loop", "uvloop", cwd=tmp_path, env=env)
+    assert refused.returncode == 2, refused.stderr
+    assert "uvloop is not installed (or does not import)" in refused.stderr
+    assert fake_openai.count() == 0
+    result = run_cli("run", str(recipe), "--json", cwd=tmp_path, env=env)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert json.loads(result.stdout)["ok"] == 5
+
+
 def test_cost_is_counted_from_reported_usage_at_the_recipe_prices(
     tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:

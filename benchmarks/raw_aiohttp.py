@@ -11,15 +11,13 @@ import argparse
 import asyncio
 import json
 import ssl
-import sys
 import time
 
 import aiohttp
 from _common import API_KEY, body, parse_args, records, report
 
 
-async def main() -> None:
-    args = parse_args(__doc__ or "", with_uvloop)
+async def main(args: argparse.Namespace) -> None:
     url = args.url.rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     tls = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
@@ -58,9 +56,10 @@ def with_uvloop(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    if "--uvloop" in sys.argv:
+    arguments = parse_args(__doc__ or "", with_uvloop)
+    if arguments.uvloop:
         import uvloop
 
-        uvloop.run(main())
+        uvloop.run(main(arguments))
     else:
-        asyncio.run(main())
+        asyncio.run(main(arguments))

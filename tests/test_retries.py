@@ -9,14 +9,19 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import pytest
 
+from llmrun.eventloop import Loop, run_sync
+from llmrun.run.limits import KeyPool, loop_clock
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 from llmrun.testing.limits import FAULT_KINDS, fault_mix
 from llmrun.wire.ratelimit import MAX_SERVER_WAIT_S, reset_seconds
-from llmrun.wire.retry import backoff_s, retry_after_s
+from llmrun.wire.retry import backoff_s, retry_after_s, sleep_at_least
 
 from .conftest import make_records, read_jsonl, run_cli
 from .test_run import by_id, calls_per_id, fingerprint_of, openai, record_id_of, setup_run
@@ -118,6 +123,45 @@ def test_no_request_arrives_before_its_retry_after(tmp_path: Path) -> None:
     assert [r for r in requests if sent < r.received_at < sent + wait]
     rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
     assert all(rows[rid]["attempts"] == 2 for rid in asked)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_wait_a_server_asked_for_never_ends_early(loop: Loop) -> None:
+    # uvloop's timers tick in whole milliseconds of a truncated clock: a 0.6 s Retry-After
+    # brought the retry back 0.59988 s after the 429 (CI), for the request's own wait and for a
+    # held key alike. It also rounds a wait to whole milliseconds: 12.4 ms is 12. Measured
+    # by time.monotonic, the clock the server's timestamps use.
+    wait = 0.0124
+
+    async def shortest(waiter: Callable[[], Awaitable[object]]) -> float:
+        best = float("inf")
+        for _ in range(30):
+            # Start anywhere within a tick, as a reply read off a socket does: a timer's wake
+            # comes just after a tick, so a busy moment puts the start within one.
+            await anyio.lowlevel.checkpoint()
+            busy = time.monotonic() + random.random() * 0.001
+            while time.monotonic() < busy:
+                pass
+            started = time.monotonic()
+            await waiter()
+            best = min(best, time.monotonic() - started)
+        return best
+
+    async def main() -> tuple[float, float]:
+        own = await shortest(lambda: sleep_at_least(wait))
+        pool = KeyPool(("k1",), clock=loop_clock())
+        pool.states[0].trusted = True
+
+        async def held() -> None:
+            state = pool.states[0]
+            state.pause(pool_now(), wait)
+            pool.release(await pool.acquire(0), trusted=True)
+
+        pool_now = loop_clock()
+        return own, await shortest(held)
+
+    own, key = run_sync(main, loop)
+    assert own >= wait and key >= wait, (own, key)
 
 
 def test_a_retry_after_is_the_wait_itself_at_every_attempt() -> None:

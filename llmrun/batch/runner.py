@@ -30,7 +30,7 @@ from ..job.store import IdSet
 from ..recipe.pricing import PriceTable
 from ..run.steps import StepStages
 from ..values import Row
-from ..wire.retry import backoff_s, classify_transport
+from ..wire.retry import backoff_s, classify_transport, sleep_at_least
 from .client import BatchClient
 from .contract import BatchAPI, BatchInfo, batch_api_of
 from .journal import Journal, Part, checkpoint, has_running, make_durable
@@ -276,7 +276,7 @@ class BatchRunner:
             if not error.retryable or attempt > self.settings.max_retries:
                 raise RunAborted(f"batch API ({self.recipe.provider.name}): {error.message}")
             self.engine.stats.retries += 1
-            await anyio.sleep(backoff_s(attempt, error.retry_after))
+            await sleep_at_least(backoff_s(attempt, error.retry_after))
         raise AssertionError("unreachable")
 
     def _set(self, part: Part, step: str) -> None:

@@ -28,7 +28,7 @@ from ..errors import CallError, RunAborted
 from ..recipe.model import RunSettings
 from ..recipe.tokens import estimate
 from ..values import Prompt, Reply
-from ..wire.retry import backoff_s, classify_transport
+from ..wire.retry import backoff_s, classify_transport, sleep_at_least
 from .budget import Budget
 from .cache import STAND_IN_KEY, CallCache
 from .keystate import Lease
@@ -281,7 +281,7 @@ class Caller:
             self._on_retry(error)
             self._on_waiting(1)
             try:
-                await anyio.sleep(backoff_s(attempts, error.retry_after))
+                await sleep_at_least(backoff_s(attempts, error.retry_after))
             finally:
                 self._on_waiting(-1)
 

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import Callable, Mapping
 
 import anyio
 
 from ..errors import RunAborted
 from ..recipe.model import Endpoint, Recipe
+from ..wire.retry import TIMER_TICK_S
 from .adaptive import START_RATE, read_headers, refused, succeeded
 from .keystate import KeyState, Lease, key_state
 
@@ -136,7 +138,8 @@ class KeyPool:
                     pause = state.paused_until - self._clock()
                     if pause <= 0:
                         break
-                    await anyio.sleep(pause)
+                    # A timer may end a little early (TIMER_TICK_S): the rest is one tick.
+                    await anyio.sleep(max(pause, TIMER_TICK_S))
             except BaseException:
                 self.release(lease, trusted=False)
                 raise
@@ -262,13 +265,16 @@ _LOCAL_SUFFIXES = (".localhost", ".invalid", ".local", ".internal", ".home.arpa"
 
 
 def loop_clock() -> Callable[[], float]:
-    """The running loop's clock, what ``anyio.current_time`` reads. Under asyncio, the loop's
-    own ``time``: anyio's goes through its backend and the running loop each call, about 1 us
-    and a system call (getpid), twice a request."""
+    """The pool's clock under the running loop. Under asyncio's loops, ``time.monotonic``, the
+    base of their timers: anyio's ``current_time`` goes through its backend and the running loop
+    each call (about 1 us and a system call, getpid, twice a request), and uvloop's own
+    ``time`` is truncated to the millisecond and read once an iteration, so a pause a server
+    asked for could end early by that much. Only differences of its readings reach a timer."""
     try:
-        return asyncio.get_running_loop().time
+        asyncio.get_running_loop()
     except RuntimeError:  # another backend (trio): anyio knows its clock
         return anyio.current_time
+    return time.monotonic
 
 
 def local_host(host: str) -> bool:

@@ -157,7 +157,7 @@ def prepare(cache: Path, rows: int, new: int, log: Any) -> Path:
 def make_checkpoint(folder: Path, rows: int, name: str = "base") -> None:
     """The state a completed run leaves when the input held only the first ``rows`` records:
     the input and the output are cut back to them (the same files), a no-op run over it
-    writes the resume checkpoint (job/checkpoint.py), kept as ``resume.NAME.idx`` for
+    writes the resume checkpoint (job/checkpoint.py), kept in ``resume.NAME/`` for
     reset(), and the rest of both files is put back. Made by this llmrun at every start (a
     checkpoint of another version would not be used).
 
@@ -182,23 +182,26 @@ def make_checkpoint(folder: Path, rows: int, name: str = "base") -> None:
             with open(path, "ab") as fh:
                 fh.write(tail)
     state = folder / "out" / "labels.jsonl.llmrun"
-    kept = folder / f"resume.{name}.idx"
-    kept.unlink(missing_ok=True)
-    if (state / "resume.idx").exists():
-        shutil.copyfile(state / "resume.idx", kept)
+    kept = folder / f"resume.{name}"
+    shutil.rmtree(kept, ignore_errors=True)
+    if (state / "resume.idx").exists():  # its head and the files of ids it names
+        kept.mkdir()
+        for path in (state / "resume.idx", *state.glob("resume-*.ids")):
+            shutil.copyfile(path, kept / path.name)
 
 
 def reset(folder: Path, checkpoint: str | None) -> None:
     """The output as made: ``rows`` rows, the seed run's manifest, and the resume checkpoint
-    ``resume.CHECKPOINT.idx`` (``base``: of the completed run over the first ``rows`` records;
+    ``resume.CHECKPOINT/`` (``base``: of the completed run over the first ``rows`` records;
     ``killed``: saved by a run as it went, then killed) or none."""
     out = folder / "out" / "labels.jsonl"
     state = folder / "out" / "labels.jsonl.llmrun"
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     shutil.copyfile(folder / "manifest.base.json", state / "manifest.json")
-    if checkpoint and (folder / f"resume.{checkpoint}.idx").exists():
-        shutil.copyfile(folder / f"resume.{checkpoint}.idx", state / "resume.idx")
+    if checkpoint and (folder / f"resume.{checkpoint}").is_dir():
+        for path in (folder / f"resume.{checkpoint}").iterdir():
+            shutil.copyfile(path, state / path.name)
     base = folder / "out" / "labels.jsonl.base"
     # Runs only append: cutting the working copy back is enough once it has been copied.
     if out.exists() and out.stat().st_size >= base.stat().st_size:

@@ -4,12 +4,22 @@ repeats."""
 
 from __future__ import annotations
 
+import pytest
+
 from llmrun.job.dupes import BITS_PER_ID, SeenIds
 
 
-def test_every_repeat_is_found_whichever_tier_holds_it_and_distinct_ids_are_not() -> None:
-    tiers = (1 << 14, 1 << 16, 1 << 18)
-    capacity = sum(tiers) // BITS_PER_ID  # 7,167 ids before the last tier overfills
+@pytest.mark.parametrize(
+    "tiers",
+    [
+        (1 << 14, 1 << 16, 1 << 18),  # 7,167 ids before the last tier overfills
+        (1 << 14, 1 << 15, 3 << 17),  # doubling, then a last tier of no power of two (TIERS)
+    ],
+)
+def test_every_repeat_is_found_whichever_tier_holds_it_and_distinct_ids_are_not(
+    tiers: tuple[int, ...],
+) -> None:
+    capacity = sum(tiers) // BITS_PER_ID
     warned: list[str] = []
     seen = SeenIds(warned.append, tiers=tiers)
     ids = [f"rec-{i:06d}" for i in range(7_000)]

@@ -342,6 +342,11 @@ def checkpoint_path(folder: Path) -> Path:
     return folder / "out.jsonl.llmrun" / "resume.idx"
 
 
+def ids_files(folder: Path) -> list[Path]:
+    """The checkpoint's files of ids (job/idfiles.py)."""
+    return sorted((folder / "out.jsonl.llmrun").glob("resume-*.ids"))
+
+
 def assert_one_row_each(folder: Path, n: int) -> None:
     ids = [r["id"] for r in read_jsonl(folder / "out.jsonl")]
     assert sorted(ids) == sorted(f"r{i}" for i in range(n))
@@ -395,11 +400,14 @@ def test_rows_written_after_the_checkpoint_are_read_and_counted(tmp_path: Path) 
         "retry errors",
         "input replaced",
         "checkpoint byte",
+        "ids byte",
+        "ids file gone",
         # A state folder may come with a shared output: layer sizes past the file are refused
         # before anything is read (a read of 8 TB, then of 16 PB, ended the run with a
-        # MemoryError).
+        # MemoryError), and a file of ids is one of the folder's, by a name it gave it.
         "layer table past the file",
         "layer ids past the file",
+        "layer file elsewhere",
     ],
 )
 def test_a_checkpoint_that_no_longer_holds_is_not_used(tmp_path: Path, change: str) -> None:
@@ -424,21 +432,30 @@ def test_a_checkpoint_that_no_longer_holds_is_not_used(tmp_path: Path, change: s
         args = ("--retry-errors",)
         with open(tmp_path / "out.jsonl", "ab") as fh:
             fh.write(row_line(row("r-extra", "error")))
-    elif change == "checkpoint byte":  # the checkpoint itself damaged on disk
+    elif change == "checkpoint byte":  # the checkpoint's head damaged on disk
         path = checkpoint_path(tmp_path)
         damaged = bytearray(path.read_bytes())
         damaged[-5] ^= 0xFF
         path.write_bytes(bytes(damaged))
+    elif change == "ids byte":  # a file of ids damaged on disk: the last id's last byte
+        (path,) = ids_files(tmp_path)
+        damaged = bytearray(path.read_bytes())
+        damaged[-1] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+    elif change == "ids file gone":
+        (path,) = ids_files(tmp_path)
+        path.unlink()
     elif change.startswith("layer"):
         path = checkpoint_path(tmp_path)
-        head, rest = path.read_bytes().split(b"\n", 1)
-        header = json.loads(head)
-        n, shift, groups = header["layers"][0]
+        header = json.loads(path.read_bytes())
+        name, n, bits, table_crc, digests_crc = header["files"][0]
         if change == "layer table past the file":
-            header["layers"][0] = [n, 88, (1 << 40) + 1]
-        else:
-            header["layers"][0] = [10**15, shift, groups]
-        path.write_bytes(json.dumps(header).encode() + b"\n" + rest)
+            header["files"][0] = [name, n, 40, table_crc, digests_crc]
+        elif change == "layer ids past the file":
+            header["files"][0] = [name, 10**15, bits, table_crc, digests_crc]
+        else:  # the output itself, or a file of ids of another job's state folder
+            header["files"][0] = ["../out.jsonl", n, bits, table_crc, digests_crc]
+        path.write_bytes(json.dumps(header).encode() + b"\n")
     else:  # another file under the same name: the same records in another order
         data = tmp_path / "data.jsonl"
         lines = data.read_bytes().splitlines(keepends=True)

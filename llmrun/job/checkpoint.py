@@ -4,8 +4,8 @@ Resuming a job of 10^6 rows read the whole output (to learn the finished ids and
 rows) and the whole input (to skip the finished records): seconds, every time (issue 14). A
 run that completes in direct mode leaves ``<output>.llmrun/resume.idx``:
 
-- the output's first Y bytes (its size then): their finished ids as IdSet layers, their ok and
-  error rows and spend;
+- the output's first Y bytes (its size then): their finished ids (as layers of digests in
+  files beside it, job/idfiles.py), their ok and error rows and spend;
 - the input's first X bytes (up to the last whole line read): every record the selection took
   from them (S of them, on L lines) has a row in those Y bytes.
 
@@ -16,8 +16,10 @@ selection's shard and sample are the same (``scope``). Then
 it indexes only the output rows past Y (rows an interrupted or killed run added since) and
 reads the input from X on. Anything else (no file, another version, a changed prefix, a
 truncated file) is no checkpoint: the run reads everything, as without one. Nothing is trusted
-that a kill -9 can leave half-done: the file is replaced atomically, and a run killed later
-leaves it describing a prefix the files still begin with.
+that a kill -9 can leave half-done: the head is replaced atomically once the files of ids it
+names are written and synced, a file of ids is never changed once named, and one no head names
+any more is deleted only after the head that dropped it is on disk; a run killed later leaves
+it describing a prefix the files still begin with.
 
 It is saved at the end of a completed run, and every ``LLMRUN_CHECKPOINT_S`` seconds (30 by
 default) while a direct run goes on (``Frontier``): then the input prefix ends where every
@@ -32,7 +34,6 @@ writer take part.
 
 from __future__ import annotations
 
-import array
 import json
 import math
 import os
@@ -46,12 +47,15 @@ from typing import Any
 
 from ..durable import fsync_dir
 from ..recipe.selection import Selection
-from .store import IdSet, IdSetBuilder, Layer, open_state_file
+from . import idfiles
+from .idfiles import IdFile
+from .store import IdSetBuilder, Layer, atomic_write, read_state_file
 
 NAME = "resume.idx"
-VERSION = 1
-HEAD_CAP = 1 << 20  # bytes of the first line read: a head holds a few numbers per layer
-MAX_LAYERS = 4  # past this many, the layers are merged into one when the checkpoint is saved
+VERSION = 2  # 1 held the ids in this file: a run held them all in memory to rewrite it
+HEAD_CAP = 1 << 20  # bytes of the head read: it holds a few numbers per file of ids
+GROWTH = 4  # a new file of ids takes in the newest ones up to 4 times its size (idfiles.py)
+MAX_FILES = 8  # past this many, the newest are merged whatever their sizes
 EVERY_S = 30.0  # between the checkpoints a direct run saves as it goes (LLMRUN_CHECKPOINT_S)
 
 
@@ -107,7 +111,8 @@ class Checkpoint:
     ok: int
     error: int
     cost_usd: float
-    layers: list[Layer]
+    files: list[IdFile]  # the finished ids, oldest first (job/idfiles.py)
+    layers: list[Layer] = field(default_factory=list)  # the files mapped, once read
 
 
 class Frontier:
@@ -163,8 +168,9 @@ class Frontier:
 @dataclass
 class Saver:
     """Saves checkpoints for one run, each from the last: the input and output prefixes are
-    extended (only the bytes past the last checkpoint are read for their CRC), and the rows
-    written since are indexed into one more layer of ids (merged past MAX_LAYERS).
+    extended (only the bytes past the last checkpoint are read for their CRC), and the ids of
+    the rows written since go into one more file of ids, which takes in the newest files when
+    they are not much larger (``GROWTH``, ``MAX_FILES``). Between checkpoints it holds no id.
 
     ``read_ids(start, end)`` is the writer's (``JsonlWriter.read_ids``). A checkpoint is saved
     from a worker thread, never two at once."""
@@ -175,8 +181,9 @@ class Saver:
     output: Path
     read_ids: Callable[[int, int], Iterator[tuple[list[bytes], int, int, list[float]]]]
     start: Checkpoint | None  # the one this run began from (its prefixes are checked)
-    layers: list[Layer]  # the ids in the output when the run began
-    indexed_to: int  # the output's size when the run began: its rows are in ``layers``
+    files: list[IdFile]  # its files of ids
+    pending: list[Layer]  # ids in memory the files do not hold: rows past it when the run began
+    indexed_to: int  # the output's size when the run began: its rows are in files and pending
     ok: int
     error: int
     cost_usd: float
@@ -195,36 +202,56 @@ class Saver:
         with open(self.output, "rb") as fh:
             os.fsync(fh.fileno())  # the rows it counts on are on disk before it is
         builder = IdSetBuilder()
+        ok, error, cost_usd = self.ok, self.error, self.cost_usd
         for ids, n_ok, n_error, costs in self.read_ids(self.indexed_to, size):
             builder.add_all_utf8(ids)
-            self.ok, self.error = self.ok + n_ok, self.error + n_error
+            ok, error = ok + n_ok, error + n_error
             for one in costs:
-                self.cost_usd += one
-        self.indexed_to = size
-        layers = IdSet(builder=builder, layers=self.layers).layers()
-        if len(layers) > MAX_LAYERS:
-            merged = IdSetBuilder()
-            for digests, _table, _shift, _n in layers:
-                merged.add_digests(digests)
-            layers = IdSet(builder=merged).layers()
-        self.layers = layers
+                cost_usd += one
+        files = self._add(builder)
         if last is None:
             data, written = Prefix.of(self.data, read_to[0]), Prefix.of(self.output, size)
         else:  # both files still begin with its prefixes (checked at start): extend them
             data, written = last.input.extended(read_to[0]), last.output.extended(size)
         point = Checkpoint(
-            self.scope,
-            data,
-            read_to[1],
-            selected,
-            written,
-            self.ok,
-            self.error,
-            self.cost_usd,
-            layers,
+            self.scope, data, read_to[1], selected, written, ok, error, cost_usd, files
         )
         write_checkpoint(self.state_dir, point)
+        # Only now that the head naming them is on disk: what it no longer names may go.
+        self.files, self.pending, self.indexed_to = files, [], size
+        self.ok, self.error, self.cost_usd = ok, error, cost_usd
         self.saved = point
+        prune(self.state_dir, {f.name for f in files})
+
+    def _add(self, builder: IdSetBuilder) -> list[IdFile]:
+        """The files of ids with one more, written and synced: the ids of ``builder`` and of
+        ``pending``, with the newest files that are not much larger merged in."""
+        parts: list[idfiles.Part] = [idfiles.in_memory(layer) for layer in self.pending]
+        parts.append(builder.take)
+        most = builder.count() + sum(layer[3] for layer in self.pending)
+        files = list(self.files)
+        if not most:
+            return files
+        merged: list[IdFile] = []
+        while files and (files[-1].n <= GROWTH * most or len(files) >= MAX_FILES):
+            merged.append(files.pop())
+            most += merged[-1].n
+        closers = []
+        try:
+            for file in merged:
+                part, close = idfiles.reader(self.state_dir, file)
+                parts.append(part)
+                closers.append(close)
+            # Never a name in use: a file merged away may still be mapped by this run.
+            taken = [f.name for f in self.files] + os.listdir(self.state_dir)
+            number = 1 + max((idfiles.serial(name) for name in taken), default=0)
+            name = f"resume-{number}.ids"
+            files.append(idfiles.write(self.state_dir, name, parts, most))
+        finally:
+            for close in closers:
+                close()
+        fsync_dir(self.state_dir)
+        return files
 
 
 def usable(recipe: Any, loader: Any, chosen: Selection, limit: int | None) -> bool:
@@ -252,55 +279,42 @@ def scope(recipe: Any, chosen: Selection) -> str:
 
 
 def read_checkpoint(state_dir: Path, scope: str, data: Path, output: Path) -> Checkpoint | None:
-    """The checkpoint, if it still describes ``data`` and ``output``; else None."""
+    """The checkpoint, if it still describes ``data`` and ``output``, its files of ids mapped
+    for lookups; else None."""
     try:
-        with open_state_file(state_dir / NAME) as fh:
-            head = json.loads(fh.readline(HEAD_CAP))
-            if head.get("version") != VERSION or head.get("scope") != scope:
-                return None
-            point = Checkpoint(
-                scope,
-                Prefix(**head["input"]),
-                int(head["lines"]),
-                int(head["selected"]),
-                Prefix(**head["output"]),
-                int(head["ok"]),
-                int(head["error"]),
-                float(head["cost_usd"]),
-                [],
-            )
-            body_crc, layers = int(head["body_crc32"]), list(head["layers"])
-            # The files first: a checkpoint that no longer holds costs no memory for its ids.
-            if not (point.input.unchanged(data) and point.output.unchanged(output)):
-                return None
-            crc = 0
-            left = os.fstat(fh.fileno()).st_size - fh.tell()
-            for n, shift, groups in layers:
-                # The shape IdSet's lookup relies on: an entry per group and one past the end.
-                if not (0 < 128 - shift <= 64 and groups == (1 << (128 - shift)) + 1):
-                    return None
-                left -= 8 * groups + 16 * n
-                if n < 0 or left < 0:  # sizes past the file: read nothing that is not there
-                    return None
-                raw = fh.read(8 * groups)
-                digests = fh.read(16 * n)
-                crc = zlib.crc32(digests, zlib.crc32(raw, crc))
-                table = array.array("Q")
-                table.frombytes(raw)
-                if sys.byteorder != head["byteorder"]:
-                    table.byteswap()
-                if len(table) != groups or len(digests) != 16 * n or table[0] or table[-1] != n:
-                    return None
-                point.layers.append((digests, table, int(shift), int(n)))
-            if crc != body_crc or fh.read(1):
-                return None  # damaged on disk: its ids cannot be trusted
-    except (OSError, ValueError, KeyError, TypeError, OverflowError):
+        head = json.loads(read_state_file(state_dir / NAME, HEAD_CAP))
+        if head.get("version") != VERSION or head.get("scope") != scope:
+            return None
+        if head["byteorder"] != sys.byteorder:
+            return None  # (its tables are read in place)
+        files = [IdFile.from_head(entry) for entry in head["files"]]
+        point = Checkpoint(
+            scope,
+            Prefix(**head["input"]),
+            int(head["lines"]),
+            int(head["selected"]),
+            Prefix(**head["output"]),
+            int(head["ok"]),
+            int(head["error"]),
+            float(head["cost_usd"]),
+            [file for file in files if file is not None],
+        )
+        if len(point.files) != len(files) or len({f.name for f in point.files}) != len(files):
+            return None
+        # The files first: a checkpoint that no longer holds costs nothing more.
+        if not (point.input.unchanged(data) and point.output.unchanged(output)):
+            return None
+        if not all(idfiles.checked(state_dir, file) for file in point.files):
+            return None  # damaged or gone: its ids cannot be trusted
+        point.layers = [idfiles.mapped(state_dir, file) for file in point.files]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
     return point
 
 
 def write_checkpoint(state_dir: Path, point: Checkpoint) -> None:
-    """Replace the checkpoint atomically (a crash leaves the old one or the new one)."""
+    """Replace the checkpoint's head atomically (a crash leaves the old one or the new one);
+    the files of ids it names are written and synced already."""
     head = {
         "version": VERSION,
         "byteorder": sys.byteorder,
@@ -312,24 +326,26 @@ def write_checkpoint(state_dir: Path, point: Checkpoint) -> None:
         "ok": point.ok,
         "error": point.error,
         "cost_usd": point.cost_usd,
-        "layers": [[n, shift, len(table)] for _d, table, shift, n in point.layers],
-        "body_crc32": 0,
+        "files": [file.head() for file in point.files],
     }
-    crc = 0
-    for digests, table, _shift, _n in point.layers:
-        crc = zlib.crc32(digests, zlib.crc32(table.tobytes(), crc))
-    head["body_crc32"] = crc
-    path = state_dir / NAME
-    tmp = state_dir / f".{NAME}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(json.dumps(head).encode() + b"\n")
-        for digests, table, _shift, _n in point.layers:
-            fh.write(table.tobytes())
-            fh.write(digests)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(state_dir)
+    atomic_write(state_dir / NAME, json.dumps(head) + "\n")
+
+
+def prune(state_dir: Path, keep: set[str]) -> None:
+    """Delete the files of ids no checkpoint names (merged into a newer one, or left by a run
+    killed while writing one). A run holds the output's lock, so no other run is writing."""
+    try:
+        entries = list(os.scandir(state_dir))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        leftover = name.startswith(".resume-") and name.endswith(".tmp")
+        if leftover or (idfiles.NAME.fullmatch(name) and name not in keep):
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass  # (Windows keeps a mapped file: the next checkpoint tries again)
 
 
 def _crc32(path: Path, size: int, *, start: int = 0, crc: int = 0) -> int:

@@ -6,10 +6,13 @@ under one id, and a resumed run takes the second for done. The reader asks ``See
 about every record it reads.
 
 An exact set of ids costs about 60 bytes an id (6 GB at 10^8 records), so the ids seen go into
-Bloom filters instead: a small one first (1 MiB), each next one four times larger when the last
-holds 1 id per 48 bits, up to ``TIERS`` (85 MiB in all); the last then takes every further id.
-False alarms: about 1 per 10^6 records up to 3 x 10^7 records; past that the last filter fills
-up (1 in 10 at 10^8) and the counts say they may include false alarms. So a repeated id is a
+Bloom filters instead: a small one first (1 MiB), each next one twice as large when the last
+holds 1 id per 48 bits, up to ``TIERS`` (85 MiB in all, the last 54 MiB); the last then takes
+every further id. At 10^6 records that is 7 MiB (with tiers four times larger each, it was 21:
+most of the 10^6-record run's growth, benchmarks/README.md, "Memory"). False alarms, for a new
+id: 2 in 10^6 at 10^6 records, 5 in 10^6 at 1.5 x 10^7, 3 in 10^4 at 3 x 10^7 (four-fold tiers:
+2, 4 and 2); past that the last filter fills up (1 in 6 at 10^8, was 1 in 10) and the counts
+say they may include false alarms. So a repeated id is a
 warning and the record still runs: a false alarm must never cost a record its row. The first
 few repeats are named with their place; after those come counts at 10, 100, 1000, ..., so a
 file of equal ids does not flood the terminal or the run log.
@@ -21,7 +24,8 @@ import hashlib
 import struct
 from collections.abc import Callable
 
-TIERS = (1 << 23, 1 << 25, 1 << 27, 1 << 29)  # bits: 1, 4, 16, 64 MiB
+MIB = 1 << 23  # bits
+TIERS = (MIB, 2 * MIB, 4 * MIB, 8 * MIB, 16 * MIB, 54 * MIB)
 BITS_PER_ID = 48  # a full tier, with 7 hashes: ~1e-6 false alarms
 HASHES = 7
 _WORDS = struct.Struct(f"<{HASHES}I").unpack
@@ -31,16 +35,16 @@ NAMED = 5  # repeats warned about one by one; then counts at 10, 100, 1000, ...
 class _Filter:
     def __init__(self, bits: int) -> None:
         self.bits = bytearray(bits // 8)
-        self.mask = bits - 1
+        self.size = bits  # any number of bits up to 2**32 (54 MiB is no power of two)
         self.capacity = bits // BITS_PER_ID
         self.count = 0
 
     def test_and_set(self, positions: tuple[int, ...], add: bool) -> bool:
         """Whether every bit at ``positions`` (HASHES 32-bit words of a digest, cut to this
         filter's size) is set; sets them with ``add``."""
-        bits, mask, found = self.bits, self.mask, True
+        bits, size, found = self.bits, self.size, True
         for n in positions:
-            n &= mask
+            n %= size
             byte, bit = n >> 3, 1 << (n & 7)
             old = bits[byte]
             if not old & bit:

@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import itertools
 import json
+import mmap
 import os
 import stat
 import sys
@@ -51,7 +52,9 @@ _SECOND: list[Any] = [-1, ""]  # [whole second, its formatted date and time]
 _LAST: list[Any] = [-1, -1, ""]  # [second, millisecond, the text] of the latest call
 
 
-Layer = tuple[bytes | bytearray, "array.array[int]", int, int]  # digests, table, shift, count
+# A layer of sorted digests: (digests, group start table, shift of a digest to its group, count).
+# In memory (bytes and an array), or a file of the resume checkpoint mapped (job/idfiles.py).
+Layer = tuple["bytes | bytearray | mmap.mmap", "array.array[int] | memoryview", int, int]
 
 
 class IdSet:
@@ -132,39 +135,65 @@ class IdSetBuilder:
             key = blake2b(raw, digest_size=DIGEST).digest()
             parts[key[0]] += key
 
-    def add_digests(self, digests: bytes | bytearray) -> None:
-        """Digests as a layer holds them (to merge layers)."""
-        parts = self._parts
-        view = memoryview(digests)
-        for i in range(0, len(digests), DIGEST):
-            parts[digests[i]] += view[i : i + DIGEST]
+    def take(self, first: int) -> bytearray:
+        """The digests collected whose first byte is ``first``, unsorted (a repeated id's
+        twice); the builder lets go of them."""
+        part = self._parts[first]
+        self._parts[first] = bytearray()
+        return part
+
+    def count(self) -> int:
+        """Digests collected (an id added twice counts twice)."""
+        return sum(len(p) for p in self._parts) // DIGEST
 
     def parts(self) -> Layer:
         """(sorted unique digests, group start table, shift of a digest to its group, count).
         Empties the builder."""
-        n = sum(len(p) for p in self._parts) // DIGEST
-        # Groups of 2 to 4 digests: a lookup's find looks at ~64 bytes; the table costs 2 to 4
-        # bytes an id. At least one group per first byte, so each part fills whole groups.
-        bits = max(8, (max(n, 1) // 4).bit_length())
-        per_part = 1 << (bits - 8)
+        shape = Shape.of(self.count())
         out = bytearray()
-        table = array.array("Q", [0]) * ((1 << bits) + 1)
+        table = array.array("Q", [0]) * (shape.groups + 1)
         count = 0
         for first in range(256):
-            part = bytes(self._parts[first])
-            self._parts[first] = bytearray()
-            keys = sorted({part[i : i + DIGEST] for i in range(0, len(part), DIGEST)})
-            del part
-            out += b"".join(keys)
-            base = first * per_part
-            sub_shift = 128 - bits
-            for sub in range(per_part):
-                # The first digest of group ``base + sub``: bisect on the group's leading bytes.
-                edge = ((base + sub) << sub_shift).to_bytes(DIGEST, "big")
-                table[base + sub] = count + bisect.bisect_left(keys, edge)
-            count += len(keys)
-        table[1 << bits] = count
-        return out, table, 128 - bits, count
+            digests, starts = shape.sort(first, self.take(first), count)
+            out += digests
+            table[first * shape.per_part : (first + 1) * shape.per_part] = starts
+            count += len(digests) // DIGEST
+        table[shape.groups] = count
+        return out, table, shape.shift, count
+
+
+class Shape:
+    """How a layer of up to ``n`` digests is grouped: ``2**bits`` groups by their leading bits,
+    of 2 to 4 digests (a lookup's find looks at ~64 bytes; the table costs 2 to 4 bytes an id),
+    and at least one group per first byte, so that each first byte fills whole groups: a layer
+    is written (and merged, job/idfiles.py) one first byte at a time."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.groups = 1 << bits
+        self.per_part = 1 << (bits - 8)  # groups a first byte spans
+        self.shift = 128 - bits
+
+    @classmethod
+    def of(cls, n: int) -> Shape:
+        return cls(max(8, (max(n, 1) // 4).bit_length()))
+
+    def sort(
+        self, first: int, raw: bytes | bytearray, count: int
+    ) -> tuple[bytes, array.array[int]]:
+        """The digests of ``raw`` (all with the first byte ``first``) sorted and unique, and
+        the table's entries for their groups (``count`` digests come before them)."""
+        data = bytes(raw)  # a bytearray's slices are no set members
+        del raw
+        keys = sorted({data[i : i + DIGEST] for i in range(0, len(data), DIGEST)})
+        del data
+        starts = array.array("Q", [0]) * self.per_part
+        base = first * self.per_part
+        for sub in range(self.per_part):
+            # The first digest of group ``base + sub``: bisect on the group's leading bytes.
+            edge = ((base + sub) << self.shift).to_bytes(DIGEST, "big")
+            starts[sub] = count + bisect.bisect_left(keys, edge)
+        return b"".join(keys), starts
 
 
 def refuse_links(folder: Path) -> None:

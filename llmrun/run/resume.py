@@ -72,6 +72,8 @@ class Resume:
             stats.resumed_ok, stats.resumed_error = point.ok, point.error
             stats.resumed_cost_usd = point.cost_usd
             done = index_writer(self.writer, stats, start=point.output.size, layers=point.layers)
+        # The ids the checkpoint's files do not hold: the rows past it (every row without one).
+        pending = done.layers()[len(point.layers) :] if point is not None else done.layers()
         self.point = point
         if data is not None:  # (another writer's output may be a folder, or not exist yet)
             self.saver = checkpoint.Saver(
@@ -81,7 +83,8 @@ class Resume:
                 recipe.output_path,
                 self.writer.read_ids,  # type: ignore[attr-defined]
                 point,
-                done.layers(),
+                [] if point is None else point.files,
+                pending,
                 recipe.output_path.stat().st_size,
                 stats.resumed_ok,
                 stats.resumed_error,

@@ -56,6 +56,10 @@ VERSION = 2  # 1 held the ids in this file: a run held them all in memory to rew
 HEAD_CAP = 1 << 20  # bytes of the head read: it holds a few numbers per file of ids
 GROWTH = 4  # a new file of ids takes in the newest ones up to 4 times its size (idfiles.py)
 MAX_FILES = 8  # past this many, the newest are merged whatever their sizes
+# Ids of the rows written since the last checkpoint held in memory at once (1 MiB of digests);
+# past that they go to a file of their own, merged into the checkpoint's new one. A run writes
+# ~10^4 rows a second at best, so 30 s of rows held 5 MB (the 10^6-record run's peak).
+SPILL_IDS = 1 << 16
 EVERY_S = 30.0  # between the checkpoints a direct run saves as it goes (LLMRUN_CHECKPOINT_S)
 
 
@@ -202,13 +206,16 @@ class Saver:
         with open(self.output, "rb") as fh:
             os.fsync(fh.fileno())  # the rows it counts on are on disk before it is
         builder = IdSetBuilder()
+        spilled: list[IdFile] = []  # the rows since, SPILL_IDS at a time (merged below)
         ok, error, cost_usd = self.ok, self.error, self.cost_usd
         for ids, n_ok, n_error, costs in self.read_ids(self.indexed_to, size):
             builder.add_all_utf8(ids)
             ok, error = ok + n_ok, error + n_error
             for one in costs:
                 cost_usd += one
-        files = self._add(builder)
+            if builder.count() >= SPILL_IDS:
+                spilled.append(self._write([builder.take], builder.count(), spilled))
+        files = self._add(builder, spilled)
         if last is None:
             data, written = Prefix.of(self.data, read_to[0]), Prefix.of(self.output, size)
         else:  # both files still begin with its prefixes (checked at start): extend them
@@ -223,16 +230,17 @@ class Saver:
         self.saved = point
         prune(self.state_dir, {f.name for f in files})
 
-    def _add(self, builder: IdSetBuilder) -> list[IdFile]:
-        """The files of ids with one more, written and synced: the ids of ``builder`` and of
-        ``pending``, with the newest files that are not much larger merged in."""
+    def _add(self, builder: IdSetBuilder, spilled: list[IdFile]) -> list[IdFile]:
+        """The files of ids with one more, written and synced: the ids of ``builder``,
+        ``spilled`` and ``pending``, with the newest files that are not much larger merged in."""
         parts: list[idfiles.Part] = [idfiles.in_memory(layer) for layer in self.pending]
         parts.append(builder.take)
         most = builder.count() + sum(layer[3] for layer in self.pending)
+        most += sum(file.n for file in spilled)
         files = list(self.files)
         if not most:
             return files
-        merged: list[IdFile] = []
+        merged = list(spilled)
         while files and (files[-1].n <= GROWTH * most or len(files) >= MAX_FILES):
             merged.append(files.pop())
             most += merged[-1].n
@@ -242,16 +250,18 @@ class Saver:
                 part, close = idfiles.reader(self.state_dir, file)
                 parts.append(part)
                 closers.append(close)
-            # Never a name in use: a file merged away may still be mapped by this run.
-            taken = [f.name for f in self.files] + os.listdir(self.state_dir)
-            number = 1 + max((idfiles.serial(name) for name in taken), default=0)
-            name = f"resume-{number}.ids"
-            files.append(idfiles.write(self.state_dir, name, parts, most))
+            files.append(self._write(parts, most, spilled))
         finally:
             for close in closers:
                 close()
         fsync_dir(self.state_dir)
         return files
+
+    def _write(self, parts: list[idfiles.Part], most: int, spilled: list[IdFile]) -> IdFile:
+        # Never a name in use: a file merged away may still be mapped by this run.
+        taken = [f.name for f in (*self.files, *spilled)] + os.listdir(self.state_dir)
+        number = 1 + max((idfiles.serial(name) for name in taken), default=0)
+        return idfiles.write(self.state_dir, f"resume-{number}.ids", parts, most)
 
 
 def usable(recipe: Any, loader: Any, chosen: Selection, limit: int | None) -> bool:

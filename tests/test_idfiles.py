@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from llmrun.job import checkpoint
-from llmrun.job.checkpoint import MAX_FILES, Saver, read_checkpoint
+from llmrun.job.checkpoint import Saver, read_checkpoint
+from llmrun.job.idfiles import MAX_FILES
 from llmrun.job.store import IdSet
 
 SCOPE = "job {}"

@@ -45,7 +45,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..durable import fsync_dir
 from ..recipe.selection import Selection
 from . import idfiles
 from .idfiles import IdFile
@@ -54,8 +53,6 @@ from .store import IdSetBuilder, Layer, atomic_write, read_state_file
 NAME = "resume.idx"
 VERSION = 2  # 1 held the ids in this file: a run held them all in memory to rewrite it
 HEAD_CAP = 1 << 20  # bytes of the head read: it holds a few numbers per file of ids
-GROWTH = 4  # a new file of ids takes in the newest ones up to 4 times its size (idfiles.py)
-MAX_FILES = 8  # past this many, the newest are merged whatever their sizes
 # Ids of the rows written since the last checkpoint held in memory at once (1 MiB of digests);
 # past that they go to a file of their own, merged into the checkpoint's new one. A run writes
 # ~10^4 rows a second at best, so 30 s of rows held 5 MB (the 10^6-record run's peak).
@@ -174,7 +171,7 @@ class Saver:
     """Saves checkpoints for one run, each from the last: the input and output prefixes are
     extended (only the bytes past the last checkpoint are read for their CRC), and the ids of
     the rows written since go into one more file of ids, which takes in the newest files when
-    they are not much larger (``GROWTH``, ``MAX_FILES``). Between checkpoints it holds no id.
+    they are not much larger (``idfiles.stack``). Between checkpoints it holds no id.
 
     ``read_ids(start, end)`` is the writer's (``JsonlWriter.read_ids``). A checkpoint is saved
     from a worker thread, never two at once."""
@@ -231,37 +228,15 @@ class Saver:
         prune(self.state_dir, {f.name for f in files})
 
     def _add(self, builder: IdSetBuilder, spilled: list[IdFile]) -> list[IdFile]:
-        """The files of ids with one more, written and synced: the ids of ``builder``,
-        ``spilled`` and ``pending``, with the newest files that are not much larger merged in."""
+        """The files of ids with one more: the ids of ``builder``, ``spilled`` and ``pending``,
+        with the newest files that are not much larger merged in (``idfiles.stack``)."""
         parts: list[idfiles.Part] = [idfiles.in_memory(layer) for layer in self.pending]
         parts.append(builder.take)
         most = builder.count() + sum(layer[3] for layer in self.pending)
-        most += sum(file.n for file in spilled)
-        files = list(self.files)
-        if not most:
-            return files
-        merged = list(spilled)
-        while files and (files[-1].n <= GROWTH * most or len(files) >= MAX_FILES):
-            merged.append(files.pop())
-            most += merged[-1].n
-        closers = []
-        try:
-            for file in merged:
-                part, close = idfiles.reader(self.state_dir, file)
-                parts.append(part)
-                closers.append(close)
-            files.append(self._write(parts, most, spilled))
-        finally:
-            for close in closers:
-                close()
-        fsync_dir(self.state_dir)
-        return files
+        return idfiles.stack(self.state_dir, self.files, parts, most, spilled)
 
     def _write(self, parts: list[idfiles.Part], most: int, spilled: list[IdFile]) -> IdFile:
-        # Never a name in use: a file merged away may still be mapped by this run.
-        taken = [f.name for f in (*self.files, *spilled)] + os.listdir(self.state_dir)
-        number = 1 + max((idfiles.serial(name) for name in taken), default=0)
-        return idfiles.write(self.state_dir, f"resume-{number}.ids", parts, most)
+        return idfiles.write_new(self.state_dir, parts, most, [*self.files, *spilled])
 
 
 def usable(recipe: Any, loader: Any, chosen: Selection, limit: int | None) -> bool:

@@ -30,9 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..durable import fsync_dir
 from .store import DIGEST, Layer, Shape, open_state_file
 
 PAGE = mmap.ALLOCATIONGRANULARITY  # a map of the digests starts on such a boundary
+GROWTH = 4  # a new file of ids takes in the newest ones up to 4 times its size
+MAX_FILES = 8  # past this many, the newest are merged whatever their sizes
 NAME = re.compile(r"resume-([0-9]{1,12})\.ids")
 BLOCK = 1 << 20  # bytes read at once to check a file's CRC
 
@@ -91,6 +94,46 @@ class IdFile:
 def serial(name: str) -> int:
     match = NAME.fullmatch(name)
     return int(match.group(1)) if match else -1
+
+
+def write_new(folder: Path, parts: Sequence[Part], most: int, taken: Sequence[IdFile]) -> IdFile:
+    """``write`` under a name no file of the folder nor ``taken`` has: a file merged away may
+    still be mapped by this run, and a name is never given twice."""
+    names = [file.name for file in taken] + os.listdir(folder)
+    number = 1 + max((serial(name) for name in names), default=0)
+    return write(folder, f"resume-{number}.ids", parts, most)
+
+
+def stack(
+    folder: Path,
+    files: Sequence[IdFile],
+    parts: Sequence[Part],
+    most: int,
+    merge: Sequence[IdFile] = (),
+) -> list[IdFile]:
+    """``files`` (oldest first) with one more, written and synced: the ids of ``parts`` (at
+    most ``most``) and of the files ``merge``, with the newest of ``files`` merged in while
+    they are not much larger (``GROWTH``) or too many (``MAX_FILES``). So N ids written k at a
+    time are held in about log4(N / k) files, and each id is rewritten about as many times."""
+    kept, merged = list(files), list(merge)
+    most += sum(file.n for file in merged)
+    if not most:
+        return kept
+    while kept and (kept[-1].n <= GROWTH * most or len(kept) >= MAX_FILES):
+        merged.append(kept.pop())
+        most += merged[-1].n
+    sources, closers = list(parts), []
+    try:
+        for file in merged:
+            part, close = reader(folder, file)
+            sources.append(part)
+            closers.append(close)
+        kept.append(write_new(folder, sources, most, [*files, *merge]))
+    finally:
+        for close in closers:
+            close()
+    fsync_dir(folder)
+    return kept
 
 
 def write(folder: Path, name: str, parts: Sequence[Part], most: int) -> IdFile:

@@ -3,17 +3,21 @@ many checkpoints and merges, the memory a merge takes, and what a crash mid-way 
 
 from __future__ import annotations
 
+import json
 import random
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from llmrun.builtins.writers import JsonlWriter
 from llmrun.job import checkpoint
-from llmrun.job.checkpoint import Saver, read_checkpoint
+from llmrun.job.checkpoint import IndexSpill, Saver, read_checkpoint
 from llmrun.job.idfiles import MAX_FILES
-from llmrun.job.store import IdSet
+from llmrun.job.store import IdSet, index_writer
 
 SCOPE = "job {}"
 
@@ -139,3 +143,60 @@ def test_a_crash_before_the_head_is_replaced_leaves_the_last_checkpoint_whole(
     assert job.on_disk() == {f.name for f in job.saver.files}
     done = job.done()
     assert "a499" in done and "b1999" in done
+
+
+def index(out: Path, state: Path, spill_at: int | None) -> tuple[IdSet, SimpleNamespace, int, Any]:
+    """The output indexed as a run starts (job.store.index_writer), its ids past ``spill_at``
+    in files of ids; the set, the counts, the traced peak, the spill."""
+    writer = JsonlWriter({"path": str(out)}, SimpleNamespace(base_dir=out.parent, warn=print))
+    stats = SimpleNamespace(resumed_ok=0, resumed_error=0, resumed_cost_usd=0.0)
+    spill = None if spill_at is None else IndexSpill(state, at=spill_at)
+    tracemalloc.start()
+    try:
+        done = index_writer(writer, stats, spill=spill)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        writer.close()  # (index_writer opens it for appending, as a run does)
+    return done, stats, peak, spill
+
+
+def test_an_output_indexed_at_start_holds_a_bounded_share_of_its_ids_in_memory(
+    tmp_path: Path,
+) -> None:
+    # An output without a checkpoint (another selection, an older llmrun, a shared file) was
+    # indexed into memory whole: 16 bytes a row, 1.6 GB at 10^8 rows. Past
+    # checkpoint.INDEX_IN_MEMORY ids (2**20; 16,384 here) they go to files of ids.
+    out = tmp_path / "out.jsonl"
+    state = tmp_path / "out.jsonl.llmrun"
+    state.mkdir()
+    n = 200_000
+    with open(out, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            status = "error" if i % 10 == 0 else "ok"
+            fh.write(json.dumps({"id": f"row-{i}", "status": status, "cost_usd": 0.5}) + "\n")
+    whole, counts, whole_peak, _ = index(out, state, None)
+    spilled, spilled_counts, spilled_peak, spill = index(out, state, 16_384)
+    assert spill is not None and 1 <= len(spill.files) <= MAX_FILES
+    assert spilled_counts == counts
+    assert (counts.resumed_ok, counts.resumed_error) == (180_000, 20_000)
+    sample = [f"row-{i}" for i in range(0, n, 997)] + ["row-199999"]
+    assert all(rid in spilled and rid in whole for rid in sample)
+    assert not any(f"row-{i}" in spilled for i in range(n, n + 2000))
+    assert spilled_peak < whole_peak / 2, (spilled_peak, whole_peak)
+    # A Saver takes the files as its own: the first checkpoint names them, rewrites nothing
+    # more than the ids past them, and every id is found through it.
+    job = Job.__new__(Job)
+    job.state, job.output, job.data = state, out, tmp_path / "data.jsonl"
+    job.data.write_bytes(b"{}\n" * n)
+    job.lines = n
+    pending = spilled.layers()[len(spill.files) :]
+    job.saver = Saver(
+        state, SCOPE, job.data, out, job.read_ids, None, spill.files, pending,
+        out.stat().st_size, 0, 0, 0.0,
+    )  # fmt: skip
+    job.save()
+    assert job.on_disk() == {f.name for f in job.saver.files}
+    assert {f.name for f in spill.files} & job.on_disk()  # (the oldest kept as they were)
+    done = job.done()
+    assert all(rid in done for rid in sample)

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 
 from llmrun.builtins.writers import JsonlWriter
 from llmrun.job.checkpoint import Frontier, every_s
+from llmrun.job.idfiles import serial
 from llmrun.job.stats import RunStats
 from llmrun.job.store import index_output, index_writer
 from llmrun.jsonio import loads, row_line
@@ -469,6 +472,53 @@ def test_a_checkpoint_that_no_longer_holds_is_not_used(tmp_path: Path, change: s
         assert summary["resumed_ok"] + summary["ok"] >= 20
     else:
         assert (summary["resumed_ok"], summary["ok"]) == (20, 0)
+
+
+def summary_with_a_small_index(recipe: Path, *args: str) -> dict[str, Any]:
+    """``summary_of`` through the CLI's own main in a subprocess, with the ids an output is
+    indexed into memory at start cut from 2**20 to 40 (checkpoint.INDEX_IN_MEMORY): past
+    that, files of ids."""
+    script = recipe.parent / "small_index.py"
+    script.write_text(
+        "import sys\n"
+        "import llmrun.job.checkpoint as checkpoint\n"
+        "checkpoint.INDEX_IN_MEMORY = 40\n"
+        "from llmrun.commands.main import main\n"
+        "sys.exit(main())\n",
+        encoding="utf-8",
+    )
+    argv = [sys.executable, str(script), "run", str(recipe), "--quiet", "--json", *args]
+    result = subprocess.run(argv, cwd=recipe.parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode in (0, 1), result.stderr
+    summary: dict[str, Any] = json.loads(result.stdout)
+    return summary
+
+
+def test_an_output_indexed_into_files_of_ids_resumes_exactly_and_leaves_them_named(
+    tmp_path: Path,
+) -> None:
+    recipe = checkpoint_job(tmp_path, 300)
+    assert summary_of(recipe)["ok"] == 300
+    for path in [checkpoint_path(tmp_path), *ids_files(tmp_path)]:
+        path.unlink()  # an output without a checkpoint (an older llmrun, a shared file)
+    append_records(tmp_path, 300, 350)
+    # A run that may not leave a checkpoint (a limit counts records) maps the files, then
+    # deletes them: nothing is left that no checkpoint names.
+    limited = summary_with_a_small_index(recipe, "--limit", "310")
+    assert (limited["resumed_ok"], limited["ok"]) == (300, 10)
+    assert ids_files(tmp_path) == [] and not checkpoint_path(tmp_path).exists()
+    # The 310 rows are indexed 40 at a time into files; the checkpoint then names them.
+    summary = summary_with_a_small_index(recipe)
+    assert (summary["resumed_ok"], summary["ok"], summary["total"]) == (310, 40, 350)
+    assert_one_row_each(tmp_path, 350)
+    head = json.loads(checkpoint_path(tmp_path).read_bytes())
+    named = sorted(entry[0] for entry in head["files"])
+    assert named == sorted(p.name for p in ids_files(tmp_path))
+    # Files were written before the checkpoint's (numbered from 1 in an emptied folder): the
+    # index's, taken in and merged by the checkpoint (without them it would be resume-1.ids).
+    assert max(serial(name) for name in named) > 1
+    noop = summary_of(recipe)  # from the checkpoint: nothing runs again
+    assert (noop["resumed_ok"], noop["ok"], noop["total"]) == (350, 0, 350)
 
 
 def test_runs_that_cannot_use_a_checkpoint_leave_none(tmp_path: Path) -> None:

@@ -57,6 +57,9 @@ HEAD_CAP = 1 << 20  # bytes of the head read: it holds a few numbers per file of
 # past that they go to a file of their own, merged into the checkpoint's new one. A run writes
 # ~10^4 rows a second at best, so 30 s of rows held 5 MB (the 10^6-record run's peak).
 SPILL_IDS = 1 << 16
+# Ids of the output indexed at start held in memory (16 MiB of digests); past that they go to
+# files of ids (``IndexSpill``): an output of 10^8 rows without a checkpoint held 1.6 GB.
+INDEX_IN_MEMORY = 1 << 20
 EVERY_S = 30.0  # between the checkpoints a direct run saves as it goes (LLMRUN_CHECKPOINT_S)
 
 
@@ -237,6 +240,36 @@ class Saver:
 
     def _write(self, parts: list[idfiles.Part], most: int, spilled: list[IdFile]) -> IdFile:
         return idfiles.write_new(self.state_dir, parts, most, [*self.files, *spilled])
+
+
+class IndexSpill:
+    """Where the ids of the output indexed at start go past ``at`` in memory: files of ids
+    (``store.Spill``), stacked as a checkpoint's are. A Saver takes them as its first files;
+    a run without one deletes them once mapped (the next run prunes what is left)."""
+
+    def __init__(self, state_dir: Path, at: int | None = None) -> None:
+        self.state_dir = state_dir
+        self.at = INDEX_IN_MEMORY if at is None else at
+        self.files: list[IdFile] = []
+
+    def add(self, builder: IdSetBuilder) -> None:
+        count = builder.count()
+        if count >= self.at:
+            self.files = idfiles.stack(self.state_dir, self.files, [builder.take], count)
+
+    def layers(self) -> list[Layer]:
+        return [idfiles.mapped(self.state_dir, file) for file in self.files]
+
+
+def named(state_dir: Path) -> set[str]:
+    """The files of ids the checkpoint's head names, whether or not it still holds (another
+    run, with another selection, may use it)."""
+    try:
+        head = json.loads(read_state_file(state_dir / NAME, HEAD_CAP))
+        entries = head["files"] if head.get("version") == VERSION else []
+        return {e[0] for e in entries if isinstance(e, list) and e and isinstance(e[0], str)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
 
 
 def usable(recipe: Any, loader: Any, chosen: Selection, limit: int | None) -> bool:

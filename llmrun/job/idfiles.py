@@ -100,7 +100,7 @@ def write_new(folder: Path, parts: Sequence[Part], most: int, taken: Sequence[Id
     """``write`` under a name no file of the folder nor ``taken`` has: a file merged away may
     still be mapped by this run, and a name is never given twice."""
     names = [file.name for file in taken] + os.listdir(folder)
-    number = 1 + max((serial(name) for name in names), default=0)
+    number = 1 + max([0, *(serial(name) for name in names)])  # from 1
     return write(folder, f"resume-{number}.ids", parts, most)
 
 

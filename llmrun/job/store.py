@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from hashlib import blake2b
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from ..durable import fsync_dir
 from ..errors import LockedError, RecipeError
@@ -349,14 +349,29 @@ def _try_lock(fh: Any) -> bool:
     return True
 
 
-def index_output(rows: Iterable[Mapping[str, Any]], stats: Any) -> IdSet:
+class Spill(Protocol):
+    """Where the ids indexed at start go past what memory should hold (``IndexSpill`` in
+    job/checkpoint.py: files of ids)."""
+
+    def add(self, builder: IdSetBuilder) -> None:
+        """Take the ids out of ``builder`` when it holds too many."""
+
+    def layers(self) -> list[Layer]:
+        """What was taken, for lookups."""
+
+
+def index_output(
+    rows: Iterable[Mapping[str, Any]], stats: Any, spill: Spill | None = None
+) -> IdSet:
     """The ids of the rows a writer gives back at start, counted into ``stats`` (a
     ``RunStats``) as resumed ok/error rows and resumed spend."""
     builder = IdSetBuilder()
-    for row in rows:
+    for n, row in enumerate(rows, 1):
         count_row(row, stats)
         builder.add(str(row["id"]))
-    return IdSet(builder=builder)
+        if spill is not None and not n % 4096:
+            spill.add(builder)
+    return IdSet(builder=builder, layers=spill.layers() if spill is not None else ())
 
 
 def count_row(row: Mapping[str, Any], stats: Any) -> None:
@@ -370,7 +385,14 @@ def count_row(row: Mapping[str, Any], stats: Any) -> None:
         stats.resumed_cost_usd += cost
 
 
-def index_writer(writer: Any, stats: Any, *, start: int = 0, layers: Iterable[Layer] = ()) -> IdSet:
+def index_writer(
+    writer: Any,
+    stats: Any,
+    *,
+    start: int = 0,
+    layers: Iterable[Layer] = (),
+    spill: Spill | None = None,
+) -> IdSet:
     """Open the writer for appending and index the rows already in its output, counted into
     ``stats``. A writer with ``open_ids`` (the JSONL writer) gives back only what resume needs,
     block by block: the UTF-8 bytes of each row's id, how many rows are ok and how many
@@ -379,11 +401,13 @@ def index_writer(writer: Any, stats: Any, *, start: int = 0, layers: Iterable[La
     gives whole rows through ``open``.
 
     ``start`` and ``layers`` (the resume checkpoint, job/checkpoint.py): the rows before byte
-    ``start`` are known already (their ids are ``layers``, their counts are in ``stats``)."""
+    ``start`` are known already (their ids are ``layers``, their counts are in ``stats``).
+    ``spill``: where ids go past what memory should hold; the set's layers are then
+    ``layers``, the spilled ones, and the rest, in that order."""
     open_ids = getattr(writer, "open_ids", None)
     if open_ids is None:
         assert not start, "only a writer with open_ids reads from an offset"
-        return index_output(writer.open(), stats)
+        return index_output(writer.open(), stats, spill)
     builder = IdSetBuilder()
     for ids, ok, error, costs in open_ids(start):
         builder.add_all_utf8(ids)
@@ -391,4 +415,7 @@ def index_writer(writer: Any, stats: Any, *, start: int = 0, layers: Iterable[La
         stats.resumed_error += error
         for cost in costs:
             stats.resumed_cost_usd += cost
-    return IdSet(builder=builder, layers=layers)
+        if spill is not None:
+            spill.add(builder)
+    spilled = spill.layers() if spill is not None else []
+    return IdSet(builder=builder, layers=[*layers, *spilled])

@@ -66,14 +66,20 @@ class Resume:
         if usable:
             data = self.loader.path  # type: ignore[attr-defined]
             point = checkpoint.read_checkpoint(self.state_dir, scope, data, recipe.output_path)
+        # Files of ids no checkpoint names: left by a run killed before it named them.
+        checkpoint.prune(self.state_dir, checkpoint.named(self.state_dir))
+        spill = checkpoint.IndexSpill(self.state_dir)
         if point is None:
-            done = index_writer(self.writer, stats)
+            done = index_writer(self.writer, stats, spill=spill)
         else:
             stats.resumed_ok, stats.resumed_error = point.ok, point.error
             stats.resumed_cost_usd = point.cost_usd
-            done = index_writer(self.writer, stats, start=point.output.size, layers=point.layers)
-        # The ids the checkpoint's files do not hold: the rows past it (every row without one).
-        pending = done.layers()[len(point.layers) :] if point is not None else done.layers()
+            done = index_writer(
+                self.writer, stats, start=point.output.size, layers=point.layers, spill=spill
+            )
+        # The ids no file holds: the last rows indexed (every row, for a small output).
+        before = len(point.layers) if point is not None else 0
+        pending = done.layers()[before + len(spill.files) :]
         self.point = point
         if data is not None:  # (another writer's output may be a folder, or not exist yet)
             self.saver = checkpoint.Saver(
@@ -83,13 +89,15 @@ class Resume:
                 recipe.output_path,
                 self.writer.read_ids,  # type: ignore[attr-defined]
                 point,
-                [] if point is None else point.files,
+                [*(point.files if point is not None else []), *spill.files],
                 pending,
                 recipe.output_path.stat().st_size,
                 stats.resumed_ok,
                 stats.resumed_error,
                 stats.resumed_cost_usd,
             )
+        elif spill.files:  # mapped already, and no checkpoint will name them: not kept
+            checkpoint.prune(self.state_dir, checkpoint.named(self.state_dir))
         return done
 
     def track(self) -> checkpoint.Frontier | None:

@@ -109,9 +109,9 @@ def test_a_merge_holds_a_small_share_of_the_ids_it_merges(tmp_path: Path) -> Non
         tracemalloc.stop()
     assert len(job.saver.files) == 1
     digests = 16 * 400_000
-    # The 100,000 new ids are read from the output 65,536 at a time at most (1 MiB of digests,
-    # SPILL_IDS; all at once held 2.05 MB here); then each of the 256 first bytes of all
-    # 400,000 is merged on its own (1.36 MB in all).
+    # The 100,000 new ids are read from the output 16,384 at a time at most (256 KiB of
+    # digests, SPILL_IDS; all at once held 2.05 MB here); then each of the 256 first bytes of
+    # all 400,000 is merged on its own.
     assert peak < digests / 4, (peak, digests)
     done = job.done()
     assert "r0-5" in done and "last-99999" in done and "r3-0" not in done

@@ -53,10 +53,10 @@ from .store import IdSetBuilder, Layer, atomic_write, read_state_file
 NAME = "resume.idx"
 VERSION = 2  # 1 held the ids in this file: a run held them all in memory to rewrite it
 HEAD_CAP = 1 << 20  # bytes of the head read: it holds a few numbers per file of ids
-# Ids of the rows written since the last checkpoint held in memory at once (1 MiB of digests);
-# past that they go to a file of their own, merged into the checkpoint's new one. A run writes
-# ~10^4 rows a second at best, so 30 s of rows held 5 MB (the 10^6-record run's peak).
-SPILL_IDS = 1 << 16
+# Ids of the rows written since the last checkpoint held in memory at once (256 KiB of
+# digests); past that they go to a file of their own, merged into the checkpoint's new one. A
+# run writes ~10^4 rows a second at best, so 30 s of rows held 5 MB (the 10^6-record run's peak).
+SPILL_IDS = 1 << 14
 # Ids of the output indexed at start held in memory (16 MiB of digests); past that they go to
 # files of ids (``IndexSpill``): an output of 10^8 rows without a checkpoint held 1.6 GB.
 INDEX_IN_MEMORY = 1 << 20
@@ -213,8 +213,8 @@ class Saver:
             ok, error = ok + n_ok, error + n_error
             for one in costs:
                 cost_usd += one
-            if builder.count() >= SPILL_IDS:
-                spilled.append(self._write([builder.take], builder.count(), spilled))
+            if builder.count() >= SPILL_IDS:  # (not synced: merged below, or a leftover)
+                spilled.append(self._write([builder.take], builder.count(), spilled, False))
         files = self._add(builder, spilled)
         if last is None:
             data, written = Prefix.of(self.data, read_to[0]), Prefix.of(self.output, size)
@@ -238,8 +238,11 @@ class Saver:
         most = builder.count() + sum(layer[3] for layer in self.pending)
         return idfiles.stack(self.state_dir, self.files, parts, most, spilled)
 
-    def _write(self, parts: list[idfiles.Part], most: int, spilled: list[IdFile]) -> IdFile:
-        return idfiles.write_new(self.state_dir, parts, most, [*self.files, *spilled])
+    def _write(
+        self, parts: list[idfiles.Part], most: int, spilled: list[IdFile], durable: bool
+    ) -> IdFile:
+        taken = [*self.files, *spilled]
+        return idfiles.write_new(self.state_dir, parts, most, taken, durable=durable)
 
 
 class IndexSpill:
@@ -372,7 +375,7 @@ def _crc32(path: Path, size: int, *, start: int = 0, crc: int = 0) -> int:
     with open(path, "rb") as fh:
         fh.seek(start)
         while size > 0:
-            block = fh.read(min(size, 1 << 20))
+            block = fh.read(min(size, idfiles.BLOCK))
             if not block:
                 break
             crc = zlib.crc32(block, crc)

@@ -37,7 +37,7 @@ PAGE = mmap.ALLOCATIONGRANULARITY  # a map of the digests starts on such a bound
 GROWTH = 4  # a new file of ids takes in the newest ones up to 4 times its size
 MAX_FILES = 8  # past this many, the newest are merged whatever their sizes
 NAME = re.compile(r"resume-([0-9]{1,12})\.ids")
-BLOCK = 1 << 20  # bytes read at once to check a file's CRC
+BLOCK = 1 << 17  # bytes read at once for a CRC (larger blocks stay in a thread's heap)
 
 # Where the digests whose first byte is ``first`` are, for one source of a merge: a file of the
 # checkpoint, a layer in memory, or the ids read from the rows written since.
@@ -96,12 +96,19 @@ def serial(name: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def write_new(folder: Path, parts: Sequence[Part], most: int, taken: Sequence[IdFile]) -> IdFile:
+def write_new(
+    folder: Path,
+    parts: Sequence[Part],
+    most: int,
+    taken: Sequence[IdFile],
+    *,
+    durable: bool = True,
+) -> IdFile:
     """``write`` under a name no file of the folder nor ``taken`` has: a file merged away may
     still be mapped by this run, and a name is never given twice."""
     names = [file.name for file in taken] + os.listdir(folder)
     number = 1 + max([0, *(serial(name) for name in names)])  # from 1
-    return write(folder, f"resume-{number}.ids", parts, most)
+    return write(folder, f"resume-{number}.ids", parts, most, durable=durable)
 
 
 def stack(
@@ -136,10 +143,12 @@ def stack(
     return kept
 
 
-def write(folder: Path, name: str, parts: Sequence[Part], most: int) -> IdFile:
+def write(
+    folder: Path, name: str, parts: Sequence[Part], most: int, *, durable: bool = True
+) -> IdFile:
     """Write the union of ``parts`` (at most ``most`` digests in all) as the file ``name``,
-    one first byte at a time, and make it durable (its folder is synced by the caller, once the
-    checkpoint naming it is written)."""
+    one first byte at a time, and make it durable unless told not to (its folder is synced by
+    the caller, once the checkpoint naming it is written)."""
     shape = Shape.of(most)
     blank = IdFile(name, 0, shape.bits, 0, 0)
     tmp = folder / f".{name}.{os.getpid()}.tmp"
@@ -165,7 +174,8 @@ def write(folder: Path, name: str, parts: Sequence[Part], most: int) -> IdFile:
         table_crc = zlib.crc32(end, table_crc)
         fh.truncate(blank.digests_at + DIGEST * count)  # (zeros after the table if none)
         fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            os.fsync(fh.fileno())
     os.replace(tmp, folder / name)
     return IdFile(name, count, shape.bits, table_crc, digests_crc)
 

@@ -13,8 +13,11 @@ since the last one, merged with the newest files when they are not much larger (
 records keeps about log4(N / rows per checkpoint) files), and a merge streams the files one
 first byte at a time: memory holds 1/256 of the ids being merged, not all of them.
 
-A resumed run looks ids up through a read-only map of each file: only the pages lookups touch
-are read, and they belong to the page cache, not to the process's heap.
+A resumed run looks ids up through a read-only map of each file: the pages its lookups touch
+(and, by the kernel's fault-around, 64 KiB about each) are the page cache's, which the kernel
+drops under pressure without a write; the heap does not grow with them (RSS does, up to the
+files' size: benchmarks/README.md). An output indexed at start without a checkpoint goes to
+such files too, past ``checkpoint.INDEX_IN_MEMORY`` ids.
 """
 
 from __future__ import annotations

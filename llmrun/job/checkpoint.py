@@ -38,7 +38,6 @@ import json
 import math
 import os
 import sys
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -214,7 +213,11 @@ class Saver:
             for one in costs:
                 cost_usd += one
             if builder.count() >= SPILL_IDS:  # (not synced: merged below, or a leftover)
-                spilled.append(self._write([builder.take], builder.count(), spilled, False))
+                taken = [*self.files, *spilled]
+                spill = idfiles.write_new(
+                    self.state_dir, [builder.take], builder.count(), taken, durable=False
+                )
+                spilled.append(spill)
         files = self._add(builder, spilled)
         if last is None:
             data, written = Prefix.of(self.data, read_to[0]), Prefix.of(self.output, size)
@@ -237,12 +240,6 @@ class Saver:
         parts.append(builder.take)
         most = builder.count() + sum(layer[3] for layer in self.pending)
         return idfiles.stack(self.state_dir, self.files, parts, most, spilled)
-
-    def _write(
-        self, parts: list[idfiles.Part], most: int, spilled: list[IdFile], durable: bool
-    ) -> IdFile:
-        taken = [*self.files, *spilled]
-        return idfiles.write_new(self.state_dir, parts, most, taken, durable=durable)
 
 
 class IndexSpill:
@@ -370,14 +367,6 @@ def prune(state_dir: Path, keep: set[str]) -> None:
 
 
 def _crc32(path: Path, size: int, *, start: int = 0, crc: int = 0) -> int:
-    """The CRC-32 of ``size`` bytes from ``start``, continuing ``crc``."""
-    # Read in blocks, not mapped: a mapping's pages would count in the process's RSS.
+    """The CRC-32 of ``size`` bytes of the file at ``path`` from ``start``, continuing ``crc``."""
     with open(path, "rb") as fh:
-        fh.seek(start)
-        while size > 0:
-            block = fh.read(min(size, idfiles.BLOCK))
-            if not block:
-                break
-            crc = zlib.crc32(block, crc)
-            size -= len(block)
-    return crc
+        return idfiles.crc32_of(fh, start, size, crc)

@@ -159,11 +159,7 @@ def write(
     count = 0
     with open(tmp, "wb") as fh:
         for first in range(256):
-            chunks = [part(first) for part in parts]
-            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            del chunks
-            digests, starts = shape.sort(first, raw, count)
-            del raw
+            digests, starts = shape.sort(first, b"".join(part(first) for part in parts), count)
             fh.seek(8 * first * shape.per_part)
             fh.write(starts)
             table_crc = zlib.crc32(starts, table_crc)
@@ -220,12 +216,12 @@ def checked(folder: Path, file: IdFile) -> bool:
         with open_state_file(folder / file.name) as fh:
             if os.fstat(fh.fileno()).st_size != file.size:
                 return False  # (before reading: a hostile count or shape reads nothing)
-            table_crc = _crc(fh, 0, file.table_bytes)
+            table_crc = crc32_of(fh, 0, file.table_bytes)
             fh.seek(0)
             first = int.from_bytes(fh.read(8), sys.byteorder)
             fh.seek(file.table_bytes - 8)
             last = int.from_bytes(fh.read(8), sys.byteorder)
-            digests_crc = _crc(fh, file.digests_at, DIGEST * file.n)
+            digests_crc = crc32_of(fh, file.digests_at, DIGEST * file.n)
     except (OSError, ValueError):
         return False
     return (table_crc, digests_crc, first, last) == (
@@ -245,8 +241,9 @@ def mapped(folder: Path, file: IdFile) -> Layer:
     return digests, memoryview(table).cast("Q"), file.shape.shift, file.n
 
 
-def _crc(fh: BinaryIO, start: int, size: int) -> int:
-    crc = 0
+def crc32_of(fh: BinaryIO, start: int, size: int, crc: int = 0) -> int:
+    """The CRC-32 of ``size`` bytes of ``fh`` from ``start``, continuing ``crc``. Read in
+    blocks, not mapped: a map's pages would count in the process's RSS."""
     fh.seek(start)
     while size > 0:
         block = fh.read(min(size, BLOCK))

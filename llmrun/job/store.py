@@ -183,8 +183,7 @@ class Shape:
     ) -> tuple[bytes, array.array[int]]:
         """The digests of ``raw`` (all with the first byte ``first``) sorted and unique, and
         the table's entries for their groups (``count`` digests come before them)."""
-        data = bytes(raw)  # a bytearray's slices are no set members
-        del raw
+        data = bytes(raw)  # a bytearray's slices are no set members (bytes: no copy)
         keys = sorted({data[i : i + DIGEST] for i in range(0, len(data), DIGEST)})
         del data
         starts = array.array("Q", [0]) * self.per_part

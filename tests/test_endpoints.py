@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from llmrun.api import run_recipe_sync
+from llmrun.job.summary import RunSummary
+from llmrun.run import limits
 from llmrun.testing.fake_openai import FakeOpenAI
 
 from .conftest import llmrun_command, read_cli, read_jsonl, run_cli
@@ -69,6 +75,34 @@ def test_an_endpoint_killed_mid_run_leaves_every_record_ok_on_the_other(tmp_path
     assert len(rows) == 600 and all(r["status"] == "ok" for r in rows.values())
     assert killed_at > 0 and on_b >= 600 - killed_at
     assert f"endpoint {a.url} set aside" in stderr
+
+
+def test_an_endpoint_back_after_being_set_aside_is_used_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In-process (the Python API, in a thread) so that REPROBE_S can be cut from 10 s.
+    monkeypatch.setattr(limits, "REPROBE_S", 0.3)
+    with FakeOpenAI(latency_s=0.02) as a, FakeOpenAI(latency_s=0.02) as b:
+        port = int(a.url.rsplit(":", 1)[1].split("/")[0])
+        # No limit: the endpoint still up is always free to start, which must not keep the
+        # other from being tried again.
+        recipe = setup_run(tmp_path, pool(a, b), 1200, run={"concurrency": 4})
+        out = tmp_path / "out.jsonl"
+        summaries: list[RunSummary] = []
+        worker = threading.Thread(target=lambda: summaries.append(run_recipe_sync(recipe)))
+        worker.start()
+        deadline = time.monotonic() + UPPER_BOUND_S
+        while not out.exists() or out.read_bytes().count(b"\n") < 100:
+            assert worker.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)
+        a.stop()
+        with FakeOpenAI(latency_s=0.02, port=port) as back:
+            worker.join(UPPER_BOUND_S)
+            on_back = back.count()
+    assert summaries and summaries[0].status == "completed"
+    rows = by_id(read_jsonl(out))
+    assert len(rows) == 1200 and all(r["status"] == "ok" for r in rows.values())
+    assert on_back >= 100, on_back  # tried again, then given its share (about half of the rest)
 
 
 def test_the_live_progress_shows_each_endpoint(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import anyio
 import pytest
 
 from llmrun.eventloop import Loop, run_sync
+from llmrun.recipe.model import Endpoint
+from llmrun.run import limits
 from llmrun.run.adaptive import (
     BLIND_DECREASE,
     DECREASE,
@@ -658,3 +660,32 @@ def test_the_loop_clock_is_precise_and_on_the_timers_base(loop: Loop) -> None:
         assert before <= now <= after
     else:  # the same base as the loop's timers; uvloop's reading lags by under a few ms
         assert before <= now and now - after < 0.05
+
+
+@pytest.mark.anyio
+async def test_an_endpoint_set_aside_is_tried_again_while_the_other_is_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "REPROBE_S", 0.1)
+    a, b = Endpoint("http://127.0.0.1:1/v1"), Endpoint("http://127.0.0.1:2/v1")
+    pool = KeyPool(("k",), endpoints=(a, b))  # no limit: every start is free at once
+    for state in pool.states:
+        state.trusted = True
+    down, up = pool.states
+    for _ in range(limits.ENDPOINT_FAILURES):
+        set_aside = pool.endpoint_failed(Lease(down, 0, False, anyio.current_time()))
+    assert set_aside
+    with anyio.fail_after(5):
+        while_down = [await pool.acquire(0) for _ in range(20)]
+        assert {lease.state.endpoint for lease in while_down} == {b.url}
+        await anyio.sleep(0.12)
+        # The other endpoint is free too (no limit), yet the one set aside gets its probe,
+        # one request, and waits for its answer before it gets another.
+        after = [await pool.acquire(0) for _ in range(20)]
+    probes = [lease for lease in after if lease.state is down]
+    assert len(probes) == 1 and probes[0].probe
+    pool.release(probes[0], trusted=True)
+    with anyio.fail_after(5):
+        back = [await pool.acquire(0) for _ in range(40)]
+    assert sum(lease.state is down for lease in back) >= 15  # balanced by requests in flight
+    assert up.in_flight == 20 + 19 + sum(lease.state is up for lease in back)

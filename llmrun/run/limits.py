@@ -112,9 +112,10 @@ class KeyPool:
             lease = None
             wait = 0.0
             if trusted or free:
-                state = min(
-                    trusted + free, key=lambda s: (s.ready_at(now), not s.trusted, s.in_flight)
-                )
+                # Of keys free to start as soon, one that owes its probe first: an endpoint
+                # back from being set aside is tried again even while another is free (with
+                # no limit, every key is ready at once and it would never be chosen).
+                state = min(trusted + free, key=lambda s: (s.ready_at(now), s.trusted, s.in_flight))
                 start = state.ready_at(now)
                 wait = start - now - HORIZON_S
             if wait > MIN_SLEEP_S:

@@ -14,7 +14,7 @@ import pytest
 from llmrun.api import run_recipe_sync
 from llmrun.job.summary import RunSummary
 from llmrun.run import limits
-from llmrun.testing.fake_openai import FakeOpenAI
+from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 
 from .conftest import llmrun_command, read_cli, read_jsonl, run_cli
 from .test_run import by_id, setup_run
@@ -75,6 +75,34 @@ def test_an_endpoint_killed_mid_run_leaves_every_record_ok_on_the_other(tmp_path
     assert len(rows) == 600 and all(r["status"] == "ok" for r in rows.values())
     assert killed_at > 0 and on_b >= 600 - killed_at
     assert f"endpoint {a.url} set aside" in stderr
+
+
+def test_an_endpoint_that_goes_silent_mid_run_is_set_aside_and_the_other_carries_on(
+    tmp_path: Path,
+) -> None:
+    lock = threading.Lock()
+    answered = 0
+
+    def silent_after_50(request: RecordedRequest) -> Fault | None:
+        nonlocal answered
+        with lock:
+            answered += 1
+            return None if answered <= 50 else Fault(200, delay_s=UPPER_BOUND_S)
+
+    with (
+        FakeOpenAI(latency_s=0.01, fault=silent_after_50) as a,
+        FakeOpenAI(latency_s=0.01) as b,
+    ):
+        recipe = setup_run(tmp_path, pool(a, b), 400, run={"concurrency": 8, "timeout_s": 0.5})
+        result = run_cli("run", str(recipe), "--quiet", cwd=tmp_path, timeout=UPPER_BOUND_S)
+        on_a = a.count()
+    assert result.returncode == EXIT_OK, result.stderr
+    rows = by_id(read_jsonl(tmp_path / "out.jsonl"))
+    assert len(rows) == 400 and all(r["status"] == "ok" for r in rows.values())
+    assert f"endpoint {a.url} set aside" in result.stderr
+    # Once silent, it holds at most the workers' requests until their timeouts set it aside
+    # (three in a row), not a share of every record left.
+    assert on_a - 50 <= 2 * 8, on_a
 
 
 def test_an_endpoint_back_after_being_set_aside_is_used_again(

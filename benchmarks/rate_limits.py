@@ -20,12 +20,19 @@ buckets refilling continuously, starting full, holding 1 s of the limit):
 
 - ``noise-1`` and ``noise-7.5``: no limit at all, but 1% (7.5%) of the requests refused at
   random with 429 ``Retry-After: 1`` whatever the pace (an overloaded provider, a gateway);
-  3,000 records, concurrency 64, 20 ms latency, the recipe's defaults. Measured: records per
+  3,000 records, concurrency 64, 20 ms latency, the recipe's defaults. Measured: requests per
   second, first request to last answer (on the server), against the same job without faults
-  (run just before); the median of five fault draws (seeds), each also against its bound: each
-  record first sent when the fault-free job sent it, each retry the moment its Retry-After
-  ends (a run ends with its unluckiest record). Target: >= 50% (1%) and >= 30% (7.5%) of
-  fault-free.
+  (run just before), as the issue words the target; the median of five fault draws (seeds).
+  Also shown: records per second, and each draw against its bound (each record first sent when
+  the fault-free job sent it, each retry the moment its Retry-After ends; a run ends with its
+  unluckiest record). Target: >= 50% (1%) and >= 30% (7.5%) of fault-free requests/s.
+
+  Why requests/s, not records/s, decides: the target is worded in requests/s, and it is the
+  pace, which is what the scenario tests (a steady share of refusals must not lower it).
+  Records/s is set by the draw's unluckiest record: at 7.5% about one record in a run is
+  refused three times, and its three seconds of Retry-After weigh three times the fault-free
+  job (1.1 s), so the bound in records/s is 27-37% depending on the draw, under 30% for three
+  draws of five, whatever the client. Both figures are printed.
 
 - ``endpoints``: ``provider.base_urls`` with two fake servers against one, the same recipe
   (``run.requests_per_minute: 3000``, 2,000 records, concurrency 64, 20 ms): the limit applies
@@ -93,11 +100,11 @@ NOISE_LATENCY_S = 0.02
 
 def noise_job(
     share: float, seed: int = 15, clean: dict[str, float] | None = None
-) -> tuple[float, float, int, int, dict[str, float]]:
+) -> tuple[float, float, int, int, dict[str, float], float]:
     """Records per second (first request to last answer, on the server); the records per
     second of the bound for this run's faults: each record first sent when the fault-free run
     (``clean``) sent it, each retry the moment its ``Retry-After`` ended; 429s; requests; when
-    each record was first sent (from the first request)."""
+    each record was first sent (from the first request); requests per second."""
     rng = random.Random(seed)
     lock = threading.Lock()
     refused: set[int] = set()
@@ -134,7 +141,7 @@ def noise_job(
     # its latency.
     start = clean if clean is not None else first
     bound = max(start[k] + refusals[k] * 1.0 for k in first) + NOISE_LATENCY_S
-    return ok / span, ok / bound, len(refused), len(requests), first
+    return ok / span, ok / bound, len(refused), len(requests), first, len(requests) / span
 
 
 NOISE_SEEDS = 5
@@ -145,28 +152,33 @@ def noise_scenario(name: str) -> dict[str, Any]:
     refused three times at 7.5% ends a second later than one refused twice), so one draw says
     more about the draw than about llmrun."""
     share = float(name.removeprefix("noise-")) / 100
-    clean, _, _, _, sent = noise_job(0.0)
+    clean, _, _, _, sent, clean_requests = noise_job(0.0)
     runs = [noise_job(share, seed, sent) for seed in range(15, 15 + NOISE_SEEDS)]
-    rate, _, refused, requests, _ = sorted(runs)[len(runs) // 2]
+    # The median draw by requests/s, the figure that decides.
+    median = sorted(runs, key=lambda r: r[5])[len(runs) // 2]
+    rate, _, refused, requests, _, request_rate = median
     target = 0.5 if share <= 0.01 else 0.3
     return {
         "scenario": name,
         "limit_per_min": 0.0,
-        "unit": "records/s",
-        "achieved_per_min": round(rate * 60, 1),
-        "ratio": round(rate / clean, 4),
-        "ratios": [round(r[0] / clean, 4) for r in runs],
+        "unit": "requests/s",
+        "achieved_per_min": round(request_rate * 60, 1),
+        "ratio": round(request_rate / clean_requests, 4),
+        "ratios": [round(r[5] / clean_requests, 4) for r in runs],
+        "records_ratio": round(rate / clean, 4),
+        "records_ratios": [round(r[0] / clean, 4) for r in runs],
         "bound_ratios": [round(r[1] / clean, 4) for r in runs],
         "of_bound": [round(r[0] / r[1], 4) for r in runs],
-        "fault_free_per_s": round(clean, 1),
-        "per_s": round(rate, 1),
+        "fault_free_per_s": round(clean_requests, 1),
+        "per_s": round(request_rate, 1),
+        "records_per_s": round(rate, 1),
         "requests": requests,
         "answered_429": refused,
         "share_429": round(refused / requests, 5),
         "records": NOISE_RECORDS,
         "wall_s": None,
-        "target": f">= {100 * target:.0f}% of fault-free records/s (median of {NOISE_SEEDS})",
-        "met": rate / clean >= target,
+        "target": f">= {100 * target:.0f}% of fault-free requests/s (median of {NOISE_SEEDS})",
+        "met": request_rate / clean_requests >= target,
     }
 
 
@@ -304,15 +316,17 @@ def main() -> int:
             continue
         if r["scenario"].startswith("noise-"):
             print(
-                f"| {r['scenario']} | none (fault-free: {r['fault_free_per_s']:,.1f} records/s) | "
-                f"{r['per_s']:,.1f} records/s | {100 * r['ratio']:.1f}% | "
+                f"| {r['scenario']} | none (fault-free: {r['fault_free_per_s']:,.1f} requests/s) | "
+                f"{r['per_s']:,.1f} requests/s | {100 * r['ratio']:.1f}% | "
                 f"{r['answered_429']} ({100 * r['share_429']:.2f}%) | {r['requests']:,} | "
                 f"{r['target']} | {'yes' if r['met'] else 'NO'} |"
             )
             print(
-                f"|   {r['scenario']} per draw | | "
+                f"|   {r['scenario']} per draw | | requests/s "
                 + ", ".join(f"{100 * x:.1f}%" for x in r["ratios"])
-                + " of fault-free; "
+                + "; records/s "
+                + ", ".join(f"{100 * x:.1f}%" for x in r["records_ratios"])
+                + " of fault-free, "
                 + ", ".join(f"{100 * x:.0f}%" for x in r["of_bound"])
                 + " of the bound | | | | | |"
             )

@@ -358,6 +358,29 @@ def test_a_server_that_never_answers_stops_the_run_naming_it(tmp_path: Path) -> 
     assert read_jsonl(tmp_path / "out.jsonl") == []
 
 
+def test_a_pool_of_endpoints_that_never_answer_stops_the_run_naming_each(
+    tmp_path: Path,
+) -> None:
+    with SilentServer() as a, SilentServer() as b:
+        urls = [f"http://127.0.0.1:{s.port}/v1" for s in (a, b)]
+        recipe = setup_run(
+            tmp_path,
+            {"name": "openai", "model": "gpt-test", "base_urls": urls},
+            20,
+            run={"concurrency": 8, "timeout_s": 0.4},
+        )
+        result = run_cli("run", str(recipe), cwd=tmp_path, timeout=60)
+        connections = a.connections, b.connections
+    assert result.returncode == EXIT_ABORTED, result.stderr
+    message = result.stderr.splitlines()[-2]  # the error, then the hint to run again
+    assert f"any of the 2 endpoints ({urls[0]}, {urls[1]})" in message, message
+    assert "provider.base_urls" in message
+    # Each endpoint got its probe, one request at a time, and nothing more once 2 x
+    # timeout_s had passed without an answer.
+    assert all(1 <= n <= 2 for n in connections), connections
+    assert read_jsonl(tmp_path / "out.jsonl") == []
+
+
 def test_a_server_that_stops_answering_mid_run_is_retried_then_reported(tmp_path: Path) -> None:
     answered = 0
     lock = threading.Lock()

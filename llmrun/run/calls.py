@@ -309,10 +309,16 @@ class Caller:
         waited = time.monotonic() - self._first_sent
         if waited < 2 * self._settings.timeout_s * 0.99:
             return True
+        endpoints = self._keys.endpoints if self._keys.pooled else ()
+        if endpoints:  # each was tried (a key owing its probe goes first): name them all
+            where = f"any of the {len(endpoints)} endpoints ({', '.join(endpoints)})"
+            check = "provider.base_urls (or provider.endpoints) and that the servers are up"
+        else:
+            where, check = _where(request), "provider.base_url and that the server is up"
         self._stop(
-            f"no answer from {_where(request)} in {waited:.3g} s (run.timeout_s is "
+            f"no answer from {where} in {waited:.3g} s (run.timeout_s is "
             f"{self._settings.timeout_s:g}): the server accepts connections but never "
-            "answers; check provider.base_url and that the server is up"
+            f"answers; check {check}"
         )
 
     def _retire(self, error: CallError, lease: Lease) -> None:

@@ -240,6 +240,11 @@ class KeyPool:
         return f"every API key was rejected ({details}); fix provider.api_keys"
 
     @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The pool's endpoints in the recipe's order (empty: the provider's one URL)."""
+        return tuple(dict.fromkeys(s.endpoint for s in self.states if s.endpoint is not None))
+
+    @property
     def retired(self) -> dict[str, str]:
         """Fingerprint -> reason, for display."""
         return {s.name: s.retired for s in self.states if s.retired is not None}

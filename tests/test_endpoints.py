@@ -124,6 +124,11 @@ def test_an_endpoint_back_after_being_set_aside_is_used_again(
             assert worker.is_alive() and time.monotonic() < deadline
             time.sleep(0.01)
         a.stop()
+        # Back only once set aside (its requests dropped, then refused three times in a row).
+        log = tmp_path / "out.jsonl.llmrun" / "run.log"
+        while f"endpoint {a.url} set aside" not in log.read_text(encoding="utf-8"):
+            assert worker.is_alive() and time.monotonic() < deadline
+            time.sleep(0.01)
         with FakeOpenAI(latency_s=0.02, port=port) as back:
             worker.join(UPPER_BOUND_S)
             on_back = back.count()
@@ -131,6 +136,9 @@ def test_an_endpoint_back_after_being_set_aside_is_used_again(
     rows = by_id(read_jsonl(out))
     assert len(rows) == 1200 and all(r["status"] == "ok" for r in rows.values())
     assert on_back >= 100, on_back  # tried again, then given its share (about half of the rest)
+    warnings = summaries[0].warnings
+    assert any(w.startswith(f"endpoint {a.url} set aside") for w in warnings), warnings
+    assert f"endpoint {a.url} answers again" in warnings
 
 
 def test_the_live_progress_shows_each_endpoint(tmp_path: Path) -> None:

@@ -252,6 +252,8 @@ class Caller:
                     else:
                         self._count_endpoint(lease, 0)
                         self._keys.on_success(lease, headers)
+                        if self._keys.pooled and self._keys.answers_again(lease):
+                            self._warn(f"endpoint {lease.state.endpoint} answers again")
                         self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
                         return Outcome(
                             reply,

@@ -71,6 +71,7 @@ class KeyPool:
         ]
         self.pooled = len(endpoints) > 1
         self._failures: dict[str | None, int] = {}  # endpoint -> failures since its last answer
+        self._aside: set[str | None] = set()  # endpoints set aside that have not answered since
         self._slow_start_local = slow_start_local  # run.adaptive: true, written out
         self._clock = clock  # a test's own clock, to feed answers at chosen times
         for state in self.states:
@@ -199,11 +200,20 @@ class KeyPool:
         if failures < ENDPOINT_FAILURES:
             return False
         self._failures[endpoint] = 0
+        self._aside.add(endpoint)
         until = self._clock() + REPROBE_S
         for state in self.states:
             if state.endpoint == endpoint:
                 state.down_until = until
                 state.trusted = False  # probed again, one request, when it comes back
+        return True
+
+    def answers_again(self, lease: Lease) -> bool:
+        """True once, for the first answer from an endpoint since it was set aside."""
+        endpoint = lease.state.endpoint
+        if endpoint not in self._aside:
+            return False
+        self._aside.discard(endpoint)
         return True
 
     def on_success(self, lease: Lease, headers: Mapping[str, str]) -> None:

@@ -363,9 +363,10 @@ def test_a_pool_of_endpoints_that_never_answer_stops_the_run_naming_each(
 ) -> None:
     with SilentServer() as a, SilentServer() as b:
         urls = [f"http://127.0.0.1:{s.port}/v1" for s in (a, b)]
+        with_password = [u.replace("http://", "http://team:hunter2-Secret@") for u in urls]
         recipe = setup_run(
             tmp_path,
-            {"name": "openai", "model": "gpt-test", "base_urls": urls},
+            {"name": "openai", "model": "gpt-test", "base_urls": with_password},
             20,
             run={"concurrency": 8, "timeout_s": 0.4},
         )
@@ -375,6 +376,7 @@ def test_a_pool_of_endpoints_that_never_answer_stops_the_run_naming_each(
     message = result.stderr.splitlines()[-2]  # the error, then the hint to run again
     assert f"any of the 2 endpoints ({urls[0]}, {urls[1]})" in message, message
     assert "provider.base_urls" in message
+    assert "hunter2-Secret" not in result.stderr and "team" not in message
     # Each endpoint got its probe, one request at a time, and nothing more once 2 x
     # timeout_s had passed without an answer.
     assert all(1 <= n <= 2 for n in connections), connections

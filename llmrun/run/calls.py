@@ -27,6 +27,7 @@ from ..components import Provider, Transport
 from ..errors import CallError, RunAborted
 from ..recipe.model import RunSettings
 from ..recipe.tokens import estimate
+from ..redaction import endpoint_name
 from ..values import Prompt, Reply
 from ..wire.retry import backoff_s, classify_transport, sleep_at_least
 from .budget import Budget
@@ -253,7 +254,7 @@ class Caller:
                         self._count_endpoint(lease, 0)
                         self._keys.on_success(lease, headers)
                         if self._keys.pooled and self._keys.answers_again(lease):
-                            self._warn(f"endpoint {lease.state.endpoint} answers again")
+                            self._warn(f"endpoint {_shown(lease)} answers again")
                         self._keys.settle_tokens(lease, reply.usage.total_tokens or None)
                         return Outcome(
                             reply,
@@ -274,8 +275,7 @@ class Caller:
                 lease
             ):
                 self._warn(
-                    f"endpoint {lease.state.endpoint} set aside: {error.message}; "
-                    "tried again in a while"
+                    f"endpoint {_shown(lease)} set aside: {error.message}; tried again in a while"
                 )
             if self._silent(error, request):
                 continue  # a first timeout with nothing answered yet: once more, at once
@@ -397,6 +397,11 @@ def _retarget(request: httpx.Request, base: str, endpoint: str) -> httpx.Request
     if "host" in headers:
         headers["host"] = target.netloc.decode("ascii")
     return httpx.Request(request.method, target, headers=headers, content=request.content)
+
+
+def _shown(lease: Lease) -> str:
+    """The lease's endpoint as shown everywhere else (no user or password in it)."""
+    return endpoint_name(lease.state.endpoint or "")
 
 
 def _where(request: httpx.Request) -> str:

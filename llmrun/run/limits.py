@@ -32,6 +32,7 @@ import anyio
 
 from ..errors import RunAborted
 from ..recipe.model import Endpoint, Recipe
+from ..redaction import endpoint_name
 from ..wire.retry import TIMER_TICK_S
 from .adaptive import START_RATE, read_headers, refused, succeeded
 from .keystate import KeyState, Lease, key_state
@@ -251,8 +252,10 @@ class KeyPool:
 
     @property
     def endpoints(self) -> tuple[str, ...]:
-        """The pool's endpoints in the recipe's order (empty: the provider's one URL)."""
-        return tuple(dict.fromkeys(s.endpoint for s in self.states if s.endpoint is not None))
+        """The pool's endpoints as shown (no user or password), in the recipe's order; empty:
+        the provider's one URL."""
+        urls = (s.endpoint for s in self.states if s.endpoint is not None)
+        return tuple(dict.fromkeys(endpoint_name(url) for url in urls))
 
     @property
     def retired(self) -> dict[str, str]:

@@ -38,6 +38,7 @@ _WHERE = {
     "Work": "job.records",
     "add_run_command": "commands.run:register",
     "default_transport": "wire.transport",
+    "endpoint_name": "redaction",
     "fingerprint": "redaction",
     "id_hash": "recipe.selection",
     "make_engine": "api",
@@ -63,6 +64,7 @@ __all__ = [
     "Work",
     "add_run_command",
     "default_transport",
+    "endpoint_name",
     "fingerprint",
     "id_hash",
     "make_engine",
@@ -85,7 +87,7 @@ if TYPE_CHECKING:
     from .plugins import Registry
     from .recipe.pricing import Price
     from .recipe.selection import id_hash
-    from .redaction import fingerprint
+    from .redaction import endpoint_name, fingerprint
     from .run.backends import Backends
     from .run.budget import Budget
     from .run.calls import Caller, NotSent

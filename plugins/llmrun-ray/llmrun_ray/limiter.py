@@ -36,7 +36,7 @@ from typing import Any
 import ray
 
 from llmrun import Recipe, RunAborted
-from llmrun.engine_api import Budget, KeyPool, Lease, Price, fingerprint
+from llmrun.engine_api import Budget, KeyPool, Lease, Price, endpoint_name, fingerprint
 
 # (key index, reserved tokens, probe, start, reserved-at), in the actor's clock.
 Ticket = tuple[int, int, bool, float, float]
@@ -405,8 +405,8 @@ class RemoteKeyPool(KeyPool):
         for index in set_aside or ():
             assert self.warn is not None
             self.warn(
-                f"endpoint {self.states[index].endpoint} set aside: its last requests got no "
-                "answer; tried again in a while"
+                f"endpoint {endpoint_name(self.states[index].endpoint or '')} set aside: its "
+                "last requests got no answer; tried again in a while"
             )
 
     def release(self, lease: Lease, *, trusted: bool) -> None:

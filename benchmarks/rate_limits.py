@@ -39,8 +39,13 @@ buckets refilling continuously, starting full, holding 1 s of the limit):
   to each endpoint. Measured: records per second (first request to last answer, on the
   servers). Target: two endpoints >= 1.8 x one.
 
+``--realistic``: the noise and endpoints jobs send realistic records instead of the issue's
+short rows (reviews of 200-1,200 characters with a few fields, rendered by the Jinja template of
+``benchmarks/run.py``'s realistic scenario) over HTTPS (a certificate made for the run with
+trustme, trusted through ``SSL_CERT_FILE``); the same targets.
+
 Usage: ``python benchmarks/rate_limits.py [--only requests|tokens|adaptive|adaptive-retry-after|
-noise-1|noise-7.5|endpoints] [--window 60] [--adaptive-limit R]``.
+noise-1|noise-7.5|endpoints] [--window 60] [--adaptive-limit R] [--realistic]``.
 Prints a table and one JSON line per scenario; exits 1 when a target is missed.
 """
 
@@ -48,7 +53,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -62,20 +69,53 @@ import yaml
 from llmrun.testing.fake_openai import FakeOpenAI, Fault, RecordedRequest
 from llmrun.testing.limits import ServerLimit, request_tokens
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import TEMPLATE, realistic_record
+
 LATENCY_S = 0.05
 CONCURRENCY = 64
 SCENARIOS = ["requests", "tokens", "adaptive", "adaptive-retry-after"]
 
 
-def write_job(folder: Path, url: str, n: int, run: dict[str, Any]) -> Path:
+class Wire:
+    """What the noise and endpoints jobs send and how: the issue's short rows over HTTP, or
+    (``realistic``) review records through a Jinja template over HTTPS, with a certificate
+    made for this run (its CA file in ``folder``, trusted by llmrun through SSL_CERT_FILE)."""
+
+    def __init__(self, realistic: bool = False, folder: Path | None = None) -> None:
+        self.realistic = realistic
+        self.env: dict[str, str] | None = None
+        self.context: ssl.SSLContext | None = None
+        if realistic:
+            import trustme
+
+            assert folder is not None
+            authority = trustme.CA()
+            self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            authority.issue_cert("127.0.0.1").configure_cert(self.context)
+            authority.cert_pem.write_to_path(str(folder / "ca.pem"))
+            self.env = {**os.environ, "SSL_CERT_FILE": str(folder / "ca.pem")}
+
+    def server(self, **options: Any) -> FakeOpenAI:
+        return FakeOpenAI(tls=self.context, **options)
+
+
+SHORT = Wire()
+
+
+def write_job(folder: Path, url: str, n: int, run: dict[str, Any], realistic: bool = False) -> Path:
     with open(folder / "data.jsonl", "w", encoding="utf-8") as fh:
         for i in range(n):
-            fh.write(json.dumps({"id": f"r{i:07d}", "text": f"record number {i} says hello"}))
+            if realistic:
+                row = realistic_record(i)
+            else:
+                row = {"id": f"r{i:07d}", "text": f"record number {i} says hello"}
+            fh.write(json.dumps(row))
             fh.write("\n")
     recipe = {
         "name": "rate-bench",
         "data": {"path": "data.jsonl", "id": "id"},
-        "prompt": {"system": "You are terse.", "user": "{{ text }}"},
+        "prompt": {"system": "You are terse.", "user": TEMPLATE if realistic else "{{ text }}"},
         "provider": {"name": "openai", "base_url": url, "model": "fake-model"},
         "generation": {"max_tokens": 16},
         "run": {"concurrency": CONCURRENCY, "max_retries": 50, **run},
@@ -86,11 +126,13 @@ def write_job(folder: Path, url: str, n: int, run: dict[str, Any]) -> Path:
     return path
 
 
-def llmrun(recipe: Path) -> float:
+def llmrun(recipe: Path, env: dict[str, str] | None = None) -> float:
     script = Path(sys.executable).parent / "llmrun"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "llmrun"]
     started = time.monotonic()
-    subprocess.run([*command, "run", str(recipe), "--quiet"], check=True, cwd=recipe.parent)
+    subprocess.run(
+        [*command, "run", str(recipe), "--quiet"], check=True, cwd=recipe.parent, env=env
+    )
     return time.monotonic() - started
 
 
@@ -99,7 +141,7 @@ NOISE_LATENCY_S = 0.02
 
 
 def noise_job(
-    share: float, seed: int = 15, clean: dict[str, float] | None = None
+    share: float, seed: int = 15, clean: dict[str, float] | None = None, wire: Wire = SHORT
 ) -> tuple[float, float, int, int, dict[str, float], float]:
     """Records per second (first request to last answer, on the server); the records per
     second of the bound for this run's faults: each record first sent when the fault-free run
@@ -118,14 +160,14 @@ def noise_job(
 
     with (
         tempfile.TemporaryDirectory() as tmp,
-        FakeOpenAI(latency_s=NOISE_LATENCY_S, fault=fault if share else None) as fake,
+        wire.server(latency_s=NOISE_LATENCY_S, fault=fault if share else None) as fake,
     ):
-        recipe = write_job(Path(tmp), fake.url, NOISE_RECORDS, {})
+        recipe = write_job(Path(tmp), fake.url, NOISE_RECORDS, {}, wire.realistic)
         # The recipe's defaults: concurrency 64 set above, nothing else about pace or retries.
         data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
         data["run"] = {"concurrency": CONCURRENCY}
         recipe.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-        llmrun(recipe)
+        llmrun(recipe, wire.env)
         requests = list(fake.requests)
         rows = [json.loads(line) for line in (Path(tmp) / "out.jsonl").open(encoding="utf-8")]
     ok = sum(1 for r in rows if r["status"] == "ok")
@@ -147,13 +189,13 @@ def noise_job(
 NOISE_SEEDS = 5
 
 
-def noise_scenario(name: str) -> dict[str, Any]:
+def noise_scenario(name: str, wire: Wire = SHORT) -> dict[str, Any]:
     """The median over NOISE_SEEDS fault draws: a run ends with its unluckiest record (one
     refused three times at 7.5% ends a second later than one refused twice), so one draw says
     more about the draw than about llmrun."""
     share = float(name.removeprefix("noise-")) / 100
-    clean, _, _, _, sent, clean_requests = noise_job(0.0)
-    runs = [noise_job(share, seed, sent) for seed in range(15, 15 + NOISE_SEEDS)]
+    clean, _, _, _, sent, clean_requests = noise_job(0.0, wire=wire)
+    runs = [noise_job(share, seed, sent, wire) for seed in range(15, 15 + NOISE_SEEDS)]
     # The median draw by requests/s, the figure that decides.
     median = sorted(runs, key=lambda r: r[5])[len(runs) // 2]
     rate, _, refused, requests, _, request_rate = median
@@ -182,16 +224,17 @@ def noise_scenario(name: str) -> dict[str, Any]:
     }
 
 
-def endpoints_job(count: int, records: int = 2000) -> float:
+def endpoints_job(count: int, records: int = 2000, wire: Wire = SHORT) -> float:
     """Records per second over ``count`` endpoints at run.requests_per_minute 3,000."""
-    servers = [FakeOpenAI(latency_s=NOISE_LATENCY_S).start() for _ in range(count)]
+    servers = [wire.server(latency_s=NOISE_LATENCY_S).start() for _ in range(count)]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            recipe = write_job(Path(tmp), servers[0].url, records, {"requests_per_minute": 3000})
+            run = {"requests_per_minute": 3000}
+            recipe = write_job(Path(tmp), servers[0].url, records, run, wire.realistic)
             data = yaml.safe_load(recipe.read_text(encoding="utf-8"))
             data["provider"]["base_urls"] = [s.url for s in servers]
             recipe.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-            llmrun(recipe)
+            llmrun(recipe, wire.env)
         times = [r.received_at for s in servers for r in s.requests]
     finally:
         for server in servers:
@@ -199,9 +242,9 @@ def endpoints_job(count: int, records: int = 2000) -> float:
     return records / (max(times) + NOISE_LATENCY_S - min(times))
 
 
-def endpoints_scenario() -> dict[str, Any]:
-    one = endpoints_job(1)
-    two = endpoints_job(2)
+def endpoints_scenario(wire: Wire = SHORT) -> dict[str, Any]:
+    one = endpoints_job(1, wire=wire)
+    two = endpoints_job(2, wire=wire)
     return {
         "scenario": "endpoints",
         "limit_per_min": 3000.0,
@@ -220,11 +263,13 @@ def endpoints_scenario() -> dict[str, Any]:
     }
 
 
-def scenario(name: str, window: float, adaptive_limit: float = 6000.0) -> dict[str, Any]:
+def scenario(
+    name: str, window: float, adaptive_limit: float = 6000.0, wire: Wire = SHORT
+) -> dict[str, Any]:
     if name.startswith("noise-"):
-        return noise_scenario(name)
+        return noise_scenario(name, wire)
     if name == "endpoints":
-        return endpoints_scenario()
+        return endpoints_scenario(wire)
     per_request_tokens = request_tokens(
         {
             "messages": [
@@ -301,9 +346,16 @@ def main() -> int:
     parser.add_argument(
         "--adaptive-limit", type=float, default=6000.0, help="the unannounced limit, requests/min"
     )
+    parser.add_argument(
+        "--realistic",
+        action="store_true",
+        help="noise and endpoints: realistic records over HTTPS instead of short rows over HTTP",
+    )
     args = parser.parse_args()
     names = args.only or [*SCENARIOS, "noise-1", "noise-7.5", "endpoints"]
-    results = [scenario(name, args.window, args.adaptive_limit) for name in names]
+    with tempfile.TemporaryDirectory() as folder:
+        wire = Wire(args.realistic, Path(folder))
+        results = [scenario(name, args.window, args.adaptive_limit, wire) for name in names]
     print("| scenario | limit /min | achieved /min | ratio | 429s | requests | target | met |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:

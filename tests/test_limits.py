@@ -350,6 +350,21 @@ def test_an_unpaced_key_is_not_cut_by_a_lone_429_while_its_connections_open() ->
     assert state.learnt.per_minute is not None
 
 
+def test_an_unpaced_keys_first_cut_measures_what_it_does_now() -> None:
+    # A local endpoint, unpaced: 1,000 answers/s while its connections open (0.15 s), then
+    # 3,000/s. A lone 429 at 0.3 s is tried under what it does now, not under the average
+    # since its first answer (2,000/s).
+    pool, clock = adaptive_pool()
+    state = pool.states[0]
+    pool.local_endpoint(lease_at(pool, clock.now))
+    answer(pool, clock, 150, 0.001)
+    answer(pool, clock, 450, 1 / 3000)
+    clock.now += 0.0001
+    pool.on_rate_limited(lease_at(pool, clock.now - 0.001), 1.0)
+    assert state.trial is not None
+    assert state.learnt.per_minute == pytest.approx(DECREASE * 3000 * 60, rel=0.02)
+
+
 def test_refusals_that_stop_after_the_cut_were_a_limit() -> None:
     # 20/s succeeded, then 429s: the cut to 18/s stops them (a limit of 20/s): the cut stays.
     pool, clock = pacing(25, answers=40, spacing=0.05)
